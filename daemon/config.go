@@ -1,0 +1,345 @@
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Config is everything flashmemd needs to run. The zero value is not usable;
+// start from DefaultConfig, which works on any Linux machine with no file,
+// flag or environment variable at all.
+type Config struct {
+	// Socket is the control socket's path.
+	Socket string `toml:"socket"`
+	// DataDir holds the SSD tier (Badger) and persisted sessions.
+	DataDir string `toml:"data_dir"`
+	// Metrics is where /metrics and /healthz are served: "host:port" on
+	// loopback, "unix:/path" for a unix socket, or "" / "off" for none.
+	Metrics string `toml:"metrics"`
+	// AllowedGroups may connect besides the daemon's own uid (and root).
+	AllowedGroups []string `toml:"allowed_groups"`
+	// LogLevel is debug, info, warn or error; LogFormat text or json.
+	LogLevel  string `toml:"log_level"`
+	LogFormat string `toml:"log_format"`
+
+	Limits  Limits        `toml:"limits"`
+	Host    HostConfig    `toml:"host"`
+	SSD     SSDConfig     `toml:"ssd"`
+	Indexer IndexerConfig `toml:"indexer"`
+	Mover   MoverConfig   `toml:"mover"`
+
+	// ShutdownTimeout bounds the graceful part of SIGTERM handling.
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// Limits bound what one client or the whole daemon may ask for. A request
+// past a limit gets a LimitExceeded error frame; nothing else is affected.
+type Limits struct {
+	MaxSessions        int    `toml:"max_sessions"`
+	MaxSessionsPerConn int    `toml:"max_sessions_per_conn"`
+	MaxConns           int    `toml:"max_conns"`
+	MaxFrameBytes      uint32 `toml:"max_frame_bytes"`
+	StagingBytes       int64  `toml:"staging_bytes"`
+	// MaxSessionBytes caps one session's full KV history (all pages, all
+	// layers); MaxReserveBytes caps one session's reserve region.
+	MaxSessionBytes int64 `toml:"max_session_bytes"`
+	MaxReserveBytes int64 `toml:"max_reserve_bytes"`
+	// MaxLayers and MaxRowBytes reject absurd layouts before any allocation.
+	MaxLayers   int    `toml:"max_layers"`
+	MaxRowBytes uint32 `toml:"max_row_bytes"`
+	// LeaseTimeout reclaims a lease its client never released while still
+	// connected; a dead connection's leases are reclaimed at once.
+	LeaseTimeout Duration `toml:"lease_timeout"`
+}
+
+// HostConfig sizes the host mirror.
+type HostConfig struct {
+	// BudgetBytes is the host mirror's budget; 0 means a quarter of the
+	// machine's available memory at start.
+	BudgetBytes int64 `toml:"budget_bytes"`
+}
+
+// SSDConfig tunes the Badger tier.
+type SSDConfig struct {
+	// SyncWrites makes every page write durable before it is acknowledged.
+	// Persisted sessions are always synced on PERSIST and on shutdown.
+	SyncWrites bool `toml:"sync_writes"`
+	// GCInterval is how often the value log is garbage-collected.
+	GCInterval Duration `toml:"gc_interval"`
+}
+
+// IndexerConfig registers Memory-Indexer models and the default policy.
+type IndexerConfig struct {
+	// Models are safetensors files registered under names sessions use.
+	Models []ModelConfig `toml:"models"`
+	// Random registers models with random weights built from a seed, for
+	// tests and the demo.
+	Random []RandomModelConfig `toml:"random"`
+	// DefaultModel is used by sessions that name none.
+	DefaultModel string `toml:"default_model"`
+	// Policy defaults; sessions may override per open.
+	FirstKeep     int     `toml:"first_keep"`
+	LastKeep      int     `toml:"last_keep"`
+	KMax          int     `toml:"kmax"`
+	KMaxRatio     float64 `toml:"kmax_ratio"`
+	FallbackRatio float64 `toml:"fallback_ratio"`
+	Lookahead     int     `toml:"lookahead"`
+}
+
+// ModelConfig names a weights file.
+type ModelConfig struct {
+	Name     string `toml:"name"`
+	Path     string `toml:"path"`
+	Ensemble string `toml:"ensemble"` // max (default) or mean
+	Variant  string `toml:"variant"`  // float (default) or fp8q
+}
+
+// RandomModelConfig describes a model with random weights.
+type RandomModelConfig struct {
+	Name         string `toml:"name"`
+	Seed         int64  `toml:"seed"`
+	Hidden       int    `toml:"hidden"`
+	Rank         int    `toml:"rank"`
+	Heads        int    `toml:"heads"`
+	HeadDim      int    `toml:"head_dim"`
+	TargetLayers int    `toml:"target_layers"`
+}
+
+// MoverConfig sizes the background recall and staging workers.
+type MoverConfig struct {
+	Workers int `toml:"workers"`
+}
+
+// Duration is a time.Duration that reads "5s" style strings from TOML.
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// ErrConfig reports an invalid configuration value, file or flag.
+var ErrConfig = errors.New("invalid configuration")
+
+// DefaultConfig returns the embedded defaults: a socket under
+// $XDG_RUNTIME_DIR (or /run/flashmemd), data under $XDG_DATA_HOME (or
+// /var/lib/flashmemd), a host budget from the machine's memory and a random
+// demo model, so the daemon runs with no configuration at all.
+func DefaultConfig() Config {
+	runDir := "/run/flashmemd"
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		runDir = filepath.Join(d, "flashmemd")
+	}
+	dataDir := "/var/lib/flashmemd"
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		dataDir = filepath.Join(d, "flashmemd")
+	} else if os.Geteuid() != 0 {
+		if h, err := os.UserHomeDir(); err == nil {
+			dataDir = filepath.Join(h, ".local", "share", "flashmemd")
+		}
+	}
+	return Config{
+		Socket:    filepath.Join(runDir, "flashmemd.sock"),
+		DataDir:   dataDir,
+		Metrics:   "127.0.0.1:9464",
+		LogLevel:  "info",
+		LogFormat: "text",
+		Limits: Limits{
+			MaxSessions:        1024,
+			MaxSessionsPerConn: 256,
+			MaxConns:           256,
+			MaxFrameBytes:      16 << 20,
+			StagingBytes:       64 << 20,
+			MaxSessionBytes:    64 << 30,
+			MaxReserveBytes:    16 << 30,
+			MaxLayers:          256,
+			MaxRowBytes:        16 << 20,
+			LeaseTimeout:       Duration(5 * time.Minute),
+		},
+		SSD:   SSDConfig{GCInterval: Duration(5 * time.Minute)},
+		Mover: MoverConfig{Workers: 4},
+		Indexer: IndexerConfig{
+			DefaultModel:  "demo",
+			Random:        []RandomModelConfig{{Name: "demo", Seed: 1, Hidden: 512, Rank: 128, Heads: 16, HeadDim: 128, TargetLayers: 3}},
+			FirstKeep:     128,
+			LastKeep:      2048,
+			KMaxRatio:     0.10,
+			FallbackRatio: 0.5,
+			Lookahead:     32,
+		},
+		ShutdownTimeout: Duration(30 * time.Second),
+	}
+}
+
+// LoadConfigFile merges a TOML file over cfg. Unknown keys are errors: a typo
+// in a budget must not silently fall back to a default.
+func LoadConfigFile(cfg *Config, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return fmt.Errorf("%w: %s: %s", ErrConfig, path, sm.String())
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return fmt.Errorf("%w: %s:%d:%d: %v", ErrConfig, path, row, col, de)
+		}
+		return fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+	}
+	return nil
+}
+
+// ApplyEnv overrides cfg from FLASHMEMD_* environment variables.
+func ApplyEnv(cfg *Config, getenv func(string) string) error {
+	if v := getenv("FLASHMEMD_SOCKET"); v != "" {
+		cfg.Socket = v
+	}
+	if v := getenv("FLASHMEMD_DATA_DIR"); v != "" {
+		cfg.DataDir = v
+	}
+	if v := getenv("FLASHMEMD_METRICS"); v != "" {
+		cfg.Metrics = v
+	}
+	if v := getenv("FLASHMEMD_LOG_LEVEL"); v != "" {
+		cfg.LogLevel = v
+	}
+	if v := getenv("FLASHMEMD_HOST_BUDGET"); v != "" {
+		n, err := ParseBytes(v)
+		if err != nil {
+			return fmt.Errorf("%w: FLASHMEMD_HOST_BUDGET: %v", ErrConfig, err)
+		}
+		cfg.Host.BudgetBytes = n
+	}
+	return nil
+}
+
+// ParseBytes reads sizes such as "512MiB", "4G" or "1048576".
+func ParseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	units := []struct {
+		suf string
+		m   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1}}
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suf) {
+			mult = u.m
+			s = strings.TrimSpace(strings.TrimSuffix(s, u.suf))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("not a size: %q", s)
+	}
+	return n * mult, nil
+}
+
+// Validate checks values a typo could make dangerous and fills derived
+// defaults (the host budget from the machine's memory).
+func (c *Config) Validate() error {
+	var errs []string
+	if c.Socket == "" {
+		errs = append(errs, "socket is empty")
+	}
+	if c.DataDir == "" {
+		errs = append(errs, "data_dir is empty")
+	}
+	if c.Limits.MaxFrameBytes < 4096 {
+		errs = append(errs, "limits.max_frame_bytes must be at least 4096")
+	}
+	if c.Limits.StagingBytes < 0 || c.Limits.StagingBytes > 1<<40 {
+		errs = append(errs, "limits.staging_bytes out of range")
+	}
+	if c.Limits.MaxSessions <= 0 || c.Limits.MaxSessionsPerConn <= 0 || c.Limits.MaxConns <= 0 {
+		errs = append(errs, "limits.max_sessions, max_sessions_per_conn and max_conns must be positive")
+	}
+	if c.Indexer.KMaxRatio < 0 || c.Indexer.KMaxRatio > 1 {
+		errs = append(errs, "indexer.kmax_ratio must be in [0, 1]")
+	}
+	if c.Indexer.FallbackRatio < 0 || c.Indexer.FallbackRatio > 1 {
+		errs = append(errs, "indexer.fallback_ratio must be in [0, 1]")
+	}
+	if c.Mover.Workers <= 0 {
+		errs = append(errs, "mover.workers must be positive")
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Sprintf("log_format %q: want text or json", c.LogFormat))
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err.Error())
+	}
+	names := map[string]bool{}
+	for _, m := range c.Indexer.Models {
+		if m.Name == "" || m.Path == "" {
+			errs = append(errs, "indexer.models entries need name and path")
+		}
+		if names[m.Name] {
+			errs = append(errs, fmt.Sprintf("model %q registered twice", m.Name))
+		}
+		names[m.Name] = true
+	}
+	for _, m := range c.Indexer.Random {
+		if m.Name == "" {
+			errs = append(errs, "indexer.random entries need a name")
+		}
+		if names[m.Name] {
+			errs = append(errs, fmt.Sprintf("model %q registered twice", m.Name))
+		}
+		names[m.Name] = true
+	}
+	if c.Indexer.DefaultModel != "" && !names[c.Indexer.DefaultModel] {
+		errs = append(errs, fmt.Sprintf("indexer.default_model %q is not registered", c.Indexer.DefaultModel))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %s", ErrConfig, strings.Join(errs, "; "))
+	}
+	if c.Host.BudgetBytes == 0 {
+		c.Host.BudgetBytes = memAvailable() / 4
+	}
+	return nil
+}
+
+// memAvailable reads MemAvailable from /proc/meminfo; 4 GiB if unreadable.
+func memAvailable() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 4 << 30
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 2 && fs[0] == "MemAvailable:" {
+			if kb, err := strconv.ParseInt(fs[1], 10, 64); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 4 << 30
+}
