@@ -1,0 +1,127 @@
+package indexer
+
+import (
+	"fmt"
+	"math"
+)
+
+// Scorer is a kind of indexer model. Selection, pages and lookahead only ever see one logit
+// per chunk, so any model that maps (per-layer query bytes, per-layer chunk key bytes) to
+// logits can plug in: the LSA Memory Indexer (Model) is one, a text-mode dual encoder can be
+// another. A Scorer must be safe for concurrent use by many goroutines once built, and must
+// be comparable (a pointer), because ScoreBatch groups requests by their Scorer.
+type Scorer interface {
+	// Layers names the target layers, in the order of per-layer keys, queries and logits.
+	Layers() []int
+	// KeyBytes is the fixed size of one chunk's key in one target layer.
+	KeyBytes() int
+	// QueryBytes is the size of one query in one target layer.
+	QueryBytes() int
+	// Ensemble is the default way to combine the target layers' scores.
+	Ensemble() Ensemble
+	// NewKeys returns an empty key store for one target layer. Requests append every
+	// chunk's key to it once; the store may keep the keys in whatever layout scoring wants.
+	NewKeys() Keys
+	// Score fills, for every item and every target layer l, Out[l][c] with the logit of
+	// chunk c of Keys[l] for the item's query. Items may belong to different requests; the
+	// scorer should spread the work over all cores. Keys are the stores made by NewKeys.
+	Score(items []ScoreItem) error
+}
+
+// Keys is an append-only store of one target layer's chunk keys, made by Scorer.NewKeys.
+// It is owned by one Request and used by one goroutine at a time.
+type Keys interface {
+	// Append adds len(raw)/KeyBytes keys; len(raw) is a whole number of keys (the Request
+	// checks). It may reject key bytes the model cannot use (say, a non-finite scale).
+	Append(raw []byte) error
+	// Len is the number of stored keys.
+	Len() int
+	// Truncate drops keys from index n on; the Request uses it to undo a partial append.
+	Truncate(n int)
+	// AppendRaw appends the original bytes of keys [first, first+n) to dst, exactly as they
+	// were appended, so that a request can be persisted and restored.
+	AppendRaw(dst []byte, first, n int) []byte
+}
+
+// Query is what a decoder sends once per cycle for one request: one opaque byte string per
+// target layer (for the LSA model, the layer's hidden state as little-endian bf16) and the
+// position of the current token.
+type Query struct {
+	Position int64
+	Layers   [][]byte
+}
+
+// ScoreItem is one request's share of a batched Score call.
+type ScoreItem struct {
+	Query Query
+	Keys  []Keys      // per target layer
+	Out   [][]float32 // per target layer, len(Out[l]) == Keys[l].Len()
+}
+
+// Ensemble says how per-layer scores combine into one score per chunk.
+type Ensemble uint8
+
+const (
+	// EnsembleMax takes the maximum score over target layers (LSA default). Sigmoid is
+	// monotonic, so it is the maximum logit.
+	EnsembleMax Ensemble = iota
+	// EnsembleMean averages the scores sigmoid(logit) over target layers; the result is
+	// carried as the logit of that mean.
+	EnsembleMean
+)
+
+// String returns "max" or "mean".
+func (e Ensemble) String() string {
+	switch e {
+	case EnsembleMax:
+		return "max"
+	case EnsembleMean:
+		return "mean"
+	}
+	return fmt.Sprintf("Ensemble(%d)", uint8(e))
+}
+
+// ParseEnsemble parses "max" or "mean".
+func ParseEnsemble(s string) (Ensemble, error) {
+	switch s {
+	case "max":
+		return EnsembleMax, nil
+	case "mean":
+		return EnsembleMean, nil
+	}
+	return 0, fmt.Errorf("%w: ensemble %q is not max or mean", ErrBadConfig, s)
+}
+
+// combine writes into dst the ensembled logit of every chunk of the per-layer logits.
+func (e Ensemble) combine(dst []float32, layers [][]float32) {
+	if len(layers) == 1 {
+		copy(dst, layers[0])
+		return
+	}
+	switch e {
+	case EnsembleMean:
+		inv := 1 / float64(len(layers))
+		for c := range dst {
+			var s float64
+			for _, l := range layers {
+				s += sigmoid(float64(l[c]))
+			}
+			dst[c] = float32(logit(s * inv))
+		}
+	default:
+		copy(dst, layers[0])
+		for _, l := range layers[1:] {
+			for c, v := range l[:len(dst)] {
+				// NaN never wins, so a NaN layer cannot hide another layer's score.
+				if v > dst[c] || dst[c] != dst[c] {
+					dst[c] = v
+				}
+			}
+		}
+	}
+}
+
+func sigmoid(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
+
+// logit is the inverse of sigmoid; 0 and 1 map to ∓Inf, which compare correctly.
+func logit(p float64) float64 { return math.Log(p / (1 - p)) }
