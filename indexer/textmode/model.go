@@ -1,0 +1,662 @@
+package textmode
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"math/bits"
+	"strconv"
+)
+
+// TokensPerChunk is the number of tokens in one chunk, as in DeepSeek-V4's
+// compressed sparse attention layers.
+const TokensPerChunk = 4
+
+// Config fixes the shapes of a model. It is stored in the model file's metadata.
+type Config struct {
+	// Buckets is the number of hash buckets of the term embedding table and of the
+	// IDF table; a power of two ≤ 65536 (key terms are stored as 16-bit buckets).
+	Buckets int
+	// Dim is the embedding dimension; a chunk key stores Dim int8 values.
+	Dim int
+	// Window is how many tokens on each side of a chunk its key also sees, so all
+	// chunks of a sentence light up together and a sentence cut by a page boundary
+	// still scores on both pages.
+	Window int
+	// MaxTerms bounds the lexical terms stored per chunk key (chunk terms first,
+	// then window terms by decreasing IDF).
+	MaxTerms int
+	// MaxQueryTerms bounds the lexical terms of a query (rarest first).
+	MaxQueryTerms int
+	// MinIDF drops terms whose IDF is below it from the lexical signal: they are
+	// stop words that match everywhere.
+	MinIDF float32
+	// TopTerms is how many of the query's rarest terms set the lexical
+	// normaliser: a chunk that contains them all scores 1, however long the query.
+	TopTerms int
+}
+
+// DefaultConfig gives 132-byte chunk keys (the size of an LSA index key): 64
+// int8 embedding values, a float32 scale, two counts and 31 16-bit terms.
+func DefaultConfig() Config {
+	return Config{Buckets: 1 << 16, Dim: 64, Window: 8, MaxTerms: 31, MaxQueryTerms: 64, MinIDF: 1.5, TopTerms: 3}
+}
+
+// Validate reports the first field out of range, wrapped in ErrBadConfig.
+func (c Config) Validate() error {
+	switch {
+	case c.Buckets < 2 || c.Buckets > 1<<16 || bits.OnesCount(uint(c.Buckets)) != 1:
+		return fmt.Errorf("%w: Buckets %d is not a power of two in [2, 65536]", ErrBadConfig, c.Buckets)
+	case c.Dim <= 0 || c.Dim > 1024:
+		return fmt.Errorf("%w: Dim %d not in [1, 1024]", ErrBadConfig, c.Dim)
+	case c.Window < 0 || c.Window > 64:
+		return fmt.Errorf("%w: Window %d not in [0, 64]", ErrBadConfig, c.Window)
+	case c.MaxTerms < TokensPerChunk || c.MaxTerms > 255:
+		return fmt.Errorf("%w: MaxTerms %d not in [%d, 255]", ErrBadConfig, c.MaxTerms, TokensPerChunk)
+	case c.MaxQueryTerms <= 0 || c.MaxQueryTerms > 1024:
+		return fmt.Errorf("%w: MaxQueryTerms %d not in [1, 1024]", ErrBadConfig, c.MaxQueryTerms)
+	case !(c.MinIDF >= 0) || math.IsInf(float64(c.MinIDF), 0):
+		return fmt.Errorf("%w: MinIDF %v not finite and ≥ 0", ErrBadConfig, c.MinIDF)
+	case c.TopTerms <= 0 || c.TopTerms > c.MaxQueryTerms:
+		return fmt.Errorf("%w: TopTerms %d not in [1, MaxQueryTerms]", ErrBadConfig, c.TopTerms)
+	}
+	return nil
+}
+
+// KeyBytes is the size of one chunk key: Dim int8, float32 scale, core-term
+// count, term count, MaxTerms uint16 terms.
+func (c Config) KeyBytes() int { return c.Dim + 4 + 2 + 2*c.MaxTerms }
+
+// QueryBytes is the size of one serialised query: Dim float32, the mode, the
+// term count, the lexical normaliser, MaxQueryTerms uint16 terms.
+func (c Config) QueryBytes() int { return 4*c.Dim + 4 + 4 + 4 + 2*c.MaxQueryTerms }
+
+// Mode selects which signal a query scores with.
+type Mode uint8
+
+const (
+	// Combined uses the lexical and the dense signal (the default).
+	Combined Mode = iota
+	// Lexical uses only IDF-weighted term overlap.
+	Lexical
+	// Dense uses only the trained embedding similarity.
+	Dense
+	numModes
+)
+
+// String returns "combined", "lexical" or "dense".
+func (m Mode) String() string {
+	switch m {
+	case Combined:
+		return "combined"
+	case Lexical:
+		return "lexical"
+	case Dense:
+		return "dense"
+	}
+	return "Mode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// Calibration maps the two signals of a chunk to its logit:
+// logit = Lex·lexical + Dense·cosine + Bias. It is fitted by logistic regression
+// at the end of training, one per Mode, so that logit > 0 means "keep" as for
+// the LSA scorer.
+type Calibration struct{ Lex, Dense, Bias float32 }
+
+// Model is a trained text-mode dual encoder. It is immutable once built and safe
+// for concurrent use.
+type Model struct {
+	cfg   Config
+	shift uint // 32 − log2(Buckets)
+	embed []float32
+	idf   []float32
+	wq    []float32 // Dim × Dim, row-major: h = wq · u
+	wc    []float32
+	calib [numModes]Calibration
+	meta  map[string]string
+}
+
+// Config returns the model's shapes.
+func (m *Model) Config() Config { return m.cfg }
+
+// KeyBytes is the size of one chunk key.
+func (m *Model) KeyBytes() int { return m.cfg.KeyBytes() }
+
+// QueryBytes is the size of one serialised query.
+func (m *Model) QueryBytes() int { return m.cfg.QueryBytes() }
+
+// Calibration returns the logit mapping of mode.
+func (m *Model) Calibration(mode Mode) Calibration { return m.calib[mode%numModes] }
+
+// Metadata returns a copy of the model file's metadata (what it was trained on
+// and how).
+func (m *Model) Metadata() map[string]string { return maps.Clone(m.meta) }
+
+func newModel(cfg Config) (*Model, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Model{
+		cfg:   cfg,
+		shift: uint(32 - bits.TrailingZeros(uint(cfg.Buckets))),
+		embed: make([]float32, cfg.Buckets*cfg.Dim),
+		idf:   make([]float32, cfg.Buckets),
+		wq:    make([]float32, cfg.Dim*cfg.Dim),
+		wc:    make([]float32, cfg.Dim*cfg.Dim),
+		meta:  map[string]string{},
+	}, nil
+}
+
+// bucket maps a term ID to its bucket (Fibonacci hashing: the FNV low bits
+// alone are not well mixed).
+func (m *Model) bucket(id uint32) uint32 { return (id * 0x9E3779B1) >> m.shift }
+
+// bigram is the bucket of an ordered token pair.
+func (m *Model) bigram(a, b uint32) uint32 {
+	return m.bucket(a*0x85EBCA6B ^ (b + 0x27D4EB2D) ^ 0x5bd1e995)
+}
+
+// IDF returns the inverse document frequency the model learnt for a term.
+func (m *Model) IDF(id uint32) float32 { return m.idf[m.bucket(id)] }
+
+// feature is one hashed feature of a text with its pooling weight.
+type feature struct {
+	b uint32
+	w float32
+}
+
+// appendFeatures adds the unigram and bigram features of toks with weight w.
+// Bigrams weigh half: they sharpen phrases, unigrams carry most of the signal.
+func (m *Model) appendFeatures(dst []feature, toks []Token, w float32) []feature {
+	for i, t := range toks {
+		b := m.bucket(t.ID)
+		dst = append(dst, feature{b, w * m.idf[b]})
+		if i > 0 {
+			wb := min(m.idf[b], m.idf[m.bucket(toks[i-1].ID)])
+			dst = append(dst, feature{m.bigram(toks[i-1].ID, t.ID), 0.5 * w * wb})
+		}
+	}
+	return dst
+}
+
+// pool writes the weighted mean of the features' embeddings into u and returns
+// the total weight (0: u is zero).
+func (m *Model) pool(u []float32, fs []feature) float32 {
+	clear(u)
+	var tw float32
+	d := m.cfg.Dim
+	for _, f := range fs {
+		if f.w <= 0 {
+			continue
+		}
+		tw += f.w
+		row := m.embed[int(f.b)*d : int(f.b+1)*d]
+		for j, e := range row {
+			u[j] += f.w * e
+		}
+	}
+	if tw > 0 {
+		inv := 1 / tw
+		for j := range u {
+			u[j] *= inv
+		}
+	}
+	return tw
+}
+
+// project writes normalise(w · u) into y and returns ‖w · u‖.
+func project(y, w, u []float32) float32 {
+	d := len(u)
+	var nn float64
+	for i := range y {
+		row := w[i*d : (i+1)*d]
+		var s float32
+		for j, x := range u {
+			s += row[j] * x
+		}
+		y[i] = s
+		nn += float64(s) * float64(s)
+	}
+	n := float32(math.Sqrt(nn))
+	if n > 0 {
+		inv := 1 / n
+		for i := range y {
+			y[i] *= inv
+		}
+	}
+	return n
+}
+
+// chunkFeatures collects the features of chunk c of toks: its own tokens with
+// weight 1 and the Window tokens on either side with weight 1/2.
+func (m *Model) chunkFeatures(dst []feature, toks []Token, c int) []feature {
+	lo := c * TokensPerChunk
+	hi := min(lo+TokensPerChunk, len(toks))
+	wlo := max(lo-m.cfg.Window, 0)
+	whi := min(hi+m.cfg.Window, len(toks))
+	dst = m.appendFeatures(dst, toks[wlo:lo], 0.5)
+	dst = m.appendFeatures(dst, toks[lo:hi], 1)
+	return m.appendFeatures(dst, toks[hi:whi], 0.5)
+}
+
+// NumChunks is the number of chunks of n tokens (a partial last chunk counts).
+func NumChunks(n int) int { return (n + TokensPerChunk - 1) / TokensPerChunk }
+
+// AppendChunkKeys appends the key of every chunk of toks (NumChunks(len(toks))
+// keys of KeyBytes each) to dst. A chunk's key depends on its own tokens and on
+// Window tokens on each side, so a streaming client computes it once Window
+// tokens past the chunk are known, or at the end of the text.
+func (m *Model) AppendChunkKeys(dst []byte, toks []Token) []byte {
+	n := NumChunks(len(toks))
+	kb := m.KeyBytes()
+	start := len(dst)
+	dst = append(dst, make([]byte, n*kb)...)
+	var fs []feature
+	u := make([]float32, m.cfg.Dim)
+	y := make([]float32, m.cfg.Dim)
+	terms := make([]uint16, 0, 4*m.cfg.Window+TokensPerChunk)
+	for c := range n {
+		fs = m.chunkFeatures(fs[:0], toks, c)
+		m.pool(u, fs)
+		project(y, m.wc, u)
+		terms = m.encodeKey(dst[start+c*kb:start+(c+1)*kb], y, toks, c, terms)
+	}
+	return dst
+}
+
+// encodeKey writes one key: the int8-quantised unit vector y, its scale, and the
+// chunk's lexical terms (its own terms first, then window terms by IDF).
+func (m *Model) encodeKey(k []byte, y []float32, toks []Token, c int, terms []uint16) []uint16 {
+	d := m.cfg.Dim
+	var mx float32
+	for _, v := range y {
+		mx = max(mx, float32(math.Abs(float64(v))))
+	}
+	scale := mx / 127
+	for i, v := range y {
+		q := int8(0)
+		if scale > 0 {
+			q = int8(math.Round(float64(v / scale)))
+		}
+		k[i] = byte(q)
+	}
+	binary.LittleEndian.PutUint32(k[d:], math.Float32bits(scale))
+
+	lo := c * TokensPerChunk
+	hi := min(lo+TokensPerChunk, len(toks))
+	terms = terms[:0]
+	add := func(ts []Token) {
+		for _, t := range ts {
+			b := uint16(m.bucket(t.ID))
+			if m.idf[b] < m.cfg.MinIDF {
+				continue
+			}
+			dup := false
+			for _, x := range terms {
+				if x == b {
+					dup = true
+					break
+				}
+			}
+			if !dup {
+				terms = append(terms, b)
+			}
+		}
+	}
+	add(toks[lo:hi])
+	ncore := len(terms)
+	add(toks[max(lo-m.cfg.Window, 0):lo])
+	add(toks[hi:min(hi+m.cfg.Window, len(toks))])
+	win := terms[ncore:]
+	// Rarest window terms first, ties by bucket, so truncation keeps the most
+	// informative ones and the key bytes are deterministic.
+	sortTermsByIDF(win, m.idf)
+	terms = terms[:min(len(terms), m.cfg.MaxTerms)]
+	k[d+4] = byte(min(ncore, len(terms)))
+	k[d+5] = byte(len(terms))
+	for i := range m.cfg.MaxTerms {
+		var v uint16
+		if i < len(terms) {
+			v = terms[i]
+		}
+		binary.LittleEndian.PutUint16(k[d+6+2*i:], v)
+	}
+	return terms
+}
+
+func sortTermsByIDF(ts []uint16, idf []float32) {
+	// Insertion sort: a window holds at most a few dozen terms.
+	for i := 1; i < len(ts); i++ {
+		for j := i; j > 0; j-- {
+			a, b := ts[j-1], ts[j]
+			if idf[b] > idf[a] || (idf[b] == idf[a] && b < a) {
+				ts[j-1], ts[j] = b, a
+				continue
+			}
+			break
+		}
+	}
+}
+
+// CheckKeys reports whether keys is a whole number of well-formed keys.
+func (m *Model) CheckKeys(keys []byte) error {
+	kb := m.KeyBytes()
+	if len(keys)%kb != 0 {
+		return fmt.Errorf("%w: %d bytes is not a multiple of the %d-byte key", ErrBadKey, len(keys), kb)
+	}
+	d := m.cfg.Dim
+	for c := 0; c < len(keys)/kb; c++ {
+		k := keys[c*kb : (c+1)*kb]
+		s := math.Float32frombits(binary.LittleEndian.Uint32(k[d:]))
+		if !(s >= 0) || math.IsInf(float64(s), 0) {
+			return fmt.Errorf("%w: chunk %d: scale %v not finite and ≥ 0", ErrBadKey, c, s)
+		}
+		if int(k[d+5]) > m.cfg.MaxTerms || k[d+4] > k[d+5] {
+			return fmt.Errorf("%w: chunk %d: term counts %d/%d exceed %d", ErrBadKey, c, k[d+4], k[d+5], m.cfg.MaxTerms)
+		}
+	}
+	return nil
+}
+
+// Query is an encoded query: a question plus the answer tokens generated so far.
+type Query struct {
+	mode  Mode
+	vec   []float32 // unit vector, Dim
+	terms []uint16  // unique buckets with IDF ≥ MinIDF, rarest first
+	norm  float32   // lexical normaliser: IDF mass of the TopTerms rarest terms
+	set   []uint64  // bit set of terms, so scoring a key is O(key terms)
+}
+
+func (q *Query) buildSet(buckets int) {
+	q.set = make([]uint64, (buckets+63)/64)
+	for _, b := range q.terms {
+		q.set[b>>6] |= 1 << (b & 63)
+	}
+}
+
+// Mode is the signal the query scores with.
+func (q *Query) Mode() Mode { return q.mode }
+
+// NewQuery encodes a query from the question's tokens and the answer tokens
+// generated so far (either may be empty).
+func (m *Model) NewQuery(question, answer []Token, mode Mode) *Query {
+	q := &Query{mode: mode % numModes, vec: make([]float32, m.cfg.Dim)}
+	fs := m.appendFeatures(nil, question, 1)
+	fs = m.appendFeatures(fs, answer, 1)
+	u := make([]float32, m.cfg.Dim)
+	if m.pool(u, fs) > 0 {
+		project(q.vec, m.wq, u)
+	}
+	seen := map[uint16]bool{}
+	for _, part := range [][]Token{question, answer} {
+		for _, t := range part {
+			b := uint16(m.bucket(t.ID))
+			if m.idf[b] >= m.cfg.MinIDF && !seen[b] {
+				seen[b] = true
+				q.terms = append(q.terms, b)
+			}
+		}
+	}
+	sortTermsByIDF(q.terms, m.idf)
+	q.terms = q.terms[:min(len(q.terms), m.cfg.MaxQueryTerms)]
+	for _, b := range q.terms[:min(len(q.terms), m.cfg.TopTerms)] {
+		q.norm += m.idf[b]
+	}
+	q.buildSet(m.cfg.Buckets)
+	return q
+}
+
+// AppendBinary appends the query's fixed-size wire form (QueryBytes long), the
+// opaque per-layer query bytes a text-mode client sends once per cycle.
+func (q *Query) AppendBinary(dst []byte, cfg Config) []byte {
+	for _, v := range q.vec {
+		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(v))
+	}
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(q.mode))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(q.terms)))
+	dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(q.norm))
+	for i := range cfg.MaxQueryTerms {
+		var v uint16
+		if i < len(q.terms) {
+			v = q.terms[i]
+		}
+		dst = binary.LittleEndian.AppendUint16(dst, v)
+	}
+	return dst
+}
+
+// ParseQuery decodes a query's wire form, checking every field.
+func (m *Model) ParseQuery(b []byte) (*Query, error) {
+	if len(b) != m.QueryBytes() {
+		return nil, fmt.Errorf("%w: %d bytes, want %d", ErrBadQuery, len(b), m.QueryBytes())
+	}
+	d := m.cfg.Dim
+	q := &Query{vec: make([]float32, d)}
+	var nn float64
+	for i := range q.vec {
+		v := math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("%w: vector element %d is %v", ErrBadQuery, i, v)
+		}
+		q.vec[i] = v
+		nn += float64(v) * float64(v)
+	}
+	if nn > 1.01 {
+		return nil, fmt.Errorf("%w: vector norm %.3f > 1", ErrBadQuery, math.Sqrt(nn))
+	}
+	p := 4 * d
+	mode := binary.LittleEndian.Uint32(b[p:])
+	nt := binary.LittleEndian.Uint32(b[p+4:])
+	norm := math.Float32frombits(binary.LittleEndian.Uint32(b[p+8:]))
+	if mode >= uint32(numModes) {
+		return nil, fmt.Errorf("%w: mode %d unknown", ErrBadQuery, mode)
+	}
+	if nt > uint32(m.cfg.MaxQueryTerms) {
+		return nil, fmt.Errorf("%w: %d terms > %d", ErrBadQuery, nt, m.cfg.MaxQueryTerms)
+	}
+	if !(norm >= 0) || math.IsInf(float64(norm), 0) {
+		return nil, fmt.Errorf("%w: normaliser %v not finite and ≥ 0", ErrBadQuery, norm)
+	}
+	q.mode, q.norm = Mode(mode), norm
+	q.terms = make([]uint16, nt)
+	for i := range q.terms {
+		q.terms[i] = binary.LittleEndian.Uint16(b[p+12+2*i:])
+		if int(q.terms[i]) >= m.cfg.Buckets {
+			return nil, fmt.Errorf("%w: term %d bucket %d ≥ %d", ErrBadQuery, i, q.terms[i], m.cfg.Buckets)
+		}
+	}
+	q.buildSet(m.cfg.Buckets)
+	return q, nil
+}
+
+// windowWeight is how much a query term found only in a chunk's window (not
+// in the chunk's own tokens) counts towards the lexical signal.
+const windowWeight = 0.6
+
+// Signals returns the two raw signals of one key for q: the lexical score (IDF
+// mass of the query terms the chunk holds, divided by the mass of the query's
+// TopTerms rarest terms, so about 1 when the chunk holds the query's rarest
+// terms) and the cosine of the query and chunk embeddings.
+func (m *Model) Signals(q *Query, key []byte) (lex, cos float32) {
+	d := m.cfg.Dim
+	scale := math.Float32frombits(binary.LittleEndian.Uint32(key[d:]))
+	var dot float32
+	for i, v := range q.vec {
+		dot += v * float32(int8(key[i]))
+	}
+	cos = dot * scale
+	if q.norm > 0 {
+		ncore, nt := int(key[d+4]), int(key[d+5])
+		var mass float32
+		for i := range nt {
+			b := binary.LittleEndian.Uint16(key[d+6+2*i:])
+			if int(b) >= m.cfg.Buckets || q.set[b>>6]&(1<<(b&63)) == 0 {
+				continue
+			}
+			w := float32(windowWeight)
+			if i < ncore {
+				w = 1
+			}
+			mass += w * m.idf[b]
+		}
+		lex = mass / q.norm
+	}
+	return lex, cos
+}
+
+// Score writes the logit of every key in keys for q into out (len(out) must be
+// the number of keys). logit > 0 means keep, as for the LSA scorer. Keys are
+// checked with CheckKeys first.
+func (m *Model) Score(q *Query, keys []byte, out []float32) error {
+	if err := m.CheckKeys(keys); err != nil {
+		return err
+	}
+	kb := m.KeyBytes()
+	if len(out) != len(keys)/kb {
+		return fmt.Errorf("%w: %d outputs for %d keys", ErrBadKey, len(out), len(keys)/kb)
+	}
+	cal := m.calib[q.mode]
+	for c := range out {
+		lex, cos := m.Signals(q, keys[c*kb:(c+1)*kb])
+		out[c] = cal.Lex*lex + cal.Dense*cos + cal.Bias
+	}
+	return nil
+}
+
+// Tensor names of the model file.
+const (
+	tensorEmbed = "embed"       // [Buckets, Dim] F16
+	tensorIDF   = "idf"         // [Buckets] F32
+	tensorWQ    = "query_proj"  // [Dim, Dim] F32
+	tensorWC    = "chunk_proj"  // [Dim, Dim] F32
+	tensorCalib = "calibration" // [3, 3] F32: per mode (combined, lexical, dense) lex, dense, bias
+)
+
+// Save writes the model as safetensors. The embedding table is stored as F16
+// (halving the file; the scores move by < 1e-3).
+func (m *Model) Save(w io.Writer) error {
+	cal := make([]float32, 0, 3*int(numModes))
+	for _, c := range m.calib {
+		cal = append(cal, c.Lex, c.Dense, c.Bias)
+	}
+	meta := maps.Clone(m.meta)
+	meta["format"] = "flashmemory-textmode-v1"
+	meta["buckets"] = strconv.Itoa(m.cfg.Buckets)
+	meta["dim"] = strconv.Itoa(m.cfg.Dim)
+	meta["window"] = strconv.Itoa(m.cfg.Window)
+	meta["max_terms"] = strconv.Itoa(m.cfg.MaxTerms)
+	meta["max_query_terms"] = strconv.Itoa(m.cfg.MaxQueryTerms)
+	meta["min_idf"] = strconv.FormatFloat(float64(m.cfg.MinIDF), 'g', -1, 32)
+	meta["top_terms"] = strconv.Itoa(m.cfg.TopTerms)
+	d := m.cfg.Dim
+	return writeSafetensors(w, []stTensor{
+		{tensorEmbed, "F16", []int{m.cfg.Buckets, d}, f16Bytes(m.embed)},
+		{tensorIDF, "F32", []int{m.cfg.Buckets}, f32Bytes(m.idf)},
+		{tensorWQ, "F32", []int{d, d}, f32Bytes(m.wq)},
+		{tensorWC, "F32", []int{d, d}, f32Bytes(m.wc)},
+		{tensorCalib, "F32", []int{int(numModes), 3}, f32Bytes(cal)},
+	}, meta)
+}
+
+// Load reads a model written by Save, checking the format, every tensor's
+// dtype and shape, and that every value is finite.
+func Load(b []byte) (*Model, error) {
+	ts, meta, err := parseSafetensors(b)
+	if err != nil {
+		return nil, err
+	}
+	if f := meta["format"]; f != "flashmemory-textmode-v1" {
+		return nil, fmt.Errorf("%w: metadata format %q, want flashmemory-textmode-v1", ErrBadModel, f)
+	}
+	geti := func(k string) int {
+		v, err := strconv.Atoi(meta[k])
+		if err != nil {
+			return -1
+		}
+		return v
+	}
+	mi, err := strconv.ParseFloat(meta["min_idf"], 32)
+	if err != nil {
+		return nil, fmt.Errorf("%w: metadata min_idf %q: %v", ErrBadModel, meta["min_idf"], err)
+	}
+	cfg := Config{Buckets: geti("buckets"), Dim: geti("dim"), Window: geti("window"), MaxTerms: geti("max_terms"),
+		MaxQueryTerms: geti("max_query_terms"), MinIDF: float32(mi), TopTerms: geti("top_terms")}
+	m, err := newModel(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: metadata: %w", ErrBadModel, err)
+	}
+	d := cfg.Dim
+	want := []struct {
+		name  string
+		dtype string
+		shape []int
+		dst   []float32
+	}{
+		{tensorEmbed, "F16", []int{cfg.Buckets, d}, m.embed},
+		{tensorIDF, "F32", []int{cfg.Buckets}, m.idf},
+		{tensorWQ, "F32", []int{d, d}, m.wq},
+		{tensorWC, "F32", []int{d, d}, m.wc},
+		{tensorCalib, "F32", []int{int(numModes), 3}, nil},
+	}
+	for _, w := range want {
+		t, ok := ts[w.name]
+		if !ok {
+			return nil, fmt.Errorf("%w: tensor %q missing", ErrBadModel, w.name)
+		}
+		if t.dtype != w.dtype || !equalInts(t.shape, w.shape) {
+			return nil, fmt.Errorf("%w: tensor %q is %s%v, want %s%v", ErrBadModel, w.name, t.dtype, t.shape, w.dtype, w.shape)
+		}
+		vals := tensorFloats(t)
+		for i, v := range vals {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, fmt.Errorf("%w: tensor %q element %d is %v", ErrBadModel, w.name, i, v)
+			}
+		}
+		if w.dst != nil {
+			copy(w.dst, vals)
+		} else {
+			for i := range m.calib {
+				m.calib[i] = Calibration{vals[3*i], vals[3*i+1], vals[3*i+2]}
+			}
+		}
+	}
+	for i, v := range m.idf {
+		if v < 0 {
+			return nil, fmt.Errorf("%w: idf[%d] = %v < 0", ErrBadModel, i, v)
+		}
+	}
+	m.meta = meta
+	return m, nil
+}
+
+// LoadFrom reads a whole model file from r (at most maxModelBytes).
+func LoadFrom(r io.Reader) (*Model, error) {
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(r, maxModelBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("textmode: reading model: %w", err)
+	}
+	if n > maxModelBytes {
+		return nil, fmt.Errorf("%w: model file larger than %d bytes", ErrBadFile, maxModelBytes)
+	}
+	return Load(buf.Bytes())
+}
+
+// maxModelBytes bounds a model file: 65536 buckets × 1024 dims × 2 B plus small
+// tensors is the largest valid model.
+const maxModelBytes = 160 << 20
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
