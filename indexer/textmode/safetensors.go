@@ -143,7 +143,9 @@ func parseSafetensors(b []byte) (map[string]stTensor, map[string]string, error) 
 		spans = append(spans, span{e.Offsets[0], e.Offsets[1], name})
 		tensors[name] = stTensor{name: name, dtype: e.Dtype, shape: shape, data: data[e.Offsets[0]:e.Offsets[1]]}
 	}
-	sort.Slice(spans, func(i, j int) bool { return spans[i].lo < spans[j].lo || (spans[i].lo == spans[j].lo && spans[i].name < spans[j].name) })
+	sort.Slice(spans, func(i, j int) bool {
+		return spans[i].lo < spans[j].lo || (spans[i].lo == spans[j].lo && spans[i].name < spans[j].name)
+	})
 	for i := 1; i < len(spans); i++ {
 		if spans[i].lo < spans[i-1].hi {
 			return nil, nil, fmt.Errorf("%w: tensors %q and %q overlap", ErrBadFile, spans[i-1].name, spans[i].name)
