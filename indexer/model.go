@@ -21,8 +21,8 @@ import (
 // "retrievers.l{N}.{wq_a.weight, wq_b.weight, q_norm_weight, weights_proj.weight}" and as
 // ../shared/testdata/indexer_golden.safetensors names them. Other tensors are ignored.
 const (
-	nameWqA   = "wq_a"         // [R, hidden]
-	nameWqB   = "wq_b"         // [H·head_dim, R]
+	nameWqA   = "wq_a"          // [R, hidden]
+	nameWqB   = "wq_b"          // [H·head_dim, R]
 	nameQNorm = "q_norm_weight" // [R]
 	nameWProj = "weights_proj"  // [H, hidden]
 )
