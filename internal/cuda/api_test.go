@@ -1,0 +1,126 @@
+package cuda
+
+import (
+	"bytes"
+	"go/ast"
+	"go/parser"
+	"go/printer"
+	"go/token"
+	"sort"
+	"testing"
+)
+
+// exportedAPI lists every exported top-level function and method of the named files as
+// "recv.Name(params) results" strings.
+func exportedAPI(t *testing.T, files ...string) map[string]string {
+	t.Helper()
+	fset := token.NewFileSet()
+	out := map[string]string{}
+	for _, f := range files {
+		af, err := parser.ParseFile(fset, f, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, decl := range af.Decls {
+			fd, ok := decl.(*ast.FuncDecl)
+			if !ok || !fd.Name.IsExported() {
+				continue
+			}
+			key := fd.Name.Name
+			if fd.Recv != nil {
+				var b bytes.Buffer
+				printer.Fprint(&b, fset, fd.Recv.List[0].Type)
+				key = b.String() + "." + key
+			}
+			var b bytes.Buffer
+			printer.Fprint(&b, fset, fd.Type)
+			out[key] = b.String()
+		}
+	}
+	return out
+}
+
+// The default build must offer exactly the cuda build's API, so packages above compile
+// unchanged either way.
+func TestNoCUDATwinMatchesAPI(t *testing.T) {
+	withCUDA := exportedAPI(t, "cuda.go", "gather.go")
+	without := exportedAPI(t, "nocuda.go")
+	if len(withCUDA) < 40 {
+		t.Fatalf("parsed only %d exported funcs from the cuda files", len(withCUDA))
+	}
+	var keys []string
+	for k := range withCUDA {
+		keys = append(keys, k)
+	}
+	for k := range without {
+		if _, ok := withCUDA[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		a, b := withCUDA[k], without[k]
+		if a != b {
+			t.Errorf("%s: cuda %q, nocuda %q", k, a, b)
+		}
+	}
+}
+
+func TestSplitDescs(t *testing.T) {
+	tests := []struct {
+		name  string
+		in    []CopyDesc
+		piece uint64
+		want  []CopyDesc
+	}{
+		{"empty", nil, 64, nil},
+		{"short rows kept", []CopyDesc{{0, 1000, 16}, {64, 2000, 64}}, 64,
+			[]CopyDesc{{0, 1000, 16}, {64, 2000, 64}}},
+		{"long row cut", []CopyDesc{{0, 1000, 150}}, 64,
+			[]CopyDesc{{0, 1000, 64}, {64, 1064, 64}, {128, 1128, 22}}},
+		{"exact multiple", []CopyDesc{{16, 32, 128}}, 64,
+			[]CopyDesc{{16, 32, 64}, {80, 96, 64}}},
+		{"zero length dropped", []CopyDesc{{0, 0, 0}, {5, 7, 3}}, 64,
+			[]CopyDesc{{5, 7, 3}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := splitDescs(nil, tc.in, tc.piece)
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			var sumIn, sumOut uint64
+			for _, c := range tc.in {
+				sumIn += c.Len
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Errorf("piece %d: got %+v, want %+v", i, got[i], tc.want[i])
+				}
+				sumOut += got[i].Len
+			}
+			if sumIn != sumOut {
+				t.Errorf("bytes: in %d, out %d", sumIn, sumOut)
+			}
+		})
+	}
+}
+
+func TestArgEncoding(t *testing.T) {
+	tests := []struct {
+		name string
+		got  Arg
+		want uint64
+	}{
+		{"i32 negative low half", ArgI32(-2), 0x00000000fffffffe},
+		{"u32", ArgU32(7), 7},
+		{"f32 one", ArgF32(1), 0x3f800000},
+		{"ptr", ArgPtr(0x7f0012345678), 0x7f0012345678},
+		{"u64", ArgU64(1 << 40), 1 << 40},
+	}
+	for _, tc := range tests {
+		if uint64(tc.got) != tc.want {
+			t.Errorf("%s: got %#x, want %#x", tc.name, uint64(tc.got), tc.want)
+		}
+	}
+}
