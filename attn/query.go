@@ -1,0 +1,186 @@
+package attn
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+)
+
+// Matrix is a row-major float32 matrix.
+type Matrix struct {
+	Rows, Cols int
+	Data       []float32
+}
+
+func (m Matrix) check(name string) error {
+	if m.Rows <= 0 || m.Cols <= 0 || len(m.Data) != m.Rows*m.Cols {
+		return fmt.Errorf("%w: %s is %d×%d with %d values", ErrShape, name, m.Rows, m.Cols, len(m.Data))
+	}
+	return nil
+}
+
+// Options are the scorer hyper-parameters that the weights do not imply.
+type Options struct {
+	HeadDim int     // per-head query/key size (128); keys are HeadDim fp8 bytes + 4 scale bytes
+	Eps     float32 // RMSNorm epsilon (1e-6)
+	Rope    YaRN    // applied to the last Rope.Dim elements of each head
+}
+
+// DefaultOptions are the published FM-DS-V4 indexer settings.
+var DefaultOptions = Options{HeadDim: 128, Eps: 1e-6, Rope: DefaultYaRN}
+
+// LayerWeights is one target layer's Memory-Indexer query projection. It is
+// immutable after construction and safe for concurrent use.
+type LayerWeights struct {
+	hidden, rank, heads, headDim int
+	wqA, wqB, wProj              Matrix
+	qNorm                        []float32
+	eps                          float32
+	rope                         *Rope
+	wScale                       float32 // headDim^-0.5 · heads^-0.5
+}
+
+// NewLayerWeights checks the shapes and builds a layer. Dimensions come from the
+// weights: wqA is [R, hidden], qNorm [R], wqB [H·HeadDim, R], wProj [H, hidden].
+// The slices are retained, not copied.
+func NewLayerWeights(wqA Matrix, qNorm []float32, wqB, wProj Matrix, opt Options) (*LayerWeights, error) {
+	for _, c := range []struct {
+		name string
+		m    Matrix
+	}{{"wq_a", wqA}, {"wq_b", wqB}, {"weights_proj", wProj}} {
+		if err := c.m.check(c.name); err != nil {
+			return nil, err
+		}
+	}
+	d := opt.HeadDim
+	if d <= 0 || d&(d-1) != 0 {
+		return nil, fmt.Errorf("%w: head dim %d must be a power of two (Hadamard)", ErrConfig, d)
+	}
+	if opt.Rope.Dim > d {
+		return nil, fmt.Errorf("%w: rope dim %d exceeds head dim %d", ErrConfig, opt.Rope.Dim, d)
+	}
+	if !(opt.Eps >= 0) {
+		return nil, fmt.Errorf("%w: eps %v", ErrConfig, opt.Eps)
+	}
+	rope, err := NewRope(opt.Rope)
+	if err != nil {
+		return nil, err
+	}
+	hidden, rank := wqA.Cols, wqA.Rows
+	if len(qNorm) != rank {
+		return nil, fmt.Errorf("%w: q_norm_weight has %d values, want R = %d (rows of wq_a)", ErrShape, len(qNorm), rank)
+	}
+	if wqB.Cols != rank || wqB.Rows%d != 0 {
+		return nil, fmt.Errorf("%w: wq_b is %d×%d, want (H·%d)×%d", ErrShape, wqB.Rows, wqB.Cols, d, rank)
+	}
+	heads := wqB.Rows / d
+	if wProj.Rows != heads || wProj.Cols != hidden {
+		return nil, fmt.Errorf("%w: weights_proj is %d×%d, want %d×%d (heads × hidden)", ErrShape, wProj.Rows, wProj.Cols, heads, hidden)
+	}
+	return &LayerWeights{
+		hidden: hidden, rank: rank, heads: heads, headDim: d,
+		wqA: wqA, wqB: wqB, wProj: wProj, qNorm: qNorm, eps: opt.Eps, rope: rope,
+		wScale: float32(float32(1/math.Sqrt(float64(d))) * float32(1/math.Sqrt(float64(heads)))),
+	}, nil
+}
+
+// Hidden returns the hidden size (the length of the bf16 input vector).
+func (lw *LayerWeights) Hidden() int { return lw.hidden }
+
+// Heads returns the number of indexer heads H.
+func (lw *LayerWeights) Heads() int { return lw.heads }
+
+// HeadDim returns the per-head size D.
+func (lw *LayerWeights) HeadDim() int { return lw.headDim }
+
+// Rank returns the query LoRA rank R.
+func (lw *LayerWeights) Rank() int { return lw.rank }
+
+// Query is one prepared query of one layer, for both scorer variants.
+type Query struct {
+	Position int64
+	Heads    int
+	HeadDim  int
+	Q        []float32 // [Heads·HeadDim] after bf16 rounding, RoPE and Hadamard (float variant)
+	W        []float32 // [Heads] head weights (x·weights_projᵀ)·D^-0.5·H^-0.5
+	Q8       []uint8   // [Heads·HeadDim] fp8 e4m3fn codes of Q/QScale (fp8-q variant)
+	QScale   []float32 // [Heads] max|Q_h|/448
+}
+
+// Query prepares the query of hidden state hidden (little-endian bf16, 2·Hidden
+// bytes) at token position pos.
+func (lw *LayerWeights) Query(hidden []byte, pos int64) (*Query, error) {
+	if len(hidden) != 2*lw.hidden {
+		return nil, fmt.Errorf("%w: hidden state has %d bytes, want %d (bf16 × %d)", ErrShape, len(hidden), 2*lw.hidden, lw.hidden)
+	}
+	if pos < 0 {
+		return nil, fmt.Errorf("%w: position %d is negative", ErrConfig, pos)
+	}
+	x := make([]float32, lw.hidden)
+	for i := range x {
+		x[i] = BF16ToF32(binary.LittleEndian.Uint16(hidden[2*i:]))
+	}
+	h, d := lw.heads, lw.headDim
+	qa := make([]float32, lw.rank)
+	matVec(qa, lw.wqA, x)
+	RMSNorm(qa, lw.qNorm, lw.eps)
+	q := make([]float32, h*d)
+	matVec(q, lw.wqB, qa)
+	rd := lw.rope.Dim()
+	for hh := 0; hh < h; hh++ {
+		head := q[hh*d : (hh+1)*d]
+		for i, v := range head {
+			head[i] = RoundBF16(v)
+		}
+		rot := head[d-rd:]
+		lw.rope.Apply(rot, pos)
+		for i, v := range rot {
+			rot[i] = RoundBF16(v)
+		}
+		Hadamard(head)
+	}
+	w := make([]float32, h)
+	matVec(w, lw.wProj, x)
+	for i := range w {
+		w[i] *= lw.wScale
+	}
+	out := &Query{Position: pos, Heads: h, HeadDim: d, Q: q, W: w, Q8: make([]uint8, h*d), QScale: make([]float32, h)}
+	quantizeHeads(out)
+	return out, nil
+}
+
+// quantizeHeads fills Q8 and QScale: per head, scale = max|q|/448 and
+// q8 = fp8(q/scale). An all-zero head gets scale 0 and zero codes, so it adds
+// nothing instead of turning every logit into NaN.
+func quantizeHeads(q *Query) {
+	d := q.HeadDim
+	for h := 0; h < q.Heads; h++ {
+		head := q.Q[h*d : (h+1)*d]
+		var amax float32
+		for _, v := range head {
+			amax = max(amax, float32(math.Abs(float64(v))))
+		}
+		s := amax / FP8MaxE4M3
+		q.QScale[h] = s
+		codes := q.Q8[h*d : (h+1)*d]
+		for i, v := range head {
+			if s == 0 {
+				codes[i] = 0
+				continue
+			}
+			codes[i] = FP8FromF32(v / s)
+		}
+	}
+}
+
+// matVec computes dst = m·x with float64 accumulation.
+func matVec(dst []float32, m Matrix, x []float32) {
+	for r := range dst {
+		row := m.Data[r*m.Cols : (r+1)*m.Cols]
+		var s float64
+		for c, v := range row {
+			s += float64(v) * float64(x[c])
+		}
+		dst[r] = float32(s)
+	}
+}
