@@ -276,8 +276,10 @@ func (o *oversizeConn) ReadMsgUnix(b, _ []byte) (int, int, int, *net.UnixAddr, e
 	o.hdr = o.hdr[n:]
 	return n, 0, 0, nil, nil
 }
-func (o *oversizeConn) WriteMsgUnix(b, _ []byte, _ *net.UnixAddr) (int, int, error) { return len(b), 0, nil }
-func (o *oversizeConn) Write(b []byte) (int, error)                                 { return len(b), nil }
+func (o *oversizeConn) WriteMsgUnix(b, _ []byte, _ *net.UnixAddr) (int, int, error) {
+	return len(b), 0, nil
+}
+func (o *oversizeConn) Write(b []byte) (int, error) { return len(b), nil }
 
 func TestOversizeRejectedBeforeAllocating(t *testing.T) {
 	var hb [HeaderSize]byte
