@@ -36,7 +36,11 @@ func NewRequest(model Scorer, policy Policy) (*Request, error) {
 	}
 	r := &Request{model: model, policy: policy, ensemble: model.Ensemble(), keys: make([]Keys, nl), logits: make([][]float32, nl)}
 	for l := range r.keys {
-		r.keys[l] = model.NewKeys()
+		k, err := model.NewKeys()
+		if err != nil {
+			return nil, fmt.Errorf("target layer %d: %w", model.Layers()[l], err)
+		}
+		r.keys[l] = k
 	}
 	return r, nil
 }

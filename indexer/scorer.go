@@ -21,7 +21,7 @@ type Scorer interface {
 	Ensemble() Ensemble
 	// NewKeys returns an empty key store for one target layer. Requests append every
 	// chunk's key to it once; the store may keep the keys in whatever layout scoring wants.
-	NewKeys() Keys
+	NewKeys() (Keys, error)
 	// Score fills, for every item and every target layer l, Out[l][c] with the logit of
 	// chunk c of Keys[l] for the item's query. Items may belong to different requests; the
 	// scorer should spread the work over all cores. Keys are the stores made by NewKeys.
@@ -29,7 +29,8 @@ type Scorer interface {
 }
 
 // Keys is an append-only store of one target layer's chunk keys, made by Scorer.NewKeys.
-// It is owned by one Request and used by one goroutine at a time.
+// It is owned by one Request and used by one goroutine at a time. *attn.KeyStore is the
+// LSA model's implementation.
 type Keys interface {
 	// Append adds len(raw)/KeyBytes keys; len(raw) is a whole number of keys (the Request
 	// checks). It may reject key bytes the model cannot use (say, a non-finite scale).
@@ -38,8 +39,8 @@ type Keys interface {
 	Len() int
 	// Truncate drops keys from index n on; the Request uses it to undo a partial append.
 	Truncate(n int)
-	// AppendRaw appends the original bytes of keys [first, first+n) to dst, exactly as they
-	// were appended, so that a request can be persisted and restored.
+	// AppendRaw appends the original bytes of keys [first, first+n) ∩ [0, Len) to dst,
+	// exactly as they were appended, so that a request can be persisted and restored.
 	AppendRaw(dst []byte, first, n int) []byte
 }
 

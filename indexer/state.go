@@ -55,8 +55,11 @@ func (r *Request) MarshalBinary() ([]byte, error) {
 	for _, e := range r.sel.ewma {
 		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(e))
 	}
-	for _, k := range r.keys {
-		b = k.AppendRaw(b, 0, r.n)
+	for l, k := range r.keys {
+		before := len(b)
+		if b = k.AppendRaw(b, 0, r.n); len(b)-before != r.n*kb {
+			return nil, fmt.Errorf("%w: target layer %d: key store returned %d bytes for %d keys", ErrBadState, layers[l], len(b)-before, r.n)
+		}
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
 }
@@ -147,7 +150,11 @@ func (r *Request) UnmarshalBinary(data []byte) error {
 	}
 	keys := make([]Keys, len(layers))
 	for l := range keys {
-		keys[l] = r.model.NewKeys()
+		k, err := r.model.NewKeys()
+		if err != nil {
+			return fmt.Errorf("target layer %d: %w", layers[l], err)
+		}
+		keys[l] = k
 		raw := d.b[l*n*kb : (l+1)*n*kb]
 		if err := keys[l].Append(raw); err != nil {
 			return fmt.Errorf("%w: target layer %d: %w", ErrBadState, layers[l], err)
