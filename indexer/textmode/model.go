@@ -8,7 +8,10 @@ import (
 	"maps"
 	"math"
 	"math/bits"
+	"slices"
 	"strconv"
+
+	"github.com/flashmemory/flashmemory/internal/safetensors"
 )
 
 // TokensPerChunk is the number of tokens in one chunk, as in DeepSeek-V4's
@@ -552,22 +555,23 @@ func (m *Model) Save(w io.Writer) error {
 	meta["min_idf"] = strconv.FormatFloat(float64(m.cfg.MinIDF), 'g', -1, 32)
 	meta["top_terms"] = strconv.Itoa(m.cfg.TopTerms)
 	d := m.cfg.Dim
-	return writeSafetensors(w, []stTensor{
-		{tensorEmbed, "F16", []int{m.cfg.Buckets, d}, f16Bytes(m.embed)},
-		{tensorIDF, "F32", []int{m.cfg.Buckets}, f32Bytes(m.idf)},
-		{tensorWQ, "F32", []int{d, d}, f32Bytes(m.wq)},
-		{tensorWC, "F32", []int{d, d}, f32Bytes(m.wc)},
-		{tensorCalib, "F32", []int{int(numModes), 3}, f32Bytes(cal)},
+	return safetensors.Write(w, []safetensors.Tensor{
+		{Name: tensorCalib, DType: safetensors.F32, Shape: []int{int(numModes), 3}, Data: f32Bytes(cal)},
+		{Name: tensorWC, DType: safetensors.F32, Shape: []int{d, d}, Data: f32Bytes(m.wc)},
+		{Name: tensorEmbed, DType: safetensors.F16, Shape: []int{m.cfg.Buckets, d}, Data: f16Bytes(m.embed)},
+		{Name: tensorIDF, DType: safetensors.F32, Shape: []int{m.cfg.Buckets}, Data: f32Bytes(m.idf)},
+		{Name: tensorWQ, DType: safetensors.F32, Shape: []int{d, d}, Data: f32Bytes(m.wq)},
 	}, meta)
 }
 
 // Load reads a model written by Save, checking the format, every tensor's
 // dtype and shape, and that every value is finite.
 func Load(b []byte) (*Model, error) {
-	ts, meta, err := parseSafetensors(b)
+	f, err := safetensors.Parse(b)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrBadFile, err)
 	}
+	meta := f.Metadata()
 	if f := meta["format"]; f != "flashmemory-textmode-v1" {
 		return nil, fmt.Errorf("%w: metadata format %q, want flashmemory-textmode-v1", ErrBadModel, f)
 	}
@@ -591,25 +595,28 @@ func Load(b []byte) (*Model, error) {
 	d := cfg.Dim
 	want := []struct {
 		name  string
-		dtype string
+		dtype safetensors.DType
 		shape []int
 		dst   []float32
 	}{
-		{tensorEmbed, "F16", []int{cfg.Buckets, d}, m.embed},
-		{tensorIDF, "F32", []int{cfg.Buckets}, m.idf},
-		{tensorWQ, "F32", []int{d, d}, m.wq},
-		{tensorWC, "F32", []int{d, d}, m.wc},
-		{tensorCalib, "F32", []int{int(numModes), 3}, nil},
+		{tensorEmbed, safetensors.F16, []int{cfg.Buckets, d}, m.embed},
+		{tensorIDF, safetensors.F32, []int{cfg.Buckets}, m.idf},
+		{tensorWQ, safetensors.F32, []int{d, d}, m.wq},
+		{tensorWC, safetensors.F32, []int{d, d}, m.wc},
+		{tensorCalib, safetensors.F32, []int{int(numModes), 3}, nil},
 	}
 	for _, w := range want {
-		t, ok := ts[w.name]
-		if !ok {
-			return nil, fmt.Errorf("%w: tensor %q missing", ErrBadModel, w.name)
+		t, err := f.Tensor(w.name)
+		if err != nil {
+			return nil, fmt.Errorf("%w: tensor %q: %w", ErrBadModel, w.name, err)
 		}
-		if t.dtype != w.dtype || !equalInts(t.shape, w.shape) {
-			return nil, fmt.Errorf("%w: tensor %q is %s%v, want %s%v", ErrBadModel, w.name, t.dtype, t.shape, w.dtype, w.shape)
+		if t.DType != w.dtype || !slices.Equal(t.Shape, w.shape) {
+			return nil, fmt.Errorf("%w: tensor %q is %s%v, want %s%v", ErrBadModel, w.name, t.DType, t.Shape, w.dtype, w.shape)
 		}
-		vals := tensorFloats(t)
+		vals, err := t.Float32s()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadModel, err)
+		}
 		for i, v := range vals {
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 				return nil, fmt.Errorf("%w: tensor %q element %d is %v", ErrBadModel, w.name, i, v)
@@ -648,15 +655,3 @@ func LoadFrom(r io.Reader) (*Model, error) {
 // maxModelBytes bounds a model file: 65536 buckets × 1024 dims × 2 B plus small
 // tensors is the largest valid model.
 const maxModelBytes = 160 << 20
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
