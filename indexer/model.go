@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/flashmemory/flashmemory/attn"
 	"github.com/flashmemory/flashmemory/internal/safetensors"
 )
 
@@ -321,4 +322,48 @@ func f32Tensor(name string, v []float32, shape ...int) safetensors.Tensor {
 		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
 	}
 	return safetensors.Tensor{Name: name, DType: safetensors.F32, Shape: shape, Data: b}
+}
+
+// RandomKeys returns n chunk keys per target layer drawn like a decoder's compressed index
+// keys (per key: HeadDim values from N(0, 1), quantised to fp8 e4m3 with scale max|v|/448),
+// deterministic in seed. For tests, benchmarks and the daemon demo.
+func (m *Model) RandomKeys(seed uint64, n int) [][]byte {
+	n = max(n, 0)
+	rng := rand.New(rand.NewPCG(seed, 0x6a09e667f3bcc909))
+	d, kb := m.cfg.HeadDim, m.cfg.KeyBytes()
+	v := make([]float32, d)
+	out := make([][]byte, len(m.cfg.Layers))
+	for l := range out {
+		b := make([]byte, n*kb)
+		for c := range n {
+			var amax float32
+			for j := range v {
+				v[j] = float32(rng.NormFloat64())
+				amax = max(amax, float32(math.Abs(float64(v[j]))))
+			}
+			scale := amax / 448
+			key := b[c*kb : (c+1)*kb]
+			for j, x := range v {
+				key[j] = attn.FP8FromF32(x / scale)
+			}
+			binary.LittleEndian.PutUint32(key[d:], math.Float32bits(scale))
+		}
+		out[l] = b
+	}
+	return out
+}
+
+// RandomQuery returns a query at position pos whose per-layer hidden states are drawn from
+// N(0, 1) and rounded to bf16, deterministic in seed.
+func (m *Model) RandomQuery(seed uint64, pos int64) Query {
+	rng := rand.New(rand.NewPCG(seed, 0xbb67ae8584caa73b))
+	q := Query{Position: pos, Layers: make([][]byte, len(m.cfg.Layers))}
+	for l := range q.Layers {
+		b := make([]byte, 2*m.cfg.Hidden)
+		for i := range m.cfg.Hidden {
+			binary.LittleEndian.PutUint16(b[2*i:], attn.BF16FromF32(float32(rng.NormFloat64())))
+		}
+		q.Layers[l] = b
+	}
+	return q
 }
