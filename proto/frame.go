@@ -95,7 +95,7 @@ func PutHeader(b []byte, h Header) {
 // DefaultMaxBody). The checks run in stream-safety order: magic (ErrBadMagic),
 // body length (ErrOversize), then — with the length known to be safe to skip —
 // reserved fields and flags (ErrBadHeader), version (ErrUnsupportedVersion)
-// and op (ErrUnknownOp). On every error except ErrBadMagic and a short b the
+// and op (ErrUnknownOp, not checked for error frames). On every error except ErrBadMagic and a short b the
 // returned Header is filled in, so a server can echo the request id.
 func DecodeHeader(b []byte, maxBody uint32) (Header, error) {
 	if len(b) < HeaderSize {
@@ -132,7 +132,10 @@ func DecodeHeader(b []byte, maxBody uint32) (Header, error) {
 	if h.Version < MinVersion || h.Version > MaxVersion {
 		return h, fmt.Errorf("%w: %d, supported %d..%d (request %d)", ErrUnsupportedVersion, h.Version, MinVersion, MaxVersion, h.ID)
 	}
-	if !h.Op.Known() {
+	// An error frame's body does not depend on its op, and it may answer a
+	// request whose op the server did not know (or, with op 0, a frame it
+	// could not parse), so its op is not checked.
+	if !h.Op.Known() && h.Flags&FlagError == 0 {
 		return h, fmt.Errorf("%w: %d (request %d)", ErrUnknownOp, uint16(h.Op), h.ID)
 	}
 	return h, nil
