@@ -1,0 +1,47 @@
+// Package tiers stores the KV pages of flashmemd sessions in three tiers and
+// moves them between tiers without blocking the socket loop.
+//
+//   - Reserve / Region: per session, the memory the decoder reads attention KV
+//     from. One buffer per layer, [slots, row_bytes], each 4096-aligned; a
+//     resident page occupies the same slot in every layer's buffer. On the CPU
+//     build a region is a sealed memfd the daemon maps and hands to the owning
+//     client (Region.FD, SCM_RIGHTS); the CUDA build backs the same Region with
+//     device memory through the Backend interface. Slots are allocated with LRU
+//     eviction among unpinned slots and pinned by lease (a cycle's page table
+//     stays valid until the client releases it). Every slot records the
+//     generation it holds, so a recall copies again whenever the page changed.
+//   - HostMirror: every page of every live session, in page-aligned slots carved
+//     from large mmap'ed extents (pinned on GPU hosts) under a byte budget.
+//   - SSD: Badger v4, one value per page with a checksummed header, plus
+//     session metadata blobs for persist/resume. Corrupt values are never
+//     served (ErrIntegrity).
+//
+// Store combines mirror and SSD (spilling cold pages when the mirror passes its
+// budget, bringing them back on a miss); Mover runs recalls (SSD → mirror →
+// reserve) and lookahead staging on a bounded worker pool and reports each
+// recall through a Ticket.
+//
+// Every tier implements Tier and passes the conformance suite in
+// tiers/tiertest.
+//
+// Typical daemon use, per session:
+//
+//	geo, _ := tiers.NewGeometry(layout)
+//	region, _ := reserve.Create(sessionID, layout, slots)   // send region.FD()
+//	prev, _ := store.Mirror().WriteChunk(id, gen, geo, chunk, payload) // append
+//	if slot, g, ok := region.Lookup(id.Page); ok {            // resident: keep it current
+//		_ = region.WriteChunk(slot, id.Page, prev, gen, chunk, payload)
+//	}
+//	a, _ := region.Allocate(page)                             // per selected page
+//	_ = region.Pin(recallLease, []int{a.Slot})
+//	t, _ := mover.Recall(region, items)                       // never blocks
+//	mover.Stage(lookahead)
+//	// next cycle: <-t.Done(), t.Results(); hand out the table under a lease
+//
+// Concurrency: every type is safe for concurrent use. Writes of one page must
+// be serialised by the caller (the session's goroutine); reads may race them
+// and always return bytes matching the generation they report, except that
+// HostMirror.WriteChunk updates a page in place (the bytes of other chunks
+// never change, and a racing reader reports the older generation, so any copy
+// it fed is recopied).
+package tiers

@@ -1,0 +1,742 @@
+package tiers
+
+import (
+	"context"
+	"fmt"
+	"sync"
+)
+
+// regionAlign is the alignment of every layer buffer inside a region, so a
+// client (or a device copy engine) can map or address each layer separately.
+const regionAlign = 4096
+
+// MaxSlots bounds the slots of one region.
+const MaxSlots = 1 << 20
+
+// LeaseID names a set of pinned slots. The daemon chooses the values (one per
+// cycle reply, one for an in-flight recall); the region only counts pins.
+type LeaseID uint64
+
+// RegionConfig describes one session's reserve region.
+type RegionConfig struct {
+	Session uint64
+	Layout  Layout
+	Slots   int
+	// Backend creates the memory; nil means MemfdBackend.
+	Backend Backend
+}
+
+// Allocation is the outcome of Region.Allocate.
+type Allocation struct {
+	Slot int
+	// Hit: the page was already bound to Slot; Gen is what the slot holds
+	// (0 = bound but not loaded yet).
+	Hit bool
+	Gen uint64
+	// Evicted: Slot previously held EvictedPage, which is no longer resident.
+	Evicted     bool
+	EvictedPage uint32
+}
+
+type slotState struct {
+	page       uint32
+	bound      bool
+	gen        uint64 // 0 = no valid contents
+	pins       int32
+	readers    int32
+	writing    bool
+	prev, next int32 // LRU links among bound slots; -1 = none
+}
+
+// Region is one session's reserve: one buffer per layer, [slots, row_bytes],
+// each at a 4096-aligned offset, a resident page occupying the same slot in every
+// layer's buffer (chunk cell = slot·ChunksPerPage + chunk). It tracks which page
+// each slot holds and at which generation, evicts least-recently-allocated
+// unpinned slots, and pins slots by lease. The GPU reserve has exactly these
+// semantics; only the memory behind it differs.
+//
+// Copies run outside the region lock. A slot being written excludes readers and
+// other writers of that slot; a slot being copied is never evicted.
+type Region struct {
+	session  uint64
+	geo      *pageGeometry
+	nslots   int
+	layerOff []int64
+	mem      regionMemory
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	closed   bool
+	slots    []slotState
+	pageSlot map[uint32]int32
+	free     []int32
+	head     int32 // most recently used
+	tail     int32 // least recently used
+	leases   map[LeaseID][]int32
+	loaded   int64
+	counters tierCounters
+}
+
+var _ Tier = (*Region)(nil)
+
+// NewRegion creates a region and its memory.
+func NewRegion(cfg RegionConfig) (*Region, error) {
+	geo, err := newGeometry(cfg.Layout)
+	if err != nil {
+		return nil, fmt.Errorf("region for session %d: %w", cfg.Session, err)
+	}
+	if cfg.Slots <= 0 || cfg.Slots > MaxSlots {
+		return nil, fmt.Errorf("region for session %d: %d slots outside 1..%d: %w", cfg.Session, cfg.Slots, MaxSlots, ErrLayout)
+	}
+	size, offs := regionLayout(geo.layout, cfg.Slots)
+	backend := cfg.Backend
+	if backend == nil {
+		backend = MemfdBackend()
+	}
+	mem, err := backend.newMemory(fmt.Sprintf("flashmem-reserve-%d", cfg.Session), size)
+	if err != nil {
+		return nil, fmt.Errorf("region for session %d: %w", cfg.Session, err)
+	}
+	r := &Region{
+		session:  cfg.Session,
+		geo:      geo,
+		nslots:   cfg.Slots,
+		layerOff: offs,
+		mem:      mem,
+		slots:    make([]slotState, cfg.Slots),
+		pageSlot: make(map[uint32]int32),
+		free:     make([]int32, 0, cfg.Slots),
+		head:     -1,
+		tail:     -1,
+		leases:   make(map[LeaseID][]int32),
+	}
+	r.cond = sync.NewCond(&r.mu)
+	for i := cfg.Slots - 1; i >= 0; i-- {
+		r.slots[i].prev, r.slots[i].next = -1, -1
+		r.free = append(r.free, int32(i))
+	}
+	return r, nil
+}
+
+// RegionSize is the byte size NewRegion would map for a layout and slot count,
+// so budgets can be checked before allocating.
+func RegionSize(l Layout, slots int) (int64, error) {
+	if err := l.Validate(); err != nil {
+		return 0, err
+	}
+	if slots <= 0 || slots > MaxSlots {
+		return 0, fmt.Errorf("%d slots outside 1..%d: %w", slots, MaxSlots, ErrLayout)
+	}
+	size, _ := regionLayout(l, slots)
+	return size, nil
+}
+
+func regionLayout(l Layout, slots int) (int64, []int64) {
+	offs := make([]int64, len(l.Layers))
+	var off int64
+	for i, ly := range l.Layers {
+		offs[i] = off
+		off += alignUp(int64(slots)*int64(ly.RowBytes), regionAlign)
+	}
+	return off, offs
+}
+
+func alignUp(n, a int64) int64 { return (n + a - 1) / a * a }
+
+// Session is the session the region belongs to.
+func (r *Region) Session() uint64 { return r.session }
+
+// Layout returns a copy of the region's layout.
+func (r *Region) Layout() Layout { return r.geo.layout.clone() }
+
+// FD is the file descriptor to pass to the owning client with SCM_RIGHTS. It
+// stays owned by the region: send it, do not close it. -1 if the backend has no
+// fd.
+func (r *Region) FD() int { return r.mem.fd() }
+
+// Size is the region's size in bytes.
+func (r *Region) Size() int64 { return r.mem.size() }
+
+// Slots is the number of page slots.
+func (r *Region) Slots() int { return r.nslots }
+
+// LayerOffsets returns each layer buffer's byte offset in the region; layer l's
+// row for slot s starts at LayerOffsets()[l] + s·RowBytes(l).
+func (r *Region) LayerOffsets() []int64 { return append([]int64(nil), r.layerOff...) }
+
+// CellOffset is the region offset of segment seg of chunk chunk of the page in
+// slot, in layer layer — what the decoder's kernels address.
+func (r *Region) CellOffset(layer, slot, chunk, seg int) (int64, error) {
+	l := r.geo.layout
+	if layer < 0 || layer >= len(l.Layers) || slot < 0 || slot >= r.nslots || chunk < 0 || chunk >= l.ChunksPerPage ||
+		seg < 0 || seg >= len(l.Layers[layer].Segments) {
+		return 0, fmt.Errorf("cell (layer %d, slot %d, chunk %d, segment %d): %w", layer, slot, chunk, seg, ErrRange)
+	}
+	ly := l.Layers[layer]
+	segBase := 0
+	for t := 0; t < seg; t++ {
+		segBase += l.ChunksPerPage * ly.Segments[t]
+	}
+	return r.layerOff[layer] + int64(slot)*int64(ly.RowBytes) + int64(segBase+chunk*ly.Segments[seg]), nil
+}
+
+func (r *Region) pageSpans(slot int) []span {
+	sp := make([]span, len(r.geo.layout.Layers))
+	for l, ly := range r.geo.layout.Layers {
+		sp[l] = span{regionOff: r.layerOff[l] + int64(slot)*int64(ly.RowBytes), bufOff: r.geo.rowOff[l], n: ly.RowBytes}
+	}
+	return sp
+}
+
+func (r *Region) chunkSpans(slot, chunk int) []span {
+	sp := make([]span, len(r.geo.cells))
+	for i, c := range r.geo.cells {
+		row := r.geo.layout.Layers[c.layer].RowBytes
+		sp[i] = span{regionOff: r.layerOff[c.layer] + int64(slot)*int64(row) + int64(c.rowOff+chunk*c.n), bufOff: c.chunkOff, n: c.n}
+	}
+	return sp
+}
+
+// LRU list helpers; caller holds mu.
+func (r *Region) unlink(i int32) {
+	s := &r.slots[i]
+	if s.prev >= 0 {
+		r.slots[s.prev].next = s.next
+	} else if r.head == i {
+		r.head = s.next
+	}
+	if s.next >= 0 {
+		r.slots[s.next].prev = s.prev
+	} else if r.tail == i {
+		r.tail = s.prev
+	}
+	s.prev, s.next = -1, -1
+}
+
+func (r *Region) pushFront(i int32) {
+	s := &r.slots[i]
+	s.prev, s.next = -1, r.head
+	if r.head >= 0 {
+		r.slots[r.head].prev = i
+	}
+	r.head = i
+	if r.tail < 0 {
+		r.tail = i
+	}
+}
+
+func (r *Region) unbind(i int32) {
+	s := &r.slots[i]
+	r.unlink(i)
+	delete(r.pageSlot, s.page)
+	if s.gen != 0 {
+		r.loaded--
+	}
+	s.bound, s.gen, s.page = false, 0, 0
+	r.free = append(r.free, i)
+}
+
+func (r *Region) checkSlot(slot int) error {
+	if slot < 0 || slot >= r.nslots {
+		return fmt.Errorf("session %d: slot %d outside 0..%d: %w", r.session, slot, r.nslots-1, ErrRange)
+	}
+	return nil
+}
+
+// boundTo checks, under mu, that slot holds page.
+func (r *Region) boundTo(slot int, page uint32) error {
+	if r.closed {
+		return fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
+	}
+	s := &r.slots[slot]
+	if !s.bound || s.page != page {
+		return fmt.Errorf("session %d: slot %d no longer holds page %d: %w", r.session, slot, page, ErrStale)
+	}
+	return nil
+}
+
+// Lookup reports the slot bound to page and the generation it holds (0: bound
+// but not loaded). It does not count as a use for LRU.
+func (r *Region) Lookup(page uint32) (slot int, gen uint64, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i, ok := r.pageSlot[page]
+	if !ok || r.closed {
+		return -1, 0, false
+	}
+	return int(i), r.slots[i].gen, true
+}
+
+// Allocate binds page to a slot: its current slot if it has one (a use for
+// LRU), else a free slot, else the least recently used slot that no lease pins
+// and no copy is using. ErrNoSpace if there is none.
+func (r *Region) Allocate(page uint32) (Allocation, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return Allocation{}, fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
+	}
+	if i, ok := r.pageSlot[page]; ok {
+		r.unlink(i)
+		r.pushFront(i)
+		return Allocation{Slot: int(i), Hit: true, Gen: r.slots[i].gen}, nil
+	}
+	var a Allocation
+	if len(r.free) == 0 {
+		victim := int32(-1)
+		for i := r.tail; i >= 0; i = r.slots[i].prev {
+			s := &r.slots[i]
+			if s.pins == 0 && s.readers == 0 && !s.writing {
+				victim = i
+				break
+			}
+		}
+		if victim < 0 {
+			return Allocation{}, fmt.Errorf("session %d: page %d: all %d slots pinned or busy: %w", r.session, page, r.nslots, ErrNoSpace)
+		}
+		a.Evicted, a.EvictedPage = true, r.slots[victim].page
+		r.unbind(victim)
+		r.counters.evictions.Add(1)
+	}
+	i := r.free[len(r.free)-1]
+	r.free = r.free[:len(r.free)-1]
+	s := &r.slots[i]
+	s.page, s.bound, s.gen = page, true, 0
+	r.pageSlot[page] = i
+	r.pushFront(i)
+	a.Slot = int(i)
+	return a, nil
+}
+
+// Free unbinds page's slot. ErrNotFound if the page has no slot, ErrPinned if
+// a lease pins it. It waits for copies of the slot in progress.
+func (r *Region) Free(page uint32) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		if r.closed {
+			return fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
+		}
+		i, ok := r.pageSlot[page]
+		if !ok {
+			return fmt.Errorf("session %d page %d: %w", r.session, page, ErrNotFound)
+		}
+		s := &r.slots[i]
+		if s.pins > 0 {
+			return fmt.Errorf("session %d page %d slot %d: %w", r.session, page, i, ErrPinned)
+		}
+		if s.readers == 0 && !s.writing {
+			r.unbind(i)
+			return nil
+		}
+		r.cond.Wait()
+	}
+}
+
+// Pin adds slots to a lease; pinned slots are never evicted, freed or
+// rewritten by WritePage until every lease holding them is released. Slots must
+// be bound to a page. Pinning the same slot twice under one lease needs one
+// Release.
+func (r *Region) Pin(lease LeaseID, slots []int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
+	}
+	for _, slot := range slots {
+		if err := r.checkSlot(slot); err != nil {
+			return fmt.Errorf("lease %d: %w", lease, err)
+		}
+		if !r.slots[slot].bound {
+			return fmt.Errorf("lease %d: session %d slot %d holds no page: %w", lease, r.session, slot, ErrNotFound)
+		}
+	}
+	for _, slot := range slots {
+		r.slots[slot].pins++
+		r.leases[lease] = append(r.leases[lease], int32(slot))
+	}
+	if _, ok := r.leases[lease]; !ok {
+		r.leases[lease] = nil // an empty lease is still a lease the client releases
+	}
+	return nil
+}
+
+// Release ends a lease, unpinning its slots. ErrNotFound for an unknown lease.
+func (r *Region) Release(lease LeaseID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	slots, ok := r.leases[lease]
+	if !ok {
+		return fmt.Errorf("session %d lease %d: %w", r.session, lease, ErrNotFound)
+	}
+	for _, i := range slots {
+		r.slots[i].pins--
+	}
+	delete(r.leases, lease)
+	r.cond.Broadcast()
+	return nil
+}
+
+// ReleaseAll ends every lease (the owning connection died).
+func (r *Region) ReleaseAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, slots := range r.leases {
+		for _, i := range slots {
+			r.slots[i].pins--
+		}
+		delete(r.leases, id)
+	}
+	r.cond.Broadcast()
+}
+
+// Pins reports how many leases pin slot.
+func (r *Region) Pins(slot int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if slot < 0 || slot >= r.nslots {
+		return 0
+	}
+	return int(r.slots[slot].pins)
+}
+
+// Leases is the number of live leases.
+func (r *Region) Leases() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.leases)
+}
+
+// beginWrite waits until slot may be written exclusively; full says whether
+// the write replaces the whole page (refused on a leased, loaded slot).
+func (r *Region) beginWrite(slot int, page uint32, full bool) error {
+	for {
+		if err := r.boundTo(slot, page); err != nil {
+			return err
+		}
+		s := &r.slots[slot]
+		if full && s.pins > 0 && s.gen != 0 {
+			return fmt.Errorf("session %d page %d slot %d: %w", r.session, page, slot, ErrPinned)
+		}
+		if !s.writing && (s.readers == 0 || !full) {
+			s.writing = true
+			return nil
+		}
+		r.cond.Wait()
+	}
+}
+
+func (r *Region) beginRead(slot int, page uint32) error {
+	for {
+		if err := r.boundTo(slot, page); err != nil {
+			return err
+		}
+		if !r.slots[slot].writing {
+			r.slots[slot].readers++
+			return nil
+		}
+		r.cond.Wait()
+	}
+}
+
+func (r *Region) setGen(s *slotState, gen uint64) {
+	if s.gen == 0 && gen != 0 {
+		r.loaded++
+	} else if s.gen != 0 && gen == 0 {
+		r.loaded--
+	}
+	s.gen = gen
+}
+
+// WritePage copies a whole page (rows of all layers concatenated) into slot,
+// which must be bound to page, and records gen. A slot pinned by a lease may be
+// written only while it holds no valid page yet (it is being loaded for a
+// lease that has not reached the client).
+func (r *Region) WritePage(slot int, page uint32, gen uint64, src []byte) error {
+	if err := r.checkSlot(slot); err != nil {
+		return err
+	}
+	if len(src) != r.geo.pageBytes {
+		return fmt.Errorf("session %d page %d: %d B, layout needs %d: %w", r.session, page, len(src), r.geo.pageBytes, ErrSize)
+	}
+	if gen == 0 {
+		return fmt.Errorf("session %d page %d: generation 0: %w", r.session, page, ErrStale)
+	}
+	r.mu.Lock()
+	if err := r.beginWrite(slot, page, true); err != nil {
+		r.mu.Unlock()
+		return err
+	}
+	r.mu.Unlock()
+	err := r.mem.write(r.pageSpans(slot), src)
+	r.mu.Lock()
+	s := &r.slots[slot]
+	s.writing = false
+	if err == nil {
+		r.setGen(s, gen)
+		r.counters.puts.Add(1)
+		r.counters.bytesIn.Add(uint64(len(src)))
+	} else {
+		r.setGen(s, 0)
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("session %d page %d slot %d: %w", r.session, page, slot, err)
+	}
+	return nil
+}
+
+// ReadPage copies slot's page into dst and returns its generation.
+func (r *Region) ReadPage(slot int, page uint32, dst []byte) (uint64, error) {
+	if err := r.checkSlot(slot); err != nil {
+		return 0, err
+	}
+	if len(dst) != r.geo.pageBytes {
+		return 0, fmt.Errorf("session %d page %d: buffer %d B, page is %d: %w", r.session, page, len(dst), r.geo.pageBytes, ErrSize)
+	}
+	r.mu.Lock()
+	if err := r.beginRead(slot, page); err != nil {
+		r.mu.Unlock()
+		return 0, err
+	}
+	gen := r.slots[slot].gen
+	if gen == 0 {
+		r.slots[slot].readers--
+		r.mu.Unlock()
+		return 0, fmt.Errorf("session %d page %d slot %d not loaded: %w", r.session, page, slot, ErrNotFound)
+	}
+	r.mu.Unlock()
+	err := r.mem.read(r.pageSpans(slot), dst)
+	r.mu.Lock()
+	r.slots[slot].readers--
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if err != nil {
+		return 0, fmt.Errorf("session %d page %d slot %d: %w", r.session, page, slot, err)
+	}
+	r.counters.bytesOut.Add(uint64(len(dst)))
+	return gen, nil
+}
+
+// WriteChunk writes one chunk's payload (all layers) into slot's cells: the
+// prefill append into a resident page. If the slot held baseGen, the slot now
+// matches the mirror's page at newGen and records it; otherwise the slot keeps
+// its older generation and the next recall copies the page again. Pinned slots
+// may be written: a chunk that did not exist when a lease was handed out cannot
+// be in use by the client.
+func (r *Region) WriteChunk(slot int, page uint32, baseGen, newGen uint64, chunk int, payload []byte) error {
+	if err := r.checkSlot(slot); err != nil {
+		return err
+	}
+	if err := r.geo.checkChunk(r.geo.pageBytes, chunk, len(payload)); err != nil {
+		return fmt.Errorf("session %d page %d: %w", r.session, page, err)
+	}
+	r.mu.Lock()
+	if err := r.beginWrite(slot, page, false); err != nil {
+		r.mu.Unlock()
+		return err
+	}
+	r.mu.Unlock()
+	err := r.mem.write(r.chunkSpans(slot, chunk), payload)
+	r.mu.Lock()
+	s := &r.slots[slot]
+	s.writing = false
+	if err == nil && s.gen == baseGen {
+		r.setGen(s, newGen)
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("session %d page %d slot %d chunk %d: %w", r.session, page, slot, chunk, err)
+	}
+	r.counters.bytesIn.Add(uint64(len(payload)))
+	return nil
+}
+
+// ReadChunk copies one chunk's cells out of slot (the decode commit: the
+// decoder wrote them, the daemon moves them to the mirror). It works on slots
+// that are pinned or not loaded yet, and returns the slot's generation.
+func (r *Region) ReadChunk(slot int, page uint32, chunk int, dst []byte) (uint64, error) {
+	if err := r.checkSlot(slot); err != nil {
+		return 0, err
+	}
+	if err := r.geo.checkChunk(r.geo.pageBytes, chunk, len(dst)); err != nil {
+		return 0, fmt.Errorf("session %d page %d: %w", r.session, page, err)
+	}
+	r.mu.Lock()
+	if err := r.beginRead(slot, page); err != nil {
+		r.mu.Unlock()
+		return 0, err
+	}
+	gen := r.slots[slot].gen
+	r.mu.Unlock()
+	err := r.mem.read(r.chunkSpans(slot, chunk), dst)
+	r.mu.Lock()
+	r.slots[slot].readers--
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if err != nil {
+		return 0, fmt.Errorf("session %d page %d slot %d chunk %d: %w", r.session, page, slot, chunk, err)
+	}
+	r.counters.bytesOut.Add(uint64(len(dst)))
+	return gen, nil
+}
+
+// SetGeneration records that slot now holds page at gen, after the decoder
+// wrote cells directly and the daemon committed them to the mirror at gen.
+func (r *Region) SetGeneration(slot int, page uint32, gen uint64) error {
+	if err := r.checkSlot(slot); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.boundTo(slot, page); err != nil {
+		return err
+	}
+	r.setGen(&r.slots[slot], gen)
+	return nil
+}
+
+// Put implements Tier: allocate (possibly evicting) and write.
+func (r *Region) Put(ctx context.Context, id PageID, gen uint64, page []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if id.Session != r.session {
+		return fmt.Errorf("page %v: region belongs to session %d: %w", id, r.session, ErrNotFound)
+	}
+	a, err := r.Allocate(id.Page)
+	if err != nil {
+		return err
+	}
+	if err := r.WritePage(a.Slot, id.Page, gen, page); err != nil {
+		if !a.Hit {
+			_ = r.Free(id.Page)
+		}
+		return err
+	}
+	return nil
+}
+
+// Get implements Tier.
+func (r *Region) Get(ctx context.Context, id PageID, dst []byte) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	r.counters.gets.Add(1)
+	if r.isClosed() {
+		return 0, fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
+	}
+	if len(dst) != r.geo.pageBytes {
+		return 0, fmt.Errorf("page %v: buffer %d B, page is %d: %w", id, len(dst), r.geo.pageBytes, ErrSize)
+	}
+	slot, gen, ok := r.Lookup(id.Page)
+	if id.Session != r.session || !ok || gen == 0 {
+		r.counters.misses.Add(1)
+		return 0, fmt.Errorf("page %v: %w", id, ErrNotFound)
+	}
+	gen, err := r.ReadPage(slot, id.Page, dst)
+	if err != nil {
+		r.counters.misses.Add(1)
+		if isErr(err, ErrStale) {
+			return 0, fmt.Errorf("page %v evicted: %w", id, ErrNotFound)
+		}
+		return 0, err
+	}
+	r.counters.hits.Add(1)
+	return gen, nil
+}
+
+// Delete implements Tier (Free with a PageID).
+func (r *Region) Delete(ctx context.Context, id PageID) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if id.Session != r.session {
+		return fmt.Errorf("page %v: %w", id, ErrNotFound)
+	}
+	return r.Free(id.Page)
+}
+
+// DeleteSession implements Tier: for the region's own session it ends every
+// lease and unbinds every slot.
+func (r *Region) DeleteSession(ctx context.Context, session uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if session != r.session {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
+	}
+	for id, slots := range r.leases {
+		for _, i := range slots {
+			r.slots[i].pins--
+		}
+		delete(r.leases, id)
+	}
+	for {
+		busy := false
+		for i := range r.slots {
+			s := &r.slots[i]
+			if !s.bound {
+				continue
+			}
+			if s.readers > 0 || s.writing {
+				busy = true
+				continue
+			}
+			r.unbind(int32(i))
+		}
+		if !busy {
+			return nil
+		}
+		r.cond.Wait()
+	}
+}
+
+func (r *Region) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
+}
+
+// Stats implements Tier.
+func (r *Region) Stats() TierStats {
+	r.mu.Lock()
+	loaded := r.loaded
+	r.mu.Unlock()
+	s := TierStats{Pages: loaded, Bytes: loaded * int64(r.geo.pageBytes), Capacity: int64(r.nslots) * int64(r.geo.pageBytes)}
+	r.counters.fill(&s)
+	return s
+}
+
+// Close waits for copies in progress and unmaps the region. The client's own
+// mapping stays valid until the client unmaps it.
+func (r *Region) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	for {
+		busy := false
+		for i := range r.slots {
+			if r.slots[i].readers > 0 || r.slots[i].writing {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			break
+		}
+		r.cond.Wait()
+	}
+	r.mu.Unlock()
+	return r.mem.close()
+}

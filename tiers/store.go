@@ -1,0 +1,565 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// StoreConfig configures a Store.
+type StoreConfig struct {
+	Mirror MirrorConfig
+	SSD    SSDConfig
+	// SpillBatch is how many pages one spill round writes to SSD in one
+	// commit (default 16).
+	SpillBatch int
+	// HighWater and LowWater are fractions of the mirror budget: above
+	// HighWater the background spiller writes cold pages to SSD until usage
+	// is below LowWater (defaults 0.90 and 0.80). A write that finds the
+	// mirror full spills synchronously.
+	HighWater, LowWater float64
+	// Logger receives spill failures (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Source says where a page read came from.
+type Source uint8
+
+// Sources of a page read or recall.
+const (
+	SourceNone    Source = iota
+	SourceReserve        // already in the reserve slot at the wanted generation
+	SourceMirror         // host mirror
+	SourceStaged         // host mirror, brought in by Stage ahead of need
+	SourceSSD            // SSD: the page was needed but not in host memory (late)
+)
+
+func (s Source) String() string {
+	switch s {
+	case SourceReserve:
+		return "reserve"
+	case SourceMirror:
+		return "mirror"
+	case SourceStaged:
+		return "staged"
+	case SourceSSD:
+		return "ssd"
+	}
+	return "none"
+}
+
+// StoreStats is a snapshot of the Store's counters for metrics.
+type StoreStats struct {
+	Mirror TierStats
+	SSD    TierStats
+
+	MirrorUsed   int64 // bytes of mirror slots in use
+	MirrorMapped int64 // bytes of mirror extents mapped
+
+	Spills       uint64 // pages moved out of the mirror to make room
+	SpillBytes   uint64 // bytes written to SSD by spills
+	Flushes      uint64 // pages written to SSD by Flush
+	BroughtBack  uint64 // pages read from SSD back into the mirror
+	Staged       uint64 // pages brought into the mirror by Stage
+	StagedUsed   uint64 // staged pages later read
+	StagedUnused uint64 // staged pages evicted, overwritten or dropped unread
+	StageSkipped uint64 // Stage requests skipped for lack of clean room
+}
+
+// Store is the daemon's page store for session pages: the host mirror in front
+// of the SSD. Writes go to the mirror; when it passes its budget the least
+// recently used pages are written to SSD (if they are not there already at
+// their generation) and dropped from the mirror. A read that misses the mirror
+// is served from SSD and brought back.
+type Store struct {
+	cfg    StoreConfig
+	mirror *HostMirror
+	ssd    *SSD
+	log    *slog.Logger
+
+	epochMu sync.Mutex
+	epochs  map[uint64]uint64 // session → number of Drops, guards late writes
+
+	bufs sync.Pool // *[]byte for pages read from SSD
+
+	spillMu sync.Mutex // one spill round at a time
+	kick    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	closed  atomic.Bool
+
+	hits, misses                       atomic.Uint64
+	spills, spillBytes, flushes        atomic.Uint64
+	broughtBack, staged, stagedUsed    atomic.Uint64
+	stageSkipped, puts, gets           atomic.Uint64
+	bytesIn, bytesOut, integrityErrors atomic.Uint64
+}
+
+var _ Tier = (*Store)(nil)
+
+// OpenStore opens the SSD tier and creates the mirror in front of it.
+func OpenStore(cfg StoreConfig) (*Store, error) {
+	if cfg.SpillBatch <= 0 {
+		cfg.SpillBatch = 16
+	}
+	if cfg.HighWater <= 0 || cfg.HighWater > 1 {
+		cfg.HighWater = 0.90
+	}
+	if cfg.LowWater <= 0 || cfg.LowWater >= cfg.HighWater {
+		cfg.LowWater = cfg.HighWater - 0.10
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.SSD.Logger == nil {
+		cfg.SSD.Logger = cfg.Logger
+	}
+	ssd, err := OpenSSD(cfg.SSD)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{
+		cfg:    cfg,
+		mirror: NewHostMirror(cfg.Mirror),
+		ssd:    ssd,
+		log:    cfg.Logger,
+		epochs: make(map[uint64]uint64),
+		kick:   make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	go s.spiller()
+	return s, nil
+}
+
+// Mirror and SSD expose the tiers for metrics and for callers that need a
+// tier-specific operation (metadata, chunk writes).
+func (s *Store) Mirror() *HostMirror { return s.mirror }
+
+// SSD returns the SSD tier.
+func (s *Store) SSD() *SSD { return s.ssd }
+
+func (s *Store) epoch(session uint64) uint64 {
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	return s.epochs[session]
+}
+
+func (s *Store) checkOpen() error {
+	if s.closed.Load() {
+		return fmt.Errorf("store: %w", ErrClosed)
+	}
+	return nil
+}
+
+func (s *Store) overHighWater() bool {
+	if s.cfg.Mirror.Budget <= 0 {
+		return false
+	}
+	used, _ := s.mirror.Footprint()
+	return float64(used) > s.cfg.HighWater*float64(s.cfg.Mirror.Budget)
+}
+
+func (s *Store) kickSpiller() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Write stores a page in the mirror at gen, spilling cold pages to SSD when
+// the mirror is full. ErrBudget only if nothing can be spilled (every page is
+// being copied) or the page alone exceeds the budget.
+func (s *Store) Write(ctx context.Context, id PageID, gen uint64, page []byte) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	err := s.putMirror(ctx, id, gen, page, putOpts{}, false)
+	if err == nil {
+		s.puts.Add(1)
+		s.bytesIn.Add(uint64(len(page)))
+	}
+	return err
+}
+
+// putMirror inserts, spilling synchronously on ErrBudget. cleanOnly limits
+// the room it makes to pages already on SSD (for prefetches, which must not
+// cost a write).
+func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byte, o putOpts, cleanOnly bool) error {
+	for attempt := 0; ; attempt++ {
+		err := s.mirror.put(ctx, id, gen, page, o)
+		if err == nil {
+			if s.overHighWater() {
+				s.kickSpiller()
+			}
+			return nil
+		}
+		if !errors.Is(err, ErrBudget) || attempt >= 8 {
+			return err
+		}
+		freed, serr := s.spillRound(ctx, cleanOnly)
+		if serr != nil {
+			return fmt.Errorf("page %v: making room: %w", id, serr)
+		}
+		if freed == 0 {
+			return err
+		}
+	}
+}
+
+// spillRound writes up to SpillBatch of the coldest pages to SSD and drops
+// them from the mirror; it returns how many left the mirror.
+func (s *Store) spillRound(ctx context.Context, cleanOnly bool) (int, error) {
+	s.spillMu.Lock()
+	defer s.spillMu.Unlock()
+	items := s.mirror.spillCandidates(s.cfg.SpillBatch, cleanOnly)
+	if len(items) == 0 {
+		return 0, nil
+	}
+	var writes []PageWrite
+	var epochs []uint64
+	for _, it := range items {
+		if it.dirty {
+			writes = append(writes, PageWrite{ID: it.p.id, Gen: it.gen, Page: it.buf.data})
+			epochs = append(epochs, s.epoch(it.p.id.Session))
+		}
+	}
+	var err error
+	if len(writes) > 0 {
+		err = s.ssd.PutBatch(ctx, writes)
+	}
+	freed := 0
+	for _, it := range items {
+		if s.mirror.endSpill(it, err == nil) {
+			freed++
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	for i, w := range writes {
+		// A session dropped while its pages were being spilled must not keep
+		// pages on SSD.
+		if s.epoch(w.ID.Session) != epochs[i] {
+			_ = s.ssd.Delete(context.Background(), w.ID)
+		}
+		s.spillBytes.Add(uint64(len(w.Page)))
+	}
+	s.spills.Add(uint64(freed))
+	return freed, nil
+}
+
+func (s *Store) spiller() {
+	defer close(s.done)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+		if s.cfg.Mirror.Budget <= 0 {
+			continue
+		}
+		low := s.cfg.LowWater * float64(s.cfg.Mirror.Budget)
+		for {
+			used, _ := s.mirror.Footprint()
+			if float64(used) <= low || s.closed.Load() {
+				break
+			}
+			freed, err := s.spillRound(context.Background(), false)
+			if err != nil {
+				if !errors.Is(err, ErrClosed) {
+					s.log.Warn("spill to SSD failed", "err", err)
+				}
+				break
+			}
+			if freed == 0 {
+				break
+			}
+		}
+	}
+}
+
+// view serves a page without copying it out of the tier that holds it: from
+// the mirror, or from SSD (bringing it back into the mirror). fn must not keep
+// data.
+func (s *Store) view(ctx context.Context, id PageID, fn func(gen uint64, data []byte) error) (Source, error) {
+	if err := s.checkOpen(); err != nil {
+		return SourceNone, err
+	}
+	if err := ctx.Err(); err != nil {
+		return SourceNone, err
+	}
+	s.gets.Add(1)
+	staged, err := s.mirror.view(id, fn)
+	if err == nil {
+		s.hits.Add(1)
+		if staged {
+			s.stagedUsed.Add(1)
+			return SourceStaged, nil
+		}
+		return SourceMirror, nil
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return SourceNone, err
+	}
+	ep := s.epoch(id.Session)
+	// Copy out of Badger first: making room in the mirror may write to SSD,
+	// which must not happen inside the read transaction.
+	gen, bp, err := s.readSSD(ctx, id)
+	if err != nil {
+		s.misses.Add(1)
+		if errors.Is(err, ErrIntegrity) {
+			s.integrityErrors.Add(1)
+		}
+		return SourceNone, err
+	}
+	defer s.bufs.Put(bp)
+	if err := fn(gen, *bp); err != nil {
+		return SourceNone, err
+	}
+	s.hits.Add(1)
+	// Best effort: a page read from SSD is likely read again soon; if there is
+	// no room it stays on SSD.
+	if s.putMirror(ctx, id, gen, *bp, putOpts{persisted: true, onlyIfNewer: true}, false) == nil {
+		s.broughtBack.Add(1)
+		if s.epoch(id.Session) != ep {
+			_ = s.mirror.Delete(context.Background(), id)
+		}
+	}
+	return SourceSSD, nil
+}
+
+// readSSD copies a page out of the SSD into a pooled buffer.
+func (s *Store) readSSD(ctx context.Context, id PageID) (uint64, *[]byte, error) {
+	var gen uint64
+	var bp *[]byte
+	err := s.ssd.view(ctx, id, func(g uint64, body []byte) error {
+		bp, _ = s.bufs.Get().(*[]byte)
+		if bp == nil || cap(*bp) < len(body) {
+			b := make([]byte, len(body))
+			bp = &b
+		}
+		*bp = (*bp)[:len(body)]
+		copy(*bp, body)
+		gen = g
+		return nil
+	})
+	if err != nil {
+		if bp != nil {
+			s.bufs.Put(bp)
+		}
+		return 0, nil, err
+	}
+	return gen, bp, nil
+}
+
+// Read copies a page into dst (exactly the page's length) and returns its
+// generation and where it came from.
+func (s *Store) Read(ctx context.Context, id PageID, dst []byte) (uint64, Source, error) {
+	var gen uint64
+	src, err := s.view(ctx, id, func(g uint64, data []byte) error {
+		if len(data) != len(dst) {
+			return fmt.Errorf("page %v: buffer %d B, page is %d: %w", id, len(dst), len(data), ErrSize)
+		}
+		copy(dst, data)
+		gen = g
+		return nil
+	})
+	if err == nil {
+		s.bytesOut.Add(uint64(len(dst)))
+	}
+	return gen, src, err
+}
+
+// Stage brings pages from SSD into the mirror ahead of need (lookahead
+// candidates). Pages already in the mirror are left alone; room is made only
+// by dropping pages already on SSD, never by writing. It returns how many
+// pages it brought in. The Mover calls it from its workers; callers on the
+// socket loop use Mover.Stage.
+func (s *Store) Stage(ctx context.Context, ids []PageID) (int, error) {
+	n := 0
+	for _, id := range ids {
+		if err := s.checkOpen(); err != nil {
+			return n, err
+		}
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		if _, ok := s.mirror.Generation(id); ok {
+			continue
+		}
+		ep := s.epoch(id.Session)
+		gen, bp, err := s.readSSD(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			continue // never written or dropped: nothing to stage
+		case errors.Is(err, ErrIntegrity):
+			s.integrityErrors.Add(1)
+			return n, err
+		case err != nil:
+			return n, err
+		}
+		err = s.putMirror(ctx, id, gen, *bp, putOpts{persisted: true, staged: true, onlyIfNewer: true}, true)
+		s.bufs.Put(bp)
+		brought := err == nil
+		switch {
+		case errors.Is(err, ErrBudget):
+			s.stageSkipped.Add(1)
+		case err != nil && !errors.Is(err, errSkip):
+			return n, err
+		}
+		if brought {
+			if s.epoch(id.Session) != ep {
+				_ = s.mirror.Delete(context.Background(), id)
+				continue
+			}
+			n++
+			s.staged.Add(1)
+		}
+	}
+	return n, nil
+}
+
+// Flush writes every page of the session that is not on SSD at its current
+// generation, then syncs, so a restarted daemon can resume the session.
+func (s *Store) Flush(ctx context.Context, session uint64) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	items := s.mirror.dirtyPages(session)
+	const batch = 32
+	var err error
+	for i := 0; i < len(items); i += batch {
+		part := items[i:min(i+batch, len(items))]
+		if err == nil {
+			writes := make([]PageWrite, len(part))
+			for j, it := range part {
+				writes[j] = PageWrite{ID: it.p.id, Gen: it.gen, Page: it.buf.data}
+			}
+			err = s.ssd.PutBatch(ctx, writes)
+			if err == nil {
+				s.flushes.Add(uint64(len(part)))
+			}
+		}
+		for _, it := range part {
+			s.mirror.endFlush(it, err == nil)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("flush session %d: %w", session, err)
+	}
+	if !s.cfg.SSD.SyncWrites {
+		return s.ssd.Sync()
+	}
+	return nil
+}
+
+// Drop forgets a session in both tiers.
+func (s *Store) Drop(ctx context.Context, session uint64) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	s.epochMu.Lock()
+	s.epochs[session]++
+	s.epochMu.Unlock()
+	err1 := s.mirror.DeleteSession(ctx, session)
+	err2 := s.ssd.DeleteSession(ctx, session)
+	return errors.Join(err1, err2)
+}
+
+// Put implements Tier (Write).
+func (s *Store) Put(ctx context.Context, id PageID, gen uint64, page []byte) error {
+	return s.Write(ctx, id, gen, page)
+}
+
+// Get implements Tier (Read).
+func (s *Store) Get(ctx context.Context, id PageID, dst []byte) (uint64, error) {
+	gen, _, err := s.Read(ctx, id, dst)
+	return gen, err
+}
+
+// Delete implements Tier: the page leaves both tiers; ErrNotFound if neither
+// had it.
+func (s *Store) Delete(ctx context.Context, id PageID) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	err1 := s.mirror.Delete(ctx, id)
+	err2 := s.ssd.Delete(ctx, id)
+	if errors.Is(err1, ErrNotFound) && errors.Is(err2, ErrNotFound) {
+		return err1
+	}
+	if err1 != nil && !errors.Is(err1, ErrNotFound) {
+		return err1
+	}
+	if err2 != nil && !errors.Is(err2, ErrNotFound) {
+		return err2
+	}
+	return nil
+}
+
+// DeleteSession implements Tier (Drop).
+func (s *Store) DeleteSession(ctx context.Context, session uint64) error {
+	return s.Drop(ctx, session)
+}
+
+// Stats implements Tier: Pages and Bytes count every page once, whether it is
+// in the mirror, on SSD or both.
+func (s *Store) Stats() TierStats {
+	ssd := s.ssd.Stats()
+	up, ub := s.mirror.unsavedPages()
+	st := TierStats{
+		Pages:           ssd.Pages + up,
+		Bytes:           ssd.Bytes + ub,
+		Capacity:        s.cfg.Mirror.Budget,
+		Puts:            s.puts.Load(),
+		Gets:            s.gets.Load(),
+		Hits:            s.hits.Load(),
+		Misses:          s.misses.Load(),
+		BytesIn:         s.bytesIn.Load(),
+		BytesOut:        s.bytesOut.Load(),
+		Evictions:       s.spills.Load(),
+		IntegrityErrors: s.integrityErrors.Load(),
+	}
+	return st
+}
+
+// Snapshot returns every counter of the store and its tiers.
+func (s *Store) Snapshot() StoreStats {
+	used, mapped := s.mirror.Footprint()
+	return StoreStats{
+		Mirror:       s.mirror.Stats(),
+		SSD:          s.ssd.Stats(),
+		MirrorUsed:   used,
+		MirrorMapped: mapped,
+		Spills:       s.spills.Load(),
+		SpillBytes:   s.spillBytes.Load(),
+		Flushes:      s.flushes.Load(),
+		BroughtBack:  s.broughtBack.Load(),
+		Staged:       s.staged.Load(),
+		StagedUsed:   s.stagedUsed.Load(),
+		StagedUnused: s.mirror.stagedUnusedCount(),
+		StageSkipped: s.stageSkipped.Load(),
+	}
+}
+
+// Close stops the spiller and closes both tiers. Pages not flushed are lost
+// with the mirror: call Flush for sessions that must survive first.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	close(s.stop)
+	<-s.done
+	s.spillMu.Lock() // wait for a synchronous spill in progress
+	s.spillMu.Unlock()
+	return errors.Join(s.mirror.Close(), s.ssd.Close())
+}
