@@ -1,0 +1,266 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flashmemory/flashmemory/proto"
+)
+
+// conn is one client connection. Its read loop handles every frame in
+// arrival order, so a session's appends, commits and cycles apply in the
+// order the client sent them; only the part of a CYCLE that waits for
+// background recall runs on its own goroutine, so the loop never waits on
+// I/O.
+type conn struct {
+	d    *Daemon
+	pc   *proto.Conn
+	cred Cred
+	name string
+
+	version uint16 // 0 until HELLO
+
+	staging     []byte
+	stagingFile *os.File
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	async  sync.WaitGroup
+
+	mu       sync.Mutex
+	sessions map[uint64]*session
+	leases   map[uint64]*lease
+}
+
+func newConn(d *Daemon, uc *net.UnixConn, cred Cred) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &conn{
+		d:        d,
+		pc:       proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes),
+		cred:     cred,
+		ctx:      ctx,
+		cancel:   cancel,
+		sessions: map[uint64]*session{},
+		leases:   map[uint64]*lease{},
+	}
+}
+
+// stop makes the read loop return after the frame in hand; in-flight cycle
+// replies still go out.
+func (c *conn) stop() {
+	_ = c.pc.UnixConn().SetReadDeadline(time.Now())
+}
+
+func (c *conn) serve() {
+	log := c.d.log.With("pid", c.cred.PID, "uid", c.cred.UID)
+	log.Debug("client connected")
+	defer func() {
+		c.async.Wait()
+		c.cancel()
+		c.teardown()
+		c.pc.Close()
+		if c.staging != nil {
+			_ = unix.Munmap(c.staging)
+		}
+		if c.stagingFile != nil {
+			c.stagingFile.Close()
+		}
+		log.Debug("client disconnected", "client", c.name)
+	}()
+	for {
+		f, err := c.pc.ReadFrame()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+			c.d.m.errorsTotal.WithLabelValues(proto.CodeOf(err).String()).Inc()
+			_ = c.pc.ReplyError(proto.Header{}, err)
+			if proto.Fatal(err) {
+				log.Warn("closing connection after a bad frame", "err", err)
+				return
+			}
+			continue
+		}
+		c.handle(f)
+	}
+}
+
+// handle answers one frame. Errors of every kind become one error frame
+// here; nothing a client sends can stop the daemon.
+func (c *conn) handle(f *proto.Frame) {
+	defer f.CloseFiles()
+	c.d.m.framesTotal.WithLabelValues(f.Op.String()).Inc()
+	if c.d.closing.Load() && f.Op != proto.OpPing {
+		c.fail(f.Header, proto.CodeShuttingDown.Errorf("daemon is shutting down"))
+		return
+	}
+	if c.version == 0 && f.Op != proto.OpHello && f.Op != proto.OpPing {
+		c.fail(f.Header, proto.CodeHandshakeRequired.Errorf("send HELLO first (got %s)", f.Op))
+		return
+	}
+	req := proto.NewRequest(f.Op)
+	if req == nil {
+		c.fail(f.Header, proto.CodeUnknownOp.Errorf("unknown op %#04x", uint16(f.Op)))
+		return
+	}
+	if err := req.Decode(f.Body); err != nil {
+		c.fail(f.Header, proto.CodeBadRequest.Errorf("%s: %v", f.Op, err))
+		return
+	}
+	var (
+		reply proto.Message
+		fds   []int
+		err   error
+	)
+	switch m := req.(type) {
+	case *proto.Hello:
+		reply, fds, err = c.hello(m)
+	case *proto.Ping:
+		reply = &proto.Ping{Data: m.Data}
+	case *proto.Open:
+		reply, fds, err = c.open(m)
+	case *proto.Resume:
+		reply, fds, err = c.resume(m)
+	case *proto.Close:
+		reply, err = &proto.Empty{}, c.closeSession(m)
+	case *proto.Persist:
+		reply, err = &proto.Empty{}, c.persist(m)
+	case *proto.Append:
+		reply, err = c.appendChunks(m)
+	case *proto.Commit:
+		reply, err = c.commit(m)
+	case *proto.Cycle:
+		c.cycle(f.Header, m) // replies itself, possibly later
+		return
+	case *proto.Release:
+		reply, err = &proto.Empty{}, c.release(m.Leases)
+	case *proto.Empty:
+		reply, err = c.admin(f.Op, nil)
+	case *proto.AdminTarget:
+		reply, err = c.admin(f.Op, m)
+	default:
+		err = proto.CodeUnknownOp.Errorf("op %s is not served", f.Op)
+	}
+	if err != nil {
+		c.fail(f.Header, err)
+		return
+	}
+	if err := c.pc.Reply(f.Header, reply, fds...); err != nil {
+		c.d.log.Debug("reply failed", "op", f.Op, "err", err)
+	}
+}
+
+func (c *conn) fail(h proto.Header, err error) {
+	e := wireError(err)
+	c.d.m.errorsTotal.WithLabelValues(e.Code.String()).Inc()
+	if e.Code == proto.CodeInternal {
+		c.d.log.Error("request failed", "op", h.Op, "err", err)
+	}
+	_ = c.pc.ReplyError(h, e)
+}
+
+func (c *conn) hello(m *proto.Hello) (proto.Message, []int, error) {
+	v, err := m.Negotiate()
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.version != 0 {
+		return nil, nil, proto.CodeBadRequest.Errorf("HELLO already done")
+	}
+	size := c.d.cfg.Limits.StagingBytes
+	if size > 0 {
+		f, mem, err := newMemfd("flashmem-staging", size)
+		if err != nil {
+			return nil, nil, fmt.Errorf("staging region: %w", err)
+		}
+		c.stagingFile, c.staging = f, mem
+	}
+	c.version = v
+	c.name = m.ClientName
+	r := &proto.HelloReply{
+		Version: v,
+		Limits: proto.Limits{
+			MaxBody:         c.d.cfg.Limits.MaxFrameBytes,
+			MaxSessions:     uint32(c.d.cfg.Limits.MaxSessionsPerConn),
+			MaxCycleEntries: proto.MaxCycleEntries,
+			StagingSize:     uint64(size),
+		},
+		InstanceID: c.d.instance,
+		Server:     Version,
+	}
+	var fds []int
+	if c.stagingFile != nil {
+		fds = []int{int(c.stagingFile.Fd())}
+	}
+	return r, fds, nil
+}
+
+// newMemfd creates a shared memory file of size bytes and maps it.
+func newMemfd(name string, size int64) (*os.File, []byte, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, nil, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if err := unix.Ftruncate(fd, size); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	// The size is fixed for the connection's life: a client that could
+	// shrink it would make the daemon fault on its own mapping.
+	_, _ = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL)
+	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, mem, nil
+}
+
+// owned returns the session if this connection owns it.
+func (c *conn) owned(id uint64) (*session, error) {
+	c.mu.Lock()
+	s := c.sessions[id]
+	c.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	c.d.mu.Lock()
+	_, exists := c.d.sessions[id]
+	c.d.mu.Unlock()
+	if exists {
+		return nil, proto.CodeNotOwner.Errorf("session %d belongs to another connection", id)
+	}
+	return nil, proto.CodeUnknownSession.Errorf("no session %d", id)
+}
+
+// teardown runs when the connection ends: its leases are reclaimed at once,
+// ephemeral sessions are destroyed, persisted ones detach and stay
+// resumable.
+func (c *conn) teardown() {
+	c.mu.Lock()
+	leases := c.leases
+	c.leases = map[uint64]*lease{}
+	sessions := c.sessions
+	c.sessions = map[uint64]*session{}
+	c.mu.Unlock()
+	for _, l := range leases {
+		l.s.releaseLease(l)
+		c.d.m.leasesReclaim.Inc()
+	}
+	for _, s := range sessions {
+		if s.persist {
+			s.detach()
+			continue
+		}
+		c.d.dropSession(s, true)
+	}
+}

@@ -1,0 +1,499 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/flashmemory/flashmemory/indexer"
+	"github.com/flashmemory/flashmemory/proto"
+	"github.com/flashmemory/flashmemory/tiers"
+)
+
+// recallJob is the background recall of one cycle's new selection. It runs
+// without the session lock; generations make a page written meanwhile be
+// copied again by the next cycle.
+type recallJob struct {
+	done   chan struct{}
+	pages  int   // pages copied into the reserve
+	late   int   // of those, pages that had to come from SSD
+	bytes  int64 // bytes copied
+	failed int   // pages that could not be recalled (no slot, read error)
+	err    error // first error
+}
+
+func (j *recallJob) wait() { <-j.done }
+
+// waitPending waits for the session's background recall; s.mu is held.
+func (s *session) waitPending() time.Duration {
+	if s.pending == nil {
+		return 0
+	}
+	t := time.Now()
+	s.pending.wait()
+	s.pending = nil
+	return time.Since(t)
+}
+
+// cycleItem is one entry of a CYCLE frame on its way through.
+type cycleItem struct {
+	idx   int
+	s     *session
+	query indexer.Query
+	cy    *indexer.Cycle
+}
+
+// cycle answers CYCLE. Entries are validated and their sessions locked on
+// the read loop (so the session's next frames queue behind this cycle);
+// scoring, the wait for the previous recall and the reply happen on a
+// goroutine, so the read loop keeps serving other frames.
+func (c *conn) cycle(h proto.Header, m *proto.Cycle) {
+	t0 := time.Now()
+	d := c.d
+	results := make([]proto.CycleResult, len(m.Entries))
+	var items []*cycleItem
+	seen := map[uint64]bool{}
+	for i, e := range m.Entries {
+		s, err := c.owned(e.Session)
+		if err == nil && seen[e.Session] {
+			err = proto.CodeBadRequest.Errorf("session %d appears twice in one CYCLE", e.Session)
+		}
+		if err == nil {
+			err = checkQuery(s, e)
+		}
+		if err != nil {
+			results[i].Err = wireError(err)
+			continue
+		}
+		seen[e.Session] = true
+		q := indexer.Query{Position: int64(e.Position), Layers: e.Queries}
+		items = append(items, &cycleItem{idx: i, s: s, query: q})
+	}
+	// Lock in id order: two frames naming the same sessions cannot deadlock.
+	slices.SortFunc(items, func(a, b *cycleItem) int { return cmpU64(a.s.id, b.s.id) })
+	for _, it := range items {
+		it.s.mu.Lock()
+	}
+	c.async.Add(1)
+	go func() {
+		defer c.async.Done()
+		defer func() {
+			for _, it := range items {
+				it.s.mu.Unlock()
+			}
+		}()
+		d.runCycle(c, items, results)
+		d.m.cycleSeconds.Observe(time.Since(t0).Seconds())
+		d.m.cycleSessions.Observe(float64(len(m.Entries)))
+		if err := c.pc.Reply(h, &proto.CycleReply{Results: results}); err != nil {
+			d.log.Debug("cycle reply failed", "err", err)
+		}
+	}()
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// checkQuery validates one entry against its session before any state
+// changes. The session lock is not needed: layout and scorer are immutable
+// and the chunk count is re-checked under the lock.
+func checkQuery(s *session, e proto.CycleEntry) error {
+	if len(e.Queries) != int(s.layout.TargetLayers) {
+		return proto.CodeBadRequest.Errorf("session %d: %d queries, the model has %d target layers", s.id, len(e.Queries), s.layout.TargetLayers)
+	}
+	if qb := s.scorer.QueryBytes(); qb > 0 {
+		for l, q := range e.Queries {
+			if len(q) != qb {
+				return proto.CodePayloadSize.Errorf("session %d: query of target layer %d is %d B, want %d", s.id, l, len(q), qb)
+			}
+		}
+	}
+	return nil
+}
+
+// runCycle scores every item in one batch, then makes each session's
+// decoder-visible set resident, pins it under a new lease and starts the
+// background recall of the new selection. Session locks are held.
+func (d *Daemon) runCycle(c *conn, items []*cycleItem, results []proto.CycleResult) {
+	var reqs []*indexer.Request
+	var queries []indexer.Query
+	var live []*cycleItem
+	for _, it := range items {
+		switch {
+		case it.s.req == nil:
+			results[it.idx].Err = proto.CodeUnknownSession.Errorf("session %d is closed", it.s.id)
+		case it.s.chunks == 0:
+			results[it.idx].Err = proto.CodeNoChunks.Errorf("session %d has no chunks yet: APPEND before CYCLE", it.s.id)
+		default:
+			reqs = append(reqs, it.s.req)
+			queries = append(queries, it.query)
+			live = append(live, it)
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	ts := time.Now()
+	cycles, err := indexer.ScoreBatch(reqs, queries)
+	score := time.Since(ts)
+	d.m.scoreSeconds.Observe(score.Seconds())
+	if err != nil {
+		e := wireError(indexerError(err))
+		for _, it := range live {
+			results[it.idx].Err = e
+		}
+		return
+	}
+	for i, it := range live {
+		it.cy = cycles[i]
+		r, err := d.applyCycle(c, it.s, it.cy)
+		if err != nil {
+			results[it.idx].Err = wireError(err)
+			continue
+		}
+		r.Counters.ScoreMicros = uint64(score.Microseconds())
+		results[it.idx] = r
+	}
+}
+
+// applyCycle turns one session's selection into a reply: wait for the
+// previous recall, load whatever of Use and the tail is still missing (the
+// decoder-visible wait), pin it, and start recalling the new selection.
+func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.CycleResult, error) {
+	tw := time.Now()
+	s.waitPending()
+	cpp := uint64(s.layout.ChunksPerPage)
+	first := uint32(s.chunks / cpp)
+	last := uint32((s.chunks + uint64(max(s.layout.CycleSteps, 1)) - 1) / cpp)
+	var tail []uint32
+	for p := first; p <= last; p++ {
+		tail = append(tail, p)
+	}
+	need := mergeSorted(cy.Use, tail)
+	slots, loaded, late, err := d.loadPages(s, need)
+	wait := time.Since(tw)
+	d.m.waitSeconds.Observe(wait.Seconds())
+	if err != nil {
+		return proto.CycleResult{}, err
+	}
+	d.mu.Lock()
+	d.nextLease++
+	lid := d.nextLease
+	d.mu.Unlock()
+	pinned := make([]int, 0, len(need))
+	for _, p := range need {
+		pinned = append(pinned, slots[p])
+	}
+	if err := s.region.Pin(tiers.LeaseID(lid), pinned); err != nil {
+		return proto.CycleResult{}, fmt.Errorf("pin lease %d: %w", lid, err)
+	}
+	l := &lease{id: lid, s: s, c: c, created: time.Now()}
+	s.leaseMu.Lock()
+	s.leases[lid] = l
+	s.leaseMu.Unlock()
+	c.mu.Lock()
+	c.leases[lid] = l
+	c.mu.Unlock()
+
+	// Background recall of the new selection; pages already loaded above
+	// are skipped by the generation check.
+	var recall []uint32
+	for _, p := range cy.Recall {
+		if _, ok := slots[p]; !ok && p < uint32(len(s.gens)) && s.gens[p] > 0 {
+			recall = append(recall, p)
+		}
+	}
+	if len(recall) > 0 {
+		s.pending = d.startRecall(s, recall)
+	}
+	if len(cy.Lookahead) > 0 {
+		ids := make([]tiers.PageID, len(cy.Lookahead))
+		for i, p := range cy.Lookahead {
+			ids[i] = s.pageID(p)
+		}
+		d.stage(ids)
+	}
+	s.cycles++
+	s.last = cy
+	s.lastUsed = time.Now()
+	d.m.recalledPages.Add(float64(loaded + len(recall)))
+
+	r := proto.CycleResult{Lease: lid, Cycle: cy.Cycle}
+	r.Pages = make([]proto.PageSlot, 0, len(cy.Use))
+	for _, p := range cy.Use {
+		r.Pages = append(r.Pages, proto.PageSlot{Page: p, Slot: uint32(slots[p])})
+	}
+	r.Tail = make([]proto.PageSlot, 0, len(tail))
+	for _, p := range tail {
+		r.Tail = append(r.Tail, proto.PageSlot{Page: p, Slot: uint32(slots[p])})
+	}
+	r.Counters = proto.CycleCounters{
+		Chunks:        s.chunks,
+		TotalPages:    uint32(cy.Pages),
+		ResidentPages: uint32(len(cy.Use)),
+		ForcedPages:   uint32(cy.ForcedPages),
+		RecalledPages: uint32(loaded + len(recall)),
+		Fallback:      cy.Fallback,
+		AboveFraction: cy.AboveFraction(),
+		WaitMicros:    uint64(wait.Microseconds()),
+	}
+	d.late.Add(uint64(late))
+	return r, nil
+}
+
+// loadPages binds every page of need to a reserve slot and copies in the
+// pages whose slot does not hold their current generation. It returns the
+// page → slot map, how many pages were copied and how many of those came
+// from SSD.
+func (d *Daemon) loadPages(s *session, need []uint32) (map[uint32]int, int, int, error) {
+	slots := make(map[uint32]int, len(need))
+	var copies []uint32
+	for _, p := range need {
+		a, err := s.region.Allocate(p)
+		if err != nil {
+			if errors.Is(err, tiers.ErrNoSpace) {
+				return nil, 0, 0, proto.CodeNoSpace.Errorf("session %d: reserve of %d slots cannot hold the %d pages this cycle needs (release earlier leases or open with more reserve_slots)", s.id, s.region.Slots(), len(need))
+			}
+			return nil, 0, 0, err
+		}
+		slots[p] = a.Slot
+		if g := s.genOf(p); g > 0 && (!a.Hit || a.Gen != g) {
+			copies = append(copies, p)
+		}
+	}
+	late := 0
+	var mu sync.Mutex
+	var firstErr error
+	d.parallel(len(copies), func(i int) {
+		p := copies[i]
+		src, err := d.copyIn(s, p, slots[p])
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		if src == tiers.SourceSSD {
+			late++
+		}
+	})
+	if firstErr != nil {
+		return nil, 0, 0, firstErr
+	}
+	return slots, len(copies), late, nil
+}
+
+func (s *session) genOf(p uint32) uint64 {
+	if p < uint32(len(s.gens)) {
+		return s.gens[p]
+	}
+	return 0
+}
+
+// copyIn reads page p from the mirror (or SSD) and writes it into slot.
+func (d *Daemon) copyIn(s *session, p uint32, slot int) (tiers.Source, error) {
+	buf := d.pageBuf(int(s.layout.PageBytes()))
+	defer d.putPageBuf(buf)
+	gen, src, err := d.store.Read(context.Background(), s.pageID(p), *buf)
+	if err != nil {
+		if errors.Is(err, tiers.ErrIntegrity) {
+			return src, proto.CodeIntegrity.Errorf("session %d page %d: %v", s.id, p, err)
+		}
+		return src, fmt.Errorf("recall page %d: %w", p, err)
+	}
+	if err := s.region.WritePage(slot, p, gen, *buf); err != nil {
+		return src, fmt.Errorf("recall page %d into slot %d: %w", p, slot, err)
+	}
+	return src, nil
+}
+
+// startRecall copies pages into the reserve in the background. Slots are
+// allocated by the job itself, so a full reserve only costs pages (counted
+// as failed), never a stuck cycle.
+func (d *Daemon) startRecall(s *session, pages []uint32) *recallJob {
+	j := &recallJob{done: make(chan struct{})}
+	gens := make([]uint64, len(pages))
+	for i, p := range pages {
+		gens[i] = s.genOf(p)
+	}
+	region := s.region
+	go func() {
+		defer close(j.done)
+		var mu sync.Mutex
+		d.parallel(len(pages), func(i int) {
+			p := pages[i]
+			a, err := region.Allocate(p)
+			if err == nil && a.Hit && a.Gen == gens[i] {
+				return
+			}
+			var src tiers.Source
+			if err == nil {
+				src, err = d.copyIn(s, p, a.Slot)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				j.failed++
+				if j.err == nil {
+					j.err = err
+				}
+				return
+			}
+			j.pages++
+			j.bytes += int64(s.layout.PageBytes())
+			if src == tiers.SourceSSD {
+				j.late++
+				d.late.Add(1)
+			}
+		})
+		if j.err != nil && !errors.Is(j.err, tiers.ErrNoSpace) {
+			d.log.Warn("background recall failed", "session", s.id, "failed", j.failed, "err", j.err)
+		}
+	}()
+	return j
+}
+
+// stage brings lookahead candidates from SSD into the mirror without
+// blocking the caller.
+func (d *Daemon) stage(ids []tiers.PageID) {
+	go func() {
+		if _, err := d.store.Stage(context.Background(), ids); err != nil && !errors.Is(err, tiers.ErrClosed) {
+			d.log.Debug("staging failed", "err", err)
+		}
+	}()
+}
+
+// parallel runs fn(0..n-1) on at most Mover.Workers goroutines.
+func (d *Daemon) parallel(n int, fn func(i int)) {
+	w := min(d.cfg.Mover.Workers, n)
+	if w <= 1 {
+		for i := 0; i < n; i++ {
+			fn(i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for k := 0; k < w; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				fn(i)
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+func (d *Daemon) pageBuf(n int) *[]byte {
+	if b, ok := d.bufPool.Get().(*[]byte); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func (d *Daemon) putPageBuf(b *[]byte) { d.bufPool.Put(b) }
+
+// mergeSorted returns the sorted union of two sorted page lists.
+func mergeSorted(a, b []uint32) []uint32 {
+	out := make([]uint32, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			out = append(out, a[i])
+			i++
+		case i == len(a) || b[j] < a[i]:
+			out = append(out, b[j])
+			j++
+		default:
+			out = append(out, a[i])
+			i++
+			j++
+		}
+	}
+	return out
+}
+
+// release is RELEASE: end leases this connection holds.
+func (c *conn) release(ids []uint64) error {
+	for _, id := range ids {
+		c.mu.Lock()
+		l := c.leases[id]
+		delete(c.leases, id)
+		c.mu.Unlock()
+		if l == nil {
+			return proto.CodeUnknownLease.Errorf("lease %d is not held by this connection", id)
+		}
+		l.s.releaseLease(l)
+	}
+	return nil
+}
+
+// releaseLease unpins a lease's slots. It does not take s.mu: a lease ends
+// even while a cycle of the same session is in flight.
+func (s *session) releaseLease(l *lease) {
+	s.leaseMu.Lock()
+	delete(s.leases, l.id)
+	r := s.region
+	s.leaseMu.Unlock()
+	if r != nil {
+		_ = r.Release(tiers.LeaseID(l.id))
+	}
+}
+
+// leaseJanitor reclaims leases a connected client kept past the lease
+// timeout (a hung decoder must not pin the reserve forever).
+func (d *Daemon) leaseJanitor(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		limit := time.Duration(d.cfg.Limits.LeaseTimeout)
+		if limit <= 0 {
+			continue
+		}
+		d.mu.Lock()
+		conns := make([]*conn, 0, len(d.conns))
+		for c := range d.conns {
+			conns = append(conns, c)
+		}
+		d.mu.Unlock()
+		for _, c := range conns {
+			c.mu.Lock()
+			var old []*lease
+			for id, l := range c.leases {
+				if time.Since(l.created) > limit {
+					old = append(old, l)
+					delete(c.leases, id)
+				}
+			}
+			c.mu.Unlock()
+			for _, l := range old {
+				l.s.releaseLease(l)
+				d.m.leasesReclaim.Inc()
+				d.log.Warn("lease reclaimed after timeout", "lease", l.id, "session", l.s.id)
+			}
+		}
+	}
+}

@@ -1,0 +1,288 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flashmemory/flashmemory/indexer"
+	"github.com/flashmemory/flashmemory/proto"
+	"github.com/flashmemory/flashmemory/tiers"
+)
+
+// Version names this build in HELLO replies and logs.
+var Version = "flashmemd/0.1"
+
+// ErrShuttingDown is returned for requests that arrive after SIGTERM.
+var ErrShuttingDown = errors.New("daemon shutting down")
+
+// Daemon holds every subsystem of flashmemd. New builds them in order, Close
+// tears them down in reverse: listener, connections, sessions, mover, tiers.
+type Daemon struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics
+	access access
+
+	store   *tiers.Store
+	reserve *tiers.Reserve
+
+	models map[string]indexer.Scorer
+
+	ln        *net.UnixListener
+	activated bool
+	instance  [16]byte
+	started   time.Time
+
+	mu        sync.Mutex
+	sessions  map[uint64]*session
+	byName    map[string]*session
+	conns     map[*conn]struct{}
+	nextID    uint64
+	nextLease uint64
+
+	bufPool sync.Pool     // page-sized buffers for recall copies
+	late    atomic.Uint64 // pages a cycle needed that were still on SSD
+
+	closing  atomic.Bool
+	connWG   sync.WaitGroup
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Option adjusts New.
+type Option func(*Daemon)
+
+// WithLogger sets the daemon's logger (default: text to stderr).
+func WithLogger(l *slog.Logger) Option { return func(d *Daemon) { d.log = l } }
+
+// New opens the tiers, loads the indexer models, restores persisted
+// sessions' metadata and listens on the control socket. It serves nothing
+// until Run.
+func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Daemon{
+		cfg:      cfg,
+		log:      slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		m:        newMetrics(),
+		sessions: map[uint64]*session{},
+		byName:   map[string]*session{},
+		conns:    map[*conn]struct{}{},
+		started:  time.Now(),
+	}
+	for _, o := range opts {
+		o(d)
+	}
+	_, _ = rand.Read(d.instance[:])
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if d.access, err = newAccess(cfg.AllowedGroups); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if d.models, err = loadModels(cfg.Indexer); err != nil {
+		return nil, err
+	}
+	d.store, err = tiers.OpenStore(tiers.StoreConfig{
+		Mirror: tiers.MirrorConfig{Budget: cfg.Host.BudgetBytes},
+		SSD: tiers.SSDConfig{
+			Dir:        filepath.Join(cfg.DataDir, "ssd"),
+			SyncWrites: cfg.SSD.SyncWrites,
+			GCInterval: time.Duration(cfg.SSD.GCInterval),
+		},
+		Logger: d.log.With("tier", "store"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("host mirror and SSD tiers: %w", err)
+	}
+	d.reserve = tiers.NewReserve(tiers.ReserveConfig{MaxRegions: cfg.Limits.MaxSessions})
+	if err := d.restoreIDs(); err != nil {
+		return nil, err
+	}
+	d.ln, d.activated, err = listen(cfg.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	d.log.Info("flashmemd ready to serve", "socket", d.ln.Addr().String(), "socket_activated", d.activated,
+		"data_dir", cfg.DataDir, "host_budget", cfg.Host.BudgetBytes, "models", len(d.models))
+	return d, nil
+}
+
+// Addr is the control socket's path.
+func (d *Daemon) Addr() string { return d.ln.Addr().String() }
+
+// Run serves connections until ctx ends, then shuts down gracefully: stop
+// accepting, let in-flight frames finish, flush persisted sessions to SSD.
+func (d *Daemon) Run(ctx context.Context) error {
+	bg, cancel := context.WithCancel(context.Background())
+	d.bgCancel = cancel
+	stopMetrics, err := serveMetrics(bg, d.log, d.cfg.Metrics, d.m.reg, d.healthy)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	d.m.reg.MustRegister(&tierCollector{d: d})
+	n := notifier{log: d.log}
+	d.bgWG.Add(2)
+	go func() { defer d.bgWG.Done(); n.watchdog(bg, func() bool { return d.healthy() == nil }) }()
+	go func() { defer d.bgWG.Done(); d.leaseJanitor(bg) }()
+
+	acceptErr := make(chan error, 1)
+	go func() { acceptErr <- d.acceptLoop() }()
+	n.ready()
+	d.log.Info("serving", "socket", d.Addr())
+
+	select {
+	case <-ctx.Done():
+	case err = <-acceptErr:
+	}
+	n.stopping()
+	d.log.Info("shutting down")
+	d.shutdown()
+	cancel()
+	d.bgWG.Wait()
+	return err
+}
+
+// shutdown stops accepting, closes client connections once their in-flight
+// frames are answered, and flushes persisted sessions.
+func (d *Daemon) shutdown() {
+	if !d.closing.CompareAndSwap(false, true) {
+		return
+	}
+	if d.ln != nil {
+		d.ln.Close()
+	}
+	d.mu.Lock()
+	for c := range d.conns {
+		c.stop()
+	}
+	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() { d.connWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Duration(d.cfg.ShutdownTimeout)):
+		d.log.Warn("connections did not finish before the shutdown timeout")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(d.cfg.ShutdownTimeout))
+	defer cancel()
+	d.mu.Lock()
+	all := make([]*session, 0, len(d.sessions))
+	for _, s := range d.sessions {
+		all = append(all, s)
+	}
+	d.mu.Unlock()
+	for _, s := range all {
+		if s.persist {
+			if err := d.persistSession(ctx, s); err != nil {
+				d.log.Error("persist on shutdown failed", "session", s.id, "name", s.name, "err", err)
+			}
+		}
+	}
+}
+
+// Close releases everything New acquired, in reverse order. Safe to call
+// more than once and after a failed New.
+func (d *Daemon) Close() error {
+	d.closeOnce.Do(func() {
+		d.shutdown()
+		if d.bgCancel != nil {
+			d.bgCancel()
+		}
+		d.bgWG.Wait()
+		var errs []error
+		d.mu.Lock()
+		for _, s := range d.sessions {
+			s.destroyRegion(d)
+		}
+		d.mu.Unlock()
+		if d.reserve != nil {
+			errs = append(errs, d.reserve.Close())
+		}
+		if d.store != nil {
+			errs = append(errs, d.store.Close())
+		}
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
+}
+
+func (d *Daemon) healthy() error {
+	if d.closing.Load() {
+		return ErrShuttingDown
+	}
+	return nil
+}
+
+func (d *Daemon) acceptLoop() error {
+	for {
+		uc, err := d.ln.AcceptUnix()
+		if err != nil {
+			if d.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		cred, err := peerCred(uc)
+		if err == nil {
+			err = d.access.allow(cred)
+		}
+		if err != nil {
+			d.m.rejectedConns.Inc()
+			d.log.Warn("connection refused", "err", err)
+			c := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
+			_ = c.ReplyError(proto.Header{}, proto.CodePermissionDenied.Errorf("%v", err))
+			c.Close()
+			continue
+		}
+		d.mu.Lock()
+		if len(d.conns) >= d.cfg.Limits.MaxConns || d.closing.Load() {
+			d.mu.Unlock()
+			d.m.rejectedConns.Inc()
+			c := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
+			_ = c.ReplyError(proto.Header{}, proto.CodeLimitExceeded.Errorf("too many connections (max_conns %d)", d.cfg.Limits.MaxConns))
+			c.Close()
+			continue
+		}
+		c := newConn(d, uc, cred)
+		d.conns[c] = struct{}{}
+		d.connWG.Add(1)
+		d.mu.Unlock()
+		d.m.connections.Inc()
+		go func() {
+			defer d.connWG.Done()
+			c.serve()
+			d.mu.Lock()
+			delete(d.conns, c)
+			d.mu.Unlock()
+			d.m.connections.Dec()
+		}()
+	}
+}
+
+// closeQuietly closes c, ignoring the error: used on paths already failing.
+func closeQuietly(c io.Closer) { _ = c.Close() }

@@ -1,0 +1,241 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/flashmemory/flashmemory/indexer"
+	"github.com/flashmemory/flashmemory/proto"
+	"github.com/flashmemory/flashmemory/tiers"
+)
+
+// ErrBadMeta means a persisted session's metadata blob cannot be decoded.
+var ErrBadMeta = errors.New("bad session metadata")
+
+// metaMagic starts every session metadata blob; the digit is its version.
+var metaMagic = []byte("FMS1")
+
+// sessionMeta is what a restarted daemon needs to resume a session; the
+// pages themselves are on SSD under the same session id.
+type sessionMeta struct {
+	ID       uint64       `json:"id"`
+	Name     string       `json:"name"`
+	Model    string       `json:"model"`
+	OwnerUID uint32       `json:"owner_uid"`
+	OwnerGID uint32       `json:"owner_gid"`
+	Layout   proto.Layout `json:"layout"`
+	Policy   proto.Policy `json:"policy"`
+	Chunks   uint64       `json:"chunks"`
+	Gens     []uint64     `json:"gens"`
+	Cycles   uint64       `json:"cycles"`
+	Saved    time.Time    `json:"saved"`
+}
+
+// encodeMeta lays a blob out as magic, JSON length (u32 LE), JSON, then the
+// indexer's own binary state.
+func encodeMeta(m *sessionMeta, state []byte) ([]byte, error) {
+	js, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(metaMagic)+4+len(js)+len(state))
+	out = append(out, metaMagic...)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(js)))
+	out = append(out, js...)
+	return append(out, state...), nil
+}
+
+func decodeMeta(b []byte) (*sessionMeta, []byte, error) {
+	if len(b) < len(metaMagic)+4 || !bytes.Equal(b[:len(metaMagic)], metaMagic) {
+		return nil, nil, fmt.Errorf("%w: no %q header", ErrBadMeta, metaMagic)
+	}
+	n := uint64(binary.LittleEndian.Uint32(b[len(metaMagic):]))
+	rest := b[len(metaMagic)+4:]
+	if n > uint64(len(rest)) {
+		return nil, nil, fmt.Errorf("%w: JSON length %d past the end (%d B)", ErrBadMeta, n, len(rest))
+	}
+	var m sessionMeta
+	if err := json.Unmarshal(rest[:n], &m); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadMeta, err)
+	}
+	if err := m.Layout.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("%w: layout: %v", ErrBadMeta, err)
+	}
+	cpp := uint64(m.Layout.ChunksPerPage)
+	if uint64(len(m.Gens)) != (m.Chunks+cpp-1)/cpp {
+		return nil, nil, fmt.Errorf("%w: %d generations for %d chunks", ErrBadMeta, len(m.Gens), m.Chunks)
+	}
+	return &m, rest[n:], nil
+}
+
+// writeMetaLocked stores s's metadata and indexer state; s.mu is held.
+func (d *Daemon) writeMetaLocked(ctx context.Context, s *session) error {
+	state, err := s.req.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("session %d indexer state: %w", s.id, err)
+	}
+	gens := make([]uint64, s.pages())
+	copy(gens, s.gens)
+	blob, err := encodeMeta(&sessionMeta{
+		ID: s.id, Name: s.name, Model: s.model, OwnerUID: s.owner.UID, OwnerGID: s.owner.GID,
+		Layout: s.layout, Policy: s.policy, Chunks: s.chunks, Gens: gens, Cycles: s.cycles, Saved: time.Now(),
+	}, state)
+	if err != nil {
+		return err
+	}
+	if err := d.store.SSD().PutMeta(ctx, s.name, blob); err != nil {
+		return fmt.Errorf("session %q metadata: %w", s.name, err)
+	}
+	return d.store.SSD().Sync()
+}
+
+// restoreIDs runs at start: session ids continue above every persisted one
+// (their pages are keyed by id), and pages of sessions nobody can resume
+// (ephemeral sessions of a daemon that crashed) are deleted.
+func (d *Daemon) restoreIDs() error {
+	ctx := context.Background()
+	ssd := d.store.SSD()
+	names, err := ssd.ListMeta(ctx)
+	if err != nil {
+		return fmt.Errorf("listing persisted sessions: %w", err)
+	}
+	keep := map[uint64]bool{}
+	for _, n := range names {
+		blob, err := ssd.GetMeta(ctx, n)
+		if err != nil {
+			d.log.Warn("persisted session unreadable", "name", n, "err", err)
+			continue
+		}
+		m, _, err := decodeMeta(blob)
+		if err != nil {
+			d.log.Warn("persisted session unreadable", "name", n, "err", err)
+			continue
+		}
+		keep[m.ID] = true
+		d.nextID = max(d.nextID, m.ID)
+	}
+	ids, err := ssd.Sessions(ctx)
+	if err != nil {
+		return fmt.Errorf("listing sessions on SSD: %w", err)
+	}
+	for _, id := range ids {
+		d.nextID = max(d.nextID, id)
+		if !keep[id] {
+			if err := ssd.DeleteSession(ctx, id); err != nil {
+				d.log.Warn("deleting orphan pages", "session", id, "err", err)
+			} else {
+				d.log.Info("deleted pages of a session that was not persisted", "session", id)
+			}
+		}
+	}
+	if len(names) > 0 {
+		d.log.Info("persisted sessions found", "count", len(names))
+	}
+	return nil
+}
+
+// resume is RESUME: attach a persisted session by name, from memory if it
+// is detached there, else from SSD. Only a peer with the owner's uid (or
+// root) may resume.
+func (c *conn) resume(m *proto.Resume) (proto.Message, []int, error) {
+	d := c.d
+	if m.Name == "" {
+		return nil, nil, proto.CodeBadRequest.Errorf("RESUME needs a session name")
+	}
+	d.mu.Lock()
+	s := d.byName[m.Name]
+	d.mu.Unlock()
+	if s == nil {
+		var err error
+		if s, err = d.loadSession(m.Name, c); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		s.mu.Lock()
+		switch {
+		case !sameOwner(s.owner, c.cred):
+			s.mu.Unlock()
+			return nil, nil, proto.CodeNotOwner.Errorf("session %q belongs to uid %d", m.Name, s.owner.UID)
+		case s.conn != nil && s.conn != c:
+			s.mu.Unlock()
+			return nil, nil, proto.CodeNotOwner.Errorf("session %q is attached to another connection", m.Name)
+		}
+		s.conn = c
+		s.mu.Unlock()
+		c.mu.Lock()
+		c.sessions[s.id] = s
+		c.mu.Unlock()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d.log.Info("session resumed", "session", s.id, "name", s.name, "chunks", s.chunks)
+	return &proto.ResumeReply{
+		Session: s.id, Chunks: s.chunks, Persist: s.persist, Model: s.model,
+		Layout: s.layout, Policy: s.policy, Region: proto.Region{RegionDesc: regionDesc(s.region)},
+	}, []int{s.region.FD()}, nil
+}
+
+// loadSession rebuilds a persisted session from its SSD metadata.
+func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
+	ctx := context.Background()
+	blob, err := d.store.SSD().GetMeta(ctx, name)
+	if err != nil {
+		if errors.Is(err, tiers.ErrNotFound) {
+			return nil, proto.CodeUnknownSession.Errorf("no session named %q", name)
+		}
+		return nil, fmt.Errorf("session %q: %w", name, err)
+	}
+	meta, state, err := decodeMeta(blob)
+	if err != nil {
+		return nil, fmt.Errorf("session %q: %w", name, err)
+	}
+	if !sameOwner(Cred{UID: meta.OwnerUID}, c.cred) {
+		return nil, proto.CodeNotOwner.Errorf("session %q belongs to uid %d", name, meta.OwnerUID)
+	}
+	model, sc, err := d.scorer(meta.Model)
+	if err != nil {
+		return nil, err
+	}
+	ip, eff := d.policyFor(meta.Policy)
+	ip.ChunksPerPage = int(meta.Layout.ChunksPerPage)
+	req, err := indexer.NewRequest(sc, ip)
+	if err != nil {
+		return nil, fmt.Errorf("session %q: %w", name, err)
+	}
+	if err := req.UnmarshalBinary(state); err != nil {
+		return nil, fmt.Errorf("session %q indexer state: %w", name, err)
+	}
+	if uint64(req.Len()) != meta.Chunks {
+		return nil, fmt.Errorf("%w: session %q has %d chunks but %d index keys", ErrBadMeta, name, meta.Chunks, req.Len())
+	}
+	geom, err := tiers.NewGeometry(tiersLayout(meta.Layout))
+	if err != nil {
+		return nil, fmt.Errorf("session %q: %w", name, err)
+	}
+	s := &session{
+		id: meta.ID, name: name, persist: true, owner: Cred{UID: meta.OwnerUID, GID: meta.OwnerGID},
+		model: model, layout: meta.Layout, policy: eff, geom: geom, scorer: sc, conn: c, req: req,
+		chunks: meta.Chunks, gens: meta.Gens, cycles: meta.Cycles, leases: map[uint64]*lease{}, lastUsed: time.Now(),
+	}
+	if err := d.register(c, s, false); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	if _, dup := d.byName[name]; dup {
+		d.mu.Unlock()
+		d.unregister(s)
+		return nil, proto.CodeNotOwner.Errorf("session %q was resumed by another connection meanwhile", name)
+	}
+	d.byName[name] = s
+	d.mu.Unlock()
+	if err := d.createRegion(s); err != nil {
+		d.unregister(s)
+		return nil, err
+	}
+	return s, nil
+}
