@@ -110,13 +110,13 @@ func (e Ensemble) combine(dst []float32, layers [][]float32) {
 			dst[c] = float32(logit(s * inv))
 		}
 	default:
+		// The builtin max propagates NaN, as torch.max does: a chunk with a NaN logit in any
+		// layer (a key with a NaN scale) is not above threshold, as in the reference.
 		copy(dst, layers[0])
 		for _, l := range layers[1:] {
-			for c, v := range l[:len(dst)] {
-				// NaN never wins, so a NaN layer cannot hide another layer's score.
-				if v > dst[c] || dst[c] != dst[c] {
-					dst[c] = v
-				}
+			l = l[:len(dst)]
+			for c, v := range l {
+				dst[c] = max(dst[c], v)
 			}
 		}
 	}
