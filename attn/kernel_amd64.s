@@ -120,3 +120,86 @@ reduce:
 done:
 	VZEROUPPER
 	RET
+
+// func dotAVX2(a, b *float32, n int) float32
+//
+// Σ a[i]·b[i] over n elements, n a multiple of 32: four 8-lane accumulators hide
+// the FMA latency; the lanes are summed at the end.
+TEXT ·dotAVX2(SB), NOSPLIT, $0-28
+	MOVQ a+0(FP), SI
+	MOVQ b+8(FP), DI
+	MOVQ n+16(FP), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	SHRQ $5, CX
+	JZ   dotsum
+
+dotloop:
+	VMOVUPS 0(SI), Y4
+	VMOVUPS 32(SI), Y5
+	VMOVUPS 64(SI), Y6
+	VMOVUPS 96(SI), Y7
+	VFMADD231PS 0(DI), Y4, Y0
+	VFMADD231PS 32(DI), Y5, Y1
+	VFMADD231PS 64(DI), Y6, Y2
+	VFMADD231PS 96(DI), Y7, Y3
+	ADDQ $128, SI
+	ADDQ $128, DI
+	DECQ CX
+	JNZ  dotloop
+
+dotsum:
+	VADDPS Y1, Y0, Y0
+	VADDPS Y3, Y2, Y2
+	VADDPS Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS X1, X0, X0
+	VHADDPS X0, X0, X0
+	VHADDPS X0, X0, X0
+	VMOVSS X0, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func decodeFP8AVX2(dst *float32, src *uint8, n int)
+//
+// Widens n (a multiple of 8) fp8 e4m3fn codes to float32. An e4m3 code shifted
+// left by 7 is a float16 with the same mantissa and an exponent 8 too small, for
+// normal and subnormal codes alike; VCVTPH2PS then widens exactly and ×256 fixes
+// the exponent. The NaN codes 0x7F/0xFF come out as ±480: the key store tracks
+// keys holding them and overrides their logits with NaN.
+TEXT ·decodeFP8AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	MOVL $0x3f80, AX
+	VMOVD AX, X8
+	VPBROADCASTW X8, X8
+	MOVL $0x8000, AX
+	VMOVD AX, X9
+	VPBROADCASTW X9, X9
+	MOVL $0x43800000, AX
+	VMOVD AX, X10
+	VBROADCASTSS X10, Y10
+	SHRQ $3, CX
+	JZ   decdone
+
+decloop:
+	VPMOVZXBW (SI), X0
+	VPSLLW $7, X0, X1
+	VPAND X8, X1, X1
+	VPSLLW $8, X0, X2
+	VPAND X9, X2, X2
+	VPOR X2, X1, X1
+	VCVTPH2PS X1, Y1
+	VMULPS Y10, Y1, Y1
+	VMOVUPS Y1, (DI)
+	ADDQ $8, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ  decloop
+
+decdone:
+	VZEROUPPER
+	RET

@@ -36,6 +36,10 @@ type KeyStore struct {
 	// NaN. For them s·ReLU(x) ≠ ReLU(s·x), so the float variant scores them with the
 	// direct formula instead of factoring the scale out of the kernel.
 	exotic []int
+	// nanKeys lists, in ascending order, keys holding an fp8 NaN code (0x7F,
+	// 0xFF). Every logit of such a key is NaN in both variants, and the SIMD decode
+	// does not produce NaN, so the scorer overrides them.
+	nanKeys []int
 }
 
 // NewKeyStore returns an empty store for keys of headDim fp8 values plus a scale.
@@ -84,8 +88,13 @@ func (ks *KeyStore) Append(raw []byte) error {
 			clear(ks.slabs[slab][len(s):])
 		}
 		dst := ks.slabs[slab][blk*d*blockKeys+lane:]
+		hasNaN := false
 		for j, c := range key[:d] {
 			dst[j*blockKeys] = c
+			hasNaN = hasNaN || c&0x7f == 0x7f
+		}
+		if hasNaN {
+			ks.nanKeys = append(ks.nanKeys, i)
 		}
 		s := math.Float32frombits(binary.LittleEndian.Uint32(key[d:]))
 		ks.scales = append(ks.scales, s)
@@ -127,11 +136,8 @@ func (ks *KeyStore) Truncate(n int) {
 		}
 	}
 	ks.scales = ks.scales[:n]
-	k := len(ks.exotic)
-	for k > 0 && ks.exotic[k-1] >= n {
-		k--
-	}
-	ks.exotic = ks.exotic[:k]
+	ks.exotic = cutList(ks.exotic, n)
+	ks.nanKeys = cutList(ks.nanKeys, n)
 	ks.n = n
 }
 
@@ -169,4 +175,20 @@ func (ks *KeyStore) Key(i int) ([]float32, error) {
 		k[j] = FP8ToF32(codes[j*blockKeys]) * s
 	}
 	return k, nil
+}
+
+// cutList drops the entries ≥ n of an ascending list.
+func cutList(l []int, n int) []int {
+	k := len(l)
+	for k > 0 && l[k-1] >= n {
+		k--
+	}
+	return l[:k]
+}
+
+// inRange returns the entries of an ascending list that lie in [from, to).
+func inRange(l []int, from, to int) []int {
+	lo, _ := slices.BinarySearch(l, from)
+	hi, _ := slices.BinarySearch(l, to)
+	return l[lo:hi]
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 )
 
 // Matrix is a row-major float32 matrix.
@@ -173,14 +175,58 @@ func quantizeHeads(q *Query) {
 	}
 }
 
-// matVec computes dst = m·x with float64 accumulation.
+// parallelMACs is the matrix size above which matVec splits rows over
+// goroutines: below it, starting them costs more than it saves.
+const parallelMACs = 1 << 20
+
+// matVec computes dst = m·x. The query projections are memory-bound (the
+// published wq_b alone is 128 MB of float32), so rows are split over GOMAXPROCS
+// goroutines and each row is one SIMD dot product where available.
 func matVec(dst []float32, m Matrix, x []float32) {
-	for r := range dst {
-		row := m.Data[r*m.Cols : (r+1)*m.Cols]
-		var s float64
-		for c, v := range row {
-			s += float64(v) * float64(x[c])
-		}
-		dst[r] = float32(s)
+	workers := min(runtime.GOMAXPROCS(0), m.Rows)
+	if workers <= 1 || m.Rows*m.Cols < parallelMACs {
+		matVecRows(dst, m, x, 0, m.Rows)
+		return
 	}
+	var wg sync.WaitGroup
+	per := (m.Rows + workers - 1) / workers
+	for lo := 0; lo < m.Rows; lo += per {
+		hi := min(lo+per, m.Rows)
+		wg.Go(func() { matVecRows(dst, m, x, lo, hi) })
+	}
+	wg.Wait()
+}
+
+func matVecRows(dst []float32, m Matrix, x []float32, lo, hi int) {
+	cols := m.Cols
+	simd := 0
+	if useFast {
+		simd = cols &^ 31
+	}
+	for r := lo; r < hi; r++ {
+		row := m.Data[r*cols : (r+1)*cols]
+		var s float32
+		if simd > 0 {
+			s = dotAVX2(&row[0], &x[0], simd)
+		}
+		s += dotGo(row[simd:], x[simd:cols])
+		dst[r] = s
+	}
+}
+
+// dotGo is Σ a[i]·b[i] with four partial sums, the portable twin of dotAVX2.
+func dotGo(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
 }

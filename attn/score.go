@@ -2,6 +2,7 @@ package attn
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -212,13 +213,16 @@ func (t *Task) score(from, to int, scratch []float32) {
 		}
 	}
 	if b.variant == Float {
-		for _, n := range ks.exotic {
-			if n < from || n >= to {
-				continue
-			}
+		for _, n := range inRange(ks.exotic, from, to) {
 			for qi, q := range b.queries {
 				t.Out[qi*stride+n-t.From] = directFloat(q, ks, n)
 			}
+		}
+	}
+	nan := float32(math.NaN())
+	for _, n := range inRange(ks.nanKeys, from, to) {
+		for qi := range b.queries {
+			t.Out[qi*stride+n-t.From] = nan
 		}
 	}
 }
@@ -226,7 +230,12 @@ func (t *Task) score(from, to int, scratch []float32) {
 // decodeBlock expands a block of fp8 codes to float32 once per scoring pass,
 // so the kernel's inner loop is pure FMA over L1-resident data.
 func decodeBlock(dst []float32, codes []uint8) {
-	for i, c := range codes[:len(dst)] {
+	codes = codes[:len(dst)]
+	if useFast && len(dst)%8 == 0 && len(dst) > 0 {
+		decodeFP8AVX2(&dst[0], &codes[0], len(dst))
+		return
+	}
+	for i, c := range codes {
 		dst[i] = fp8Table[c]
 	}
 }

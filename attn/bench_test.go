@@ -1,0 +1,203 @@
+package attn
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+)
+
+// benchSetup builds n random keys and a batch of b queries at 128 heads × 128.
+func benchSetup(b *testing.B, n, batch int) (*KeyStore, *Batch, []*Query) {
+	b.Helper()
+	const heads, d = 128, 128
+	r := rand.New(rand.NewPCG(uint64(n), uint64(batch)))
+	ks, err := NewKeyStore(d)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ks.Append(randomKeys(r, n, d)); err != nil {
+		b.Fatal(err)
+	}
+	var qs []*Query
+	for range batch {
+		qs = append(qs, randomQuery(r, heads, d))
+	}
+	bt, err := NewBatch(Float, qs...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ks, bt, qs
+}
+
+var benchSizes = []struct {
+	name string
+	n    int
+}{{"16K", 16 << 10}, {"128K", 128 << 10}, {"256K", 256 << 10}}
+
+// flops counts 2 per multiply-add of the N×H×D×B product.
+func reportGFLOPs(b *testing.B, n, batch int) {
+	flops := 2.0 * float64(n) * 128 * 128 * float64(batch) * float64(b.N)
+	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkScore is the hot loop: all cores (GOMAXPROCS), float variant.
+// "asm" is the AVX2/FMA kernel, "go" the portable kernel (16K only: it is slow),
+// "gonum" the same math as blas32.Sgemm over key tiles, then ReLU and the
+// weighted head sum.
+func BenchmarkScore(b *testing.B) {
+	for _, sz := range benchSizes {
+		for _, batch := range []int{1, 8} {
+			ks, bt, qs := benchSetup(b, sz.n, batch)
+			out := make([]float32, batch*sz.n)
+			for _, impl := range []string{"asm", "go", "gonum"} {
+				if impl == "asm" && !hasAVX2FMA || impl == "go" && sz.n > 16<<10 {
+					continue
+				}
+				b.Run(fmt.Sprintf("n=%s/B=%d/%s", sz.name, batch, impl), func(b *testing.B) {
+					if impl == "gonum" {
+						benchGonum(b, ks, qs, sz.n)
+						return
+					}
+					setFast(b, impl == "asm")
+					tasks := []Task{{Batch: bt, Keys: ks, From: 0, To: sz.n, Out: out}}
+					for b.Loop() {
+						if err := Run(tasks); err != nil {
+							b.Fatal(err)
+						}
+					}
+					reportGFLOPs(b, sz.n, batch)
+				})
+			}
+		}
+	}
+}
+
+// benchGonum scores with gonum's Sgemm. The keys are dequantised to float32 once,
+// outside the timing, like our store's layout; the [tile × B·H] product is
+// materialised per tile of keys and then reduced.
+func benchGonum(b *testing.B, ks *KeyStore, qs []*Query, n int) {
+	const d, heads, tile = 128, 128, 2048
+	keys := make([]float32, n*d)
+	for i := 0; i < n; i++ {
+		k, _ := ks.Key(i)
+		copy(keys[i*d:], k)
+	}
+	rows := len(qs) * heads
+	q := blas32.General{Rows: rows, Cols: d, Stride: d, Data: make([]float32, rows*d)}
+	w := make([]float32, rows)
+	for i, qq := range qs {
+		copy(q.Data[i*heads*d:], qq.Q)
+		copy(w[i*heads:], qq.W)
+	}
+	c := blas32.General{Rows: tile, Cols: rows, Stride: rows, Data: make([]float32, tile*rows)}
+	out := make([]float32, len(qs)*n)
+	for b.Loop() {
+		for t0 := 0; t0 < n; t0 += tile {
+			m := min(tile, n-t0)
+			kt := blas32.General{Rows: m, Cols: d, Stride: d, Data: keys[t0*d : (t0+m)*d]}
+			ct := blas32.General{Rows: m, Cols: rows, Stride: rows, Data: c.Data[:m*rows]}
+			blas32.Gemm(blas.NoTrans, blas.Trans, 1, kt, q, 0, ct)
+			for i := 0; i < m; i++ {
+				row := ct.Data[i*rows : (i+1)*rows]
+				for qi := range qs {
+					var s float32
+					for h, v := range row[qi*heads : (qi+1)*heads] {
+						if v > 0 {
+							s += w[qi*heads+h] * v
+						}
+					}
+					out[qi*n+t0+i] = s
+				}
+			}
+		}
+	}
+	reportGFLOPs(b, n, len(qs))
+}
+
+// BenchmarkCycle512K is one full cycle at 512K tokens with the published
+// dimensions: for each of 3 target layers, the query projection (hidden 4096,
+// R 2048, H 128) and scoring of 131,072 chunks, batch 1, on all cores.
+func BenchmarkCycle512K(b *testing.B) {
+	const layers, n, hidden, rank, heads, d = 3, 131072, 4096, 2048, 128, 128
+	r := rand.New(rand.NewPCG(42, 42))
+	randMat := func(rows, cols int, scale float64) Matrix {
+		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
+		for i := range m.Data {
+			m.Data[i] = float32(r.NormFloat64() * scale)
+		}
+		return m
+	}
+	var lws []*LayerWeights
+	var stores []*KeyStore
+	for range layers {
+		qn := make([]float32, rank)
+		for i := range qn {
+			qn[i] = 1
+		}
+		lw, err := NewLayerWeights(randMat(rank, hidden, 1/math.Sqrt(hidden)), qn,
+			randMat(heads*d, rank, 1/math.Sqrt(rank)), randMat(heads, hidden, 1/math.Sqrt(hidden)), DefaultOptions)
+		if err != nil {
+			b.Fatal(err)
+		}
+		lws = append(lws, lw)
+		ks, _ := NewKeyStore(d)
+		if err := ks.Append(randomKeys(r, n, d)); err != nil {
+			b.Fatal(err)
+		}
+		stores = append(stores, ks)
+	}
+	hid := make([]byte, 2*hidden)
+	for i := 0; i < hidden; i++ {
+		binary.LittleEndian.PutUint16(hid[2*i:], BF16FromF32(float32(r.NormFloat64())))
+	}
+	outs := make([][]float32, layers)
+	for i := range outs {
+		outs[i] = make([]float32, n)
+	}
+	for b.Loop() {
+		tasks := make([]Task, layers)
+		for l, lw := range lws {
+			q, err := lw.Query(hid, 524287)
+			if err != nil {
+				b.Fatal(err)
+			}
+			bt, err := NewBatch(Float, q)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tasks[l] = Task{Batch: bt, Keys: stores[l], From: 0, To: n, Out: outs[l]}
+		}
+		if err := Run(tasks); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/cycle")
+}
+
+// BenchmarkQuery is the query side alone at the published dimensions (one layer).
+func BenchmarkQuery(b *testing.B) {
+	const hidden, rank, heads, d = 4096, 2048, 128, 128
+	mat := func(rows, cols int) Matrix {
+		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
+		for i := range m.Data {
+			m.Data[i] = float32(i%13) * 1e-3
+		}
+		return m
+	}
+	qn := make([]float32, rank)
+	lw, err := NewLayerWeights(mat(rank, hidden), qn, mat(heads*d, rank), mat(heads, hidden), DefaultOptions)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hid := make([]byte, 2*hidden)
+	for b.Loop() {
+		if _, err := lw.Query(hid, 1000); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
