@@ -1,0 +1,214 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"testing"
+)
+
+// recallRow is one measured copy pattern.
+type recallRow struct {
+	Case   string  `json:"case"`
+	Method string  `json:"method"`
+	Bytes  int     `json:"bytes"`
+	Rows   int     `json:"rows"`
+	Piece  int     `json:"piece,omitempty"`
+	MedMS  float64 `json:"median_ms"`
+	GBps   float64 `json:"gbps"`
+}
+
+type timer struct {
+	t          testing.TB
+	s          *Stream
+	start, end *Event
+}
+
+// median times fn (which enqueues work on the stream) reps times after warm-up runs, with
+// device events around it, and returns the median in milliseconds.
+func (tm *timer) median(reps int, fn func(rep int) error) float64 {
+	tm.t.Helper()
+	var ms []float64
+	for i := -3; i < reps; i++ {
+		if err := tm.start.Record(tm.s); err != nil {
+			tm.t.Fatal(err)
+		}
+		if err := fn(max(i, 0)); err != nil {
+			tm.t.Fatal(err)
+		}
+		if err := tm.end.Record(tm.s); err != nil {
+			tm.t.Fatal(err)
+		}
+		if err := tm.end.Wait(); err != nil {
+			tm.t.Fatal(err)
+		}
+		x, err := tm.end.Elapsed(tm.start)
+		if err != nil {
+			tm.t.Fatal(err)
+		}
+		if i >= 0 {
+			ms = append(ms, x)
+		}
+	}
+	slices.Sort(ms)
+	return ms[len(ms)/2]
+}
+
+// TestRecallBench measures scattered recall from a 4 GiB pinned mirror into a 64 MiB
+// device reserve: the gather kernel, one cuMemcpyAsync per row, and one contiguous copy
+// of the same bytes; plus the DeepSeek-V4 layout (a page = 21 layer rows of 37,440 B into
+// 21 layer buffers). Fresh random pages every repetition; the result of the last gather of
+// each case is checked byte for byte. Runs only with FLASHMEM_BENCH=1; JSON goes to
+// $FLASHMEM_BENCH_OUT when set.
+func TestRecallBench(t *testing.T) {
+	if os.Getenv("FLASHMEM_BENCH") != "1" {
+		t.Skip("set FLASHMEM_BENCH=1")
+	}
+	d := devices(t)[0]
+	s, err := d.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tm := &timer{t: t, s: s}
+	if tm.start, err = d.NewEvent(true); err != nil {
+		t.Fatal(err)
+	}
+	if tm.end, err = d.NewEvent(true); err != nil {
+		t.Fatal(err)
+	}
+	const mirrorBytes, total, reps = 4 << 30, 64 << 20, 20
+	mirror, err := d.AllocHost(mirrorBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mirror.Free()
+	mb := mirror.Bytes()
+	fill(mb[:total], 99)
+	for off := total; off < len(mb); off += total {
+		copy(mb[off:], mb[:total])
+		mb[off] ^= byte(off >> 26) // each 64 MiB copy differs
+	}
+	reserve, err := d.Alloc(total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Free(reserve)
+	rnd := rand.New(rand.NewPCG(1, 1))
+	var rows []recallRow
+	add := func(c, m string, bytes, nrows, piece int, ms float64) {
+		rows = append(rows, recallRow{c, m, bytes, nrows, piece, ms, float64(bytes) / ms / 1e6})
+	}
+	check := func(descs []CopyDesc) {
+		for _, c := range descs[:min(len(descs), 64)] {
+			got := make([]byte, c.Len)
+			if err := d.CopyDtoH(got, c.Dst); err != nil {
+				t.Fatal(err)
+			}
+			so := int(c.Src - mirror.Ptr())
+			if i := firstDiff(got, mb[so:so+int(c.Len)]); i >= 0 {
+				t.Fatalf("recalled row differs at byte %d", i)
+			}
+		}
+	}
+
+	contig := tm.median(reps, func(int) error { return s.Copy(reserve, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), total) })
+	add("contiguous 64 MiB", "cuMemcpyAsync", total, 1, 0, contig)
+
+	for _, page := range []int{64 << 10, 256 << 10, 1 << 20} {
+		n := total / page
+		sets := make([][]CopyDesc, reps)
+		for i := range sets {
+			for j, p := range rnd.Perm(mirrorBytes / page)[:n] {
+				sets[i] = append(sets[i], CopyDesc{Src: mirror.Ptr() + DevPtr(p*page), Dst: reserve + DevPtr(j*page), Len: uint64(page)})
+			}
+		}
+		name := fmt.Sprintf("%d KiB pages", page>>10)
+		ms := tm.median(reps, func(i int) error { return s.Gather(sets[i]) })
+		check(sets[reps-1])
+		add(name, "gather kernel", total, n, gatherPiece, ms)
+		ms = tm.median(reps, func(i int) error {
+			for _, c := range sets[i] {
+				if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		add(name, "cuMemcpyAsync per page", total, n, 0, ms)
+		for _, piece := range []int{16 << 10, 32 << 10, 128 << 10} {
+			old := gatherPiece
+			gatherPiece = piece
+			ms := tm.median(reps, func(i int) error { return s.Gather(sets[i]) })
+			gatherPiece = old
+			add(name, "gather kernel (piece sweep)", total, n, piece, ms)
+		}
+	}
+
+	// DeepSeek-V4: 21 layer buffers [slots][37440]; a mirror page is the 21 rows back to back.
+	const layers, rowBytes = 21, 37440
+	const pageBytes = layers * rowBytes
+	npages := total / pageBytes
+	var layerBufs []DevPtr
+	for l := 0; l < layers; l++ {
+		p, err := d.Alloc(npages * rowBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Free(p)
+		layerBufs = append(layerBufs, p)
+	}
+	sets := make([][]CopyDesc, reps)
+	for i := range sets {
+		for slot, p := range rnd.Perm(mirrorBytes / pageBytes)[:npages] {
+			for l := 0; l < layers; l++ {
+				sets[i] = append(sets[i], CopyDesc{
+					Src: mirror.Ptr() + DevPtr(p*pageBytes+l*rowBytes),
+					Dst: layerBufs[l] + DevPtr(slot*rowBytes), Len: rowBytes})
+			}
+		}
+	}
+	dsBytes := npages * pageBytes
+	ms := tm.median(reps, func(i int) error { return s.Gather(sets[i]) })
+	check(sets[reps-1])
+	add("DeepSeek-V4 21x37440 B", "gather kernel", dsBytes, npages*layers, gatherPiece, ms)
+	ms = tm.median(reps, func(i int) error {
+		for _, c := range sets[i] {
+			if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	add("DeepSeek-V4 21x37440 B", "cuMemcpyAsync per row", dsBytes, npages*layers, 0, ms)
+	ms = tm.median(reps, func(int) error { return s.Copy(reserve, mirror.Ptr(), dsBytes) })
+	add("DeepSeek-V4 21x37440 B", "contiguous same bytes", dsBytes, 1, 0, ms)
+
+	// The commit direction: reserve rows scattered back into the pinned mirror.
+	wsets := make([][]CopyDesc, reps)
+	for i := range wsets {
+		for j, p := range rnd.Perm(mirrorBytes / (256 << 10))[:total/(256<<10)] {
+			wsets[i] = append(wsets[i], CopyDesc{Src: reserve + DevPtr(j*(256<<10)), Dst: mirror.Ptr() + DevPtr(p*(256<<10)), Len: 256 << 10})
+		}
+	}
+	ms = tm.median(reps, func(i int) error { return s.Gather(wsets[i]) })
+	add("256 KiB pages device->host", "gather kernel", total, len(wsets[0]), gatherPiece, ms)
+	ms = tm.median(reps, func(int) error { return s.Copy(mirror.Ptr(), reserve, total) })
+	add("contiguous 64 MiB device->host", "cuMemcpyAsync", total, 1, 0, ms)
+
+	fmt.Printf("\nRecall on %s (median of %d, GB/s = 1e9 B/s)\n", d.Name(), reps)
+	fmt.Printf("%-32s %-28s %7s %9s %8s\n", "case", "method", "piece", "ms", "GB/s")
+	for _, r := range rows {
+		fmt.Printf("%-32s %-28s %7d %9.3f %8.1f\n", r.Case, r.Method, r.Piece>>10, r.MedMS, r.GBps)
+	}
+	if p := os.Getenv("FLASHMEM_BENCH_OUT"); p != "" {
+		b, _ := json.MarshalIndent(map[string]any{"device": d.Name(), "recall": rows}, "", " ")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# gpu-test.sh — what runs on the GPU machine: rebuild the kernels' PTX with the machine's
+# nvcc, run every cuda-tagged test binary from .gpu/ (built here by scripts/build-cuda.sh)
+# against that PTX, run the Go and PyTorch benchmarks in the same session, and print the
+# table. Results go to $OUT (or /tmp/flashmem-gpu): log.txt, ptx.tar, torch.json,
+# recall.json, scorer.json, table.txt.
+#
+# Usage (on the GPU machine, repo root): scripts/gpu-test.sh [quick]
+#   quick: tests only, no benchmarks.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+out=${OUT:-/tmp/flashmem-gpu}
+mkdir -p "$out"
+log=$out/log.txt
+: >"$log"
+say() { echo "$*" | tee -a "$log"; }
+nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used --format=csv 2>&1 | tee -a "$log"
+date -u | tee -a "$log"
+
+ptx=/tmp/flashmem-ptx
+if command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH=$PATH:/usr/local/cuda/bin
+  scripts/build-ptx.sh "$ptx" 2>&1 | tee -a "$log" && export FLASHMEM_PTX_DIR=$ptx
+  tar -C "$ptx" -cf "$out/ptx.tar" . 2>>"$log"
+else
+  say "no nvcc: testing the embedded PTX"
+fi
+
+status=0
+run() { # run <pkgdir> <binary> [args...]: test binaries run in their package directory
+  local dir=$1 bin=$2
+  shift 2
+  say "== $bin $*"
+  (cd "$dir" && "$repo/.gpu/$bin" -test.count=1 -test.timeout=540s "$@") >>"$log" 2>&1
+  local rc=$?
+  [[ $rc -eq 0 ]] || status=1
+  say "== $bin exit $rc"
+}
+for pair in internal/cuda:internal_cuda.test internal/gpuinfo:internal_gpuinfo.test attn/gpu:attn_gpu.test tiers/gpureserve:tiers_gpureserve.test; do
+  dir=${pair%%:*} bin=${pair##*:}
+  [[ -x .gpu/$bin ]] && run "$dir" "$bin" -test.v
+done
+grep -E "^\s*(--- FAIL|--- SKIP)|‖Δ‖|relative error|device [0-9]+:" "$log" | head -60
+
+if [[ ${1:-} != quick ]]; then
+  export FLASHMEM_BENCH=1
+  python3 scripts/bench_torch.py "$out/torch.json" >>"$log" 2>&1 || { say "torch bench failed"; status=1; }
+  FLASHMEM_BENCH_OUT=$out/recall.json run internal/cuda internal_cuda.test -test.run '^TestRecallBench$' -test.v
+  FLASHMEM_BENCH_OUT=$out/scorer.json run attn/gpu attn_gpu.test -test.run '^TestScorerBench$' -test.v
+  python3 scripts/gpu_table.py "$out/torch.json" "$out/recall.json" "$out/scorer.json" | tee "$out/table.txt"
+fi
+say "gpu-test status $status"
+exit $status
