@@ -2,8 +2,6 @@ package eval
 
 import (
 	"fmt"
-	"runtime"
-	"sync"
 
 	"github.com/flashmemory/flashmemory/indexer"
 	"github.com/flashmemory/flashmemory/indexer/textmode"
@@ -41,7 +39,7 @@ func (s *TextScorer) Query(q *textmode.Query) indexer.Query {
 	return indexer.Query{Layers: [][]byte{q.AppendBinary(nil, s.Model.Config())}}
 }
 
-// Score scores every item's chunks, splitting long contexts over all cores.
+// Score scores every item's chunks (the model spreads a context over all cores).
 func (s *TextScorer) Score(items []indexer.ScoreItem) error {
 	for i, it := range items {
 		if len(it.Keys) != 1 || len(it.Out) != 1 || len(it.Query.Layers) != 1 {
@@ -55,25 +53,8 @@ func (s *TextScorer) Score(items []indexer.ScoreItem) error {
 		if !ok {
 			return fmt.Errorf("%w: item %d: keys not made by this scorer", textmode.ErrBadKey, i)
 		}
-		out := it.Out[0]
-		n := len(out)
-		workers := runtime.GOMAXPROCS(0)
-		per := max((n+workers-1)/workers, 4096)
-		var wg sync.WaitGroup
-		errs := make([]error, (n+per-1)/per)
-		for w, lo := 0, 0; lo < n; w, lo = w+1, lo+per {
-			hi := min(lo+per, n)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs[w] = s.Model.Score(q, tk.raw[lo*tk.kb:hi*tk.kb], out[lo:hi])
-			}()
-		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				return fmt.Errorf("item %d: %w", i, err)
-			}
+		if err := s.Model.Score(q, tk.raw, it.Out[0]); err != nil {
+			return fmt.Errorf("item %d: %w", i, err)
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package textmode
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 )
 
 // calibPrior is the share of positives the calibration is weighted to. Pseudo-
@@ -17,10 +18,11 @@ type calibRow struct {
 }
 
 // calibrate fits, for each Mode, logit = a·lex + b·cos + c by weighted logistic
-// regression on pseudo-queries from the held-out documents: a few content words
-// of a sentence (as a question names a few words of its evidence) against the
-// sentence's chunks (positives), random chunks and chunks elsewhere that share
-// a query word (negatives).
+// regression on pseudo-queries from the held-out documents, each document
+// serving as the context: a few content words of a sentence (as a question
+// names a few words of its evidence) against the sentence's chunks (positives),
+// random chunks and chunks elsewhere in the document that share a query word
+// (negatives).
 func calibrate(m *Model, docs []tdoc, opts TrainOptions, report func(Progress)) {
 	rng := rand.New(rand.NewPCG(opts.Seed, 0xca11))
 	keys := make([][]byte, len(docs))
@@ -38,9 +40,9 @@ func calibrate(m *Model, docs []tdoc, opts TrainOptions, report func(Progress)) 
 		}
 	}
 	var rows []calibRow
+	var lex []float32
 	add := func(q *Query, di, c int, pos bool) {
-		lex, cos := m.Signals(q, keys[di][c*kb:(c+1)*kb])
-		rows = append(rows, calibRow{lex, cos, pos})
+		rows = append(rows, calibRow{lex[c], m.cosine(q, keys[di][c*kb:(c+1)*kb]), pos})
 	}
 	far := func(di, c int, s [2]int, qdi int) bool {
 		if di != qdi {
@@ -72,11 +74,15 @@ func calibrate(m *Model, docs []tdoc, opts TrainOptions, report func(Progress)) 
 				qt = append(qt, other[rng.IntN(len(other))])
 			}
 			q := m.NewQuery(qt, nil, Combined)
+			// The document is the context: term weights come from it, as they
+			// come from the request's chunks at serving time.
+			lex = growSlice(lex, len(keys[di])/kb)
+			m.lexicalAll(q, keys[di], lex, opts.Workers)
 			for c := s[0] / TokensPerChunk; c <= (s[1]-1)/TokensPerChunk; c++ {
 				add(q, di, c, true)
 			}
 			for range 4 {
-				odi := rng.IntN(len(docs))
+				odi := di
 				nc := NumChunks(len(docs[odi].toks))
 				if nc == 0 {
 					continue
@@ -92,7 +98,7 @@ func calibrate(m *Model, docs []tdoc, opts TrainOptions, report func(Progress)) 
 					continue
 				}
 				l := ps[rng.IntN(len(ps))]
-				if far(int(l.doc), int(l.c), s, di) {
+				if int(l.doc) == di && far(int(l.doc), int(l.c), s, di) {
 					add(q, int(l.doc), int(l.c), false)
 				}
 			}
@@ -120,11 +126,58 @@ func calibrate(m *Model, docs []tdoc, opts TrainOptions, report func(Progress)) 
 		use  [2]bool
 	}{{Combined, [2]bool{true, true}}, {Lexical, [2]bool{true, false}}, {Dense, [2]bool{false, true}}}
 	for _, f := range fits {
-		mode := f.mode
-		c, ll, acc := fitLogistic(rows, f.use, wpos, wneg)
-		m.calib[mode] = c
-		report(Progress{Phase: "calibrate", Step: int(mode) + 1, Steps: int(numModes), Loss: ll, Accuracy: acc})
+		c, _, _ := fitLogistic(rows, f.use, wpos, wneg)
+		c = placeThreshold(rows, c)
+		m.calib[f.mode] = c
+		ll, acc := logLoss(rows, c, wpos, wneg)
+		report(Progress{Phase: "calibrate", Step: int(f.mode) + 1, Steps: int(numModes), Loss: ll, Accuracy: acc})
 	}
+}
+
+// calibFPR is the share of unrelated chunks allowed above threshold. Logistic
+// regression gives the direction of the decision (how lexical and dense
+// evidence trade off); the threshold itself is placed so that only this share
+// of random chunks passes. Level-1 selection ranks pages by their number of
+// chunks above threshold, so what matters is that unrelated pages rarely
+// count at all, whatever the class balance of the calibration set was.
+const calibFPR = 0.01
+
+// placeThreshold keeps c's weights and sets its bias so that a calibFPR share
+// of the negative rows score above 0.
+func placeThreshold(rows []calibRow, c Calibration) Calibration {
+	var neg []float32
+	for _, r := range rows {
+		if !r.pos {
+			neg = append(neg, c.Lex*r.lex+c.Dense*r.cos)
+		}
+	}
+	if len(neg) == 0 {
+		return c
+	}
+	slices.Sort(neg)
+	q := neg[min(len(neg)-1, int(float64(len(neg))*(1-calibFPR)))]
+	c.Bias = -q
+	return c
+}
+
+func logLoss(rows []calibRow, c Calibration, wpos, wneg float64) (ll, acc float64) {
+	var tw float64
+	for _, r := range rows {
+		z := float64(c.Lex*r.lex + c.Dense*r.cos + c.Bias)
+		p := 1 / (1 + math.Exp(-z))
+		wt := wneg
+		if r.pos {
+			wt = wpos
+			ll -= wt * math.Log(max(p, 1e-12))
+		} else {
+			ll -= wt * math.Log(max(1-p, 1e-12))
+		}
+		if (z > 0) == r.pos {
+			acc += wt
+		}
+		tw += wt
+	}
+	return ll / tw, acc / tw
 }
 
 // fitLogistic fits weighted logistic regression with Newton's method (three
@@ -228,4 +281,11 @@ func solve3(h [3][3]float64, g [3]float64) ([3]float64, bool) {
 		}
 	}
 	return [3]float64{a[0][3] / a[0][0], a[1][3] / a[1][1], a[2][3] / a[2][2]}, true
+}
+
+func growSlice(b []float32, n int) []float32 {
+	if cap(b) < n {
+		return make([]float32, n)
+	}
+	return b[:n]
 }

@@ -116,10 +116,12 @@ type Model struct {
 	shift uint // 32 − log2(Buckets)
 	embed []float32
 	idf   []float32
-	wq    []float32 // Dim × Dim, row-major: h = wq · u
-	wc    []float32
-	calib [numModes]Calibration
-	meta  map[string]string
+	// maxIDF is the largest IDF: that of a term the training corpus never saw.
+	maxIDF float32
+	wq     []float32 // Dim × Dim, row-major: h = wq · u
+	wc     []float32
+	calib  [numModes]Calibration
+	meta   map[string]string
 }
 
 // Config returns the model's shapes.
@@ -475,60 +477,6 @@ func (m *Model) ParseQuery(b []byte) (*Query, error) {
 	return q, nil
 }
 
-// windowWeight is how much a query term found only in a chunk's window (not
-// in the chunk's own tokens) counts towards the lexical signal.
-const windowWeight = 0.6
-
-// Signals returns the two raw signals of one key for q: the lexical score (IDF
-// mass of the query terms the chunk holds, divided by the mass of the query's
-// TopTerms rarest terms, so about 1 when the chunk holds the query's rarest
-// terms) and the cosine of the query and chunk embeddings.
-func (m *Model) Signals(q *Query, key []byte) (lex, cos float32) {
-	d := m.cfg.Dim
-	scale := math.Float32frombits(binary.LittleEndian.Uint32(key[d:]))
-	var dot float32
-	for i, v := range q.vec {
-		dot += v * float32(int8(key[i]))
-	}
-	cos = dot * scale
-	if q.norm > 0 {
-		ncore, nt := int(key[d+4]), int(key[d+5])
-		var mass float32
-		for i := range nt {
-			b := binary.LittleEndian.Uint16(key[d+6+2*i:])
-			if int(b) >= m.cfg.Buckets || q.set[b>>6]&(1<<(b&63)) == 0 {
-				continue
-			}
-			w := float32(windowWeight)
-			if i < ncore {
-				w = 1
-			}
-			mass += w * m.idf[b]
-		}
-		lex = mass / q.norm
-	}
-	return lex, cos
-}
-
-// Score writes the logit of every key in keys for q into out (len(out) must be
-// the number of keys). logit > 0 means keep, as for the LSA scorer. Keys are
-// checked with CheckKeys first.
-func (m *Model) Score(q *Query, keys []byte, out []float32) error {
-	if err := m.CheckKeys(keys); err != nil {
-		return err
-	}
-	kb := m.KeyBytes()
-	if len(out) != len(keys)/kb {
-		return fmt.Errorf("%w: %d outputs for %d keys", ErrBadKey, len(out), len(keys)/kb)
-	}
-	cal := m.calib[q.mode]
-	for c := range out {
-		lex, cos := m.Signals(q, keys[c*kb:(c+1)*kb])
-		out[c] = cal.Lex*lex + cal.Dense*cos + cal.Bias
-	}
-	return nil
-}
-
 // Tensor names of the model file.
 const (
 	tensorEmbed = "embed"       // [Buckets, Dim] F16
@@ -636,6 +584,7 @@ func Load(b []byte) (*Model, error) {
 		}
 	}
 	m.meta = meta
+	m.setMaxIDF()
 	return m, nil
 }
 
@@ -655,3 +604,20 @@ func LoadFrom(r io.Reader) (*Model, error) {
 // maxModelBytes bounds a model file: 65536 buckets × 1024 dims × 2 B plus small
 // tensors is the largest valid model.
 const maxModelBytes = 160 << 20
+
+// WithCalibration returns a copy of the model (sharing its read-only tables)
+// whose mode scores with c: for threshold studies, or a calibration fitted
+// elsewhere.
+func (m *Model) WithCalibration(mode Mode, c Calibration) *Model {
+	cp := *m
+	cp.calib[mode%numModes] = c
+	cp.meta = maps.Clone(m.meta)
+	return &cp
+}
+
+func (m *Model) setMaxIDF() {
+	m.maxIDF = 0
+	for _, v := range m.idf {
+		m.maxIDF = max(m.maxIDF, v)
+	}
+}

@@ -206,6 +206,7 @@ func Train(ctx context.Context, docs []Document, opts TrainOptions) (*Model, err
 	report(Progress{Phase: "idf"})
 	td := prepDocs(docs, opts.Workers)
 	computeIDF(m, td)
+	m.setMaxIDF()
 
 	type sref struct{ doc, sent int }
 	var train, val []sref

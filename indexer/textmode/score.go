@@ -1,0 +1,296 @@
+package textmode
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+)
+
+// Lexical scoring. A query term's weight comes from the context itself (BM25's
+// IDF over the request's chunk keys), so a template phrase repeated in every
+// distractor needle weighs little while the one key that names the needle
+// weighs a lot, at 32K tokens and at 1M alike. The lexical signal of a chunk is
+// the share of the query's weight it holds, with weights raised to lexPower so
+// the query's rarest terms dominate and a chunk holding only the common words
+// of a question stays low.
+const (
+	// windowWeight is how much a query term found only in a chunk's window (not
+	// in the chunk's own tokens) counts.
+	windowWeight = 0.6
+	// lexPower sharpens the weights: w = cidf^lexPower.
+	lexPower = 3
+	// prfHops bounds relevance-feedback rounds (see expand).
+	prfHops = 3
+	// prfMaxDF: an expansion term must occur in at most this many chunk keys of
+	// the context (a term occurs in about five keys per occurrence, through the
+	// windows), i.e. it names something specific, not a topic.
+	prfMaxDF = 16
+	// prfRareIDF: an expansion term must also be (nearly) unknown to the
+	// training corpus — its IDF within prfRareIDF of the largest, i.e. seen in at
+	// most one training window: names, codes, identifiers, not ordinary words
+	// that happen to be rare in one context.
+	prfRareIDF = 1.2
+	// prfMaxSeeds and prfMaxTerms bound the work of one round.
+	prfMaxSeeds = 512
+	prfMaxTerms = 256
+	// prfLogit is the logit given to chunks found by relevance feedback: just
+	// above the keep threshold, below any chunk the query matches directly.
+	prfLogit = 0.5
+)
+
+// keyTerms returns the stored terms of a key and how many are the chunk's own.
+func (m *Model) keyTerms(key []byte) (terms []byte, ncore, nt int) {
+	d := m.cfg.Dim
+	return key[d+6:], int(key[d+4]), int(key[d+5])
+}
+
+func termAt(terms []byte, i int) uint16 { return binary.LittleEndian.Uint16(terms[2*i:]) }
+
+// contextWeights computes the weight of every query term from its document
+// frequency among the keys (chunks holding it in their key), and the
+// normaliser (sum of the weights of the terms present in the context: a term
+// absent from the context cannot be matched, so it does not dilute).
+func (m *Model) contextWeights(q *Query, keys []byte, workers int) (w map[uint16]float32, norm float32) {
+	kb := m.KeyBytes()
+	n := len(keys) / kb
+	parts := splitRange(n, workers)
+	dfs := make([]map[uint16]int, len(parts))
+	parallelFor(len(parts), workers, func(p int) {
+		df := map[uint16]int{}
+		for c := parts[p][0]; c < parts[p][1]; c++ {
+			terms, _, nt := m.keyTerms(keys[c*kb : (c+1)*kb])
+			for i := range nt {
+				b := termAt(terms, i)
+				if int(b) < m.cfg.Buckets && q.set[b>>6]&(1<<(b&63)) != 0 {
+					df[b]++
+				}
+			}
+		}
+		dfs[p] = df
+	})
+	w = map[uint16]float32{}
+	for _, b := range q.terms {
+		df := 0
+		for _, d := range dfs {
+			df += d[b]
+		}
+		if df == 0 {
+			continue
+		}
+		cidf := math.Log(1 + (float64(n)-float64(df)+0.5)/(float64(df)+0.5))
+		w[b] = float32(math.Pow(cidf, lexPower))
+		norm += w[b]
+	}
+	return w, norm
+}
+
+// lexMass is the query weight that key holds.
+func (m *Model) lexMass(w map[uint16]float32, key []byte) float32 {
+	terms, ncore, nt := m.keyTerms(key)
+	var mass float32
+	for i := range nt {
+		if x, ok := w[termAt(terms, i)]; ok {
+			if i < ncore {
+				mass += x
+			} else {
+				mass += windowWeight * x
+			}
+		}
+	}
+	return mass
+}
+
+// minBestShare keeps a context where nothing matches well from lighting up:
+// the lexical signal is relative to the best chunk's mass, but never to less
+// than this share of the query's whole weight.
+const minBestShare = 0.3
+
+// lexicalAll writes into dst the lexical signal of every key: its query
+// weight relative to the best-matching chunk of the context. Relative to the
+// best chunk, not to the query's total: a question names its evidence with a
+// few rare words and wraps them in words ("mentioned in the provided text")
+// that the evidence lacks, and a question about two needles matches each of
+// them only half.
+func (m *Model) lexicalAll(q *Query, keys []byte, dst []float32, workers int) {
+	kb := m.KeyBytes()
+	n := len(keys) / kb
+	w, norm := m.contextWeights(q, keys, workers)
+	if norm == 0 {
+		clear(dst[:n])
+		return
+	}
+	parts := splitRange(n, workers)
+	best := make([]float32, len(parts))
+	parallelFor(len(parts), workers, func(p int) {
+		for c := parts[p][0]; c < parts[p][1]; c++ {
+			dst[c] = m.lexMass(w, keys[c*kb:(c+1)*kb])
+			best[p] = max(best[p], dst[c])
+		}
+	})
+	ref := minBestShare * norm
+	for _, b := range best {
+		ref = max(ref, b)
+	}
+	inv := 1 / ref
+	for c := range dst[:n] {
+		dst[c] *= inv
+	}
+}
+
+// cosine is the dot product of the query's unit vector and a key's dequantised
+// vector.
+func (m *Model) cosine(q *Query, key []byte) float32 {
+	d := m.cfg.Dim
+	scale := math.Float32frombits(binary.LittleEndian.Uint32(key[d:]))
+	var dot float32
+	for i, v := range q.vec {
+		dot += v * float32(int8(key[i]))
+	}
+	return dot * scale
+}
+
+// Score writes the logit of every chunk of a context for q into out (one key
+// per chunk, len(out) keys): logit > 0 means keep, as for the LSA scorer. keys
+// must hold the whole context, because lexical term weights come from it and
+// relevance feedback follows terms through it. Work is spread over all cores.
+func (m *Model) Score(q *Query, keys []byte, out []float32) error {
+	if err := m.CheckKeys(keys); err != nil {
+		return err
+	}
+	kb := m.KeyBytes()
+	n := len(keys) / kb
+	if len(out) != n {
+		return fmt.Errorf("%w: %d outputs for %d keys", ErrBadKey, len(out), n)
+	}
+	workers := runtime.GOMAXPROCS(0)
+	cal := m.calib[q.mode]
+	if cal.Lex != 0 {
+		m.lexicalAll(q, keys, out, workers)
+	} else {
+		clear(out)
+	}
+	parts := splitRange(n, workers)
+	parallelFor(len(parts), workers, func(p int) {
+		for c := parts[p][0]; c < parts[p][1]; c++ {
+			var cos float32
+			if cal.Dense != 0 {
+				cos = m.cosine(q, keys[c*kb:(c+1)*kb])
+			}
+			out[c] = cal.Lex*out[c] + cal.Dense*cos + cal.Bias
+		}
+	})
+	if cal.Lex != 0 {
+		m.expand(q, keys, out, workers)
+	}
+	return nil
+}
+
+// expand is pseudo-relevance feedback for multi-hop evidence ("VAR B = VAR A"
+// found through A once "VAR A = 7" matched): for up to prfHops rounds, the
+// specific terms of the chunks kept in the previous round (terms of their keys,
+// window included, that the training corpus barely knew, that occur in at most
+// prfMaxDF keys of the context and are not in the query) become a second
+// query, and chunks holding one of them are kept with prfLogit.
+func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
+	kb := m.KeyBytes()
+	n := len(out)
+	var seeds []int
+	for c, l := range out {
+		if l > 0 {
+			seeds = append(seeds, c)
+		}
+	}
+	used := slices.Clone(q.set)
+	rare := m.maxIDF - prfRareIDF
+	for range prfHops {
+		if len(seeds) == 0 {
+			return
+		}
+		if len(seeds) > prfMaxSeeds {
+			// Keep the strongest seeds; ties by position for determinism.
+			slices.SortStableFunc(seeds, func(a, b int) int {
+				switch {
+				case out[a] > out[b]:
+					return -1
+				case out[a] < out[b]:
+					return 1
+				}
+				return a - b
+			})
+			seeds = seeds[:prfMaxSeeds]
+		}
+		cand := map[uint16]int{}
+		var order []uint16
+		for _, c := range seeds {
+			terms, _, nt := m.keyTerms(keys[c*kb : (c+1)*kb])
+			for i := range nt {
+				b := termAt(terms, i)
+				if int(b) >= m.cfg.Buckets || used[b>>6]&(1<<(b&63)) != 0 || m.idf[b] < rare {
+					continue
+				}
+				if _, ok := cand[b]; !ok && len(order) < prfMaxTerms {
+					cand[b] = 0
+					order = append(order, b)
+				}
+			}
+		}
+		if len(order) == 0 {
+			return
+		}
+		for c := range n {
+			terms, _, nt := m.keyTerms(keys[c*kb : (c+1)*kb])
+			for i := range nt {
+				if v, ok := cand[termAt(terms, i)]; ok {
+					cand[termAt(terms, i)] = v + 1
+				}
+			}
+		}
+		exp := make([]uint64, len(used))
+		found := false
+		for _, b := range order {
+			used[b>>6] |= 1 << (b & 63)
+			if cand[b] <= prfMaxDF {
+				exp[b>>6] |= 1 << (b & 63)
+				found = true
+			}
+		}
+		if !found {
+			return
+		}
+		seeds = seeds[:0]
+		for c := range n {
+			if out[c] > 0 {
+				continue
+			}
+			// Only chunks holding the term themselves (not in their window): a
+			// page reached by feedback then counts one or two chunks above
+			// threshold, below pages the query matches directly, above pages
+			// nothing matches.
+			terms, ncore, _ := m.keyTerms(keys[c*kb : (c+1)*kb])
+			for i := range ncore {
+				b := termAt(terms, i)
+				if int(b) < m.cfg.Buckets && exp[b>>6]&(1<<(b&63)) != 0 {
+					out[c] = prfLogit
+					seeds = append(seeds, c)
+					break
+				}
+			}
+		}
+	}
+}
+
+// splitRange cuts [0, n) into at most parts contiguous ranges.
+func splitRange(n, parts int) [][2]int {
+	if n == 0 {
+		return nil
+	}
+	parts = max(1, min(parts, (n+1023)/1024))
+	per := (n + parts - 1) / parts
+	var r [][2]int
+	for lo := 0; lo < n; lo += per {
+		r = append(r, [2]int{lo, min(lo+per, n)})
+	}
+	return r
+}
