@@ -265,26 +265,41 @@ func relu(x float32) float32 {
 }
 
 // kernelGo is the portable kernel: acc[j] += Σ_g Σ_r w[g,r]·ReLU(Σ_d q[g,d,r]·k[d,j])
-// for the 24 keys j of a decoded block k ([d][24]).
+// for the 24 keys j of a decoded block k ([d][24]). It works on 4 rows × 4 keys at
+// a time so that the 16 partial sums stay in registers.
 func kernelGo(k, q, w []float32, groups, d int, acc *[blockKeys]float32) {
 	for g := 0; g < groups; g++ {
-		var c [rowsPerGroup][blockKeys]float32
 		qg := q[g*d*rowsPerGroup : (g+1)*d*rowsPerGroup]
-		for dd := 0; dd < d; dd++ {
-			kr := (*[blockKeys]float32)(k[dd*blockKeys:])
-			qr := qg[dd*rowsPerGroup : dd*rowsPerGroup+rowsPerGroup]
-			for r, qv := range qr {
-				cr := &c[r]
-				for j, kv := range kr {
-					cr[j] += qv * kv
-				}
+		wg := w[g*rowsPerGroup : (g+1)*rowsPerGroup]
+		for j := 0; j < blockKeys; j += 4 {
+			var c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 float32
+			for dd := 0; dd < d; dd++ {
+				kr := (*[4]float32)(k[dd*blockKeys+j:])
+				qr := (*[4]float32)(qg[dd*rowsPerGroup:])
+				k0, k1, k2, k3 := kr[0], kr[1], kr[2], kr[3]
+				q0, q1, q2, q3 := qr[0], qr[1], qr[2], qr[3]
+				c00 += q0 * k0
+				c01 += q0 * k1
+				c02 += q0 * k2
+				c03 += q0 * k3
+				c10 += q1 * k0
+				c11 += q1 * k1
+				c12 += q1 * k2
+				c13 += q1 * k3
+				c20 += q2 * k0
+				c21 += q2 * k1
+				c22 += q2 * k2
+				c23 += q2 * k3
+				c30 += q3 * k0
+				c31 += q3 * k1
+				c32 += q3 * k2
+				c33 += q3 * k3
 			}
-		}
-		for r := range c {
-			wr := w[g*rowsPerGroup+r]
-			for j, v := range c[r] {
-				acc[j] += wr * relu(v)
-			}
+			w0, w1, w2, w3 := wg[0], wg[1], wg[2], wg[3]
+			acc[j] += w0*relu(c00) + w1*relu(c10) + w2*relu(c20) + w3*relu(c30)
+			acc[j+1] += w0*relu(c01) + w1*relu(c11) + w2*relu(c21) + w3*relu(c31)
+			acc[j+2] += w0*relu(c02) + w1*relu(c12) + w2*relu(c22) + w3*relu(c32)
+			acc[j+3] += w0*relu(c03) + w1*relu(c13) + w2*relu(c23) + w3*relu(c33)
 		}
 	}
 }
