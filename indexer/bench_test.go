@@ -75,7 +75,11 @@ func BenchmarkScoreBatchPublished(b *testing.B) {
 			reqs := make([]*Request, tc.batch)
 			qs := make([]Query, tc.batch)
 			for i := range reqs {
-				r, err := NewRequest(m, DefaultPolicy())
+				// Random weights put about half the chunks above threshold: without this the
+				// request would fall back after the first cycle and skip scoring.
+				p := DefaultPolicy()
+				p.FallbackRatio = 1
+				r, err := NewRequest(m, p)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -34,6 +34,9 @@ type Policy struct {
 	// LookaheadAlpha is the weight of the newest cycle in the per-page EWMA of page scores
 	// that the lookahead ranking uses to detect rising pages, in (0, 1].
 	LookaheadAlpha float64
+	// LookaheadTrend weighs the trend in the lookahead priority
+	// score + LookaheadTrend·(score − EWMA); 0 ranks by the current score alone.
+	LookaheadTrend float64
 	// MaxChunks bounds the chunks a request accepts, so that a misbehaving client (or a
 	// corrupt persisted state) cannot make the daemon allocate without limit.
 	MaxChunks int
@@ -49,6 +52,7 @@ const (
 	DefaultFallbackRatio  = 0.25
 	DefaultLookahead      = 32
 	DefaultLookaheadAlpha = 0.5
+	DefaultLookaheadTrend = 1.0
 	// DefaultMaxChunks is 4M chunks = 16M tokens, 16× the longest published context.
 	DefaultMaxChunks = 1 << 22
 )
@@ -65,6 +69,7 @@ func DefaultPolicy() Policy {
 		FallbackRatio:  DefaultFallbackRatio,
 		Lookahead:      DefaultLookahead,
 		LookaheadAlpha: DefaultLookaheadAlpha,
+		LookaheadTrend: DefaultLookaheadTrend,
 		MaxChunks:      DefaultMaxChunks,
 	}
 }
@@ -90,6 +95,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("%w: Lookahead %d < 0", ErrBadPolicy, p.Lookahead)
 	case !(p.LookaheadAlpha > 0 && p.LookaheadAlpha <= 1):
 		return fmt.Errorf("%w: LookaheadAlpha %v not in (0, 1]", ErrBadPolicy, p.LookaheadAlpha)
+	case !(p.LookaheadTrend >= 0) || math.IsInf(p.LookaheadTrend, 0):
+		return fmt.Errorf("%w: LookaheadTrend %v not finite and ≥ 0", ErrBadPolicy, p.LookaheadTrend)
 	case p.MaxChunks <= 0:
 		return fmt.Errorf("%w: MaxChunks %d ≤ 0", ErrBadPolicy, p.MaxChunks)
 	}

@@ -75,6 +75,7 @@ func TestPolicyValidate(t *testing.T) {
 		"fallback NaN":     func(p *Policy) { p.FallbackRatio = math.NaN() },
 		"negative look":    func(p *Policy) { p.Lookahead = -1 },
 		"alpha 0":          func(p *Policy) { p.LookaheadAlpha = 0 },
+		"negative trend":   func(p *Policy) { p.LookaheadTrend = -1 },
 		"no chunk allowed": func(p *Policy) { p.MaxChunks = 0 },
 	} {
 		p := DefaultPolicy()

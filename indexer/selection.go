@@ -244,14 +244,15 @@ func (s *selector) topK(pages, need, cpp int) {
 }
 
 // lookahead ranks the pages outside the new selection by a one-step extrapolation of their
-// page score, 2·score − EWMA (score plus its trend against the EWMA of earlier cycles; a
-// page seen for the first time has no trend). Pages with priority ≤ 0 are not candidates.
-// Ties: higher current score, then newer page.
+// page score, score + LookaheadTrend·(score − EWMA) (the score plus its trend against the
+// EWMA of earlier cycles; a page seen for the first time has no trend). Pages with priority
+// ≤ 0 are not candidates. Ties: higher current score, then newer page.
 func (s *selector) lookahead(pages int, p *Policy) []uint32 {
 	if p.Lookahead == 0 {
 		return nil
 	}
 	s.cand = s.cand[:0]
+	trend := float32(p.LookaheadTrend)
 	for pg := range pages {
 		if s.inSel[pg] {
 			continue
@@ -261,7 +262,7 @@ func (s *selector) lookahead(pages int, p *Policy) []uint32 {
 		if pg < len(s.ewma) {
 			prev = s.ewma[pg]
 		}
-		prio := 2*float32(sc) - prev
+		prio := float32(sc) + trend*(float32(sc)-prev)
 		if prio > 0 {
 			s.cand = append(s.cand, lookCand{page: uint32(pg), score: sc, prio: prio})
 		}
