@@ -179,7 +179,7 @@ func TestClientConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(g), 1))
-			for i := range 150 {
+			for i := range 100 {
 				var msg []byte
 				if rng.IntN(10) == 0 {
 					msg = fmt.Appendf(nil, "sleep:%d:g%d-i%d", rng.IntN(5), g, i)
@@ -240,7 +240,7 @@ func TestClientServerGone(t *testing.T) {
 	c := dial(t, s)
 	errc := make(chan error, 1)
 	go func() {
-		_, err := c.Ping(context.Background(), []byte("sleep:2000:never answered"))
+		_, err := c.Ping(context.Background(), []byte("sleep:500:never answered"))
 		errc <- err
 	}()
 	time.Sleep(50 * time.Millisecond)

@@ -150,6 +150,10 @@ func normalize(m Message) Message {
 			}
 		}
 		return &c
+	case *Ping:
+		if len(v.Data) == 0 {
+			return &Ping{}
+		}
 	case *Append:
 		c := *v
 		if len(c.Payload) == 0 {
