@@ -273,6 +273,10 @@ func (r *Region) Lookup(page uint32) (slot int, gen uint64, ok bool) {
 func (r *Region) Allocate(page uint32) (Allocation, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.allocate(page)
+}
+
+func (r *Region) allocate(page uint32) (Allocation, error) {
 	if r.closed {
 		return Allocation{}, fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
 	}
@@ -606,15 +610,47 @@ func (r *Region) Put(ctx context.Context, id PageID, gen uint64, page []byte) er
 	if id.Session != r.session {
 		return fmt.Errorf("page %v: region belongs to session %d: %w", id, r.session, ErrNotFound)
 	}
-	a, err := r.Allocate(id.Page)
-	if err != nil {
-		return err
+	if len(page) != r.geo.pageBytes {
+		return fmt.Errorf("page %v: %d B, layout needs %d: %w", id, len(page), r.geo.pageBytes, ErrSize)
 	}
-	if err := r.WritePage(a.Slot, id.Page, gen, page); err != nil {
-		if !a.Hit {
-			_ = r.Free(id.Page)
+	if gen == 0 {
+		return fmt.Errorf("page %v: generation 0: %w", id, ErrStale)
+	}
+	// Allocate and claim the slot under one lock hold, so no other Put can
+	// evict it between the two.
+	r.mu.Lock()
+	var a Allocation
+	for {
+		var err error
+		if a, err = r.allocate(id.Page); err != nil {
+			r.mu.Unlock()
+			return err
 		}
-		return err
+		err = r.beginWrite(a.Slot, id.Page, true)
+		if err == nil {
+			break
+		}
+		if !isErr(err, ErrStale) {
+			r.mu.Unlock()
+			return err
+		}
+	}
+	r.mu.Unlock()
+	werr := r.mem.write(r.pageSpans(a.Slot), page)
+	r.mu.Lock()
+	s := &r.slots[a.Slot]
+	s.writing = false
+	if werr == nil {
+		r.setGen(s, gen)
+		r.counters.puts.Add(1)
+		r.counters.bytesIn.Add(uint64(len(page)))
+	} else {
+		r.setGen(s, 0)
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if werr != nil {
+		return fmt.Errorf("page %v slot %d: %w", id, a.Slot, werr)
 	}
 	return nil
 }

@@ -146,10 +146,26 @@ func (s *SSD) countPages() error {
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			s.pages.Add(1)
-			s.bytes.Add(max(it.Item().ValueSize()-pageHeaderSize, 0))
+			s.bytes.Add(storedLen(it.Item()))
 		}
 		return nil
 	})
+}
+
+// storedLen is the body length a page value's header records; it reads only
+// the header (Badger's ValueSize is an estimate for value-log entries).
+func storedLen(item *badger.Item) int64 {
+	var n int64
+	err := item.Value(func(v []byte) error {
+		if len(v) >= pageHeaderSize && string(v[:4]) == pageMagic {
+			n = int64(binary.LittleEndian.Uint32(v[20:]))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 func (s *SSD) gcLoop() {
@@ -236,7 +252,7 @@ func (s *SSD) getBuf(n int) *[]byte {
 func (s *SSD) setPage(txn *badger.Txn, id PageID, val []byte, delta *[2]int64) error {
 	key := pageKey(id)
 	if item, err := txn.Get(key); err == nil {
-		delta[1] -= max(item.ValueSize()-pageHeaderSize, 0)
+		delta[1] -= storedLen(item)
 	} else if errors.Is(err, badger.ErrKeyNotFound) {
 		delta[0]++
 	} else {
@@ -385,7 +401,7 @@ func (s *SSD) Delete(ctx context.Context, id PageID) error {
 		if err != nil {
 			return err
 		}
-		size = max(item.ValueSize()-pageHeaderSize, 0)
+		size = storedLen(item)
 		return txn.Delete(key)
 	})
 	if err != nil {
@@ -417,7 +433,7 @@ func (s *SSD) DeleteSession(ctx context.Context, session uint64) error {
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			keys = append(keys, it.Item().KeyCopy(nil))
-			size += max(it.Item().ValueSize()-pageHeaderSize, 0)
+			size += storedLen(it.Item())
 		}
 		return nil
 	})

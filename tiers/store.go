@@ -198,7 +198,7 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 			}
 			return nil
 		}
-		if !errors.Is(err, ErrBudget) || attempt >= 8 {
+		if !errors.Is(err, ErrBudget) || attempt >= 64 {
 			return err
 		}
 		freed, serr := s.spillRound(ctx, cleanOnly)
@@ -206,7 +206,12 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 			return fmt.Errorf("page %v: making room: %w", id, serr)
 		}
 		if freed == 0 {
-			return err
+			// Every cold page is being copied or spilled by someone else;
+			// their slots come free within a copy's time.
+			if cleanOnly || attempt >= 16 {
+				return err
+			}
+			time.Sleep(time.Duration(attempt+1) * 200 * time.Microsecond)
 		}
 	}
 }

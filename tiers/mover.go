@@ -1,0 +1,328 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// MoverConfig configures a Mover.
+type MoverConfig struct {
+	// Workers is the number of concurrent copies (default 4).
+	Workers int
+	// MaxQueuedRecalls bounds recall pages waiting for a worker; Recall
+	// returns ErrBusy beyond it (default 65536).
+	MaxQueuedRecalls int
+	// MaxQueuedStages bounds staging requests waiting; more are dropped,
+	// since staging is only a prefetch (default 4096).
+	MaxQueuedStages int
+}
+
+// RecallItem asks for one page to be made resident in slot at generation Gen
+// (the mirror's current generation as the session knows it). The slot must
+// already be allocated to the page (Region.Allocate) and should be pinned by
+// the lease it will be handed out under, so nothing evicts it meanwhile.
+type RecallItem struct {
+	ID   PageID
+	Slot int
+	Gen  uint64
+}
+
+// RecallResult is the outcome of one RecallItem.
+type RecallResult struct {
+	RecallItem
+	// Copied is the generation now in the slot (it can be newer than Gen if
+	// the page was written meanwhile).
+	Copied uint64
+	Source Source
+	Err    error
+}
+
+// Ticket tracks one Recall call.
+type Ticket struct {
+	done    chan struct{}
+	results []RecallResult
+	pending atomic.Int64
+}
+
+// Done is closed when every page of the recall has finished.
+func (t *Ticket) Done() <-chan struct{} { return t.done }
+
+// Results returns the per-page outcomes, in the order of the request; call it
+// after Done is closed.
+func (t *Ticket) Results() []RecallResult {
+	select {
+	case <-t.done:
+		return t.results
+	default:
+		return nil
+	}
+}
+
+// Wait blocks until the recall finishes or ctx ends, then returns Err.
+func (t *Ticket) Wait(ctx context.Context) error {
+	select {
+	case <-t.done:
+		return t.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Err joins the per-page errors (nil if every page arrived).
+func (t *Ticket) Err() error {
+	var errs []error
+	for _, r := range t.Results() {
+		if r.Err != nil {
+			errs = append(errs, r.Err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t *Ticket) finish() {
+	if t.pending.Add(-1) == 0 {
+		close(t.done)
+	}
+}
+
+type recallTask struct {
+	t      *Ticket
+	i      int
+	region *Region
+}
+
+// MoverStats counts what the mover did. NeededLate counts recall pages that
+// had to be read from SSD; staged-then-used and staged-never-used are in
+// StoreStats.
+type MoverStats struct {
+	Recalls       uint64 // Recall calls accepted
+	RecallPages   uint64 // pages requested
+	AlreadyThere  uint64 // pages the slot held at the wanted generation
+	FromMirror    uint64 // pages copied from the mirror (not staged)
+	FromStaged    uint64 // pages copied from the mirror that Stage brought in
+	NeededLate    uint64 // pages that had to come from SSD
+	RecallBytes   uint64 // bytes copied into reserve regions
+	RecallErrors  uint64
+	Rejected      uint64 // Recall calls refused with ErrBusy
+	StageRequests uint64
+	StageDropped  uint64 // staging requests dropped on a full queue
+	StageErrors   uint64
+	QueuedRecalls int64
+	QueuedStages  int64
+}
+
+// Mover performs recalls (SSD → mirror → reserve) and lookahead staging on a
+// bounded pool of workers. Recall and Stage only enqueue: the socket loop
+// never waits on I/O. Recalls run before staging.
+type Mover struct {
+	store *Store
+	cfg   MoverConfig
+	ctx   context.Context
+	stop  context.CancelFunc
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	closed   bool
+	recalls  []recallTask
+	stages   []PageID
+	stageSet map[PageID]struct{}
+	wg       sync.WaitGroup
+
+	recallCalls, recallPages, already, fromMirror, fromStaged atomic.Uint64
+	late, recallBytes, recallErrors, rejected                 atomic.Uint64
+	stageReqs, stageDropped, stageErrors                      atomic.Uint64
+}
+
+// NewMover starts the workers.
+func NewMover(store *Store, cfg MoverConfig) *Mover {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.MaxQueuedRecalls <= 0 {
+		cfg.MaxQueuedRecalls = 1 << 16
+	}
+	if cfg.MaxQueuedStages <= 0 {
+		cfg.MaxQueuedStages = 4096
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Mover{store: store, cfg: cfg, ctx: ctx, stop: cancel, stageSet: make(map[PageID]struct{})}
+	m.cond = sync.NewCond(&m.mu)
+	for i := 0; i < cfg.Workers; i++ {
+		m.wg.Add(1)
+		go m.worker()
+	}
+	return m
+}
+
+// Recall enqueues copies of pages into region and returns at once. Each item's
+// page must belong to region's session. ErrBusy if the queue cannot take the
+// whole request, ErrClosed after Close.
+func (m *Mover) Recall(region *Region, items []RecallItem) (*Ticket, error) {
+	t := &Ticket{done: make(chan struct{}), results: make([]RecallResult, len(items))}
+	for i, it := range items {
+		t.results[i].RecallItem = it
+		if it.ID.Session != region.Session() {
+			return nil, fmt.Errorf("recall page %v into region of session %d: %w", it.ID, region.Session(), ErrRange)
+		}
+	}
+	if len(items) == 0 {
+		close(t.done)
+		return t, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, fmt.Errorf("mover: %w", ErrClosed)
+	}
+	if len(m.recalls)+len(items) > m.cfg.MaxQueuedRecalls {
+		m.rejected.Add(1)
+		return nil, fmt.Errorf("mover: %d recall pages queued, %d more requested: %w", len(m.recalls), len(items), ErrBusy)
+	}
+	t.pending.Store(int64(len(items)))
+	for i := range items {
+		m.recalls = append(m.recalls, recallTask{t: t, i: i, region: region})
+	}
+	m.recallCalls.Add(1)
+	m.recallPages.Add(uint64(len(items)))
+	m.cond.Broadcast()
+	return t, nil
+}
+
+// Stage enqueues lookahead candidates to be brought from SSD into the mirror.
+// It never blocks; requests beyond the queue bound are dropped and counted.
+// It returns how many were queued.
+func (m *Mover) Stage(ids []PageID) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return 0
+	}
+	n := 0
+	for _, id := range ids {
+		m.stageReqs.Add(1)
+		if _, dup := m.stageSet[id]; dup {
+			continue
+		}
+		if len(m.stages) >= m.cfg.MaxQueuedStages {
+			m.stageDropped.Add(1)
+			continue
+		}
+		m.stageSet[id] = struct{}{}
+		m.stages = append(m.stages, id)
+		n++
+	}
+	if n > 0 {
+		m.cond.Broadcast()
+	}
+	return n
+}
+
+func (m *Mover) worker() {
+	defer m.wg.Done()
+	for {
+		m.mu.Lock()
+		for !m.closed && len(m.recalls) == 0 && len(m.stages) == 0 {
+			m.cond.Wait()
+		}
+		if m.closed {
+			m.mu.Unlock()
+			return
+		}
+		if len(m.recalls) > 0 {
+			task := m.recalls[0]
+			m.recalls[0] = recallTask{}
+			m.recalls = m.recalls[1:]
+			m.mu.Unlock()
+			m.recallOne(task)
+			continue
+		}
+		id := m.stages[0]
+		m.stages = m.stages[1:]
+		delete(m.stageSet, id)
+		m.mu.Unlock()
+		if _, err := m.store.Stage(m.ctx, []PageID{id}); err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
+			m.stageErrors.Add(1)
+		}
+	}
+}
+
+func (m *Mover) recallOne(task recallTask) {
+	r := &task.t.results[task.i]
+	defer task.t.finish()
+	it := r.RecallItem
+	region := task.region
+	if slot, gen, ok := region.Lookup(it.ID.Page); ok && slot == it.Slot && gen != 0 && gen == it.Gen {
+		r.Copied, r.Source = gen, SourceReserve
+		m.already.Add(1)
+		return
+	}
+	src, err := m.store.view(m.ctx, it.ID, func(gen uint64, data []byte) error {
+		if err := region.WritePage(it.Slot, it.ID.Page, gen, data); err != nil {
+			return err
+		}
+		r.Copied = gen
+		return nil
+	})
+	if err != nil {
+		r.Err = fmt.Errorf("recall page %v into slot %d: %w", it.ID, it.Slot, err)
+		m.recallErrors.Add(1)
+		return
+	}
+	r.Source = src
+	m.recallBytes.Add(uint64(region.geo.pageBytes))
+	switch src {
+	case SourceSSD:
+		m.late.Add(1)
+	case SourceStaged:
+		m.fromStaged.Add(1)
+	default:
+		m.fromMirror.Add(1)
+	}
+}
+
+// Stats returns the mover's counters.
+func (m *Mover) Stats() MoverStats {
+	m.mu.Lock()
+	qr, qs := int64(len(m.recalls)), int64(len(m.stages))
+	m.mu.Unlock()
+	return MoverStats{
+		Recalls:       m.recallCalls.Load(),
+		RecallPages:   m.recallPages.Load(),
+		AlreadyThere:  m.already.Load(),
+		FromMirror:    m.fromMirror.Load(),
+		FromStaged:    m.fromStaged.Load(),
+		NeededLate:    m.late.Load(),
+		RecallBytes:   m.recallBytes.Load(),
+		RecallErrors:  m.recallErrors.Load(),
+		Rejected:      m.rejected.Load(),
+		StageRequests: m.stageReqs.Load(),
+		StageDropped:  m.stageDropped.Load(),
+		StageErrors:   m.stageErrors.Load(),
+		QueuedRecalls: qr,
+		QueuedStages:  qs,
+	}
+}
+
+// Close stops the workers after the copies in progress; queued recalls finish
+// with ErrClosed so no Ticket is left hanging. It does not close the Store.
+func (m *Mover) Close() {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	pending := m.recalls
+	m.recalls, m.stages, m.stageSet = nil, nil, nil
+	m.cond.Broadcast()
+	m.mu.Unlock()
+	m.stop()
+	m.wg.Wait()
+	for _, task := range pending {
+		task.t.results[task.i].Err = fmt.Errorf("recall page %v: mover: %w", task.t.results[task.i].ID, ErrClosed)
+		task.t.finish()
+	}
+}
