@@ -76,8 +76,9 @@ func (r *Request) Fallback() bool { return r.sel.fallback }
 // before the tail grows), sorted.
 func (r *Request) Selected() []uint32 { return append([]uint32(nil), r.sel.prev...) }
 
-// Scores returns the ensembled logit of every chunk as of the last scored cycle. The slice
-// is reused by the next cycle; copy it to keep it.
+// Scores returns the ensembled logit of every chunk computed by the last ScoreBatch that
+// scored this request (Select does not set it). The slice is reused by the next cycle;
+// copy it to keep it.
 func (r *Request) Scores() []float32 { return r.scores }
 
 // AppendKeys ingests the keys of chunks first, first+1, … for every target layer:
