@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
@@ -39,10 +40,15 @@ var benchSizes = []struct {
 	n    int
 }{{"16K", 16 << 10}, {"128K", 128 << 10}, {"256K", 256 << 10}}
 
-// flops counts 2 per multiply-add of the N×H×D×B product.
-func reportGFLOPs(b *testing.B, n, batch int) {
+// reportGFLOPs counts 2 flops per multiply-add of the N×H×D×B product, per
+// wall-clock second and per CPU-second (cpu is the process CPU time the timed
+// loop used).
+func reportGFLOPs(b *testing.B, n, batch int, cpu time.Duration) {
 	flops := 2.0 * float64(n) * 128 * 128 * float64(batch) * float64(b.N)
 	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	if cpu > 0 {
+		b.ReportMetric(flops/cpu.Seconds()/1e9, "GFLOP/cpu-s")
+	}
 }
 
 // BenchmarkScore is the hot loop: all cores (GOMAXPROCS), float variant.
@@ -65,12 +71,13 @@ func BenchmarkScore(b *testing.B) {
 					}
 					setFast(b, impl == "asm")
 					tasks := []Task{{Batch: bt, Keys: ks, From: 0, To: sz.n, Out: out}}
+					cpu0 := processCPU()
 					for b.Loop() {
 						if err := Run(tasks); err != nil {
 							b.Fatal(err)
 						}
 					}
-					reportGFLOPs(b, sz.n, batch)
+					reportGFLOPs(b, sz.n, batch, processCPU()-cpu0)
 				})
 			}
 		}
@@ -96,6 +103,7 @@ func benchGonum(b *testing.B, ks *KeyStore, qs []*Query, n int) {
 	}
 	c := blas32.General{Rows: tile, Cols: rows, Stride: rows, Data: make([]float32, tile*rows)}
 	out := make([]float32, len(qs)*n)
+	cpu0 := processCPU()
 	for b.Loop() {
 		for t0 := 0; t0 < n; t0 += tile {
 			m := min(tile, n-t0)
@@ -116,7 +124,7 @@ func benchGonum(b *testing.B, ks *KeyStore, qs []*Query, n int) {
 			}
 		}
 	}
-	reportGFLOPs(b, n, len(qs))
+	reportGFLOPs(b, n, len(qs), processCPU()-cpu0)
 }
 
 // BenchmarkCycle512K is one full cycle at 512K tokens with the published
@@ -159,7 +167,10 @@ func BenchmarkCycle512K(b *testing.B) {
 	for i := range outs {
 		outs[i] = make([]float32, n)
 	}
+	var queryTime, scoreTime time.Duration
+	cpu0 := processCPU()
 	for b.Loop() {
+		t0 := time.Now()
 		tasks := make([]Task, layers)
 		for l, lw := range lws {
 			q, err := lw.Query(hid, 524287)
@@ -172,11 +183,19 @@ func BenchmarkCycle512K(b *testing.B) {
 			}
 			tasks[l] = Task{Batch: bt, Keys: stores[l], From: 0, To: n, Out: outs[l]}
 		}
+		t1 := time.Now()
 		if err := Run(tasks); err != nil {
 			b.Fatal(err)
 		}
+		queryTime += t1.Sub(t0)
+		scoreTime += time.Since(t1)
 	}
-	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/cycle")
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 / float64(b.N) }
+	b.ReportMetric(ms(queryTime+scoreTime), "ms/cycle")
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/1e3/float64(b.N), "cpu-ms/cycle")
+	b.ReportMetric(ms(queryTime), "query-ms")
+	b.ReportMetric(ms(scoreTime), "score-ms")
+	b.ReportMetric(2*float64(n)*heads*d*layers/(scoreTime.Seconds()/float64(b.N))/1e9, "score-GFLOP/s")
 }
 
 // BenchmarkQuery is the query side alone at the published dimensions (one layer).
