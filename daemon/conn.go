@@ -78,7 +78,7 @@ func (c *conn) serve() {
 	for {
 		f, err := c.pc.ReadFrame()
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) || c.d.closing.Load() {
 				return
 			}
 			c.d.m.errorsTotal.WithLabelValues(proto.CodeOf(err).String()).Inc()

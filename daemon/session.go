@@ -552,14 +552,19 @@ func (d *Daemon) writeChunk(s *session, ch uint64, payload []byte, slot int) err
 	gen := base + 1
 	id := s.pageID(p)
 	prev, err := d.store.Mirror().WriteChunk(id, gen, s.geom, int(ch%cpp), payload)
-	if err != nil {
+	switch {
+	case errors.Is(err, tiers.ErrBudget):
+		// The mirror is full: rewrite the whole page through the store,
+		// which spills cold pages to SSD to make room.
+		if gen, err = d.rebuildPage(s, id, base, ch, payload, gen); err != nil {
+			return err
+		}
+	case err != nil:
 		return fmt.Errorf("write chunk %d: %w", ch, err)
-	}
-	if prev != base && base != 0 {
+	case prev != base && base != 0:
 		// The page had been spilled to SSD: the mirror made a fresh zero
 		// page. Rebuild it from the SSD copy plus this chunk.
-		gen, err = d.rebuildPage(s, id, ch, payload, gen)
-		if err != nil {
+		if gen, err = d.rebuildPage(s, id, base, ch, payload, gen); err != nil {
 			return err
 		}
 	}
@@ -580,10 +585,18 @@ func (d *Daemon) writeChunk(s *session, ch uint64, payload []byte, slot int) err
 	return nil
 }
 
-func (d *Daemon) rebuildPage(s *session, id tiers.PageID, ch uint64, payload []byte, gen uint64) (uint64, error) {
+func (d *Daemon) rebuildPage(s *session, id tiers.PageID, base, ch uint64, payload []byte, gen uint64) (uint64, error) {
 	page := make([]byte, s.layout.PageBytes())
-	if _, err := d.store.SSD().Get(context.Background(), id, page); err != nil {
-		return 0, fmt.Errorf("page %v: rebuilding a spilled page: %w", id, err)
+	if base > 0 {
+		// The store serves the newest copy: the mirror's if the page is
+		// still there, else SSD's. A zero page the mirror just made has a
+		// newer generation than SSD's copy, so read SSD's by generation.
+		g, _, err := d.store.Read(context.Background(), id, page)
+		if err != nil || g != base {
+			if _, err := d.store.SSD().Get(context.Background(), id, page); err != nil {
+				return 0, fmt.Errorf("page %v: rebuilding a spilled page: %w", id, err)
+			}
+		}
 	}
 	if err := s.geom.ScatterChunk(page, int(ch%uint64(s.layout.ChunksPerPage)), payload); err != nil {
 		return 0, err

@@ -1,0 +1,284 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/flashmemory/flashmemory/internal/synth"
+	"github.com/flashmemory/flashmemory/proto"
+)
+
+// testConfig is a small daemon: a 3-target-layer random model with 4 heads
+// and a 64-wide hidden state, a short tail and sink so 32K-token sessions
+// select something, and the given data directory.
+func testConfig(t *testing.T, dir string) Config {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Socket = filepath.Join(dir, "fm.sock")
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.Metrics = "off"
+	cfg.Host.BudgetBytes = 256 << 20
+	cfg.Indexer.Random = []RandomModelConfig{{Name: "test", Seed: 7, Hidden: 64, Rank: 32, Heads: 4, HeadDim: 128, TargetLayers: 3}}
+	cfg.Indexer.DefaultModel = "test"
+	cfg.Indexer.FirstKeep = 64
+	cfg.Indexer.LastKeep = 256
+	cfg.Indexer.FallbackRatio = 1
+	cfg.ShutdownTimeout = Duration(10 * time.Second)
+	return cfg
+}
+
+type running struct {
+	d    *Daemon
+	stop context.CancelFunc
+	done chan error
+}
+
+func start(t *testing.T, cfg Config) *running {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	d, err := New(cfg, WithLogger(log))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{d: d, stop: cancel, done: make(chan error, 1)}
+	go func() { r.done <- d.Run(ctx) }()
+	return r
+}
+
+func (r *running) shutdown(t *testing.T) {
+	t.Helper()
+	r.stop()
+	if err := <-r.done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if err := r.d.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+func dial(t *testing.T, path string) *proto.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := proto.Dial(ctx, path, &proto.Options{ClientName: t.Name()})
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// testLayout: 2 KV layers of different shapes, 64 chunks per page, 132-byte
+// keys, 3 target layers.
+func testLayout(slots uint32) proto.Layout {
+	return proto.Layout{
+		ChunksPerPage: 64, KeyBytes: 132, TargetLayers: 3, CycleSteps: 64, ReserveSlots: slots,
+		Layers: []proto.LayerLayout{
+			{RowBytes: 64 * 40, Segments: []uint32{32, 8}},
+			{RowBytes: 64*24 + 512, Segments: []uint32{24}},
+		},
+	}
+}
+
+// appendAll streams chunks [from, to) through the staging region.
+func appendAll(t *testing.T, c *proto.Client, sess uint64, l *proto.Layout, seed, from, to uint64, r *rand.Rand) {
+	t.Helper()
+	ctx := context.Background()
+	const batch = 256
+	for first := from; first < to; first += batch {
+		n := min(batch, to-first)
+		size, _ := l.PayloadBytes(n)
+		buf := make([]byte, size)
+		synth.FillAppend(l, seed, first, n, buf)
+		if err := c.WriteStaging(0, buf); err != nil {
+			t.Fatal(err)
+		}
+		keys := synth.Keys(r, int(l.TargetLayers), int(l.KeyBytes), n)
+		got, err := c.Append(ctx, &proto.Append{Session: sess, FirstChunk: first, Count: uint32(n), Length: size, Keys: keys})
+		if err != nil {
+			t.Fatalf("Append %d+%d: %v", first, n, err)
+		}
+		if got != first+n {
+			t.Fatalf("Append returned %d chunks, want %d", got, first+n)
+		}
+	}
+}
+
+func queries(r *rand.Rand, hidden, t int) [][]byte {
+	q := make([][]byte, t)
+	for i := range q {
+		q[i] = synth.Hidden(r, hidden)
+	}
+	return q
+}
+
+// checkPages reads every page of a cycle result through the mapped reserve
+// and compares it with the bytes appended.
+func checkPages(t *testing.T, l *proto.Layout, desc *proto.RegionDesc, mem []byte, seed, chunks uint64, pages []proto.PageSlot) {
+	t.Helper()
+	for _, ps := range pages {
+		for ly := range l.Layers {
+			row := desc.Row(mem, ly, ps.Slot)
+			if row == nil {
+				t.Fatalf("page %d slot %d layer %d: outside the region", ps.Page, ps.Slot, ly)
+			}
+			if bad := synth.CheckRow(l, seed, ps.Page, ly, chunks, row); bad >= 0 {
+				t.Fatalf("page %d (slot %d) layer %d: chunk %d differs from what was appended", ps.Page, ps.Slot, ly, bad)
+			}
+		}
+	}
+}
+
+func TestSessionRoundTripAndResume(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	rd := start(t, cfg)
+	c := dial(t, cfg.Socket)
+	ctx := context.Background()
+	l := testLayout(96)
+	op, err := c.Open(ctx, &proto.Open{Name: "keep", Persist: true, Layout: l, Policy: proto.Policy{KMax: 16}})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	mem, err := op.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proto.Unmap(mem)
+	r := rand.New(rand.NewPCG(1, 2))
+	const seed, chunks = 99, 8192 // 32K tokens
+	appendAll(t, c, op.Session, &l, seed, 0, chunks, r)
+
+	var lease uint64
+	seen := map[uint32]bool{}
+	for cyc := 0; cyc < 4; cyc++ {
+		res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Step: uint64(cyc * 64), Position: chunks * 4, Queries: queries(r, 64, 3)}})
+		if err != nil {
+			t.Fatalf("Cycle: %v", err)
+		}
+		if res[0].Err != nil {
+			t.Fatalf("Cycle entry: %v", res[0].Err)
+		}
+		if len(res[0].Pages) == 0 {
+			t.Fatal("empty resident set")
+		}
+		checkPages(t, &l, &op.Region.RegionDesc, mem, seed, chunks, res[0].Pages)
+		for _, p := range res[0].Pages {
+			seen[p.Page] = true
+		}
+		if lease != 0 {
+			if err := c.Release(ctx, lease); err != nil {
+				t.Fatalf("Release: %v", err)
+			}
+		}
+		lease = res[0].Lease
+	}
+	if len(seen) < 3 {
+		t.Fatalf("only %d distinct pages were ever resident", len(seen))
+	}
+	if err := c.Persist(ctx, op.Session); err != nil {
+		t.Fatalf("Persist: %v", err)
+	}
+	c.Close()
+	rd.shutdown(t)
+
+	// A new daemon on the same data directory resumes the session.
+	rd = start(t, cfg)
+	defer rd.shutdown(t)
+	c = dial(t, cfg.Socket)
+	rr, err := c.Resume(ctx, "keep")
+	if err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	if rr.Chunks != chunks {
+		t.Fatalf("resumed %d chunks, want %d", rr.Chunks, chunks)
+	}
+	mem2, err := rr.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proto.Unmap(mem2)
+	for cyc := 0; cyc < 2; cyc++ {
+		res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: rr.Session, Position: chunks * 4, Queries: queries(r, 64, 3)}})
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("Cycle after resume: %v %v", err, res[0].Err)
+		}
+		checkPages(t, &l, &rr.Region.RegionDesc, mem2, seed, chunks, res[0].Pages)
+	}
+}
+
+func TestBadRequestsGetErrorFrames(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	c := dial(t, cfg.Socket)
+	ctx := context.Background()
+	l := testLayout(32)
+	op, err := c.Open(ctx, &proto.Open{Layout: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	wantCode := func(err error, code proto.Code) {
+		t.Helper()
+		var pe *proto.Error
+		if !errors.As(err, &pe) || pe.Code != code {
+			t.Fatalf("got %v, want code %v", err, code)
+		}
+	}
+	// Cycle before any chunk.
+	res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Queries: queries(r, 64, 3)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCode(res[0].Err, proto.CodeNoChunks)
+	appendAll(t, c, op.Session, &l, 5, 0, 100, r)
+	// Duplicate chunk index, and a gap.
+	keys := synth.Keys(r, 3, 132, 1)
+	pb, _ := l.PayloadBytes(1)
+	_, err = c.Append(ctx, &proto.Append{Session: op.Session, FirstChunk: 99, Count: 1, Inline: true, Payload: make([]byte, pb), Keys: keys})
+	wantCode(err, proto.CodeDuplicateChunk)
+	_, err = c.Append(ctx, &proto.Append{Session: op.Session, FirstChunk: 101, Count: 1, Inline: true, Payload: make([]byte, pb), Keys: keys})
+	wantCode(err, proto.CodeChunkGap)
+	// Payload size mismatch.
+	_, err = c.Append(ctx, &proto.Append{Session: op.Session, FirstChunk: 100, Count: 1, Inline: true, Payload: make([]byte, pb-1), Keys: keys})
+	wantCode(err, proto.CodePayloadSize)
+	// Unknown session.
+	_, err = c.Append(ctx, &proto.Append{Session: 12345, FirstChunk: 0, Count: 1, Inline: true, Payload: make([]byte, pb), Keys: keys})
+	wantCode(err, proto.CodeUnknownSession)
+	// Foreign session: a second connection cannot append, cycle, persist or close it.
+	c2 := dial(t, cfg.Socket)
+	_, err = c2.Append(ctx, &proto.Append{Session: op.Session, FirstChunk: 100, Count: 1, Inline: true, Payload: make([]byte, pb), Keys: keys})
+	wantCode(err, proto.CodeNotOwner)
+	wantCode(c2.CloseSession(ctx, op.Session, true), proto.CodeNotOwner)
+	res, err = c2.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Queries: queries(r, 64, 3)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCode(res[0].Err, proto.CodeNotOwner)
+	// Wrong query size.
+	res, err = c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Queries: [][]byte{{1}, {2}, {3}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCode(res[0].Err, proto.CodePayloadSize)
+	// The session still works after all that.
+	n, err := c.Append(ctx, &proto.Append{Session: op.Session, FirstChunk: 100, Count: 1, Inline: true, Payload: make([]byte, pb), Keys: keys})
+	if err != nil || n != 101 {
+		t.Fatalf("append after errors: %d %v", n, err)
+	}
+	// Unknown lease.
+	wantCode(c.Release(ctx, 777), proto.CodeUnknownLease)
+}
