@@ -249,7 +249,7 @@ func (c *Client) Call(ctx context.Context, op Op, req, reply Message) ([]*os.Fil
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	buf, err := req.AppendBinary(make([]byte, HeaderSize, HeaderSize+256))
+	bp, err := encodeFrame(req)
 	if err != nil {
 		return nil, fmt.Errorf("proto: encode %v: %w", op, err)
 	}
@@ -267,7 +267,9 @@ func (c *Client) Call(ctx context.Context, op Op, req, reply Message) ([]*os.Fil
 	if op == OpHello {
 		v = HelloVersion
 	}
-	if err := c.write(ctx, buf, Header{Version: v, Op: op, ID: id}); err != nil {
+	err = c.write(ctx, *bp, Header{Version: v, Op: op, ID: id})
+	putBuf(bp)
+	if err != nil {
 		c.forget(id, ch)
 		return nil, err
 	}

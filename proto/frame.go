@@ -313,9 +313,11 @@ func collectFDs(oob []byte, files *[]*os.File) {
 // the header bytes; the caller keeps ownership of them. WriteFrame is not
 // safe for concurrent use on one connection (use Conn for that).
 func WriteFrame(c *net.UnixConn, h Header, body []byte, fds ...int) error {
-	buf := make([]byte, HeaderSize+len(body))
-	copy(buf[HeaderSize:], body)
-	return writeFrame(c, buf, h, fds)
+	p := getBuf(len(body))
+	*p = append(*p, body...)
+	err := writeFrame(c, *p, h, fds)
+	putBuf(p)
+	return err
 }
 
 // writeFrame sends buf, whose first HeaderSize bytes are reserved for the
@@ -379,9 +381,11 @@ func (c *Conn) ReadFrame() (*Frame, error) { return readFrame(c.uc, c.maxBody, c
 
 // WriteFrame writes one frame; it is safe for concurrent use.
 func (c *Conn) WriteFrame(h Header, body []byte, fds ...int) error {
-	buf := make([]byte, HeaderSize+len(body))
-	copy(buf[HeaderSize:], body)
-	return c.writeBuf(buf, h, fds)
+	p := getBuf(len(body))
+	*p = append(*p, body...)
+	err := c.writeBuf(*p, h, fds)
+	putBuf(p)
+	return err
 }
 
 func (c *Conn) writeBuf(buf []byte, h Header, fds []int) error {
@@ -393,11 +397,13 @@ func (c *Conn) writeBuf(buf []byte, h Header, fds []int) error {
 // WriteMessage encodes m directly behind the header space (no extra copy)
 // and writes the frame; it is safe for concurrent use.
 func (c *Conn) WriteMessage(h Header, m Message, fds ...int) error {
-	buf, err := m.AppendBinary(make([]byte, HeaderSize, HeaderSize+256))
+	p, err := encodeFrame(m)
 	if err != nil {
 		return err
 	}
-	return c.writeBuf(buf, h, fds)
+	err = c.writeBuf(*p, h, fds)
+	putBuf(p)
+	return err
 }
 
 // Reply answers req with m (and fds), echoing its op, id and version.

@@ -399,3 +399,17 @@ func TestNegotiate(t *testing.T) {
 		}
 	}
 }
+
+// TestSizeHints: the size hints used to allocate frame buffers are exact.
+func TestSizeHints(t *testing.T) {
+	for _, s := range samples() {
+		sz, ok := s.msg.(sizer)
+		if !ok {
+			continue
+		}
+		b, _ := s.msg.AppendBinary(nil)
+		if sz.encodedSize() != len(b) {
+			t.Errorf("%s: hint %d, encoding %d bytes", s.name, sz.encodedSize(), len(b))
+		}
+	}
+}
