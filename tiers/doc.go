@@ -8,7 +8,8 @@
 //     client (Region.FD, SCM_RIGHTS); the CUDA build backs the same Region with
 //     device memory through the Backend interface. Slots are allocated with LRU
 //     eviction among unpinned slots and pinned by lease (a cycle's page table
-//     stays valid until the client releases it). Every slot records the
+//     stays valid until the client releases it; a lease is pending while its
+//     recall fills it and handed out once the client has it). Every slot records the
 //     generation it holds, so a recall copies again whenever the page changed.
 //   - HostMirror: every page of every live session, in page-aligned slots carved
 //     from large mmap'ed extents (pinned on GPU hosts) under a byte budget.
@@ -36,7 +37,8 @@
 //	_ = region.Pin(recallLease, []int{a.Slot})
 //	t, _ := mover.Recall(region, items)                       // never blocks
 //	mover.Stage(lookahead)
-//	// next cycle: <-t.Done(), t.Results(); hand out the table under a lease
+//	// next cycle: <-t.Done(), t.Results(); region.HandOut(recallLease) and
+//	// reply with the page table; region.Release(lease) when the client does
 //
 // Concurrency: every type is safe for concurrent use. Writes of one page must
 // be serialised by the caller (the session's goroutine); reads may race them

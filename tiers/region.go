@@ -38,11 +38,17 @@ type Allocation struct {
 	EvictedPage uint32
 }
 
+type lease struct {
+	slots  []int32
+	handed bool
+}
+
 type slotState struct {
 	page       uint32
 	bound      bool
 	gen        uint64 // 0 = no valid contents
-	pins       int32
+	pins       int32  // leases holding the slot (no eviction, no Free)
+	live       int32  // of those, leases handed to the client (no overwrite)
 	readers    int32
 	writing    bool
 	prev, next int32 // LRU links among bound slots; -1 = none
@@ -72,7 +78,7 @@ type Region struct {
 	free     []int32
 	head     int32 // most recently used
 	tail     int32 // least recently used
-	leases   map[LeaseID][]int32
+	leases   map[LeaseID]*lease
 	loaded   int64
 	counters tierCounters
 }
@@ -108,7 +114,7 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 		free:     make([]int32, 0, cfg.Slots),
 		head:     -1,
 		tail:     -1,
-		leases:   make(map[LeaseID][]int32),
+		leases:   make(map[LeaseID]*lease),
 	}
 	r.cond = sync.NewCond(&r.mu)
 	for i := cfg.Slots - 1; i >= 0; i-- {
@@ -337,11 +343,13 @@ func (r *Region) Free(page uint32) error {
 	}
 }
 
-// Pin adds slots to a lease; pinned slots are never evicted, freed or
-// rewritten by WritePage until every lease holding them is released. Slots must
-// be bound to a page. Pinning the same slot twice under one lease needs one
-// Release.
-func (r *Region) Pin(lease LeaseID, slots []int) error {
+// Pin adds slots to a lease, creating it if needed. A pinned slot is never
+// evicted or freed. A lease starts pending: the daemon pins the slots a recall
+// is filling, and the recall may still (re)load them. HandOut marks the lease
+// as given to the client; from then on its slots are never rewritten by
+// WritePage until every handed-out lease holding them is released. Slots must
+// be bound to a page; pinning a slot twice needs one Release.
+func (r *Region) Pin(id LeaseID, slots []int) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -349,34 +357,65 @@ func (r *Region) Pin(lease LeaseID, slots []int) error {
 	}
 	for _, slot := range slots {
 		if err := r.checkSlot(slot); err != nil {
-			return fmt.Errorf("lease %d: %w", lease, err)
+			return fmt.Errorf("lease %d: %w", id, err)
 		}
 		if !r.slots[slot].bound {
-			return fmt.Errorf("lease %d: session %d slot %d holds no page: %w", lease, r.session, slot, ErrNotFound)
+			return fmt.Errorf("lease %d: session %d slot %d holds no page: %w", id, r.session, slot, ErrNotFound)
 		}
 	}
-	for _, slot := range slots {
-		r.slots[slot].pins++
-		r.leases[lease] = append(r.leases[lease], int32(slot))
+	l := r.leases[id]
+	if l == nil {
+		l = &lease{}
+		r.leases[id] = l
 	}
-	if _, ok := r.leases[lease]; !ok {
-		r.leases[lease] = nil // an empty lease is still a lease the client releases
+	for _, slot := range slots {
+		s := &r.slots[slot]
+		s.pins++
+		if l.handed {
+			s.live++
+		}
+		l.slots = append(l.slots, int32(slot))
 	}
 	return nil
 }
 
-// Release ends a lease, unpinning its slots. ErrNotFound for an unknown lease.
-func (r *Region) Release(lease LeaseID) error {
+// HandOut marks a lease as delivered to the client: its slots now hold bytes
+// the client may be reading, so WritePage refuses them (ErrPinned).
+func (r *Region) HandOut(id LeaseID) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	slots, ok := r.leases[lease]
-	if !ok {
-		return fmt.Errorf("session %d lease %d: %w", r.session, lease, ErrNotFound)
+	l := r.leases[id]
+	if l == nil {
+		return fmt.Errorf("session %d lease %d: %w", r.session, id, ErrNotFound)
 	}
-	for _, i := range slots {
+	if !l.handed {
+		l.handed = true
+		for _, i := range l.slots {
+			r.slots[i].live++
+		}
+	}
+	return nil
+}
+
+func (r *Region) dropLease(id LeaseID, l *lease) {
+	for _, i := range l.slots {
 		r.slots[i].pins--
+		if l.handed {
+			r.slots[i].live--
+		}
 	}
-	delete(r.leases, lease)
+	delete(r.leases, id)
+}
+
+// Release ends a lease, unpinning its slots. ErrNotFound for an unknown lease.
+func (r *Region) Release(id LeaseID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, ok := r.leases[id]
+	if !ok {
+		return fmt.Errorf("session %d lease %d: %w", r.session, id, ErrNotFound)
+	}
+	r.dropLease(id, l)
 	r.cond.Broadcast()
 	return nil
 }
@@ -385,11 +424,8 @@ func (r *Region) Release(lease LeaseID) error {
 func (r *Region) ReleaseAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for id, slots := range r.leases {
-		for _, i := range slots {
-			r.slots[i].pins--
-		}
-		delete(r.leases, id)
+	for id, l := range r.leases {
+		r.dropLease(id, l)
 	}
 	r.cond.Broadcast()
 }
@@ -419,7 +455,7 @@ func (r *Region) beginWrite(slot int, page uint32, full bool) error {
 			return err
 		}
 		s := &r.slots[slot]
-		if full && s.pins > 0 && s.gen != 0 {
+		if full && s.live > 0 && s.gen != 0 {
 			return fmt.Errorf("session %d page %d slot %d: %w", r.session, page, slot, ErrPinned)
 		}
 		if !s.writing && (s.readers == 0 || !full) {
@@ -453,9 +489,8 @@ func (r *Region) setGen(s *slotState, gen uint64) {
 }
 
 // WritePage copies a whole page (rows of all layers concatenated) into slot,
-// which must be bound to page, and records gen. A slot pinned by a lease may be
-// written only while it holds no valid page yet (it is being loaded for a
-// lease that has not reached the client).
+// which must be bound to page, and records gen. A slot in a handed-out lease
+// is refused (ErrPinned) once it holds a page: the client may be reading it.
 func (r *Region) WritePage(slot int, page uint32, gen uint64, src []byte) error {
 	if err := r.checkSlot(slot); err != nil {
 		return err
@@ -709,11 +744,8 @@ func (r *Region) DeleteSession(ctx context.Context, session uint64) error {
 	if r.closed {
 		return fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
 	}
-	for id, slots := range r.leases {
-		for _, i := range slots {
-			r.slots[i].pins--
-		}
-		delete(r.leases, id)
+	for id, l := range r.leases {
+		r.dropLease(id, l)
 	}
 	for {
 		busy := false

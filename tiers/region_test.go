@@ -269,8 +269,15 @@ func TestRegionLeaseRules(t *testing.T) {
 	if err := reg.WritePage(a.Slot, 5, 1, page); err != nil {
 		t.Fatalf("loading a pinned, empty slot: %v", err)
 	}
+	// Still pending (not handed to the client): a recall may reload it.
+	if err := reg.WritePage(a.Slot, 5, 2, page); err != nil {
+		t.Fatalf("reloading a slot of a pending lease: %v", err)
+	}
+	if err := reg.HandOut(1); err != nil {
+		t.Fatal(err)
+	}
 	// Once loaded and leased it is never overwritten or freed.
-	if err := reg.WritePage(a.Slot, 5, 2, page); !errors.Is(err, ErrPinned) {
+	if err := reg.WritePage(a.Slot, 5, 3, page); !errors.Is(err, ErrPinned) {
 		t.Errorf("overwrite of leased slot: %v, want ErrPinned", err)
 	}
 	if err := reg.Free(5); !errors.Is(err, ErrPinned) {
@@ -293,7 +300,7 @@ func TestRegionLeaseRules(t *testing.T) {
 	if reg.Leases() != 0 || reg.Pins(a.Slot) != 0 {
 		t.Errorf("ReleaseAll left %d leases, %d pins", reg.Leases(), reg.Pins(a.Slot))
 	}
-	if err := reg.WritePage(a.Slot, 5, 2, page); err != nil {
+	if err := reg.WritePage(a.Slot, 5, 3, page); err != nil {
 		t.Errorf("write after release: %v", err)
 	}
 	// Writes naming the wrong page are refused.
