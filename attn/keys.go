@@ -59,9 +59,6 @@ func (ks *KeyStore) KeyBytes() int { return ks.headDim + 4 }
 // Len returns the number of keys stored.
 func (ks *KeyStore) Len() int { return ks.n }
 
-// Scale returns the scale of key i.
-func (ks *KeyStore) Scale(i int) float32 { return ks.scales[i] }
-
 // Append adds len(raw)/KeyBytes keys. It fails, storing nothing, if raw is not a
 // whole number of keys.
 func (ks *KeyStore) Append(raw []byte) error {
