@@ -90,3 +90,61 @@ func TestQueryVariantsConsistent(t *testing.T) {
 		}
 	}
 }
+
+// FuzzQuery feeds arbitrary hidden-state bytes (the decoder's input) and
+// positions: wrong lengths and negative positions are errors, anything else
+// (NaN, Inf, huge values) must produce a query without panicking.
+func FuzzQuery(f *testing.F) {
+	r := rand.New(rand.NewPCG(8, 8))
+	mat := func(rows, cols int) Matrix {
+		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
+		for i := range m.Data {
+			m.Data[i] = float32(r.NormFloat64())
+		}
+		return m
+	}
+	qn := make([]float32, 8)
+	for i := range qn {
+		qn[i] = 1
+	}
+	opt := Options{HeadDim: 16, Eps: 1e-6, Rope: YaRN{Dim: 8, Base: 160000, Factor: 16, OriginalLen: 65536, BetaFast: 32, BetaSlow: 1}}
+	lw, err := NewLayerWeights(mat(8, 32), qn, mat(3*16, 8), mat(3, 32), opt)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(make([]byte, 64), int64(0))
+	f.Add(bytes64(0x7f, 0x80), int64(1<<20)) // +Inf everywhere
+	f.Add(bytes64(0xff, 0xff), int64(12345)) // NaN everywhere
+	f.Add([]byte{1, 2, 3}, int64(-1))
+	f.Fuzz(func(t *testing.T, hidden []byte, pos int64) {
+		q, err := lw.Query(hidden, pos)
+		if len(hidden) != 64 || pos < 0 {
+			if err == nil {
+				t.Fatalf("accepted %d bytes at position %d", len(hidden), pos)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks, _ := NewKeyStore(16)
+		_ = ks.Append(randomKeys(r, 30, 16))
+		for _, v := range []Variant{Float, FP8Q} {
+			b, err := NewBatch(v, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ks.Logits(b, 0, 30, make([]float32, 30)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+func bytes64(lo, hi byte) []byte {
+	b := make([]byte, 64)
+	for i := 0; i < 64; i += 2 {
+		b[i], b[i+1] = lo, hi
+	}
+	return b
+}
