@@ -76,8 +76,12 @@ func TestSplitDescs(t *testing.T) {
 		{"empty", nil, 64, nil},
 		{"short rows kept", []CopyDesc{{0, 1000, 16}, {64, 2000, 64}}, 64,
 			[]CopyDesc{{0, 1000, 16}, {64, 2000, 64}}},
-		{"long row cut", []CopyDesc{{0, 1000, 150}}, 64,
+		{"long row cut evenly", []CopyDesc{{0, 1000, 150}}, 64,
 			[]CopyDesc{{0, 1000, 64}, {64, 1064, 64}, {128, 1128, 22}}},
+		{"DeepSeek row in three equal pieces", []CopyDesc{{0, 1 << 20, 37440}}, 16384,
+			[]CopyDesc{{0, 1 << 20, 12480}, {12480, 1<<20 + 12480, 12480}, {24960, 1<<20 + 24960, 12480}}},
+		{"uneven split keeps 16-byte pieces", []CopyDesc{{0, 0, 100}}, 48,
+			[]CopyDesc{{0, 0, 48}, {48, 48, 48}, {96, 96, 4}}},
 		{"exact multiple", []CopyDesc{{16, 32, 128}}, 64,
 			[]CopyDesc{{16, 32, 64}, {80, 96, 64}}},
 		{"zero length dropped", []CopyDesc{{0, 0, 0}, {5, 7, 3}}, 64,
@@ -86,6 +90,9 @@ func TestSplitDescs(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got := splitDescs(nil, tc.in, tc.piece)
+			if n := countPieces(tc.in, tc.piece); n != len(got) {
+				t.Errorf("countPieces = %d, split made %d", n, len(got))
+			}
 			if len(got) != len(tc.want) {
 				t.Fatalf("got %v, want %v", got, tc.want)
 			}

@@ -104,6 +104,7 @@ func TestRecallBench(t *testing.T) {
 		rows = append(rows, recallRow{c, m, bytes, nrows, piece, ms, float64(bytes) / ms / 1e6})
 	}
 	check := func(descs []CopyDesc) {
+		t.Helper()
 		for _, c := range descs[:min(len(descs), 64)] {
 			got := make([]byte, c.Len)
 			if err := d.CopyDtoH(got, c.Dst); err != nil {
@@ -210,5 +211,148 @@ func TestRecallBench(t *testing.T) {
 		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestGatherSweep times the gather kernel over launch shapes (threads, blocks per SM,
+// loads in flight, piece size) for every recall case, twice in rotated order to expose
+// noise, and prints per case the best shapes and the shape with the best worst-case ratio
+// to the contiguous copy-engine rate measured alongside. Runs only with FLASHMEM_SWEEP=1.
+func TestGatherSweep(t *testing.T) {
+	if os.Getenv("FLASHMEM_SWEEP") != "1" {
+		t.Skip("set FLASHMEM_SWEEP=1")
+	}
+	d := devices(t)[0]
+	s, err := d.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tm := &timer{t: t, s: s}
+	if tm.start, err = d.NewEvent(true); err != nil {
+		t.Fatal(err)
+	}
+	if tm.end, err = d.NewEvent(true); err != nil {
+		t.Fatal(err)
+	}
+	const mirrorBytes, total, reps = 4 << 30, 64 << 20, 15
+	mirror, err := d.AllocHost(mirrorBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mirror.Free()
+	mb := mirror.Bytes()
+	fill(mb[:total], 98)
+	for off := total; off < len(mb); off += total {
+		copy(mb[off:], mb[:total])
+	}
+	dst, err := d.Alloc(total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Free(dst)
+	rnd := rand.New(rand.NewPCG(3, 3))
+	type kase struct {
+		name string
+		sets [][]CopyDesc
+	}
+	pages := func(page int) [][]CopyDesc {
+		sets := make([][]CopyDesc, reps)
+		for i := range sets {
+			for j, p := range rnd.Perm(mirrorBytes / page)[:total/page] {
+				sets[i] = append(sets[i], CopyDesc{Src: mirror.Ptr() + DevPtr(p*page), Dst: dst + DevPtr(j*page), Len: uint64(page)})
+			}
+		}
+		return sets
+	}
+	const rowBytes, layers = 37440, 21
+	npages := total / (rowBytes * layers)
+	ds := make([][]CopyDesc, reps)
+	for i := range ds {
+		for slot, p := range rnd.Perm(mirrorBytes / (rowBytes * layers))[:npages] {
+			for l := 0; l < layers; l++ {
+				ds[i] = append(ds[i], CopyDesc{Src: mirror.Ptr() + DevPtr((p*layers+l)*rowBytes),
+					Dst: dst + DevPtr((l*npages+slot)*rowBytes), Len: rowBytes})
+			}
+		}
+	}
+	contigK := make([][]CopyDesc, reps)
+	for i := range contigK {
+		contigK[i] = []CopyDesc{{Src: mirror.Ptr() + DevPtr(rnd.IntN(48)<<26), Dst: dst, Len: total}}
+	}
+	cases := []kase{{"64K", pages(64 << 10)}, {"256K", pages(256 << 10)}, {"1M", pages(1 << 20)}, {"DS", ds}, {"contig-kernel", contigK}}
+	type shape struct{ threads, bpsm, unroll, piece int }
+	var shapes []shape
+	for _, tb := range [][2]int{{256, 4}, {256, 8}, {256, 16}, {512, 2}, {512, 4}, {512, 8}} {
+		for _, u := range []int{4, 8} {
+			for _, pc := range []int{16 << 10, 32 << 10, 64 << 10, 128 << 10} {
+				shapes = append(shapes, shape{tb[0], tb[1], u, pc})
+			}
+		}
+	}
+	defer func(a, b, c, e int) { gatherThreads, gatherBlocksPerSM, gatherUnroll, gatherPiece = a, b, c, e }(
+		gatherThreads, gatherBlocksPerSM, gatherUnroll, gatherPiece)
+	gbps := map[shape]map[string][]float64{}
+	var ce []float64
+	for round := 0; round < 2; round++ {
+		for k := range shapes {
+			sh := shapes[(k+round*len(shapes)/2)%len(shapes)]
+			if k%8 == 0 {
+				ms := tm.median(reps, func(int) error { return s.Copy(dst, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), total) })
+				ce = append(ce, float64(total)/ms/1e6)
+			}
+			gatherThreads, gatherBlocksPerSM, gatherUnroll, gatherPiece = sh.threads, sh.bpsm, sh.unroll, sh.piece
+			if gbps[sh] == nil {
+				gbps[sh] = map[string][]float64{}
+			}
+			for _, c := range cases {
+				bytes := 0
+				for _, x := range c.sets[0] {
+					bytes += int(x.Len)
+				}
+				ms := tm.median(reps, func(i int) error { return s.Gather(c.sets[i]) })
+				gbps[sh][c.name] = append(gbps[sh][c.name], float64(bytes)/ms/1e6)
+			}
+		}
+	}
+	slices.Sort(ce)
+	ceMed := ce[len(ce)/2]
+	fmt.Printf("\nGather sweep on %s: copy-engine contiguous %.1f GB/s (min %.1f, max %.1f over %d)\n",
+		d.Name(), ceMed, ce[0], ce[len(ce)-1], len(ce))
+	mean := func(v []float64) float64 { return (v[0] + v[1]) / 2 }
+	for _, c := range cases {
+		sorted := slices.Clone(shapes)
+		slices.SortFunc(sorted, func(a, b shape) int {
+			x, y := mean(gbps[a][c.name]), mean(gbps[b][c.name])
+			switch {
+			case x > y:
+				return -1
+			case x < y:
+				return 1
+			}
+			return 0
+		})
+		fmt.Printf("%-14s", c.name)
+		for _, sh := range sorted[:4] {
+			v := gbps[sh][c.name]
+			fmt.Printf("  t%d b%d u%d p%dK %.1f/%.1f", sh.threads, sh.bpsm, sh.unroll, sh.piece>>10, v[0], v[1])
+		}
+		fmt.Println()
+	}
+	best, bestMin := shapes[0], 0.0
+	for _, sh := range shapes {
+		worst := 1e9
+		for _, c := range cases[:4] {
+			worst = min(worst, min(gbps[sh][c.name][0], gbps[sh][c.name][1]))
+		}
+		if worst > bestMin {
+			best, bestMin = sh, worst
+		}
+	}
+	fmt.Printf("best worst-case shape: threads %d, blocks/SM %d, unroll %d, piece %d KiB: %.1f GB/s = %.2f x contiguous\n",
+		best.threads, best.bpsm, best.unroll, best.piece>>10, bestMin, bestMin/ceMed)
+	for _, c := range cases {
+		v := gbps[best][c.name]
+		fmt.Printf("  %-14s %.1f / %.1f GB/s\n", c.name, v[0], v[1])
 	}
 }

@@ -132,14 +132,15 @@ type Device struct {
 	closed bool
 	exited chan struct{}
 
-	name     string
-	ccMajor  int
-	ccMinor  int
-	sms      int
-	vmm      bool // VMM with POSIX-fd export is supported
-	vmmGran  int
-	gatherMu sync.Mutex
-	gatherFn *Function
+	name      string
+	ccMajor   int
+	ccMinor   int
+	sms       int
+	vmm       bool // VMM with POSIX-fd export is supported
+	vmmGran   int
+	gatherMu  sync.Mutex
+	gatherMod *Module
+	gatherFn  map[int]*Function // by loads in flight per thread
 }
 
 // Open starts the owner goroutine of device ordinal with the device's primary context
@@ -645,9 +646,12 @@ func (r *Region) Close() error {
 type Stream struct {
 	dev *Device
 	s   cu.Stream
-	// descs is a device buffer for Gather's descriptor list; the stream orders its reuse.
+	// Gather's descriptor list: written into pinned staging, copied to descs on the
+	// stream (which orders the device buffer's reuse); stageEv marks the copy's end.
 	descs    DevPtr
 	descsCap int
+	stage    unsafe.Pointer
+	stageEv  C.CUevent
 }
 
 // NewStream creates a stream that does not synchronise with the legacy default stream.
@@ -731,9 +735,13 @@ func (s *Stream) Sync() error {
 func (s *Stream) Close() error {
 	return s.dev.do(func() error {
 		var err error
-		if s.descs != 0 {
-			err = s.dev.check("cuMemFree", C.cuMemFree(C.CUdeviceptr(s.descs)))
-			s.descs, s.descsCap = 0, 0
+		if s.descs != 0 || s.stage != nil {
+			err = s.dev.check("cuStreamSynchronize", C.cuStreamSynchronize(s.c()))
+			s.freeGather()
+		}
+		if s.stageEv != nil {
+			C.cuEventDestroy(s.stageEv)
+			s.stageEv = nil
 		}
 		if e := s.s.Destroy(); e != nil && err == nil {
 			err = s.dev.wrapCu("cuStreamDestroy", e)

@@ -1,18 +1,31 @@
 package cuda
 
-// splitDescs appends descs to dst with every row longer than piece cut into pieces of at
-// most piece bytes (piece is a multiple of 16, so aligned rows stay aligned).
+// splitDescs appends descs to dst with every row longer than piece cut into the fewest
+// pieces of at most piece bytes, of equal size rounded up to 16 bytes (so aligned rows
+// stay aligned and no block gets a short leftover). piece must be a multiple of 16.
 func splitDescs(dst, descs []CopyDesc, piece uint64) []CopyDesc {
 	for _, c := range descs {
-		for c.Len > piece {
-			dst = append(dst, CopyDesc{Src: c.Src, Dst: c.Dst, Len: piece})
-			c.Src += DevPtr(piece)
-			c.Dst += DevPtr(piece)
-			c.Len -= piece
+		if c.Len == 0 {
+			continue
 		}
-		if c.Len > 0 {
-			dst = append(dst, c)
+		k := (c.Len + piece - 1) / piece
+		size := ((c.Len+k-1)/k + 15) &^ 15
+		for c.Len > size {
+			dst = append(dst, CopyDesc{Src: c.Src, Dst: c.Dst, Len: size})
+			c.Src += DevPtr(size)
+			c.Dst += DevPtr(size)
+			c.Len -= size
 		}
+		dst = append(dst, c)
 	}
 	return dst
+}
+
+// countPieces returns how many pieces splitDescs makes of descs.
+func countPieces(descs []CopyDesc, piece uint64) int {
+	n := 0
+	for _, c := range descs {
+		n += int((c.Len + piece - 1) / piece)
+	}
+	return n
 }
