@@ -25,10 +25,13 @@ type Config struct {
 	Buckets int
 	// Dim is the embedding dimension; a chunk key stores Dim int8 values.
 	Dim int
-	// Window is how many tokens on each side of a chunk its key also sees, so all
-	// chunks of a sentence light up together and a sentence cut by a page boundary
-	// still scores on both pages.
+	// Window is how many tokens on each side of a chunk the dense chunk encoder
+	// also sees (with half weight).
 	Window int
+	// TermWindow is how many tokens on each side of a chunk contribute lexical
+	// terms to its key, so all chunks of a sentence light up together and a
+	// sentence cut by a page boundary still scores on both pages.
+	TermWindow int
 	// MaxTerms bounds the lexical terms stored per chunk key (chunk terms first,
 	// then window terms by decreasing IDF).
 	MaxTerms int
@@ -45,7 +48,7 @@ type Config struct {
 // DefaultConfig gives 132-byte chunk keys (the size of an LSA index key): 64
 // int8 embedding values, a float32 scale, two counts and 31 16-bit terms.
 func DefaultConfig() Config {
-	return Config{Buckets: 1 << 16, Dim: 64, Window: 8, MaxTerms: 31, MaxQueryTerms: 64, MinIDF: 1.5, TopTerms: 3}
+	return Config{Buckets: 1 << 16, Dim: 64, Window: 8, TermWindow: 16, MaxTerms: 31, MaxQueryTerms: 64, MinIDF: 1.5, TopTerms: 3}
 }
 
 // Validate reports the first field out of range, wrapped in ErrBadConfig.
@@ -57,6 +60,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Dim %d not in [1, 1024]", ErrBadConfig, c.Dim)
 	case c.Window < 0 || c.Window > 64:
 		return fmt.Errorf("%w: Window %d not in [0, 64]", ErrBadConfig, c.Window)
+	case c.TermWindow < 0 || c.TermWindow > 64:
+		return fmt.Errorf("%w: TermWindow %d not in [0, 64]", ErrBadConfig, c.TermWindow)
 	case c.MaxTerms < TokensPerChunk || c.MaxTerms > 255:
 		return fmt.Errorf("%w: MaxTerms %d not in [%d, 255]", ErrBadConfig, c.MaxTerms, TokensPerChunk)
 	case c.MaxQueryTerms <= 0 || c.MaxQueryTerms > 1024:
@@ -252,8 +257,8 @@ func NumChunks(n int) int { return (n + TokensPerChunk - 1) / TokensPerChunk }
 
 // AppendChunkKeys appends the key of every chunk of toks (NumChunks(len(toks))
 // keys of KeyBytes each) to dst. A chunk's key depends on its own tokens and on
-// Window tokens on each side, so a streaming client computes it once Window
-// tokens past the chunk are known, or at the end of the text.
+// max(Window, TermWindow) tokens on each side, so a streaming client computes
+// it once that many tokens past the chunk are known, or at the end of the text.
 func (m *Model) AppendChunkKeys(dst []byte, toks []Token) []byte {
 	n := NumChunks(len(toks))
 	kb := m.KeyBytes()
@@ -262,7 +267,7 @@ func (m *Model) AppendChunkKeys(dst []byte, toks []Token) []byte {
 	var fs []feature
 	u := make([]float32, m.cfg.Dim)
 	y := make([]float32, m.cfg.Dim)
-	terms := make([]uint16, 0, 4*m.cfg.Window+TokensPerChunk)
+	terms := make([]uint16, 0, 2*m.cfg.TermWindow+TokensPerChunk)
 	for c := range n {
 		fs = m.chunkFeatures(fs[:0], toks, c)
 		m.pool(u, fs)
@@ -313,8 +318,8 @@ func (m *Model) encodeKey(k []byte, y []float32, toks []Token, c int, terms []ui
 	}
 	add(toks[lo:hi])
 	ncore := len(terms)
-	add(toks[max(lo-m.cfg.Window, 0):lo])
-	add(toks[hi:min(hi+m.cfg.Window, len(toks))])
+	add(toks[max(lo-m.cfg.TermWindow, 0):lo])
+	add(toks[hi:min(hi+m.cfg.TermWindow, len(toks))])
 	win := terms[ncore:]
 	// Rarest window terms first, ties by bucket, so truncation keeps the most
 	// informative ones and the key bytes are deterministic.
@@ -498,6 +503,7 @@ func (m *Model) Save(w io.Writer) error {
 	meta["buckets"] = strconv.Itoa(m.cfg.Buckets)
 	meta["dim"] = strconv.Itoa(m.cfg.Dim)
 	meta["window"] = strconv.Itoa(m.cfg.Window)
+	meta["term_window"] = strconv.Itoa(m.cfg.TermWindow)
 	meta["max_terms"] = strconv.Itoa(m.cfg.MaxTerms)
 	meta["max_query_terms"] = strconv.Itoa(m.cfg.MaxQueryTerms)
 	meta["min_idf"] = strconv.FormatFloat(float64(m.cfg.MinIDF), 'g', -1, 32)
@@ -534,7 +540,7 @@ func Load(b []byte) (*Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: metadata min_idf %q: %v", ErrBadModel, meta["min_idf"], err)
 	}
-	cfg := Config{Buckets: geti("buckets"), Dim: geti("dim"), Window: geti("window"), MaxTerms: geti("max_terms"),
+	cfg := Config{Buckets: geti("buckets"), Dim: geti("dim"), Window: geti("window"), TermWindow: geti("term_window"), MaxTerms: geti("max_terms"),
 		MaxQueryTerms: geti("max_query_terms"), MinIDF: float32(mi), TopTerms: geti("top_terms")}
 	m, err := newModel(cfg)
 	if err != nil {

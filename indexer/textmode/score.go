@@ -23,10 +23,10 @@ const (
 	lexPower = 3
 	// prfHops bounds relevance-feedback rounds (see expand).
 	prfHops = 3
-	// prfMaxDF: an expansion term must occur in at most this many chunk keys of
-	// the context (a term occurs in about five keys per occurrence, through the
-	// windows), i.e. it names something specific, not a topic.
-	prfMaxDF = 16
+	// prfMaxOccur: an expansion term must occur at most this many times in the
+	// context (counted as chunk keys holding it, about 1 + 2·TermWindow/4 keys
+	// per occurrence), i.e. it names something specific, not a topic.
+	prfMaxOccur = 3
 	// prfRareIDF: an expansion term must also be (nearly) unknown to the
 	// training corpus — its IDF within prfRareIDF of the largest, i.e. seen in at
 	// most one training window: names, codes, identifiers, not ordinary words
@@ -181,10 +181,40 @@ func (m *Model) Score(q *Query, keys []byte, out []float32) error {
 			out[c] = cal.Lex*out[c] + cal.Dense*cos + cal.Bias
 		}
 	})
+	dilate(out)
 	if cal.Lex != 0 {
 		m.expand(q, keys, out, workers)
 	}
 	return nil
+}
+
+// Dilation: evidence is a sentence or more around the chunk that matches best,
+// and its ends (often a value and a full stop, the words no query names) land
+// in chunks whose keys hold fewer of the query's terms. A chunk within
+// dilateRadius chunks of a strong one gets that one's logit less dilateDrop per
+// chunk of distance, so a needle cut by a page boundary still counts on both
+// pages.
+const (
+	dilateRadius = 2
+	dilateDrop   = 0.75
+)
+
+func dilate(out []float32) {
+	src := slices.Clone(out)
+	for c, l := range src {
+		if l <= dilateDrop {
+			continue
+		}
+		for d := 1; d <= dilateRadius; d++ {
+			v := l - dilateDrop*float32(d)
+			if c-d >= 0 && v > out[c-d] {
+				out[c-d] = v
+			}
+			if c+d < len(out) && v > out[c+d] {
+				out[c+d] = v
+			}
+		}
+	}
 }
 
 // expand is pseudo-relevance feedback for multi-hop evidence ("VAR B = VAR A"
@@ -203,6 +233,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 		}
 	}
 	used := slices.Clone(q.set)
+	maxDF := prfMaxOccur * (1 + 2*((m.cfg.TermWindow+TokensPerChunk-1)/TokensPerChunk))
 	rare := m.maxIDF - prfRareIDF
 	for range prfHops {
 		if len(seeds) == 0 {
@@ -251,7 +282,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 		found := false
 		for _, b := range order {
 			used[b>>6] |= 1 << (b & 63)
-			if cand[b] <= prfMaxDF {
+			if cand[b] <= maxDF {
 				exp[b>>6] |= 1 << (b & 63)
 				found = true
 			}
