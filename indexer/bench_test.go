@@ -98,3 +98,25 @@ func BenchmarkScoreBatchPublished(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkQueryProjectionPublished is the per-request, per-cycle query side of one target
+// layer at the published size (x·wq_aᵀ, RMSNorm, ·wq_bᵀ, RoPE, Hadamard, weights_proj):
+// ≈ 42.5 M multiply-adds over 170 MB of float32 weights, which ScoreBatch runs for every
+// request and target layer before scoring.
+func BenchmarkQueryProjectionPublished(b *testing.B) {
+	if testing.Short() {
+		b.Skip("published-size model takes 0.5 GB")
+	}
+	cfg := PublishedConfig()
+	cfg.Layers = []int{10}
+	m, err := RandomModel(1, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	q := m.RandomQuery(1, 1<<19)
+	for b.Loop() {
+		if _, err := m.weights[0].Query(q.Layers[0], q.Position); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

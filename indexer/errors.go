@@ -29,6 +29,9 @@ var (
 	// chunk count between target layers, or come for the wrong number of target layers.
 	ErrKeyLength = errors.New("indexer: bad key length")
 
+	// ErrBadKey reports key bytes of the right length that the model's key store rejected.
+	ErrBadKey = errors.New("indexer: key rejected by the model")
+
 	// ErrTooManyChunks reports an append that would take a request past Policy.MaxChunks.
 	ErrTooManyChunks = errors.New("indexer: too many chunks")
 

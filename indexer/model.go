@@ -65,7 +65,7 @@ func (m *Model) Config() ModelConfig {
 func LoadModel(path string, opts LoadOptions) (*Model, error) {
 	f, err := safetensors.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadModel, err)
+		return nil, fileError(err)
 	}
 	defer f.Close()
 	m, err := fromFile(f, opts)
@@ -83,9 +83,18 @@ func LoadModel(path string, opts LoadOptions) (*Model, error) {
 func ParseModel(buf []byte, opts LoadOptions) (*Model, error) {
 	f, err := safetensors.Parse(buf)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadModel, err)
+		return nil, fileError(err)
 	}
 	return fromFile(f, opts)
+}
+
+// fileError wraps a safetensors parse error, saying so when the likely cause is a file cut
+// short (a tensor or the header runs past the end).
+func fileError(err error) error {
+	if errors.Is(err, safetensors.ErrTruncated) || errors.Is(err, safetensors.ErrBadOffsets) {
+		return fmt.Errorf("%w: truncated or corrupt file: %w", ErrBadModel, err)
+	}
+	return fmt.Errorf("%w: %w", ErrBadModel, err)
 }
 
 func fromFile(f *safetensors.File, opts LoadOptions) (*Model, error) {

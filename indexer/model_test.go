@@ -62,6 +62,21 @@ func TestModelRoundTrip(t *testing.T) {
 	if _, err := LoadModel(path, LoadOptions{Ensemble: "sum"}); !errors.Is(err, ErrBadConfig) {
 		t.Fatalf("bad ensemble option: %v", err)
 	}
+	whole, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.safetensors")
+	if err := os.WriteFile(cut, whole[:len(whole)-1], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadModel(cut, LoadOptions{}); !errors.Is(err, ErrBadModel) || !strings.Contains(err.Error(), "truncated or corrupt file") ||
+		!strings.Contains(err.Error(), "l20.weights_proj") {
+		t.Fatalf("truncated file: %v", err)
+	}
+	if _, err := LoadModel(filepath.Join(t.TempDir(), "absent"), LoadOptions{}); !errors.Is(err, ErrBadModel) || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
 }
 
 func configEqual(a, b ModelConfig) bool {
@@ -169,7 +184,7 @@ func TestParseModelErrors(t *testing.T) {
 			ts, md := tensorsOf(t, m)
 			b := writeFile(t, ts, md)
 			return b[:len(b)-10]
-		}(), "l5.weights_proj\": [3264, 3392) outside data section of 3382 bytes"},
+		}(), "truncated or corrupt file: safetensors: bad data offsets: tensor \"l5.weights_proj\": [3264, 3392) outside data section of 3382 bytes"},
 		{"empty", nil, "truncated"},
 	}
 	for _, tc := range tests {

@@ -120,7 +120,7 @@ func (r *Request) AppendKeys(first int, perLayerKeys [][]byte) error {
 			for _, k := range r.keys[:l+1] {
 				k.Truncate(r.n)
 			}
-			return fmt.Errorf("target layer %d, chunks %d…%d: %w", r.model.Layers()[l], first, first+count-1, err)
+			return fmt.Errorf("%w: target layer %d, chunks %d…%d: %w", ErrBadKey, r.model.Layers()[l], first, first+count-1, err)
 		}
 	}
 	r.n += count
