@@ -85,6 +85,7 @@ type selector struct {
 	pageScore []int32
 	forced    []bool
 	inSel     []bool
+	hist      []int
 	cand      []lookCand
 }
 
@@ -176,7 +177,7 @@ func (s *selector) step(n int, logits []float32, p *Policy) *Cycle {
 		s.topK(pages, c.KMax-c.ForcedPages, cpp)
 	}
 
-	c.Selected = make([]uint32, 0, max(c.KMax, c.ForcedPages))
+	c.Selected = make([]uint32, 0, min(pages, max(c.KMax, c.ForcedPages)))
 	for pg, in := range s.inSel[:pages] {
 		if in {
 			c.Selected = append(c.Selected, uint32(pg))
@@ -201,7 +202,9 @@ func (s *selector) step(n int, logits []float32, p *Policy) *Cycle {
 // the page that just left it is resident already and usually ties with older pages, so
 // preferring it avoids recalling an old page and releasing a resident one for no gain.
 func (s *selector) topK(pages, need, cpp int) {
-	hist := make([]int, cpp+1)
+	s.hist = growTo(s.hist, cpp+1)
+	hist := s.hist
+	clear(hist)
 	free := 0
 	for pg := range pages {
 		if s.forced[pg] {
