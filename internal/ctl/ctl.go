@@ -1,0 +1,244 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flashmemory/flashmemory/daemon"
+	"github.com/flashmemory/flashmemory/proto"
+)
+
+// Main runs flashmemctl with the process's arguments and returns the exit
+// code.
+func Main() int {
+	cmd := Command(os.Stdout, os.Stderr)
+	if err := cmd.Execute(); err != nil {
+		return 1
+	}
+	return 0
+}
+
+type globals struct {
+	socket  string
+	timeout time.Duration
+	asJSON  bool
+	out     io.Writer
+}
+
+func (g *globals) dial(ctx context.Context) (*proto.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := proto.Dial(ctx, g.socket, &proto.Options{ClientName: "flashmemctl"})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to flashmemd at %s: %w", g.socket, err)
+	}
+	return c, nil
+}
+
+// Command builds the flashmemctl command tree.
+func Command(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{out: stdout}
+	def := daemon.DefaultConfig().Socket
+	if v := os.Getenv("FLASHMEMD_SOCKET"); v != "" {
+		def = v
+	}
+	root := &cobra.Command{
+		Use:           "flashmemctl",
+		Short:         "Inspect and exercise a running flashmemd",
+		SilenceUsage:  true,
+		SilenceErrors: false,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().StringVar(&g.socket, "socket", def, "flashmemd control socket (env FLASHMEMD_SOCKET)")
+	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "connect timeout")
+	root.PersistentFlags().BoolVar(&g.asJSON, "json", false, "print JSON")
+	root.AddCommand(statusCmd(g), sessionsCmd(g), inspectCmd(g), evictCmd(g), demoCmd(g))
+	return root
+}
+
+func (g *globals) printJSON(v any) error {
+	enc := json.NewEncoder(g.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Daemon status: uptime, connections, sessions, tiers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			st, err := c.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.asJSON {
+				return g.printJSON(st)
+			}
+			fmt.Fprintf(g.out, "flashmemd %s (protocol %d, instance %s), up %s\n", st.Server, st.Protocol, st.Instance[:8], time.Duration(st.UptimeSeconds*float64(time.Second)).Round(time.Second))
+			fmt.Fprintf(g.out, "connections %d, sessions %d, leases %d\n\n", st.Connections, st.Sessions, st.Leases)
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "tier\tpages\tused\tcapacity\thits\tmisses\tread\twritten\t")
+			for _, t := range st.Tiers {
+				capacity := "-"
+				if t.CapacityBytes > 0 {
+					capacity = human(t.CapacityBytes)
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t\n", t.Name, t.Pages, human(t.UsedBytes), capacity, t.Hits, t.Misses, human(t.ReadBytes), human(t.WrittenBytes))
+			}
+			tw.Flush()
+			if tot := st.Counters["total_bytes"]; tot > 0 {
+				fmt.Fprintf(g.out, "\nfootprint: %s resident of %s KV (%.1f %%)\n", human(uint64(st.Counters["resident_bytes"])), human(uint64(tot)), 100*st.Counters["resident_bytes"]/tot)
+			}
+			return nil
+		},
+	}
+}
+
+func sessionsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "sessions",
+		Short: "List live sessions (your uid's; all for root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Sessions(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.asJSON {
+				return g.printJSON(r)
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tMODEL\tCHUNKS\tPAGES\tRESIDENT\tCYCLES\tKV\tATTACHED\tPERSIST\tFALLBACK")
+			for _, s := range r.Sessions {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%v\t%v\t%v\n", s.ID, dash(s.Name), s.Model, s.Chunks, s.Pages, s.ResidentPages, s.Cycles, human(s.Bytes), s.Attached, s.Persist, s.Fallback)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+// target reads a session argument: a numeric id or a name.
+func target(arg string) proto.AdminTarget {
+	if id, err := strconv.ParseUint(arg, 10, 64); err == nil {
+		return proto.AdminTarget{Session: id}
+	}
+	return proto.AdminTarget{Name: arg}
+}
+
+func inspectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect SESSION",
+		Short: "Show one session: layout, policy, pages per tier, resident set",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Inspect(cmd.Context(), target(args[0]))
+			if err != nil {
+				return err
+			}
+			if g.asJSON {
+				return g.printJSON(r)
+			}
+			s := r.Session
+			fmt.Fprintf(g.out, "session %d %q  model %s  owner uid %d  attached %v  persist %v\n", s.ID, s.Name, s.Model, s.OwnerUID, s.Attached, s.Persist)
+			fmt.Fprintf(g.out, "chunks %d  pages %d  cycles %d  KV %s  leases %d  fallback %v  above-threshold %.4f\n", s.Chunks, s.Pages, s.Cycles, human(s.Bytes), r.Leases, s.Fallback, r.AboveFraction)
+			fmt.Fprintf(g.out, "layout: %d layers, %d chunks/page, page %s, %d-byte keys × %d target layers, τ %d, %d reserve slots\n",
+				len(r.Layout.Layers), r.Layout.ChunksPerPage, human(r.Layout.PageBytes()), r.Layout.KeyBytes, r.Layout.TargetLayers, r.Layout.CycleSteps, r.Layout.ReserveSlots)
+			p := r.Policy
+			fmt.Fprintf(g.out, "policy: first_keep %d  last_keep %d  kmax %d  kmax_ratio %g  fallback_ratio %g  lookahead %d\n", p.FirstKeep, p.LastKeep, p.KMax, p.KMaxRatio, p.FallbackRatio, p.Lookahead)
+			fmt.Fprintf(g.out, "pages per tier: reserve %d  host %d  ssd %d\n", r.TierPages["reserve"], r.TierPages["host"], r.TierPages["ssd"])
+			fmt.Fprintf(g.out, "resident set (%d pages): %s\n", len(r.Resident), ranges(r.Resident))
+			return nil
+		},
+	}
+}
+
+func evictCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "evict SESSION",
+		Short: "Evict a session from memory: persisted ones stay resumable on SSD, others are deleted",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Evict(cmd.Context(), target(args[0]))
+			if err != nil {
+				return err
+			}
+			if g.asJSON {
+				return g.printJSON(r)
+			}
+			fmt.Fprintf(g.out, "evicted session %v (%s of KV)\n", r.Sessions, human(r.Bytes))
+			return nil
+		},
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// ranges prints sorted page numbers compactly: 0-3,17,40-63.
+func ranges(p []uint32) string {
+	var b strings.Builder
+	for i := 0; i < len(p); {
+		j := i
+		for j+1 < len(p) && p[j+1] == p[j]+1 {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		if j == i {
+			fmt.Fprintf(&b, "%d", p[i])
+		} else {
+			fmt.Fprintf(&b, "%d-%d", p[i], p[j])
+		}
+		i = j + 1
+	}
+	return b.String()
+}
+
+func human(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,51 @@
+package ctl
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+)
+
+// progress shows a bar on a terminal and a line every ~10 % otherwise, so
+// logs of scripted runs stay readable.
+type progress struct {
+	bar   *progressbar.ProgressBar
+	w     io.Writer
+	what  string
+	max   int64
+	cur   int64
+	shown int64
+	t0    time.Time
+}
+
+func newProgress(w io.Writer, max int64, what string) *progress {
+	p := &progress{w: w, what: what, max: max, t0: time.Now()}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.bar = progressbar.NewOptions64(max, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription(what),
+			progressbar.OptionShowCount(), progressbar.OptionSetWidth(30), progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionClearOnFinish())
+	}
+	return p
+}
+
+func (p *progress) add(n int64) {
+	p.cur += n
+	if p.bar != nil {
+		_ = p.bar.Add64(n)
+		return
+	}
+	if p.max > 0 && (p.cur-p.shown)*10 >= p.max || p.cur == p.max {
+		p.shown = p.cur
+		fmt.Fprintf(p.w, "  %s: %d/%d (%.0f%%) %.1fs\n", p.what, p.cur, p.max, 100*float64(p.cur)/float64(p.max), time.Since(p.t0).Seconds())
+	}
+}
+
+func (p *progress) done() {
+	if p.bar != nil {
+		_ = p.bar.Finish()
+	}
+}
