@@ -184,7 +184,7 @@ func TestClientConcurrent(t *testing.T) {
 				if rng.IntN(10) == 0 {
 					msg = fmt.Appendf(nil, "sleep:%d:g%d-i%d", rng.IntN(5), g, i)
 				} else {
-					msg = make([]byte, rng.IntN(64<<10))
+					msg = make([]byte, rng.IntN(16<<10))
 					for j := range msg {
 						msg[j] = byte(rng.Uint32())
 					}

@@ -174,6 +174,20 @@ func ParseFrame(b []byte, maxBody uint32) (Header, []byte, int, error) {
 	return h, body, n, nil
 }
 
+// CheckRequest applies the rules a server adds for frames that must be
+// requests: no RESPONSE or ERROR flag, and no file descriptors (clients
+// send none in version 1). It returns an ErrBadHeader error; the frame was
+// consumed, so the server answers BAD_FRAME and reads on.
+func CheckRequest(h Header) error {
+	if h.Flags&(FlagResponse|FlagError) != 0 {
+		return fmt.Errorf("%w: response flags %#04x on a request (request %d)", ErrBadHeader, uint16(h.Flags), h.ID)
+	}
+	if h.NFDs != 0 {
+		return fmt.Errorf("%w: %d fds on a request, clients send none (request %d)", ErrBadHeader, h.NFDs, h.ID)
+	}
+	return nil
+}
+
 // Frame is one frame read from a connection.
 type Frame struct {
 	Header

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // testServer is a small in-process server over a real unix socket, built on
@@ -125,7 +127,11 @@ func (s *testServer) serve(c *Conn) {
 			}
 			continue
 		}
-		f.CloseFiles() // clients send none
+		if err := CheckRequest(f.Header); err != nil {
+			f.CloseFiles()
+			c.ReplyError(f.Header, err)
+			continue
+		}
 		if f.Op == OpHello {
 			// HELLO is answered inline: it creates connection state.
 			var req Hello
@@ -288,6 +294,7 @@ func TestServerSideBadFrames(t *testing.T) {
 		{"oversize", mod(func(b []byte) { b[15] = 0x7f }), CodeFrameTooLarge, 5, true},
 		{"bad body", frameBytes(Header{Version: 1, Op: OpCycle, ID: 5}, []byte{9, 0, 0, 0}), CodeBadRequest, 5, false},
 		{"reserved flag", mod(func(b []byte) { b[9] = 1 }), CodeBadFrame, 5, false},
+		{"response flag on request", mod(func(b []byte) { b[8] = byte(FlagResponse) }), CodeBadFrame, 5, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -319,6 +326,19 @@ func TestServerSideBadFrames(t *testing.T) {
 			}
 		})
 	}
+	t.Run("fds from a client", func(t *testing.T) {
+		c := rawDial(t, s.path)
+		m := memfd(t, "client-fd", 64)
+		defer m.Close()
+		h := Header{Version: 1, Op: OpPing, ID: 6, Flags: FlagFDs, NFDs: 1}
+		if _, _, err := c.WriteMsgUnix(frameBytes(h, nil), unix.UnixRights(int(m.Fd())), nil); err != nil {
+			t.Fatal(err)
+		}
+		f, err := ReadFrame(c, 0)
+		if err != nil || !f.IsError() || f.ID != 6 {
+			t.Fatalf("reply %v %+v", err, f)
+		}
+	})
 	t.Run("truncated", func(t *testing.T) {
 		c := rawDial(t, s.path)
 		c.Write(ping[:HeaderSize+1])
