@@ -144,7 +144,9 @@ func (c *Client) Staging() []byte { return c.staging }
 // StagingFile returns the staging region's fd; the client owns and closes it.
 func (c *Client) StagingFile() *os.File { return c.stFile }
 
-// WriteStaging copies data into the staging region at off.
+// WriteStaging copies data into the staging region at off. The mapping
+// goes away in Close: do not call WriteStaging (or use Staging's slice)
+// concurrently with or after Close.
 func (c *Client) WriteStaging(off uint64, data []byte) error {
 	if c.staging == nil {
 		return fmt.Errorf("%w: no staging region mapped", ErrClosed)
@@ -232,14 +234,16 @@ func (c *Client) deliver(id uint64, r result) {
 	c.mu.Lock()
 	ch := c.pending[id]
 	delete(c.pending, id)
-	c.mu.Unlock()
-	if ch == nil {
-		if r.f != nil {
-			r.f.CloseFiles() // the caller gave up
-		}
-		return
+	if ch != nil {
+		// Sent under the lock (the channel is buffered, so this never
+		// blocks): a caller that gives up removes itself under the same
+		// lock and then drains, so no reply — and no fd — is left behind.
+		ch <- r
 	}
-	ch <- r // buffered: never blocks
+	c.mu.Unlock()
+	if ch == nil && r.f != nil {
+		r.f.CloseFiles() // the caller gave up
+	}
 }
 
 // Call sends req as op and decodes the reply into reply (which may be nil

@@ -179,7 +179,7 @@ func TestClientConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(g), 1))
-			for i := range 100 {
+			for i := range 60 {
 				var msg []byte
 				if rng.IntN(10) == 0 {
 					msg = fmt.Appendf(nil, "sleep:%d:g%d-i%d", rng.IntN(5), g, i)

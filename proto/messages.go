@@ -13,7 +13,11 @@ type ErrorBody Error
 // AppendBinary implements Message.
 func (m *ErrorBody) AppendBinary(b []byte) ([]byte, error) {
 	e := enc{b}
-	e.u32(uint32(m.Code))
+	code := m.Code
+	if code == CodeOK {
+		code = CodeInternal // an error frame never says "ok"
+	}
+	e.u32(uint32(code))
 	if err := e.str("error message", clipMsg(m.Msg), MaxErrorMsg); err != nil {
 		return b, err
 	}
