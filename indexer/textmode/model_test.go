@@ -1,0 +1,513 @@
+package textmode
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/flashmemory/flashmemory/internal/safetensors"
+)
+
+// synthDocs makes unlabelled documents from a small vocabulary with topical
+// structure (each document draws mostly from its own word group), enough for
+// training to have something to learn.
+func synthDocs(n int, seed uint64) []Document {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	var groups [][]string
+	for g := range 8 {
+		var ws []string
+		for w := range 40 {
+			ws = append(ws, fmt.Sprintf("w%c%c", 'a'+g, 'a'+w%26)+strings.Repeat("x", w/26))
+		}
+		groups = append(groups, ws)
+	}
+	common := strings.Fields("the of and a to in is it that was for on with as")
+	docs := make([]Document, n)
+	for i := range docs {
+		g := groups[i%len(groups)]
+		var sb strings.Builder
+		for range 60 {
+			for range 6 + rng.IntN(10) {
+				if rng.IntN(3) == 0 {
+					sb.WriteString(common[rng.IntN(len(common))])
+				} else {
+					sb.WriteString(g[rng.IntN(len(g))])
+				}
+				sb.WriteByte(' ')
+			}
+			sb.WriteString(". ")
+		}
+		docs[i] = Document{Name: fmt.Sprint(i), Text: sb.String()}
+	}
+	return docs
+}
+
+func smallOptions() TrainOptions {
+	o := DefaultTrainOptions()
+	o.Config = Config{Buckets: 1 << 12, Dim: 16, Window: 8, TermWindow: 16, MaxTerms: 31, MaxQueryTerms: 64, MinIDF: 1.5, TopTerms: 3}
+	o.Epochs = 3
+	o.BatchSize = 32
+	o.Corpus = "synthetic test documents"
+	return o
+}
+
+var (
+	smallOnce  sync.Once
+	smallModel *Model
+	smallErr   error
+)
+
+func trainedSmall(t *testing.T) *Model {
+	t.Helper()
+	smallOnce.Do(func() { smallModel, smallErr = Train(context.Background(), synthDocs(40, 1), smallOptions()) })
+	if smallErr != nil {
+		t.Fatal(smallErr)
+	}
+	return smallModel
+}
+
+func saved(t *testing.T, m *Model) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := m.Save(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestTrainDeterministicAcrossWorkers(t *testing.T) {
+	docs := synthDocs(40, 1)
+	var files [][]byte
+	for _, w := range []int{1, 3} {
+		o := smallOptions()
+		o.Workers = w
+		m, err := Train(context.Background(), docs, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, saved(t, m))
+	}
+	if !bytes.Equal(files[0], files[1]) {
+		t.Fatal("models trained with 1 and 3 workers differ")
+	}
+	o := smallOptions()
+	o.Seed = 2
+	m, err := Train(context.Background(), docs, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(saved(t, m), files[0]) {
+		t.Fatal("different seeds gave identical models")
+	}
+}
+
+func TestTrainLearns(t *testing.T) {
+	var first, last Progress
+	o := smallOptions()
+	o.Epochs = 6
+	o.Progress = func(p Progress) {
+		if p.Phase != "train" {
+			return
+		}
+		if first.Steps == 0 {
+			first = p
+		}
+		last = p
+	}
+	if _, err := Train(context.Background(), synthDocs(40, 1), o); err != nil {
+		t.Fatal(err)
+	}
+	if last.Step != last.Steps || last.Steps == 0 {
+		t.Fatalf("progress ended at step %d of %d", last.Step, last.Steps)
+	}
+	// Chance is 1/32; topical documents are easy to tell apart.
+	if last.ValAccuracy < 0.2 || last.ValAccuracy <= first.ValAccuracy {
+		t.Fatalf("held-out top-1 %.3f (first report %.3f): training did not learn", last.ValAccuracy, first.ValAccuracy)
+	}
+}
+
+func TestTrainErrors(t *testing.T) {
+	if _, err := Train(context.Background(), synthDocs(2, 1), smallOptions()); !errors.Is(err, ErrNoData) {
+		t.Errorf("two tiny documents: err %v, want ErrNoData", err)
+	}
+	o := smallOptions()
+	o.Config.Buckets = 1000
+	if _, err := Train(context.Background(), synthDocs(40, 1), o); !errors.Is(err, ErrBadConfig) {
+		t.Errorf("1000 buckets: err %v, want ErrBadConfig", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Train(ctx, synthDocs(40, 1), smallOptions()); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: err %v", err)
+	}
+}
+
+func TestSaveLoadRoundTrip(t *testing.T) {
+	m := trainedSmall(t)
+	b := saved(t, m)
+	m2, err := Load(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.Config() != m.Config() {
+		t.Fatalf("config %+v, want %+v", m2.Config(), m.Config())
+	}
+	if !bytes.Equal(saved(t, m2), b) {
+		t.Fatal("Save(Load(b)) != b")
+	}
+	if m2.Metadata()["trained_on"] != "synthetic test documents" {
+		t.Fatalf("metadata %v", m2.Metadata())
+	}
+	// Scores of the loaded model (F16 embeddings) stay close to the trained one.
+	docs := synthDocs(3, 9)
+	toks := Tokenize(docs[0].Text)
+	q := Tokenize("wadx wacx the")
+	for _, mode := range []Mode{Combined, Lexical, Dense} {
+		o1 := make([]float32, NumChunks(len(toks)))
+		o2 := make([]float32, len(o1))
+		if err := m.Score(m.NewQuery(q, nil, mode), m.AppendChunkKeys(nil, toks), o1); err != nil {
+			t.Fatal(err)
+		}
+		if err := m2.Score(m2.NewQuery(q, nil, mode), m2.AppendChunkKeys(nil, toks), o2); err != nil {
+			t.Fatal(err)
+		}
+		for i := range o1 {
+			if math.Abs(float64(o1[i]-o2[i])) > 0.1 {
+				t.Fatalf("%v chunk %d: %v trained, %v loaded", mode, i, o1[i], o2[i])
+			}
+		}
+	}
+}
+
+// rewrite returns the model file with one tensor replaced (or dropped when
+// data is nil) and metadata edited.
+func rewrite(t *testing.T, b []byte, name string, tn *safetensors.Tensor, meta func(map[string]string)) []byte {
+	t.Helper()
+	f, err := safetensors.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ts []safetensors.Tensor
+	for _, n := range f.Names() {
+		x, _ := f.Tensor(n)
+		if n == name {
+			if tn == nil {
+				continue
+			}
+			x = *tn
+		}
+		ts = append(ts, x)
+	}
+	md := f.Metadata()
+	if meta != nil {
+		meta(md)
+	}
+	var buf bytes.Buffer
+	if err := safetensors.Write(&buf, ts, md); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestLoadRejects(t *testing.T) {
+	good := saved(t, trainedSmall(t))
+	nan := f32Bytes([]float32{float32(math.NaN()), 0, 0, 0, 0, 0, 0, 0, 0})
+	cases := []struct {
+		name string
+		b    []byte
+		want error
+	}{
+		{"empty", nil, ErrBadFile},
+		{"truncated", good[:len(good)/2], ErrBadFile},
+		{"missing idf", rewrite(t, good, tensorIDF, nil, nil), ErrBadModel},
+		{"idf wrong shape", rewrite(t, good, tensorIDF, &safetensors.Tensor{Name: tensorIDF, DType: safetensors.F32, Shape: []int{2}, Data: make([]byte, 8)}, nil), ErrBadModel},
+		{"calibration NaN", rewrite(t, good, tensorCalib, &safetensors.Tensor{Name: tensorCalib, DType: safetensors.F32, Shape: []int{3, 3}, Data: nan}, nil), ErrBadModel},
+		{"embed wrong dtype", rewrite(t, good, tensorWQ, &safetensors.Tensor{Name: tensorWQ, DType: safetensors.F16, Shape: []int{16, 16}, Data: make([]byte, 512)}, nil), ErrBadModel},
+		{"unknown format", rewrite(t, good, "", nil, func(m map[string]string) { m["format"] = "other" }), ErrBadModel},
+		{"bad dim", rewrite(t, good, "", nil, func(m map[string]string) { m["dim"] = "x" }), ErrBadModel},
+		{"buckets not power of two", rewrite(t, good, "", nil, func(m map[string]string) { m["buckets"] = "4000" }), ErrBadConfig},
+	}
+	for _, c := range cases {
+		_, err := Load(c.b)
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: err %v, want %v", c.name, err, c.want)
+		}
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	o := smallOptions()
+	o.Config.Buckets, o.Config.Dim = 64, 4
+	m, err := newModel(o.Config)
+	if err != nil {
+		f.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := m.Save(&buf); err != nil {
+		f.Fatal(err)
+	}
+	good := buf.Bytes()
+	f.Add(good)
+	f.Add(good[:len(good)-3])
+	f.Add(good[:20])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Load(b)
+		if err != nil {
+			return
+		}
+		// A model that loads must score without panicking.
+		toks := Tokenize("one of the special magic numbers")
+		keys := m.AppendChunkKeys(nil, toks)
+		out := make([]float32, NumChunks(len(toks)))
+		if err := m.Score(m.NewQuery(toks[:3], nil, Combined), keys, out); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func FuzzParseQuery(f *testing.F) {
+	m := newTestModel(f)
+	q := m.NewQuery(Tokenize("what is the magic number"), Tokenize("it is"), Lexical)
+	good := q.AppendBinary(nil, m.Config())
+	f.Add(good)
+	f.Add(good[:10])
+	bad := bytes.Clone(good)
+	binary.LittleEndian.PutUint32(bad[4*m.Config().Dim+4:], 1<<20)
+	f.Add(bad)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q, err := m.ParseQuery(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadQuery) {
+				t.Fatalf("error %v does not wrap ErrBadQuery", err)
+			}
+			return
+		}
+		keys := m.AppendChunkKeys(nil, Tokenize("the magic number is forty two, said the note"))
+		out := make([]float32, len(keys)/m.KeyBytes())
+		if err := m.Score(q, keys, out); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func FuzzCheckKeys(f *testing.F) {
+	m := newTestModel(f)
+	keys := m.AppendChunkKeys(nil, Tokenize("the magic number is forty two, said the note"))
+	f.Add(keys)
+	f.Add(keys[:m.KeyBytes()-1])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := m.CheckKeys(b); err != nil {
+			if !errors.Is(err, ErrBadKey) {
+				t.Fatalf("error %v does not wrap ErrBadKey", err)
+			}
+			return
+		}
+		q := m.NewQuery(Tokenize("magic number"), nil, Combined)
+		if err := m.Score(q, b, make([]float32, len(b)/m.KeyBytes())); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// newTestModel is a small untrained model with a lexical calibration: enough
+// to exercise encoding and scoring paths.
+func newTestModel(tb testing.TB) *Model {
+	tb.Helper()
+	cfg := smallOptions().Config
+	m, err := newModel(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range m.embed {
+		m.embed[i] = rng.Float32() - 0.5
+	}
+	for i := range m.idf {
+		m.idf[i] = 8
+	}
+	for i := range cfg.Dim {
+		m.wq[i*cfg.Dim+i], m.wc[i*cfg.Dim+i] = 1, 1
+	}
+	m.setMaxIDF()
+	// As in a trained model: stop words below MinIDF, ordinary words seen in
+	// training in between, names and codes (never seen) at the maximum.
+	for _, w := range []string{"the", "of", "is", "a", ".", ",", ":", "?", "="} {
+		m.idf[m.bucket(TermID(w))] = 0.1
+	}
+	for _, w := range strings.Fields(fillerWords + " one special magic numbers for what var which names hold value") {
+		m.idf[m.bucket(TermID(w))] = 4
+	}
+	// Thresholds near those the default model learnt (lexical ≈ 0.7).
+	m.calib = [numModes]Calibration{{Lex: 6, Dense: 1, Bias: -4.2}, {Lex: 6, Bias: -4.2}, {Dense: 6, Bias: -3}}
+	return m
+}
+
+func TestQueryBinaryRoundTrip(t *testing.T) {
+	m := newTestModel(t)
+	q := m.NewQuery(Tokenize("What is the special magic number for amber-falcon?"), Tokenize("It is 123"), Combined)
+	b := q.AppendBinary(nil, m.Config())
+	if len(b) != m.QueryBytes() {
+		t.Fatalf("%d bytes, want %d", len(b), m.QueryBytes())
+	}
+	q2, err := m.ParseQuery(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q2.mode != q.mode || q2.norm != q.norm || fmt.Sprint(q2.terms) != fmt.Sprint(q.terms) || fmt.Sprint(q2.vec) != fmt.Sprint(q.vec) {
+		t.Fatalf("round trip changed the query: %+v → %+v", q, q2)
+	}
+}
+
+func TestKeyLayout(t *testing.T) {
+	m := newTestModel(t)
+	if m.KeyBytes() != 16+6+2*31 {
+		t.Fatalf("KeyBytes %d", m.KeyBytes())
+	}
+	if DefaultConfig().KeyBytes() != 132 {
+		t.Fatalf("default KeyBytes %d, want 132 (the LSA key size)", DefaultConfig().KeyBytes())
+	}
+	toks := Tokenize("zeta one two three four five six seven eight")
+	keys := m.AppendChunkKeys(nil, toks)
+	if len(keys) != 3*m.KeyBytes() {
+		t.Fatalf("%d key bytes for %d tokens", len(keys), len(toks))
+	}
+	terms, ncore, nt := m.keyTerms(keys[:m.KeyBytes()])
+	if ncore != 4 || nt != 9 {
+		t.Fatalf("first chunk: %d own terms of %d, want 4 of 9", ncore, nt)
+	}
+	if termAt(terms, 0) != uint16(m.bucket(TermID("zeta"))) {
+		t.Fatal("first own term is not the chunk's first token")
+	}
+	bad := bytes.Clone(keys)
+	bad[m.Config().Dim+5] = 200
+	if err := m.CheckKeys(bad); !errors.Is(err, ErrBadKey) {
+		t.Fatalf("term count 200: err %v", err)
+	}
+	if err := m.CheckKeys(keys[:5]); !errors.Is(err, ErrBadKey) {
+		t.Fatalf("5 bytes: err %v", err)
+	}
+	if err := m.Score(m.NewQuery(toks, nil, Lexical), keys, make([]float32, 2)); !errors.Is(err, ErrBadKey) {
+		t.Fatalf("short output: err %v", err)
+	}
+}
+
+const fillerWords = "people often think about startups and essays and how the world works when they write code late at night with friends"
+
+// haystack builds a context of filler sentences with sentences inserted at
+// given sentence indices.
+func haystack(n int, insert map[int]string) string {
+	words := strings.Fields(fillerWords)
+	rng := rand.New(rand.NewPCG(5, 6))
+	var sb strings.Builder
+	for i := range n {
+		if s, ok := insert[i]; ok {
+			sb.WriteString(s + " ")
+		}
+		for range 12 {
+			sb.WriteString(words[rng.IntN(len(words))] + " ")
+		}
+		sb.WriteString(". ")
+	}
+	return sb.String()
+}
+
+func chunksOf(text, sub string, toks []Token) (first, last int) {
+	i := strings.Index(text, sub)
+	first, last = -1, -1
+	for j, t := range toks {
+		if int(t.End) > i && int(t.Start) < i+len(sub) {
+			if first < 0 {
+				first = j / TokensPerChunk
+			}
+			last = j / TokensPerChunk
+		}
+	}
+	return
+}
+
+func TestScoreFindsNeedleAndChain(t *testing.T) {
+	m := newTestModel(t)
+	cases := []struct {
+		name     string
+		insert   map[int]string
+		question string
+		evidence []string
+		absent   []string
+	}{
+		{"needle among distractors",
+			map[int]string{30: "One of the special magic numbers for amber-falcon is: 4471.", 90: "One of the special magic numbers for dusty-heron is: 9034.", 150: "One of the special magic numbers for amber-walrus is: 1200."},
+			"What is the special magic number for amber-falcon?",
+			[]string{"One of the special magic numbers for amber-falcon is: 4471."},
+			[]string{"One of the special magic numbers for dusty-heron is: 9034."}},
+		{"variable chain through feedback",
+			map[int]string{20: "VAR QWERT = 5521.", 80: "VAR ZXCVB = VAR QWERT.", 140: "VAR POIUY = VAR ZXCVB.", 170: "VAR LKJHG = 9999."},
+			"Which VAR names hold the value 5521?",
+			[]string{"VAR QWERT = 5521.", "VAR ZXCVB = VAR QWERT.", "VAR POIUY = VAR ZXCVB."},
+			[]string{"VAR LKJHG = 9999."}},
+	}
+	for _, c := range cases {
+		text := haystack(200, c.insert)
+		toks := Tokenize(text)
+		keys := m.AppendChunkKeys(nil, toks)
+		out := make([]float32, NumChunks(len(toks)))
+		if err := m.Score(m.NewQuery(Tokenize(c.question), nil, Lexical), keys, out); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range c.evidence {
+			f, l := chunksOf(text, e, toks)
+			for ch := f; ch <= l; ch++ {
+				if out[ch] <= 0 {
+					t.Errorf("%s: evidence %q chunk %d logit %.2f ≤ 0", c.name, e, ch, out[ch])
+				}
+			}
+		}
+		for _, e := range c.absent {
+			f, l := chunksOf(text, e, toks)
+			lo, hi := f, l
+			for ch := lo; ch <= hi; ch++ {
+				if out[ch] > 0 {
+					t.Errorf("%s: unrelated %q chunk %d logit %.2f > 0", c.name, e, ch, out[ch])
+				}
+			}
+		}
+		above := 0
+		for _, l := range out {
+			if l > 0 {
+				above++
+			}
+		}
+		if above > len(out)/10 {
+			t.Errorf("%s: %d of %d chunks above threshold", c.name, above, len(out))
+		}
+	}
+}
+
+func TestDefaultConfigValid(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := []func(*Config){
+		func(c *Config) { c.Buckets = 3 },
+		func(c *Config) { c.Buckets = 1 << 17 },
+		func(c *Config) { c.Dim = 0 },
+		func(c *Config) { c.MaxTerms = 300 },
+		func(c *Config) { c.TermWindow = -1 },
+		func(c *Config) { c.MinIDF = float32(math.Inf(1)) },
+		func(c *Config) { c.TopTerms = 0 },
+	}
+	for i, f := range bad {
+		c := DefaultConfig()
+		f(&c)
+		if err := c.Validate(); !errors.Is(err, ErrBadConfig) {
+			t.Errorf("case %d: %+v validated: %v", i, c, err)
+		}
+	}
+}
