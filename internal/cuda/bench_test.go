@@ -281,17 +281,31 @@ func TestGatherSweep(t *testing.T) {
 		contigK[i] = []CopyDesc{{Src: mirror.Ptr() + DevPtr(rnd.IntN(48)<<26), Dst: dst, Len: total}}
 	}
 	cases := []kase{{"64K", pages(64 << 10)}, {"256K", pages(256 << 10)}, {"1M", pages(1 << 20)}, {"DS", ds}, {"contig-kernel", contigK}}
-	type shape struct{ threads, bpsm, unroll, piece int }
+	type shape struct {
+		kind                 string
+		threads, bpsm, piece int
+		chunk, stages        int
+	}
 	var shapes []shape
-	for _, tb := range [][2]int{{256, 4}, {256, 8}, {256, 16}, {512, 2}, {512, 4}, {512, 8}} {
-		for _, u := range []int{4, 8} {
-			for _, pc := range []int{16 << 10, 32 << 10, 64 << 10, 128 << 10} {
-				shapes = append(shapes, shape{tb[0], tb[1], u, pc})
+	for _, kind := range []string{"simt4", "p256"} {
+		for _, bpsm := range []int{4, 8} {
+			for _, pc := range []int{64 << 10, 128 << 10} {
+				shapes = append(shapes, shape{kind, 256, bpsm, pc, 0, 0})
 			}
 		}
 	}
-	defer func(a, b, c, e int) { gatherThreads, gatherBlocksPerSM, gatherUnroll, gatherPiece = a, b, c, e }(
-		gatherThreads, gatherBlocksPerSM, gatherUnroll, gatherPiece)
+	if maj, _ := d.ComputeCapability(); maj >= 9 {
+		for _, bpsm := range []int{2, 4, 8} {
+			for _, cs := range [][2]int{{16 << 10, 4}, {32 << 10, 4}, {16 << 10, 8}} {
+				for _, pc := range []int{64 << 10, 256 << 10} {
+					shapes = append(shapes, shape{"tma", 32, bpsm, pc, cs[0], cs[1]})
+				}
+			}
+		}
+	}
+	defer func(k string, a, b, c, e, f int) {
+		gatherKind, gatherThreads, gatherBlocksPerSM, gatherPiece, gatherTMAChunk, gatherTMAStages = k, a, b, c, e, f
+	}(gatherKind, gatherThreads, gatherBlocksPerSM, gatherPiece, gatherTMAChunk, gatherTMAStages)
 	gbps := map[shape]map[string][]float64{}
 	var ce []float64
 	for round := 0; round < 2; round++ {
@@ -301,7 +315,10 @@ func TestGatherSweep(t *testing.T) {
 				ms := tm.median(reps, func(int) error { return s.Copy(dst, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), total) })
 				ce = append(ce, float64(total)/ms/1e6)
 			}
-			gatherThreads, gatherBlocksPerSM, gatherUnroll, gatherPiece = sh.threads, sh.bpsm, sh.unroll, sh.piece
+			gatherKind, gatherThreads, gatherBlocksPerSM, gatherPiece = sh.kind, sh.threads, sh.bpsm, sh.piece
+			if sh.kind == "tma" {
+				gatherTMAChunk, gatherTMAStages = sh.chunk, sh.stages
+			}
 			if gbps[sh] == nil {
 				gbps[sh] = map[string][]float64{}
 			}
@@ -312,6 +329,19 @@ func TestGatherSweep(t *testing.T) {
 				}
 				ms := tm.median(reps, func(i int) error { return s.Gather(c.sets[i]) })
 				gbps[sh][c.name] = append(gbps[sh][c.name], float64(bytes)/ms/1e6)
+				if round == 0 {
+					// Every shape must copy correctly, or its speed means nothing.
+					for _, x := range c.sets[reps-1][:min(8, len(c.sets[reps-1]))] {
+						got := make([]byte, x.Len)
+						if err := d.CopyDtoH(got, x.Dst); err != nil {
+							t.Fatal(err)
+						}
+						so := int(x.Src - mirror.Ptr())
+						if i := firstDiff(got, mb[so:so+int(x.Len)]); i >= 0 {
+							t.Fatalf("%+v %s: byte %d differs", sh, c.name, i)
+						}
+					}
+				}
 			}
 		}
 	}
@@ -335,7 +365,7 @@ func TestGatherSweep(t *testing.T) {
 		fmt.Printf("%-14s", c.name)
 		for _, sh := range sorted[:4] {
 			v := gbps[sh][c.name]
-			fmt.Printf("  t%d b%d u%d p%dK %.1f/%.1f", sh.threads, sh.bpsm, sh.unroll, sh.piece>>10, v[0], v[1])
+			fmt.Printf("  %s t%d b%d p%dK c%dK s%d %.1f/%.1f", sh.kind, sh.threads, sh.bpsm, sh.piece>>10, sh.chunk>>10, sh.stages, v[0], v[1])
 		}
 		fmt.Println()
 	}
@@ -349,8 +379,7 @@ func TestGatherSweep(t *testing.T) {
 			best, bestMin = sh, worst
 		}
 	}
-	fmt.Printf("best worst-case shape: threads %d, blocks/SM %d, unroll %d, piece %d KiB: %.1f GB/s = %.2f x contiguous\n",
-		best.threads, best.bpsm, best.unroll, best.piece>>10, bestMin, bestMin/ceMed)
+	fmt.Printf("best worst-case shape: %+v: %.1f GB/s = %.2f x contiguous\n", best, bestMin, bestMin/ceMed)
 	for _, c := range cases {
 		v := gbps[best][c.name]
 		fmt.Printf("  %-14s %.1f / %.1f GB/s\n", c.name, v[0], v[1])

@@ -140,7 +140,7 @@ type Device struct {
 	vmmGran   int
 	gatherMu  sync.Mutex
 	gatherMod *Module
-	gatherFn  map[int]*Function // by loads in flight per thread
+	gatherFn  map[string]*Function // by gatherKind
 }
 
 // Open starts the owner goroutine of device ordinal with the device's primary context

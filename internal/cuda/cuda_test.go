@@ -200,8 +200,12 @@ func TestPinnedHostMemory(t *testing.T) {
 // gatherCase copies rows from a pinned "mirror" into a device "reserve" with one Gather and
 // compares against the same copies done on the CPU.
 func TestGatherMatchesCPU(t *testing.T) {
+	defer func(k string) { gatherKind = k }(gatherKind)
 	for _, d := range devices(t) {
-		t.Run(fmt.Sprintf("dev%d", d.Ordinal()), func(t *testing.T) { testGather(t, d) })
+		for _, kind := range []string{"simt4", "simt8", "p256", "tma"} {
+			gatherKind = kind
+			t.Run(fmt.Sprintf("dev%d/%s", d.Ordinal(), kind), func(t *testing.T) { testGather(t, d) })
+		}
 	}
 }
 

@@ -16,7 +16,21 @@ struct CopyDesc {
 	unsigned long long len;
 };
 
-template <int U>
+// ld16 reads 16 bytes; with P256 it asks L2 to fetch the whole 256-byte sector group, so
+// reads of host memory leave the GPU as fewer, larger PCIe requests.
+template <bool P256>
+__device__ __forceinline__ uint4 ld16(const uint4 *p)
+{
+	if (!P256)
+		return *p;
+	uint4 r;
+	asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+		     : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+		     : "l"(p));
+	return r;
+}
+
+template <int U, bool P256>
 __device__ __forceinline__ void gather_body(const CopyDesc *__restrict__ descs, unsigned int n)
 {
 	for (unsigned int i = blockIdx.x; i < n; i += gridDim.x) {
@@ -32,7 +46,7 @@ __device__ __forceinline__ void gather_body(const CopyDesc *__restrict__ descs, 
 				uint4 r[U];
 #pragma unroll
 				for (int u = 0; u < U; u++)
-					r[u] = s[j + u * step];
+					r[u] = ld16<P256>(s + j + u * step);
 #pragma unroll
 				for (int u = 0; u < U; u++)
 					d[j + u * step] = r[u];
@@ -42,7 +56,7 @@ __device__ __forceinline__ void gather_body(const CopyDesc *__restrict__ descs, 
 #pragma unroll
 			for (int u = 0; u < U; u++)
 				if (j + u * step < nv)
-					r[u] = s[j + u * step];
+					r[u] = ld16<P256>(s + j + u * step);
 #pragma unroll
 			for (int u = 0; u < U; u++)
 				if (j + u * step < nv)
@@ -56,10 +70,102 @@ __device__ __forceinline__ void gather_body(const CopyDesc *__restrict__ descs, 
 
 extern "C" __global__ void __launch_bounds__(512) fm_gather(const CopyDesc *__restrict__ descs, unsigned int n)
 {
-	gather_body<4>(descs, n);
+	gather_body<4, false>(descs, n);
 }
 
 extern "C" __global__ void __launch_bounds__(512) fm_gather8(const CopyDesc *__restrict__ descs, unsigned int n)
 {
-	gather_body<8>(descs, n);
+	gather_body<8, false>(descs, n);
+}
+
+extern "C" __global__ void __launch_bounds__(512) fm_gather_p256(const CopyDesc *__restrict__ descs, unsigned int n)
+{
+	gather_body<4, true>(descs, n);
+}
+
+// fm_gather_tma moves rows with Hopper's bulk-copy engine instead of SM loads: one thread
+// per block streams chunks of its descriptors global -> shared (completion on an
+// mbarrier) -> global, `stages` chunks in flight. Only for sm_90 and all rows 16-byte
+// aligned in address and length (the host checks); elsewhere it does nothing.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(unsigned int bar, unsigned int count)
+{
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(unsigned int bar, unsigned int bytes)
+{
+	asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n\t}" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned int bar, unsigned int parity)
+{
+	unsigned int done = 0;
+	while (!done)
+		asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+			     : "=r"(done)
+			     : "r"(bar), "r"(parity)
+			     : "memory");
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(32) fm_gather_tma(const CopyDesc *__restrict__ descs, unsigned int n,
+							       unsigned int chunk, unsigned int stages)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	extern __shared__ __align__(128) unsigned char sbuf[];
+	__shared__ __align__(8) unsigned long long bars[8];
+	if (threadIdx.x != 0 || stages == 0 || stages > 8)
+		return;
+	const unsigned int sbase = (unsigned int)__cvta_generic_to_shared(sbuf);
+	const unsigned int bbase = (unsigned int)__cvta_generic_to_shared(bars);
+	for (unsigned int s = 0; s < stages; s++)
+		mbar_init(bbase + 8 * s, 1);
+	asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+	asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+
+	unsigned char *pdst[8];
+	unsigned int plen[8];
+	unsigned int phase = 0;
+	unsigned long long issued = 0, stored = 0, loff = 0;
+	unsigned int li = blockIdx.x;
+	bool have = li < n;
+	CopyDesc cur;
+	if (have)
+		cur = descs[li];
+	for (;;) {
+		while (have && issued - stored < stages) {
+			const unsigned int s = (unsigned int)(issued % stages);
+			const unsigned int len = (unsigned int)min((unsigned long long)chunk, cur.len - loff);
+			if (issued >= stages) // the stage's last store must have read shared memory
+				asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+			mbar_expect_tx(bbase + 8 * s, len);
+			asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+				     ::"r"(sbase + s * chunk), "l"(cur.src + loff), "r"(len), "r"(bbase + 8 * s)
+				     : "memory");
+			pdst[s] = cur.dst + loff;
+			plen[s] = len;
+			issued++;
+			loff += len;
+			if (loff >= cur.len) {
+				li += gridDim.x;
+				loff = 0;
+				have = li < n;
+				if (have)
+					cur = descs[li];
+			}
+		}
+		if (stored == issued)
+			break;
+		const unsigned int s = (unsigned int)(stored % stages);
+		mbar_wait(bbase + 8 * s, (phase >> s) & 1);
+		phase ^= 1u << s;
+		asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
+			     ::"l"(pdst[s]), "r"(sbase + s * chunk), "r"(plen[s])
+			     : "memory");
+		asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+		stored++;
+	}
+	asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+#endif
 }

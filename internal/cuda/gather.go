@@ -21,23 +21,30 @@ var gatherPTX embed.FS
 // sweep it).
 var gatherPiece = 64 << 10
 
-// Launch shape of the gather kernel (variables so the benchmark can sweep them): threads
-// per block, blocks per SM in the grid, and 16-byte loads in flight per thread (4 or 8).
+// Gather kernel choice and launch shape (variables so the benchmark can sweep them):
+// gatherKind is "simt4"/"simt8" (16-byte SM loads, 4 or 8 in flight per thread), "p256"
+// (simt4 with 256-byte L2 fetches) or "tma" (Hopper bulk copies, gatherTMAStages chunks of
+// gatherTMAChunk bytes in flight per block); threads per block and blocks per SM size
+// the grid.
 var (
+	gatherKind        = "simt4"
 	gatherThreads     = 256
 	gatherBlocksPerSM = 8
-	gatherUnroll      = 4
+	gatherTMAChunk    = 16 << 10
+	gatherTMAStages   = 4
 )
 
-func (d *Device) gatherKernel(unroll int) (*Function, error) {
+var gatherFuncs = map[string]string{"simt4": "fm_gather", "simt8": "fm_gather8", "p256": "fm_gather_p256", "tma": "fm_gather_tma"}
+
+func (d *Device) gatherKernel(kind string) (*Function, error) {
 	d.gatherMu.Lock()
 	defer d.gatherMu.Unlock()
-	if d.gatherFn[unroll] != nil {
-		return d.gatherFn[unroll], nil
+	if d.gatherFn[kind] != nil {
+		return d.gatherFn[kind], nil
 	}
-	name := "fm_gather"
-	if unroll == 8 {
-		name = "fm_gather8"
+	name, ok := gatherFuncs[kind]
+	if !ok {
+		return nil, fmt.Errorf("cuda: gather kernel %q: %w", kind, ErrInvalid)
 	}
 	if d.gatherMod == nil {
 		m, err := d.LoadPTX(gatherPTX, "gather")
@@ -50,10 +57,15 @@ func (d *Device) gatherKernel(unroll int) (*Function, error) {
 	if err != nil {
 		return nil, err
 	}
-	if d.gatherFn == nil {
-		d.gatherFn = map[int]*Function{}
+	if kind == "tma" {
+		if err := f.SetMaxDynamicShared(8 * 64 << 10); err != nil {
+			return nil, err
+		}
 	}
-	d.gatherFn[unroll] = f
+	if d.gatherFn == nil {
+		d.gatherFn = map[string]*Function{}
+	}
+	d.gatherFn[kind] = f
 	return f, nil
 }
 
@@ -65,7 +77,11 @@ func (s *Stream) Gather(descs []CopyDesc) error {
 	if len(descs) == 0 {
 		return nil
 	}
-	fn, err := s.dev.gatherKernel(gatherUnroll)
+	kind := gatherKind
+	if kind == "tma" && (s.dev.ccMajor < 9 || !allAligned(descs, gatherAlign)) {
+		kind = "simt4"
+	}
+	fn, err := s.dev.gatherKernel(kind)
 	if err != nil {
 		return err
 	}
@@ -99,6 +115,10 @@ func (s *Stream) Gather(descs []CopyDesc) error {
 			return err
 		}
 		grid := min(n, d.sms*gatherBlocksPerSM)
+		if kind == "tma" {
+			return s.Launch(fn, Dim3{uint32(grid), 1, 1}, Dim3{32, 1, 1}, gatherTMAChunk*gatherTMAStages,
+				ArgPtr(s.descs), ArgU32(uint32(n)), ArgU32(uint32(gatherTMAChunk)), ArgU32(uint32(gatherTMAStages)))
+		}
 		return s.Launch(fn, Dim3{uint32(grid), 1, 1}, Dim3{uint32(gatherThreads), 1, 1}, 0,
 			ArgPtr(s.descs), ArgU32(uint32(n)))
 	})

@@ -29,3 +29,13 @@ func countPieces(descs []CopyDesc, piece uint64) int {
 	}
 	return n
 }
+
+// allAligned reports whether every row's src, dst and length are multiples of align.
+func allAligned(descs []CopyDesc, align uint64) bool {
+	for _, c := range descs {
+		if (uint64(c.Src)|uint64(c.Dst)|c.Len)%align != 0 {
+			return false
+		}
+	}
+	return true
+}
