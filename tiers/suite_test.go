@@ -54,7 +54,7 @@ func TestReserveSuite(t *testing.T) {
 }
 
 func TestMirrorSuite(t *testing.T) {
-	for _, pageBytes := range []int{testLayout.PageBytes(), 8192, 786 * 1000} {
+	for _, pageBytes := range []int{testLayout.PageBytes(), 8192, 70000} {
 		tiertest.Run(t, tiertest.Config{
 			New: func(t testing.TB) tiers.Tier {
 				return tiers.NewHostMirror(tiers.MirrorConfig{ExtentBytes: 1 << 20})
