@@ -210,7 +210,10 @@ func genRecord(rng *rand.Rand, f *Filler, task string, opts GenOptions) (*Record
 	var queries []Query
 	dialogue := task == TaskKnowledgeUpdate
 	for q := range opts.Queries {
-		ns, qu := g.task(task, q)
+		ns, qu, err := g.task(task, q)
+		if err != nil {
+			return nil, err
+		}
 		needles = append(needles, ns...)
 		queries = append(queries, qu)
 	}
@@ -220,7 +223,17 @@ func genRecord(rng *rand.Rand, f *Filler, task string, opts GenOptions) (*Record
 	}
 	hay := f.haystack(rng, max(opts.Tokens-needleTokens, 0))
 	if dialogue {
-		hay = asDialogue(rng, hay)
+		// Speaker tags and session headers add tokens: drop turns from the end
+		// until the context is back at its target length.
+		hay = asDialogue(hay)
+		total := needleTokens
+		for i, s := range hay {
+			total += len(textmode.Tokenize(s))
+			if total >= opts.Tokens {
+				hay = hay[:i+1]
+				break
+			}
+		}
 	}
 	// Place needles at random sentence boundaries in [2 %, 98 %] of the
 	// haystack; ordered needles (depth ≥ 0) keep their order.
@@ -272,7 +285,7 @@ func genRecord(rng *rand.Rand, f *Filler, task string, opts GenOptions) (*Record
 
 // asDialogue turns filler sentences into LongMemEval-style chat sessions:
 // dated session headers and alternating user / assistant turns.
-func asDialogue(rng *rand.Rand, hay []string) []string {
+func asDialogue(hay []string) []string {
 	out := make([]string, 0, len(hay)+len(hay)/8)
 	session := 0
 	for i, s := range hay {
@@ -286,7 +299,6 @@ func asDialogue(rng *rand.Rand, hay []string) []string {
 		}
 		out = append(out, who+" "+s)
 	}
-	_ = rng
 	return out
 }
 
@@ -364,12 +376,12 @@ var attributes = []struct{ attr, q string }{
 }
 
 // task returns the needles and the question of query q of one record.
-func (g *keyGen) task(task string, q int) ([]needle, Query) {
+func (g *keyGen) task(task string, q int) ([]needle, Query, error) {
 	switch task {
 	case TaskSingleNeedle:
 		k, v := g.key(), g.value()
 		n := magic(k, v)
-		return []needle{{n, q, -1}}, Query{magicQuestion(k), v, []string{n}}
+		return []needle{{n, q, -1}}, Query{magicQuestion(k), v, []string{n}}, nil
 	case TaskMultiKey:
 		k, v := g.key(), g.value()
 		n := magic(k, v)
@@ -377,7 +389,7 @@ func (g *keyGen) task(task string, q int) ([]needle, Query) {
 		for range 3 {
 			ns = append(ns, needle{magic(g.key(), g.value()), -1, -1})
 		}
-		return ns, Query{magicQuestion(k), v, []string{n}}
+		return ns, Query{magicQuestion(k), v, []string{n}}, nil
 	case TaskMultiValue:
 		k := g.key()
 		var ns []needle
@@ -389,7 +401,7 @@ func (g *keyGen) task(task string, q int) ([]needle, Query) {
 			vs = append(vs, v)
 			ev = append(ev, n)
 		}
-		return ns, Query{"What are all the special magic numbers for " + k + " mentioned in the provided text?", strings.Join(vs, ", "), ev}
+		return ns, Query{"What are all the special magic numbers for " + k + " mentioned in the provided text?", strings.Join(vs, ", "), ev}, nil
 	case TaskMultiQuery:
 		var ns []needle
 		var ks, vs, ev []string
@@ -399,7 +411,7 @@ func (g *keyGen) task(task string, q int) ([]needle, Query) {
 			ns = append(ns, needle{n, q, -1})
 			ks, vs, ev = append(ks, k), append(vs, v), append(ev, n)
 		}
-		return ns, Query{magicQuestion(ks...), strings.Join(vs, ", "), ev}
+		return ns, Query{magicQuestion(ks...), strings.Join(vs, ", "), ev}, nil
 	case TaskDistractorDense:
 		// Twelve needles whose keys share the target's adjective, so every one
 		// matches half of the key and the whole template.
@@ -423,7 +435,7 @@ func (g *keyGen) task(task string, q int) ([]needle, Query) {
 			}
 			ns = append(ns, n)
 		}
-		return ns, Query{magicQuestion(tk), tv, []string{target.text}}
+		return ns, Query{magicQuestion(tk), tv, []string{target.text}}, nil
 	case TaskVariableTracking:
 		v := g.value()
 		names := make([]string, 4)
@@ -449,11 +461,11 @@ func (g *keyGen) task(task string, q int) ([]needle, Query) {
 			ns = append(ns, needle{s, q, base + float64(i)*0.12})
 			ev = append(ev, s)
 		}
-		return ns, Query{"Which VAR names hold the value " + v + ", assigned directly or through another VAR?", strings.Join(names, " "), ev}
+		return ns, Query{"Which VAR names hold the value " + v + ", assigned directly or through another VAR?", strings.Join(names, " "), ev}, nil
 	case TaskParaphrased:
 		k, v := g.key(), g.value()
 		n := fmt.Sprintf(paraphrases[g.rng.IntN(len(paraphrases))], k, v)
-		return []needle{{n, q, -1}}, Query{magicQuestion(k), v, []string{n}}
+		return []needle{{n, q, -1}}, Query{magicQuestion(k), v, []string{n}}, nil
 	case TaskKnowledgeUpdate:
 		a := attributes[q%len(attributes)]
 		old := g.place()
@@ -461,9 +473,9 @@ func (g *keyGen) task(task string, q int) ([]needle, Query) {
 		first := "User: By the way, my " + a.attr + " is " + old + "."
 		upd := "User: Quick update about my " + a.attr + ": I switched, it is " + cur + " now."
 		d := g.rng.Float64() * 0.4
-		return []needle{{first, -1, d}, {upd, q, d + 0.3 + g.rng.Float64()*0.25}}, Query{a.q, cur, []string{upd}}
+		return []needle{{first, -1, d}, {upd, q, d + 0.3 + g.rng.Float64()*0.25}}, Query{a.q, cur, []string{upd}}, nil
 	}
-	panic("unreachable: task validated in fill") // guarded by GenOptions.fill
+	return nil, Query{}, fmt.Errorf("%w: unknown task %q", ErrBadOptions, task)
 }
 
 // place returns a fresh proper name for knowledge-update values.
