@@ -1,8 +1,10 @@
 package proto
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -699,9 +701,10 @@ func (m *CycleReply) AppendBinary(b []byte) ([]byte, error) {
 				return b, fmt.Errorf("%w: page table of %d entries", ErrMalformed, len(tab))
 			}
 			e.u32(uint32(len(tab)))
+			e.b = slices.Grow(e.b, 8*len(tab))
 			for _, p := range tab {
-				e.u32(p.Page)
-				e.u32(p.Slot)
+				e.b = binary.LittleEndian.AppendUint32(e.b, p.Page)
+				e.b = binary.LittleEndian.AppendUint32(e.b, p.Slot)
 			}
 		}
 	}
@@ -754,9 +757,13 @@ func decodePageSlots(d *dec, field string) []PageSlot {
 	if d.err != nil {
 		return nil
 	}
+	// One bounds check for the whole table: page tables are the bulk of
+	// a CYCLE reply.
+	raw := d.take(8 * n)
 	ps := make([]PageSlot, n)
 	for i := range ps {
-		ps[i] = PageSlot{Page: d.u32(), Slot: d.u32()}
+		p := raw[8*i : 8*i+8 : 8*i+8]
+		ps[i] = PageSlot{Page: binary.LittleEndian.Uint32(p), Slot: binary.LittleEndian.Uint32(p[4:])}
 	}
 	return ps
 }
