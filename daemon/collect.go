@@ -62,7 +62,7 @@ func (c *tierCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, o := range []struct {
 		k string
 		v uint64
-	}{{"staged", st.Staged}, {"used", st.StagedUsed}, {"unused", st.StagedUnused}, {"late", d.late.Load()}} {
+	}{{"staged", st.Staged}, {"used", st.StagedUsed}, {"unused", st.StagedUnused}, {"late", d.mover.Stats().NeededLate}} {
 		ch <- prometheus.MustNewConstMetric(descPrefetch, prometheus.CounterValue, float64(o.v), o.k)
 	}
 	resident, total := d.footprint()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/flashmemory/flashmemory/indexer"
@@ -13,27 +12,13 @@ import (
 	"github.com/flashmemory/flashmemory/tiers"
 )
 
-// recallJob is the background recall of one cycle's new selection. It runs
-// without the session lock; generations make a page written meanwhile be
-// copied again by the next cycle.
-type recallJob struct {
-	done   chan struct{}
-	pages  int   // pages copied into the reserve
-	late   int   // of those, pages that had to come from SSD
-	bytes  int64 // bytes copied
-	failed int   // pages that could not be recalled (no slot, read error)
-	err    error // first error
-}
-
-func (j *recallJob) wait() { <-j.done }
-
 // waitPending waits for the session's background recall; s.mu is held.
 func (s *session) waitPending() time.Duration {
 	if s.pending == nil {
 		return 0
 	}
 	t := time.Now()
-	s.pending.wait()
+	<-s.pending.Done()
 	s.pending = nil
 	return time.Since(t)
 }
@@ -247,17 +232,18 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 		AboveFraction: cy.AboveFraction(),
 		WaitMicros:    uint64(wait.Microseconds()),
 	}
-	d.late.Add(uint64(late))
+	_ = late // counted by the mover (NeededLate)
 	return r, nil
 }
 
-// loadPages binds every page of need to a reserve slot and copies in the
-// pages whose slot does not hold their current generation. It returns the
-// page → slot map, how many pages were copied and how many of those came
-// from SSD.
+// loadPages binds every page of need to a reserve slot and has the mover
+// copy in the pages whose slot does not hold their current generation,
+// waiting for them: this is the decoder-visible part of a recall. It returns
+// the page → slot map, how many pages were copied and how many of those had
+// to come from SSD.
 func (d *Daemon) loadPages(s *session, need []uint32) (map[uint32]int, int, int, error) {
 	slots := make(map[uint32]int, len(need))
-	var copies []uint32
+	var items []tiers.RecallItem
 	for _, p := range need {
 		a, err := s.region.Allocate(p)
 		if err != nil {
@@ -268,28 +254,30 @@ func (d *Daemon) loadPages(s *session, need []uint32) (map[uint32]int, int, int,
 		}
 		slots[p] = a.Slot
 		if g := s.genOf(p); g > 0 && (!a.Hit || a.Gen != g) {
-			copies = append(copies, p)
+			items = append(items, tiers.RecallItem{ID: s.pageID(p), Slot: a.Slot, Gen: g})
 		}
 	}
+	if len(items) == 0 {
+		return slots, 0, 0, nil
+	}
+	t, err := d.mover.Recall(s.region, items)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	<-t.Done()
 	late := 0
-	var mu sync.Mutex
-	var firstErr error
-	d.parallel(len(copies), func(i int) {
-		p := copies[i]
-		src, err := d.copyIn(s, p, slots[p])
-		mu.Lock()
-		defer mu.Unlock()
-		if err != nil && firstErr == nil {
-			firstErr = err
+	for _, r := range t.Results() {
+		if r.Err != nil {
+			if errors.Is(r.Err, tiers.ErrIntegrity) {
+				return nil, 0, 0, proto.CodeIntegrity.Errorf("session %d page %d: %v", s.id, r.ID.Page, r.Err)
+			}
+			return nil, 0, 0, r.Err
 		}
-		if src == tiers.SourceSSD {
+		if r.Source == tiers.SourceSSD {
 			late++
 		}
-	})
-	if firstErr != nil {
-		return nil, 0, 0, firstErr
 	}
-	return slots, len(copies), late, nil
+	return slots, len(items), late, nil
 }
 
 func (s *session) genOf(p uint32) uint64 {
@@ -299,116 +287,30 @@ func (s *session) genOf(p uint32) uint64 {
 	return 0
 }
 
-// copyIn reads page p from the mirror (or SSD) and writes it into slot.
-func (d *Daemon) copyIn(s *session, p uint32, slot int) (tiers.Source, error) {
-	buf := d.pageBuf(int(s.layout.PageBytes()))
-	defer d.putPageBuf(buf)
-	gen, src, err := d.store.Read(context.Background(), s.pageID(p), *buf)
+// startRecall binds slots for the new selection and queues its copies on
+// the mover; the next cycle waits for the ticket. Pages that find no
+// evictable slot are skipped: the next cycle loads what it still needs.
+func (d *Daemon) startRecall(s *session, pages []uint32) *tiers.Ticket {
+	items := make([]tiers.RecallItem, 0, len(pages))
+	for _, p := range pages {
+		a, err := s.region.Allocate(p)
+		if err != nil {
+			break // the reserve is full of pinned slots; later pages would fail too
+		}
+		if g := s.genOf(p); !a.Hit || a.Gen != g {
+			items = append(items, tiers.RecallItem{ID: s.pageID(p), Slot: a.Slot, Gen: g})
+		}
+	}
+	t, err := d.mover.Recall(s.region, items)
 	if err != nil {
-		if errors.Is(err, tiers.ErrIntegrity) {
-			return src, proto.CodeIntegrity.Errorf("session %d page %d: %v", s.id, p, err)
-		}
-		return src, fmt.Errorf("recall page %d: %w", p, err)
+		d.log.Warn("background recall not queued", "session", s.id, "pages", len(items), "err", err)
+		return nil
 	}
-	if err := s.region.WritePage(slot, p, gen, *buf); err != nil {
-		return src, fmt.Errorf("recall page %d into slot %d: %w", p, slot, err)
-	}
-	return src, nil
+	return t
 }
 
-// startRecall copies pages into the reserve in the background. Slots are
-// allocated by the job itself, so a full reserve only costs pages (counted
-// as failed), never a stuck cycle.
-func (d *Daemon) startRecall(s *session, pages []uint32) *recallJob {
-	j := &recallJob{done: make(chan struct{})}
-	gens := make([]uint64, len(pages))
-	for i, p := range pages {
-		gens[i] = s.genOf(p)
-	}
-	region := s.region
-	go func() {
-		defer close(j.done)
-		var mu sync.Mutex
-		d.parallel(len(pages), func(i int) {
-			p := pages[i]
-			a, err := region.Allocate(p)
-			if err == nil && a.Hit && a.Gen == gens[i] {
-				return
-			}
-			var src tiers.Source
-			if err == nil {
-				src, err = d.copyIn(s, p, a.Slot)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				j.failed++
-				if j.err == nil {
-					j.err = err
-				}
-				return
-			}
-			j.pages++
-			j.bytes += int64(s.layout.PageBytes())
-			if src == tiers.SourceSSD {
-				j.late++
-				d.late.Add(1)
-			}
-		})
-		if j.err != nil && !errors.Is(j.err, tiers.ErrNoSpace) {
-			d.log.Warn("background recall failed", "session", s.id, "failed", j.failed, "err", j.err)
-		}
-	}()
-	return j
-}
-
-// stage brings lookahead candidates from SSD into the mirror without
-// blocking the caller.
-func (d *Daemon) stage(ids []tiers.PageID) {
-	go func() {
-		if _, err := d.store.Stage(context.Background(), ids); err != nil && !errors.Is(err, tiers.ErrClosed) {
-			d.log.Debug("staging failed", "err", err)
-		}
-	}()
-}
-
-// parallel runs fn(0..n-1) on at most Mover.Workers goroutines.
-func (d *Daemon) parallel(n int, fn func(i int)) {
-	w := min(d.cfg.Mover.Workers, n)
-	if w <= 1 {
-		for i := 0; i < n; i++ {
-			fn(i)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for k := 0; k < w; k++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				fn(i)
-			}
-		}()
-	}
-	for i := 0; i < n; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-}
-
-func (d *Daemon) pageBuf(n int) *[]byte {
-	if b, ok := d.bufPool.Get().(*[]byte); ok && cap(*b) >= n {
-		*b = (*b)[:n]
-		return b
-	}
-	b := make([]byte, n)
-	return &b
-}
-
-func (d *Daemon) putPageBuf(b *[]byte) { d.bufPool.Put(b) }
+// stage queues lookahead candidates to be brought from SSD into the mirror.
+func (d *Daemon) stage(ids []tiers.PageID) { d.mover.Stage(ids) }
 
 // mergeSorted returns the sorted union of two sorted page lists.
 func mergeSorted(a, b []uint32) []uint32 {

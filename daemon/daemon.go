@@ -35,6 +35,7 @@ type Daemon struct {
 
 	store   *tiers.Store
 	reserve *tiers.Reserve
+	mover   *tiers.Mover
 
 	models map[string]indexer.Scorer
 
@@ -49,9 +50,6 @@ type Daemon struct {
 	conns     map[*conn]struct{}
 	nextID    uint64
 	nextLease uint64
-
-	bufPool sync.Pool     // page-sized buffers for recall copies
-	late    atomic.Uint64 // pages a cycle needed that were still on SSD
 
 	closing  atomic.Bool
 	connWG   sync.WaitGroup
@@ -115,6 +113,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("host mirror and SSD tiers: %w", err)
 	}
 	d.reserve = tiers.NewReserve(tiers.ReserveConfig{MaxRegions: cfg.Limits.MaxSessions})
+	d.mover = tiers.NewMover(d.store, tiers.MoverConfig{Workers: cfg.Mover.Workers})
 	if err := d.restoreIDs(); err != nil {
 		return nil, err
 	}
@@ -211,6 +210,10 @@ func (d *Daemon) Close() error {
 		}
 		d.bgWG.Wait()
 		var errs []error
+		// The mover first: no copy may still target a region being freed.
+		if d.mover != nil {
+			d.mover.Close()
+		}
 		d.mu.Lock()
 		for _, s := range d.sessions {
 			s.destroyRegion(d)

@@ -35,8 +35,8 @@ type session struct {
 	req      *indexer.Request
 	region   *tiers.Region
 	chunks   uint64
-	gens     []uint64   // generation per page; 0 = never written
-	pending  *recallJob // background recall of the last selection
+	gens     []uint64      // generation per page; 0 = never written
+	pending  *tiers.Ticket // background recall of the last selection
 	cycles   uint64
 	last     *indexer.Cycle
 	lastUsed time.Time
