@@ -52,13 +52,16 @@ func termAt(terms []byte, i int) uint16 { return binary.LittleEndian.Uint16(term
 // frequency among the keys (chunks holding it in their key), and the
 // normaliser (sum of the weights of the terms present in the context: a term
 // absent from the context cannot be matched, so it does not dilute).
-func (m *Model) contextWeights(q *Query, keys []byte, workers int) (w map[uint16]float32, norm float32) {
+//
+// w is indexed by bucket (0 for terms not in the query or not in the context)
+// so the per-key loop is an array load, not a map lookup.
+func (m *Model) contextWeights(q *Query, keys []byte, workers int) (w []float32, norm float32) {
 	kb := m.KeyBytes()
 	n := len(keys) / kb
 	parts := splitRange(n, workers)
-	dfs := make([]map[uint16]int, len(parts))
+	dfs := make([][]int32, len(parts))
 	parallelFor(len(parts), workers, func(p int) {
-		df := map[uint16]int{}
+		df := make([]int32, m.cfg.Buckets)
 		for c := parts[p][0]; c < parts[p][1]; c++ {
 			terms, _, nt := m.keyTerms(keys[c*kb : (c+1)*kb])
 			for i := range nt {
@@ -70,11 +73,11 @@ func (m *Model) contextWeights(q *Query, keys []byte, workers int) (w map[uint16
 		}
 		dfs[p] = df
 	})
-	w = map[uint16]float32{}
+	w = make([]float32, m.cfg.Buckets)
 	for _, b := range q.terms {
 		df := 0
 		for _, d := range dfs {
-			df += d[b]
+			df += int(d[b])
 		}
 		if df == 0 {
 			continue
@@ -87,11 +90,15 @@ func (m *Model) contextWeights(q *Query, keys []byte, workers int) (w map[uint16
 }
 
 // lexMass is the query weight that key holds.
-func (m *Model) lexMass(w map[uint16]float32, key []byte) float32 {
+func (m *Model) lexMass(w []float32, key []byte) float32 {
 	terms, ncore, nt := m.keyTerms(key)
 	var mass float32
 	for i := range nt {
-		if x, ok := w[termAt(terms, i)]; ok {
+		b := int(termAt(terms, i))
+		if b >= len(w) {
+			continue
+		}
+		if x := w[b]; x != 0 {
 			if i < ncore {
 				mass += x
 			} else {
