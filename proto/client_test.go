@@ -235,6 +235,33 @@ func TestClientContext(t *testing.T) {
 	}
 }
 
+// TestClientLateFDReply: a reply that carries a region fd and arrives after
+// its caller gave up must not leak the fd.
+func TestClientLateFDReply(t *testing.T) {
+	s := newTestServer(t)
+	c := dial(t, s)
+	before := openFDs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	lay := testLayout()
+	lay.ReserveSlots = 1
+	if _, err := c.Open(ctx, &Open{Name: "slow", Layout: lay}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("slow open: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond) // the reply, with its fd, arrives now
+	if _, err := c.Ping(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The test server's sessions are numbered from 1; closing it drops the
+	// server's own descriptor, so only a leaked client copy would remain.
+	if err := c.CloseSession(context.Background(), 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := openFDs(t); n != before {
+		t.Fatalf("%d fds open, %d before: the late reply's fd leaked", n, before)
+	}
+}
+
 func TestClientServerGone(t *testing.T) {
 	s := newTestServer(t)
 	c := dial(t, s)

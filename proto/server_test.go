@@ -192,6 +192,11 @@ func (s *testServer) handle(c *Conn, f *Frame, staging []byte) error {
 		if err := m.Validate(); err != nil {
 			return err
 		}
+		if m.Name == "slow" {
+			s.mu.Unlock()
+			time.Sleep(200 * time.Millisecond)
+			s.mu.Lock()
+		}
 		desc := RegionDesc{Slots: m.Layout.ReserveSlots}
 		for _, l := range m.Layout.Layers {
 			desc.Layers = append(desc.Layers, RegionLayer{Offset: desc.Size, RowBytes: l.RowBytes})
