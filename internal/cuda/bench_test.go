@@ -4,6 +4,7 @@ package cuda
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -117,6 +118,19 @@ func TestRecallBench(t *testing.T) {
 		}
 	}
 
+	// batch times cuMemcpyBatchAsync (copy engines) on the same lists, where the driver has it.
+	batch := func(name string, bytes int, sets [][]CopyDesc) {
+		if err := s.CopyBatch(sets[0]); errors.Is(err, ErrUnsupported) {
+			t.Logf("cuMemcpyBatchAsync: %v", err)
+			return
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		ms := tm.median(reps, func(i int) error { return s.CopyBatch(sets[i]) })
+		check(sets[reps-1])
+		add(name, "cuMemcpyBatchAsync", bytes, len(sets[0]), 0, ms)
+	}
+
 	contig := tm.median(reps, func(int) error { return s.Copy(reserve, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), total) })
 	add("contiguous 64 MiB", "cuMemcpyAsync", total, 1, 0, contig)
 
@@ -132,6 +146,7 @@ func TestRecallBench(t *testing.T) {
 		ms := tm.median(reps, func(i int) error { return s.Gather(sets[i]) })
 		check(sets[reps-1])
 		add(name, "gather kernel", total, n, gatherPiece, ms)
+		batch(name, total, sets)
 		ms = tm.median(reps, func(i int) error {
 			for _, c := range sets[i] {
 				if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {
@@ -177,6 +192,7 @@ func TestRecallBench(t *testing.T) {
 	ms := tm.median(reps, func(i int) error { return s.Gather(sets[i]) })
 	check(sets[reps-1])
 	add("DeepSeek-V4 21x37440 B", "gather kernel", dsBytes, npages*layers, gatherPiece, ms)
+	batch("DeepSeek-V4 21x37440 B", dsBytes, sets)
 	ms = tm.median(reps, func(i int) error {
 		for _, c := range sets[i] {
 			if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {

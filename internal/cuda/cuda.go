@@ -141,6 +141,10 @@ type Device struct {
 	gatherMu  sync.Mutex
 	gatherMod *Module
 	gatherFn  map[string]*Function // by gatherKind
+	// gatherTMASmem is the dynamic shared memory the TMA kernel is currently allowed.
+	gatherTMASmem int
+	// cuMemcpyBatchAsync looked up (batchProbed) and found (batchOK); owner goroutine only.
+	batchProbed, batchOK bool
 }
 
 // Open starts the owner goroutine of device ordinal with the device's primary context

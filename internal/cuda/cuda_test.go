@@ -278,6 +278,37 @@ func testGather(t *testing.T, d *Device) {
 		})
 	}
 
+	// The copy-engine batch path, where the driver has it, on scattered 64 KiB pages.
+	t.Run("cuMemcpyBatchAsync", func(t *testing.T) {
+		const page = 64 << 10
+		want := make([]byte, reserveBytes)
+		fill(want, 5)
+		if err := d.CopyHtoD(reserve, want); err != nil {
+			t.Fatal(err)
+		}
+		var descs []CopyDesc
+		for i, p := range r.Perm(mirrorBytes / page)[:100] {
+			slot := (i * 37) % (reserveBytes / page)
+			descs = append(descs, CopyDesc{Src: mirror.Ptr() + DevPtr(p*page), Dst: reserve + DevPtr(slot*page), Len: page})
+			copy(want[slot*page:(slot+1)*page], mirror.Bytes()[p*page:(p+1)*page])
+		}
+		if err := s.CopyBatch(descs); errors.Is(err, ErrUnsupported) {
+			t.Skip(err)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, reserveBytes)
+		if err := d.CopyDtoH(got, reserve); err != nil {
+			t.Fatal(err)
+		}
+		if i := firstDiff(got, want); i >= 0 {
+			t.Fatalf("byte %d differs", i)
+		}
+	})
+
 	// Scatter back: reserve rows into the pinned mirror (the commit path's direction).
 	t.Run("scatter device to pinned host", func(t *testing.T) {
 		const row = 37440

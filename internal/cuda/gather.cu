@@ -38,29 +38,28 @@ __device__ __forceinline__ void gather_body(const CopyDesc *__restrict__ descs, 
 		if ((((unsigned long long)c.src | (unsigned long long)c.dst | c.len) & 15ull) == 0) {
 			const uint4 *__restrict__ s = (const uint4 *)c.src;
 			uint4 *__restrict__ d = (uint4 *)c.dst;
-			// Pieces are far below 64 GiB, so 32-bit vector indices suffice (fewer registers).
-			const unsigned int nv = (unsigned int)(c.len >> 4);
+			// Threads walk positions q of a grid aligned to the source's 128-byte lines
+			// (vector q-o is the row's vector), so each warp's 512 bytes cover exactly four
+			// whole lines even when rows start mid-line (DeepSeek-V4's 37,440-byte rows):
+			// fewer, fuller PCIe reads. Pieces are far below 64 GiB: 32-bit indices.
+			const unsigned int o = (unsigned int)((unsigned long long)c.src >> 4) & 7;
+			const unsigned int end = (unsigned int)(c.len >> 4) + o;
 			const unsigned int step = blockDim.x;
-			unsigned int j = threadIdx.x;
-			for (; j + (U - 1) * step < nv; j += U * step) {
+			for (unsigned int p = threadIdx.x; p < end; p += U * step) {
 				uint4 r[U];
 #pragma unroll
-				for (int u = 0; u < U; u++)
-					r[u] = ld16<P256>(s + j + u * step);
+				for (int u = 0; u < U; u++) {
+					const unsigned int q = p + u * step;
+					if (q >= o && q < end)
+						r[u] = ld16<P256>(s + (q - o));
+				}
 #pragma unroll
-				for (int u = 0; u < U; u++)
-					d[j + u * step] = r[u];
+				for (int u = 0; u < U; u++) {
+					const unsigned int q = p + u * step;
+					if (q >= o && q < end)
+						d[q - o] = r[u];
+				}
 			}
-			// Tail: fewer than U vectors per thread remain; issue them all before storing.
-			uint4 r[U];
-#pragma unroll
-			for (int u = 0; u < U; u++)
-				if (j + u * step < nv)
-					r[u] = ld16<P256>(s + j + u * step);
-#pragma unroll
-			for (int u = 0; u < U; u++)
-				if (j + u * step < nv)
-					d[j + u * step] = r[u];
 		} else {
 			for (unsigned long long j = threadIdx.x; j < c.len; j += blockDim.x)
 				c.dst[j] = c.src[j];

@@ -4,6 +4,51 @@ package cuda
 
 /*
 #include <cuda.h>
+#include <string.h>
+
+// cuMemcpyBatchAsync arrived in CUDA 12.8, after the 11.8 headers this builds against, so
+// it is declared here with its 12.8 ABI and fetched from the driver by version (13.0
+// headers map the name to a _v2 without failIdx; asking for 12080 returns this one).
+typedef struct {
+	int srcAccessOrder;     // CUmemcpySrcAccessOrder; 1 = stream order
+	CUmemLocation srcLocHint;
+	CUmemLocation dstLocHint;
+	unsigned int flags;
+} fm_memcpyAttributes;
+
+typedef CUresult (*fm_memcpyBatchAsync_t)(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes,
+	size_t count, fm_memcpyAttributes *attrs, size_t *attrsIdxs, size_t numAttrs,
+	size_t *failIdx, CUstream s);
+
+static fm_memcpyBatchAsync_t fm_batch_fn;
+
+static CUresult fm_batch_init(void) {
+	void *fn = 0;
+	CUresult r = cuGetProcAddress("cuMemcpyBatchAsync", &fn, 12080, CU_GET_PROC_ADDRESS_DEFAULT);
+	if (r != CUDA_SUCCESS) return r;
+	if (fn == 0) return CUDA_ERROR_NOT_FOUND;
+	fm_batch_fn = (fm_memcpyBatchAsync_t)fn;
+	return CUDA_SUCCESS;
+}
+
+// descs is an array of {src, dst, len} triples (the Go CopyDesc layout).
+static CUresult fm_batch(const uint64_t *descs, size_t n, uint64_t *scratch, int dstDevice, CUstream s) {
+	CUdeviceptr *dsts = (CUdeviceptr *)scratch, *srcs = dsts + n;
+	size_t *sizes = (size_t *)(srcs + n);
+	for (size_t i = 0; i < n; i++) {
+		srcs[i] = descs[3 * i];
+		dsts[i] = descs[3 * i + 1];
+		sizes[i] = descs[3 * i + 2];
+	}
+	fm_memcpyAttributes a;
+	memset(&a, 0, sizeof(a));
+	a.srcAccessOrder = 1;
+	a.srcLocHint.type = (CUmemLocationType)2; // CU_MEM_LOCATION_TYPE_HOST (12.x)
+	a.dstLocHint.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	a.dstLocHint.id = dstDevice;
+	size_t idx = 0, fail = 0;
+	return fm_batch_fn(dsts, srcs, sizes, n, &a, &idx, 1, &fail, s);
+}
 */
 import "C"
 
@@ -19,7 +64,7 @@ var gatherPTX embed.FS
 // gatherPiece bounds the bytes one block copies per descriptor: long rows are split so a
 // recall of a few large pages still spreads over every SM (a variable so benchmarks can
 // sweep it).
-var gatherPiece = 64 << 10
+var gatherPiece = 128 << 10
 
 // Gather kernel choice and launch shape (variables so the benchmark can sweep them):
 // gatherKind is "simt4"/"simt8" (16-byte SM loads, 4 or 8 in flight per thread), "p256"
@@ -27,7 +72,7 @@ var gatherPiece = 64 << 10
 // gatherTMAChunk bytes in flight per block); threads per block and blocks per SM size
 // the grid.
 var (
-	gatherKind        = "simt4"
+	gatherKind        = "p256"
 	gatherThreads     = 256
 	gatherBlocksPerSM = 8
 	gatherTMAChunk    = 16 << 10
@@ -56,11 +101,6 @@ func (d *Device) gatherKernel(kind string) (*Function, error) {
 	f, err := d.gatherMod.Function(name)
 	if err != nil {
 		return nil, err
-	}
-	if kind == "tma" {
-		if err := f.SetMaxDynamicShared(8 * 64 << 10); err != nil {
-			return nil, err
-		}
 	}
 	if d.gatherFn == nil {
 		d.gatherFn = map[string]*Function{}
@@ -116,6 +156,12 @@ func (s *Stream) Gather(descs []CopyDesc) error {
 		}
 		grid := min(n, d.sms*gatherBlocksPerSM)
 		if kind == "tma" {
+			if smem := gatherTMAChunk * gatherTMAStages; smem != d.gatherTMASmem {
+				if err := fn.SetMaxDynamicShared(smem); err != nil {
+					return err
+				}
+				d.gatherTMASmem = smem
+			}
 			return s.Launch(fn, Dim3{uint32(grid), 1, 1}, Dim3{32, 1, 1}, gatherTMAChunk*gatherTMAStages,
 				ArgPtr(s.descs), ArgU32(uint32(n)), ArgU32(uint32(gatherTMAChunk)), ArgU32(uint32(gatherTMAStages)))
 		}
@@ -163,4 +209,26 @@ func (s *Stream) freeGather() {
 		C.cuMemFreeHost(s.stage)
 	}
 	s.descs, s.descsCap, s.stage = 0, 0, nil
+}
+
+// CopyBatch enqueues every copy in descs with one cuMemcpyBatchAsync call (copy engines,
+// no SM time; CUDA 12.8+ drivers), for host-to-device recalls. It returns ErrUnsupported
+// when the driver lacks the call. The lists are consumed before it returns.
+func (s *Stream) CopyBatch(descs []CopyDesc) error {
+	if len(descs) == 0 {
+		return nil
+	}
+	return s.dev.do(func() error {
+		d := s.dev
+		if !d.batchProbed {
+			d.batchProbed = true
+			d.batchOK = C.fm_batch_init() == C.CUDA_SUCCESS
+		}
+		if !d.batchOK {
+			return fmt.Errorf("cuda: cuMemcpyBatchAsync on device %d: %w", d.ordinal, ErrUnsupported)
+		}
+		scratch := make([]uint64, 3*len(descs))
+		return d.check("cuMemcpyBatchAsync", C.fm_batch((*C.uint64_t)(unsafe.Pointer(&descs[0])), C.size_t(len(descs)),
+			(*C.uint64_t)(unsafe.Pointer(&scratch[0])), C.int(d.ordinal), s.c()))
+	})
 }

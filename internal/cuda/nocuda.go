@@ -136,6 +136,9 @@ func (s *Stream) Launch(fn *Function, grid, block Dim3, shmem int, args ...Arg) 
 // Gather returns ErrNoCUDA in this build.
 func (s *Stream) Gather(descs []CopyDesc) error { return ErrNoCUDA }
 
+// CopyBatch returns ErrNoCUDA in this build.
+func (s *Stream) CopyBatch(descs []CopyDesc) error { return ErrNoCUDA }
+
 // Sync returns ErrNoCUDA in this build.
 func (s *Stream) Sync() error { return ErrNoCUDA }
 
