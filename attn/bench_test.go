@@ -129,14 +129,29 @@ func benchGonum(b *testing.B, ks *KeyStore, qs []*Query, n int) {
 
 // BenchmarkCycle512K is one full cycle at 512K tokens with the published
 // dimensions: for each of 3 target layers, the query projection (hidden 4096,
-// R 2048, H 128) and scoring of 131,072 chunks, batch 1, on all cores.
+// R 2048, H 128) and scoring of 131,072 chunks, batch 1, on all cores; with
+// float32 weights, and with bf16 weights (a BF16 checkpoint), which halve the
+// memory traffic of the projections.
 func BenchmarkCycle512K(b *testing.B) {
+	for _, bf := range []bool{false, true} {
+		name := "weights=f32"
+		if bf {
+			name = "weights=bf16"
+		}
+		b.Run(name, func(b *testing.B) { benchCycle(b, bf) })
+	}
+}
+
+func benchCycle(b *testing.B, bf16 bool) {
 	const layers, n, hidden, rank, heads, d = 3, 131072, 4096, 2048, 128, 128
 	r := rand.New(rand.NewPCG(42, 42))
 	randMat := func(rows, cols int, scale float64) Matrix {
 		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
 		for i := range m.Data {
 			m.Data[i] = float32(r.NormFloat64() * scale)
+			if bf16 {
+				m.Data[i] = RoundBF16(m.Data[i])
+			}
 		}
 		return m
 	}

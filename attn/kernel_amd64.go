@@ -20,3 +20,8 @@ func dotAVX2(a, b *float32, n int) float32
 //
 //go:noescape
 func decodeFP8AVX2(dst *float32, src *uint8, n int)
+
+// dotBF16AVX2 returns Σ bf16(a[i])·b[i] for n a multiple of 32.
+//
+//go:noescape
+func dotBF16AVX2(a *uint16, b *float32, n int) float32

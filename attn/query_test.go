@@ -23,17 +23,28 @@ func TestMatVec(t *testing.T) {
 				for i := range x {
 					x[i] = float32(r.NormFloat64())
 				}
-				got := make([]float32, sz[0])
-				matVec(got, m, x)
-				for i := range got {
-					var want, mag float64
-					for j := range x {
-						p := float64(m.Data[i*sz[1]+j]) * float64(x[j])
-						want += p
-						mag += math.Abs(p)
+				for _, bf := range []bool{false, true} {
+					if bf {
+						for i, v := range m.Data {
+							m.Data[i] = RoundBF16(v)
+						}
 					}
-					if math.Abs(float64(got[i])-want) > 1e-6*mag+1e-30 {
-						t.Fatalf("row %d: %g, want %g", i, got[i], want)
+					w := newWeights(m, true)
+					if (w.bf16 != nil) != bf {
+						t.Fatalf("bf16=%v: weights stored as bf16: %v", bf, w.bf16 != nil)
+					}
+					got := make([]float32, sz[0])
+					matVec(got, w, x)
+					for i := range got {
+						var want, mag float64
+						for j := range x {
+							p := float64(m.Data[i*sz[1]+j]) * float64(x[j])
+							want += p
+							mag += math.Abs(p)
+						}
+						if math.Abs(float64(got[i])-want) > 1e-6*mag+1e-30 {
+							t.Fatalf("bf16=%v row %d: %g, want %g", bf, i, got[i], want)
+						}
 					}
 				}
 			})
@@ -147,4 +158,53 @@ func bytes64(lo, hi byte) []byte {
 		b[i], b[i+1] = lo, hi
 	}
 	return b
+}
+
+// TestBF16WeightsSameQuery: keeping bf16-exact weights as bf16 must not change a
+// single bit of the query (same values, same summation order).
+func TestBF16WeightsSameQuery(t *testing.T) {
+	r := rand.New(rand.NewPCG(6, 6))
+	mat := func(rows, cols int) Matrix {
+		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
+		for i := range m.Data {
+			m.Data[i] = RoundBF16(float32(r.NormFloat64() / math.Sqrt(float64(cols))))
+		}
+		return m
+	}
+	qn := make([]float32, 96)
+	for i := range qn {
+		qn[i] = RoundBF16(float32(1 + 0.1*r.NormFloat64()))
+	}
+	wqA, wqB, wp := mat(96, 200), mat(4*128, 96), mat(4, 200)
+	hid := make([]byte, 400)
+	for i := 0; i < 200; i++ {
+		v := BF16FromF32(float32(r.NormFloat64()))
+		hid[2*i], hid[2*i+1] = byte(v), byte(v>>8)
+	}
+	for _, fast := range kernelModes() {
+		setFast(t, fast)
+		a, err := newLayerWeights(wqA, qn, wqB, wp, DefaultOptions, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := newLayerWeights(wqA, qn, wqB, wp, DefaultOptions, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.wqB.bf16 == nil || b.wqB.bf16 != nil {
+			t.Fatal("storage choice not as forced")
+		}
+		qa, _ := a.Query(hid, 777777)
+		qb, _ := b.Query(hid, 777777)
+		for i := range qa.Q {
+			if math.Float32bits(qa.Q[i]) != math.Float32bits(qb.Q[i]) {
+				t.Fatalf("fast=%v: q[%d] bf16 storage %g, float32 storage %g", fast, i, qa.Q[i], qb.Q[i])
+			}
+		}
+		for i := range qa.W {
+			if qa.W[i] != qb.W[i] {
+				t.Fatalf("fast=%v: w[%d] differs", fast, i)
+			}
+		}
+	}
 }
