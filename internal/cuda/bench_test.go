@@ -156,7 +156,7 @@ func TestRecallBench(t *testing.T) {
 			return nil
 		})
 		add(name, "cuMemcpyAsync per page", total, n, 0, ms)
-		for _, piece := range []int{16 << 10, 32 << 10, 128 << 10} {
+		for _, piece := range []int{32 << 10, 64 << 10, 256 << 10} {
 			old := gatherPiece
 			gatherPiece = piece
 			ms := tm.median(reps, func(i int) error { return s.Gather(sets[i]) })
