@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -121,8 +122,8 @@ func TestClientEndToEnd(t *testing.T) {
 	if err != nil || st.Sessions != 1 || st.Protocol != 1 {
 		t.Fatalf("status %+v %v", st, err)
 	}
-	if _, err := c.Inspect(ctx, AdminTarget{Name: "s"}); !errors.Is(err, &Error{Code: CodeInternal}) {
-		t.Fatalf("inspect on a server without it: %v", err)
+	if in, err := c.Inspect(ctx, AdminTarget{Name: "s"}); err != nil || in.Session.Chunks != 4 {
+		t.Fatalf("inspect: %+v %v", in, err)
 	}
 	if err := c.CloseSession(ctx, op.Session, true); err != nil {
 		t.Fatal(err)
@@ -232,6 +233,80 @@ func TestClientContext(t *testing.T) {
 	cancel2()
 	if _, err := c.Ping(done, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled context: %v", err)
+	}
+}
+
+// TestClientSessionOps covers the remaining typed methods: RESUME (the
+// same region through a second connection's fd), COMMIT, PERSIST and the
+// admin ops.
+func TestClientSessionOps(t *testing.T) {
+	s := newTestServer(t)
+	c := dial(t, s)
+	ctx := context.Background()
+	lay := testLayout()
+	lay.ReserveSlots = 2
+	op, err := c.Open(ctx, &Open{Name: "kept", Model: "lsa", Layout: lay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Region.Close()
+	mem, err := op.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Unmap(mem)
+	copy(op.Region.Row(mem, 2, 1), "decoded chunk bytes")
+	if n, err := c.Commit(ctx, &Commit{Session: op.Session, Count: 5, Keys: make([]byte, 5*3*132)}); err != nil || n != 5 {
+		t.Fatalf("commit: %d %v", n, err)
+	}
+	if _, err := c.Commit(ctx, &Commit{Session: op.Session, FirstChunk: 2, Count: 1}); !errors.Is(err, &Error{Code: CodeDuplicateChunk}) {
+		t.Fatalf("duplicate commit: %v", err)
+	}
+	if err := c.Persist(ctx, op.Session); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Open(ctx, &Open{Name: "kept", Layout: lay}); !errors.Is(err, &Error{Code: CodeSessionExists}) {
+		t.Fatalf("second open: %v", err)
+	}
+
+	c2 := dial(t, s)
+	rr, err := c2.Resume(ctx, "kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rr.Region.Close()
+	if rr.Session != op.Session || rr.Chunks != 5 || !rr.Persist || rr.Model != "lsa" || !reflect.DeepEqual(rr.Layout, lay) {
+		t.Fatalf("resume reply %+v", rr)
+	}
+	mem2, err := rr.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Unmap(mem2)
+	if got := string(rr.Region.Row(mem2, 2, 1)[:19]); got != "decoded chunk bytes" {
+		t.Fatalf("resumed region holds %q", got)
+	}
+	if _, err := c2.Resume(ctx, "nope"); !errors.Is(err, &Error{Code: CodeUnknownSession}) {
+		t.Fatalf("resume unknown: %v", err)
+	}
+
+	ss, err := c2.Sessions(ctx)
+	if err != nil || len(ss.Sessions) != 1 || ss.Sessions[0].Name != "kept" || ss.Sessions[0].Chunks != 5 {
+		t.Fatalf("sessions %+v %v", ss, err)
+	}
+	in, err := c2.Inspect(ctx, AdminTarget{Name: "kept"})
+	if err != nil || in.Session.ID != op.Session || !reflect.DeepEqual(in.Layout, lay) {
+		t.Fatalf("inspect %+v %v", in, err)
+	}
+	ev, err := c2.Evict(ctx, AdminTarget{Session: op.Session})
+	if err != nil || len(ev.Sessions) != 1 || ev.Sessions[0] != op.Session || ev.Bytes != op.Region.Size {
+		t.Fatalf("evict %+v %v", ev, err)
+	}
+	if _, err := c2.Inspect(ctx, AdminTarget{Session: op.Session}); !errors.Is(err, &Error{Code: CodeUnknownSession}) {
+		t.Fatalf("inspect after evict: %v", err)
+	}
+	if _, err := c2.Inspect(ctx, AdminTarget{}); !errors.Is(err, &Error{Code: CodeBadRequest}) {
+		t.Fatalf("inspect with no target: %v", err)
 	}
 }
 

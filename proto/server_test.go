@@ -36,11 +36,19 @@ type testServer struct {
 }
 
 type testSession struct {
-	owner  *Conn
-	layout Layout
-	region *os.File
-	mem    []byte
-	chunks uint64
+	name    string
+	model   string
+	persist bool
+	owner   *Conn
+	layout  Layout
+	region  *os.File
+	mem     []byte
+	desc    RegionDesc
+	chunks  uint64
+}
+
+func (s *testServer) info(id uint64, ss *testSession) SessionInfo {
+	return SessionInfo{ID: id, Name: ss.name, Model: ss.model, Persist: ss.persist, Chunks: ss.chunks}
 }
 
 const testStagingSize = 1 << 20
@@ -208,8 +216,57 @@ func (s *testServer) handle(c *Conn, f *Frame, staging []byte) error {
 			return err
 		}
 		s.nextID++
-		s.sessions[s.nextID] = &testSession{owner: c, layout: m.Layout, region: file, mem: mem}
+		for _, o := range s.sessions {
+			if m.Name != "" && o.name == m.Name {
+				return CodeSessionExists.Errorf("session %q", m.Name)
+			}
+		}
+		s.sessions[s.nextID] = &testSession{name: m.Name, model: m.Model, persist: m.Persist, owner: c, layout: m.Layout, region: file, mem: mem, desc: desc}
 		return c.Reply(f.Header, &OpenReply{Session: s.nextID, Region: Region{RegionDesc: desc}}, int(file.Fd()))
+	case *Resume:
+		for id, ss := range s.sessions {
+			if ss.name == m.Name {
+				ss.owner = c
+				return c.Reply(f.Header, &ResumeReply{Session: id, Chunks: ss.chunks, Persist: ss.persist, Model: ss.model,
+					Layout: ss.layout, Region: Region{RegionDesc: ss.desc}}, int(ss.region.Fd()))
+			}
+		}
+		return CodeUnknownSession.Errorf("session %q", m.Name)
+	case *Commit:
+		ss, err := s.session(c, m.Session)
+		if err != nil {
+			return err
+		}
+		if m.FirstChunk < ss.chunks {
+			return CodeDuplicateChunk.Errorf("chunk %d", m.FirstChunk)
+		}
+		ss.chunks += uint64(m.Count)
+		return c.Reply(f.Header, &ChunksReply{Chunks: ss.chunks})
+	case *Persist:
+		ss, err := s.session(c, m.Session)
+		if err != nil {
+			return err
+		}
+		ss.persist = true
+		return c.Reply(f.Header, &Empty{})
+	case *AdminTarget:
+		var id uint64
+		for i, ss := range s.sessions {
+			if i == m.Session || (m.Name != "" && ss.name == m.Name) {
+				id = i
+			}
+		}
+		ss := s.sessions[id]
+		if ss == nil {
+			return CodeUnknownSession.Errorf("%+v", *m)
+		}
+		if f.Op == OpEvict {
+			Unmap(ss.mem)
+			ss.region.Close()
+			delete(s.sessions, id)
+			return c.Reply(f.Header, &EvictReply{Sessions: []uint64{id}, Bytes: ss.desc.Size})
+		}
+		return c.Reply(f.Header, &InspectReply{Session: s.info(id, ss), Layout: ss.layout})
 	case *Append:
 		ss, err := s.session(c, m.Session)
 		if err != nil {
@@ -263,7 +320,11 @@ func (s *testServer) handle(c *Conn, f *Frame, staging []byte) error {
 		if f.Op == OpStatus {
 			return c.Reply(f.Header, &StatusReply{Server: "test-server", Protocol: f.Version, Sessions: len(s.sessions)})
 		}
-		return c.Reply(f.Header, &SessionsReply{})
+		rep := &SessionsReply{}
+		for id, ss := range s.sessions {
+			rep.Sessions = append(rep.Sessions, s.info(id, ss))
+		}
+		return c.Reply(f.Header, rep)
 	}
 	return CodeInternal.Errorf("test server does not implement %v", f.Op)
 }

@@ -31,7 +31,6 @@ const (
 // enc appends little-endian fields to a byte slice.
 type enc struct{ b []byte }
 
-func (e *enc) u8(v uint8)   { e.b = append(e.b, v) }
 func (e *enc) u16(v uint16) { e.b = binary.LittleEndian.AppendUint16(e.b, v) }
 func (e *enc) u32(v uint32) { e.b = binary.LittleEndian.AppendUint32(e.b, v) }
 func (e *enc) u64(v uint64) { e.b = binary.LittleEndian.AppendUint64(e.b, v) }
@@ -101,13 +100,6 @@ func (d *dec) take(n int) []byte {
 	p := d.b[d.off : d.off+n : d.off+n]
 	d.off += n
 	return p
-}
-
-func (d *dec) u8() uint8 {
-	if p := d.take(1); p != nil {
-		return p[0]
-	}
-	return 0
 }
 
 func (d *dec) u16() uint16 {
