@@ -27,9 +27,9 @@ func (m *Model) prepare() error {
 	m.weights = make([]*attn.LayerWeights, len(c.Layers))
 	for i, lw := range m.layers {
 		w, err := attn.NewLayerWeights(
-			attn.Matrix{Rows: c.QLoraRank, Cols: c.Hidden, Data: lw.wqA}, lw.qNorm,
-			attn.Matrix{Rows: c.Heads * c.HeadDim, Cols: c.QLoraRank, Data: lw.wqB},
-			attn.Matrix{Rows: c.Heads, Cols: c.Hidden, Data: lw.wProj}, opt)
+			attn.Matrix{Rows: c.QLoraRank, Cols: c.Hidden, Data: lw.wqA.float32s()}, lw.qNorm.float32s(),
+			attn.Matrix{Rows: c.Heads * c.HeadDim, Cols: c.QLoraRank, Data: lw.wqB.float32s()},
+			attn.Matrix{Rows: c.Heads, Cols: c.Hidden, Data: lw.wProj.float32s()}, opt)
 		if err != nil {
 			return fmt.Errorf("%w: target layer %d: %w", ErrBadModel, c.Layers[i], err)
 		}

@@ -49,9 +49,55 @@ type Model struct {
 	lsa
 }
 
-// layerWeights holds one target layer's weights as float32, row-major as in the file.
+// layerWeights holds one target layer's weights, row-major as in the file, for export.
 type layerWeights struct {
-	wqA, wqB, qNorm, wProj []float32
+	wqA, wqB, qNorm, wProj weightData
+}
+
+// weightData is one weight tensor in the narrowest exact form: bf16 when every value is a
+// bfloat16 (a BF16 checkpoint: attn then keeps its own bf16 copy and drops the float32 one,
+// so keeping float32 here would triple the memory), else the float32 slice that attn
+// retains as well (shared, no copy).
+type weightData struct {
+	f32  []float32
+	bf16 []uint16
+}
+
+func newWeightData(v []float32) weightData {
+	for _, x := range v {
+		if attn.RoundBF16(x) != x {
+			return weightData{f32: v}
+		}
+	}
+	b := make([]uint16, len(v))
+	for i, x := range v {
+		b[i] = attn.BF16FromF32(x)
+	}
+	return weightData{bf16: b}
+}
+
+// float32s returns the values as float32 (the stored slice, or a fresh expansion of bf16).
+func (w weightData) float32s() []float32 {
+	if w.bf16 == nil {
+		return w.f32
+	}
+	v := make([]float32, len(w.bf16))
+	for i, h := range w.bf16 {
+		v[i] = attn.BF16ToF32(h)
+	}
+	return v
+}
+
+// tensor returns the weights as a BF16 or F32 safetensors tensor (lossless either way).
+func (w weightData) tensor(name string, shape ...int) safetensors.Tensor {
+	if w.bf16 == nil {
+		return f32Tensor(name, w.f32, shape...)
+	}
+	b := make([]byte, 2*len(w.bf16))
+	for i, h := range w.bf16 {
+		binary.LittleEndian.PutUint16(b[2*i:], h)
+	}
+	return safetensors.Tensor{Name: name, DType: safetensors.BF16, Shape: shape, Data: b}
 }
 
 // Config returns the model's configuration.
@@ -198,7 +244,7 @@ func fromFile(f *safetensors.File, opts LoadOptions) (*Model, error) {
 		want := []struct {
 			name  string
 			shape []int
-			dst   *[]float32
+			dst   *weightData
 			why   string
 		}{
 			{nameWqA, []int{cfg.QLoraRank, cfg.Hidden}, &m.layers[i].wqA, "[q_lora_rank, hidden]"},
@@ -224,7 +270,7 @@ func fromFile(f *safetensors.File, opts LoadOptions) (*Model, error) {
 					return nil, fmt.Errorf("%w: tensor %s%s element %d is %v", ErrBadModel, p, w.name, j, x)
 				}
 			}
-			*w.dst = v
+			*w.dst = newWeightData(v)
 		}
 	}
 	if err := m.prepare(); err != nil {
@@ -256,10 +302,10 @@ func RandomModel(seed uint64, cfg ModelConfig) (*Model, error) {
 	m := &Model{cfg: cfg, layers: make([]layerWeights, len(cfg.Layers))}
 	for i := range m.layers {
 		m.layers[i] = layerWeights{
-			wqA:   gauss(cfg.QLoraRank*cfg.Hidden, 0, 1/math.Sqrt(float64(cfg.Hidden))),
-			wqB:   gauss(cfg.Heads*cfg.HeadDim*cfg.QLoraRank, 0, 1/math.Sqrt(float64(cfg.QLoraRank))),
-			qNorm: gauss(cfg.QLoraRank, 1, 0.1),
-			wProj: gauss(cfg.Heads*cfg.Hidden, 0, 1/math.Sqrt(float64(cfg.Hidden))),
+			wqA:   newWeightData(gauss(cfg.QLoraRank*cfg.Hidden, 0, 1/math.Sqrt(float64(cfg.Hidden)))),
+			wqB:   newWeightData(gauss(cfg.Heads*cfg.HeadDim*cfg.QLoraRank, 0, 1/math.Sqrt(float64(cfg.QLoraRank)))),
+			qNorm: newWeightData(gauss(cfg.QLoraRank, 1, 0.1)),
+			wProj: newWeightData(gauss(cfg.Heads*cfg.Hidden, 0, 1/math.Sqrt(float64(cfg.Hidden)))),
 		}
 	}
 	if err := m.prepare(); err != nil {
@@ -296,7 +342,8 @@ func (c ModelConfig) withDefaults() ModelConfig {
 }
 
 // WriteSafetensors writes the model as a safetensors file in the layout LoadModel reads
-// (F32 weights, full metadata), so a RandomModel can be saved and a loaded model re-exported.
+// (BF16 weights where the values are bfloat16, else F32, so always lossless; full metadata),
+// so a RandomModel can be saved and a loaded model re-exported.
 func (m *Model) WriteSafetensors(w io.Writer) error {
 	var ts []safetensors.Tensor
 	c := m.cfg
@@ -304,10 +351,10 @@ func (m *Model) WriteSafetensors(w io.Writer) error {
 		p := fmt.Sprintf("l%d.", l)
 		lw := m.layers[i]
 		ts = append(ts,
-			f32Tensor(p+nameWqA, lw.wqA, c.QLoraRank, c.Hidden),
-			f32Tensor(p+nameWqB, lw.wqB, c.Heads*c.HeadDim, c.QLoraRank),
-			f32Tensor(p+nameQNorm, lw.qNorm, c.QLoraRank),
-			f32Tensor(p+nameWProj, lw.wProj, c.Heads, c.Hidden))
+			lw.wqA.tensor(p+nameWqA, c.QLoraRank, c.Hidden),
+			lw.wqB.tensor(p+nameWqB, c.Heads*c.HeadDim, c.QLoraRank),
+			lw.qNorm.tensor(p+nameQNorm, c.QLoraRank),
+			lw.wProj.tensor(p+nameWProj, c.Heads, c.Hidden))
 	}
 	return safetensors.Write(w, ts, c.metadata())
 }

@@ -47,7 +47,8 @@ func TestModelRoundTrip(t *testing.T) {
 	}
 	for i := range m.layers {
 		a, b := m.layers[i], got.layers[i]
-		if !slices.Equal(a.wqA, b.wqA) || !slices.Equal(a.wqB, b.wqB) || !slices.Equal(a.qNorm, b.qNorm) || !slices.Equal(a.wProj, b.wProj) {
+		if !slices.Equal(a.wqA.float32s(), b.wqA.float32s()) || !slices.Equal(a.wqB.float32s(), b.wqB.float32s()) ||
+			!slices.Equal(a.qNorm.float32s(), b.qNorm.float32s()) || !slices.Equal(a.wProj.float32s(), b.wProj.float32s()) {
 			t.Fatalf("layer %d weights differ after save/load", i)
 		}
 	}
@@ -208,9 +209,22 @@ func TestLoadBF16AndF16(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", dt, err)
 		}
-		for j, w := range m.layers[0].wqA {
-			if d := got.layers[0].wqA[j] - w; d > 0.01 || d < -0.01 {
-				t.Fatalf("%s: wq_a[%d] = %v, want ≈ %v", dt, j, got.layers[0].wqA[j], w)
+		if dt == safetensors.BF16 {
+			// Kept as bf16 and re-exported as BF16, bit for bit.
+			if got.layers[0].wqB.bf16 == nil {
+				t.Fatal("BF16 weights not kept as bf16")
+			}
+			ts2, _ := tensorsOf(t, got)
+			for i := range ts {
+				if ts2[i].DType != safetensors.BF16 || !slices.Equal(ts2[i].Data, ts[i].Data) {
+					t.Fatalf("re-export of %s: dtype %s, bytes equal %v", ts[i].Name, ts2[i].DType, slices.Equal(ts2[i].Data, ts[i].Data))
+				}
+			}
+		}
+		gotA := got.layers[0].wqA.float32s()
+		for j, w := range m.layers[0].wqA.float32s() {
+			if d := gotA[j] - w; d > 0.01 || d < -0.01 {
+				t.Fatalf("%s: wq_a[%d] = %v, want ≈ %v", dt, j, gotA[j], w)
 			}
 		}
 	}
@@ -245,7 +259,7 @@ func TestConvertScriptOutputLoads(t *testing.T) {
 	pattern := func(i, s int) float32 { return float32((i*7919+s*104729)%2001-1000) / 4000 }
 	for li := range c.Layers {
 		lw := m.layers[li]
-		for si, v := range [][]float32{lw.wqA, lw.wqB, lw.qNorm, lw.wProj} {
+		for si, v := range [][]float32{lw.wqA.float32s(), lw.wqB.float32s(), lw.qNorm.float32s(), lw.wProj.float32s()} {
 			for _, i := range []int{0, 1, 17, len(v) - 1} {
 				want := pattern(i, si+1+10*li)
 				if d := v[i] - want; d > 0.002 || d < -0.002 {
