@@ -213,25 +213,54 @@ func benchCycle(b *testing.B, bf16 bool) {
 	b.ReportMetric(2*float64(n)*heads*d*layers/(scoreTime.Seconds()/float64(b.N))/1e9, "score-GFLOP/s")
 }
 
-// BenchmarkQuery is the query side alone at the published dimensions (one layer).
-func BenchmarkQuery(b *testing.B) {
+// BenchmarkQueries is the query side alone at the published dimensions (one
+// layer; hidden 4096, R 2048, H 128), for 1 and 8 queries in one pass over the
+// weights, with float32 and bf16-exact weights.
+func BenchmarkQueries(b *testing.B) {
 	const hidden, rank, heads, d = 4096, 2048, 128, 128
-	mat := func(rows, cols int) Matrix {
-		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
-		for i := range m.Data {
-			m.Data[i] = float32(i%13) * 1e-3
+	r := rand.New(rand.NewPCG(3, 3))
+	for _, bf := range []bool{false, true} {
+		mat := func(rows, cols int) Matrix {
+			m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
+			for i := range m.Data {
+				m.Data[i] = float32(r.NormFloat64() / math.Sqrt(float64(cols)))
+				if bf {
+					m.Data[i] = RoundBF16(m.Data[i])
+				}
+			}
+			return m
 		}
-		return m
-	}
-	qn := make([]float32, rank)
-	lw, err := NewLayerWeights(mat(rank, hidden), qn, mat(heads*d, rank), mat(heads, hidden), DefaultOptions)
-	if err != nil {
-		b.Fatal(err)
-	}
-	hid := make([]byte, 2*hidden)
-	for b.Loop() {
-		if _, err := lw.Query(hid, 1000); err != nil {
+		qn := make([]float32, rank)
+		for i := range qn {
+			qn[i] = 1
+		}
+		lw, err := NewLayerWeights(mat(rank, hidden), qn, mat(heads*d, rank), mat(heads, hidden), DefaultOptions)
+		if err != nil {
 			b.Fatal(err)
+		}
+		for _, nb := range []int{1, 8} {
+			hid := make([][]byte, nb)
+			pos := make([]int64, nb)
+			for i := range hid {
+				hid[i] = make([]byte, 2*hidden)
+				for j := 0; j < hidden; j++ {
+					binary.LittleEndian.PutUint16(hid[i][2*j:], BF16FromF32(float32(r.NormFloat64())))
+				}
+				pos[i] = int64(1000 * i)
+			}
+			name := fmt.Sprintf("weights=f32/B=%d", nb)
+			if bf {
+				name = fmt.Sprintf("weights=bf16/B=%d", nb)
+			}
+			b.Run(name, func(b *testing.B) {
+				cpu0 := processCPU()
+				for b.Loop() {
+					if _, err := lw.Queries(hid, pos); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/1e3/float64(b.N), "cpu-ms/op")
+			})
 		}
 	}
 }

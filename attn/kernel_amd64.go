@@ -10,18 +10,18 @@ var hasAVX2FMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA && cpu.X86.HasF16C
 //go:noescape
 func kernelAVX2(k, q, w *float32, groups, d int, acc *float32)
 
-// dotAVX2 returns Σ a[i]·b[i] for n a multiple of 32.
-//
-//go:noescape
-func dotAVX2(a, b *float32, n int) float32
-
 // decodeFP8AVX2 widens n fp8 codes (n a multiple of 8) to float32, mapping the
 // NaN codes to ±480 (see the assembly).
 //
 //go:noescape
 func decodeFP8AVX2(dst *float32, src *uint8, n int)
 
-// dotBF16AVX2 returns Σ bf16(a[i])·b[i] for n a multiple of 32.
+// dot4AVX2 sets out[v] = Σ_{i<n} a[i]·x[v·stride+i] for v < 4; n a multiple of 16.
 //
 //go:noescape
-func dotBF16AVX2(a *uint16, b *float32, n int) float32
+func dot4AVX2(a, x *float32, stride, n int, out *float32)
+
+// dot4BF16AVX2 is dot4AVX2 with a bf16 weight row.
+//
+//go:noescape
+func dot4BF16AVX2(a *uint16, x *float32, stride, n int, out *float32)

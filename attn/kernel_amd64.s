@@ -121,47 +121,6 @@ done:
 	VZEROUPPER
 	RET
 
-// func dotAVX2(a, b *float32, n int) float32
-//
-// Σ a[i]·b[i] over n elements, n a multiple of 32: four 8-lane accumulators hide
-// the FMA latency; the lanes are summed at the end.
-TEXT ·dotAVX2(SB), NOSPLIT, $0-28
-	MOVQ a+0(FP), SI
-	MOVQ b+8(FP), DI
-	MOVQ n+16(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	SHRQ $5, CX
-	JZ   dotsum
-
-dotloop:
-	VMOVUPS 0(SI), Y4
-	VMOVUPS 32(SI), Y5
-	VMOVUPS 64(SI), Y6
-	VMOVUPS 96(SI), Y7
-	VFMADD231PS 0(DI), Y4, Y0
-	VFMADD231PS 32(DI), Y5, Y1
-	VFMADD231PS 64(DI), Y6, Y2
-	VFMADD231PS 96(DI), Y7, Y3
-	ADDQ $128, SI
-	ADDQ $128, DI
-	DECQ CX
-	JNZ  dotloop
-
-dotsum:
-	VADDPS Y1, Y0, Y0
-	VADDPS Y3, Y2, Y2
-	VADDPS Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS X1, X0, X0
-	VHADDPS X0, X0, X0
-	VHADDPS X0, X0, X0
-	VMOVSS X0, ret+24(FP)
-	VZEROUPPER
-	RET
-
 // func decodeFP8AVX2(dst *float32, src *uint8, n int)
 //
 // Widens n (a multiple of 8) fp8 e4m3fn codes to float32. An e4m3 code shifted
@@ -204,47 +163,117 @@ decdone:
 	VZEROUPPER
 	RET
 
-// func dotBF16AVX2(a *uint16, b *float32, n int) float32
+// func dot4AVX2(a, x *float32, stride, n int, out *float32)
 //
-// Σ bf16(a[i])·b[i] over n elements, n a multiple of 32. A bf16 is the upper half
-// of a float32, so widening is a zero-extend and a 16-bit shift.
-TEXT ·dotBF16AVX2(SB), NOSPLIT, $0-28
+// out[v] = Σ_i a[i]·x[v·stride+i] for v < 4 and n a multiple of 16: one pass over
+// the weight row a serves four input vectors, because the projections are bound
+// by the bandwidth of reading the weights. Two 8-lane accumulators per vector.
+TEXT ·dot4AVX2(SB), NOSPLIT, $0-40
 	MOVQ a+0(FP), SI
-	MOVQ b+8(FP), DI
-	MOVQ n+16(FP), CX
+	MOVQ x+8(FP), DI
+	MOVQ stride+16(FP), R8
+	MOVQ n+24(FP), CX
+	MOVQ out+32(FP), R11
+	SHLQ $2, R8
+	LEAQ (DI)(R8*1), R9
+	LEAQ (R9)(R8*1), R10
+	ADDQ R10, R8
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	SHRQ $5, CX
-	JZ   bdotsum
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	SHRQ $4, CX
+	JZ   d4sum
 
-bdotloop:
-	VPMOVZXWD 0(SI), Y4
-	VPMOVZXWD 16(SI), Y5
-	VPMOVZXWD 32(SI), Y6
-	VPMOVZXWD 48(SI), Y7
-	VPSLLD $16, Y4, Y4
-	VPSLLD $16, Y5, Y5
-	VPSLLD $16, Y6, Y6
-	VPSLLD $16, Y7, Y7
-	VFMADD231PS 0(DI), Y4, Y0
-	VFMADD231PS 32(DI), Y5, Y1
-	VFMADD231PS 64(DI), Y6, Y2
-	VFMADD231PS 96(DI), Y7, Y3
+d4loop:
+	VMOVUPS 0(SI), Y8
+	VMOVUPS 32(SI), Y9
 	ADDQ $64, SI
-	ADDQ $128, DI
+	VFMADD231PS 0(DI), Y8, Y0
+	VFMADD231PS 32(DI), Y9, Y1
+	VFMADD231PS 0(R9), Y8, Y2
+	VFMADD231PS 32(R9), Y9, Y3
+	VFMADD231PS 0(R10), Y8, Y4
+	VFMADD231PS 32(R10), Y9, Y5
+	VFMADD231PS 0(R8), Y8, Y6
+	VFMADD231PS 32(R8), Y9, Y7
+	ADDQ $64, DI
+	ADDQ $64, R9
+	ADDQ $64, R10
+	ADDQ $64, R8
 	DECQ CX
-	JNZ  bdotloop
+	JNZ  d4loop
 
-bdotsum:
-	VADDPS Y1, Y0, Y0
-	VADDPS Y3, Y2, Y2
-	VADDPS Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS X1, X0, X0
-	VHADDPS X0, X0, X0
-	VHADDPS X0, X0, X0
-	VMOVSS X0, ret+24(FP)
+d4sum:
+#define HSUM(lo, hi, xlo, off) \
+	VADDPS hi, lo, lo \
+	VEXTRACTF128 $1, lo, X8 \
+	VADDPS X8, xlo, xlo \
+	VHADDPS xlo, xlo, xlo \
+	VHADDPS xlo, xlo, xlo \
+	VMOVSS xlo, off(R11)
+
+	HSUM(Y0, Y1, X0, 0)
+	HSUM(Y2, Y3, X2, 4)
+	HSUM(Y4, Y5, X4, 8)
+	HSUM(Y6, Y7, X6, 12)
+	VZEROUPPER
+	RET
+
+// func dot4BF16AVX2(a *uint16, x *float32, stride, n int, out *float32)
+//
+// dot4AVX2 for a bf16 weight row: a bf16 is the upper half of a float32, so
+// widening is a zero-extend and a 16-bit shift.
+TEXT ·dot4BF16AVX2(SB), NOSPLIT, $0-40
+	MOVQ a+0(FP), SI
+	MOVQ x+8(FP), DI
+	MOVQ stride+16(FP), R8
+	MOVQ n+24(FP), CX
+	MOVQ out+32(FP), R11
+	SHLQ $2, R8
+	LEAQ (DI)(R8*1), R9
+	LEAQ (R9)(R8*1), R10
+	ADDQ R10, R8
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	SHRQ $4, CX
+	JZ   b4sum
+
+b4loop:
+	VPMOVZXWD 0(SI), Y8
+	VPMOVZXWD 16(SI), Y9
+	VPSLLD $16, Y8, Y8
+	VPSLLD $16, Y9, Y9
+	ADDQ $32, SI
+	VFMADD231PS 0(DI), Y8, Y0
+	VFMADD231PS 32(DI), Y9, Y1
+	VFMADD231PS 0(R9), Y8, Y2
+	VFMADD231PS 32(R9), Y9, Y3
+	VFMADD231PS 0(R10), Y8, Y4
+	VFMADD231PS 32(R10), Y9, Y5
+	VFMADD231PS 0(R8), Y8, Y6
+	VFMADD231PS 32(R8), Y9, Y7
+	ADDQ $64, DI
+	ADDQ $64, R9
+	ADDQ $64, R10
+	ADDQ $64, R8
+	DECQ CX
+	JNZ  b4loop
+
+b4sum:
+	HSUM(Y0, Y1, X0, 0)
+	HSUM(Y2, Y3, X2, 4)
+	HSUM(Y4, Y5, X4, 8)
+	HSUM(Y6, Y7, X6, 12)
 	VZEROUPPER
 	RET

@@ -2,12 +2,10 @@
 
 package attn
 
+// Only amd64 has the assembly kernels; hasAVX2FMA keeps them from being called.
 const hasAVX2FMA = false
 
-func kernelAVX2(k, q, w *float32, groups, d int, acc *float32) {}
-
-func dotAVX2(a, b *float32, n int) float32 { return 0 }
-
-func decodeFP8AVX2(dst *float32, src *uint8, n int) {}
-
-func dotBF16AVX2(a *uint16, b *float32, n int) float32 { return 0 }
+func kernelAVX2(k, q, w *float32, groups, d int, acc *float32)        {}
+func decodeFP8AVX2(dst *float32, src *uint8, n int)                   {}
+func dot4AVX2(a, x *float32, stride, n int, out *float32)             {}
+func dot4BF16AVX2(a *uint16, x *float32, stride, n int, out *float32) {}

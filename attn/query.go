@@ -121,42 +121,73 @@ type Query struct {
 // Query prepares the query of hidden state hidden (little-endian bf16, 2·Hidden
 // bytes) at token position pos.
 func (lw *LayerWeights) Query(hidden []byte, pos int64) (*Query, error) {
-	if len(hidden) != 2*lw.hidden {
-		return nil, fmt.Errorf("%w: hidden state has %d bytes, want %d (bf16 × %d)", ErrShape, len(hidden), 2*lw.hidden, lw.hidden)
+	qs, err := lw.Queries([][]byte{hidden}, []int64{pos})
+	if err != nil {
+		return nil, err
 	}
-	if pos < 0 {
-		return nil, fmt.Errorf("%w: position %d is negative", ErrConfig, pos)
+	return qs[0], nil
+}
+
+// Queries prepares many queries of this layer (requests of a decoder batch, or
+// steps) in one pass over the weights: the projections are bound by reading the
+// weights from memory, so B queries cost little more than one. The result for
+// each query is bit-identical to Query's.
+func (lw *LayerWeights) Queries(hidden [][]byte, pos []int64) ([]*Query, error) {
+	if len(hidden) != len(pos) {
+		return nil, fmt.Errorf("%w: %d hidden states but %d positions", ErrShape, len(hidden), len(pos))
 	}
-	x := make([]float32, lw.hidden)
-	for i := range x {
-		x[i] = BF16ToF32(binary.LittleEndian.Uint16(hidden[2*i:]))
+	nb := len(hidden)
+	for i, hd := range hidden {
+		if len(hd) != 2*lw.hidden {
+			return nil, fmt.Errorf("%w: hidden state %d has %d bytes, want %d (bf16 × %d)", ErrShape, i, len(hd), 2*lw.hidden, lw.hidden)
+		}
+		if pos[i] < 0 {
+			return nil, fmt.Errorf("%w: position %d of query %d is negative", ErrConfig, pos[i], i)
+		}
+	}
+	if nb == 0 {
+		return nil, nil
 	}
 	h, d := lw.heads, lw.headDim
-	qa := make([]float32, lw.rank)
-	matVec(qa, lw.wqA, x)
-	RMSNorm(qa, lw.qNorm, lw.eps)
-	q := make([]float32, h*d)
-	matVec(q, lw.wqB, qa)
+	xs := newVectors(nb, lw.hidden)
+	for b, hd := range hidden {
+		x := xs.vec(b)
+		for i := range x {
+			x[i] = BF16ToF32(binary.LittleEndian.Uint16(hd[2*i:]))
+		}
+	}
+	qa := newVectors(nb, lw.rank)
+	matMul(qa, lw.wqA, xs)
+	for b := 0; b < nb; b++ {
+		RMSNorm(qa.vec(b), lw.qNorm, lw.eps)
+	}
+	qb := newVectors(nb, h*d)
+	matMul(qb, lw.wqB, qa)
+	ws := newVectors(nb, h)
+	matMul(ws, lw.wProj, xs)
 	rd := lw.rope.Dim()
-	for hh := 0; hh < h; hh++ {
-		head := q[hh*d : (hh+1)*d]
-		for i, v := range head {
-			head[i] = RoundBF16(v)
+	out := make([]*Query, nb)
+	for b := range out {
+		q := qb.vec(b)
+		for hh := 0; hh < h; hh++ {
+			head := q[hh*d : (hh+1)*d]
+			for i, v := range head {
+				head[i] = RoundBF16(v)
+			}
+			rot := head[d-rd:]
+			lw.rope.Apply(rot, pos[b])
+			for i, v := range rot {
+				rot[i] = RoundBF16(v)
+			}
+			Hadamard(head)
 		}
-		rot := head[d-rd:]
-		lw.rope.Apply(rot, pos)
-		for i, v := range rot {
-			rot[i] = RoundBF16(v)
+		w := ws.vec(b)
+		for i := range w {
+			w[i] *= lw.wScale
 		}
-		Hadamard(head)
+		out[b] = &Query{Position: pos[b], Heads: h, HeadDim: d, Q: q, W: w, Q8: make([]uint8, h*d), QScale: make([]float32, h)}
+		quantizeHeads(out[b])
 	}
-	w := make([]float32, h)
-	matVec(w, lw.wProj, x)
-	for i := range w {
-		w[i] *= lw.wScale
-	}
-	out := &Query{Position: pos, Heads: h, HeadDim: d, Q: q, W: w, Q8: make([]uint8, h*d), QScale: make([]float32, h)}
-	quantizeHeads(out)
 	return out, nil
 }
 
@@ -210,54 +241,81 @@ func newWeights(m Matrix, allowBF16 bool) weights {
 	return w
 }
 
-// parallelMACs is the matrix size above which matVec splits rows over
+// vectors holds n vectors of one length back to back, padded with zero vectors
+// to a multiple of 4 because the SIMD projection kernel takes 4 at a time.
+type vectors struct {
+	n, len int
+	data   []float32
+}
+
+func newVectors(n, length int) vectors {
+	return vectors{n: n, len: length, data: make([]float32, (n+3)/4*4*length)}
+}
+
+func (v vectors) vec(i int) []float32 { return v.data[i*v.len : (i+1)*v.len : (i+1)*v.len] }
+
+// parallelMACs is the weight-matrix size above which matMul splits rows over
 // goroutines: below it, starting them costs more than it saves.
 const parallelMACs = 1 << 20
 
-// matVec computes dst = m·x. The query projections are memory-bound (the
-// published wq_b alone is 128 MB of float32), so rows are split over GOMAXPROCS
-// goroutines and each row is one SIMD dot product where available.
-func matVec(dst []float32, m weights, x []float32) {
+// matMul sets dst.vec(b) = m·xs.vec(b) for every b. The projections are
+// memory-bound (the published wq_b alone is 128 MB of float32), so each weight
+// row is read once for all vectors, and rows are split over GOMAXPROCS goroutines.
+func matMul(dst vectors, m weights, xs vectors) {
 	workers := min(runtime.GOMAXPROCS(0), m.rows)
 	if workers <= 1 || m.rows*m.cols < parallelMACs {
-		matVecRows(dst, m, x, 0, m.rows)
+		matMulRows(dst, m, xs, 0, m.rows)
 		return
 	}
 	var wg sync.WaitGroup
 	per := (m.rows + workers - 1) / workers
 	for lo := 0; lo < m.rows; lo += per {
 		hi := min(lo+per, m.rows)
-		wg.Go(func() { matVecRows(dst, m, x, lo, hi) })
+		wg.Go(func() { matMulRows(dst, m, xs, lo, hi) })
 	}
 	wg.Wait()
 }
 
-func matVecRows(dst []float32, m weights, x []float32, lo, hi int) {
+func matMulRows(dst vectors, m weights, xs vectors, lo, hi int) {
 	cols := m.cols
 	simd := 0
 	if useFast {
-		simd = cols &^ 31
+		simd = cols &^ 15
 	}
+	var out [4]float32
 	for r := lo; r < hi; r++ {
-		var s float32
-		if m.bf16 != nil {
-			row := m.bf16[r*cols : (r+1)*cols]
-			if simd > 0 {
-				s = dotBF16AVX2(&row[0], &x[0], simd)
+		for v0 := 0; v0 < xs.n; v0 += 4 {
+			x := xs.data[v0*cols : (v0+4)*cols]
+			if m.bf16 != nil {
+				row := m.bf16[r*cols : (r+1)*cols]
+				if simd > 0 {
+					dot4BF16AVX2(&row[0], &x[0], cols, simd, &out[0])
+				} else {
+					out = [4]float32{}
+				}
+				for v := range out {
+					out[v] += dotBF16Go(row[simd:], x[v*cols+simd:(v+1)*cols])
+				}
+			} else {
+				row := m.f32[r*cols : (r+1)*cols]
+				if simd > 0 {
+					dot4AVX2(&row[0], &x[0], cols, simd, &out[0])
+				} else {
+					out = [4]float32{}
+				}
+				for v := range out {
+					out[v] += dotGo(row[simd:], x[v*cols+simd:(v+1)*cols])
+				}
 			}
-			s += dotBF16Go(row[simd:], x[simd:cols])
-		} else {
-			row := m.f32[r*cols : (r+1)*cols]
-			if simd > 0 {
-				s = dotAVX2(&row[0], &x[0], simd)
+			for v := v0; v < min(v0+4, xs.n); v++ {
+				dst.data[v*dst.len+r] = out[v-v0]
 			}
-			s += dotGo(row[simd:], x[simd:cols])
 		}
-		dst[r] = s
 	}
 }
 
-// dotGo is Σ a[i]·b[i] with four partial sums, the portable twin of dotAVX2.
+// dotGo is Σ a[i]·b[i] with four partial sums: the portable projection kernel,
+// and the tail after the SIMD kernel.
 func dotGo(a, b []float32) float32 {
 	b = b[:len(a)]
 	var s0, s1, s2, s3 float32
@@ -274,7 +332,7 @@ func dotGo(a, b []float32) float32 {
 	return (s0 + s1) + (s2 + s3)
 }
 
-// dotBF16Go is Σ bf16(a[i])·b[i], the portable twin of dotBF16AVX2.
+// dotBF16Go is dotGo with a bf16 weight row.
 func dotBF16Go(a []uint16, b []float32) float32 {
 	b = b[:len(a)]
 	var s0, s1, s2, s3 float32

@@ -1,27 +1,32 @@
 package attn
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
 )
 
-// TestMatVec covers the SIMD dot product with column counts that leave a tail
-// for the portable code, and the split over goroutines.
-func TestMatVec(t *testing.T) {
+// TestMatMul covers the SIMD projection kernel with column counts that leave a
+// tail for the portable code, 1 to 9 input vectors (partial groups of 4), bf16
+// and float32 weights, and the split over goroutines.
+func TestMatMul(t *testing.T) {
 	for _, fast := range kernelModes() {
-		for _, sz := range [][2]int{{1, 1}, {3, 31}, {5, 32}, {7, 33}, {4, 100}, {64, 512}, {600, 2048}} {
-			t.Run(fmt.Sprintf("fast=%v/%dx%d", fast, sz[0], sz[1]), func(t *testing.T) {
+		for _, sz := range [][3]int{{1, 1, 1}, {3, 15, 2}, {5, 16, 4}, {7, 33, 5}, {4, 100, 9}, {64, 512, 3}, {600, 2048, 1}, {600, 2048, 6}} {
+			t.Run(fmt.Sprintf("fast=%v/%dx%d/n=%d", fast, sz[0], sz[1], sz[2]), func(t *testing.T) {
 				setFast(t, fast)
-				r := rand.New(rand.NewPCG(uint64(sz[0]), uint64(sz[1])))
-				m := Matrix{Rows: sz[0], Cols: sz[1], Data: make([]float32, sz[0]*sz[1])}
+				rows, cols, nv := sz[0], sz[1], sz[2]
+				r := rand.New(rand.NewPCG(uint64(rows), uint64(cols)))
+				m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
 				for i := range m.Data {
 					m.Data[i] = float32(r.NormFloat64())
 				}
-				x := make([]float32, sz[1])
-				for i := range x {
-					x[i] = float32(r.NormFloat64())
+				xs := newVectors(nv, cols)
+				for v := 0; v < nv; v++ {
+					for i := range xs.vec(v) {
+						xs.vec(v)[i] = float32(r.NormFloat64())
+					}
 				}
 				for _, bf := range []bool{false, true} {
 					if bf {
@@ -33,22 +38,88 @@ func TestMatVec(t *testing.T) {
 					if (w.bf16 != nil) != bf {
 						t.Fatalf("bf16=%v: weights stored as bf16: %v", bf, w.bf16 != nil)
 					}
-					got := make([]float32, sz[0])
-					matVec(got, w, x)
-					for i := range got {
-						var want, mag float64
-						for j := range x {
-							p := float64(m.Data[i*sz[1]+j]) * float64(x[j])
-							want += p
-							mag += math.Abs(p)
-						}
-						if math.Abs(float64(got[i])-want) > 1e-6*mag+1e-30 {
-							t.Fatalf("bf16=%v row %d: %g, want %g", bf, i, got[i], want)
+					dst := newVectors(nv, rows)
+					matMul(dst, w, xs)
+					for v := 0; v < nv; v++ {
+						x, got := xs.vec(v), dst.vec(v)
+						for i := range got {
+							var want, mag float64
+							for j := range x {
+								p := float64(m.Data[i*cols+j]) * float64(x[j])
+								want += p
+								mag += math.Abs(p)
+							}
+							if math.Abs(float64(got[i])-want) > 1e-6*mag+1e-30 {
+								t.Fatalf("bf16=%v vector %d row %d: %g, want %g", bf, v, i, got[i], want)
+							}
 						}
 					}
 				}
 			})
 		}
+	}
+}
+
+// TestQueriesBatched: a batch of queries equals the queries made one at a time,
+// bit for bit, whatever the batch size and slot.
+func TestQueriesBatched(t *testing.T) {
+	r := rand.New(rand.NewPCG(10, 10))
+	mat := func(rows, cols int) Matrix {
+		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
+		for i := range m.Data {
+			m.Data[i] = float32(r.NormFloat64() / math.Sqrt(float64(cols)))
+		}
+		return m
+	}
+	qn := make([]float32, 48)
+	for i := range qn {
+		qn[i] = 1
+	}
+	lw, err := NewLayerWeights(mat(48, 80), qn, mat(5*128, 48), mat(5, 80), DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hid [][]byte
+	var pos []int64
+	for i := range 7 {
+		h := make([]byte, 160)
+		for j := 0; j < 80; j++ {
+			v := BF16FromF32(float32(r.NormFloat64()))
+			h[2*j], h[2*j+1] = byte(v), byte(v>>8)
+		}
+		hid = append(hid, h)
+		pos = append(pos, int64(i)*150001)
+	}
+	for _, fast := range kernelModes() {
+		setFast(t, fast)
+		for _, nb := range []int{1, 2, 4, 5, 7} {
+			batch, err := lw.Queries(hid[:nb], pos[:nb])
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, bq := range batch {
+				one, _ := lw.Query(hid[i], pos[i])
+				for j := range one.Q {
+					if math.Float32bits(one.Q[j]) != math.Float32bits(bq.Q[j]) {
+						t.Fatalf("fast=%v batch %d slot %d: q[%d] %g, alone %g", fast, nb, i, j, bq.Q[j], one.Q[j])
+					}
+				}
+				for j := range one.W {
+					if one.W[j] != bq.W[j] || one.QScale[j] != bq.QScale[j] {
+						t.Fatalf("fast=%v batch %d slot %d: head %d weights differ", fast, nb, i, j)
+					}
+				}
+			}
+		}
+	}
+	if _, err := lw.Queries(hid[:2], pos[:1]); !errors.Is(err, ErrShape) {
+		t.Errorf("mismatched lengths: %v", err)
+	}
+	if _, err := lw.Queries([][]byte{hid[0], hid[1][:10]}, pos[:2]); !errors.Is(err, ErrShape) {
+		t.Errorf("short hidden state: %v", err)
+	}
+	if qs, err := lw.Queries(nil, nil); err != nil || len(qs) != 0 {
+		t.Errorf("empty batch: %v, %v", qs, err)
 	}
 }
 
