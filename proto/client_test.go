@@ -30,7 +30,6 @@ func dial(t *testing.T, s *testServer) *Client {
 
 func TestClientEndToEnd(t *testing.T) {
 	s := newTestServer(t)
-	before := openFDs(t)
 	c := dial(t, s)
 	ctx := context.Background()
 
@@ -157,13 +156,14 @@ func TestClientEndToEnd(t *testing.T) {
 	Unmap(reserve)
 	reserve = nil
 	s.dropConns()
-	// All fds we received (staging, regions) are closed again.
+	// All fds we received (staging, regions) are closed again, and so are
+	// the server's once its connections are gone.
 	deadline := time.Now().Add(2 * time.Second)
-	for openFDs(t) > before && time.Now().Before(deadline) {
+	for memfdsOpen(t, "") > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := openFDs(t); n > before {
-		t.Fatalf("%d fds open, %d before", n, before)
+	if n := memfdsOpen(t, ""); n > 0 {
+		t.Fatalf("%d memfds still open", n)
 	}
 }
 
@@ -315,7 +315,6 @@ func TestClientSessionOps(t *testing.T) {
 func TestClientLateFDReply(t *testing.T) {
 	s := newTestServer(t)
 	c := dial(t, s)
-	before := openFDs(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	lay := testLayout()
@@ -332,8 +331,8 @@ func TestClientLateFDReply(t *testing.T) {
 	if err := c.CloseSession(context.Background(), 1, true); err != nil {
 		t.Fatal(err)
 	}
-	if n := openFDs(t); n != before {
-		t.Fatalf("%d fds open, %d before: the late reply's fd leaked", n, before)
+	if n := memfdsOpen(t, "region"); n != 0 {
+		t.Fatalf("%d region memfds open: the late reply's fd leaked", n)
 	}
 }
 

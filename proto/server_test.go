@@ -205,6 +205,11 @@ func (s *testServer) handle(c *Conn, f *Frame, staging []byte) error {
 			time.Sleep(200 * time.Millisecond)
 			s.mu.Lock()
 		}
+		for _, o := range s.sessions {
+			if m.Name != "" && o.name == m.Name {
+				return CodeSessionExists.Errorf("session %q", m.Name)
+			}
+		}
 		desc := RegionDesc{Slots: m.Layout.ReserveSlots}
 		for _, l := range m.Layout.Layers {
 			desc.Layers = append(desc.Layers, RegionLayer{Offset: desc.Size, RowBytes: l.RowBytes})
@@ -216,11 +221,6 @@ func (s *testServer) handle(c *Conn, f *Frame, staging []byte) error {
 			return err
 		}
 		s.nextID++
-		for _, o := range s.sessions {
-			if m.Name != "" && o.name == m.Name {
-				return CodeSessionExists.Errorf("session %q", m.Name)
-			}
-		}
 		s.sessions[s.nextID] = &testSession{name: m.Name, model: m.Model, persist: m.Persist, owner: c, layout: m.Layout, region: file, mem: mem, desc: desc}
 		return c.Reply(f.Header, &OpenReply{Session: s.nextID, Region: Region{RegionDesc: desc}}, int(file.Fd()))
 	case *Resume:

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -52,6 +53,25 @@ func openFDs(t testing.TB) int {
 		t.Skip("no /proc/self/fd:", err)
 	}
 	return len(ents)
+}
+
+// memfdsOpen counts this process's descriptors that refer to a memfd named
+// name ("" for any memfd). Unlike openFDs it is immune to unrelated
+// descriptors opening or closing meanwhile (finalizers, the runtime).
+func memfdsOpen(t testing.TB, name string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	n := 0
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err == nil && strings.HasPrefix(target, "/memfd:"+name) {
+			n++
+		}
+	}
+	return n
 }
 
 // frameBytes encodes a frame as WriteFrame would put it on the wire.
