@@ -375,7 +375,7 @@ func TestStrayFDsClosed(t *testing.T) {
 		defer m.Close()
 		files = append(files, int(m.Fd()))
 	}
-	before := openFDs(t)
+	before := memfdsOpen(t, "stray")
 	tests := []struct {
 		name string
 		nfds uint8 // announced
@@ -411,7 +411,7 @@ func TestStrayFDsClosed(t *testing.T) {
 			if f == nil || f.ID != uint64(i+1) || f.Files != nil {
 				t.Fatalf("frame %+v", f)
 			}
-			if n := openFDs(t); n != before {
+			if n := memfdsOpen(t, "stray"); n != before {
 				t.Fatalf("%d fds open after the read, %d before: received fds leaked", n, before)
 			}
 		})

@@ -44,20 +44,10 @@ func memfd(t testing.TB, name string, size int64) *os.File {
 	return os.NewFile(uintptr(fd), name)
 }
 
-// openFDs counts this process's open descriptors, to catch leaks of fds
-// received with SCM_RIGHTS.
-func openFDs(t testing.TB) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skip("no /proc/self/fd:", err)
-	}
-	return len(ents)
-}
-
 // memfdsOpen counts this process's descriptors that refer to a memfd named
-// name ("" for any memfd). Unlike openFDs it is immune to unrelated
-// descriptors opening or closing meanwhile (finalizers, the runtime).
+// name ("" for any memfd). Counting only memfds keeps leak checks immune
+// to unrelated descriptors opening or closing meanwhile (finalizers, the
+// runtime).
 func memfdsOpen(t testing.TB, name string) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
