@@ -15,14 +15,7 @@ type ErrorBody Error
 // AppendBinary implements Message.
 func (m *ErrorBody) AppendBinary(b []byte) ([]byte, error) {
 	e := enc{b}
-	code := m.Code
-	if code == CodeOK {
-		code = CodeInternal // an error frame never says "ok"
-	}
-	e.u32(uint32(code))
-	if err := e.str("error message", clipMsg(m.Msg), MaxErrorMsg); err != nil {
-		return b, err
-	}
+	e.errorStatus((*Error)(m))
 	return e.b, nil
 }
 
@@ -668,14 +661,7 @@ func (m *CycleReply) AppendBinary(b []byte) ([]byte, error) {
 	for i := range m.Results {
 		r := &m.Results[i]
 		if r.Err != nil {
-			code := r.Err.Code
-			if code == CodeOK {
-				code = CodeInternal
-			}
-			e.u32(uint32(code))
-			if err := e.str("error message", clipMsg(r.Err.Msg), MaxErrorMsg); err != nil {
-				return b, err
-			}
+			e.errorStatus(r.Err)
 			continue
 		}
 		c := &r.Counters
@@ -796,6 +782,21 @@ func (m *Release) Decode(body []byte) error {
 		m.Leases[i] = d.u64()
 	}
 	return d.end()
+}
+
+// errorStatus writes an error's code and message, as an error body and a
+// failed CYCLE entry both carry them. It cannot fail: the message is clipped
+// to a valid string, and code 0 (which would read as success) becomes
+// CodeInternal.
+func (e *enc) errorStatus(err *Error) {
+	code := err.Code
+	if code == CodeOK {
+		code = CodeInternal
+	}
+	e.u32(uint32(code))
+	msg := clipMsg(err.Msg)
+	e.u16(uint16(len(msg)))
+	e.b = append(e.b, msg...)
 }
 
 // clipMsg cuts an error message to MaxErrorMsg bytes and replaces invalid
