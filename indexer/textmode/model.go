@@ -32,7 +32,8 @@ type Config struct {
 	// terms to its key, so all chunks of a sentence light up together and a
 	// sentence cut by a page boundary still scores on both pages.
 	TermWindow int
-	// MaxTerms bounds the lexical terms stored per chunk key (chunk terms first,
+	// MaxTerms bounds the lexical terms stored per chunk key, at most 32 (a
+	// 32-bit mask marks the terms the training corpus never saw) (chunk terms first,
 	// then window terms by decreasing IDF).
 	MaxTerms int
 	// MaxQueryTerms bounds the lexical terms of a query (rarest first).
@@ -46,9 +47,10 @@ type Config struct {
 }
 
 // DefaultConfig gives 132-byte chunk keys (the size of an LSA index key): 64
-// int8 embedding values, a float32 scale, two counts and 31 16-bit terms.
+// int8 embedding values, a float32 scale, two counts, 29 16-bit terms and a
+// 32-bit novelty mask.
 func DefaultConfig() Config {
-	return Config{Buckets: 1 << 16, Dim: 64, Window: 8, TermWindow: 16, MaxTerms: 31, MaxQueryTerms: 64, MinIDF: 1.5, TopTerms: 3}
+	return Config{Buckets: 1 << 16, Dim: 64, Window: 8, TermWindow: 16, MaxTerms: 29, MaxQueryTerms: 64, MinIDF: 1.5, TopTerms: 3}
 }
 
 // Validate reports the first field out of range, wrapped in ErrBadConfig.
@@ -62,8 +64,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Window %d not in [0, 64]", ErrBadConfig, c.Window)
 	case c.TermWindow < 0 || c.TermWindow > 64:
 		return fmt.Errorf("%w: TermWindow %d not in [0, 64]", ErrBadConfig, c.TermWindow)
-	case c.MaxTerms < TokensPerChunk || c.MaxTerms > 255:
-		return fmt.Errorf("%w: MaxTerms %d not in [%d, 255]", ErrBadConfig, c.MaxTerms, TokensPerChunk)
+	case c.MaxTerms < TokensPerChunk || c.MaxTerms > 32:
+		return fmt.Errorf("%w: MaxTerms %d not in [%d, 32]", ErrBadConfig, c.MaxTerms, TokensPerChunk)
 	case c.MaxQueryTerms <= 0 || c.MaxQueryTerms > 1024:
 		return fmt.Errorf("%w: MaxQueryTerms %d not in [1, 1024]", ErrBadConfig, c.MaxQueryTerms)
 	case !(c.MinIDF >= 0) || math.IsInf(float64(c.MinIDF), 0):
@@ -75,8 +77,8 @@ func (c Config) Validate() error {
 }
 
 // KeyBytes is the size of one chunk key: Dim int8, float32 scale, core-term
-// count, term count, MaxTerms uint16 terms.
-func (c Config) KeyBytes() int { return c.Dim + 4 + 2 + 2*c.MaxTerms }
+// count, term count, MaxTerms uint16 terms, uint32 novelty mask.
+func (c Config) KeyBytes() int { return c.Dim + 4 + 2 + 2*c.MaxTerms + 4 }
 
 // QueryBytes is the size of one serialised query: Dim float32, the mode, the
 // term count, the lexical normaliser, MaxQueryTerms uint16 terms.
@@ -121,12 +123,15 @@ type Model struct {
 	shift uint // 32 − log2(Buckets)
 	embed []float32
 	idf   []float32
-	// maxIDF is the largest IDF: that of a term the training corpus never saw.
-	maxIDF float32
-	wq     []float32 // Dim × Dim, row-major: h = wq · u
-	wc     []float32
-	calib  [numModes]Calibration
-	meta   map[string]string
+	// bloom is a Bloom filter of the training corpus's term IDs (full 32 bits,
+	// not buckets): a term it does not hold is novel — a name, a code, an
+	// identifier — which relevance feedback follows. Bucket IDF cannot tell: a
+	// quarter of unseen words share a bucket with some training word.
+	bloom []uint64
+	wq    []float32 // Dim × Dim, row-major: h = wq · u
+	wc    []float32
+	calib [numModes]Calibration
+	meta  map[string]string
 }
 
 // Config returns the model's shapes.
@@ -267,7 +272,7 @@ func (m *Model) AppendChunkKeys(dst []byte, toks []Token) []byte {
 	var fs []feature
 	u := make([]float32, m.cfg.Dim)
 	y := make([]float32, m.cfg.Dim)
-	terms := make([]uint16, 0, 2*m.cfg.TermWindow+TokensPerChunk)
+	terms := make([]uint32, 0, 2*m.cfg.TermWindow+TokensPerChunk)
 	for c := range n {
 		fs = m.chunkFeatures(fs[:0], toks, c)
 		m.pool(u, fs)
@@ -279,7 +284,7 @@ func (m *Model) AppendChunkKeys(dst []byte, toks []Token) []byte {
 
 // encodeKey writes one key: the int8-quantised unit vector y, its scale, and the
 // chunk's lexical terms (its own terms first, then window terms by IDF).
-func (m *Model) encodeKey(k []byte, y []float32, toks []Token, c int, terms []uint16) []uint16 {
+func (m *Model) encodeKey(k []byte, y []float32, toks []Token, c int, terms []uint32) []uint32 {
 	d := m.cfg.Dim
 	var mx float32
 	for _, v := range y {
@@ -297,22 +302,27 @@ func (m *Model) encodeKey(k []byte, y []float32, toks []Token, c int, terms []ui
 
 	lo := c * TokensPerChunk
 	hi := min(lo+TokensPerChunk, len(toks))
+	// Work entries are bucket | novel<<16.
 	terms = terms[:0]
 	add := func(ts []Token) {
 		for _, t := range ts {
-			b := uint16(m.bucket(t.ID))
+			b := m.bucket(t.ID)
 			if m.idf[b] < m.cfg.MinIDF {
 				continue
 			}
 			dup := false
 			for _, x := range terms {
-				if x == b {
+				if x&0xffff == b {
 					dup = true
 					break
 				}
 			}
 			if !dup {
-				terms = append(terms, b)
+				e := b
+				if m.novel(t.ID) {
+					e |= 1 << 16
+				}
+				terms = append(terms, e)
 			}
 		}
 	}
@@ -327,22 +337,30 @@ func (m *Model) encodeKey(k []byte, y []float32, toks []Token, c int, terms []ui
 	terms = terms[:min(len(terms), m.cfg.MaxTerms)]
 	k[d+4] = byte(min(ncore, len(terms)))
 	k[d+5] = byte(len(terms))
+	var mask uint32
 	for i := range m.cfg.MaxTerms {
 		var v uint16
 		if i < len(terms) {
-			v = terms[i]
+			v = uint16(terms[i])
+			if terms[i]>>16 != 0 {
+				mask |= 1 << i
+			}
 		}
 		binary.LittleEndian.PutUint16(k[d+6+2*i:], v)
 	}
+	binary.LittleEndian.PutUint32(k[d+6+2*m.cfg.MaxTerms:], mask)
 	return terms
 }
 
-func sortTermsByIDF(ts []uint16, idf []float32) {
+// sortTermsByIDF orders bucket entries (bucket in the low 16 bits) by
+// decreasing IDF, ties by bucket.
+func sortTermsByIDF[T uint16 | uint32](ts []T, idf []float32) {
 	// Insertion sort: a window holds at most a few dozen terms.
 	for i := 1; i < len(ts); i++ {
 		for j := i; j > 0; j-- {
 			a, b := ts[j-1], ts[j]
-			if idf[b] > idf[a] || (idf[b] == idf[a] && b < a) {
+			ia, ib := idf[a&0xffff], idf[b&0xffff]
+			if ib > ia || (ib == ia && b&0xffff < a&0xffff) {
 				ts[j-1], ts[j] = b, a
 				continue
 			}
@@ -489,6 +507,7 @@ const (
 	tensorWQ    = "query_proj"  // [Dim, Dim] F32
 	tensorWC    = "chunk_proj"  // [Dim, Dim] F32
 	tensorCalib = "calibration" // [3, 3] F32: per mode (combined, lexical, dense) lex, dense, bias
+	tensorBloom = "vocab_bloom" // [bytes] U8: Bloom filter of training term IDs, a power of two ≥ 8 bytes
 )
 
 // Save writes the model as safetensors. The embedding table is stored as F16
@@ -515,6 +534,7 @@ func (m *Model) Save(w io.Writer) error {
 		{Name: tensorEmbed, DType: safetensors.F16, Shape: []int{m.cfg.Buckets, d}, Data: f16Bytes(m.embed)},
 		{Name: tensorIDF, DType: safetensors.F32, Shape: []int{m.cfg.Buckets}, Data: f32Bytes(m.idf)},
 		{Name: tensorWQ, DType: safetensors.F32, Shape: []int{d, d}, Data: f32Bytes(m.wq)},
+		{Name: tensorBloom, DType: safetensors.U8, Shape: []int{8 * len(m.bloom)}, Data: u64Bytes(m.bloom)},
 	}, meta)
 }
 
@@ -589,8 +609,18 @@ func Load(b []byte) (*Model, error) {
 			return nil, fmt.Errorf("%w: idf[%d] = %v < 0", ErrBadModel, i, v)
 		}
 	}
+	bt, err := f.Tensor(tensorBloom)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tensor %q: %w", ErrBadModel, tensorBloom, err)
+	}
+	if bt.DType != safetensors.U8 || len(bt.Shape) != 1 || len(bt.Data) < 8 || bits.OnesCount(uint(len(bt.Data))) != 1 {
+		return nil, fmt.Errorf("%w: tensor %q is %s%v, want U8 of a power of two ≥ 8 bytes", ErrBadModel, tensorBloom, bt.DType, bt.Shape)
+	}
+	m.bloom = make([]uint64, len(bt.Data)/8)
+	for i := range m.bloom {
+		m.bloom[i] = binary.LittleEndian.Uint64(bt.Data[8*i:])
+	}
 	m.meta = meta
-	m.setMaxIDF()
 	return m, nil
 }
 
@@ -621,9 +651,56 @@ func (m *Model) WithCalibration(mode Mode, c Calibration) *Model {
 	return &cp
 }
 
-func (m *Model) setMaxIDF() {
-	m.maxIDF = 0
-	for _, v := range m.idf {
-		m.maxIDF = max(m.maxIDF, v)
+// Bloom filter of the training vocabulary. bloomHashes probes per term; with
+// 16 bits per term the false-positive rate is about 0.05 %.
+const (
+	bloomHashes      = 6
+	bloomBitsPerTerm = 16
+)
+
+func bloomProbe(id uint32, i int, mask uint64) uint64 {
+	h := uint64(id)*0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019
+	h1 := h ^ h>>29
+	h2 := (h*0xBF58476D1CE4E5B9)>>31 | 1
+	return (h1 + uint64(i)*h2) & mask
+}
+
+// buildBloom makes the filter of a set of term IDs.
+func buildBloom(ids map[uint32]struct{}) []uint64 {
+	nbits := uint64(512)
+	for nbits < uint64(bloomBitsPerTerm*len(ids)) {
+		nbits *= 2
 	}
+	b := make([]uint64, nbits/64)
+	for id := range ids {
+		for i := range bloomHashes {
+			p := bloomProbe(id, i, nbits-1)
+			b[p>>6] |= 1 << (p & 63)
+		}
+	}
+	return b
+}
+
+// novel reports whether the training corpus (probably) never held term id.
+// A model with an empty filter knows no word.
+func (m *Model) novel(id uint32) bool {
+	if len(m.bloom) == 0 {
+		return true
+	}
+	mask := uint64(len(m.bloom))*64 - 1
+	for i := range bloomHashes {
+		p := bloomProbe(id, i, mask)
+		if m.bloom[p>>6]&(1<<(p&63)) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func u64Bytes(v []uint64) []byte {
+	b := make([]byte, 8*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint64(b[8*i:], x)
+	}
+	return b
 }

@@ -336,15 +336,20 @@ func newTestModel(tb testing.TB) *Model {
 	for i := range cfg.Dim {
 		m.wq[i*cfg.Dim+i], m.wc[i*cfg.Dim+i] = 1, 1
 	}
-	m.setMaxIDF()
 	// As in a trained model: stop words below MinIDF, ordinary words seen in
 	// training in between, names and codes (never seen) at the maximum.
 	for _, w := range []string{"the", "of", "is", "a", ".", ",", ":", "?", "="} {
 		m.idf[m.bucket(TermID(w))] = 0.1
 	}
-	for _, w := range strings.Fields(fillerWords + " one special magic numbers for what var which names hold value") {
-		m.idf[m.bucket(TermID(w))] = 4
+	vocab := map[uint32]struct{}{}
+	for _, w := range strings.Fields(fillerWords + " one special magic numbers for what var which names hold value the of is a . , : ? =") {
+		m.idf[m.bucket(TermID(w))] = max(m.idf[m.bucket(TermID(w))], 4)
+		vocab[TermID(w)] = struct{}{}
 	}
+	for _, w := range []string{"the", "of", "is", "a", ".", ",", ":", "?", "="} {
+		m.idf[m.bucket(TermID(w))] = 0.1
+	}
+	m.bloom = buildBloom(vocab)
 	// Thresholds near those the default model learnt (lexical ≈ 0.7).
 	m.calib = [numModes]Calibration{{Lex: 6, Dense: 1, Bias: -4.2}, {Lex: 6, Bias: -4.2}, {Dense: 6, Bias: -3}}
 	return m
@@ -368,13 +373,13 @@ func TestQueryBinaryRoundTrip(t *testing.T) {
 
 func TestKeyLayout(t *testing.T) {
 	m := newTestModel(t)
-	if m.KeyBytes() != 16+6+2*31 {
+	if m.KeyBytes() != 16+6+2*31+4 {
 		t.Fatalf("KeyBytes %d", m.KeyBytes())
 	}
 	if DefaultConfig().KeyBytes() != 132 {
 		t.Fatalf("default KeyBytes %d, want 132 (the LSA key size)", DefaultConfig().KeyBytes())
 	}
-	toks := Tokenize("zeta one two three four five six seven eight")
+	toks := Tokenize("zeta one people often think about startups and essays")
 	keys := m.AppendChunkKeys(nil, toks)
 	if len(keys) != 3*m.KeyBytes() {
 		t.Fatalf("%d key bytes for %d tokens", len(keys), len(toks))
@@ -385,6 +390,9 @@ func TestKeyLayout(t *testing.T) {
 	}
 	if termAt(terms, 0) != uint16(m.bucket(TermID("zeta"))) {
 		t.Fatal("first own term is not the chunk's first token")
+	}
+	if got := m.keyNovel(keys[:m.KeyBytes()]); got != 1 {
+		t.Fatalf("novelty mask %b, want only the unseen \"zeta\" (term 0) marked", got)
 	}
 	bad := bytes.Clone(keys)
 	bad[m.Config().Dim+5] = 200

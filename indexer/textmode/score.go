@@ -27,11 +27,6 @@ const (
 	// context (counted as chunk keys holding it, about 1 + 2·TermWindow/4 keys
 	// per occurrence), i.e. it names something specific, not a topic.
 	prfMaxOccur = 3
-	// prfRareIDF: an expansion term must also be (nearly) unknown to the
-	// training corpus — its IDF within prfRareIDF of the largest, i.e. seen in at
-	// most one training window: names, codes, identifiers, not ordinary words
-	// that happen to be rare in one context.
-	prfRareIDF = 1.2
 	// prfMaxSeeds and prfMaxTerms bound the work of one round.
 	prfMaxSeeds = 512
 	prfMaxTerms = 256
@@ -44,6 +39,11 @@ const (
 func (m *Model) keyTerms(key []byte) (terms []byte, ncore, nt int) {
 	d := m.cfg.Dim
 	return key[d+6:], int(key[d+4]), int(key[d+5])
+}
+
+// keyNovel is the key's mask of terms the training corpus never saw.
+func (m *Model) keyNovel(key []byte) uint32 {
+	return binary.LittleEndian.Uint32(key[m.cfg.Dim+6+2*m.cfg.MaxTerms:])
 }
 
 func termAt(terms []byte, i int) uint16 { return binary.LittleEndian.Uint16(terms[2*i:]) }
@@ -226,10 +226,12 @@ func dilate(out []float32) {
 
 // expand is pseudo-relevance feedback for multi-hop evidence ("VAR B = VAR A"
 // found through A once "VAR A = 7" matched): for up to prfHops rounds, the
-// specific terms of the chunks kept in the previous round (terms of their keys,
-// window included, that the training corpus barely knew, that occur in at most
-// prfMaxDF keys of the context and are not in the query) become a second
-// query, and chunks holding one of them are kept with prfLogit.
+// specific terms of the chunks kept in the previous round (their own terms,
+// not their windows', that the training corpus never held, that occur at most
+// prfMaxOccur times in the context and are not in the query) become a second
+// query, and chunks holding one of them are kept with prfLogit. Dilation has
+// already kept the neighbours of strong chunks, so a name just before the
+// chunk that matched best is among the seeds' own terms.
 func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 	kb := m.KeyBytes()
 	n := len(out)
@@ -241,7 +243,6 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 	}
 	used := slices.Clone(q.set)
 	maxDF := prfMaxOccur * (1 + 2*((m.cfg.TermWindow+TokensPerChunk-1)/TokensPerChunk))
-	rare := m.maxIDF - prfRareIDF
 	for range prfHops {
 		if len(seeds) == 0 {
 			return
@@ -262,10 +263,12 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 		cand := map[uint16]int{}
 		var order []uint16
 		for _, c := range seeds {
-			terms, _, nt := m.keyTerms(keys[c*kb : (c+1)*kb])
-			for i := range nt {
+			key := keys[c*kb : (c+1)*kb]
+			terms, ncore, _ := m.keyTerms(key)
+			novel := m.keyNovel(key)
+			for i := range ncore {
 				b := termAt(terms, i)
-				if int(b) >= m.cfg.Buckets || used[b>>6]&(1<<(b&63)) != 0 || m.idf[b] < rare {
+				if novel&(1<<i) == 0 || int(b) >= m.cfg.Buckets || used[b>>6]&(1<<(b&63)) != 0 {
 					continue
 				}
 				if _, ok := cand[b]; !ok && len(order) < prfMaxTerms {
@@ -277,9 +280,16 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 		if len(order) == 0 {
 			return
 		}
+		// Occurrences count only where the term is marked novel: a training
+		// word sharing the 16-bit bucket is another word, not another mention.
 		for c := range n {
-			terms, _, nt := m.keyTerms(keys[c*kb : (c+1)*kb])
+			key := keys[c*kb : (c+1)*kb]
+			terms, _, nt := m.keyTerms(key)
+			novel := m.keyNovel(key)
 			for i := range nt {
+				if novel&(1<<i) == 0 {
+					continue
+				}
 				if v, ok := cand[termAt(terms, i)]; ok {
 					cand[termAt(terms, i)] = v + 1
 				}
@@ -306,12 +316,21 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 			// page reached by feedback then counts one or two chunks above
 			// threshold, below pages the query matches directly, above pages
 			// nothing matches.
-			terms, ncore, _ := m.keyTerms(keys[c*kb : (c+1)*kb])
+			key := keys[c*kb : (c+1)*kb]
+			terms, ncore, _ := m.keyTerms(key)
+			novel := m.keyNovel(key)
 			for i := range ncore {
 				b := termAt(terms, i)
-				if int(b) < m.cfg.Buckets && exp[b>>6]&(1<<(b&63)) != 0 {
+				if novel&(1<<i) != 0 && int(b) < m.cfg.Buckets && exp[b>>6]&(1<<(b&63)) != 0 {
 					out[c] = prfLogit
-					seeds = append(seeds, c)
+					// The next name of a chain may sit in the chunk next door
+					// ("VAR B = | VAR A."), so neighbours seed the next round
+					// too (their own terms only; their logits are unchanged).
+					for _, s := range []int{c - 1, c, c + 1} {
+						if s >= 0 && s < n && (len(seeds) == 0 || seeds[len(seeds)-1] < s) {
+							seeds = append(seeds, s)
+						}
+					}
 					break
 				}
 			}

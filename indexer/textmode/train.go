@@ -206,7 +206,13 @@ func Train(ctx context.Context, docs []Document, opts TrainOptions) (*Model, err
 	report(Progress{Phase: "idf"})
 	td := prepDocs(docs, opts.Workers)
 	computeIDF(m, td)
-	m.setMaxIDF()
+	vocab := map[uint32]struct{}{}
+	for _, d := range td {
+		for _, tk := range d.toks {
+			vocab[tk.ID] = struct{}{}
+		}
+	}
+	m.bloom = buildBloom(vocab)
 
 	type sref struct{ doc, sent int }
 	var train, val []sref
