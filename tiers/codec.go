@@ -102,7 +102,7 @@ func decodePageHeader(v []byte, want PageID) (pageHeader, error) {
 	if h.id != want {
 		return h, fmt.Errorf("page %v: value names page %v: %w", want, h.id, ErrIntegrity)
 	}
-	if int64(h.length) != int64(len(v)-pageHeaderSize) {
+	if h.length > MaxPageBytes || int64(h.length) != int64(len(v)-pageHeaderSize) {
 		return h, fmt.Errorf("page %v: header says %d B, value has %d: %w", want, h.length, len(v)-pageHeaderSize, ErrIntegrity)
 	}
 	return h, nil

@@ -342,20 +342,17 @@ func (s *Store) view(ctx context.Context, id PageID, fn func(gen uint64, data []
 	return SourceSSD, nil
 }
 
-// readSSD copies a page out of the SSD into a pooled buffer.
+// readSSD copies a verified page out of the SSD into a pooled buffer.
 func (s *Store) readSSD(ctx context.Context, id PageID) (uint64, *[]byte, error) {
-	var gen uint64
 	var bp *[]byte
-	err := s.ssd.view(ctx, id, func(g uint64, body []byte) error {
+	gen, _, err := s.ssd.read(ctx, id, func(n int) ([]byte, error) {
 		bp, _ = s.bufs.Get().(*[]byte)
-		if bp == nil || cap(*bp) < len(body) {
-			b := make([]byte, len(body))
+		if bp == nil || cap(*bp) < n {
+			b := make([]byte, n)
 			bp = &b
 		}
-		*bp = (*bp)[:len(body)]
-		copy(*bp, body)
-		gen = g
-		return nil
+		*bp = (*bp)[:n]
+		return *bp, nil
 	})
 	if err != nil {
 		if bp != nil {
