@@ -16,12 +16,13 @@ func kernelAVX2(k, q, w *float32, groups, d int, acc *float32)
 //go:noescape
 func decodeFP8AVX2(dst *float32, src *uint8, n int)
 
-// dot4AVX2 sets out[v] = Σ_{i<n} a[i]·x[v·stride+i] for v < 4; n a multiple of 16.
+// dot4AVX2 sets out[v] = Σ_{i<n} a[i]·x[v·stride+i] for v < 4, in float64; n a
+// multiple of 8.
 //
 //go:noescape
-func dot4AVX2(a, x *float32, stride, n int, out *float32)
+func dot4AVX2(a *float32, x *float64, stride, n int, out *float64)
 
 // dot4BF16AVX2 is dot4AVX2 with a bf16 weight row.
 //
 //go:noescape
-func dot4BF16AVX2(a *uint16, x *float32, stride, n int, out *float32)
+func dot4BF16AVX2(a *uint16, x *float64, stride, n int, out *float64)

@@ -163,68 +163,73 @@ decdone:
 	VZEROUPPER
 	RET
 
-// func dot4AVX2(a, x *float32, stride, n int, out *float32)
+// func dot4AVX2(a *float32, x *float64, stride, n int, out *float64)
 //
-// out[v] = Σ_i a[i]·x[v·stride+i] for v < 4 and n a multiple of 16: one pass over
-// the weight row a serves four input vectors, because the projections are bound
-// by the bandwidth of reading the weights. Two 8-lane accumulators per vector.
+// out[v] = Σ_i a[i]·x[v·stride+i] for v < 4 and n a multiple of 8, accumulated in
+// float64: one pass over the weight row a serves four input vectors, because the
+// projections are bound by reading the weights, and at that bandwidth the
+// float64 FMAs cost nothing while keeping q far from the bf16 rounding
+// boundaries that an float32 sum of thousands of terms would cross.
 TEXT ·dot4AVX2(SB), NOSPLIT, $0-40
 	MOVQ a+0(FP), SI
 	MOVQ x+8(FP), DI
 	MOVQ stride+16(FP), R8
 	MOVQ n+24(FP), CX
 	MOVQ out+32(FP), R11
-	SHLQ $2, R8
+	SHLQ $3, R8
 	LEAQ (DI)(R8*1), R9
 	LEAQ (R9)(R8*1), R10
 	ADDQ R10, R8
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	SHRQ $4, CX
+	VXORPD Y0, Y0, Y0
+	VXORPD Y1, Y1, Y1
+	VXORPD Y2, Y2, Y2
+	VXORPD Y3, Y3, Y3
+	VXORPD Y4, Y4, Y4
+	VXORPD Y5, Y5, Y5
+	VXORPD Y6, Y6, Y6
+	VXORPD Y7, Y7, Y7
+	SHRQ $3, CX
 	JZ   d4sum
 
 d4loop:
-	VMOVUPS 0(SI), Y8
-	VMOVUPS 32(SI), Y9
-	ADDQ $64, SI
-	VFMADD231PS 0(DI), Y8, Y0
-	VFMADD231PS 32(DI), Y9, Y1
-	VFMADD231PS 0(R9), Y8, Y2
-	VFMADD231PS 32(R9), Y9, Y3
-	VFMADD231PS 0(R10), Y8, Y4
-	VFMADD231PS 32(R10), Y9, Y5
-	VFMADD231PS 0(R8), Y8, Y6
-	VFMADD231PS 32(R8), Y9, Y7
-	ADDQ $64, DI
-	ADDQ $64, R9
-	ADDQ $64, R10
+	VCVTPS2PD 0(SI), Y8
+	VCVTPS2PD 16(SI), Y9
+	ADDQ $32, SI
+
+#define FMA4 \
+	VFMADD231PD 0(DI), Y8, Y0 \
+	VFMADD231PD 32(DI), Y9, Y1 \
+	VFMADD231PD 0(R9), Y8, Y2 \
+	VFMADD231PD 32(R9), Y9, Y3 \
+	VFMADD231PD 0(R10), Y8, Y4 \
+	VFMADD231PD 32(R10), Y9, Y5 \
+	VFMADD231PD 0(R8), Y8, Y6 \
+	VFMADD231PD 32(R8), Y9, Y7 \
+	ADDQ $64, DI \
+	ADDQ $64, R9 \
+	ADDQ $64, R10 \
 	ADDQ $64, R8
+
+	FMA4
 	DECQ CX
 	JNZ  d4loop
 
 d4sum:
 #define HSUM(lo, hi, xlo, off) \
-	VADDPS hi, lo, lo \
+	VADDPD hi, lo, lo \
 	VEXTRACTF128 $1, lo, X8 \
-	VADDPS X8, xlo, xlo \
-	VHADDPS xlo, xlo, xlo \
-	VHADDPS xlo, xlo, xlo \
-	VMOVSS xlo, off(R11)
+	VADDPD X8, xlo, xlo \
+	VHADDPD xlo, xlo, xlo \
+	VMOVSD xlo, off(R11)
 
 	HSUM(Y0, Y1, X0, 0)
-	HSUM(Y2, Y3, X2, 4)
-	HSUM(Y4, Y5, X4, 8)
-	HSUM(Y6, Y7, X6, 12)
+	HSUM(Y2, Y3, X2, 8)
+	HSUM(Y4, Y5, X4, 16)
+	HSUM(Y6, Y7, X6, 24)
 	VZEROUPPER
 	RET
 
-// func dot4BF16AVX2(a *uint16, x *float32, stride, n int, out *float32)
+// func dot4BF16AVX2(a *uint16, x *float64, stride, n int, out *float64)
 //
 // dot4AVX2 for a bf16 weight row: a bf16 is the upper half of a float32, so
 // widening is a zero-extend and a 16-bit shift.
@@ -234,46 +239,36 @@ TEXT ·dot4BF16AVX2(SB), NOSPLIT, $0-40
 	MOVQ stride+16(FP), R8
 	MOVQ n+24(FP), CX
 	MOVQ out+32(FP), R11
-	SHLQ $2, R8
+	SHLQ $3, R8
 	LEAQ (DI)(R8*1), R9
 	LEAQ (R9)(R8*1), R10
 	ADDQ R10, R8
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	SHRQ $4, CX
+	VXORPD Y0, Y0, Y0
+	VXORPD Y1, Y1, Y1
+	VXORPD Y2, Y2, Y2
+	VXORPD Y3, Y3, Y3
+	VXORPD Y4, Y4, Y4
+	VXORPD Y5, Y5, Y5
+	VXORPD Y6, Y6, Y6
+	VXORPD Y7, Y7, Y7
+	SHRQ $3, CX
 	JZ   b4sum
 
 b4loop:
-	VPMOVZXWD 0(SI), Y8
-	VPMOVZXWD 16(SI), Y9
-	VPSLLD $16, Y8, Y8
-	VPSLLD $16, Y9, Y9
-	ADDQ $32, SI
-	VFMADD231PS 0(DI), Y8, Y0
-	VFMADD231PS 32(DI), Y9, Y1
-	VFMADD231PS 0(R9), Y8, Y2
-	VFMADD231PS 32(R9), Y9, Y3
-	VFMADD231PS 0(R10), Y8, Y4
-	VFMADD231PS 32(R10), Y9, Y5
-	VFMADD231PS 0(R8), Y8, Y6
-	VFMADD231PS 32(R8), Y9, Y7
-	ADDQ $64, DI
-	ADDQ $64, R9
-	ADDQ $64, R10
-	ADDQ $64, R8
+	VPMOVZXWD 0(SI), Y10
+	VPSLLD $16, Y10, Y10
+	ADDQ $16, SI
+	VCVTPS2PD X10, Y8
+	VEXTRACTF128 $1, Y10, X10
+	VCVTPS2PD X10, Y9
+	FMA4
 	DECQ CX
 	JNZ  b4loop
 
 b4sum:
 	HSUM(Y0, Y1, X0, 0)
-	HSUM(Y2, Y3, X2, 4)
-	HSUM(Y4, Y5, X4, 8)
-	HSUM(Y6, Y7, X6, 12)
+	HSUM(Y2, Y3, X2, 8)
+	HSUM(Y4, Y5, X4, 16)
+	HSUM(Y6, Y7, X6, 24)
 	VZEROUPPER
 	RET

@@ -7,5 +7,5 @@ const hasAVX2FMA = false
 
 func kernelAVX2(k, q, w *float32, groups, d int, acc *float32)        {}
 func decodeFP8AVX2(dst *float32, src *uint8, n int)                   {}
-func dot4AVX2(a, x *float32, stride, n int, out *float32)             {}
-func dot4BF16AVX2(a *uint16, x *float32, stride, n int, out *float32) {}
+func dot4AVX2(a *float32, x *float64, stride, n int, out *float64)    {}
+func dot4BF16AVX2(a *uint16, x *float64, stride, n int, out *float64) {}

@@ -258,93 +258,67 @@ func (v vectors) vec(i int) []float32 { return v.data[i*v.len : (i+1)*v.len : (i
 // goroutines: below it, starting them costs more than it saves.
 const parallelMACs = 1 << 20
 
-// matMul sets dst.vec(b) = m·xs.vec(b) for every b. The projections are
-// memory-bound (the published wq_b alone is 128 MB of float32), so each weight
-// row is read once for all vectors, and rows are split over GOMAXPROCS goroutines.
+// matMul sets dst.vec(b) = m·xs.vec(b) for every b, accumulating in float64.
+// The projections are memory-bound (the published wq_b alone is 128 MB of
+// float32), so each weight row is read once for all vectors, and rows are split
+// over GOMAXPROCS goroutines.
 func matMul(dst vectors, m weights, xs vectors) {
+	x64 := make([]float64, len(xs.data))
+	for i, v := range xs.data {
+		x64[i] = float64(v)
+	}
 	workers := min(runtime.GOMAXPROCS(0), m.rows)
 	if workers <= 1 || m.rows*m.cols < parallelMACs {
-		matMulRows(dst, m, xs, 0, m.rows)
+		matMulRows(dst, m, x64, xs.n, 0, m.rows)
 		return
 	}
 	var wg sync.WaitGroup
 	per := (m.rows + workers - 1) / workers
 	for lo := 0; lo < m.rows; lo += per {
 		hi := min(lo+per, m.rows)
-		wg.Go(func() { matMulRows(dst, m, xs, lo, hi) })
+		wg.Go(func() { matMulRows(dst, m, x64, xs.n, lo, hi) })
 	}
 	wg.Wait()
 }
 
-func matMulRows(dst vectors, m weights, xs vectors, lo, hi int) {
+// matMulRows computes rows [lo, hi) for n vectors x64 ([n padded to 4][cols]).
+func matMulRows(dst vectors, m weights, x64 []float64, n, lo, hi int) {
 	cols := m.cols
 	simd := 0
 	if useFast {
-		simd = cols &^ 15
+		simd = cols &^ 7
 	}
-	var out [4]float32
+	var out [4]float64
 	for r := lo; r < hi; r++ {
-		for v0 := 0; v0 < xs.n; v0 += 4 {
-			x := xs.data[v0*cols : (v0+4)*cols]
+		for v0 := 0; v0 < n; v0 += 4 {
+			x := x64[v0*cols : (v0+4)*cols]
+			out = [4]float64{}
 			if m.bf16 != nil {
 				row := m.bf16[r*cols : (r+1)*cols]
 				if simd > 0 {
 					dot4BF16AVX2(&row[0], &x[0], cols, simd, &out[0])
-				} else {
-					out = [4]float32{}
 				}
 				for v := range out {
-					out[v] += dotBF16Go(row[simd:], x[v*cols+simd:(v+1)*cols])
+					xv := x[v*cols : (v+1)*cols]
+					for i := simd; i < cols; i++ {
+						out[v] += float64(BF16ToF32(row[i])) * xv[i]
+					}
 				}
 			} else {
 				row := m.f32[r*cols : (r+1)*cols]
 				if simd > 0 {
 					dot4AVX2(&row[0], &x[0], cols, simd, &out[0])
-				} else {
-					out = [4]float32{}
 				}
 				for v := range out {
-					out[v] += dotGo(row[simd:], x[v*cols+simd:(v+1)*cols])
+					xv := x[v*cols : (v+1)*cols]
+					for i := simd; i < cols; i++ {
+						out[v] += float64(row[i]) * xv[i]
+					}
 				}
 			}
-			for v := v0; v < min(v0+4, xs.n); v++ {
-				dst.data[v*dst.len+r] = out[v-v0]
+			for v := v0; v < min(v0+4, n); v++ {
+				dst.data[v*dst.len+r] = float32(out[v-v0])
 			}
 		}
 	}
-}
-
-// dotGo is Σ a[i]·b[i] with four partial sums: the portable projection kernel,
-// and the tail after the SIMD kernel.
-func dotGo(a, b []float32) float32 {
-	b = b[:len(a)]
-	var s0, s1, s2, s3 float32
-	i := 0
-	for ; i+4 <= len(a); i += 4 {
-		s0 += a[i] * b[i]
-		s1 += a[i+1] * b[i+1]
-		s2 += a[i+2] * b[i+2]
-		s3 += a[i+3] * b[i+3]
-	}
-	for ; i < len(a); i++ {
-		s0 += a[i] * b[i]
-	}
-	return (s0 + s1) + (s2 + s3)
-}
-
-// dotBF16Go is dotGo with a bf16 weight row.
-func dotBF16Go(a []uint16, b []float32) float32 {
-	b = b[:len(a)]
-	var s0, s1, s2, s3 float32
-	i := 0
-	for ; i+4 <= len(a); i += 4 {
-		s0 += BF16ToF32(a[i]) * b[i]
-		s1 += BF16ToF32(a[i+1]) * b[i+1]
-		s2 += BF16ToF32(a[i+2]) * b[i+2]
-		s3 += BF16ToF32(a[i+3]) * b[i+3]
-	}
-	for ; i < len(a); i++ {
-		s0 += BF16ToF32(a[i]) * b[i]
-	}
-	return (s0 + s1) + (s2 + s3)
 }
