@@ -249,4 +249,3 @@ func setFast(t testing.TB, fast bool) {
 	useFast = fast
 	t.Cleanup(func() { useFast = old })
 }
-
