@@ -37,10 +37,14 @@ run() { # run <pkgdir> <binary> [args...]: test binaries run in their package di
   [[ $rc -eq 0 ]] || status=1
   say "== $bin exit $rc"
 }
-for pair in internal/cuda:internal_cuda.test internal/gpuinfo:internal_gpuinfo.test attn/gpu:attn_gpu.test tiers/gpureserve:tiers_gpureserve.test; do
+export FLASHMEM_TORCH_TEST=1 FLASHMEM_EXPECT_GPU=1
+for pair in internal/cuda:internal_cuda.test internal/gpuinfo:internal_gpuinfo.test attn/gpu:attn_gpu.test; do
   dir=${pair%%:*} bin=${pair##*:}
   [[ -x .gpu/$bin ]] && run "$dir" "$bin" -test.v
 done
+# tiers: only the GPU backend's tests (the rest of the package runs in CI).
+[[ -x .gpu/tiers.test ]] && run tiers tiers.test -test.v -test.run 'CUDA'
+grep -E "^(--- FAIL|FAIL|ok|PASS)|^=== RUN|^    --- FAIL" "$log" | grep -c "^--- FAIL\|^    --- FAIL" | sed 's/^/failed tests: /' | tee -a "$log"
 grep -E "^\s*(--- FAIL|--- SKIP)|‖Δ‖|relative error|device [0-9]+:" "$log" | head -60
 
 if [[ ${1:-} != quick ]]; then

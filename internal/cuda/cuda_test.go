@@ -262,7 +262,11 @@ func testGather(t *testing.T, d *Device) {
 				descs[i] = CopyDesc{Src: mirror.Ptr() + DevPtr(so), Dst: reserve + DevPtr(do), Len: uint64(tc.row)}
 				copy(want[do:do+tc.row], mirror.Bytes()[so:so+tc.row])
 			}
-			if err := s.Gather(descs); err != nil {
+			copyRows := s.Gather
+			if tc.mis == 0 && tc.name != "single 16B row" {
+				copyRows = s.Recall // picks copy engines for the 1 MiB rows
+			}
+			if err := copyRows(descs); err != nil {
 				t.Fatal(err)
 			}
 			if err := s.Sync(); err != nil {
@@ -527,4 +531,54 @@ func childMain() error {
 		return reply(err)
 	}
 	return reply(nil)
+}
+
+// A PyTorch process (the decoder's side) imports the exported reserve through its fd,
+// checks every byte on the GPU and writes the second half; runs with FLASHMEM_TORCH_TEST=1
+// where python3 has torch and cuda-python (the GPU machine; scripts/gpu-test.sh sets it).
+func TestTorchImportsRegion(t *testing.T) {
+	if os.Getenv("FLASHMEM_TORCH_TEST") != "1" {
+		t.Skip("set FLASHMEM_TORCH_TEST=1")
+	}
+	for _, d := range devices(t) {
+		if !d.VMMSupported() {
+			t.Skipf("device %d lacks VMM fd export", d.Ordinal())
+		}
+		reg, err := d.AllocShareable(24<<20, ShareVMM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reg.Close()
+		n, seed := reg.Size(), 11+d.Ordinal()
+		want := make([]byte, n)
+		for i := range want {
+			want[i] = byte((i*7 + seed) % 251)
+		}
+		if err := d.CopyHtoD(reg.Ptr(), want); err != nil {
+			t.Fatal(err)
+		}
+		fd, err := reg.ExportFD()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := os.NewFile(uintptr(fd), "reserve")
+		cmd := exec.Command("python3", "../../scripts/torch_client_example.py", "--selftest-fd", "3",
+			"--size", fmt.Sprint(n), "--device", fmt.Sprint(d.Ordinal()), "--seed", fmt.Sprint(seed))
+		cmd.ExtraFiles = []*os.File{f}
+		out, err := cmd.CombinedOutput()
+		f.Close()
+		t.Logf("python: %s", bytes.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("torch client: %v", err)
+		}
+		got := make([]byte, n-n/2)
+		if err := d.CopyDtoH(got, reg.Ptr()+DevPtr(n/2)); err != nil {
+			t.Fatal(err)
+		}
+		for i, b := range got {
+			if j := n/2 + i; b != byte((j*3+seed)%253) {
+				t.Fatalf("byte %d written by torch reads %d", j, b)
+			}
+		}
+	}
 }

@@ -54,6 +54,7 @@ import "C"
 
 import (
 	"embed"
+	"errors"
 	"fmt"
 	"unsafe"
 )
@@ -231,4 +232,26 @@ func (s *Stream) CopyBatch(descs []CopyDesc) error {
 		return d.check("cuMemcpyBatchAsync", C.fm_batch((*C.uint64_t)(unsafe.Pointer(&descs[0])), C.size_t(len(descs)),
 			(*C.uint64_t)(unsafe.Pointer(&scratch[0])), C.int(d.ordinal), s.c()))
 	})
+}
+
+// recallBatchMinRow is the mean row size from which Recall prefers the copy engines: on the
+// H100 (2026-11-27, docs/benchmarks.md) cuMemcpyBatchAsync reached 51 GB/s on 1 MiB rows
+// against the gather kernel's 49, but only 31-46 GB/s on 64-256 KiB rows and 22 GB/s on
+// DeepSeek-V4's 37,440-byte rows, where the kernel holds 48-49.
+const recallBatchMinRow = 512 << 10
+
+// Recall copies host-to-device rows (pinned mirror to reserve) by the faster path for
+// their size: one cuMemcpyBatchAsync for large rows where the driver has it, else Gather.
+func (s *Stream) Recall(descs []CopyDesc) error {
+	var total uint64
+	for _, c := range descs {
+		total += c.Len
+	}
+	if len(descs) > 0 && total/uint64(len(descs)) >= recallBatchMinRow {
+		err := s.CopyBatch(descs)
+		if !errors.Is(err, ErrUnsupported) {
+			return err
+		}
+	}
+	return s.Gather(descs)
 }

@@ -139,6 +139,9 @@ func (s *Stream) Gather(descs []CopyDesc) error { return ErrNoCUDA }
 // CopyBatch returns ErrNoCUDA in this build.
 func (s *Stream) CopyBatch(descs []CopyDesc) error { return ErrNoCUDA }
 
+// Recall returns ErrNoCUDA in this build.
+func (s *Stream) Recall(descs []CopyDesc) error { return ErrNoCUDA }
+
 // Sync returns ErrNoCUDA in this build.
 func (s *Stream) Sync() error { return ErrNoCUDA }
 
