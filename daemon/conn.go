@@ -82,7 +82,11 @@ func (c *conn) serve() {
 				return
 			}
 			c.d.m.errorsTotal.WithLabelValues(proto.CodeOf(err).String()).Inc()
-			_ = c.pc.ReplyError(proto.Header{}, err)
+			var h proto.Header
+			if f != nil {
+				h = f.Header // the frame was consumed: answer it by its id
+			}
+			_ = c.pc.ReplyError(h, err)
 			if proto.Fatal(err) {
 				log.Warn("closing connection after a bad frame", "err", err)
 				return
@@ -102,8 +106,16 @@ func (c *conn) handle(f *proto.Frame) {
 		c.fail(f.Header, proto.CodeShuttingDown.Errorf("daemon is shutting down"))
 		return
 	}
+	if err := proto.CheckRequest(f.Header); err != nil {
+		c.fail(f.Header, proto.CodeBadFrame.Errorf("%v", err))
+		return
+	}
 	if c.version == 0 && f.Op != proto.OpHello && f.Op != proto.OpPing {
 		c.fail(f.Header, proto.CodeHandshakeRequired.Errorf("send HELLO first (got %s)", f.Op))
+		return
+	}
+	if c.version != 0 && f.Version != c.version {
+		c.fail(f.Header, proto.CodeUnsupportedVersion.Errorf("frame version %d, negotiated %d", f.Version, c.version))
 		return
 	}
 	req := proto.NewRequest(f.Op)
@@ -173,7 +185,7 @@ func (c *conn) hello(m *proto.Hello) (proto.Message, []int, error) {
 		return nil, nil, err
 	}
 	if c.version != 0 {
-		return nil, nil, proto.CodeBadRequest.Errorf("HELLO already done")
+		return nil, nil, proto.CodeHandshakeRequired.Errorf("HELLO already done on this connection")
 	}
 	size := c.d.cfg.Limits.StagingBytes
 	if size > 0 {

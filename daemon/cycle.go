@@ -334,18 +334,23 @@ func mergeSorted(a, b []uint32) []uint32 {
 }
 
 // release is RELEASE: end leases this connection holds.
+// Every known lease is released; the first unknown one is reported.
 func (c *conn) release(ids []uint64) error {
+	var unknown error
 	for _, id := range ids {
 		c.mu.Lock()
 		l := c.leases[id]
 		delete(c.leases, id)
 		c.mu.Unlock()
 		if l == nil {
-			return proto.CodeUnknownLease.Errorf("lease %d is not held by this connection", id)
+			if unknown == nil {
+				unknown = proto.CodeUnknownLease.Errorf("lease %d is not held by this connection", id)
+			}
+			continue
 		}
 		l.s.releaseLease(l)
 	}
-	return nil
+	return unknown
 }
 
 // releaseLease unpins a lease's slots. It does not take s.mu: a lease ends
