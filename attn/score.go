@@ -131,9 +131,13 @@ func (t *Task) check() error {
 	return nil
 }
 
-// tileKeys is the unit of work Run hands to a goroutine: one slab, large enough
-// that scheduling costs nothing next to it (≈50 MFLOP per query at H = 128).
-const tileKeys = slabKeys
+// Tiles are the unit of work Run hands to a goroutine: at most one slab, at least
+// 4 blocks (≈ 6 MFLOP per query at H = 128, so scheduling stays negligible), and
+// small enough that every goroutine gets about 8 tiles and finishes together.
+const (
+	maxTileKeys = slabKeys
+	minTileKeys = 4 * blockKeys
+)
 
 // Run scores all tasks, spreading tiles of keys over GOMAXPROCS goroutines. Each
 // task writes only its own Out.
@@ -142,19 +146,26 @@ func Run(tasks []Task) error {
 		t        *Task
 		from, to int
 	}
+	total := 0
+	for i := range tasks {
+		if err := tasks[i].check(); err != nil {
+			return fmt.Errorf("task %d: %w", i, err)
+		}
+		total += tasks[i].To - tasks[i].From
+	}
+	procs := runtime.GOMAXPROCS(0)
+	tile := total / (8 * procs) / blockKeys * blockKeys
+	tile = min(max(tile, minTileKeys), maxTileKeys)
 	var items []item
 	for i := range tasks {
 		t := &tasks[i]
-		if err := t.check(); err != nil {
-			return fmt.Errorf("task %d: %w", i, err)
-		}
 		for a := t.From; a < t.To; {
-			b := min((a/tileKeys+1)*tileKeys, t.To)
+			b := min((a/tile+1)*tile, t.To)
 			items = append(items, item{t, a, b})
 			a = b
 		}
 	}
-	workers := min(runtime.GOMAXPROCS(0), len(items))
+	workers := min(procs, len(items))
 	if workers <= 1 {
 		var scratch []float32
 		for _, it := range items {
