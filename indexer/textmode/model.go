@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"math/bits"
+	"runtime"
 	"slices"
 	"strconv"
 
@@ -269,16 +270,23 @@ func (m *Model) AppendChunkKeys(dst []byte, toks []Token) []byte {
 	kb := m.KeyBytes()
 	start := len(dst)
 	dst = append(dst, make([]byte, n*kb)...)
-	var fs []feature
-	u := make([]float32, m.cfg.Dim)
-	y := make([]float32, m.cfg.Dim)
-	terms := make([]uint32, 0, 2*m.cfg.TermWindow+TokensPerChunk)
-	for c := range n {
-		fs = m.chunkFeatures(fs[:0], toks, c)
-		m.pool(u, fs)
-		project(y, m.wc, u)
-		terms = m.encodeKey(dst[start+c*kb:start+(c+1)*kb], y, toks, c, terms)
-	}
+	out := dst[start:]
+	// Chunks are independent: split them over the cores, each part with its
+	// own scratch. The bytes do not depend on the split.
+	workers := runtime.GOMAXPROCS(0)
+	parts := splitRange(n, workers)
+	parallelFor(len(parts), workers, func(p int) {
+		var fs []feature
+		u := make([]float32, m.cfg.Dim)
+		y := make([]float32, m.cfg.Dim)
+		terms := make([]uint32, 0, 2*m.cfg.TermWindow+TokensPerChunk)
+		for c := parts[p][0]; c < parts[p][1]; c++ {
+			fs = m.chunkFeatures(fs[:0], toks, c)
+			m.pool(u, fs)
+			project(y, m.wc, u)
+			terms = m.encodeKey(out[c*kb:(c+1)*kb], y, toks, c, terms)
+		}
+	})
 	return dst
 }
 

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -75,7 +76,19 @@ func run(args []string) error {
 	fps := fs.String("footprint", "0.05,0.10,0.15", "comma-separated target footprints")
 	asJSON := fs.Bool("json", false, "one JSON object per cell instead of tables")
 	seed := fs.Uint64("seed", 1, "seed of the random baseline")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file")
 	_ = fs.Parse(args)
+	if *cpuprofile != "" {
+		pf, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	b, err := os.ReadFile(*model)
 	if err != nil {
 		return err
