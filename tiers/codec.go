@@ -49,16 +49,16 @@ type pageHeader struct {
 	crc    uint32
 }
 
-func encodePageHeader(dst []byte, id PageID, gen uint64, body []byte) {
+func writePageHeader(dst []byte, id PageID, gen uint64, n int, bodyCRC uint32) {
 	_ = dst[pageHeaderSize-1]
 	copy(dst[0:4], pageMagic)
 	binary.LittleEndian.PutUint16(dst[4:], codecVersion)
 	binary.LittleEndian.PutUint16(dst[6:], pageHeaderSize)
 	binary.LittleEndian.PutUint64(dst[8:], id.Session)
 	binary.LittleEndian.PutUint32(dst[16:], id.Page)
-	binary.LittleEndian.PutUint32(dst[20:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(dst[20:], uint32(n))
 	binary.LittleEndian.PutUint64(dst[24:], gen)
-	binary.LittleEndian.PutUint32(dst[32:], crc32.Checksum(body, castagnoli))
+	binary.LittleEndian.PutUint32(dst[32:], bodyCRC)
 	clear(dst[36:44])
 	binary.LittleEndian.PutUint32(dst[44:], crc32.Checksum(dst[:44], castagnoli))
 }
@@ -70,8 +70,8 @@ func encodePage(buf []byte, id PageID, gen uint64, body []byte) []byte {
 		buf = make([]byte, n)
 	}
 	buf = buf[:n]
-	copy(buf[pageHeaderSize:], body)
-	encodePageHeader(buf, id, gen, buf[pageHeaderSize:])
+	c := copyChecked(buf[pageHeaderSize:], body)
+	writePageHeader(buf, id, gen, len(body), c)
 	return buf
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -294,16 +295,13 @@ func (s *SSD) PutBatch(ctx context.Context, pages []PageWrite) error {
 			}
 		}
 	}()
+	s.encodeAll(pages, bufs)
 	for i := 0; i < len(pages); {
 		var delta [2]int64
 		txn := s.db.NewTransaction(true)
 		start := i
 		for ; i < len(pages); i++ {
 			w := pages[i]
-			if bufs[i] == nil {
-				bufs[i] = s.getBuf(pageHeaderSize + len(w.Page))
-				*bufs[i] = encodePage(*bufs[i], w.ID, w.Gen, w.Page)
-			}
 			err := s.setPage(txn, w.ID, *bufs[i], &delta)
 			if errors.Is(err, badger.ErrTxnTooBig) && i > start {
 				break
@@ -324,6 +322,36 @@ func (s *SSD) PutBatch(ctx context.Context, pages []PageWrite) error {
 		}
 	}
 	return nil
+}
+
+// encodeAll builds every page value of a batch (copy plus CRC32C), spread over
+// the cores: Badger's single write goroutine and the fsync are the serial part
+// of a commit, so the encoding should not add to it more than it must.
+func (s *SSD) encodeAll(pages []PageWrite, bufs []*[]byte) {
+	enc := func(i int) {
+		w := pages[i]
+		bufs[i] = s.getBuf(pageHeaderSize + len(w.Page))
+		*bufs[i] = encodePage(*bufs[i], w.ID, w.Gen, w.Page)
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(pages), 8)
+	if workers <= 1 {
+		for i := range pages {
+			enc(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(pages); i = int(next.Add(1) - 1) {
+				enc(i)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // fusedBlock is the unit of the copy-then-checksum loop: small enough that the
