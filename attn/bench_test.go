@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,7 +89,8 @@ func BenchmarkScore(b *testing.B) {
 
 // benchGonum scores with gonum's Sgemm. The keys are dequantised to float32 once,
 // outside the timing, like our store's layout; the [tile × B·H] product is
-// materialised per tile of keys and then reduced.
+// materialised per tile of keys and then reduced. Tiles are spread over
+// GOMAXPROCS goroutines like Run's, so both sides use all cores.
 func benchGonum(b *testing.B, ks *KeyStore, qs []*Query, n int) {
 	const d, heads, tile = 128, 128, 2048
 	keys := make([]float32, n*d)
@@ -101,28 +105,46 @@ func benchGonum(b *testing.B, ks *KeyStore, qs []*Query, n int) {
 		copy(q.Data[i*heads*d:], qq.Q)
 		copy(w[i*heads:], qq.W)
 	}
-	c := blas32.General{Rows: tile, Cols: rows, Stride: rows, Data: make([]float32, tile*rows)}
 	out := make([]float32, len(qs)*n)
-	cpu0 := processCPU()
-	for b.Loop() {
-		for t0 := 0; t0 < n; t0 += tile {
-			m := min(tile, n-t0)
-			kt := blas32.General{Rows: m, Cols: d, Stride: d, Data: keys[t0*d : (t0+m)*d]}
-			ct := blas32.General{Rows: m, Cols: rows, Stride: rows, Data: c.Data[:m*rows]}
-			blas32.Gemm(blas.NoTrans, blas.Trans, 1, kt, q, 0, ct)
-			for i := 0; i < m; i++ {
-				row := ct.Data[i*rows : (i+1)*rows]
-				for qi := range qs {
-					var s float32
-					for h, v := range row[qi*heads : (qi+1)*heads] {
-						if v > 0 {
-							s += w[qi*heads+h] * v
-						}
+	workers := runtime.GOMAXPROCS(0)
+	bufs := make([][]float32, workers)
+	for i := range bufs {
+		bufs[i] = make([]float32, tile*rows)
+	}
+	scoreTile := func(t0 int, c []float32) {
+		m := min(tile, n-t0)
+		kt := blas32.General{Rows: m, Cols: d, Stride: d, Data: keys[t0*d : (t0+m)*d]}
+		ct := blas32.General{Rows: m, Cols: rows, Stride: rows, Data: c[:m*rows]}
+		blas32.Gemm(blas.NoTrans, blas.Trans, 1, kt, q, 0, ct)
+		for i := 0; i < m; i++ {
+			row := ct.Data[i*rows : (i+1)*rows]
+			for qi := range qs {
+				var s float32
+				for h, v := range row[qi*heads : (qi+1)*heads] {
+					if v > 0 {
+						s += w[qi*heads+h] * v
 					}
-					out[qi*n+t0+i] = s
 				}
+				out[qi*n+t0+i] = s
 			}
 		}
+	}
+	cpu0 := processCPU()
+	for b.Loop() {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for wi := range workers {
+			wg.Go(func() {
+				for {
+					t0 := int(next.Add(tile)) - tile
+					if t0 >= n {
+						return
+					}
+					scoreTile(t0, bufs[wi])
+				}
+			})
+		}
+		wg.Wait()
 	}
 	reportGFLOPs(b, n, len(qs), processCPU()-cpu0)
 }
