@@ -34,7 +34,7 @@
 //		_ = region.WriteChunk(slot, id.Page, prev, gen, chunk, payload)
 //	}
 //	a, _ := region.Allocate(page)                             // per selected page
-//	_ = region.Pin(recallLease, []int{a.Slot})
+//	_ = region.PinLoading(recallLease, []int{a.Slot})
 //	t, _ := mover.Recall(region, items)                       // never blocks
 //	mover.Stage(lookahead)
 //	// next cycle: <-t.Done(), t.Results(); region.HandOut(recallLease) and

@@ -63,7 +63,7 @@ func (f *moverFixture) recall(t *testing.T, lease LeaseID, pages ...uint32) []Re
 		slots = append(slots, a.Slot)
 		items = append(items, RecallItem{ID: PageID{Session: 1, Page: p}, Slot: a.Slot, Gen: f.gens[p]})
 	}
-	if err := f.region.Pin(lease, slots); err != nil {
+	if err := f.region.PinLoading(lease, slots); err != nil {
 		t.Fatal(err)
 	}
 	tk, err := f.mover.Recall(f.region, items)

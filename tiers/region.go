@@ -343,13 +343,18 @@ func (r *Region) Free(page uint32) error {
 	}
 }
 
-// Pin adds slots to a lease, creating it if needed. A pinned slot is never
-// evicted or freed. A lease starts pending: the daemon pins the slots a recall
-// is filling, and the recall may still (re)load them. HandOut marks the lease
-// as given to the client; from then on its slots are never rewritten by
-// WritePage until every handed-out lease holding them is released. Slots must
-// be bound to a page; pinning a slot twice needs one Release.
-func (r *Region) Pin(id LeaseID, slots []int) error {
+// Pin adds slots to a lease that the client holds (creating it if needed):
+// the slots are never evicted, freed or rewritten by WritePage until every
+// lease holding them is released. Slots must be bound to a page; pinning a
+// slot twice needs one Release.
+func (r *Region) Pin(id LeaseID, slots []int) error { return r.pin(id, slots, true) }
+
+// PinLoading adds slots to a pending lease: the daemon protects the slots a
+// recall is filling from eviction, while the recall may still (re)load them.
+// HandOut turns it into a client lease when the page table goes out.
+func (r *Region) PinLoading(id LeaseID, slots []int) error { return r.pin(id, slots, false) }
+
+func (r *Region) pin(id LeaseID, slots []int, handed bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -365,8 +370,10 @@ func (r *Region) Pin(id LeaseID, slots []int) error {
 	}
 	l := r.leases[id]
 	if l == nil {
-		l = &lease{}
+		l = &lease{handed: handed}
 		r.leases[id] = l
+	} else if handed && !l.handed {
+		r.handOut(l)
 	}
 	for _, slot := range slots {
 		s := &r.slots[slot]
@@ -388,13 +395,17 @@ func (r *Region) HandOut(id LeaseID) error {
 	if l == nil {
 		return fmt.Errorf("session %d lease %d: %w", r.session, id, ErrNotFound)
 	}
+	r.handOut(l)
+	return nil
+}
+
+func (r *Region) handOut(l *lease) {
 	if !l.handed {
 		l.handed = true
 		for _, i := range l.slots {
 			r.slots[i].live++
 		}
 	}
-	return nil
 }
 
 func (r *Region) dropLease(id LeaseID, l *lease) {

@@ -263,7 +263,7 @@ func TestRegionLeaseRules(t *testing.T) {
 	page := make([]byte, smallLayout.PageBytes())
 	a, _ := reg.Allocate(5)
 	// A slot pinned while it is still being loaded may be written.
-	if err := reg.Pin(1, []int{a.Slot}); err != nil {
+	if err := reg.PinLoading(1, []int{a.Slot}); err != nil {
 		t.Fatal(err)
 	}
 	if err := reg.WritePage(a.Slot, 5, 1, page); err != nil {
@@ -284,7 +284,7 @@ func TestRegionLeaseRules(t *testing.T) {
 		t.Errorf("Free of leased slot: %v, want ErrPinned", err)
 	}
 	// A second lease on the same slot keeps it pinned after the first ends.
-	if err := reg.Pin(2, []int{a.Slot}); err != nil {
+	if err := reg.PinLoading(2, []int{a.Slot}); err != nil {
 		t.Fatal(err)
 	}
 	if err := reg.Release(1); err != nil {
@@ -293,6 +293,17 @@ func TestRegionLeaseRules(t *testing.T) {
 	if reg.Pins(a.Slot) != 1 {
 		t.Errorf("pins = %d, want 1", reg.Pins(a.Slot))
 	}
+	// Only a pending lease is left: a recall may reload the slot.
+	if err := reg.WritePage(a.Slot, 5, 3, page); err != nil {
+		t.Errorf("write with only a pending lease: %v", err)
+	}
+	// Pin (a client lease) refuses overwrites at once.
+	if err := reg.Pin(4, []int{a.Slot}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.WritePage(a.Slot, 5, 4, page); !errors.Is(err, ErrPinned) {
+		t.Errorf("overwrite under Pin: %v, want ErrPinned", err)
+	}
 	if err := reg.Release(1); !errors.Is(err, ErrNotFound) {
 		t.Errorf("double Release: %v, want ErrNotFound", err)
 	}
@@ -300,7 +311,7 @@ func TestRegionLeaseRules(t *testing.T) {
 	if reg.Leases() != 0 || reg.Pins(a.Slot) != 0 {
 		t.Errorf("ReleaseAll left %d leases, %d pins", reg.Leases(), reg.Pins(a.Slot))
 	}
-	if err := reg.WritePage(a.Slot, 5, 3, page); err != nil {
+	if err := reg.WritePage(a.Slot, 5, 4, page); err != nil {
 		t.Errorf("write after release: %v", err)
 	}
 	// Writes naming the wrong page are refused.
