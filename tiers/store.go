@@ -186,6 +186,53 @@ func (s *Store) Write(ctx context.Context, id PageID, gen uint64, page []byte) e
 	return err
 }
 
+// WriteChunk is the append path through the store: it writes one chunk into
+// the page's mirror copy at generation gen and returns the generation the page
+// had before (0 for a new page). A page that was spilled is first brought
+// back from SSD, so its other chunks are kept; a full mirror spills cold pages
+// as Write does. The caller serialises writes to one page.
+func (s *Store) WriteChunk(ctx context.Context, id PageID, gen uint64, geo *Geometry, chunk int, payload []byte) (uint64, error) {
+	if err := s.checkOpen(); err != nil {
+		return 0, err
+	}
+	if _, ok := s.mirror.Generation(id); !ok {
+		g, bp, err := s.readSSD(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// A new page: the mirror creates it zeroed.
+		case err != nil:
+			return 0, fmt.Errorf("page %v: bringing back a spilled page: %w", id, err)
+		default:
+			err = s.putMirror(ctx, id, g, *bp, putOpts{persisted: true, onlyIfNewer: true}, false)
+			s.bufs.Put(bp)
+			if err != nil && !errors.Is(err, errSkip) {
+				return 0, fmt.Errorf("page %v: bringing back a spilled page: %w", id, err)
+			}
+			s.broughtBack.Add(1)
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		prev, err := s.mirror.WriteChunk(id, gen, geo, chunk, payload)
+		if err == nil {
+			if s.overHighWater() {
+				s.kickSpiller()
+			}
+			s.bytesIn.Add(uint64(len(payload)))
+			return prev, nil
+		}
+		if !errors.Is(err, ErrBudget) || attempt >= 16 {
+			return 0, err
+		}
+		freed, serr := s.spillRound(ctx, false)
+		if serr != nil {
+			return 0, fmt.Errorf("page %v: making room: %w", id, serr)
+		}
+		if freed == 0 {
+			time.Sleep(time.Duration(attempt+1) * 200 * time.Microsecond)
+		}
+	}
+}
+
 // putMirror inserts, spilling synchronously on ErrBudget. cleanOnly limits
 // the room it makes to pages already on SSD (for prefetches, which must not
 // cost a write).
