@@ -126,8 +126,7 @@ func calibrate(m *Model, docs []tdoc, opts TrainOptions, report func(Progress)) 
 		use  [2]bool
 	}{{Combined, [2]bool{true, true}}, {Lexical, [2]bool{true, false}}, {Dense, [2]bool{false, true}}}
 	for _, f := range fits {
-		c, _, _ := fitLogistic(rows, f.use, wpos, wneg)
-		c = placeThreshold(rows, c)
+		c := placeThreshold(rows, fitLogistic(rows, f.use, wpos, wneg))
 		m.calib[f.mode] = c
 		ll, acc := logLoss(rows, c, wpos, wneg)
 		report(Progress{Phase: "calibrate", Step: int(f.mode) + 1, Steps: int(numModes), Loss: ll, Accuracy: acc})
@@ -182,9 +181,8 @@ func logLoss(rows []calibRow, c Calibration, wpos, wneg float64) (ll, acc float6
 
 // fitLogistic fits weighted logistic regression with Newton's method (three
 // parameters: a few iterations converge) and a small ridge so that perfectly
-// separable data still gives finite weights. It returns the weighted log-loss
-// and the weighted accuracy at logit 0.
-func fitLogistic(rows []calibRow, use [2]bool, wpos, wneg float64) (Calibration, float64, float64) {
+// separable data still gives finite weights.
+func fitLogistic(rows []calibRow, use [2]bool, wpos, wneg float64) Calibration {
 	const ridge = 1e-3
 	var w [3]float64
 	feat := func(r calibRow) [3]float64 {
@@ -233,24 +231,7 @@ func fitLogistic(rows []calibRow, use [2]bool, wpos, wneg float64) (Calibration,
 			break
 		}
 	}
-	var ll, acc, tw float64
-	for _, r := range rows {
-		x := feat(r)
-		z := w[0]*x[0] + w[1]*x[1] + w[2]*x[2]
-		p := 1 / (1 + math.Exp(-z))
-		wt := wneg
-		if r.pos {
-			wt = wpos
-			ll -= wt * math.Log(max(p, 1e-12))
-		} else {
-			ll -= wt * math.Log(max(1-p, 1e-12))
-		}
-		if (z > 0) == r.pos {
-			acc += wt
-		}
-		tw += wt
-	}
-	return Calibration{Lex: float32(w[0]), Dense: float32(w[1]), Bias: float32(w[2])}, ll / tw, acc / tw
+	return Calibration{Lex: float32(w[0]), Dense: float32(w[1]), Bias: float32(w[2])}
 }
 
 // solve3 solves h·d = g by Gaussian elimination with partial pivoting.

@@ -42,16 +42,13 @@ type Config struct {
 	// MinIDF drops terms whose IDF is below it from the lexical signal: they are
 	// stop words that match everywhere.
 	MinIDF float32
-	// TopTerms is how many of the query's rarest terms set the lexical
-	// normaliser: a chunk that contains them all scores 1, however long the query.
-	TopTerms int
 }
 
 // DefaultConfig gives 132-byte chunk keys (the size of an LSA index key): 64
 // int8 embedding values, a float32 scale, two counts, 29 16-bit terms and a
 // 32-bit novelty mask.
 func DefaultConfig() Config {
-	return Config{Buckets: 1 << 16, Dim: 64, Window: 8, TermWindow: 16, MaxTerms: 29, MaxQueryTerms: 64, MinIDF: 1.5, TopTerms: 3}
+	return Config{Buckets: 1 << 16, Dim: 64, Window: 8, TermWindow: 16, MaxTerms: 29, MaxQueryTerms: 64, MinIDF: 1.5}
 }
 
 // Validate reports the first field out of range, wrapped in ErrBadConfig.
@@ -71,8 +68,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: MaxQueryTerms %d not in [1, 1024]", ErrBadConfig, c.MaxQueryTerms)
 	case !(c.MinIDF >= 0) || math.IsInf(float64(c.MinIDF), 0):
 		return fmt.Errorf("%w: MinIDF %v not finite and ≥ 0", ErrBadConfig, c.MinIDF)
-	case c.TopTerms <= 0 || c.TopTerms > c.MaxQueryTerms:
-		return fmt.Errorf("%w: TopTerms %d not in [1, MaxQueryTerms]", ErrBadConfig, c.TopTerms)
 	}
 	return nil
 }
@@ -82,8 +77,8 @@ func (c Config) Validate() error {
 func (c Config) KeyBytes() int { return c.Dim + 4 + 2 + 2*c.MaxTerms + 4 }
 
 // QueryBytes is the size of one serialised query: Dim float32, the mode, the
-// term count, the lexical normaliser, MaxQueryTerms uint16 terms.
-func (c Config) QueryBytes() int { return 4*c.Dim + 4 + 4 + 4 + 2*c.MaxQueryTerms }
+// term count, MaxQueryTerms uint16 terms.
+func (c Config) QueryBytes() int { return 4*c.Dim + 4 + 4 + 2*c.MaxQueryTerms }
 
 // Mode selects which signal a query scores with.
 type Mode uint8
@@ -402,7 +397,6 @@ type Query struct {
 	mode  Mode
 	vec   []float32 // unit vector, Dim
 	terms []uint16  // unique buckets with IDF ≥ MinIDF, rarest first
-	norm  float32   // lexical normaliser: IDF mass of the TopTerms rarest terms
 	set   []uint64  // bit set of terms, so scoring a key is O(key terms)
 }
 
@@ -438,9 +432,6 @@ func (m *Model) NewQuery(question, answer []Token, mode Mode) *Query {
 	}
 	sortTermsByIDF(q.terms, m.idf)
 	q.terms = q.terms[:min(len(q.terms), m.cfg.MaxQueryTerms)]
-	for _, b := range q.terms[:min(len(q.terms), m.cfg.TopTerms)] {
-		q.norm += m.idf[b]
-	}
 	q.buildSet(m.cfg.Buckets)
 	return q
 }
@@ -453,7 +444,6 @@ func (q *Query) AppendBinary(dst []byte, cfg Config) []byte {
 	}
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(q.mode))
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(q.terms)))
-	dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(q.norm))
 	for i := range cfg.MaxQueryTerms {
 		var v uint16
 		if i < len(q.terms) {
@@ -486,20 +476,16 @@ func (m *Model) ParseQuery(b []byte) (*Query, error) {
 	p := 4 * d
 	mode := binary.LittleEndian.Uint32(b[p:])
 	nt := binary.LittleEndian.Uint32(b[p+4:])
-	norm := math.Float32frombits(binary.LittleEndian.Uint32(b[p+8:]))
 	if mode >= uint32(numModes) {
 		return nil, fmt.Errorf("%w: mode %d unknown", ErrBadQuery, mode)
 	}
 	if nt > uint32(m.cfg.MaxQueryTerms) {
 		return nil, fmt.Errorf("%w: %d terms > %d", ErrBadQuery, nt, m.cfg.MaxQueryTerms)
 	}
-	if !(norm >= 0) || math.IsInf(float64(norm), 0) {
-		return nil, fmt.Errorf("%w: normaliser %v not finite and ≥ 0", ErrBadQuery, norm)
-	}
-	q.mode, q.norm = Mode(mode), norm
+	q.mode = Mode(mode)
 	q.terms = make([]uint16, nt)
 	for i := range q.terms {
-		q.terms[i] = binary.LittleEndian.Uint16(b[p+12+2*i:])
+		q.terms[i] = binary.LittleEndian.Uint16(b[p+8+2*i:])
 		if int(q.terms[i]) >= m.cfg.Buckets {
 			return nil, fmt.Errorf("%w: term %d bucket %d ≥ %d", ErrBadQuery, i, q.terms[i], m.cfg.Buckets)
 		}
@@ -534,7 +520,6 @@ func (m *Model) Save(w io.Writer) error {
 	meta["max_terms"] = strconv.Itoa(m.cfg.MaxTerms)
 	meta["max_query_terms"] = strconv.Itoa(m.cfg.MaxQueryTerms)
 	meta["min_idf"] = strconv.FormatFloat(float64(m.cfg.MinIDF), 'g', -1, 32)
-	meta["top_terms"] = strconv.Itoa(m.cfg.TopTerms)
 	d := m.cfg.Dim
 	return safetensors.Write(w, []safetensors.Tensor{
 		{Name: tensorCalib, DType: safetensors.F32, Shape: []int{int(numModes), 3}, Data: f32Bytes(cal)},
@@ -569,7 +554,15 @@ func Load(b []byte) (*Model, error) {
 		return nil, fmt.Errorf("%w: metadata min_idf %q: %v", ErrBadModel, meta["min_idf"], err)
 	}
 	cfg := Config{Buckets: geti("buckets"), Dim: geti("dim"), Window: geti("window"), TermWindow: geti("term_window"), MaxTerms: geti("max_terms"),
-		MaxQueryTerms: geti("max_query_terms"), MinIDF: float32(mi), TopTerms: geti("top_terms")}
+		MaxQueryTerms: geti("max_query_terms"), MinIDF: float32(mi)}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: metadata: %w", ErrBadModel, err)
+	}
+	// The embedding table must be in the file before the model's tables are
+	// allocated, so that a small file cannot claim a large model.
+	if t, err := f.Tensor(tensorEmbed); err != nil || t.DType != safetensors.F16 || !slices.Equal(t.Shape, []int{cfg.Buckets, cfg.Dim}) {
+		return nil, fmt.Errorf("%w: tensor %q missing or not F16[%d %d] as the metadata says", ErrBadModel, tensorEmbed, cfg.Buckets, cfg.Dim)
+	}
 	m, err := newModel(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: metadata: %w", ErrBadModel, err)

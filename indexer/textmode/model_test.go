@@ -51,7 +51,7 @@ func synthDocs(n int, seed uint64) []Document {
 
 func smallOptions() TrainOptions {
 	o := DefaultTrainOptions()
-	o.Config = Config{Buckets: 1 << 12, Dim: 16, Window: 8, TermWindow: 16, MaxTerms: 31, MaxQueryTerms: 64, MinIDF: 1.5, TopTerms: 3}
+	o.Config = Config{Buckets: 1 << 12, Dim: 16, Window: 8, TermWindow: 16, MaxTerms: 31, MaxQueryTerms: 64, MinIDF: 1.5}
 	o.Epochs = 3
 	o.BatchSize = 32
 	o.Corpus = "synthetic test documents"
@@ -366,7 +366,7 @@ func TestQueryBinaryRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if q2.mode != q.mode || q2.norm != q.norm || fmt.Sprint(q2.terms) != fmt.Sprint(q.terms) || fmt.Sprint(q2.vec) != fmt.Sprint(q.vec) {
+	if q2.mode != q.mode || fmt.Sprint(q2.terms) != fmt.Sprint(q.terms) || fmt.Sprint(q2.vec) != fmt.Sprint(q.vec) {
 		t.Fatalf("round trip changed the query: %+v → %+v", q, q2)
 	}
 }
@@ -509,7 +509,7 @@ func TestDefaultConfigValid(t *testing.T) {
 		func(c *Config) { c.MaxTerms = 300 },
 		func(c *Config) { c.TermWindow = -1 },
 		func(c *Config) { c.MinIDF = float32(math.Inf(1)) },
-		func(c *Config) { c.TopTerms = 0 },
+		func(c *Config) { c.MaxQueryTerms = 0 },
 	}
 	for i, f := range bad {
 		c := DefaultConfig()
