@@ -16,9 +16,10 @@
 //     lightly stemmed token. Four tokens make a chunk (TokensPerChunk).
 //   - Chunk keys (AppendChunkKeys): KeyBytes per chunk, 132 with
 //     DefaultConfig, like an LSA index key — the chunk encoder's unit vector as
-//     int8 plus a float32 scale, then up to 31 16-bit lexical terms (the chunk's
-//     own, then the rarest of the 16 tokens on each side). The daemon stores
-//     them as opaque bytes.
+//     int8 plus a float32 scale, up to 29 16-bit lexical terms (the chunk's
+//     own, then the rarest of the 16 tokens on each side) and a mask of the
+//     terms the training corpus never saw (a Bloom filter of its vocabulary
+//     ships in the model). The daemon stores them as opaque bytes.
 //   - Queries (NewQuery, AppendBinary / ParseQuery): the query encoder's unit
 //     vector and the question's and answer's terms, in a fixed-size wire form.
 //   - Score: per chunk, logit = a·lexical + b·cosine + c with (a, b, c) per Mode
@@ -26,7 +27,7 @@
 //     the context's own chunk keys and relative to the best-matching chunk; a
 //     dilation gives neighbours of strong chunks a share of their logit (so a
 //     sentence cut by a page boundary still counts on both pages), and up to
-//     three rounds of relevance feedback follow rare names from kept chunks to
+//     three rounds of relevance feedback follow never-seen names from kept chunks to
 //     the chunks that mention them (multi-hop evidence such as variable
 //     chains). Score therefore needs all keys of a request at once.
 //   - Train: IDF statistics over the corpus, then InfoNCE with in-batch
