@@ -8,11 +8,13 @@
 //
 // The scorer is split the way a serving daemon uses it:
 //
-//   - Query side. LayerWeights holds one target layer's projection weights as
-//     float32; LayerWeights.Query turns the decoder's bf16 hidden state and the
-//     token position into a Query (per-head q after bf16 rounding, RoPE and
-//     Hadamard; the head weights w; and the fp8-quantised q with per-head scales
-//     for the fp8-q variant). This runs once per layer per cycle.
+//   - Query side. LayerWeights holds one target layer's projection weights (as
+//     float32, or as bf16 when that is exact); LayerWeights.Query turns the
+//     decoder's bf16 hidden state and the token position into a Query (per-head q
+//     after bf16 rounding, RoPE and Hadamard; the head weights w; and the
+//     fp8-quantised q with per-head scales for the fp8-q variant). This runs once
+//     per layer per cycle; LayerWeights.Queries makes many queries in one pass
+//     over the weights.
 //   - Key side. KeyStore ingests raw compressed index keys (head dim fp8 bytes then
 //     a little-endian float32 scale; 132 bytes for head dim 128), append-only, and
 //     keeps them in the blocked layout the hot loop reads, so nothing is re-laid out
@@ -25,7 +27,20 @@
 // k = fp8(bytes)·scale, and the fp8-q variant scale·Σ_h w_h·qscale_h·ReLU(q8_h·fp8(bytes)).
 // Both reduce to one GEMM-shaped kernel over the fp8-decoded keys followed by one
 // multiplication by the key scale, which is how the store avoids keeping a second,
-// dequantised copy of the keys. On amd64 with AVX2 and FMA the kernel is Go
-// assembly; elsewhere, or with the fast path disabled, a portable Go kernel with
-// the same blocking computes the same values.
+// dequantised copy of the keys. On amd64 with AVX2, FMA and F16C the kernels are
+// Go assembly (chosen over simd/archsimd, which needs GOEXPERIMENT=simd, so that
+// a plain go build gets the fast path; AVX-512 is deliberately not used, the
+// target machines lack it); elsewhere a portable Go kernel with the same
+// blocking computes the same values. Tests run and compare both.
+//
+// Typical use, per layer and cycle:
+//
+//	lw, _ := attn.NewLayerWeights(wqA, qNorm, wqB, wProj, attn.DefaultOptions)
+//	ks, _ := attn.NewKeyStore(128)
+//	_ = ks.Append(rawKeys)                 // as chunks arrive, 132 bytes each
+//	q, _ := lw.Query(hiddenBF16, position) // once per cycle
+//	b, _ := attn.NewBatch(attn.Float, q)
+//	logits := make([]float32, ks.Len())
+//	_ = attn.Run([]attn.Task{{Batch: b, Keys: ks, From: 0, To: ks.Len(), Out: logits}})
+//	keep := attn.Sigmoid(logits[i]) > 0.5
 package attn

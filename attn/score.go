@@ -54,6 +54,11 @@ func NewBatch(v Variant, queries ...*Query) (*Batch, error) {
 	if len(queries) == 0 {
 		return nil, fmt.Errorf("%w: empty batch", ErrMismatch)
 	}
+	for i, q := range queries {
+		if q == nil {
+			return nil, fmt.Errorf("%w: query %d is nil", ErrMismatch, i)
+		}
+	}
 	h, d := queries[0].Heads, queries[0].HeadDim
 	if h <= 0 || d <= 0 {
 		return nil, fmt.Errorf("%w: query has %d heads of dim %d", ErrShape, h, d)

@@ -358,6 +358,7 @@ func TestErrors(t *testing.T) {
 		{"nil batch", Run([]Task{{Keys: ks}}), ErrMismatch},
 		{"mixed batch", func() error { _, err := NewBatch(Float, q, q8); return err }(), ErrMismatch},
 		{"empty batch", func() error { _, err := NewBatch(Float); return err }(), ErrMismatch},
+		{"nil query", func() error { _, err := NewBatch(Float, q, nil); return err }(), ErrMismatch},
 		{"bad variant", func() error { _, err := NewBatch(Variant(9), q); return err }(), ErrConfig},
 		{"bad head dim", func() error { _, err := NewKeyStore(0); return err }(), ErrConfig},
 	}
