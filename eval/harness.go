@@ -22,6 +22,9 @@ const (
 	MethodOracle   = "oracle"   // pages holding the most evidence chunks
 )
 
+// methodMode is the text-mode model mode of each scorer method.
+var methodMode = map[string]textmode.Mode{MethodLexical: textmode.Lexical, MethodTrained: textmode.Dense, MethodCombined: textmode.Combined}
+
 // AllMethods in report order.
 var AllMethods = []string{MethodLexical, MethodTrained, MethodCombined, MethodRecency, MethodRandom, MethodOracle}
 
@@ -268,8 +271,7 @@ func evalQuery(sc *TextScorer, keys []byte, doc *Doc, pq *preparedQuery, pol ind
 		var cyc *indexer.Cycle
 		switch method {
 		case MethodLexical, MethodTrained, MethodCombined:
-			mode := map[string]textmode.Mode{MethodLexical: textmode.Lexical, MethodTrained: textmode.Dense, MethodCombined: textmode.Combined}[method]
-			q := sc.Model.NewQuery(pq.question, pq.answer[:min(w*Tau, len(pq.answer))], mode)
+			q := sc.Model.NewQuery(pq.question, pq.answer[:min(w*Tau, len(pq.answer))], methodMode[method])
 			cs, err := indexer.ScoreBatch([]*indexer.Request{req}, []indexer.Query{sc.Query(q)})
 			if err != nil {
 				return nil, err
