@@ -1,5 +1,28 @@
 #include "textflag.h"
 
+// DOT4START loads the arguments shared by dot4AVX2 and dot4BF16AVX2: SI the
+// weight row, DI/R9/R10/R8 the four input vectors, CX the count of 8-element
+// steps, R11 out; and zeroes the eight float64 accumulators.
+#define DOT4START \
+	MOVQ a+0(FP), SI \
+	MOVQ x+8(FP), DI \
+	MOVQ stride+16(FP), R8 \
+	MOVQ n+24(FP), CX \
+	MOVQ out+32(FP), R11 \
+	SHLQ $3, R8 \
+	LEAQ (DI)(R8*1), R9 \
+	LEAQ (R9)(R8*1), R10 \
+	ADDQ R10, R8 \
+	VXORPD Y0, Y0, Y0 \
+	VXORPD Y1, Y1, Y1 \
+	VXORPD Y2, Y2, Y2 \
+	VXORPD Y3, Y3, Y3 \
+	VXORPD Y4, Y4, Y4 \
+	VXORPD Y5, Y5, Y5 \
+	VXORPD Y6, Y6, Y6 \
+	VXORPD Y7, Y7, Y7 \
+	SHRQ $3, CX
+
 // func kernelAVX2(k, q, w *float32, groups, d int, acc *float32)
 //
 // For each group of 4 query rows: 12 accumulators (3 vectors of 8 keys × 4 rows)
@@ -167,28 +190,11 @@ decdone:
 //
 // out[v] = Σ_i a[i]·x[v·stride+i] for v < 4 and n a multiple of 8, accumulated in
 // float64: one pass over the weight row a serves four input vectors, because the
-// projections are bound by reading the weights, and at that bandwidth the
-// float64 FMAs cost nothing while keeping q far from the bf16 rounding
-// boundaries that an float32 sum of thousands of terms would cross.
+// projections are bound by reading the weights. At that bandwidth the float64
+// FMAs cost nothing, and they make q round to the same bf16 as the exact value,
+// where a float32 sum of thousands of terms often lands on the other neighbour.
 TEXT ·dot4AVX2(SB), NOSPLIT, $0-40
-	MOVQ a+0(FP), SI
-	MOVQ x+8(FP), DI
-	MOVQ stride+16(FP), R8
-	MOVQ n+24(FP), CX
-	MOVQ out+32(FP), R11
-	SHLQ $3, R8
-	LEAQ (DI)(R8*1), R9
-	LEAQ (R9)(R8*1), R10
-	ADDQ R10, R8
-	VXORPD Y0, Y0, Y0
-	VXORPD Y1, Y1, Y1
-	VXORPD Y2, Y2, Y2
-	VXORPD Y3, Y3, Y3
-	VXORPD Y4, Y4, Y4
-	VXORPD Y5, Y5, Y5
-	VXORPD Y6, Y6, Y6
-	VXORPD Y7, Y7, Y7
-	SHRQ $3, CX
+	DOT4START
 	JZ   d4sum
 
 d4loop:
@@ -234,24 +240,7 @@ d4sum:
 // dot4AVX2 for a bf16 weight row: a bf16 is the upper half of a float32, so
 // widening is a zero-extend and a 16-bit shift.
 TEXT ·dot4BF16AVX2(SB), NOSPLIT, $0-40
-	MOVQ a+0(FP), SI
-	MOVQ x+8(FP), DI
-	MOVQ stride+16(FP), R8
-	MOVQ n+24(FP), CX
-	MOVQ out+32(FP), R11
-	SHLQ $3, R8
-	LEAQ (DI)(R8*1), R9
-	LEAQ (R9)(R8*1), R10
-	ADDQ R10, R8
-	VXORPD Y0, Y0, Y0
-	VXORPD Y1, Y1, Y1
-	VXORPD Y2, Y2, Y2
-	VXORPD Y3, Y3, Y3
-	VXORPD Y4, Y4, Y4
-	VXORPD Y5, Y5, Y5
-	VXORPD Y6, Y6, Y6
-	VXORPD Y7, Y7, Y7
-	SHRQ $3, CX
+	DOT4START
 	JZ   b4sum
 
 b4loop:
