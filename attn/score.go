@@ -137,7 +137,7 @@ func (t *Task) check() error {
 }
 
 // Tiles are the unit of work Run hands to a goroutine: at most one slab, at least
-// 4 blocks (≈ 6 MFLOP per query at H = 128, so scheduling stays negligible), and
+// 4 blocks (≈ 3 MFLOP per query at H = 128, so scheduling stays negligible), and
 // small enough that every goroutine gets about 8 tiles and finishes together.
 const (
 	maxTileKeys = slabKeys
