@@ -114,10 +114,25 @@ type RandomModelConfig struct {
 	TargetLayers int    `toml:"target_layers"`
 }
 
-// MoverConfig sizes the background recall and staging workers.
+// MoverConfig sizes the background recall and staging workers and says
+// which of the two prefetches run. Both on is the design; the other
+// combinations exist to measure what each one buys (flashmemctl sim):
+// without staging, pages the selection needs are read from SSD when
+// recalled; without background recall too, every page is loaded only when
+// a cycle hands it to the decoder (plain LRU caching).
 type MoverConfig struct {
 	Workers int `toml:"workers"`
+	// Staging brings the indexer's lookahead candidates from SSD into the
+	// host mirror ahead of need.
+	Staging *bool `toml:"staging"`
+	// BackgroundRecall copies each cycle's new selection into the reserve
+	// while the decoder still uses the previous one (LSA's one-cycle-late
+	// application).
+	BackgroundRecall *bool `toml:"background_recall"`
 }
+
+func (m MoverConfig) staging() bool          { return m.Staging == nil || *m.Staging }
+func (m MoverConfig) backgroundRecall() bool { return m.BackgroundRecall == nil || *m.BackgroundRecall }
 
 // Duration is a time.Duration that reads "5s" style strings from TOML.
 type Duration time.Duration

@@ -198,10 +198,10 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 			recall = append(recall, p)
 		}
 	}
-	if len(recall) > 0 {
+	if len(recall) > 0 && d.cfg.Mover.backgroundRecall() {
 		s.pending = d.startRecall(s, recall)
 	}
-	if len(cy.Lookahead) > 0 {
+	if len(cy.Lookahead) > 0 && d.cfg.Mover.staging() {
 		ids := make([]tiers.PageID, len(cy.Lookahead))
 		for i, p := range cy.Lookahead {
 			ids[i] = s.pageID(p)
