@@ -6,9 +6,10 @@ import "golang.org/x/sys/cpu"
 var hasAVX2FMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA && cpu.X86.HasF16C
 
 // kernelAVX2 is kernelGo in AVX2/FMA assembly; d must be ≥ 1 and groups ≥ 0.
+// next is only prefetched (2 cache lines per group), never read.
 //
 //go:noescape
-func kernelAVX2(k, q, w *float32, groups, d int, acc *float32)
+func kernelAVX2(k, q, w *float32, groups, d int, acc *float32, next *uint8)
 
 // decodeFP8AVX2 widens n fp8 codes (n a multiple of 8) to float32, mapping the
 // NaN codes to ±480 (see the assembly).

@@ -23,22 +23,28 @@
 	VXORPD Y7, Y7, Y7 \
 	SHRQ $3, CX
 
-// func kernelAVX2(k, q, w *float32, groups, d int, acc *float32)
+// func kernelAVX2(k, q, w *float32, groups, d int, acc *float32, next *uint8)
 //
 // For each group of 4 query rows: 12 accumulators (3 vectors of 8 keys × 4 rows)
 // over the head dim, then ReLU and the weighted sum of the 4 rows into acc[0:24].
 // k is a decoded key block [d][24]; q is [groups][d][4]; w is [groups][4].
-TEXT ·kernelAVX2(SB), NOSPLIT, $0-48
+// Each group also prefetches two cache lines of next, the fp8 codes of the block
+// the caller decodes after this one, so that decoding it does not wait for DRAM.
+TEXT ·kernelAVX2(SB), NOSPLIT, $0-56
 	MOVQ k+0(FP), SI
 	MOVQ q+8(FP), DI
 	MOVQ w+16(FP), R8
 	MOVQ groups+24(FP), R9
 	MOVQ d+32(FP), R10
 	MOVQ acc+40(FP), R11
+	MOVQ next+48(FP), DX
 	TESTQ R9, R9
 	JLE  done
 
 group:
+	PREFETCHT0 0(DX)
+	PREFETCHT0 64(DX)
+	ADDQ $128, DX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2

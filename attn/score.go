@@ -213,15 +213,24 @@ func (t *Task) score(from, to int, scratch []float32) {
 	stride := t.To - t.From
 	qStride := b.groups * d * rowsPerGroup
 	wStride := b.groups * rowsPerGroup
+	if from >= to {
+		return
+	}
 	var acc [blockKeys]float32
-	for blk := from / blockKeys; blk*blockKeys < to; blk++ {
-		decodeBlock(scratch, ks.block(blk))
+	last := (to - 1) / blockKeys
+	for blk := from / blockKeys; blk <= last; blk++ {
+		codes := ks.block(blk)
+		decodeBlock(scratch, codes)
+		next := codes
+		if blk < last {
+			next = ks.block(blk + 1)
+		}
 		base := blk * blockKeys
 		lo, hi := max(from, base), min(to, base+blockKeys)
 		scales := ks.scales[lo:hi]
 		for qi := range b.queries {
 			acc = [blockKeys]float32{}
-			kernel(scratch, b.q[qi*qStride:(qi+1)*qStride], b.w[qi*wStride:(qi+1)*wStride], b.groups, d, &acc)
+			kernel(scratch, b.q[qi*qStride:(qi+1)*qStride], b.w[qi*wStride:(qi+1)*wStride], b.groups, d, &acc, next)
 			o := t.Out[qi*stride+lo-t.From : qi*stride+hi-t.From]
 			for j, s := range scales {
 				o[j] = s * acc[lo-base+j]

@@ -154,7 +154,8 @@ func TestKernelsAgreeExactly(t *testing.T) {
 			b[i] = float32(i)
 		}
 		kernelGo(k, q, w, groups, d, &a)
-		kernelAVX2(&k[0], &q[0], &w[0], groups, d, &b[0])
+		next := make([]uint8, 1)
+		kernelAVX2(&k[0], &q[0], &w[0], groups, d, &b[0], &next[0])
 		if a != b {
 			t.Errorf("d=%d: portable %v\nassembly %v", d, a, b)
 		}
