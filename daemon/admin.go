@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"encoding/hex"
 	"sort"
 	"time"
@@ -36,13 +35,8 @@ func (c *conn) admin(op proto.Op, t *proto.AdminTarget) (proto.Message, error) {
 			return nil, err
 		}
 		bytes := s.info().Bytes
-		if s.persist {
-			if err := d.persistSession(context.Background(), s); err != nil {
-				return nil, err
-			}
-			d.dropSession(s, false)
-		} else {
-			d.dropSession(s, true)
+		if err := d.dropSession(s, !s.persist); err != nil {
+			return nil, err
 		}
 		d.log.Info("session evicted", "session", s.id, "name", s.name, "kept_on_ssd", s.persist)
 		return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes}, nil

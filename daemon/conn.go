@@ -273,6 +273,6 @@ func (c *conn) teardown() {
 			s.detach()
 			continue
 		}
-		c.d.dropSession(s, true)
+		_ = c.d.dropSession(s, true) // purging cannot fail
 	}
 }

@@ -282,3 +282,95 @@ func TestBadRequestsGetErrorFrames(t *testing.T) {
 	// Unknown lease.
 	wantCode(c.Release(ctx, 777), proto.CodeUnknownLease)
 }
+
+// Decode chunks written straight into the tail cells a cycle assigned, then
+// committed, are in the mirror afterwards and read back from the reserve in
+// later cycles, including across a page boundary.
+func TestDecodeCommitIntoTailCells(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	c := dial(t, cfg.Socket)
+	ctx := context.Background()
+	l := testLayout(64)
+	op, err := c.Open(ctx, &proto.Open{Name: "dec", Persist: true, Layout: l, Policy: proto.Policy{KMax: 12}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := op.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proto.Unmap(mem)
+	r := rand.New(rand.NewPCG(7, 8))
+	const seed = 3
+	chunks := uint64(1000) // page 15 is partial: decode crosses into page 16
+	appendAll(t, c, op.Session, &l, seed, 0, chunks, r)
+	var lease uint64
+	for cyc := 0; cyc < 6; cyc++ {
+		res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Position: chunks * 4, Queries: queries(r, 64, 3)}})
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("cycle %d: %v %v", cyc, err, res[0].Err)
+		}
+		checkPages(t, &l, &op.Region.RegionDesc, mem, seed, chunks, res[0].Pages)
+		if lease != 0 {
+			c.Release(ctx, lease)
+		}
+		lease = res[0].Lease
+		tail := map[uint32]uint32{}
+		for _, ps := range res[0].Tail {
+			tail[ps.Page] = ps.Slot
+		}
+		const n = 16
+		for i := uint64(0); i < n; i++ {
+			ch := chunks + i
+			slot, ok := tail[uint32(ch/64)]
+			if !ok {
+				t.Fatalf("cycle %d: no tail cell for chunk %d (tail %v)", cyc, ch, res[0].Tail)
+			}
+			for ly := range l.Layers {
+				synth.FillCell(&l, seed, ch, ly, op.Region.Row(mem, ly, slot))
+			}
+		}
+		got, err := c.Commit(ctx, &proto.Commit{Session: op.Session, FirstChunk: chunks, Count: n, Keys: synth.Keys(r, 3, 132, n)})
+		if err != nil || got != chunks+n {
+			t.Fatalf("commit: %d %v", got, err)
+		}
+		chunks += n
+	}
+	// Commit outside the tail allocation is refused.
+	_, err = c.Commit(ctx, &proto.Commit{Session: op.Session, FirstChunk: chunks, Count: 200, Keys: synth.Keys(r, 3, 132, 200)})
+	var pe *proto.Error
+	if !errors.As(err, &pe) || pe.Code != proto.CodeBadRequest {
+		t.Fatalf("commit past the tail: %v", err)
+	}
+	// The committed chunks reached the mirror: close the session (kept on
+	// SSD), resume it into a fresh reserve region and read them back.
+	c.Release(ctx, lease)
+	if err := c.CloseSession(ctx, op.Session, false); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := c.Resume(ctx, "dec")
+	if err != nil || rr.Chunks != chunks {
+		t.Fatalf("resume: %v (%d chunks, want %d)", err, rr.Chunks, chunks)
+	}
+	mem2, err := rr.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proto.Unmap(mem2)
+	res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: rr.Session, Position: chunks * 4, Queries: queries(r, 64, 3)}})
+	if err != nil || res[0].Err != nil {
+		t.Fatalf("cycle after resume: %v %v", err, res[0].Err)
+	}
+	last := uint32((chunks - 1) / 64)
+	found := false
+	for _, ps := range res[0].Pages {
+		found = found || ps.Page == last
+	}
+	if !found {
+		t.Fatalf("the last page %d is not in the resident set %v", last, res[0].Pages)
+	}
+	checkPages(t, &l, &rr.Region.RegionDesc, mem2, seed, chunks, res[0].Pages)
+}

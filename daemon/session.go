@@ -215,7 +215,7 @@ func (c *conn) open(m *proto.Open) (proto.Message, []int, error) {
 		// Written at once so a crash before the first PERSIST still leaves a
 		// resumable (empty) session rather than a name nobody can reuse.
 		if err := d.writeMeta(context.Background(), s); err != nil {
-			d.dropSession(s, true)
+			_ = d.dropSession(s, true)
 			return nil, nil, err
 		}
 	}
@@ -263,16 +263,21 @@ func (d *Daemon) register(c *conn, s *session, named bool) error {
 }
 
 func (d *Daemon) unregister(s *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d.unregisterLocked(s)
+}
+
+// unregisterLocked removes s from the daemon's and its connection's
+// tables; s.mu is held (lock order: session, then daemon, then connection).
+func (d *Daemon) unregisterLocked(s *session) {
 	d.mu.Lock()
 	delete(d.sessions, s.id)
 	if s.name != "" && d.byName[s.name] == s {
 		delete(d.byName, s.name)
 	}
 	d.mu.Unlock()
-	s.mu.Lock()
-	c := s.conn
-	s.mu.Unlock()
-	if c != nil {
+	if c := s.conn; c != nil {
 		c.mu.Lock()
 		delete(c.sessions, s.id)
 		c.mu.Unlock()
@@ -313,13 +318,27 @@ func regionDesc(r *tiers.Region) proto.RegionDesc {
 }
 
 // dropSession forgets a session: leases released, reserve region destroyed,
-// pages dropped from the mirror, and with purge also from SSD with its
-// metadata.
-func (d *Daemon) dropSession(s *session, purge bool) {
-	d.unregister(s)
+// pages dropped from the mirror. With purge its pages and metadata leave SSD
+// too; without, every page and the metadata are first flushed to SSD under
+// the same lock hold, so no write can slip in between and the session stays
+// resumable. A failed flush keeps the session as it was.
+func (d *Daemon) dropSession(s *session, purge bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.req == nil {
+		return nil // dropped already
+	}
 	s.waitPending()
+	ctx := context.Background()
+	if !purge {
+		if err := d.store.Flush(ctx, s.id); err != nil {
+			return fmt.Errorf("session %d: %w", s.id, err)
+		}
+		if err := d.writeMetaLocked(ctx, s); err != nil {
+			return err
+		}
+	}
+	d.unregisterLocked(s)
 	s.leaseMu.Lock()
 	for _, l := range s.leases {
 		if l.c != nil {
@@ -331,18 +350,18 @@ func (d *Daemon) dropSession(s *session, purge bool) {
 	s.leases = map[uint64]*lease{}
 	s.leaseMu.Unlock()
 	s.destroyRegion(d)
-	ctx := context.Background()
 	if purge {
-		if err := d.store.DeleteSession(ctx, s.id); err != nil {
+		if err := d.store.Drop(ctx, s.id); err != nil {
 			d.log.Warn("dropping session pages", "session", s.id, "err", err)
 		}
 		if s.name != "" && s.persist {
 			_ = d.store.SSD().DeleteMeta(ctx, s.name)
 		}
-	} else if err := d.store.Drop(ctx, s.id); err != nil {
+	} else if err := d.store.Mirror().DeleteSession(ctx, s.id); err != nil {
 		d.log.Warn("dropping session from the mirror", "session", s.id, "err", err)
 	}
 	s.req = nil
+	return nil
 }
 
 // detach keeps a persisted session after its connection ended, resumable
@@ -359,16 +378,15 @@ func (c *conn) closeSession(m *proto.Close) error {
 	if err != nil {
 		return err
 	}
-	if s.persist && !m.Delete {
-		if err := c.d.persistSession(context.Background(), s); err != nil {
-			return err
-		}
-		c.d.dropSession(s, false)
-		c.d.log.Info("session closed, kept on SSD", "session", s.id, "name", s.name)
-		return nil
+	keep := s.persist && !m.Delete
+	if err := c.d.dropSession(s, !keep); err != nil {
+		return err
 	}
-	c.d.dropSession(s, true)
-	c.d.log.Info("session closed and deleted", "session", s.id, "name", s.name)
+	if keep {
+		c.d.log.Info("session closed, kept on SSD", "session", s.id, "name", s.name)
+	} else {
+		c.d.log.Info("session closed and deleted", "session", s.id, "name", s.name)
+	}
 	return nil
 }
 
