@@ -59,6 +59,10 @@ type Limits struct {
 	// LeaseTimeout reclaims a lease its client never released while still
 	// connected; a dead connection's leases are reclaimed at once.
 	LeaseTimeout Duration `toml:"lease_timeout"`
+	// DetachedTTL is how long a persisted session whose connection ended
+	// stays in host memory before it is flushed and kept on SSD only
+	// (0 = until shutdown).
+	DetachedTTL Duration `toml:"detached_ttl"`
 }
 
 // HostConfig sizes the host mirror.
@@ -187,6 +191,7 @@ func DefaultConfig() Config {
 			MaxLayers:          256,
 			MaxRowBytes:        16 << 20,
 			LeaseTimeout:       Duration(5 * time.Minute),
+			DetachedTTL:        Duration(30 * time.Minute),
 		},
 		SSD:   SSDConfig{GCInterval: Duration(5 * time.Minute)},
 		Mover: MoverConfig{Workers: 4},

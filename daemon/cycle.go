@@ -376,6 +376,7 @@ func (d *Daemon) leaseJanitor(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		d.expireDetached()
 		limit := time.Duration(d.cfg.Limits.LeaseTimeout)
 		if limit <= 0 {
 			continue
@@ -402,5 +403,35 @@ func (d *Daemon) leaseJanitor(ctx context.Context) {
 				d.log.Warn("lease reclaimed after timeout", "lease", l.id, "session", l.s.id)
 			}
 		}
+	}
+}
+
+// expireDetached moves persisted sessions nobody resumed within
+// detached_ttl out of host memory; they stay resumable from SSD.
+func (d *Daemon) expireDetached() {
+	ttl := time.Duration(d.cfg.Limits.DetachedTTL)
+	if ttl <= 0 {
+		return
+	}
+	d.mu.Lock()
+	var idle []*session
+	for _, s := range d.sessions {
+		idle = append(idle, s)
+	}
+	d.mu.Unlock()
+	for _, s := range idle {
+		expired := false
+		err := d.dropSessionIf(s, false, func() bool {
+			expired = s.conn == nil && s.persist && time.Since(s.lastUsed) > ttl
+			return expired
+		})
+		if !expired {
+			continue
+		}
+		if err != nil {
+			d.log.Warn("detached session stays in memory", "session", s.id, "name", s.name, "err", err)
+			continue
+		}
+		d.log.Info("detached session moved to SSD", "session", s.id, "name", s.name, "idle", ttl)
 	}
 }

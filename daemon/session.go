@@ -323,10 +323,16 @@ func regionDesc(r *tiers.Region) proto.RegionDesc {
 // the same lock hold, so no write can slip in between and the session stays
 // resumable. A failed flush keeps the session as it was.
 func (d *Daemon) dropSession(s *session, purge bool) error {
+	return d.dropSessionIf(s, purge, nil)
+}
+
+// dropSessionIf is dropSession when cond, checked under the session lock,
+// holds (nil: always).
+func (d *Daemon) dropSessionIf(s *session, purge bool, cond func() bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.req == nil {
-		return nil // dropped already
+	if s.req == nil || (cond != nil && !cond()) {
+		return nil // dropped already, or no longer eligible
 	}
 	s.waitPending()
 	ctx := context.Background()
