@@ -3,7 +3,6 @@ package attn
 import (
 	"encoding/binary"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -167,25 +166,11 @@ func BenchmarkCycle512K(b *testing.B) {
 func benchCycle(b *testing.B, bf16 bool) {
 	const layers, n, hidden, rank, heads, d = 3, 131072, 4096, 2048, 128, 128
 	r := rand.New(rand.NewPCG(42, 42))
-	randMat := func(rows, cols int, scale float64) Matrix {
-		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
-		for i := range m.Data {
-			m.Data[i] = float32(r.NormFloat64() * scale)
-			if bf16 {
-				m.Data[i] = RoundBF16(m.Data[i])
-			}
-		}
-		return m
-	}
 	var lws []*LayerWeights
 	var stores []*KeyStore
 	for range layers {
-		qn := make([]float32, rank)
-		for i := range qn {
-			qn[i] = 1
-		}
-		lw, err := NewLayerWeights(randMat(rank, hidden, 1/math.Sqrt(hidden)), qn,
-			randMat(heads*d, rank, 1/math.Sqrt(rank)), randMat(heads, hidden, 1/math.Sqrt(hidden)), DefaultOptions)
+		lw, err := NewLayerWeights(randMatrix(r, rank, hidden, bf16), ones(rank),
+			randMatrix(r, heads*d, rank, bf16), randMatrix(r, heads, hidden, bf16), DefaultOptions)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -242,21 +227,7 @@ func BenchmarkQueries(b *testing.B) {
 	const hidden, rank, heads, d = 4096, 2048, 128, 128
 	r := rand.New(rand.NewPCG(3, 3))
 	for _, bf := range []bool{false, true} {
-		mat := func(rows, cols int) Matrix {
-			m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
-			for i := range m.Data {
-				m.Data[i] = float32(r.NormFloat64() / math.Sqrt(float64(cols)))
-				if bf {
-					m.Data[i] = RoundBF16(m.Data[i])
-				}
-			}
-			return m
-		}
-		qn := make([]float32, rank)
-		for i := range qn {
-			qn[i] = 1
-		}
-		lw, err := NewLayerWeights(mat(rank, hidden), qn, mat(heads*d, rank), mat(heads, hidden), DefaultOptions)
+		lw, err := NewLayerWeights(randMatrix(r, rank, hidden, bf), ones(rank), randMatrix(r, heads*d, rank, bf), randMatrix(r, heads, hidden, bf), DefaultOptions)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -64,18 +64,7 @@ func TestMatMul(t *testing.T) {
 // bit for bit, whatever the batch size and slot.
 func TestQueriesBatched(t *testing.T) {
 	r := rand.New(rand.NewPCG(10, 10))
-	mat := func(rows, cols int) Matrix {
-		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
-		for i := range m.Data {
-			m.Data[i] = float32(r.NormFloat64() / math.Sqrt(float64(cols)))
-		}
-		return m
-	}
-	qn := make([]float32, 48)
-	for i := range qn {
-		qn[i] = 1
-	}
-	lw, err := NewLayerWeights(mat(48, 80), qn, mat(5*128, 48), mat(5, 80), DefaultOptions)
+	lw, err := NewLayerWeights(randMatrix(r, 48, 80, false), ones(48), randMatrix(r, 5*128, 48, false), randMatrix(r, 5, 80, false), DefaultOptions)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,18 +116,7 @@ func TestQueriesBatched(t *testing.T) {
 // quantised per head: dequantised, it is within half an fp8 step of Q.
 func TestQueryVariantsConsistent(t *testing.T) {
 	r := rand.New(rand.NewPCG(4, 4))
-	mat := func(rows, cols int) Matrix {
-		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
-		for i := range m.Data {
-			m.Data[i] = float32(r.NormFloat64() / math.Sqrt(float64(cols)))
-		}
-		return m
-	}
-	qn := make([]float32, 64)
-	for i := range qn {
-		qn[i] = 1
-	}
-	lw, err := NewLayerWeights(mat(64, 96), qn, mat(6*128, 64), mat(6, 96), DefaultOptions)
+	lw, err := NewLayerWeights(randMatrix(r, 64, 96, false), ones(64), randMatrix(r, 6*128, 64, false), randMatrix(r, 6, 96, false), DefaultOptions)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,19 +156,8 @@ func TestQueryVariantsConsistent(t *testing.T) {
 // (NaN, Inf, huge values) must produce a query without panicking.
 func FuzzQuery(f *testing.F) {
 	r := rand.New(rand.NewPCG(8, 8))
-	mat := func(rows, cols int) Matrix {
-		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
-		for i := range m.Data {
-			m.Data[i] = float32(r.NormFloat64())
-		}
-		return m
-	}
-	qn := make([]float32, 8)
-	for i := range qn {
-		qn[i] = 1
-	}
 	opt := Options{HeadDim: 16, Eps: 1e-6, Rope: YaRN{Dim: 8, Base: 160000, Factor: 16, OriginalLen: 65536, BetaFast: 32, BetaSlow: 1}}
-	lw, err := NewLayerWeights(mat(8, 32), qn, mat(3*16, 8), mat(3, 32), opt)
+	lw, err := NewLayerWeights(randMatrix(r, 8, 32, false), ones(8), randMatrix(r, 3*16, 8, false), randMatrix(r, 3, 32, false), opt)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -235,18 +202,11 @@ func bytes64(lo, hi byte) []byte {
 // single bit of the query (same values, same summation order).
 func TestBF16WeightsSameQuery(t *testing.T) {
 	r := rand.New(rand.NewPCG(6, 6))
-	mat := func(rows, cols int) Matrix {
-		m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
-		for i := range m.Data {
-			m.Data[i] = RoundBF16(float32(r.NormFloat64() / math.Sqrt(float64(cols))))
-		}
-		return m
-	}
 	qn := make([]float32, 96)
 	for i := range qn {
 		qn[i] = RoundBF16(float32(1 + 0.1*r.NormFloat64()))
 	}
-	wqA, wqB, wp := mat(96, 200), mat(4*128, 96), mat(4, 200)
+	wqA, wqB, wp := randMatrix(r, 96, 200, true), randMatrix(r, 4*128, 96, true), randMatrix(r, 4, 200, true)
 	hid := make([]byte, 400)
 	for i := 0; i < 200; i++ {
 		v := BF16FromF32(float32(r.NormFloat64()))

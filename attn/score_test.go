@@ -27,6 +27,28 @@ func randomKeys(r *rand.Rand, n, d int) []byte {
 	return raw
 }
 
+// randMatrix returns a rows×cols matrix of N(0, 1/cols) values, so that a unit
+// input gives unit outputs, rounded to bf16 if asked.
+func randMatrix(r *rand.Rand, rows, cols int, bf16 bool) Matrix {
+	m := Matrix{Rows: rows, Cols: cols, Data: make([]float32, rows*cols)}
+	for i := range m.Data {
+		m.Data[i] = float32(r.NormFloat64() / math.Sqrt(float64(cols)))
+		if bf16 {
+			m.Data[i] = RoundBF16(m.Data[i])
+		}
+	}
+	return m
+}
+
+// ones is an RMSNorm weight that changes nothing.
+func ones(n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = 1
+	}
+	return v
+}
+
 // randomQuery builds a Query directly (not through LayerWeights) so head counts
 // and dims that LayerWeights would reject for Hadamard can be tested too.
 func randomQuery(r *rand.Rand, heads, d int) *Query {
