@@ -575,19 +575,14 @@ func (d *Daemon) writeChunk(s *session, ch uint64, payload []byte, slot int) err
 	base := s.gens[p]
 	gen := base + 1
 	id := s.pageID(p)
-	prev, err := d.store.Mirror().WriteChunk(id, gen, s.geom, int(ch%cpp), payload)
-	switch {
-	case errors.Is(err, tiers.ErrBudget):
-		// The mirror is full: rewrite the whole page through the store,
-		// which spills cold pages to SSD to make room.
-		if gen, err = d.rebuildPage(s, id, base, ch, payload, gen); err != nil {
-			return err
-		}
-	case err != nil:
+	prev, err := d.store.WriteChunk(context.Background(), id, gen, s.geom, int(ch%cpp), payload)
+	if err != nil {
 		return fmt.Errorf("write chunk %d: %w", ch, err)
-	case prev != base && base != 0:
-		// The page had been spilled to SSD: the mirror made a fresh zero
-		// page. Rebuild it from the SSD copy plus this chunk.
+	}
+	if prev != base {
+		// The page left the mirror between the store bringing it back from
+		// SSD and the write (a concurrent spill), so the mirror made a zero
+		// page: rebuild it from the SSD copy plus this chunk.
 		if gen, err = d.rebuildPage(s, id, base, ch, payload, gen); err != nil {
 			return err
 		}
@@ -611,16 +606,12 @@ func (d *Daemon) writeChunk(s *session, ch uint64, payload []byte, slot int) err
 
 func (d *Daemon) rebuildPage(s *session, id tiers.PageID, base, ch uint64, payload []byte, gen uint64) (uint64, error) {
 	page := make([]byte, s.layout.PageBytes())
-	if base > 0 {
-		// The store serves the newest copy: the mirror's if the page is
-		// still there, else SSD's. A zero page the mirror just made has a
-		// newer generation than SSD's copy, so read SSD's by generation.
-		g, _, err := d.store.Read(context.Background(), id, page)
-		if err != nil || g != base {
-			if _, err := d.store.SSD().Get(context.Background(), id, page); err != nil {
-				return 0, fmt.Errorf("page %v: rebuilding a spilled page: %w", id, err)
-			}
-		}
+	g, err := d.store.SSD().Get(context.Background(), id, page)
+	if err == nil && g != base {
+		err = tiers.ErrStale
+	}
+	if err != nil {
+		return 0, fmt.Errorf("page %v: rebuilding a spilled page at generation %d (SSD has %d): %w", id, base, g, err)
 	}
 	if err := s.geom.ScatterChunk(page, int(ch%uint64(s.layout.ChunksPerPage)), payload); err != nil {
 		return 0, err
