@@ -88,6 +88,13 @@ type IndexerConfig struct {
 	// Random registers models with random weights built from a seed, for
 	// tests and the demo.
 	Random []RandomModelConfig `toml:"random"`
+	// Text registers text-mode models (indexer/textmode): sessions send
+	// per-chunk text keys and a text query per cycle. An entry without a path
+	// is the default model embedded in the binary.
+	Text []TextModelConfig `toml:"text"`
+	// Trace names the trace-replay model (eval.TraceScorer) that the tiering
+	// simulator drives; "" registers none.
+	Trace string `toml:"trace"`
 	// DefaultModel is used by sessions that name none.
 	DefaultModel string `toml:"default_model"`
 	// Policy defaults; sessions may override per open.
@@ -105,6 +112,13 @@ type ModelConfig struct {
 	Path     string `toml:"path"`
 	Ensemble string `toml:"ensemble"` // max (default) or mean
 	Variant  string `toml:"variant"`  // float (default) or fp8q
+}
+
+// TextModelConfig names a text-mode model file; an empty Path is the
+// embedded default (models/textmode-default.safetensors).
+type TextModelConfig struct {
+	Name string `toml:"name"`
+	Path string `toml:"path"`
 }
 
 // RandomModelConfig describes a model with random weights.
@@ -160,7 +174,8 @@ var ErrConfig = errors.New("invalid configuration")
 // DefaultConfig returns the embedded defaults: a socket under
 // $XDG_RUNTIME_DIR (or /run/flashmemd), data under $XDG_DATA_HOME (or
 // /var/lib/flashmemd), a host budget from the machine's memory and a random
-// demo model, so the daemon runs with no configuration at all.
+// demo model, the embedded text-mode model ("text") and the trace-replay
+// model ("trace"), so the daemon runs with no configuration at all.
 func DefaultConfig() Config {
 	runDir := "/run/flashmemd"
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
@@ -198,6 +213,8 @@ func DefaultConfig() Config {
 		Indexer: IndexerConfig{
 			DefaultModel:  "demo",
 			Random:        []RandomModelConfig{{Name: "demo", Seed: 1, Hidden: 512, Rank: 128, Heads: 16, HeadDim: 128, TargetLayers: 3}},
+			Text:          []TextModelConfig{{Name: "text"}},
+			Trace:         "trace",
 			FirstKeep:     128,
 			LastKeep:      2048,
 			KMaxRatio:     0.10,
@@ -332,6 +349,21 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Sprintf("model %q registered twice", m.Name))
 		}
 		names[m.Name] = true
+	}
+	for _, m := range c.Indexer.Text {
+		if m.Name == "" {
+			errs = append(errs, "indexer.text entries need a name")
+		}
+		if names[m.Name] {
+			errs = append(errs, fmt.Sprintf("model %q registered twice", m.Name))
+		}
+		names[m.Name] = true
+	}
+	if t := c.Indexer.Trace; t != "" {
+		if names[t] {
+			errs = append(errs, fmt.Sprintf("model %q registered twice", t))
+		}
+		names[t] = true
 	}
 	if c.Indexer.DefaultModel != "" && !names[c.Indexer.DefaultModel] {
 		errs = append(errs, fmt.Sprintf("indexer.default_model %q is not registered", c.Indexer.DefaultModel))

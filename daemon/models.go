@@ -2,12 +2,17 @@ package daemon
 
 import (
 	"fmt"
+	"os"
 
+	"github.com/flashmemory/flashmemory/eval"
 	"github.com/flashmemory/flashmemory/indexer"
+	"github.com/flashmemory/flashmemory/indexer/textmode"
+	"github.com/flashmemory/flashmemory/models"
 )
 
-// loadModels builds every registered Memory-Indexer model: safetensors files
-// and random-weight models. A bad file stops the daemon at start, with the
+// loadModels builds every registered Memory-Indexer model: safetensors files,
+// random-weight models, text-mode models (the embedded default or files) and
+// the trace-replay model. A bad file stops the daemon at start, with the
 // loader's message naming the tensor at fault, rather than failing sessions
 // later.
 func loadModels(ic IndexerConfig) (map[string]indexer.Scorer, error) {
@@ -35,6 +40,24 @@ func loadModels(ic IndexerConfig) (map[string]indexer.Scorer, error) {
 			return nil, fmt.Errorf("%w: random model %q: %v", ErrConfig, rc.Name, err)
 		}
 		out[rc.Name] = m
+	}
+	for _, tc := range ic.Text {
+		b, src := models.TextModeDefault, "embedded default"
+		if tc.Path != "" {
+			var err error
+			if b, err = os.ReadFile(tc.Path); err != nil {
+				return nil, fmt.Errorf("%w: text model %q: %v", ErrConfig, tc.Name, err)
+			}
+			src = tc.Path
+		}
+		m, err := textmode.Load(b)
+		if err != nil {
+			return nil, fmt.Errorf("%w: text model %q (%s): %v", ErrConfig, tc.Name, src, err)
+		}
+		out[tc.Name] = &textmode.Scorer{Model: m}
+	}
+	if ic.Trace != "" {
+		out[ic.Trace] = &eval.TraceScorer{}
 	}
 	return out, nil
 }

@@ -20,6 +20,10 @@ var (
 	// ErrBadOptions reports generator, policy or harness options out of range.
 	ErrBadOptions = errors.New("eval: invalid options")
 
+	// ErrBadTrace reports trace keys or queries the trace-replay scorer
+	// cannot use (wrong size, a cycle past TraceCycles).
+	ErrBadTrace = errors.New("eval: bad trace key or query")
+
 	// ErrNoFiller reports a filler directory without usable text.
 	ErrNoFiller = errors.New("eval: no filler text")
 )

@@ -149,7 +149,7 @@ func Run(r *Reader, opts RunOptions) (*Report, error) {
 		}
 		return cells[k][f]
 	}
-	scorer := &TextScorer{Model: opts.Model}
+	scorer := &textmode.Scorer{Model: opts.Model}
 	rng := rand.New(rand.NewPCG(opts.Seed, 0x4a4d))
 	n := 0
 	for {
@@ -251,7 +251,7 @@ func needWindow(evidence, answer []textmode.Token) int {
 }
 
 // evalQuery runs the decode loop of one question under one method.
-func evalQuery(sc *TextScorer, keys []byte, doc *Doc, pq *preparedQuery, pol indexer.Policy, method string, rng *rand.Rand) (*Tally, error) {
+func evalQuery(sc *textmode.Scorer, keys []byte, doc *Doc, pq *preparedQuery, pol indexer.Policy, method string, rng *rand.Rand) (*Tally, error) {
 	req, err := indexer.NewRequest(sc, pol)
 	if err != nil {
 		return nil, err

@@ -1,49 +1,52 @@
-package eval
+package textmode
 
 import (
 	"fmt"
 
 	"github.com/flashmemory/flashmemory/indexer"
-	"github.com/flashmemory/flashmemory/indexer/textmode"
 )
 
-// TextScorer adapts a text-mode model to indexer.Scorer: one pseudo target
-// layer whose chunk keys are textmode keys and whose query bytes are a
-// serialised textmode.Query. Selection, pages and lookahead then run unchanged
-// in indexer.Request, as they will in the daemon.
-type TextScorer struct {
-	Model *textmode.Model
+// Scorer adapts a text-mode model to indexer.Scorer: one pseudo target layer
+// whose chunk keys are text-mode keys (AppendChunkKeys) and whose query bytes
+// are a serialised Query (AppendBinary). Selection, pages and lookahead then
+// run unchanged in indexer.Request — in the daemon, where it is registered as
+// a model kind, and in the in-process evaluation. The lexical signal takes its
+// IDF over all of a request's keys, which the Request holds, so scoring a
+// context needs nothing beyond what the daemon already keeps per session.
+type Scorer struct {
+	Model *Model
 }
 
-var _ indexer.Scorer = (*TextScorer)(nil)
+var _ indexer.Scorer = (*Scorer)(nil)
 
 // Layers returns the single pseudo target layer 0.
-func (s *TextScorer) Layers() []int { return []int{0} }
+func (s *Scorer) Layers() []int { return []int{0} }
 
 // KeyBytes is the model's chunk key size.
-func (s *TextScorer) KeyBytes() int { return s.Model.KeyBytes() }
+func (s *Scorer) KeyBytes() int { return s.Model.KeyBytes() }
 
 // QueryBytes is the model's serialised query size.
-func (s *TextScorer) QueryBytes() int { return s.Model.QueryBytes() }
+func (s *Scorer) QueryBytes() int { return s.Model.QueryBytes() }
 
 // Ensemble is irrelevant with one layer; max.
-func (s *TextScorer) Ensemble() indexer.Ensemble { return indexer.EnsembleMax }
+func (s *Scorer) Ensemble() indexer.Ensemble { return indexer.EnsembleMax }
 
 // NewKeys returns a key store that keeps the raw key bytes.
-func (s *TextScorer) NewKeys() (indexer.Keys, error) {
+func (s *Scorer) NewKeys() (indexer.Keys, error) {
 	return &textKeys{m: s.Model, kb: s.Model.KeyBytes()}, nil
 }
 
-// Query serialises a text-mode query for indexer.ScoreBatch.
-func (s *TextScorer) Query(q *textmode.Query) indexer.Query {
+// Query serialises a text-mode query for indexer.ScoreBatch (one layer; the
+// position is irrelevant to the text model).
+func (s *Scorer) Query(q *Query) indexer.Query {
 	return indexer.Query{Layers: [][]byte{q.AppendBinary(nil, s.Model.Config())}}
 }
 
 // Score scores every item's chunks (the model spreads a context over all cores).
-func (s *TextScorer) Score(items []indexer.ScoreItem) error {
+func (s *Scorer) Score(items []indexer.ScoreItem) error {
 	for i, it := range items {
 		if len(it.Keys) != 1 || len(it.Out) != 1 || len(it.Query.Layers) != 1 {
-			return fmt.Errorf("%w: item %d: text-mode scorer has exactly one layer", textmode.ErrBadQuery, i)
+			return fmt.Errorf("%w: item %d: text-mode scorer has exactly one layer", ErrBadQuery, i)
 		}
 		q, err := s.Model.ParseQuery(it.Query.Layers[0])
 		if err != nil {
@@ -51,7 +54,7 @@ func (s *TextScorer) Score(items []indexer.ScoreItem) error {
 		}
 		tk, ok := it.Keys[0].(*textKeys)
 		if !ok {
-			return fmt.Errorf("%w: item %d: keys not made by this scorer", textmode.ErrBadKey, i)
+			return fmt.Errorf("%w: item %d: keys not made by this scorer", ErrBadKey, i)
 		}
 		if err := s.Model.Score(q, tk.raw, it.Out[0]); err != nil {
 			return fmt.Errorf("item %d: %w", i, err)
@@ -61,7 +64,7 @@ func (s *TextScorer) Score(items []indexer.ScoreItem) error {
 }
 
 type textKeys struct {
-	m   *textmode.Model
+	m   *Model
 	kb  int
 	raw []byte
 }
