@@ -3,39 +3,18 @@ package attn
 import (
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 
 	"github.com/flashmemory/flashmemory/internal/safetensors"
+	"github.com/flashmemory/flashmemory/internal/sharedtest"
 )
 
 // goldenFile opens ../shared/testdata/indexer_golden.safetensors beside the repo
 // root; missing, it fails under CI and skips elsewhere.
 func goldenFile(t testing.TB) *safetensors.File {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-	p := filepath.Join(dir, "..", "shared", "testdata", "indexer_golden.safetensors")
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("golden file missing in CI: %v", err)
-		}
-		t.Skipf("golden file missing: %v", err)
-	}
+	p := sharedtest.Golden(t)
 	f, err := safetensors.Open(p)
 	if err != nil {
 		t.Fatal(err)

@@ -3,44 +3,20 @@ package indexer
 import (
 	"encoding/binary"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/flashmemory/flashmemory/attn"
 	"github.com/flashmemory/flashmemory/internal/safetensors"
+	"github.com/flashmemory/flashmemory/internal/sharedtest"
 )
 
-// repoRoot walks up from the test's directory to the directory holding go.mod.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-}
+func repoRoot(t testing.TB) string { return sharedtest.RepoRoot(t) }
 
 // goldenPath finds ../shared/testdata/indexer_golden.safetensors beside the checkout. In CI
 // (env CI set) a missing file fails the test; elsewhere it skips.
 func goldenPath(t testing.TB) string {
 	t.Helper()
-	p := filepath.Join(repoRoot(t), "..", "shared", "testdata", "indexer_golden.safetensors")
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("golden file missing in CI: %v", err)
-		}
-		t.Skipf("golden file not found: %v", err)
-	}
+	p := sharedtest.Golden(t)
 	return p
 }
 

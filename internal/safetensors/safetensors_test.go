@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/flashmemory/flashmemory/internal/sharedtest"
 	"math"
 	"os"
 	"path/filepath"
@@ -274,28 +275,7 @@ func TestGoldenFile(t *testing.T) {
 
 func goldenPath(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-	p := filepath.Join(dir, "..", "shared", "testdata", "indexer_golden.safetensors")
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("golden file missing in CI: %v", err)
-		}
-		t.Skipf("golden file missing: %v", err)
-	}
-	return p
+	return sharedtest.Golden(t)
 }
 
 func FuzzParse(f *testing.F) {
