@@ -136,19 +136,7 @@ func Run(r *Reader, opts RunOptions) (*Report, error) {
 			return nil, fmt.Errorf("%w: unknown method %q", ErrBadOptions, m)
 		}
 	}
-	rep := &Report{}
-	cells := map[[2]string]map[float64]*Cell{}
-	var tasks []string
-	cell := func(task, method string, f float64) *Cell {
-		k := [2]string{task, method}
-		if cells[k] == nil {
-			cells[k] = map[float64]*Cell{}
-		}
-		if cells[k][f] == nil {
-			cells[k][f] = &Cell{Task: task, Method: method, Target: f}
-		}
-		return cells[k][f]
-	}
+	col := NewCollector()
 	scorer := &textmode.Scorer{Model: opts.Model}
 	rng := rand.New(rand.NewPCG(opts.Seed, 0x4a4d))
 	n := 0
@@ -160,20 +148,11 @@ func Run(r *Reader, opts RunOptions) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !slices.Contains(tasks, rec.Task) {
-			tasks = append(tasks, rec.Task)
-		}
 		doc := NewDoc(rec.Context)
 		keys := opts.Model.AppendChunkKeys(nil, doc.Tokens)
-		for _, f := range opts.Footprints {
-			for _, m := range opts.Methods {
-				c := cell(rec.Task, m, f)
-				c.Tokens += len(doc.Tokens)
-				c.Records++
-			}
-		}
+		col.AddRecord(rec.Task, len(doc.Tokens), opts.Footprints, opts.Methods)
 		for qi, q := range rec.Queries {
-			ev, err := prepareQuery(doc, q)
+			ev, err := PrepareQuery(doc, q)
 			if err != nil {
 				return nil, fmt.Errorf("record %q query %d: %w", rec.ID, qi, err)
 			}
@@ -184,7 +163,7 @@ func Run(r *Reader, opts RunOptions) (*Report, error) {
 					if err != nil {
 						return nil, fmt.Errorf("record %q query %d method %s: %w", rec.ID, qi, m, err)
 					}
-					cell(rec.Task, m, f).Merge(t)
+					col.Cell(rec.Task, m, f).Merge(t)
 				}
 			}
 		}
@@ -193,44 +172,90 @@ func Run(r *Reader, opts RunOptions) (*Report, error) {
 			opts.Progress(n, rec.ID)
 		}
 	}
-	for _, task := range tasks {
-		for _, m := range opts.Methods {
-			for _, f := range opts.Footprints {
-				c := cell(task, m, f)
-				rep.Cells = append(rep.Cells, *c)
-				o := cell("overall", m, f)
-				o.Tokens += c.Tokens
-				o.Records += c.Records
-				o.Merge(&c.Tally)
+	return col.Report(opts.Methods, opts.Footprints), nil
+}
+
+// Collector gathers cells per (task, method, footprint) as records are
+// evaluated, in first-seen task order, and builds the Report with an
+// "overall" task merging them.
+type Collector struct {
+	tasks []string
+	cells map[[2]string]map[float64]*Cell
+}
+
+// NewCollector returns an empty Collector.
+func NewCollector() *Collector { return &Collector{cells: map[[2]string]map[float64]*Cell{}} }
+
+// Cell returns the cell of (task, method, footprint), creating it.
+func (c *Collector) Cell(task, method string, f float64) *Cell {
+	k := [2]string{task, method}
+	if c.cells[k] == nil {
+		c.cells[k] = map[float64]*Cell{}
+	}
+	if c.cells[k][f] == nil {
+		c.cells[k][f] = &Cell{Task: task, Method: method, Target: f}
+	}
+	return c.cells[k][f]
+}
+
+// AddRecord counts one record of task with tokens context tokens in every
+// (method, footprint) cell.
+func (c *Collector) AddRecord(task string, tokens int, footprints []float64, methods []string) {
+	if !slices.Contains(c.tasks, task) {
+		c.tasks = append(c.tasks, task)
+	}
+	for _, f := range footprints {
+		for _, m := range methods {
+			cl := c.Cell(task, m, f)
+			cl.Tokens += tokens
+			cl.Records++
+		}
+	}
+}
+
+// Report returns every task's cells, then the "overall" cells.
+func (c *Collector) Report(methods []string, footprints []float64) *Report {
+	rep := &Report{}
+	for _, task := range c.tasks {
+		for _, m := range methods {
+			for _, f := range footprints {
+				cl := c.Cell(task, m, f)
+				rep.Cells = append(rep.Cells, *cl)
+				o := c.Cell("overall", m, f)
+				o.Tokens += cl.Tokens
+				o.Records += cl.Records
+				o.Merge(&cl.Tally)
 			}
 		}
 	}
-	for _, m := range opts.Methods {
-		for _, f := range opts.Footprints {
-			rep.Cells = append(rep.Cells, *cell("overall", m, f))
+	for _, m := range methods {
+		for _, f := range footprints {
+			rep.Cells = append(rep.Cells, *c.Cell("overall", m, f))
 		}
 	}
-	return rep, nil
+	return rep
 }
 
-// preparedQuery is a question with its evidence mapped to chunks.
-type preparedQuery struct {
-	question, answer []textmode.Token
-	spans            []ChunkSpan
-	need             []int // answer window that needs each span
-	windows          int
+// PreparedQuery is a question with its evidence mapped to chunks.
+type PreparedQuery struct {
+	Question, Answer []textmode.Token
+	Spans            []ChunkSpan
+	Need             []int // answer window that needs each span
+	Windows          int   // answer windows of Tau tokens (at least 1)
 }
 
-func prepareQuery(doc *Doc, q Query) (*preparedQuery, error) {
-	pq := &preparedQuery{question: textmode.Tokenize(q.Question), answer: textmode.Tokenize(q.Answer)}
-	pq.windows = max(1, (len(pq.answer)+Tau-1)/Tau)
+// PrepareQuery tokenizes a question and its answer and maps its evidence to
+// chunk spans of doc, each with the answer window that needs it.
+func PrepareQuery(doc *Doc, q Query) (*PreparedQuery, error) {
+	pq := &PreparedQuery{Question: textmode.Tokenize(q.Question), Answer: textmode.Tokenize(q.Answer)}
+	pq.Windows = max(1, (len(pq.Answer)+Tau-1)/Tau)
 	for _, e := range q.Evidence {
 		sp, err := doc.EvidenceChunks(e)
 		if err != nil {
 			return nil, err
 		}
-		pq.spans = append(pq.spans, sp)
-		pq.need = append(pq.need, needWindow(textmode.Tokenize(e), pq.answer))
+		pq.Spans = append(pq.Spans, sp)
+		pq.Need = append(pq.Need, needWindow(textmode.Tokenize(e), pq.Answer))
 	}
 	return pq, nil
 }
@@ -251,7 +276,7 @@ func needWindow(evidence, answer []textmode.Token) int {
 }
 
 // evalQuery runs the decode loop of one question under one method.
-func evalQuery(sc *textmode.Scorer, keys []byte, doc *Doc, pq *preparedQuery, pol indexer.Policy, method string, rng *rand.Rand) (*Tally, error) {
+func evalQuery(sc *textmode.Scorer, keys []byte, doc *Doc, pq *PreparedQuery, pol indexer.Policy, method string, rng *rand.Rand) (*Tally, error) {
 	req, err := indexer.NewRequest(sc, pol)
 	if err != nil {
 		return nil, err
@@ -263,15 +288,15 @@ func evalQuery(sc *textmode.Scorer, keys []byte, doc *Doc, pq *preparedQuery, po
 	var logits []float32
 	switch method {
 	case MethodRecency, MethodRandom, MethodOracle:
-		logits = baselineLogits(method, chunks, pol, pq, rng)
+		logits = BaselineLogits(method, chunks, pol, pq, rng)
 	}
 	t := &Tally{}
-	covered := make([]bool, len(pq.spans))
-	for w := range pq.windows {
+	covered := make([]bool, len(pq.Spans))
+	for w := range pq.Windows {
 		var cyc *indexer.Cycle
 		switch method {
 		case MethodLexical, MethodTrained, MethodCombined:
-			q := sc.Model.NewQuery(pq.question, pq.answer[:min(w*Tau, len(pq.answer))], methodMode[method])
+			q := sc.Model.NewQuery(pq.Question, pq.Answer[:min(w*Tau, len(pq.Answer))], methodMode[method])
 			cs, err := indexer.ScoreBatch([]*indexer.Request{req}, []indexer.Query{sc.Query(q)})
 			if err != nil {
 				return nil, err
@@ -288,8 +313,8 @@ func evalQuery(sc *textmode.Scorer, keys []byte, doc *Doc, pq *preparedQuery, po
 			res = PageSet(cyc.Selected)
 		}
 		t.AddCycle(res, len(doc.Tokens))
-		for i, sp := range pq.spans {
-			if pq.need[i] == w {
+		for i, sp := range pq.Spans {
+			if pq.Need[i] == w {
 				covered[i] = res.Covers(sp)
 			}
 		}
@@ -304,7 +329,7 @@ func evalQuery(sc *textmode.Scorer, keys []byte, doc *Doc, pq *preparedQuery, po
 // pages; random puts whole random pages above threshold, as many as the budget
 // leaves after the forced pages; oracle puts exactly the evidence chunks above
 // threshold, so the pages with most evidence win.
-func baselineLogits(method string, chunks int, pol indexer.Policy, pq *preparedQuery, rng *rand.Rand) []float32 {
+func BaselineLogits(method string, chunks int, pol indexer.Policy, pq *PreparedQuery, rng *rand.Rand) []float32 {
 	l := make([]float32, chunks)
 	for i := range l {
 		l[i] = -1
@@ -328,7 +353,7 @@ func baselineLogits(method string, chunks int, pol indexer.Policy, pq *preparedQ
 			}
 		}
 	case MethodOracle:
-		for _, sp := range pq.spans {
+		for _, sp := range pq.Spans {
 			for c := sp.First; c <= sp.Last; c++ {
 				l[c] = 1
 			}

@@ -134,9 +134,9 @@ func TestPolicyForFitsFootprint(t *testing.T) {
 }
 
 // tinyQuery makes a prepared query whose evidence is the given chunk spans.
-func tinyQuery(spans ...ChunkSpan) *preparedQuery {
-	pq := &preparedQuery{spans: spans, windows: 1}
-	pq.need = make([]int, len(spans))
+func tinyQuery(spans ...ChunkSpan) *PreparedQuery {
+	pq := &PreparedQuery{Spans: spans, Windows: 1}
+	pq.Need = make([]int, len(spans))
 	return pq
 }
 
@@ -148,9 +148,9 @@ func TestBaselines(t *testing.T) {
 	if pol.KMax != 4 {
 		t.Fatalf("KMAX %d", pol.KMax)
 	}
-	run := func(method string, pq *preparedQuery, seed uint64) PageSet {
+	run := func(method string, pq *PreparedQuery, seed uint64) PageSet {
 		rng := rand.New(rand.NewPCG(seed, 0))
-		return selectOnce(t, baselineLogits(method, chunks, pol, pq, rng), pol)
+		return selectOnce(t, BaselineLogits(method, chunks, pol, pq, rng), pol)
 	}
 	pq := tinyQuery(ChunkSpan{640, 650}, ChunkSpan{1300, 1300})
 	if got := run(MethodRecency, pq, 1); !equalPages(got, PageSet{0, 37, 38, 39}) {
