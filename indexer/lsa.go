@@ -2,9 +2,7 @@ package indexer
 
 import (
 	"fmt"
-	"runtime"
 	"slices"
-	"sync"
 	"sync/atomic"
 
 	"github.com/flashmemory/flashmemory/attn"
@@ -80,31 +78,34 @@ func (m *Model) Score(items []ScoreItem) error {
 			jobs = append(jobs, job{i, l})
 		}
 	}
+	// One projection pass per target layer for all items: the projections
+	// are bound by reading the weights, so a decoder batch of B requests
+	// costs little more than one (attn.LayerWeights.Queries).
+	queries := make([][]*attn.Query, nl)
+	for l := range nl {
+		hid := make([][]byte, len(items))
+		pos := make([]int64, len(items))
+		for i, it := range items {
+			hid[i], pos[i] = it.Query.Layers[l], it.Query.Position
+		}
+		qs, err := m.weights[l].Queries(hid, pos)
+		if err != nil {
+			return fmt.Errorf("%w: target layer %d: %w", ErrBadQuery, m.cfg.Layers[l], err)
+		}
+		queries[l] = qs
+	}
 	tasks := make([]attn.Task, len(jobs))
-	errs := make([]error, len(jobs))
-	parallel(len(jobs), func(j int) {
-		it, l := items[jobs[j].item], jobs[j].layer
+	for j, jb := range jobs {
+		it, l := items[jb.item], jb.layer
 		ks, ok := it.Keys[l].(*attn.KeyStore)
 		if !ok {
-			errs[j] = fmt.Errorf("%w: item %d target layer %d: keys of type %T, not made by this model", ErrBatch, jobs[j].item, m.cfg.Layers[l], it.Keys[l])
-			return
+			return fmt.Errorf("%w: item %d target layer %d: keys of type %T, not made by this model", ErrBatch, jb.item, m.cfg.Layers[l], it.Keys[l])
 		}
-		q, err := m.weights[l].Query(it.Query.Layers[l], it.Query.Position)
+		b, err := attn.NewBatch(variant, queries[l][jb.item])
 		if err != nil {
-			errs[j] = fmt.Errorf("%w: item %d target layer %d: %w", ErrBadQuery, jobs[j].item, m.cfg.Layers[l], err)
-			return
-		}
-		b, err := attn.NewBatch(variant, q)
-		if err != nil {
-			errs[j] = fmt.Errorf("%w: item %d target layer %d: %w", ErrBadQuery, jobs[j].item, m.cfg.Layers[l], err)
-			return
+			return fmt.Errorf("%w: item %d target layer %d: %w", ErrBadQuery, jb.item, m.cfg.Layers[l], err)
 		}
 		tasks[j] = attn.Task{Batch: b, Keys: ks, From: 0, To: ks.Len(), Out: it.Out[l]}
-	})
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
 	}
 	if err := attn.Run(tasks); err != nil {
 		return fmt.Errorf("%w: %w", ErrBatch, err)
@@ -112,27 +113,3 @@ func (m *Model) Score(items []ScoreItem) error {
 	return nil
 }
 
-// parallel runs f(0) … f(n−1) on up to GOMAXPROCS goroutines.
-func parallel(n int, f func(int)) {
-	workers := min(runtime.GOMAXPROCS(0), n)
-	if workers <= 1 {
-		for i := range n {
-			f(i)
-		}
-		return
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				f(i)
-			}
-		})
-	}
-	wg.Wait()
-}
