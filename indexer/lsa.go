@@ -3,7 +3,6 @@ package indexer
 import (
 	"fmt"
 	"slices"
-	"sync/atomic"
 
 	"github.com/flashmemory/flashmemory/attn"
 )
