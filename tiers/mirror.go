@@ -406,8 +406,13 @@ func (m *HostMirror) Put(ctx context.Context, id PageID, gen uint64, page []byte
 	return m.put(ctx, id, gen, page, putOpts{})
 }
 
+// errMiss marks a view that found no page, as opposed to fn failing (whose
+// error may wrap anything, ErrNotFound included).
+var errMiss = fmt.Errorf("mirror miss: %w", ErrNotFound)
+
 // view runs fn on the page's bytes without copying them out. fn must not keep
-// data. staged reports whether this is the first read of a staged page.
+// data. staged reports whether this is the first read of a staged page. A
+// missing page is an error wrapping errMiss.
 func (m *HostMirror) view(id PageID, fn func(gen uint64, data []byte) error) (staged bool, err error) {
 	m.mu.Lock()
 	if m.closed {
@@ -419,7 +424,7 @@ func (m *HostMirror) view(id PageID, fn func(gen uint64, data []byte) error) (st
 	if p == nil {
 		m.mu.Unlock()
 		m.counters.misses.Add(1)
-		return false, fmt.Errorf("page %v: %w", id, ErrNotFound)
+		return false, fmt.Errorf("page %v: %w", id, errMiss)
 	}
 	b, gen := p.buf, p.gen
 	staged, p.staged = p.staged, false

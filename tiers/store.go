@@ -359,7 +359,7 @@ func (s *Store) view(ctx context.Context, id PageID, fn func(gen uint64, data []
 		}
 		return SourceMirror, nil
 	}
-	if !errors.Is(err, ErrNotFound) {
+	if !errors.Is(err, errMiss) {
 		return SourceNone, err
 	}
 	ep := s.epoch(id.Session)
