@@ -62,7 +62,8 @@ func Command(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.socket, "socket", def, "flashmemd control socket (env FLASHMEMD_SOCKET)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "connect timeout")
 	root.PersistentFlags().BoolVar(&g.asJSON, "json", false, "print JSON")
-	root.AddCommand(statusCmd(g), sessionsCmd(g), inspectCmd(g), evictCmd(g), demoCmd(g))
+	root.AddCommand(statusCmd(g), sessionsCmd(g), inspectCmd(g), evictCmd(g), demoCmd(g),
+		trainCmd(g), genCmd(g), evalCmd(g), simCmd(g))
 	return root
 }
 

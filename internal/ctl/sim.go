@@ -1,0 +1,772 @@
+package ctl
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flashmemory/flashmemory/eval"
+	"github.com/flashmemory/flashmemory/internal/synth"
+	"github.com/flashmemory/flashmemory/proto"
+)
+
+// Tiering modes the simulator compares; each is one flashmemd [mover]
+// setting.
+const (
+	ModeLookahead = "lookahead" // staging = true, background_recall = true (the design)
+	ModeOnDemand  = "on-demand" // staging = false: selected pages are recalled from wherever they are
+	ModeLRU       = "lru"       // both false: pages load only when a cycle hands them out
+)
+
+// AllSimModes in report order.
+var AllSimModes = []string{ModeLookahead, ModeOnDemand, ModeLRU}
+
+// SimOptions configures a tiering simulation.
+type SimOptions struct {
+	Sessions  int           // concurrent sessions
+	Tokens    int           // context tokens per session
+	Layers    int           // KV layers per page (DeepSeek-V4 rows of 37,440 B)
+	Cycles    int           // decode cycles per session (< eval.TraceCycles)
+	Resident  float64       // share of a session's pages in its resident set (besides sink and tail)
+	Churn     float64       // share of the resident set replaced each cycle
+	Foresight float64       // share of the next cycle's new pages whose score rises one cycle ahead
+	CycleTime time.Duration // decode time of one cycle (τ = 64 steps) per session
+	HostShare float64       // host budget as a share of all sessions' pages
+	Stall     time.Duration // wait at or above which a cycle counts as stalled
+	Seed      uint64
+	Modes     []string
+}
+
+// DefaultSimOptions are the simulator's defaults: 16 sessions of 128K
+// tokens (512 pages of 37,440 B), a 10 % resident set with 10 % churn,
+// 100 ms of decode per cycle, a host budget of a third of all pages.
+func DefaultSimOptions() SimOptions {
+	return SimOptions{Sessions: 16, Tokens: 128 << 10, Layers: 1, Cycles: 48, Resident: 0.10, Churn: 0.10, Foresight: 1,
+		CycleTime: 100 * time.Millisecond, HostShare: 1.0 / 3, Stall: 250 * time.Microsecond, Seed: 1, Modes: AllSimModes}
+}
+
+const simRowBytes = 37440
+
+func (o *SimOptions) validate() error {
+	switch {
+	case o.Sessions < 1 || o.Sessions > 256:
+		return fmt.Errorf("%w: --sessions %d not in [1, 256]", ErrUsage, o.Sessions)
+	case o.Tokens < 16*eval.TokensPerPage:
+		return fmt.Errorf("%w: --tokens %d below 16 pages (%d)", ErrUsage, o.Tokens, 16*eval.TokensPerPage)
+	case o.Layers < 1 || o.Layers > 64:
+		return fmt.Errorf("%w: --layers %d not in [1, 64]", ErrUsage, o.Layers)
+	case o.Cycles < 2 || o.Cycles >= eval.TraceCycles:
+		return fmt.Errorf("%w: --cycles %d not in [2, %d)", ErrUsage, o.Cycles, eval.TraceCycles)
+	case !(o.Resident > 0 && o.Resident < 0.5):
+		return fmt.Errorf("%w: --resident %v not in (0, 0.5)", ErrUsage, o.Resident)
+	case !(o.Churn >= 0 && o.Churn <= 1), !(o.Foresight >= 0 && o.Foresight <= 1):
+		return fmt.Errorf("%w: --churn and --foresight must be in [0, 1]", ErrUsage)
+	case !(o.HostShare > 0 && o.HostShare <= 1):
+		return fmt.Errorf("%w: --host-share %v not in (0, 1]", ErrUsage, o.HostShare)
+	case o.CycleTime < 0:
+		return fmt.Errorf("%w: --cycle-time is negative", ErrUsage)
+	}
+	for _, m := range o.Modes {
+		if !slices.Contains(AllSimModes, m) {
+			return fmt.Errorf("%w: mode %q is not one of %s", ErrUsage, m, strings.Join(AllSimModes, ", "))
+		}
+	}
+	return nil
+}
+
+func (o *SimOptions) pages() int { return (o.Tokens/eval.TokensPerChunk + eval.ChunksPerPage - 1) / eval.ChunksPerPage }
+func (o *SimOptions) pageBytes() int64 {
+	return int64(o.Layers) * simRowBytes
+}
+
+// HostBudget is the host mirror budget the simulator gives each daemon.
+func (o *SimOptions) HostBudget() int64 {
+	return int64(o.HostShare * float64(int64(o.Sessions)*int64(o.pages())*o.pageBytes()))
+}
+
+// simTrace is one session's resident sets: sets[k] are the non-forced
+// pages selected at cycle k, hints[k] the pages of sets[k+1] whose score
+// rises at cycle k.
+type simTrace struct {
+	pages int
+	sets  [][]uint32
+	hints [][]uint32
+}
+
+// newSimTrace draws a synthetic trace: a random set of k pages outside the
+// sink (page 0) and tail (last page), each cycle replacing churn·k of them
+// with random others.
+func newSimTrace(r *rand.Rand, o *SimOptions) *simTrace {
+	p := o.pages()
+	k := max(1, int(o.Resident*float64(p)))
+	t := &simTrace{pages: p}
+	in := map[uint32]bool{}
+	var cur []uint32
+	for len(cur) < k {
+		pg := uint32(1 + r.IntN(p-2))
+		if !in[pg] {
+			in[pg] = true
+			cur = append(cur, pg)
+		}
+	}
+	change := int(math.Round(o.Churn * float64(k)))
+	for c := 0; c < o.Cycles; c++ {
+		s := slices.Clone(cur)
+		slices.Sort(s)
+		t.sets = append(t.sets, s)
+		// Next set: drop `change` random members, add as many new pages.
+		r.Shuffle(len(cur), func(i, j int) { cur[i], cur[j] = cur[j], cur[i] })
+		for _, pg := range cur[:change] {
+			delete(in, pg)
+		}
+		cur = cur[change:]
+		var added []uint32
+		for len(added) < change {
+			pg := uint32(1 + r.IntN(p-2))
+			if !in[pg] && !slices.Contains(s, pg) {
+				in[pg] = true
+				cur = append(cur, pg)
+				added = append(added, pg)
+			}
+		}
+		var h []uint32
+		for _, pg := range added {
+			if r.Float64() < o.Foresight {
+				h = append(h, pg)
+			}
+		}
+		t.hints = append(t.hints, h)
+	}
+	return t
+}
+
+// keys encodes the trace as trace-replay keys (eval.TraceScorer): every
+// chunk of a page in sets[k] has bit k; the first chunk of a hinted page has
+// it too, so the page scores 1 of 64 — above threshold, below the selected
+// pages, and first in the lookahead ranking.
+func (t *simTrace) keys() []byte {
+	chunks := t.pages * eval.ChunksPerPage
+	b := make([]byte, chunks*eval.TraceKeyBytes)
+	for k, s := range t.sets {
+		for _, pg := range s {
+			for c := int(pg) * eval.ChunksPerPage; c < (int(pg)+1)*eval.ChunksPerPage; c++ {
+				eval.SetTraceBit(b[c*eval.TraceKeyBytes:(c+1)*eval.TraceKeyBytes], k)
+			}
+		}
+		for _, pg := range t.hints[k] {
+			c := int(pg) * eval.ChunksPerPage
+			eval.SetTraceBit(b[c*eval.TraceKeyBytes:(c+1)*eval.TraceKeyBytes], k)
+		}
+	}
+	return b
+}
+
+// SimCycle is what one session's cycle told the client.
+type SimCycle struct {
+	Wait       time.Duration // CycleCounters.WaitMicros
+	Recalled   int           // CycleCounters.RecalledPages
+	SyncLoaded int           // Recalled minus the pages queued for background recall
+}
+
+// SimResult is one mode's outcome.
+type SimResult struct {
+	Mode       string             `json:"mode"`
+	Sessions   int                `json:"sessions"`
+	Cycles     int                `json:"cycles"`
+	Stalled    int                `json:"stalled_cycles"`
+	StallFree  float64            `json:"stall_free_fraction"`
+	SyncPages  int                `json:"sync_loaded_pages"`
+	WaitP50    float64            `json:"wait_p50_us"`
+	WaitP99    float64            `json:"wait_p99_us"`
+	WaitMax    float64            `json:"wait_max_us"`
+	Mismatch   int                `json:"table_mismatches"`
+	HostBudget int64              `json:"host_budget_bytes"`
+	KVBytes    int64              `json:"kv_bytes"`
+	Tiers      []SimTier          `json:"tiers"`
+	Counters   map[string]float64 `json:"counters"`
+	Seconds    float64            `json:"seconds"`
+}
+
+// SimTier is one tier's traffic during the decode phase.
+type SimTier struct {
+	Name    string  `json:"name"`
+	Hits    uint64  `json:"hits"`
+	Misses  uint64  `json:"misses"`
+	HitRate float64 `json:"hit_rate"`
+	Read    uint64  `json:"read_bytes"`
+	Written uint64  `json:"written_bytes"`
+}
+
+// Launcher starts a flashmemd with the given TOML configuration (which
+// names its socket) and returns a stop function that shuts it down.
+type Launcher func(ctx context.Context, dir, configTOML, socket string) (stop func() error, err error)
+
+// simConfig is the daemon configuration of one mode.
+func simConfig(o *SimOptions, mode, dir string) (toml, socket, metrics string) {
+	socket = filepath.Join(dir, "fm.sock")
+	metrics = filepath.Join(dir, "metrics.sock")
+	staging, bg := true, true
+	switch mode {
+	case ModeOnDemand:
+		staging = false
+	case ModeLRU:
+		staging, bg = false, false
+	}
+	toml = fmt.Sprintf(`socket = %q
+data_dir = %q
+metrics = "unix:%s"
+log_level = "warn"
+
+[host]
+budget_bytes = %d
+
+[mover]
+staging = %v
+background_recall = %v
+`, socket, filepath.Join(dir, "data"), metrics, o.HostBudget(), staging, bg)
+	return toml, socket, metrics
+}
+
+// ExecLauncher runs the flashmemd binary at path.
+func ExecLauncher(path string, logw io.Writer) Launcher {
+	return func(ctx context.Context, dir, cfg, socket string) (func() error, error) {
+		cfgPath := filepath.Join(dir, "flashmemd.toml")
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			return nil, err
+		}
+		logPath := filepath.Join(dir, "flashmemd.log")
+		lf, err := os.Create(logPath)
+		if err != nil {
+			return nil, err
+		}
+		cmd := exec.Command(path, "--config", cfgPath)
+		cmd.Stdout, cmd.Stderr = lf, lf
+		if err := cmd.Start(); err != nil {
+			lf.Close()
+			return nil, fmt.Errorf("%w: start %s: %v", ErrDaemon, path, err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait(); lf.Close() }()
+		stop := func() error {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case err := <-exited:
+				return err
+			case <-time.After(60 * time.Second):
+				_ = cmd.Process.Kill()
+				return fmt.Errorf("%w: flashmemd did not stop within 60 s", ErrDaemon)
+			}
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if c, err := net.Dial("unix", socket); err == nil {
+				c.Close()
+				return stop, nil
+			}
+			select {
+			case err := <-exited:
+				tail, _ := os.ReadFile(logPath)
+				return nil, fmt.Errorf("%w: exited at start (%v): %s", ErrDaemon, err, lastLines(string(tail), 5))
+			case <-ctx.Done():
+				_ = stop()
+				return nil, ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				_ = stop()
+				return nil, fmt.Errorf("%w: socket %s not up after 30 s", ErrDaemon, socket)
+			}
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(l[max(0, len(l)-n):], " | ")
+}
+
+// findFlashmemd looks for the daemon binary next to this executable, then
+// on $PATH.
+func findFlashmemd() (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "flashmemd")
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("flashmemd")
+	if err != nil {
+		return "", fmt.Errorf("%w: no flashmemd next to flashmemctl or on $PATH (use --flashmemd PATH)", ErrUsage)
+	}
+	return p, nil
+}
+
+func simCmd(g *globals) *cobra.Command {
+	o := DefaultSimOptions()
+	var modes, bin, dir string
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Tiering simulator: many sessions replaying resident-set traces through flashmemd, per mover mode",
+		Long: `sim starts flashmemd (the binary next to flashmemctl, on $PATH, or --flashmemd) once per mode on a
+temporary socket and data directory, with a host budget of --host-share of all sessions' pages:
+
+  lookahead  [mover] staging = true,  background_recall = true   (the design)
+  on-demand  [mover] staging = false, background_recall = true   (selected pages recalled from SSD when needed)
+  lru        [mover] staging = false, background_recall = false  (pages load only when a cycle hands them out)
+
+Each session opens with the daemon's trace-replay model ("trace"), prefills --tokens tokens of
+DeepSeek-V4-shaped pages, then decodes --cycles cycles concurrently with the others: CYCLE,
+--cycle-time of decode, next CYCLE. Its keys make the daemon select, at cycle k, exactly the
+trace's set k (a random --resident share of the pages, --churn of it replaced per cycle); the
+pages the next cycle adds score above threshold one cycle early for --foresight of them, which
+is what the indexer's lookahead ranking sees.
+
+A cycle is stalled when the decoder waited for recall: the daemon copied a page of the reply's
+table synchronously (RecalledPages beyond the pages queued for background recall) or its
+WaitMicros (time spent on recall after scoring, before the reply) reached --stall.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Modes = splitList(modes)
+			if err := o.validate(); err != nil {
+				return err
+			}
+			var launch Launcher
+			if cmd.Flags().Changed("socket") {
+				launch = nil // the running daemon at --socket; its mover mode is whatever it was started with
+			} else {
+				if bin == "" {
+					var err error
+					if bin, err = findFlashmemd(); err != nil {
+						return err
+					}
+				}
+				launch = ExecLauncher(bin, cmd.ErrOrStderr())
+			}
+			res, err := RunSim(cmd.Context(), o, launch, g.socket, dir, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if g.asJSON {
+				enc := newJSONLines(g.out)
+				for _, r := range res {
+					if err := enc.Encode(r); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			return WriteSimTable(g.out, o, res)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Sessions, "sessions", o.Sessions, "concurrent sessions")
+	f.IntVar(&o.Tokens, "tokens", o.Tokens, "context tokens per session")
+	f.IntVar(&o.Layers, "layers", o.Layers, "KV layers per page (rows of 37,440 B)")
+	f.IntVar(&o.Cycles, "cycles", o.Cycles, "decode cycles per session")
+	f.Float64Var(&o.Resident, "resident", o.Resident, "share of pages in each cycle's resident set (besides sink and tail)")
+	f.Float64Var(&o.Churn, "churn", o.Churn, "share of the resident set replaced per cycle")
+	f.Float64Var(&o.Foresight, "foresight", o.Foresight, "share of newly selected pages whose score rises one cycle ahead (lookahead signal)")
+	f.DurationVar(&o.CycleTime, "cycle-time", o.CycleTime, "decode time per cycle of 64 steps")
+	f.Float64Var(&o.HostShare, "host-share", o.HostShare, "host budget as a share of all sessions' pages")
+	f.DurationVar(&o.Stall, "stall", o.Stall, "recall wait at or above which a cycle counts as stalled")
+	f.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the traces")
+	f.StringVar(&modes, "modes", strings.Join(AllSimModes, ","), "modes to run")
+	f.StringVar(&bin, "flashmemd", "", "flashmemd binary (default: next to flashmemctl, then $PATH)")
+	f.StringVar(&dir, "dir", "", "directory for the daemons' sockets and data (default: a temporary one, removed)")
+	return cmd
+}
+
+// RunSim runs every mode of o. With a launcher it starts a daemon per mode
+// under dir (a temporary directory if ""); without one it uses the daemon
+// at socket for a single run labelled with the first mode.
+func RunSim(ctx context.Context, o SimOptions, launch Launcher, socket, dir string, progress io.Writer) ([]SimResult, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if dir == "" {
+		d, err := os.MkdirTemp("", "flashmem-sim-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	modes := o.Modes
+	if launch == nil {
+		modes = modes[:1]
+	}
+	var out []SimResult
+	for _, mode := range modes {
+		sock, metrics := socket, ""
+		var stop func() error
+		if launch != nil {
+			md := filepath.Join(dir, mode)
+			if err := os.MkdirAll(md, 0o700); err != nil {
+				return nil, err
+			}
+			var cfg string
+			cfg, sock, metrics = simConfig(&o, mode, md)
+			var err error
+			if stop, err = launch(ctx, md, cfg, sock); err != nil {
+				return nil, fmt.Errorf("mode %s: %w", mode, err)
+			}
+		}
+		fmt.Fprintf(progress, "  sim %s: %d sessions × %d pages of %s, host budget %s\n", mode, o.Sessions, o.pages(), human(uint64(o.pageBytes())), human(uint64(o.HostBudget())))
+		r, err := simMode(ctx, &o, mode, sock, metrics, progress)
+		if stop != nil {
+			if serr := stop(); err == nil && serr != nil {
+				err = fmt.Errorf("%w: stopping: %v", ErrDaemon, serr)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("mode %s: %w", mode, err)
+		}
+		out = append(out, *r)
+	}
+	return out, nil
+}
+
+func dialSim(ctx context.Context, socket string) (*proto.Client, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return proto.Dial(cctx, socket, &proto.Options{ClientName: "flashmemctl-sim"})
+}
+
+// simSession is one decoder session of the simulation.
+type simSession struct {
+	c      *proto.Client
+	id     uint64
+	trace  *simTrace
+	cycles []SimCycle
+	mism   int
+}
+
+func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, progress io.Writer) (*SimResult, error) {
+	p := o.pages()
+	k := max(1, int(o.Resident*float64(p)))
+	l := proto.Layout{ChunksPerPage: eval.ChunksPerPage, KeyBytes: eval.TraceKeyBytes, TargetLayers: 1, CycleSteps: eval.Tau,
+		ReserveSlots: uint32(min(p, 3*k+16))}
+	for range o.Layers {
+		l.Layers = append(l.Layers, proto.LayerLayout{RowBytes: simRowBytes, Segments: []uint32{576, 8}})
+	}
+	change := int(math.Round(o.Churn * float64(k)))
+	pol := proto.Policy{FirstKeep: 1, LastKeep: 1, KMax: uint32(k + 2), FallbackRatio: 1, Lookahead: uint32(max(32, 2*change))}
+	admin, err := dialSim(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+
+	ss := make([]*simSession, o.Sessions)
+	defer func() {
+		for _, s := range ss {
+			if s != nil && s.c != nil {
+				if s.id != 0 {
+					_ = s.c.CloseSession(context.Background(), s.id, true)
+				}
+				s.c.Close()
+			}
+		}
+	}()
+	// Prefill, a few sessions at a time.
+	t0 := time.Now()
+	if err := forEach(ctx, o.Sessions, 4, func(i int) error {
+		r := rand.New(rand.NewPCG(o.Seed, uint64(i)))
+		s := &simSession{trace: newSimTrace(r, o)}
+		ss[i] = s
+		c, err := dialSim(ctx, socket)
+		if err != nil {
+			return err
+		}
+		s.c = c
+		op, err := c.Open(ctx, &proto.Open{Model: "trace", Layout: l, Policy: pol})
+		if err != nil {
+			return err
+		}
+		s.id = op.Session
+		op.Region.Close() // the simulator reads no page bytes; the daemon keeps its own mapping
+		keys := s.trace.keys()
+		chunks := uint64(p * eval.ChunksPerPage)
+		const batch = 1024
+		for first := uint64(0); first < chunks; first += batch {
+			n := min(batch, chunks-first)
+			size, _ := l.PayloadBytes(n)
+			st := c.Staging()
+			if uint64(len(st)) < size {
+				return fmt.Errorf("staging region of %d B is smaller than %d chunks", len(st), n)
+			}
+			synth.FillAppend(&l, o.Seed+uint64(i), first, n, st[:size])
+			if _, err := c.Append(ctx, &proto.Append{Session: s.id, FirstChunk: first, Count: uint32(n), Length: size,
+				Keys: keys[first*eval.TraceKeyBytes : (first+n)*eval.TraceKeyBytes]}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("prefill: %w", err)
+	}
+	// Let the spiller bring the host mirror inside its budget.
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		st, err := admin.Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		h := tierOf(st, "host")
+		if h.CapacityBytes == 0 || h.UsedBytes <= h.CapacityBytes || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(progress, "  sim %s: prefill %.1f s\n", mode, time.Since(t0).Seconds())
+	st0, err := admin.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m0 := scrapeMetrics(metrics)
+	t1 := time.Now()
+	if err := forEach(ctx, o.Sessions, o.Sessions, func(i int) error {
+		return ss[i].decode(ctx, o, i)
+	}); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	secs := time.Since(t1).Seconds()
+	st1, err := admin.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m1 := scrapeMetrics(metrics)
+	res := &SimResult{Mode: mode, Sessions: o.Sessions, HostBudget: o.HostBudget(), KVBytes: int64(o.Sessions) * int64(p) * o.pageBytes(), Seconds: secs}
+	var waits []time.Duration
+	for _, s := range ss {
+		res.Mismatch += s.mism
+		for _, c := range s.cycles {
+			res.Cycles++
+			waits = append(waits, c.Wait)
+			res.SyncPages += c.SyncLoaded
+			if c.SyncLoaded > 0 || c.Wait >= o.Stall {
+				res.Stalled++
+			}
+		}
+	}
+	res.StallFree = float64(res.Cycles-res.Stalled) / float64(max(res.Cycles, 1))
+	res.WaitP50 = float64(pct(waits, 50).Microseconds())
+	res.WaitP99 = float64(pct(waits, 99).Microseconds())
+	res.WaitMax = float64(pct(waits, 100).Microseconds())
+	for _, name := range []string{"reserve", "host", "ssd"} {
+		a, b := tierOf(st0, name), tierOf(st1, name)
+		t := SimTier{Name: name, Hits: b.Hits - a.Hits, Misses: b.Misses - a.Misses, Read: b.ReadBytes - a.ReadBytes, Written: b.WrittenBytes - a.WrittenBytes}
+		if t.Hits+t.Misses > 0 {
+			t.HitRate = float64(t.Hits) / float64(t.Hits+t.Misses)
+		}
+		res.Tiers = append(res.Tiers, t)
+	}
+	res.Counters = map[string]float64{}
+	for _, c := range []string{"staged", "staged_used", "staged_unused", "brought_back", "spills"} {
+		res.Counters[c] = st1.Counters[c] - st0.Counters[c]
+	}
+	if m0 != nil && m1 != nil {
+		res.Counters["prefetch_late"] = m1[`flashmem_prefetch_pages_total{outcome="late"}`] - m0[`flashmem_prefetch_pages_total{outcome="late"}`]
+	}
+	if res.Mismatch > 0 {
+		return res, fmt.Errorf("%d cycles returned a page table other than the trace's previous set plus sink and tail", res.Mismatch)
+	}
+	return res, nil
+}
+
+// decode runs one session's cycles: CYCLE, compare the table with the
+// trace, release the previous lease, decode for CycleTime.
+func (s *simSession) decode(ctx context.Context, o *SimOptions, i int) error {
+	r := rand.New(rand.NewPCG(o.Seed^0x5eed, uint64(i)))
+	// Stagger the sessions over one cycle, as independent decoders are.
+	if o.CycleTime > 0 {
+		if err := sleepCtx(ctx, time.Duration(r.Int64N(int64(o.CycleTime)))); err != nil {
+			return err
+		}
+	}
+	t := s.trace
+	last := uint32(t.pages - 1)
+	var lease uint64
+	for k := range o.Cycles {
+		q := eval.TraceQuery(k)
+		res, err := s.c.Cycle(ctx, []proto.CycleEntry{{Session: s.id, Step: uint64(k * eval.Tau), Position: uint64(k), Queries: q.Layers}})
+		if err != nil {
+			return err
+		}
+		cr := res[0]
+		if cr.Err != nil {
+			return fmt.Errorf("session %d cycle %d: %w", s.id, k, cr.Err)
+		}
+		// The table is the previous cycle's set plus sink and tail.
+		want := []uint32{0}
+		if k > 0 {
+			want = append(want, t.sets[k-1]...)
+		}
+		want = append(want, last)
+		got := make([]uint32, len(cr.Pages))
+		for j, p := range cr.Pages {
+			got[j] = p.Page
+		}
+		if !slices.Equal(got, want) {
+			s.mism++
+		}
+		queued := len(t.sets[k])
+		if k > 0 {
+			queued = 0
+			for _, pg := range t.sets[k] {
+				if _, ok := slices.BinarySearch(t.sets[k-1], pg); !ok {
+					queued++
+				}
+			}
+		}
+		s.cycles = append(s.cycles, SimCycle{Wait: time.Duration(cr.Counters.WaitMicros) * time.Microsecond,
+			Recalled: int(cr.Counters.RecalledPages), SyncLoaded: max(0, int(cr.Counters.RecalledPages)-queued)})
+		if lease != 0 {
+			if err := s.c.Release(ctx, lease); err != nil {
+				return err
+			}
+		}
+		lease = cr.Lease
+		if err := sleepCtx(ctx, o.CycleTime); err != nil {
+			return err
+		}
+	}
+	if lease != 0 {
+		return s.c.Release(ctx, lease)
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// forEach runs f(0..n-1) on up to par goroutines and returns the first error.
+func forEach(ctx context.Context, n, par int, f func(int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	sem := make(chan struct{}, par)
+	for i := range n {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := f(i); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+					cancel()
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
+
+func tierOf(st *proto.StatusReply, name string) proto.TierStatus {
+	for _, t := range st.Tiers {
+		if t.Name == name {
+			return t
+		}
+	}
+	return proto.TierStatus{}
+}
+
+// scrapeMetrics reads the daemon's /metrics over its unix socket into
+// "name{labels}" → value; nil when there is none.
+func scrapeMetrics(sock string) map[string]float64 {
+	if sock == "" {
+		return nil
+	}
+	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+	resp, err := cl.Get("http://flashmemd/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(io.LimitReader(resp.Body, 16<<20))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// WriteSimTable prints one row per mode.
+func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
+	if len(res) == 0 {
+		return errors.New("no results")
+	}
+	r0 := res[0]
+	fmt.Fprintf(w, "\n%d sessions × %d tokens (%s of KV), host budget %s (%.0f %%), %d cycles each, resident %.0f %% + sink/tail, churn %.0f %%/cycle, foresight %.0f %%, %s decode per cycle; stall = sync load or wait ≥ %s\n\n",
+		o.Sessions, o.Tokens, human(uint64(r0.KVBytes)), human(uint64(r0.HostBudget)), 100*o.HostShare, o.Cycles, 100*o.Resident, 100*o.Churn, 100*o.Foresight, o.CycleTime, o.Stall)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "mode\tcycles\tstall-free\tsync pages\twait p50/p99/max µs\thit reserve\thit host\thit ssd\treserve written\thost read\tssd read\tssd written\tstaged/used/late\t")
+	for _, r := range res {
+		t := map[string]SimTier{}
+		for _, x := range r.Tiers {
+			t[x.Name] = x
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.4f\t%d\t%.0f / %.0f / %.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%.0f/%.0f/%.0f\t\n", r.Mode, r.Cycles, r.StallFree, r.SyncPages,
+			r.WaitP50, r.WaitP99, r.WaitMax, t["reserve"].HitRate, t["host"].HitRate, t["ssd"].HitRate,
+			human(t["reserve"].Written), human(t["host"].Read), human(t["ssd"].Read), human(t["ssd"].Written),
+			r.Counters["staged"], r.Counters["staged_used"], r.Counters["prefetch_late"])
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,111 @@
+package ctl
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flashmemory/flashmemory/indexer/textmode"
+)
+
+func trainCmd(g *globals) *cobra.Command {
+	def := textmode.DefaultTrainOptions()
+	o := def
+	var textDir, outPath string
+	cmd := &cobra.Command{
+		Use:   "train --text DIR --out FILE.safetensors",
+		Short: "Train the text-mode indexer (dual encoder) on a directory of .txt files",
+		Long: `train fits the text-mode dual encoder (indexer/textmode) on unlabelled text: IDF statistics,
+then InfoNCE with in-batch negatives on (sentence, surrounding chunk) pairs, then a calibration
+of the lexical and dense signals on held-out documents. It is deterministic for a seed. The
+result is a safetensors file that flashmemd loads with an [[indexer.text]] entry (name, path);
+the daemon's embedded "text" model was made by this command with the defaults (models/README.md).
+Progress is a bar on a terminal and a line per ~10 % otherwise.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			names, err := filepath.Glob(filepath.Join(textDir, "*.txt"))
+			if err != nil {
+				return err
+			}
+			sort.Strings(names)
+			if len(names) == 0 {
+				return fmt.Errorf("%w: no .txt files in %s", ErrUsage, textDir)
+			}
+			docs := make([]textmode.Document, 0, len(names))
+			for _, n := range names {
+				b, err := os.ReadFile(n)
+				if err != nil {
+					return err
+				}
+				docs = append(docs, textmode.Document{Name: filepath.Base(n), Text: string(b)})
+			}
+			if o.Corpus == "" {
+				o.Corpus = fmt.Sprintf("%d files of %s", len(docs), filepath.Base(filepath.Clean(textDir)))
+			}
+			errw := cmd.ErrOrStderr()
+			var bar *progress
+			var last textmode.Progress
+			o.Progress = func(p textmode.Progress) {
+				last = p
+				switch p.Phase {
+				case "train":
+					if bar == nil {
+						bar = newProgress(errw, int64(p.Steps), "training steps")
+					}
+					bar.add(int64(p.Step) - bar.cur)
+				case "calibrate":
+					if bar != nil {
+						bar.done()
+						bar = nil
+					}
+					fmt.Fprintf(errw, "  calibration %d/%d: log-loss %.4f accuracy %.4f\n", p.Step, p.Steps, p.Loss, p.Accuracy)
+				}
+			}
+			m, err := textmode.Train(cmd.Context(), docs, o)
+			if bar != nil {
+				bar.done()
+			}
+			if err != nil {
+				return err
+			}
+			tmp := outPath + ".tmp"
+			f, err := os.Create(tmp)
+			if err != nil {
+				return err
+			}
+			if err := m.Save(f); err != nil {
+				f.Close()
+				os.Remove(tmp)
+				return err
+			}
+			if err := f.Close(); err != nil {
+				os.Remove(tmp)
+				return err
+			}
+			if err := os.Rename(tmp, outPath); err != nil {
+				return err
+			}
+			st, err := os.Stat(outPath)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "wrote %s (%d bytes), held-out top-1 %.3f\n", outPath, st.Size(), last.ValAccuracy)
+			for _, mode := range []textmode.Mode{textmode.Combined, textmode.Lexical, textmode.Dense} {
+				c := m.Calibration(mode)
+				fmt.Fprintf(g.out, "  %s: logit = %.3f·lex %+.3f·cos %+.3f\n", mode, c.Lex, c.Dense, c.Bias)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&textDir, "text", "../shared/haystack/paul-graham-essays", "directory of .txt training files")
+	f.StringVar(&outPath, "out", "textmode.safetensors", "output model file (written atomically)")
+	f.Uint64Var(&o.Seed, "seed", def.Seed, "random seed")
+	f.IntVar(&o.Epochs, "epochs", def.Epochs, "epochs")
+	f.IntVar(&o.BatchSize, "batch", def.BatchSize, "batch size (in-batch negatives)")
+	f.StringVar(&o.Corpus, "corpus", "", "description of the corpus for the model metadata (default: the directory name)")
+	return cmd
+}
