@@ -13,14 +13,18 @@ const DefaultExtentBytes = 64 << 20
 
 const mirrorAlign = 4096
 
-// arenaAllocator maps the large extents the mirror carves page slots from. The
-// CPU build uses anonymous mmap; the CUDA build (issue 4) registers each extent
-// as pinned memory (cuMemHostRegister) so recalls run at DMA speed. Extents are
-// few and large on purpose: registration is expensive per call.
-type arenaAllocator interface {
+// Allocator maps the large extents the mirror carves page slots from. The CPU
+// build uses anonymous mmap (MmapAllocator); the CUDA build (issue 4) adds one
+// that registers each extent as pinned memory (cuMemHostRegister) so recalls
+// run at DMA speed. Extents are few and large on purpose: registration is
+// expensive per call. Implementations live in this package.
+type Allocator interface {
 	alloc(n int) ([]byte, error)
 	free(b []byte) error
 }
+
+// MmapAllocator returns the CPU allocator: private anonymous mappings.
+func MmapAllocator() Allocator { return mmapAllocator{} }
 
 type mmapAllocator struct{}
 
@@ -41,8 +45,8 @@ type MirrorConfig struct {
 	// ExtentBytes is the size of the arena extents slots are carved from
 	// (default DefaultExtentBytes); an extent holds at least one slot.
 	ExtentBytes int64
-
-	alloc arenaAllocator
+	// Allocator maps extents; nil means MmapAllocator.
+	Allocator Allocator
 }
 
 // sizeClass holds the extents of one slot size. Sessions with the same layout
@@ -93,7 +97,7 @@ type mpage struct {
 // least recently used pages to SSD instead.
 type HostMirror struct {
 	cfg   MirrorConfig
-	alloc arenaAllocator
+	alloc Allocator
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -121,9 +125,9 @@ func NewHostMirror(cfg MirrorConfig) *HostMirror {
 	if cfg.ExtentBytes <= 0 {
 		cfg.ExtentBytes = DefaultExtentBytes
 	}
-	a := cfg.alloc
+	a := cfg.Allocator
 	if a == nil {
-		a = mmapAllocator{}
+		a = MmapAllocator()
 	}
 	m := &HostMirror{
 		cfg:      cfg,

@@ -1,7 +1,3 @@
-// Package tiertest is the conformance suite every tiers.Tier implementation
-// passes. Each implementation's tests call Run with a factory; the suite
-// exercises the contract documented on tiers.Tier, including concurrent readers
-// racing writers of the same page.
 package tiertest
 
 import (
