@@ -7,6 +7,7 @@ import (
 	"go/parser"
 	"go/printer"
 	"go/token"
+	"os"
 	"testing"
 
 	"github.com/flashmemory/flashmemory/internal/cuda"
@@ -56,6 +57,22 @@ func TestNoCUDATwinMatchesAPI(t *testing.T) {
 	if !cuda.Available {
 		if _, err := NewScorer(nil); !errors.Is(err, ErrNoCUDA) {
 			t.Errorf("NewScorer: %v, want ErrNoCUDA", err)
+		}
+	}
+}
+
+// The committed PTX must define the scorer kernel and come from the GPU machine's nvcc.
+func TestCommittedPTXHasKernel(t *testing.T) {
+	for _, f := range []string{"score_sm80.ptx", "score_sm90.ptx"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(b, []byte(".entry fm_score(")) {
+			t.Errorf("%s lacks fm_score", f)
+		}
+		if !bytes.Contains(b, []byte("Cuda compilation tools, release 13.")) {
+			t.Errorf("%s was not built by the GPU machine's nvcc 13", f)
 		}
 	}
 }

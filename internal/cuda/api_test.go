@@ -6,6 +6,8 @@ import (
 	"go/parser"
 	"go/printer"
 	"go/token"
+	"os"
+	"regexp"
 	"sort"
 	"testing"
 )
@@ -128,6 +130,40 @@ func TestArgEncoding(t *testing.T) {
 	for _, tc := range tests {
 		if uint64(tc.got) != tc.want {
 			t.Errorf("%s: got %#x, want %#x", tc.name, uint64(tc.got), tc.want)
+		}
+	}
+}
+
+// ptxEntries lists the kernels a PTX file defines.
+func ptxEntries(t *testing.T, path string) map[string]bool {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\.entry\s+(\w+)\s*\(`).FindAllSubmatch(b, -1) {
+		out[string(m[1])] = true
+	}
+	return out
+}
+
+// The committed PTX must define every kernel the Go code launches (a stale PTX fails at
+// run time on the GPU machine only) and come from the GPU machine's nvcc, as gather.cu says.
+func TestCommittedPTXHasKernels(t *testing.T) {
+	for _, f := range []string{"gather_sm80.ptx", "gather_sm90.ptx"} {
+		entries := ptxEntries(t, f)
+		for kind, name := range gatherFuncs {
+			if kind == "tma" && f == "gather_sm80.ptx" {
+				continue // compiled to an empty kernel below sm_90; Gather never picks it there
+			}
+			if !entries[name] {
+				t.Errorf("%s lacks %s (%s); rebuild with scripts/build-ptx.sh on the GPU machine", f, name, kind)
+			}
+		}
+		b, _ := os.ReadFile(f)
+		if !bytes.Contains(b, []byte("Cuda compilation tools, release 13.")) {
+			t.Errorf("%s was not built by the GPU machine's nvcc 13", f)
 		}
 	}
 }

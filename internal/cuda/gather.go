@@ -80,8 +80,6 @@ var (
 	gatherTMAStages   = 4
 )
 
-var gatherFuncs = map[string]string{"simt4": "fm_gather", "simt8": "fm_gather8", "p256": "fm_gather_p256", "tma": "fm_gather_tma"}
-
 func (d *Device) gatherKernel(kind string) (*Function, error) {
 	d.gatherMu.Lock()
 	defer d.gatherMu.Unlock()
