@@ -17,6 +17,10 @@
 //	rep, err := eval.Run(eval.NewReader(r), eval.RunOptions{Model: m})
 //	rep.WriteTable(os.Stdout)
 //
-// cmd/fmeval wraps both (gen, run) until flashmemctl gen / eval do; the
-// daemon-backed evaluation will drive the same decode loop over the socket.
+// flashmemctl gen wraps Generate; flashmemctl eval drives the same decode
+// loop through real flashmemd sessions over the socket (text keys as index
+// keys, the text query as CYCLE bytes) and computes the baselines client side
+// with PrepareQuery, BaselineLogits and a Collector; `flashmemctl eval
+// --in-process` runs Run as its cross-check. TraceScorer is the trace-replay
+// model the daemon registers for flashmemctl sim.
 package eval

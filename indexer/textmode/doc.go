@@ -52,5 +52,7 @@
 //	err = m.Score(q, keys, logits)
 //
 // The shipped default is models/textmode-default.safetensors (see
-// models/README.md); cmd/fmtrain retrains it.
+// models/README.md), embedded in flashmemd by package models and registered
+// there as the model "text" through Scorer, the indexer.Scorer adapter;
+// `flashmemctl train` retrains it.
 package textmode

@@ -32,6 +32,7 @@ type evalOpts struct {
 	modelFile  string   // the same model's file ("" = the embedded default)
 	seed       uint64
 	asJSON     bool
+	inProcess  bool
 	progress   io.Writer
 }
 
@@ -67,13 +68,18 @@ indexer selection, over the same chunks and cycles.`,
 			o.baselines = splitList(baselines)
 			o.asJSON = g.asJSON
 			o.progress = cmd.ErrOrStderr()
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			t0 := time.Now()
-			rep, err := runDaemonEval(cmd.Context(), c, o)
+			var rep *eval.Report
+			if o.inProcess {
+				rep, err = runInProcessEval(o)
+			} else {
+				c, derr := g.dial(cmd.Context())
+				if derr != nil {
+					return derr
+				}
+				defer c.Close()
+				rep, err = runDaemonEval(cmd.Context(), c, o)
+			}
 			if err != nil {
 				return err
 			}
@@ -83,7 +89,11 @@ indexer selection, over the same chunks and cycles.`,
 			if err := rep.WriteTable(g.out); err != nil {
 				return err
 			}
-			fmt.Fprintf(g.out, "\n%s through flashmemd in %.1f s\n", o.data, time.Since(t0).Seconds())
+			where := "through flashmemd"
+			if o.inProcess {
+				where = "in process"
+			}
+			fmt.Fprintf(g.out, "\n%s %s in %.1f s\n", o.data, where, time.Since(t0).Seconds())
 			return nil
 		},
 	}
@@ -95,6 +105,7 @@ indexer selection, over the same chunks and cycles.`,
 	f.StringVar(&o.model, "model", "text", "the daemon's text-mode model to open sessions with")
 	f.StringVar(&o.modelFile, "model-file", "", "that model's safetensors file, to compute the same keys client side (default: the embedded default model)")
 	f.Uint64Var(&o.seed, "seed", 1, "seed of the random baseline")
+	f.BoolVar(&o.inProcess, "in-process", false, "no daemon: score and select in this process (eval.Run), as a cross-check of the daemon-backed numbers")
 	_ = cmd.MarkFlagRequired("data")
 	return cmd
 }
@@ -191,28 +202,59 @@ type evalRecord struct {
 	ss     []*evalSession
 }
 
-func runDaemonEval(ctx context.Context, c *proto.Client, o evalOpts) (*eval.Report, error) {
+// loadTextModel reads the model file, or the embedded default.
+func loadTextModel(path string) (*textmode.Model, error) {
+	mb := models.TextModeDefault
+	if path != "" {
+		var err error
+		if mb, err = os.ReadFile(path); err != nil {
+			return nil, err
+		}
+	}
+	return textmode.Load(mb)
+}
+
+// runInProcessEval is the daemon-less cross-check: the same decode loop
+// through indexer selection inside this process.
+func runInProcessEval(o evalOpts) (*eval.Report, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	m, err := loadTextModel(o.modelFile)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(o.data)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return eval.Run(eval.NewReader(f), eval.RunOptions{Model: m, Footprints: o.footprints, Seed: o.seed,
+		Methods: append(slices.Clone(o.modes), o.baselines...)})
+}
+
+func (o *evalOpts) check() error {
 	for _, m := range o.modes {
 		if _, ok := textModes[m]; !ok {
-			return nil, fmt.Errorf("%w: --modes: %q is not lexical, trained or combined", ErrUsage, m)
+			return fmt.Errorf("%w: --modes: %q is not lexical, trained or combined", ErrUsage, m)
 		}
 	}
 	for _, b := range o.baselines {
 		if b != eval.MethodRecency && b != eval.MethodRandom && b != eval.MethodOracle {
-			return nil, fmt.Errorf("%w: --baselines: %q is not recency, random or oracle", ErrUsage, b)
+			return fmt.Errorf("%w: --baselines: %q is not recency, random or oracle", ErrUsage, b)
 		}
 	}
 	if len(o.modes) == 0 {
-		return nil, fmt.Errorf("%w: --modes is empty", ErrUsage)
+		return fmt.Errorf("%w: --modes is empty", ErrUsage)
 	}
-	mb := models.TextModeDefault
-	if o.modelFile != "" {
-		var err error
-		if mb, err = os.ReadFile(o.modelFile); err != nil {
-			return nil, err
-		}
+	return nil
+}
+
+func runDaemonEval(ctx context.Context, c *proto.Client, o evalOpts) (*eval.Report, error) {
+	if err := o.check(); err != nil {
+		return nil, err
 	}
-	m, err := textmode.Load(mb)
+	m, err := loadTextModel(o.modelFile)
 	if err != nil {
 		return nil, err
 	}
