@@ -55,7 +55,9 @@ Progress is a bar on a terminal and a line per ~10 % otherwise.`,
 					if bar == nil {
 						bar = newProgress(errw, int64(p.Steps), "training steps")
 					}
-					bar.add(int64(p.Step) - bar.cur)
+					if d := int64(p.Step) - bar.cur; d > 0 {
+						bar.add(d)
+					}
 				case "calibrate":
 					if bar != nil {
 						bar.done()
