@@ -118,3 +118,35 @@ func FuzzLayout(f *testing.F) {
 		}
 	})
 }
+
+// FuzzChunkRun checks that any run an APPEND frame can describe is either
+// rejected or copied within bounds.
+func FuzzChunkRun(f *testing.F) {
+	f.Add(3, 0, 3, 0, 0)
+	f.Add(3, 2, 2, 3, 0)
+	f.Add(1, 0, 1, 3, 1)
+	f.Add(-1, 0, 1, 0, 0)
+	f.Add(1<<40, 1<<39, 1<<39, 0, 0)
+	g, err := NewGeometry(smallLayout)
+	if err != nil {
+		f.Fatal(err)
+	}
+	page := make([]byte, g.PageBytes())
+	f.Fuzz(func(t *testing.T, n, from, count, pageChunk, trim int) {
+		if n < 0 || n > 64 {
+			n %= 65
+		}
+		size := max(n, 0)*g.ChunkBytes() - trim%8
+		if size < 0 {
+			size = 0
+		}
+		run := ChunkRun{Payload: make([]byte, size), N: n, From: from, Count: count, PageChunk: pageChunk}
+		err := g.ScatterRun(page, run)
+		if err != nil && !errors.Is(err, ErrSize) && !errors.Is(err, ErrRange) {
+			t.Fatalf("unexpected error %v", err)
+		}
+		if err == nil && (from < 0 || count <= 0 || from+count > n || pageChunk+count > smallLayout.ChunksPerPage) {
+			t.Fatalf("accepted run %+v", run)
+		}
+	})
+}

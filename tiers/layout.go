@@ -217,3 +217,70 @@ func (g *pageGeometry) gatherChunk(page []byte, chunk int, dst []byte) error {
 	}
 	return nil
 }
+
+// ChunkRun names consecutive chunks of an APPEND payload that land in one
+// page. Payload holds N chunks in the APPEND order (docs/protocol.md): layer
+// after layer, within a layer segment after segment, within a segment chunk
+// after chunk, i.e. segment s of layer l of chunk i is at
+// N·Σ_{l'<l} Σ_t seg_{l'}[t] + N·Σ_{t<s} seg_l[t] + i·seg_l[s]. The run copies
+// chunks From .. From+Count-1 into page chunks PageChunk .. PageChunk+Count-1.
+type ChunkRun struct {
+	Payload   []byte
+	N         int
+	From      int
+	Count     int
+	PageChunk int
+}
+
+func (g *pageGeometry) checkRun(pageLen int, r ChunkRun) error {
+	if r.N <= 0 || int64(r.N)*int64(g.chunkBytes) != int64(len(r.Payload)) {
+		return fmt.Errorf("payload of %d B for %d chunks of %d B: %w", len(r.Payload), r.N, g.chunkBytes, ErrSize)
+	}
+	if r.Count <= 0 || r.From < 0 || r.From > r.N-r.Count {
+		return fmt.Errorf("chunks %d+%d of a %d-chunk payload: %w", r.From, r.Count, r.N, ErrRange)
+	}
+	if r.PageChunk < 0 || r.PageChunk > g.layout.ChunksPerPage-r.Count {
+		return fmt.Errorf("page chunks %d+%d of %d: %w", r.PageChunk, r.Count, g.layout.ChunksPerPage, ErrRange)
+	}
+	if pageLen != g.pageBytes {
+		return fmt.Errorf("page %d B, layout needs %d: %w", pageLen, g.pageBytes, ErrSize)
+	}
+	return nil
+}
+
+// eachRunCopy calls fn once per layer segment with the page offset, payload
+// offset and length of that segment's part of the run.
+func (g *pageGeometry) eachRunCopy(r ChunkRun, fn func(pageOff, payOff, n int)) {
+	pay := 0
+	for li, ly := range g.layout.Layers {
+		segBase := 0
+		for _, sz := range ly.Segments {
+			fn(g.rowOff[li]+segBase+r.PageChunk*sz, pay+r.From*sz, r.Count*sz)
+			segBase += g.layout.ChunksPerPage * sz
+			pay += r.N * sz
+		}
+	}
+}
+
+// ScatterRun writes a run of chunks into a page laid out as in the mirror.
+func (g *Geometry) ScatterRun(page []byte, r ChunkRun) error {
+	if err := g.g.checkRun(len(page), r); err != nil {
+		return err
+	}
+	g.g.eachRunCopy(r, func(pageOff, payOff, n int) {
+		copy(page[pageOff:pageOff+n], r.Payload[payOff:payOff+n])
+	})
+	return nil
+}
+
+// GatherRun is the inverse of ScatterRun: it fills the run's part of
+// r.Payload from the page.
+func (g *Geometry) GatherRun(page []byte, r ChunkRun) error {
+	if err := g.g.checkRun(len(page), r); err != nil {
+		return err
+	}
+	g.g.eachRunCopy(r, func(pageOff, payOff, n int) {
+		copy(r.Payload[payOff:payOff+n], page[pageOff:pageOff+n])
+	})
+	return nil
+}

@@ -23,6 +23,7 @@ type span struct {
 type regionMemory interface {
 	write(spans []span, src []byte) error
 	read(spans []span, dst []byte) error
+	zero(spans []span) error
 	// fd is the handle a client maps (SCM_RIGHTS); -1 if the memory cannot be
 	// shared by file descriptor.
 	fd() int
@@ -91,6 +92,13 @@ func (m *memfdMemory) write(spans []span, src []byte) error {
 func (m *memfdMemory) read(spans []span, dst []byte) error {
 	for _, s := range spans {
 		copy(dst[s.bufOff:s.bufOff+s.n], m.data[s.regionOff:s.regionOff+int64(s.n)])
+	}
+	return nil
+}
+
+func (m *memfdMemory) zero(spans []span) error {
+	for _, s := range spans {
+		clear(m.data[s.regionOff : s.regionOff+int64(s.n)])
 	}
 	return nil
 }

@@ -486,6 +486,29 @@ func (m *HostMirror) WriteChunk(id PageID, gen uint64, layout *Geometry, chunk i
 	if err := g.checkChunk(g.pageBytes, chunk, len(payload)); err != nil {
 		return 0, fmt.Errorf("page %v: %w", id, err)
 	}
+	return m.writeInPlace(id, gen, g.pageBytes, len(payload), func(page []byte) {
+		_ = g.scatterChunk(page, chunk, payload) // sizes checked above
+	})
+}
+
+// WriteChunkRun is WriteChunk for a run of consecutive chunks of one page
+// taken from an APPEND payload: one copy per layer segment instead of one per
+// segment per chunk.
+func (m *HostMirror) WriteChunkRun(id PageID, gen uint64, layout *Geometry, run ChunkRun) (uint64, error) {
+	g := layout.g
+	if err := g.checkRun(g.pageBytes, run); err != nil {
+		return 0, fmt.Errorf("page %v: %w", id, err)
+	}
+	return m.writeInPlace(id, gen, g.pageBytes, run.Count*g.chunkBytes, func(page []byte) {
+		g.eachRunCopy(run, func(pageOff, payOff, n int) {
+			copy(page[pageOff:pageOff+n], run.Payload[payOff:payOff+n])
+		})
+	})
+}
+
+// writeInPlace runs fill on the page's bytes (a zeroed new page if absent)
+// and moves the page to gen.
+func (m *HostMirror) writeInPlace(id PageID, gen uint64, pageBytes, nbytes int, fill func(page []byte)) (uint64, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -496,15 +519,15 @@ func (m *HostMirror) WriteChunk(id PageID, gen uint64, layout *Geometry, chunk i
 		m.mu.Unlock()
 		return 0, fmt.Errorf("page %v: generation %d not newer than %d: %w", id, gen, p.gen, ErrStale)
 	}
-	if p != nil && len(p.buf.data) != g.pageBytes {
+	if p != nil && len(p.buf.data) != pageBytes {
 		m.mu.Unlock()
-		return 0, fmt.Errorf("page %v: held page %d B, layout needs %d: %w", id, len(p.buf.data), g.pageBytes, ErrSize)
+		return 0, fmt.Errorf("page %v: held page %d B, layout needs %d: %w", id, len(p.buf.data), pageBytes, ErrSize)
 	}
 	var b *mbuf
 	fresh := p == nil
 	if fresh {
 		var err error
-		if b, err = m.allocBuf(id, g.pageBytes); err != nil {
+		if b, err = m.allocBuf(id, pageBytes); err != nil {
 			m.mu.Unlock()
 			return 0, err
 		}
@@ -517,7 +540,7 @@ func (m *HostMirror) WriteChunk(id PageID, gen uint64, layout *Geometry, chunk i
 	if fresh {
 		clear(b.data) // slots are reused; a new page starts zeroed
 	}
-	_ = g.scatterChunk(b.data, chunk, payload) // sizes checked above
+	fill(b.data)
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -543,7 +566,7 @@ func (m *HostMirror) WriteChunk(id PageID, gen uint64, layout *Geometry, chunk i
 		}
 		m.touch(p)
 	}
-	m.counters.bytesIn.Add(uint64(len(payload)))
+	m.counters.bytesIn.Add(uint64(nbytes))
 	return prev, nil
 }
 

@@ -44,13 +44,15 @@ type lease struct {
 }
 
 type slotState struct {
-	page       uint32
-	bound      bool
-	gen        uint64 // 0 = no valid contents
-	pins       int32  // leases holding the slot (no eviction, no Free)
-	live       int32  // of those, leases handed to the client (no overwrite)
-	readers    int32
-	writing    bool
+	page    uint32
+	bound   bool
+	gen     uint64 // 0 = no valid contents
+	pins    int32  // leases holding the slot (no eviction, no Free)
+	live    int32  // of those, leases handed to the client (no overwrite)
+	readers int32
+	writing bool
+	stale   bool // holds bytes of a page it was bound to before
+
 	prev, next int32 // LRU links among bound slots; -1 = none
 }
 
@@ -238,7 +240,7 @@ func (r *Region) unbind(i int32) {
 	if s.gen != 0 {
 		r.loaded--
 	}
-	s.bound, s.gen, s.page = false, 0, 0
+	s.bound, s.gen, s.page, s.stale = false, 0, 0, true
 	r.free = append(r.free, i)
 }
 
@@ -315,6 +317,36 @@ func (r *Region) allocate(page uint32) (Allocation, error) {
 	r.pageSlot[page] = i
 	r.pushFront(i)
 	a.Slot = int(i)
+	return a, nil
+}
+
+// AllocateZeroed is Allocate for a page whose cells the decoder will write
+// directly (the tail allocation): a newly bound slot is cleared, so cells not
+// written yet read as zeros rather than an evicted page's bytes.
+func (r *Region) AllocateZeroed(page uint32) (Allocation, error) {
+	r.mu.Lock()
+	a, err := r.allocate(page)
+	if err != nil || a.Hit || !r.slots[a.Slot].stale {
+		r.mu.Unlock()
+		return a, err
+	}
+	if err := r.beginWrite(a.Slot, page, false); err != nil {
+		r.mu.Unlock()
+		return Allocation{}, err
+	}
+	r.mu.Unlock()
+	zerr := r.mem.zero(r.pageSpans(a.Slot))
+	r.mu.Lock()
+	s := &r.slots[a.Slot]
+	s.writing = false
+	if zerr == nil {
+		s.stale = false
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if zerr != nil {
+		return Allocation{}, fmt.Errorf("session %d page %d slot %d: %w", r.session, page, a.Slot, zerr)
+	}
 	return a, nil
 }
 
@@ -524,6 +556,7 @@ func (r *Region) WritePage(slot int, page uint32, gen uint64, src []byte) error 
 	s.writing = false
 	if err == nil {
 		r.setGen(s, gen)
+		s.stale = false
 		r.counters.puts.Add(1)
 		r.counters.bytesIn.Add(uint64(len(src)))
 	} else {
@@ -582,13 +615,57 @@ func (r *Region) WriteChunk(slot int, page uint32, baseGen, newGen uint64, chunk
 	if err := r.geo.checkChunk(r.geo.pageBytes, chunk, len(payload)); err != nil {
 		return fmt.Errorf("session %d page %d: %w", r.session, page, err)
 	}
+	return r.writeCells(slot, page, baseGen, newGen, r.chunkSpans(slot, chunk), payload)
+}
+
+// WriteChunkRun is WriteChunk for a run of consecutive chunks taken from an
+// APPEND payload: one copy per layer segment.
+func (r *Region) WriteChunkRun(slot int, page uint32, baseGen, newGen uint64, run ChunkRun) error {
+	if err := r.checkSlot(slot); err != nil {
+		return err
+	}
+	if err := r.geo.checkRun(r.geo.pageBytes, run); err != nil {
+		return fmt.Errorf("session %d page %d: %w", r.session, page, err)
+	}
+	var sp []span
+	r.geo.eachRunCopy(run, func(pageOff, payOff, n int) {
+		sp = append(sp, span{regionOff: r.pageToRegion(slot, pageOff), bufOff: payOff, n: n})
+	})
+	return r.writeCells(slot, page, baseGen, newGen, sp, run.Payload)
+}
+
+// pageToRegion maps an offset inside a mirror-layout page to the region
+// offset of the same byte in slot.
+func (r *Region) pageToRegion(slot, pageOff int) int64 {
+	l := len(r.geo.rowOff) - 1
+	for l > 0 && r.geo.rowOff[l] > pageOff {
+		l--
+	}
+	row := r.geo.layout.Layers[l].RowBytes
+	return r.layerOff[l] + int64(slot)*int64(row) + int64(pageOff-r.geo.rowOff[l])
+}
+
+func (r *Region) writeCells(slot int, page uint32, baseGen, newGen uint64, sp []span, src []byte) error {
 	r.mu.Lock()
 	if err := r.beginWrite(slot, page, false); err != nil {
 		r.mu.Unlock()
 		return err
 	}
+	// A new page's first cells: the rest of the slot must read as zeros, like
+	// the mirror's fresh page, not as the previous page's bytes.
+	zero := r.slots[slot].gen == 0 && r.slots[slot].stale
 	r.mu.Unlock()
-	err := r.mem.write(r.chunkSpans(slot, chunk), payload)
+	var err error
+	if zero {
+		if err = r.mem.zero(r.pageSpans(slot)); err == nil {
+			r.mu.Lock()
+			r.slots[slot].stale = false
+			r.mu.Unlock()
+		}
+	}
+	if err == nil {
+		err = r.mem.write(sp, src)
+	}
 	r.mu.Lock()
 	s := &r.slots[slot]
 	s.writing = false
@@ -598,9 +675,13 @@ func (r *Region) WriteChunk(slot int, page uint32, baseGen, newGen uint64, chunk
 	r.cond.Broadcast()
 	r.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("session %d page %d slot %d chunk %d: %w", r.session, page, slot, chunk, err)
+		return fmt.Errorf("session %d page %d slot %d: %w", r.session, page, slot, err)
 	}
-	r.counters.bytesIn.Add(uint64(len(payload)))
+	n := 0
+	for _, x := range sp {
+		n += x.n
+	}
+	r.counters.bytesIn.Add(uint64(n))
 	return nil
 }
 
@@ -688,6 +769,7 @@ func (r *Region) Put(ctx context.Context, id PageID, gen uint64, page []byte) er
 	s.writing = false
 	if werr == nil {
 		r.setGen(s, gen)
+		s.stale = false
 		r.counters.puts.Add(1)
 		r.counters.bytesIn.Add(uint64(len(page)))
 	} else {

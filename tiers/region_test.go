@@ -398,3 +398,39 @@ func TestRegionConcurrentEvictionAndCopies(t *testing.T) {
 		}
 	}
 }
+
+// TestRegionReusedSlotReadsZero: a slot reused for a new page must not show
+// the evicted page's bytes in cells the new page has not written yet.
+func TestRegionReusedSlotReadsZero(t *testing.T) {
+	g, _ := NewGeometry(smallLayout)
+	for _, zeroed := range []bool{false, true} {
+		reg := newRegion(t, smallLayout, 1)
+		a, _ := reg.Allocate(1)
+		if err := reg.WritePage(a.Slot, 1, 1, bytes.Repeat([]byte{0xff}, g.PageBytes())); err != nil {
+			t.Fatal(err)
+		}
+		var b Allocation
+		var err error
+		if zeroed {
+			b, err = reg.AllocateZeroed(2)
+		} else {
+			b, err = reg.Allocate(2)
+		}
+		if err != nil || !b.Evicted || b.EvictedPage != 1 {
+			t.Fatalf("allocation %+v, %v", b, err)
+		}
+		chunk := bytes.Repeat([]byte{7}, g.ChunkBytes())
+		if err := reg.WriteChunk(b.Slot, 2, 0, 1, 0, chunk); err != nil {
+			t.Fatal(err)
+		}
+		want := make([]byte, g.PageBytes())
+		_ = g.ScatterChunk(want, 0, chunk)
+		got := make([]byte, g.PageBytes())
+		if _, err := reg.ReadPage(b.Slot, 2, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("zeroed=%v: reused slot shows the evicted page's bytes", zeroed)
+		}
+	}
+}

@@ -192,6 +192,20 @@ func (s *Store) Write(ctx context.Context, id PageID, gen uint64, page []byte) e
 // back from SSD, so its other chunks are kept; a full mirror spills cold pages
 // as Write does. The caller serialises writes to one page.
 func (s *Store) WriteChunk(ctx context.Context, id PageID, gen uint64, geo *Geometry, chunk int, payload []byte) (uint64, error) {
+	return s.writeInPlace(ctx, id, len(payload), func() (uint64, error) {
+		return s.mirror.WriteChunk(id, gen, geo, chunk, payload)
+	})
+}
+
+// WriteChunkRun is WriteChunk for a run of consecutive chunks of one page
+// taken from an APPEND payload (one copy per layer segment).
+func (s *Store) WriteChunkRun(ctx context.Context, id PageID, gen uint64, geo *Geometry, run ChunkRun) (uint64, error) {
+	return s.writeInPlace(ctx, id, run.Count*geo.ChunkBytes(), func() (uint64, error) {
+		return s.mirror.WriteChunkRun(id, gen, geo, run)
+	})
+}
+
+func (s *Store) writeInPlace(ctx context.Context, id PageID, nbytes int, write func() (uint64, error)) (uint64, error) {
 	if err := s.checkOpen(); err != nil {
 		return 0, err
 	}
@@ -212,12 +226,12 @@ func (s *Store) WriteChunk(ctx context.Context, id PageID, gen uint64, geo *Geom
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		prev, err := s.mirror.WriteChunk(id, gen, geo, chunk, payload)
+		prev, err := write()
 		if err == nil {
 			if s.overHighWater() {
 				s.kickSpiller()
 			}
-			s.bytesIn.Add(uint64(len(payload)))
+			s.bytesIn.Add(uint64(nbytes))
 			return prev, nil
 		}
 		if !errors.Is(err, ErrBudget) || attempt >= 16 {
