@@ -7,9 +7,10 @@
 //
 //	dev, _ := cuda.Open(0)
 //	sc, _ := gpu.NewScorer(dev)                  // ErrNoCUDA in the default build
-//	keys, _ := gpu.NewKeys(dev, 128, capacity)   // one per request and target layer
+//	st, _ := dev.NewStream()
+//	keys, _ := gpu.NewKeys(dev, capacity)        // one per request and target layer
 //	keys.Append(raw)                             // 132-byte records, as attn.KeyStore takes
-//	err := sc.Score(stream, attn.Float, []gpu.Item{{Keys: keys, Queries: qs, Out: out}})
+//	err := sc.Score(st, attn.Float, []gpu.Item{{Keys: keys, Queries: qs, Out: out}})
 //
 // Score packs the queries, uploads them, launches one kernel for all items and copies the
 // logits back. Plan splits that into steps for callers that launch the same batch on their

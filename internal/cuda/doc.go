@@ -25,6 +25,15 @@
 //	reg, err := dev.AllocShareable(256<<20)
 //	fd, err := reg.ExportFD()           // send with SCM_RIGHTS; the peer calls ImportFD
 //	s, err := dev.NewStream()
-//	err = s.Gather(descs)               // one launch copies every (src, dst, len) row
-//	ev, err := s.Record()               // poll ev.Done() from the socket loop; never block it
+//	err = s.Recall(descs)               // mirror -> reserve: copy engines for rows >= 512 KiB,
+//	                                    // else one gather launch for every (src, dst, len) row
+//	ev, err := dev.NewEvent(false)
+//	err = ev.Record(s)                  // poll ev.Done() from the socket loop; never block it
+//
+// Gather also runs device -> pinned host (the commit path); CopyBatch is the copy-engine
+// batch alone (cuMemcpyBatchAsync, CUDA 12.8+ drivers, ErrUnsupported elsewhere).
+//
+// Caveat: gorgonia.org/cu calls cuInit in its package init and exits the process when that
+// fails, so a cuda-tagged binary must only run where libcuda.so.1 and a GPU exist; hosts
+// without a GPU run the default build.
 package cuda
