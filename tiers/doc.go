@@ -29,10 +29,12 @@
 //
 //	geo, _ := tiers.NewGeometry(layout)
 //	region, _ := reserve.Create(sessionID, layout, slots)   // send region.FD()
-//	prev, _ := store.Mirror().WriteChunk(id, gen, geo, chunk, payload) // append
-//	if slot, g, ok := region.Lookup(id.Page); ok {            // resident: keep it current
-//		_ = region.WriteChunk(slot, id.Page, prev, gen, chunk, payload)
+//	run := tiers.ChunkRun{Payload: staging, N: n, From: i, Count: k, PageChunk: c}
+//	prev, _ := store.WriteChunkRun(ctx, id, gen, geo, run)    // append (spills if full)
+//	if slot, _, ok := region.Lookup(id.Page); ok {            // resident: keep it current
+//		_ = region.WriteChunkRun(slot, id.Page, prev, gen, run)
 //	}
+//	tail, _ := region.AllocateZeroed(tailPage)                // decoder writes cells itself
 //	a, _ := region.Allocate(page)                             // per selected page
 //	_ = region.PinLoading(recallLease, []int{a.Slot})
 //	t, _ := mover.Recall(region, items)                       // never blocks
