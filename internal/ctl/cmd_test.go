@@ -18,6 +18,8 @@ import (
 
 	"github.com/flashmemory/flashmemory/daemon"
 	"github.com/flashmemory/flashmemory/eval"
+	"github.com/flashmemory/flashmemory/models"
+	"github.com/flashmemory/flashmemory/proto"
 )
 
 // fillerDir is the shared haystack relative to this package's directory.
@@ -346,4 +348,81 @@ func TestTrain(t *testing.T) {
 	if _, err := run(t, "train", "--text", filepath.Join(dir, "empty"), "--out", out); err == nil {
 		t.Error("training on a directory without .txt files succeeded")
 	}
+}
+
+// TestDaemonTextModels covers the daemon's text-mode registration: the
+// embedded default ("text"), a file ([[indexer.text]] name/path) that
+// sessions can open, and configuration errors.
+func TestDaemonTextModels(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "copy.safetensors")
+	if err := os.WriteFile(file, models.TextModeDefault, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(dir, "junk.safetensors")
+	if err := os.WriteFile(junk, []byte("not safetensors at all"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testDaemonConfig(t, dir)
+	cfg.Indexer.Text = append(cfg.Indexer.Text, daemon.TextModelConfig{Name: "mine", Path: file})
+	stop := inProcess(t, cfg)
+	defer func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	}()
+	c := dialSimT(t, cfg.Socket)
+	for _, name := range []string{"text", "mine", "trace"} {
+		kb := 132
+		if name == "trace" {
+			kb = eval.TraceKeyBytes
+		}
+		op, err := c.Open(context.Background(), &proto.Open{Model: name, Layout: evalLayout(kb, 16)})
+		if err != nil {
+			t.Fatalf("open with model %q: %v", name, err)
+		}
+		op.Region.Close()
+		if _, err := c.Open(context.Background(), &proto.Open{Model: name, Layout: evalLayout(kb+4, 16)}); err == nil {
+			t.Errorf("model %q accepted %d-byte keys", name, kb+4)
+		}
+	}
+
+	bad := []struct {
+		name string
+		mut  func(*daemon.Config)
+	}{
+		{"missing file", func(c *daemon.Config) {
+			c.Indexer.Text = []daemon.TextModelConfig{{Name: "x", Path: filepath.Join(dir, "none")}}
+		}},
+		{"not a model", func(c *daemon.Config) { c.Indexer.Text = []daemon.TextModelConfig{{Name: "x", Path: junk}} }},
+		{"duplicate name", func(c *daemon.Config) { c.Indexer.Text = []daemon.TextModelConfig{{Name: "demo"}} }},
+		{"trace clashes", func(c *daemon.Config) { c.Indexer.Trace = "text" }},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testDaemonConfig(t, t.TempDir())
+			tc.mut(&c)
+			err := c.Validate()
+			if err == nil {
+				var d *daemon.Daemon
+				d, err = daemon.New(c)
+				if d != nil {
+					d.Close()
+				}
+			}
+			if !errors.Is(err, daemon.ErrConfig) {
+				t.Fatalf("got %v, want ErrConfig", err)
+			}
+		})
+	}
+}
+
+func dialSimT(t *testing.T, sock string) *proto.Client {
+	t.Helper()
+	c, err := dialSim(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
