@@ -23,12 +23,17 @@ type span struct {
 type regionMemory interface {
 	write(spans []span, src []byte) error
 	read(spans []span, dst []byte) error
-	zero(spans []span) error
 	// fd is the handle a client maps (SCM_RIGHTS); -1 if the memory cannot be
 	// shared by file descriptor.
 	fd() int
 	size() int64
 	close() error
+}
+
+// zeroer is implemented by memories that can clear spans without a source
+// buffer (memset); others are cleared by writing zeros.
+type zeroer interface {
+	zero(spans []span) error
 }
 
 // Backend creates the memory behind reserve regions. The zero value of

@@ -320,6 +320,14 @@ func (r *Region) allocate(page uint32) (Allocation, error) {
 	return a, nil
 }
 
+// zeroSlot clears every row of slot; the caller holds the slot for writing.
+func (r *Region) zeroSlot(slot int) error {
+	if z, ok := r.mem.(zeroer); ok {
+		return z.zero(r.pageSpans(slot))
+	}
+	return r.mem.write(r.pageSpans(slot), make([]byte, r.geo.pageBytes))
+}
+
 // AllocateZeroed is Allocate for a page whose cells the decoder will write
 // directly (the tail allocation): a newly bound slot is cleared, so cells not
 // written yet read as zeros rather than an evicted page's bytes.
@@ -335,7 +343,7 @@ func (r *Region) AllocateZeroed(page uint32) (Allocation, error) {
 		return Allocation{}, err
 	}
 	r.mu.Unlock()
-	zerr := r.mem.zero(r.pageSpans(a.Slot))
+	zerr := r.zeroSlot(a.Slot)
 	r.mu.Lock()
 	s := &r.slots[a.Slot]
 	s.writing = false
@@ -657,7 +665,7 @@ func (r *Region) writeCells(slot int, page uint32, baseGen, newGen uint64, sp []
 	r.mu.Unlock()
 	var err error
 	if zero {
-		if err = r.mem.zero(r.pageSpans(slot)); err == nil {
+		if err = r.zeroSlot(slot); err == nil {
 			r.mu.Lock()
 			r.slots[slot].stale = false
 			r.mu.Unlock()
