@@ -14,8 +14,9 @@ import (
 type StoreConfig struct {
 	Mirror MirrorConfig
 	SSD    SSDConfig
-	// SpillBatch is how many pages one spill round writes to SSD in one
-	// commit (default 16).
+	// SpillBatch is how many pages a synchronous spill (a write that found
+	// the mirror full) writes to SSD in one commit (default 16); the
+	// background spiller writes four times as many per commit.
 	SpillBatch int
 	// HighWater and LowWater are fractions of the mirror budget: above
 	// HighWater the background spiller writes cold pages to SSD until usage
@@ -237,7 +238,7 @@ func (s *Store) writeInPlace(ctx context.Context, id PageID, nbytes int, write f
 		if !errors.Is(err, ErrBudget) || attempt >= 16 {
 			return 0, err
 		}
-		freed, serr := s.spillRound(ctx, false)
+		freed, serr := s.spillRound(ctx, false, s.cfg.SpillBatch)
 		if serr != nil {
 			return 0, fmt.Errorf("page %v: making room: %w", id, serr)
 		}
@@ -262,7 +263,7 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 		if !errors.Is(err, ErrBudget) || attempt >= 64 {
 			return err
 		}
-		freed, serr := s.spillRound(ctx, cleanOnly)
+		freed, serr := s.spillRound(ctx, cleanOnly, s.cfg.SpillBatch)
 		if serr != nil {
 			return fmt.Errorf("page %v: making room: %w", id, serr)
 		}
@@ -277,12 +278,12 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 	}
 }
 
-// spillRound writes up to SpillBatch of the coldest pages to SSD and drops
+// spillRound writes up to n of the coldest pages to SSD and drops
 // them from the mirror; it returns how many left the mirror.
-func (s *Store) spillRound(ctx context.Context, cleanOnly bool) (int, error) {
+func (s *Store) spillRound(ctx context.Context, cleanOnly bool, n int) (int, error) {
 	s.spillMu.Lock()
 	defer s.spillMu.Unlock()
-	items := s.mirror.spillCandidates(s.cfg.SpillBatch, cleanOnly)
+	items := s.mirror.spillCandidates(n, cleanOnly)
 	if len(items) == 0 {
 		return 0, nil
 	}
@@ -339,7 +340,10 @@ func (s *Store) spiller() {
 			if float64(used) <= low || s.closed.Load() {
 				break
 			}
-			freed, err := s.spillRound(context.Background(), false)
+			// Nobody waits on the background spiller, so it writes bigger
+			// batches: Badger's per-commit cost (two syncs) is amortised
+			// over more bytes (docs/benchmarks.md, tiers section).
+			freed, err := s.spillRound(context.Background(), false, 4*s.cfg.SpillBatch)
 			if err != nil {
 				if !errors.Is(err, ErrClosed) {
 					s.log.Warn("spill to SSD failed", "err", err)
