@@ -32,23 +32,18 @@ func (c *conn) appendChunks(m *proto.Append) (proto.Message, error) {
 		return nil, proto.CodePayloadSize.Errorf("payload of %d chunks must be %d B, got %d", m.Count, want, len(payload))
 	}
 	n := uint64(m.Count)
-	cb := int(s.layout.ChunkBytes())
-	if cap(s.buf) < cb {
-		s.buf = make([]byte, cb)
-	}
-	buf := s.buf[:cb]
-	for i := uint64(0); i < n; i++ {
-		// Gather chunk i from the layer-major, segment-major payload.
-		o := 0
-		for ly, l := range s.layout.Layers {
-			for sg, sz := range l.Segments {
-				off := s.layout.PayloadOffset(n, ly, sg, i)
-				o += copy(buf[o:o+int(sz)], payload[off:off+uint64(sz)])
-			}
-		}
-		if err := c.d.writeChunk(s, m.FirstChunk+i, buf, -1); err != nil {
+	cpp := uint64(s.layout.ChunksPerPage)
+	// One run per page touched: the payload's layer-major, segment-major
+	// order lets each run copy one segment of many chunks in one move.
+	for i := uint64(0); i < n; {
+		ch := m.FirstChunk + i
+		pc := ch % cpp
+		k := min(n-i, cpp-pc)
+		run := tiers.ChunkRun{Payload: payload, N: int(n), From: int(i), Count: int(k), PageChunk: int(pc)}
+		if err := c.d.writeRun(s, uint32(ch/cpp), run); err != nil {
 			return nil, err
 		}
+		i += k
 	}
 	if err := s.appendKeys(m.FirstChunk, n, m.Keys); err != nil {
 		return nil, err
@@ -184,6 +179,59 @@ func (d *Daemon) writeChunk(s *session, ch uint64, payload []byte, slot int) err
 		}
 	}
 	return nil
+}
+
+// writeRun stores a run of APPEND chunks of page p in the mirror at the
+// page's next generation, and in the reserve slot when the page is resident.
+func (d *Daemon) writeRun(s *session, p uint32, run tiers.ChunkRun) error {
+	for uint32(len(s.gens)) <= p {
+		s.gens = append(s.gens, 0)
+	}
+	base := s.gens[p]
+	gen := base + 1
+	id := s.pageID(p)
+	prev, err := d.store.WriteChunkRun(context.Background(), id, gen, s.geom, run)
+	if err != nil {
+		return fmt.Errorf("write chunks %d..%d: %w", uint64(p)*uint64(s.layout.ChunksPerPage)+uint64(run.PageChunk), uint64(p)*uint64(s.layout.ChunksPerPage)+uint64(run.PageChunk+run.Count-1), err)
+	}
+	if prev != base {
+		// A concurrent spill dropped the page between the store bringing it
+		// back and the write: rebuild it chunk by chunk from the SSD copy.
+		chunk := make([]byte, s.layout.ChunkBytes())
+		for i := 0; i < run.Count; i++ {
+			gatherChunk(&s.layout, run.Payload, uint64(run.N), uint64(run.From+i), chunk)
+			ch := uint64(p)*uint64(s.layout.ChunksPerPage) + uint64(run.PageChunk+i)
+			if i == 0 {
+				if gen, err = d.rebuildPage(s, id, base, ch, chunk, gen); err != nil {
+					return err
+				}
+				continue
+			}
+			if prev2, err := d.store.WriteChunk(context.Background(), id, gen+1, s.geom, run.PageChunk+i, chunk); err != nil || prev2 != gen {
+				return fmt.Errorf("write chunk %d after a rebuild: generation %d, want %d: %v", ch, prev2, gen, err)
+			}
+			gen++
+		}
+	}
+	s.gens[p] = gen
+	if slot, rgen, ok := s.region.Lookup(p); ok {
+		if err := s.region.WriteChunkRun(slot, p, base, gen, run); err != nil && rgen == base {
+			return fmt.Errorf("write page %d into the reserve: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// gatherChunk copies chunk i of an n-chunk APPEND payload into dst in the
+// per-chunk order (each layer's segments, layer after layer).
+func gatherChunk(l *proto.Layout, payload []byte, n, i uint64, dst []byte) {
+	o := 0
+	for ly, layer := range l.Layers {
+		for sg, sz := range layer.Segments {
+			off := l.PayloadOffset(n, ly, sg, i)
+			o += copy(dst[o:o+int(sz)], payload[off:off+uint64(sz)])
+		}
+	}
 }
 
 func (d *Daemon) rebuildPage(s *session, id tiers.PageID, base, ch uint64, payload []byte, gen uint64) (uint64, error) {
