@@ -670,14 +670,16 @@ func (m *HostMirror) Close() error {
 	return first
 }
 
-// spillCandidates marks up to n of the least recently used pages as spilling
-// and returns them with a reference to their current slot; caller finishes each
-// with endSpill. cleanOnly limits the choice to pages already on SSD.
-func (m *HostMirror) spillCandidates(n int, cleanOnly bool) []spillItem {
+// spillCandidates marks up to n of the least recently used pages (and, if
+// maxBytes > 0, only as many as free maxBytes of slots) as spilling and returns
+// them with a reference to their current slot; caller finishes each with
+// endSpill. cleanOnly limits the choice to pages already on SSD.
+func (m *HostMirror) spillCandidates(n int, cleanOnly bool, maxBytes int64) []spillItem {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []spillItem
-	for p := m.tail; p != nil && len(out) < n; p = p.prev {
+	var bytes int64
+	for p := m.tail; p != nil && len(out) < n && (maxBytes <= 0 || bytes < maxBytes); p = p.prev {
 		if p.spilling || p.buf.refs > 0 {
 			continue
 		}
@@ -685,6 +687,7 @@ func (m *HostMirror) spillCandidates(n int, cleanOnly bool) []spillItem {
 			continue
 		}
 		p.spilling = true
+		bytes += int64(cap(p.buf.data))
 		m.ref(p.buf)
 		out = append(out, spillItem{p: p, buf: p.buf, gen: p.gen, dirty: p.persisted != p.gen})
 	}

@@ -238,7 +238,7 @@ func (s *Store) writeInPlace(ctx context.Context, id PageID, nbytes int, write f
 		if !errors.Is(err, ErrBudget) || attempt >= 16 {
 			return 0, err
 		}
-		freed, serr := s.spillRound(ctx, false, s.cfg.SpillBatch)
+		freed, serr := s.spillRound(ctx, false, s.cfg.SpillBatch, 0)
 		if serr != nil {
 			return 0, fmt.Errorf("page %v: making room: %w", id, serr)
 		}
@@ -263,7 +263,7 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 		if !errors.Is(err, ErrBudget) || attempt >= 64 {
 			return err
 		}
-		freed, serr := s.spillRound(ctx, cleanOnly, s.cfg.SpillBatch)
+		freed, serr := s.spillRound(ctx, cleanOnly, s.cfg.SpillBatch, 0)
 		if serr != nil {
 			return fmt.Errorf("page %v: making room: %w", id, serr)
 		}
@@ -278,12 +278,13 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 	}
 }
 
-// spillRound writes up to n of the coldest pages to SSD and drops
+// spillRound writes up to n of the coldest pages (at most about maxBytes of
+// slots if maxBytes > 0) to SSD and drops
 // them from the mirror; it returns how many left the mirror.
-func (s *Store) spillRound(ctx context.Context, cleanOnly bool, n int) (int, error) {
+func (s *Store) spillRound(ctx context.Context, cleanOnly bool, n int, maxBytes int64) (int, error) {
 	s.spillMu.Lock()
 	defer s.spillMu.Unlock()
-	items := s.mirror.spillCandidates(n, cleanOnly)
+	items := s.mirror.spillCandidates(n, cleanOnly, maxBytes)
 	if len(items) == 0 {
 		return 0, nil
 	}
@@ -343,7 +344,7 @@ func (s *Store) spiller() {
 			// Nobody waits on the background spiller, so it writes bigger
 			// batches: Badger's per-commit cost (two syncs) is amortised
 			// over more bytes (docs/benchmarks.md, tiers section).
-			freed, err := s.spillRound(context.Background(), false, 4*s.cfg.SpillBatch)
+			freed, err := s.spillRound(context.Background(), false, 4*s.cfg.SpillBatch, used-int64(low))
 			if err != nil {
 				if !errors.Is(err, ErrClosed) {
 					s.log.Warn("spill to SSD failed", "err", err)
