@@ -199,19 +199,23 @@ type SimResult struct {
 	Stalled  int `json:"stalled_cycles"`
 	// FirstStalls counts sessions whose first cycle (the end of prefill,
 	// which loads sink and tail into an empty reserve) waited; not in Cycles.
-	FirstStalls int                `json:"first_cycle_stalls"`
-	ReserveHit  float64            `json:"reserve_hit_rate"`
-	StallFree   float64            `json:"stall_free_fraction"`
-	SyncPages   int                `json:"sync_loaded_pages"`
-	WaitP50     float64            `json:"wait_p50_us"`
-	WaitP99     float64            `json:"wait_p99_us"`
-	WaitMax     float64            `json:"wait_max_us"`
-	Mismatch    int                `json:"table_mismatches"`
-	HostBudget  int64              `json:"host_budget_bytes"`
-	KVBytes     int64              `json:"kv_bytes"`
-	Tiers       []SimTier          `json:"tiers"`
-	Counters    map[string]float64 `json:"counters"`
-	Seconds     float64            `json:"seconds"`
+	FirstStalls int     `json:"first_cycle_stalls"`
+	ReserveHit  float64 `json:"reserve_hit_rate"`
+	// FirstSetStalls counts stalled cycles 1: they wait for the background
+	// recall of a session's whole first selection, which no earlier cycle
+	// could foresee (included in Stalled).
+	FirstSetStalls int                `json:"first_set_stalls"`
+	StallFree      float64            `json:"stall_free_fraction"`
+	SyncPages      int                `json:"sync_loaded_pages"`
+	WaitP50        float64            `json:"wait_p50_us"`
+	WaitP99        float64            `json:"wait_p99_us"`
+	WaitMax        float64            `json:"wait_max_us"`
+	Mismatch       int                `json:"table_mismatches"`
+	HostBudget     int64              `json:"host_budget_bytes"`
+	KVBytes        int64              `json:"kv_bytes"`
+	Tiers          []SimTier          `json:"tiers"`
+	Counters       map[string]float64 `json:"counters"`
+	Seconds        float64            `json:"seconds"`
 }
 
 // SimTier is one tier's traffic during the decode phase.
@@ -532,17 +536,20 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	}); err != nil {
 		return nil, fmt.Errorf("prefill: %w", err)
 	}
-	// Let the spiller bring the host mirror inside its budget.
+	// Let the spiller bring the host mirror inside its budget and finish
+	// writing, so the decode phase's SSD traffic is the decode's own.
+	var lastWritten uint64
 	for deadline := time.Now().Add(2 * time.Minute); ; {
 		st, err := admin.Status(ctx)
 		if err != nil {
 			return nil, err
 		}
-		h := tierOf(st, "host")
-		if h.CapacityBytes == 0 || h.UsedBytes <= h.CapacityBytes || time.Now().After(deadline) {
+		h, w := tierOf(st, "host"), tierOf(st, "ssd").WrittenBytes
+		if (h.CapacityBytes == 0 || h.UsedBytes <= h.CapacityBytes) && w == lastWritten || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		lastWritten = w
+		time.Sleep(300 * time.Millisecond)
 	}
 	fmt.Fprintf(progress, "  sim %s: prefill %.1f s\n", mode, time.Since(t0).Seconds())
 	st0, err := admin.Status(ctx)
@@ -578,6 +585,9 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 				continue
 			}
 			res.Cycles++
+			if k == 1 && stalled {
+				res.FirstSetStalls++
+			}
 			waits = append(waits, c.Wait)
 			res.SyncPages += c.SyncLoaded
 			copied += c.Recalled
@@ -779,13 +789,13 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 	fmt.Fprintf(w, "\n%d sessions × %d tokens (%s of KV), host budget %s (%.0f %%), %d cycles each, resident %.0f %% + sink/tail, churn %.0f %%/cycle, foresight %.0f %%, %s decode per cycle; stall = sync load or wait ≥ %s\n\n",
 		o.Sessions, o.Tokens, human(uint64(r0.KVBytes)), human(uint64(r0.HostBudget)), 100*o.HostShare, o.Cycles, 100*o.Resident, 100*o.Churn, 100*o.Foresight, o.CycleTime, o.Stall)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "mode\tcycles\tstall-free\tsync pages\twait p50/p99/max µs\thit reserve\thit host\thit ssd\treserve written\thost read\tssd read\tssd written\tstaged/used/late\t")
+	fmt.Fprintln(tw, "mode\tcycles\tstall-free\tstalls (at cycle 1)\tsync pages\twait p50/p99/max µs\thit reserve\thit host\thit ssd\treserve written\thost read\tssd read\tssd written\tstaged/used/late\t")
 	for _, r := range res {
 		t := map[string]SimTier{}
 		for _, x := range r.Tiers {
 			t[x.Name] = x
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.4f\t%d\t%.0f / %.0f / %.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%.0f/%.0f/%.0f\t\n", r.Mode, r.Cycles, r.StallFree, r.SyncPages,
+		fmt.Fprintf(tw, "%s\t%d\t%.4f\t%d (%d)\t%d\t%.0f / %.0f / %.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%.0f/%.0f/%.0f\t\n", r.Mode, r.Cycles, r.StallFree, r.Stalled, r.FirstSetStalls, r.SyncPages,
 			r.WaitP50, r.WaitP99, r.WaitMax, r.ReserveHit, t["host"].HitRate, t["ssd"].HitRate,
 			human(t["reserve"].Written), human(t["host"].Read), human(t["ssd"].Read), human(t["ssd"].Written),
 			r.Counters["staged"], r.Counters["staged_used"], r.Counters["prefetch_late"])
