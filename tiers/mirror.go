@@ -486,7 +486,7 @@ func (m *HostMirror) WriteChunk(id PageID, gen uint64, layout *Geometry, chunk i
 	if err := g.checkChunk(g.pageBytes, chunk, len(payload)); err != nil {
 		return 0, fmt.Errorf("page %v: %w", id, err)
 	}
-	return m.writeInPlace(id, gen, g.pageBytes, len(payload), func(page []byte) {
+	return m.writeInPlace(id, gen, g.pageBytes, len(payload), true, func(page []byte) {
 		_ = g.scatterChunk(page, chunk, payload) // sizes checked above
 	})
 }
@@ -499,22 +499,27 @@ func (m *HostMirror) WriteChunkRun(id PageID, gen uint64, layout *Geometry, run 
 	if err := g.checkRun(g.pageBytes, run); err != nil {
 		return 0, fmt.Errorf("page %v: %w", id, err)
 	}
-	return m.writeInPlace(id, gen, g.pageBytes, run.Count*g.chunkBytes, func(page []byte) {
+	return m.writeInPlace(id, gen, g.pageBytes, run.Count*g.chunkBytes, true, func(page []byte) {
 		g.eachRunCopy(run, func(pageOff, payOff, n int) {
 			copy(page[pageOff:pageOff+n], run.Payload[payOff:payOff+n])
 		})
 	})
 }
 
-// writeInPlace runs fill on the page's bytes (a zeroed new page if absent)
-// and moves the page to gen.
-func (m *HostMirror) writeInPlace(id PageID, gen uint64, pageBytes, nbytes int, fill func(page []byte)) (uint64, error) {
+// writeInPlace runs fill on the page's bytes and moves the page to gen. An
+// absent page is created zeroed if create is set, else the call fails with
+// errMiss.
+func (m *HostMirror) writeInPlace(id PageID, gen uint64, pageBytes, nbytes int, create bool, fill func(page []byte)) (uint64, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
 		return 0, fmt.Errorf("mirror: %w", ErrClosed)
 	}
 	p := m.pages[id]
+	if p == nil && !create {
+		m.mu.Unlock()
+		return 0, fmt.Errorf("page %v: %w", id, errMiss)
+	}
 	if p != nil && gen <= p.gen {
 		m.mu.Unlock()
 		return 0, fmt.Errorf("page %v: generation %d not newer than %d: %w", id, gen, p.gen, ErrStale)

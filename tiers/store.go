@@ -193,41 +193,39 @@ func (s *Store) Write(ctx context.Context, id PageID, gen uint64, page []byte) e
 // back from SSD, so its other chunks are kept; a full mirror spills cold pages
 // as Write does. The caller serialises writes to one page.
 func (s *Store) WriteChunk(ctx context.Context, id PageID, gen uint64, geo *Geometry, chunk int, payload []byte) (uint64, error) {
-	return s.writeInPlace(ctx, id, len(payload), func() (uint64, error) {
-		return s.mirror.WriteChunk(id, gen, geo, chunk, payload)
+	g := geo.g
+	if err := g.checkChunk(g.pageBytes, chunk, len(payload)); err != nil {
+		return 0, fmt.Errorf("page %v: %w", id, err)
+	}
+	return s.writeInPlace(ctx, id, gen, g.pageBytes, len(payload), func(page []byte) {
+		_ = g.scatterChunk(page, chunk, payload) // checked above
 	})
 }
 
 // WriteChunkRun is WriteChunk for a run of consecutive chunks of one page
 // taken from an APPEND payload (one copy per layer segment).
 func (s *Store) WriteChunkRun(ctx context.Context, id PageID, gen uint64, geo *Geometry, run ChunkRun) (uint64, error) {
-	return s.writeInPlace(ctx, id, run.Count*geo.ChunkBytes(), func() (uint64, error) {
-		return s.mirror.WriteChunkRun(id, gen, geo, run)
+	g := geo.g
+	if err := g.checkRun(g.pageBytes, run); err != nil {
+		return 0, fmt.Errorf("page %v: %w", id, err)
+	}
+	return s.writeInPlace(ctx, id, gen, g.pageBytes, run.Count*g.chunkBytes, func(page []byte) {
+		g.eachRunCopy(run, func(pageOff, payOff, n int) {
+			copy(page[pageOff:pageOff+n], run.Payload[payOff:payOff+n])
+		})
 	})
 }
 
-func (s *Store) writeInPlace(ctx context.Context, id PageID, nbytes int, write func() (uint64, error)) (uint64, error) {
+func (s *Store) writeInPlace(ctx context.Context, id PageID, gen uint64, pageBytes, nbytes int, fill func([]byte)) (uint64, error) {
 	if err := s.checkOpen(); err != nil {
 		return 0, err
 	}
-	if _, ok := s.mirror.Generation(id); !ok {
-		g, bp, err := s.readSSD(ctx, id)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			// A new page: the mirror creates it zeroed.
-		case err != nil:
-			return 0, fmt.Errorf("page %v: bringing back a spilled page: %w", id, err)
-		default:
-			err = s.putMirror(ctx, id, g, *bp, putOpts{persisted: true, onlyIfNewer: true}, false)
-			s.bufs.Put(bp)
-			if err != nil && !errors.Is(err, errSkip) {
-				return 0, fmt.Errorf("page %v: bringing back a spilled page: %w", id, err)
-			}
-			s.broughtBack.Add(1)
-		}
-	}
+	// A page leaves the mirror only after it is on SSD, so a page missing from
+	// both is new; one missing from the mirror alone is brought back first
+	// (a spill can take it again meanwhile, hence the loop).
+	create := false
 	for attempt := 0; ; attempt++ {
-		prev, err := write()
+		prev, err := s.mirror.writeInPlace(id, gen, pageBytes, nbytes, create, fill)
 		if err == nil {
 			if s.overHighWater() {
 				s.kickSpiller()
@@ -235,15 +233,35 @@ func (s *Store) writeInPlace(ctx context.Context, id PageID, nbytes int, write f
 			s.bytesIn.Add(uint64(nbytes))
 			return prev, nil
 		}
-		if !errors.Is(err, ErrBudget) || attempt >= 16 {
+		if attempt >= 32 {
 			return 0, err
 		}
-		freed, serr := s.spillRound(ctx, false, s.cfg.SpillBatch, 0)
-		if serr != nil {
-			return 0, fmt.Errorf("page %v: making room: %w", id, serr)
-		}
-		if freed == 0 {
-			time.Sleep(time.Duration(attempt+1) * 200 * time.Microsecond)
+		switch {
+		case errors.Is(err, errMiss):
+			g, bp, rerr := s.readSSD(ctx, id)
+			if errors.Is(rerr, ErrNotFound) {
+				create = true
+				continue
+			}
+			if rerr != nil {
+				return 0, fmt.Errorf("page %v: bringing back a spilled page: %w", id, rerr)
+			}
+			perr := s.putMirror(ctx, id, g, *bp, putOpts{persisted: true, onlyIfNewer: true}, false)
+			s.bufs.Put(bp)
+			if perr != nil && !errors.Is(perr, errSkip) {
+				return 0, fmt.Errorf("page %v: bringing back a spilled page: %w", id, perr)
+			}
+			s.broughtBack.Add(1)
+		case errors.Is(err, ErrBudget):
+			freed, serr := s.spillRound(ctx, false, s.cfg.SpillBatch, 0)
+			if serr != nil {
+				return 0, fmt.Errorf("page %v: making room: %w", id, serr)
+			}
+			if freed == 0 {
+				time.Sleep(time.Duration(attempt+1) * 200 * time.Microsecond)
+			}
+		default:
+			return 0, err
 		}
 	}
 }
