@@ -310,7 +310,7 @@ func (s *session) destroyRegion(d *Daemon) {
 func regionDesc(r *tiers.Region) proto.RegionDesc {
 	offs := r.LayerOffsets()
 	l := r.Layout()
-	desc := proto.RegionDesc{Size: uint64(r.Size()), Slots: uint32(r.Slots()), Layers: make([]proto.RegionLayer, len(offs))}
+	desc := proto.RegionDesc{Size: uint64(r.Size()), Slots: uint32(r.Slots()), Kind: proto.RegionMemfd, Device: proto.NoDevice, Layers: make([]proto.RegionLayer, len(offs))}
 	for i, o := range offs {
 		desc.Layers[i] = proto.RegionLayer{Offset: uint64(o), RowBytes: uint32(l.Layers[i].RowBytes)}
 	}

@@ -59,6 +59,9 @@ func TestClientEndToEnd(t *testing.T) {
 	if uint64(len(reserve)) != lay.PageBytes()*4 || len(op.Region.Layers) != len(lay.Layers) {
 		t.Fatalf("region %+v", op.Region.RegionDesc)
 	}
+	if op.Region.Kind != RegionMemfd || op.Region.Device != NoDevice {
+		t.Fatalf("region kind %v on device %#x, want memfd / NoDevice", op.Region.Kind, op.Region.Device)
+	}
 
 	// Staged append: payload through the staging memfd, checked through
 	// the region memfd the server copied it into.

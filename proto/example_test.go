@@ -47,10 +47,14 @@ func Example_wire() {
 		&proto.Open{Name: "s", Model: "lsa", Persist: true, Device: proto.DeviceAny, Layout: proto.Layout{
 			ChunksPerPage: 64, KeyBytes: 4, TargetLayers: 1, CycleSteps: 64, ReserveSlots: 8,
 			Layers: []proto.LayerLayout{{RowBytes: 512, Segments: []uint32{6, 2}}}}})))
-	fmt.Print("OPEN reply to 2 (one fd attached): session 1, region of 4096 bytes, 8 slots, layer 0 at offset 0 with 512-byte rows:\n", hex.Dump(frame(
+	fmt.Print("OPEN reply to 2 (one fd attached): session 1, host memory (memfd), region of 4096 bytes, 8 slots, layer 0 at offset 0 with 512-byte rows:\n", hex.Dump(frame(
 		proto.Header{Version: 1, Op: proto.OpOpen, Flags: proto.FlagResponse | proto.FlagFDs, NFDs: 1, ID: 2},
 		&proto.OpenReply{Session: 1, Region: proto.Region{RegionDesc: proto.RegionDesc{Size: 4096, Slots: 8,
-			Layers: []proto.RegionLayer{{Offset: 0, RowBytes: 512}}}}})))
+			Kind: proto.RegionMemfd, Device: proto.NoDevice, Layers: []proto.RegionLayer{{Offset: 0, RowBytes: 512}}}}})))
+	fmt.Print("The same reply from a GPU host: a CUDA VMM fd on device 1, region of 2 MiB:\n", hex.Dump(frame(
+		proto.Header{Version: 1, Op: proto.OpOpen, Flags: proto.FlagResponse | proto.FlagFDs, NFDs: 1, ID: 2},
+		&proto.OpenReply{Session: 1, Region: proto.Region{RegionDesc: proto.RegionDesc{Size: 2 << 20, Slots: 8,
+			Kind: proto.RegionCUDA, Device: 1, Layers: []proto.RegionLayer{{Offset: 0, RowBytes: 512}}}}})))
 	// Output:
 	// PING request, id 1, body "hi":
 	// 00000000  46 4d 45 4d 01 00 02 00  00 00 00 00 02 00 00 00  |FMEM............|
@@ -93,10 +97,16 @@ func Example_wire() {
 	// 00000050  40 00 00 00 04 00 00 00  01 00 00 00 40 00 00 00  |@...........@...|
 	// 00000060  08 00 00 00 01 00 00 00  00 02 00 00 02 00 00 00  |................|
 	// 00000070  06 00 00 00 02 00 00 00                           |........|
-	// OPEN reply to 2 (one fd attached): session 1, region of 4096 bytes, 8 slots, layer 0 at offset 0 with 512-byte rows:
-	// 00000000  46 4d 45 4d 01 00 10 00  05 00 01 00 24 00 00 00  |FMEM........$...|
-	// 00000010  02 00 00 00 00 00 00 00  b1 8e ce 3a 00 00 00 00  |...........:....|
+	// OPEN reply to 2 (one fd attached): session 1, host memory (memfd), region of 4096 bytes, 8 slots, layer 0 at offset 0 with 512-byte rows:
+	// 00000000  46 4d 45 4d 01 00 10 00  05 00 01 00 2c 00 00 00  |FMEM........,...|
+	// 00000010  02 00 00 00 00 00 00 00  16 94 63 e3 00 00 00 00  |..........c.....|
 	// 00000020  01 00 00 00 00 00 00 00  00 10 00 00 00 00 00 00  |................|
-	// 00000030  08 00 00 00 01 00 00 00  00 00 00 00 00 00 00 00  |................|
-	// 00000040  00 02 00 00                                       |....|
+	// 00000030  08 00 00 00 00 00 00 00  ff ff ff ff 01 00 00 00  |................|
+	// 00000040  00 00 00 00 00 00 00 00  00 02 00 00              |............|
+	// The same reply from a GPU host: a CUDA VMM fd on device 1, region of 2 MiB:
+	// 00000000  46 4d 45 4d 01 00 10 00  05 00 01 00 2c 00 00 00  |FMEM........,...|
+	// 00000010  02 00 00 00 00 00 00 00  49 0a 93 d2 00 00 00 00  |........I.......|
+	// 00000020  01 00 00 00 00 00 00 00  00 00 20 00 00 00 00 00  |.......... .....|
+	// 00000030  08 00 00 00 01 00 00 00  01 00 00 00 01 00 00 00  |................|
+	// 00000040  00 00 00 00 00 00 00 00  00 02 00 00              |............|
 }

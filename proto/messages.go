@@ -157,8 +157,18 @@ func (m *HelloReply) Decode(body []byte) error {
 	return d.end()
 }
 
-// DeviceAny in Open.Device lets the daemon choose the device.
-const DeviceAny uint32 = 0xFFFFFFFF
+// Values of Open.Device besides a GPU ordinal.
+const (
+	// DeviceAny lets the daemon choose: the GPU with the most reserve budget
+	// left, or host memory on a host without CUDA devices.
+	DeviceAny uint32 = 0xFFFFFFFF
+	// DeviceHostOnly asks for a host-memory (memfd) reserve even on a GPU
+	// host, for clients that read the reserve with the CPU (tools, tests).
+	DeviceHostOnly uint32 = 0xFFFFFFFE
+)
+
+// NoDevice is RegionDesc.Device of a region in host memory.
+const NoDevice uint32 = 0xFFFFFFFF
 
 // Open creates a session.
 type Open struct {
@@ -168,7 +178,8 @@ type Open struct {
 	Model string
 	// Persist asks for the session to survive CLOSE and restarts.
 	Persist bool
-	// Device is the GPU index of the reserve, or DeviceAny.
+	// Device is the GPU ordinal of the reserve, DeviceAny or DeviceHostOnly.
+	// The reply's RegionDesc says what the daemon gave (Kind, Device).
 	Device uint32
 	Layout Layout
 	Policy Policy
@@ -225,10 +236,29 @@ type RegionLayer struct {
 
 // RegionDesc describes a session's reserve region: one buffer per layer of
 // Slots rows each, a resident page occupying the same slot in every layer.
+// Kind says what the region's fd is; Device is the GPU ordinal (as the
+// daemon's CUDA driver counts devices) of a RegionCUDA region and NoDevice
+// for a RegionMemfd one — any other pairing is malformed.
 type RegionDesc struct {
 	Size   uint64
 	Slots  uint32
+	Kind   RegionKind
+	Device uint32
 	Layers []RegionLayer
+}
+
+// kindProblem is the Kind/Device rule shared by encode and decode, so that a
+// descriptor the decoder accepts always re-encodes; "" means consistent.
+func (r *RegionDesc) kindProblem() string {
+	switch {
+	case r.Kind != RegionMemfd && r.Kind != RegionCUDA:
+		return fmt.Sprintf("region kind %d", uint32(r.Kind))
+	case r.Kind == RegionMemfd && r.Device != NoDevice:
+		return fmt.Sprintf("host-memory region names device %d (want %#x)", r.Device, NoDevice)
+	case r.Kind == RegionCUDA && r.Device == NoDevice:
+		return "CUDA region without a device"
+	}
+	return ""
 }
 
 // Row returns the bytes of slot in layer ly of the mapped region mem, or
@@ -250,8 +280,13 @@ func (r *RegionDesc) encode(e *enc) error {
 	if len(r.Layers) > MaxLayers {
 		return fmt.Errorf("%w: region has %d layers, at most %d", ErrMalformed, len(r.Layers), MaxLayers)
 	}
+	if p := r.kindProblem(); p != "" {
+		return fmt.Errorf("%w: %s", ErrMalformed, p)
+	}
 	e.u64(r.Size)
 	e.u32(r.Slots)
+	e.u32(uint32(r.Kind))
+	e.u32(r.Device)
 	e.u32(uint32(len(r.Layers)))
 	for _, l := range r.Layers {
 		e.u64(l.Offset)
@@ -265,6 +300,12 @@ func (r *RegionDesc) encode(e *enc) error {
 func (r *RegionDesc) decode(d *dec) {
 	r.Size = d.u64()
 	r.Slots = d.u32()
+	r.Kind = RegionKind(d.u32())
+	r.Device = d.u32()
+	if p := r.kindProblem(); d.err == nil && p != "" {
+		d.fail("%s", p)
+		return
+	}
 	n := d.count("region layers", 12, MaxLayers)
 	if d.err != nil {
 		return

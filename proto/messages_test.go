@@ -30,8 +30,10 @@ func testLayout() Layout {
 func samples() []sample {
 	lay := testLayout()
 	pol := Policy{FirstKeep: 128, LastKeep: 2048, KMax: 96, Lookahead: 32, KMaxRatio: 0.1, FallbackRatio: 0.6}
-	region := Region{RegionDesc: RegionDesc{Size: 3 * 256 * 37440, Slots: 256, Layers: []RegionLayer{
+	region := Region{RegionDesc: RegionDesc{Size: 3 * 256 * 37440, Slots: 256, Kind: RegionCUDA, Device: 1, Layers: []RegionLayer{
 		{0, 37440}, {256 * 37440, 37440}, {2 * 256 * 37440, 37440}}}}
+	hostRegion := region
+	hostRegion.Kind, hostRegion.Device = RegionMemfd, NoDevice
 	return []sample{
 		{"error", 0, true, &ErrorBody{Code: CodeUnknownSession, Msg: "session 42 not found"}},
 		{"empty", OpStatus, false, &Empty{}},
@@ -42,7 +44,7 @@ func samples() []sample {
 		{"open", OpOpen, false, &Open{Name: "chat-17", Model: "lsa-v4", Persist: true, Device: DeviceAny, Layout: lay, Policy: pol}},
 		{"open reply", OpOpen, true, &OpenReply{Session: 0x1122334455667788, Region: region}},
 		{"resume", OpResume, false, &Resume{Name: "chat-17"}},
-		{"resume reply", OpResume, true, &ResumeReply{Session: 7, Chunks: 8192, Persist: true, Model: "lsa-v4", Layout: lay, Policy: pol, Region: region}},
+		{"resume reply", OpResume, true, &ResumeReply{Session: 7, Chunks: 8192, Persist: true, Model: "lsa-v4", Layout: lay, Policy: pol, Region: hostRegion}},
 		{"close", OpClose, false, &Close{Session: 7, Delete: true}},
 		{"persist", OpPersist, false, &Persist{Session: 7}},
 		{"append staged", OpAppend, false, &Append{Session: 7, FirstChunk: 128, Count: 2, Offset: 4096, Length: 2 * lay.ChunkBytes(), Keys: bytes.Repeat([]byte{0xab}, 2*3*132)}},
@@ -179,6 +181,9 @@ func TestEncodeRejects(t *testing.T) {
 		{"too many leases", &Release{Leases: make([]uint64, MaxLeases+1)}},
 		{"too many layers", &Open{Layout: Layout{Layers: make([]LayerLayout, MaxLayers+1)}}},
 		{"too many segments", &Open{Layout: Layout{Layers: []LayerLayout{{Segments: make([]uint32, MaxSegments+1)}}}}},
+		{"zero region descriptor (memfd on device 0)", &OpenReply{}},
+		{"cuda region without device", &OpenReply{Region: Region{RegionDesc: RegionDesc{Kind: RegionCUDA, Device: NoDevice}}}},
+		{"unknown region kind", &ResumeReply{Region: Region{RegionDesc: RegionDesc{Kind: 7, Device: 0}}}},
 	}
 	for _, tt := range tests {
 		if b, err := tt.msg.AppendBinary([]byte{1}); !errors.Is(err, ErrMalformed) || len(b) != 1 {
@@ -214,8 +219,22 @@ func TestDecodeRejects(t *testing.T) {
 	badFlags[20] = 2
 	closeBool, _ := (&Close{Session: 1}).AppendBinary(nil)
 	closeBool[8] = 2
-	region, _ := (&OpenReply{Session: 1, Region: Region{RegionDesc: RegionDesc{Size: 100, Slots: 10, Layers: []RegionLayer{{Offset: 0, RowBytes: 11}}}}}).AppendBinary(nil)
-	region2, _ := (&OpenReply{Session: 1, Region: Region{RegionDesc: RegionDesc{Size: 100, Slots: 1, Layers: []RegionLayer{{Offset: math.MaxUint64, RowBytes: 1}}}}}).AppendBinary(nil)
+	region, _ := (&OpenReply{Session: 1, Region: Region{RegionDesc: RegionDesc{Size: 100, Slots: 10, Device: NoDevice, Layers: []RegionLayer{{Offset: 0, RowBytes: 11}}}}}).AppendBinary(nil)
+	region2, _ := (&OpenReply{Session: 1, Region: Region{RegionDesc: RegionDesc{Size: 100, Slots: 1, Device: NoDevice, Layers: []RegionLayer{{Offset: math.MaxUint64, RowBytes: 1}}}}}).AppendBinary(nil)
+	// kind at byte 20 of an OPEN reply, device at 24 (session u64, size u64, slots u32).
+	goodRegion, err := (&OpenReply{Session: 1, Region: Region{RegionDesc: RegionDesc{Size: 100, Slots: 1, Device: NoDevice, Layers: []RegionLayer{{Offset: 0, RowBytes: 10}}}}}).AppendBinary(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&OpenReply{}).Decode(goodRegion); err != nil {
+		t.Fatalf("valid region refused: %v", err)
+	}
+	badKind := bytes.Clone(goodRegion)
+	binary.LittleEndian.PutUint32(badKind[20:], 2)
+	memfdOnDevice := bytes.Clone(goodRegion)
+	binary.LittleEndian.PutUint32(memfdOnDevice[24:], 0)
+	cudaNoDevice := bytes.Clone(goodRegion)
+	binary.LittleEndian.PutUint32(cudaNoDevice[20:], uint32(RegionCUDA))
 	tests := []struct {
 		name string
 		msg  Message
@@ -237,6 +256,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"bool not 0/1", &Close{}, closeBool},
 		{"region layer past size", &OpenReply{}, region},
 		{"region offset overflow", &OpenReply{}, region2},
+		{"unknown region kind", &OpenReply{}, badKind},
+		{"host region on a device", &OpenReply{}, memfdOnDevice},
+		{"cuda region without device", &OpenReply{}, cudaNoDevice},
 		{"empty body not empty", &Empty{}, []byte{0}},
 		{"admin target both", &AdminTarget{}, []byte(`{"session":1,"name":"x"}`)},
 		{"admin target none", &AdminTarget{}, []byte(`{}`)},
@@ -261,7 +283,7 @@ func TestHostileCountsDoNotAllocate(t *testing.T) {
 		"cycle reply":   {&CycleReply{}, ff},
 		"release":       {&Release{}, ff},
 		"open layers":   {&Open{}, append(append(make([]byte, 4+4+8+32+20), ff...), make([]byte, 64)...)},
-		"region layers": {&OpenReply{}, append(make([]byte, 8+8+4), ff...)},
+		"region layers": {&OpenReply{}, append(append(make([]byte, 8+8+4+4), 0xff, 0xff, 0xff, 0xff), ff...)},
 		"blob":          {&Commit{}, append(make([]byte, 24), ff...)},
 	}
 	for name, tc := range bodies {
@@ -411,5 +433,39 @@ func TestSizeHints(t *testing.T) {
 		if sz.encodedSize() != len(b) {
 			t.Errorf("%s: hint %d, encoding %d bytes", s.name, sz.encodedSize(), len(b))
 		}
+	}
+}
+
+// The descriptor tells the client what its fd is; Map only maps host memory
+// and names the way out for GPU memory.
+func TestRegionMapByKind(t *testing.T) {
+	f := memfd(t, "kind", 4096)
+	defer f.Close()
+	tests := []struct {
+		name   string
+		desc   RegionDesc
+		wantOK bool
+	}{
+		{"memfd maps", RegionDesc{Size: 4096, Kind: RegionMemfd, Device: NoDevice}, true},
+		{"cuda refused", RegionDesc{Size: 4096, Kind: RegionCUDA, Device: 0}, false},
+		{"unknown kind refused", RegionDesc{Size: 4096, Kind: 9, Device: 3}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mem, err := (&Region{RegionDesc: tt.desc, File: f}).Map()
+			if tt.wantOK {
+				if err != nil || len(mem) != 4096 {
+					t.Fatalf("Map: %d bytes, %v", len(mem), err)
+				}
+				Unmap(mem)
+				return
+			}
+			if !errors.Is(err, ErrDeviceRegion) || mem != nil {
+				t.Fatalf("Map of %v: %v, want ErrDeviceRegion", tt.desc.Kind, err)
+			}
+			if !strings.Contains(err.Error(), "DeviceHostOnly") {
+				t.Fatalf("error does not say how to get host memory: %v", err)
+			}
+		})
 	}
 }

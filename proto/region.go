@@ -1,11 +1,41 @@
 package proto
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
 	"golang.org/x/sys/unix"
 )
+
+// RegionKind says what a reserve region's file descriptor is, and so how a
+// client maps it.
+type RegionKind uint32
+
+const (
+	// RegionMemfd is host memory: a sealed memfd to mmap (Region.Map).
+	RegionMemfd RegionKind = 0
+	// RegionCUDA is GPU memory on RegionDesc.Device: a CUDA VMM allocation
+	// exported as a POSIX file descriptor, imported with
+	// cuMemImportFromShareableHandle (CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+	// and mapped with cuMemAddressReserve, cuMemMap and cuMemSetAccess. It
+	// cannot be mmap'ed.
+	RegionCUDA RegionKind = 1
+)
+
+func (k RegionKind) String() string {
+	switch k {
+	case RegionMemfd:
+		return "memfd"
+	case RegionCUDA:
+		return "cuda"
+	}
+	return fmt.Sprintf("kind(%d)", uint32(k))
+}
+
+// ErrDeviceRegion is returned by Region.Map for a region in GPU memory:
+// its fd is a CUDA handle, not something mmap can map.
+var ErrDeviceRegion = errors.New("proto: region is GPU memory, import it with CUDA")
 
 // Region is a memory region handed over as a file descriptor: the
 // connection's staging region or a session's reserve region.
@@ -21,8 +51,14 @@ type Region struct {
 
 // Map maps the whole region (RegionDesc.Size bytes) shared and writable:
 // the decoder reads resident pages from a reserve region and writes decode
-// chunks into its tail cells. The caller releases it with Unmap.
+// chunks into its tail cells. The caller releases it with Unmap. A
+// RegionCUDA region is refused with ErrDeviceRegion (open the session with
+// DeviceHostOnly to get host memory on a GPU host).
 func (r *Region) Map() ([]byte, error) {
+	if r.Kind != RegionMemfd {
+		return nil, fmt.Errorf("%w: %v region on device %d (cuMemImportFromShareableHandle, or OPEN with DeviceHostOnly for host memory)",
+			ErrDeviceRegion, r.Kind, r.Device)
+	}
 	return mapFile(r.File, r.Size)
 }
 

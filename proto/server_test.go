@@ -210,7 +210,7 @@ func (s *testServer) handle(c *Conn, f *Frame, staging []byte) error {
 				return CodeSessionExists.Errorf("session %q", m.Name)
 			}
 		}
-		desc := RegionDesc{Slots: m.Layout.ReserveSlots}
+		desc := RegionDesc{Slots: m.Layout.ReserveSlots, Kind: RegionMemfd, Device: NoDevice}
 		for _, l := range m.Layout.Layers {
 			desc.Layers = append(desc.Layers, RegionLayer{Offset: desc.Size, RowBytes: l.RowBytes})
 			desc.Size += uint64(desc.Slots) * uint64(l.RowBytes)
