@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"time"
 
@@ -165,22 +164,21 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 		tail = append(tail, p)
 	}
 	need := mergeSorted(cy.Use, tail)
-	slots, loaded, late, err := d.loadPages(s, need)
-	wait := time.Since(tw)
-	d.m.waitSeconds.Observe(wait.Seconds())
-	if err != nil {
-		return proto.CycleResult{}, err
-	}
 	d.mu.Lock()
 	d.nextLease++
 	lid := d.nextLease
 	d.mu.Unlock()
-	pinned := make([]int, 0, len(need))
-	for _, p := range need {
-		pinned = append(pinned, slots[p])
+	slots, loaded, late, err := d.loadPages(s, need, tiers.LeaseID(lid))
+	wait := time.Since(tw)
+	d.m.waitSeconds.Observe(wait.Seconds())
+	if err == nil {
+		// The page table goes out now: from here the slots hold bytes the
+		// client may be reading, and recall must not rewrite them.
+		err = s.region.HandOut(tiers.LeaseID(lid))
 	}
-	if err := s.region.Pin(tiers.LeaseID(lid), pinned); err != nil {
-		return proto.CycleResult{}, fmt.Errorf("pin lease %d: %w", lid, err)
+	if err != nil {
+		_ = s.region.Release(tiers.LeaseID(lid))
+		return proto.CycleResult{}, err
 	}
 	l := &lease{id: lid, s: s, c: c, created: time.Now()}
 	s.leaseMu.Lock()
@@ -241,11 +239,16 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 // waiting for them: this is the decoder-visible part of a recall. It returns
 // the page → slot map, how many pages were copied and how many of those had
 // to come from SSD.
-func (d *Daemon) loadPages(s *session, need []uint32) (map[uint32]int, int, int, error) {
+func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[uint32]int, int, int, error) {
 	slots := make(map[uint32]int, len(need))
 	var items []tiers.RecallItem
 	for _, p := range need {
 		a, err := s.region.Allocate(p)
+		if err == nil {
+			// Pinned while loading, so allocating the next page of the set
+			// cannot evict this one.
+			err = s.region.PinLoading(lease, []int{a.Slot})
+		}
 		if err != nil {
 			if errors.Is(err, tiers.ErrNoSpace) {
 				return nil, 0, 0, proto.CodeNoSpace.Errorf("session %d: reserve of %d slots cannot hold the %d pages this cycle needs (release earlier leases or open with more reserve_slots)", s.id, s.region.Slots(), len(need))
