@@ -41,7 +41,7 @@ func (c *tierCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, t := range []struct {
 		name string
 		s    tiers.TierStats
-	}{{"reserve", d.reserve.Stats()}, {"host", st.Mirror}, {"ssd", st.SSD}} {
+	}{{"reserve", d.reserveStats()}, {"host", st.Mirror}, {"ssd", st.SSD}} {
 		g := func(desc *prometheus.Desc, v float64) {
 			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, t.name)
 		}

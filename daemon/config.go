@@ -36,6 +36,7 @@ type Config struct {
 	SSD     SSDConfig     `toml:"ssd"`
 	Indexer IndexerConfig `toml:"indexer"`
 	Mover   MoverConfig   `toml:"mover"`
+	GPU     GPUConfig     `toml:"gpu"`
 
 	// ShutdownTimeout bounds the graceful part of SIGTERM handling.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
@@ -152,6 +153,27 @@ type MoverConfig struct {
 func (m MoverConfig) staging() bool          { return m.Staging == nil || *m.Staging }
 func (m MoverConfig) backgroundRecall() bool { return m.BackgroundRecall == nil || *m.BackgroundRecall }
 
+// GPUConfig says whether reserves live in GPU memory and how much of it
+// they may take.
+type GPUConfig struct {
+	// Mode "auto" puts session reserves on the host's GPUs when NVML finds
+	// some and the binary was built with CUDA (scripts/build-cuda.sh);
+	// otherwise, and with "off", reserves stay in host memory (memfd).
+	Mode string `toml:"mode"`
+	// ReserveFraction is the share of each GPU's free memory at start (after
+	// HeadroomBytes) that the reserves of its sessions may take together.
+	ReserveFraction float64 `toml:"reserve_fraction"`
+	// HeadroomBytes stays free on each GPU for the decoder's own allocations
+	// (weights, activations) that may start after the daemon.
+	HeadroomBytes int64 `toml:"headroom_bytes"`
+}
+
+// GPU modes.
+const (
+	GPUAuto = "auto"
+	GPUOff  = "off"
+)
+
 // Duration is a time.Duration that reads "5s" style strings from TOML.
 type Duration time.Duration
 
@@ -210,6 +232,7 @@ func DefaultConfig() Config {
 		},
 		SSD:   SSDConfig{GCInterval: Duration(5 * time.Minute)},
 		Mover: MoverConfig{Workers: 4},
+		GPU:   GPUConfig{Mode: GPUAuto, ReserveFraction: 0.5, HeadroomBytes: 2 << 30},
 		Indexer: IndexerConfig{
 			DefaultModel:  "demo",
 			Random:        []RandomModelConfig{{Name: "demo", Seed: 1, Hidden: 512, Rank: 128, Heads: 16, HeadDim: 128, TargetLayers: 3}},
@@ -322,6 +345,17 @@ func (c *Config) Validate() error {
 	}
 	if c.Mover.Workers <= 0 {
 		errs = append(errs, "mover.workers must be positive")
+	}
+	switch c.GPU.Mode {
+	case GPUAuto, GPUOff:
+	default:
+		errs = append(errs, fmt.Sprintf("gpu.mode %q: want auto or off", c.GPU.Mode))
+	}
+	if !(c.GPU.ReserveFraction > 0 && c.GPU.ReserveFraction <= 1) {
+		errs = append(errs, "gpu.reserve_fraction must be in (0, 1]")
+	}
+	if c.GPU.HeadroomBytes < 0 {
+		errs = append(errs, "gpu.headroom_bytes must not be negative")
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -56,3 +56,48 @@ func TestConfigPrecedenceAndErrors(t *testing.T) {
 		t.Errorf("bad --host-budget: %v", err)
 	}
 }
+
+func TestGPUConfig(t *testing.T) {
+	def := DefaultConfig().GPU
+	if def.Mode != GPUAuto || def.ReserveFraction != 0.5 || def.HeadroomBytes != 2<<30 {
+		t.Fatalf("default [gpu] = %+v", def)
+	}
+	tests := []struct {
+		name    string
+		body    string
+		want    GPUConfig
+		wantErr bool
+	}{
+		{"defaults", "", def, false},
+		{"off", "[gpu]\nmode = \"off\"\n", GPUConfig{Mode: GPUOff, ReserveFraction: 0.5, HeadroomBytes: 2 << 30}, false},
+		{"sized", "[gpu]\nreserve_fraction = 0.8\nheadroom_bytes = 4294967296\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 0.8, HeadroomBytes: 4 << 30}, false},
+		{"whole free memory", "[gpu]\nreserve_fraction = 1.0\nheadroom_bytes = 0\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 1, HeadroomBytes: 0}, false},
+		{"unknown mode", "[gpu]\nmode = \"on\"\n", GPUConfig{}, true},
+		{"empty mode", "[gpu]\nmode = \"\"\n", GPUConfig{}, true},
+		{"zero fraction", "[gpu]\nreserve_fraction = 0.0\n", GPUConfig{}, true},
+		{"fraction above 1", "[gpu]\nreserve_fraction = 1.5\n", GPUConfig{}, true},
+		{"negative headroom", "[gpu]\nheadroom_bytes = -1\n", GPUConfig{}, true},
+		{"unknown gpu key", "[gpu]\ndevices = [0]\n", GPUConfig{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "c.toml")
+			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := ConfigFromArgs([]string{"--config", file}, func(string) string { return "" }, os.Stderr)
+			if tt.wantErr {
+				if !errors.Is(err, ErrConfig) {
+					t.Fatalf("got %v, want ErrConfig", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.GPU != tt.want {
+				t.Fatalf("[gpu] = %+v, want %+v", cfg.GPU, tt.want)
+			}
+		})
+	}
+}

@@ -36,6 +36,10 @@ type Daemon struct {
 	store   *tiers.Store
 	reserve *tiers.Reserve
 	mover   *tiers.Mover
+	// gpu holds NVML and the per-GPU reserves; reserve above is the host
+	// (memfd) one, used where there is no CUDA device.
+	gpu      *gpuSubsystem
+	gpuHooks *gpuHooks
 
 	models map[string]indexer.Scorer
 
@@ -114,6 +118,13 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	}
 	d.reserve = tiers.NewReserve(tiers.ReserveConfig{MaxRegions: cfg.Limits.MaxSessions})
 	d.mover = tiers.NewMover(d.store, tiers.MoverConfig{Workers: cfg.Mover.Workers})
+	hooks := realGPUHooks()
+	if d.gpuHooks != nil {
+		hooks = *d.gpuHooks
+	}
+	if d.gpu, err = openGPU(cfg.GPU, cfg.Limits.MaxSessions, d.reserve, d.log.With("subsystem", "gpu"), hooks); err != nil {
+		return nil, err
+	}
 	if err := d.restoreIDs(); err != nil {
 		return nil, err
 	}
@@ -139,7 +150,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopMetrics()
-	d.m.reg.MustRegister(&tierCollector{d: d})
+	d.m.reg.MustRegister(&tierCollector{d: d}, &gpuCollector{g: d.gpu})
+	d.gpu.run(bg, &d.bgWG)
 	n := notifier{log: d.log}
 	d.bgWG.Add(2)
 	go func() { defer d.bgWG.Done(); n.watchdog(bg, func() bool { return d.healthy() == nil }) }()
@@ -219,6 +231,7 @@ func (d *Daemon) Close() error {
 			s.destroyRegion(d)
 		}
 		d.mu.Unlock()
+		errs = append(errs, d.gpu.Close())
 		if d.reserve != nil {
 			errs = append(errs, d.reserve.Close())
 		}
@@ -234,7 +247,7 @@ func (d *Daemon) healthy() error {
 	if d.closing.Load() {
 		return ErrShuttingDown
 	}
-	return nil
+	return d.gpu.healthy()
 }
 
 func (d *Daemon) acceptLoop() error {

@@ -34,6 +34,8 @@ type session struct {
 	conn     *conn // nil while detached
 	req      *indexer.Request
 	region   *tiers.Region
+	want     reserveWant  // the device OPEN named for the region
+	place    reservePlace // where region lives (GPU reserve or host)
 	chunks   uint64
 	gens     []uint64      // generation per page; 0 = never written
 	pending  *tiers.Ticket // background recall of the last selection
@@ -202,7 +204,7 @@ func (c *conn) open(m *proto.Open) (proto.Message, []int, error) {
 	s := &session{
 		name: m.Name, persist: m.Persist, owner: c.cred, model: name, layout: m.Layout,
 		policy: eff, geom: geom, scorer: sc, conn: c, req: req, leases: map[uint64]*lease{},
-		lastUsed: time.Now(),
+		lastUsed: time.Now(), want: wantDevice(m.Device),
 	}
 	if err := d.register(c, s, m.Name != ""); err != nil {
 		return nil, nil, err
@@ -284,16 +286,40 @@ func (d *Daemon) unregisterLocked(s *session) {
 	}
 }
 
+// createRegion gives s its reserve region where the session asked (see
+// gpuSubsystem.candidates): the first candidate with budget left wins. A
+// region the decoder could not import (no fd) is refused rather than sent.
 func (d *Daemon) createRegion(s *session) error {
-	r, err := d.reserve.Create(s.id, tiersLayout(s.layout), int(s.layout.ReserveSlots))
+	places, err := d.gpu.candidates(s.want)
 	if err != nil {
-		if errors.Is(err, tiers.ErrBudget) {
-			return proto.CodeLimitExceeded.Errorf("reserve: %v", err)
-		}
-		return fmt.Errorf("reserve region for session %d: %w", s.id, err)
+		return err
 	}
-	s.region = r
-	return nil
+	var budgetErrs []error
+	for _, p := range places {
+		r, err := p.reserve.Create(s.id, tiersLayout(s.layout), int(s.layout.ReserveSlots))
+		if errors.Is(err, tiers.ErrBudget) {
+			budgetErrs = append(budgetErrs, err)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("reserve region for session %d on %s: %w", s.id, placeName(p), err)
+		}
+		if r.FD() < 0 {
+			_ = p.reserve.Destroy(s.id)
+			return fmt.Errorf("reserve region for session %d on %s has no file descriptor to send (legacy IPC memory is not served yet)", s.id, placeName(p))
+		}
+		regionPlaces.Store(r, p)
+		s.region, s.place = r, p
+		return nil
+	}
+	return proto.CodeLimitExceeded.Errorf("reserve: %v", errors.Join(budgetErrs...))
+}
+
+func placeName(p reservePlace) string {
+	if p.kind == proto.RegionCUDA {
+		return fmt.Sprintf("GPU %d", p.device)
+	}
+	return "host memory"
 }
 
 func (s *session) destroyRegion(d *Daemon) {
@@ -303,14 +329,22 @@ func (s *session) destroyRegion(d *Daemon) {
 	s.leaseMu.Unlock()
 	if r != nil {
 		r.ReleaseAll()
-		_ = d.reserve.Destroy(s.id)
+		regionPlaces.Delete(r)
+		_ = s.place.reserve.Destroy(s.id)
 	}
 }
 
+// regionDesc tells the client how to map r: the layer buffers, and what the
+// fd is (memfd, or a CUDA VMM fd on a device).
 func regionDesc(r *tiers.Region) proto.RegionDesc {
 	offs := r.LayerOffsets()
 	l := r.Layout()
-	desc := proto.RegionDesc{Size: uint64(r.Size()), Slots: uint32(r.Slots()), Kind: proto.RegionMemfd, Device: proto.NoDevice, Layers: make([]proto.RegionLayer, len(offs))}
+	desc := proto.RegionDesc{Size: uint64(r.Size()), Slots: uint32(r.Slots()), Kind: proto.RegionMemfd, Device: proto.NoDevice,
+		Layers: make([]proto.RegionLayer, len(offs))}
+	if v, ok := regionPlaces.Load(r); ok {
+		p := v.(reservePlace)
+		desc.Kind, desc.Device = p.kind, p.device
+	}
 	for i, o := range offs {
 		desc.Layers[i] = proto.RegionLayer{Offset: uint64(o), RowBytes: uint32(l.Layers[i].RowBytes)}
 	}
