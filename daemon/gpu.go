@@ -257,8 +257,8 @@ func (g *gpuSubsystem) healthy() error {
 	return nil
 }
 
-// Close frees the GPU reserves, then the devices, then NVML. Sessions'
-// regions are destroyed before (Daemon.Close).
+// Close frees the GPU reserves, then the devices, then NVML; once only
+// (Daemon.Close), after the sessions' regions are destroyed.
 func (g *gpuSubsystem) Close() error {
 	if g == nil {
 		return nil
@@ -270,10 +270,10 @@ func (g *gpuSubsystem) Close() error {
 		}
 		errs = append(errs, gd.dev.Close())
 	}
-	g.devs = nil
+	// devs and mon stay set: a late scrape then reads closed handles, which
+	// fail cleanly, instead of racing with these writes.
 	if g.mon != nil {
 		errs = append(errs, g.mon.Close())
-		g.mon = nil
 	}
 	return errors.Join(errs...)
 }

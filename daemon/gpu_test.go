@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -466,5 +467,32 @@ func TestGPUModeOff(t *testing.T) {
 	defer op.Region.Close()
 	if op.Region.Kind != proto.RegionMemfd {
 		t.Fatalf("region kind %v with GPUs off", op.Region.Kind)
+	}
+}
+
+// scripts/torch_client_example.py reads kind and device from a real OPEN
+// reply; against a daemon without CUDA devices it maps the host-memory
+// reserve with mmap (torch and cuda-python are only needed for GPU memory).
+func TestTorchExampleHostMemory(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 not installed")
+	}
+	script := filepath.Join("..", "scripts", "torch_client_example.py")
+	cfg := testConfig(t, t.TempDir())
+	cfg.GPU.Mode = GPUOff
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	for _, dev := range []string{"0", "0xFFFFFFFF", "0xFFFFFFFE"} {
+		out, err := exec.Command(py, script, "--socket", cfg.Socket, "--device", dev).CombinedOutput()
+		if err != nil {
+			t.Fatalf("device %s: %v\n%s", dev, err, out)
+		}
+		got := string(out)
+		for _, want := range []string{"host-memory reserve (memfd)", "layer 0: (8, 37440) at offset 0, first row sum 0", "layer 1: (8, 37440) at offset 303104"} {
+			if !strings.Contains(got, want) {
+				t.Fatalf("device %s: output lacks %q:\n%s", dev, want, got)
+			}
+		}
 	}
 }

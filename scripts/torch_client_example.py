@@ -5,9 +5,12 @@ GPU, without copies.
 
 What a decoder does (docs/protocol.md, OPEN / RESUME):
   1. OPEN a session naming `device` (the GPU the decoder runs on); the reply carries one fd
-     and a RegionDesc: size, slots, and per layer (offset, row_bytes).
-  2. Import the fd with cuMemImportFromShareableHandle, reserve `size` bytes of address
-     space, cuMemMap the handle there and cuMemSetAccess read-write for the device.
+     and a RegionDesc: size, slots, kind, device, and per layer (offset, row_bytes).
+  2. kind 1 (CUDA VMM POSIX fd, on GPU `device`): import the fd with
+     cuMemImportFromShareableHandle, reserve `size` bytes of address space, cuMemMap the
+     handle there and cuMemSetAccess read-write for the device.
+     kind 0 (memfd, device 0xFFFFFFFF): the daemon serves host memory (no GPU, [gpu]
+     mode = "off", or a daemon built without CUDA); mmap it instead.
   3. View each layer's buffer as a [slots, row_bytes] uint8 tensor at its offset; a resident
      page of the lease's page table occupies the same slot in every layer.
 The mapping stays valid after the fd is closed; unmap with cuMemUnmap/cuMemAddressFree and
@@ -15,26 +18,36 @@ release the handle (unmap_reserve) before the session is closed.
 
 Two ways to run it:
   --socket PATH --device N      speak the protocol to a running flashmemd: HELLO, OPEN a small
-                                ephemeral session, map its reserve, print the layer views
-                                (needs a daemon that serves CUDA reserve regions)
+     [--model NAME]             ephemeral session (the daemon's default model unless named;
+                                132-byte keys, 3 target layers), map its reserve as the reply's
+                                kind says, print the layer views (a host-memory reply needs
+                                neither torch nor cuda-python)
   --selftest-fd FD --size S     used by the cuda-tagged Go test (internal/cuda,
      --device N --seed K         TestTorchImportsRegion): the fd is inherited; check on the
                                 GPU that every byte equals (i*7 + K) % 251, then write
                                 (i*3 + K) % 253 into the second half and exit 0
-Needs torch and cuda-python (cuda.bindings), both on the GPU machine's image.
+GPU replies and the self-test need torch and cuda-python (cuda.bindings), both on the GPU
+machine's image.
 """
 import argparse
+import mmap
 import os
 import socket
 import struct
 import sys
 
-import torch
+torch = cu = None
 
-try:
-    from cuda.bindings import driver as cu
-except ImportError:  # cuda-python before 12.6
-    from cuda import cuda as cu
+
+def load_gpu_modules():
+    """torch and cuda-python, imported only when GPU memory is to be mapped."""
+    global torch, cu
+    import torch as _torch
+    try:
+        from cuda.bindings import driver as _cu
+    except ImportError:  # cuda-python before 12.6
+        from cuda import cuda as _cu
+    torch, cu = _torch, _cu
 
 
 def check(res):
@@ -82,6 +95,7 @@ def layer_views(region, slots, layers):
 
 
 def selftest(fd, size, device, seed):
+    load_gpu_modules()
     region, handle, ptr = map_reserve(fd, size, device)
     os.close(fd)  # the mapping outlives the descriptor
     i = torch.arange(size, device=region.device, dtype=torch.int64)
@@ -144,25 +158,52 @@ def str16(s):
     return struct.pack("<H", len(s)) + s
 
 
-def daemon(path, device):
+KIND_MEMFD, KIND_CUDA = 0, 1
+NO_DEVICE = 0xFFFFFFFF
+
+
+def parse_region_desc(body, off):
+    """RegionDesc (docs/protocol.md 10.3) at body[off:] -> (size, slots, kind, device, [(offset, row_bytes)])."""
+    size, slots, kind, device, nl = struct.unpack_from("<QIIII", body, off)
+    if kind not in (KIND_MEMFD, KIND_CUDA) or (kind == KIND_MEMFD) != (device == NO_DEVICE):
+        raise RuntimeError(f"bad RegionDesc: kind {kind}, device {device:#x}")
+    layers = [struct.unpack_from("<QI", body, off + 24 + 12 * i) for i in range(nl)]
+    return size, slots, kind, device, layers
+
+
+def daemon(path, device, model):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     send(sock, 0x0001, 1, struct.pack("<HHH", 1, 1, 5) + b"torch")  # HELLO
     body, fds = recv(sock)
     for fd in fds:  # the staging memfd is not needed here
         os.close(fd)
-    # OPEN: ephemeral, model "lsa", any policy; DeepSeek-V4-like layout with 2 layers.
+    # OPEN: ephemeral, default policy; DeepSeek-V4-like layout with 2 layers, 8 reserve slots.
     layers = [(37440, [576, 8]), (37440, [576, 8])]
     layout = struct.pack("<IIIIII", 64, 132, 3, 64, 8, len(layers))
     for row, segs in layers:
         layout += struct.pack("<II", row, len(segs)) + struct.pack("<%dI" % len(segs), *segs)
-    req = str16(b"") + str16(b"lsa") + struct.pack("<II", 0, device) + bytes(32) + layout
+    req = str16(b"") + str16(model.encode()) + struct.pack("<II", 0, device) + bytes(32) + layout
     send(sock, 0x0010, 2, req)
     body, fds = recv(sock)
-    session, size, slots, nl = struct.unpack_from("<QQII", body)
-    offs = [struct.unpack_from("<QI", body, 24 + 12 * i) for i in range(nl)]
-    region, handle, ptr = map_reserve(fds[0], size, device)
+    (session,) = struct.unpack_from("<Q", body)
+    size, slots, kind, dev, offs = parse_region_desc(body, 8)
+    if kind == KIND_MEMFD:
+        # Host memory: the daemon has no CUDA device for us. mmap needs no GPU modules.
+        region = mmap.mmap(fds[0], size)
+        os.close(fds[0])
+        print(f"session {session}: host-memory reserve (memfd) of {size} bytes; asked for device {device}, "
+              "got none (no GPU, [gpu] mode = \"off\", or a daemon built without CUDA)")
+        for l, (off, row) in enumerate(offs):
+            first = region[off:off + row]
+            print(f"session {session} layer {l}: ({slots}, {row}) at offset {off}, first row sum {sum(first)}")
+        region.close()
+        sock.close()
+        return 0
+    load_gpu_modules()
+    region, handle, ptr = map_reserve(fds[0], size, dev)  # the device the daemon placed it on
     os.close(fds[0])
+    print(f"session {session}: CUDA reserve of {size} bytes on device {dev} ({torch.cuda.get_device_name(dev)})")
     for l, v in enumerate(layer_views(region, slots, offs)):
         print(f"session {session} layer {l}: {tuple(v.shape)} at offset {offs[l][0]}, first row sum {int(v[0].sum())}")
     unmap_reserve(handle, ptr, size)
@@ -173,7 +214,9 @@ def daemon(path, device):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--socket")
-    ap.add_argument("--device", type=int, default=0)
+    ap.add_argument("--device", type=lambda v: int(v, 0), default=0,
+                    help="GPU ordinal, 0xFFFFFFFF for the daemon's choice, 0xFFFFFFFE for host memory")
+    ap.add_argument("--model", default="", help="indexer model (default: the daemon's default)")
     ap.add_argument("--selftest-fd", type=int)
     ap.add_argument("--size", type=int)
     ap.add_argument("--seed", type=int, default=0)
@@ -181,6 +224,6 @@ if __name__ == "__main__":
     if a.selftest_fd is not None:
         sys.exit(selftest(a.selftest_fd, a.size, a.device, a.seed))
     if a.socket:
-        sys.exit(daemon(a.socket, a.device))
+        sys.exit(daemon(a.socket, a.device, a.model))
     ap.print_help()
     sys.exit(2)
