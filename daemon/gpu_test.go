@@ -4,17 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -440,7 +442,18 @@ func TestGPUReserveOnDevice(t *testing.T) {
 		if err := c.CloseSession(ctx, op.Session, true); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	// A second process (PyTorch with cuda-python, as a decoder would) imports
+	// a reserve through the daemon: scripts/gpu-test.sh sets FLASHMEM_TORCH_TEST.
+	if os.Getenv("FLASHMEM_TORCH_TEST") == "" {
+		return
+	}
+	for dev := range n {
+		out, err := exec.Command("python3", filepath.Join("..", "scripts", "torch_client_example.py"),
+			"--socket", cfg.Socket, "--device", strconv.Itoa(dev)).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), fmt.Sprintf("CUDA reserve of 2097152 bytes on device %d", dev)) {
+			t.Fatalf("torch example on device %d: %v\n%s", dev, err, out)
+		}
 	}
 }
 
