@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -294,11 +295,11 @@ func (d *Daemon) createRegion(s *session) error {
 	if err != nil {
 		return err
 	}
-	var budgetErrs []error
+	var full []string
 	for _, p := range places {
 		r, err := p.reserve.Create(s.id, tiersLayout(s.layout), int(s.layout.ReserveSlots))
 		if errors.Is(err, tiers.ErrBudget) {
-			budgetErrs = append(budgetErrs, err)
+			full = append(full, fmt.Sprintf("%s: %v", placeName(p), err))
 			continue
 		}
 		if err != nil {
@@ -312,7 +313,7 @@ func (d *Daemon) createRegion(s *session) error {
 		s.region, s.place = r, p
 		return nil
 	}
-	return proto.CodeLimitExceeded.Errorf("reserve: %v", errors.Join(budgetErrs...))
+	return proto.CodeLimitExceeded.Errorf("reserve: %s", strings.Join(full, "; "))
 }
 
 func placeName(p reservePlace) string {
