@@ -449,7 +449,7 @@ func TestGPUReserveOnDevice(t *testing.T) {
 		return
 	}
 	for dev := range n {
-		out, err := exec.Command("python3", filepath.Join("..", "scripts", "torch_client_example.py"),
+		out, err := exec.Command("python3", "-B", filepath.Join("..", "scripts", "torch_client_example.py"),
 			"--socket", cfg.Socket, "--device", strconv.Itoa(dev)).CombinedOutput()
 		if err != nil || !strings.Contains(string(out), fmt.Sprintf("CUDA reserve of 2097152 bytes on device %d", dev)) {
 			t.Fatalf("torch example on device %d: %v\n%s", dev, err, out)
@@ -497,7 +497,7 @@ func TestTorchExampleHostMemory(t *testing.T) {
 	rd := start(t, cfg)
 	defer rd.shutdown(t)
 	for _, dev := range []string{"0", "0xFFFFFFFF", "0xFFFFFFFE"} {
-		out, err := exec.Command(py, script, "--socket", cfg.Socket, "--device", dev).CombinedOutput()
+		out, err := exec.Command(py, "-B", script, "--socket", cfg.Socket, "--device", dev).CombinedOutput()
 		if err != nil {
 			t.Fatalf("device %s: %v\n%s", dev, err, out)
 		}
