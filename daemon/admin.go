@@ -116,7 +116,7 @@ func (d *Daemon) status() *proto.StatusReply {
 	d.mu.Unlock()
 	st := d.store.Snapshot()
 	r.Tiers = []proto.TierStatus{
-		tierStatus("reserve", d.reserve.Stats()),
+		tierStatus("reserve", d.reserveStats()),
 		tierStatus("host", st.Mirror),
 		tierStatus("ssd", st.SSD),
 	}

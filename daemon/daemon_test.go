@@ -31,6 +31,7 @@ func testConfig(t *testing.T, dir string) Config {
 	cfg.Indexer.LastKeep = 256
 	cfg.Indexer.FallbackRatio = 1
 	cfg.ShutdownTimeout = Duration(10 * time.Second)
+	cfg.GPU.Mode = GPUOff // these tests map the reserve with mmap, also on GPU hosts
 	return cfg
 }
 

@@ -128,6 +128,7 @@ func TestGPUNoDriver(t *testing.T) {
 		t.Skip("NVML present: this test is for hosts without a driver")
 	}
 	cfg := testConfig(t, t.TempDir())
+	cfg.GPU.Mode = GPUAuto
 	rd, logs := startLogged(t, cfg)
 	defer rd.shutdown(t)
 	if got := logs.lines("no GPU"); len(got) != 1 {
@@ -165,6 +166,7 @@ func TestGPUNoDriver(t *testing.T) {
 func TestGPUWithoutCUDABuild(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir)
+	cfg.GPU.Mode = GPUAuto
 	cfg.Metrics = "unix:" + filepath.Join(dir, "metrics.sock")
 	nv := newFakeNVML(2)
 	rd, logs := startLogged(t, cfg, withGPUHooks(gpuHooks{
@@ -399,6 +401,7 @@ func TestGPUReserveOnDevice(t *testing.T) {
 		t.Skipf("no CUDA device (%v)", err)
 	}
 	cfg := testConfig(t, t.TempDir())
+	cfg.GPU.Mode = GPUAuto
 	rd, _ := startLogged(t, cfg)
 	defer rd.shutdown(t)
 	c := dial(t, cfg.Socket)

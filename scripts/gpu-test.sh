@@ -46,6 +46,9 @@ done
 # ReadersRaceWriter starves the writer on the GPU backend (tiers.Region admits new readers
 # while a writer waits; GPU reads take tens of microseconds), so it is skipped here.
 [[ -x .gpu/tiers.test ]] && run tiers tiers.test -test.v -test.run 'CUDA' -test.skip 'CUDARegionSuite/.*/ReadersRaceWriter'
+# daemon: sessions with reserves on every GPU, page bytes checked on the GPU side (and, with
+# FLASHMEM_TORCH_TEST, through the torch example in a second process).
+[[ -x .gpu/daemon.test ]] && run daemon daemon.test -test.v -test.run 'GPU'
 grep -E "^(--- FAIL|FAIL|ok|PASS)|^=== RUN|^    --- FAIL" "$log" | grep -c "^--- FAIL\|^    --- FAIL" | sed 's/^/failed tests: /' | tee -a "$log"
 grep -E "^\s*(--- FAIL|--- SKIP)|‖Δ‖|relative error|device [0-9]+:" "$log" | head -60
 

@@ -54,6 +54,8 @@ func TestMain(m *testing.M) {
 
 const testConfig = `
 log_level = "debug"
+[gpu]
+mode = "off"   # the tests map reserves with mmap, also on GPU hosts
 [host]
 budget_bytes = 268435456
 [indexer]

@@ -176,7 +176,7 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 	if err != nil {
 		return err
 	}
-	op, err := c.Open(ctx, &proto.Open{Name: name, Persist: o.keep, Model: o.model, Layout: l})
+	op, err := c.Open(ctx, &proto.Open{Name: name, Persist: o.keep, Model: o.model, Layout: l, Device: proto.DeviceHostOnly}) // the demo reads pages with the CPU
 	if err != nil {
 		return err
 	}
