@@ -33,7 +33,10 @@ type sessionMeta struct {
 	Chunks   uint64       `json:"chunks"`
 	Gens     []uint64     `json:"gens"`
 	Cycles   uint64       `json:"cycles"`
-	Saved    time.Time    `json:"saved"`
+	// Device is what OPEN asked for (an ordinal, proto.DeviceAny or
+	// proto.DeviceHostOnly); absent in blobs written before it existed.
+	Device *uint32   `json:"device,omitempty"`
+	Saved  time.Time `json:"saved"`
 }
 
 // encodeMeta lays a blob out as magic, JSON length (u32 LE), JSON, then the
@@ -84,6 +87,7 @@ func (d *Daemon) writeMetaLocked(ctx context.Context, s *session) error {
 	blob, err := encodeMeta(&sessionMeta{
 		ID: s.id, Name: s.name, Model: s.model, OwnerUID: s.owner.UID, OwnerGID: s.owner.GID,
 		Layout: s.layout, Policy: s.policy, Chunks: s.chunks, Gens: gens, Cycles: s.cycles, Saved: time.Now(),
+		Device: wantedDevice(s.want),
 	}, state)
 	if err != nil {
 		return err
@@ -222,6 +226,9 @@ func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
 		model: model, layout: meta.Layout, policy: eff, geom: geom, scorer: sc, conn: c, req: req,
 		chunks: meta.Chunks, gens: meta.Gens, cycles: meta.Cycles, leases: map[uint64]*lease{}, lastUsed: time.Now(),
 	}
+	if meta.Device != nil {
+		s.want = wantDevice(*meta.Device) // resume on the device the session was opened for
+	}
 	if err := d.register(c, s, false); err != nil {
 		return nil, err
 	}
@@ -238,4 +245,14 @@ func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// wantedDevice is the device request to persist with a session (nil: the
+// daemon chose).
+func wantedDevice(w reserveWant) *uint32 {
+	if !w.named {
+		return nil
+	}
+	d := w.device
+	return &d
 }
