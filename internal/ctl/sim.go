@@ -204,18 +204,21 @@ type SimResult struct {
 	// FirstSetStalls counts stalled cycles 1: they wait for the background
 	// recall of a session's whole first selection, which no earlier cycle
 	// could foresee (included in Stalled).
-	FirstSetStalls int                `json:"first_set_stalls"`
-	StallFree      float64            `json:"stall_free_fraction"`
-	SyncPages      int                `json:"sync_loaded_pages"`
-	WaitP50        float64            `json:"wait_p50_us"`
-	WaitP99        float64            `json:"wait_p99_us"`
-	WaitMax        float64            `json:"wait_max_us"`
-	Mismatch       int                `json:"table_mismatches"`
-	HostBudget     int64              `json:"host_budget_bytes"`
-	KVBytes        int64              `json:"kv_bytes"`
-	Tiers          []SimTier          `json:"tiers"`
-	Counters       map[string]float64 `json:"counters"`
-	Seconds        float64            `json:"seconds"`
+	FirstSetStalls int `json:"first_set_stalls"`
+	// StallsByCycle counts stalled sessions per cycle number, to tell a
+	// daemon-wide pause (every session at one cycle) from steady misses.
+	StallsByCycle map[int]int        `json:"stalls_by_cycle,omitempty"`
+	StallFree     float64            `json:"stall_free_fraction"`
+	SyncPages     int                `json:"sync_loaded_pages"`
+	WaitP50       float64            `json:"wait_p50_us"`
+	WaitP99       float64            `json:"wait_p99_us"`
+	WaitMax       float64            `json:"wait_max_us"`
+	Mismatch      int                `json:"table_mismatches"`
+	HostBudget    int64              `json:"host_budget_bytes"`
+	KVBytes       int64              `json:"kv_bytes"`
+	Tiers         []SimTier          `json:"tiers"`
+	Counters      map[string]float64 `json:"counters"`
+	Seconds       float64            `json:"seconds"`
 }
 
 // SimTier is one tier's traffic during the decode phase.
@@ -587,6 +590,12 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 			res.Cycles++
 			if k == 1 && stalled {
 				res.FirstSetStalls++
+			}
+			if stalled {
+				if res.StallsByCycle == nil {
+					res.StallsByCycle = map[int]int{}
+				}
+				res.StallsByCycle[k]++
 			}
 			waits = append(waits, c.Wait)
 			res.SyncPages += c.SyncLoaded
