@@ -51,7 +51,11 @@ type slotState struct {
 	live    int32  // of those, leases handed to the client (no overwrite)
 	readers int32
 	writing bool
-	stale   bool // holds bytes of a page it was bound to before
+	// exclWait counts goroutines waiting for the slot with no readers (whole
+	// page writers, Free). While it is non-zero new readers wait too, so a
+	// steady stream of overlapping reads cannot starve them.
+	exclWait int32
+	stale    bool // holds bytes of a page it was bound to before
 
 	prev, next int32 // LRU links among bound slots; -1 = none
 }
@@ -379,7 +383,10 @@ func (r *Region) Free(page uint32) error {
 			r.unbind(i)
 			return nil
 		}
+		s.exclWait++
 		r.cond.Wait()
+		r.slots[i].exclWait--
+		r.cond.Broadcast()
 	}
 }
 
@@ -500,6 +507,10 @@ func (r *Region) Leases() int {
 
 // beginWrite waits until slot may be written exclusively; full says whether
 // the write replaces the whole page (refused on a leased, loaded slot).
+//
+// A whole-page writer that has to wait for readers registers in exclWait, which
+// holds back readers that arrive after it: without that, readers whose copies
+// overlap (tens of µs each on a GPU) keep the count above zero forever.
 func (r *Region) beginWrite(slot int, page uint32, full bool) error {
 	for {
 		if err := r.boundTo(slot, page); err != nil {
@@ -513,17 +524,27 @@ func (r *Region) beginWrite(slot int, page uint32, full bool) error {
 			s.writing = true
 			return nil
 		}
+		if full {
+			s.exclWait++
+		}
 		r.cond.Wait()
+		if full {
+			r.slots[slot].exclWait--
+			// Readers held back for this writer must re-check if it gives up.
+			r.cond.Broadcast()
+		}
 	}
 }
 
+// beginRead waits while the slot is being written or a whole-page writer (or
+// Free) is queued for it.
 func (r *Region) beginRead(slot int, page uint32) error {
 	for {
 		if err := r.boundTo(slot, page); err != nil {
 			return err
 		}
-		if !r.slots[slot].writing {
-			r.slots[slot].readers++
+		if s := &r.slots[slot]; !s.writing && s.exclWait == 0 {
+			s.readers++
 			return nil
 		}
 		r.cond.Wait()
