@@ -599,7 +599,13 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 			}
 			waits = append(waits, c.Wait)
 			res.SyncPages += c.SyncLoaded
-			copied += c.Recalled
+			// Without background recall the queued pages are counted by
+			// the daemon but never copied; only the synchronous loads are.
+			if mode == ModeLRU {
+				copied += c.SyncLoaded
+			} else {
+				copied += c.Recalled
+			}
 			table += c.Table
 			if stalled {
 				res.Stalled++
