@@ -320,7 +320,8 @@ func (er *evalRecord) run(rec *eval.Record, doc *eval.Doc, col *eval.Collector) 
 		wp := wirePolicy(pol)
 		var eff *proto.Policy
 		for _, mode := range er.o.modes {
-			op, err := c.Open(ctx, &proto.Open{Model: er.o.model, Layout: l, Policy: wp})
+			// The decoder writes its answer chunks with the CPU: a host reserve.
+			op, err := c.Open(ctx, &proto.Open{Model: er.o.model, Layout: l, Policy: wp, Device: proto.DeviceHostOnly})
 			if err != nil {
 				return fmt.Errorf("open %s session: %w", mode, err)
 			}
