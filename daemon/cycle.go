@@ -196,10 +196,7 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 			recall = append(recall, p)
 		}
 	}
-	if !d.cfg.Mover.backgroundRecall() {
-		recall = nil // counted only when queued
-	}
-	if len(recall) > 0 {
+	if len(recall) > 0 && d.cfg.Mover.backgroundRecall() {
 		s.pending = d.startRecall(s, recall)
 	}
 	if len(cy.Lookahead) > 0 && d.cfg.Mover.staging() {
