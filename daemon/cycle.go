@@ -225,7 +225,7 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 		TotalPages:    uint32(cy.Pages),
 		ResidentPages: uint32(len(cy.Use)),
 		ForcedPages:   uint32(cy.ForcedPages),
-		RecalledPages: uint32(loaded + len(recall)),
+		RecalledPages: uint32(loaded), // copied for this reply's table; background pages are not
 		Fallback:      cy.Fallback,
 		AboveFraction: cy.AboveFraction(),
 		WaitMicros:    uint64(wait.Microseconds()),

@@ -356,7 +356,7 @@ pages the next cycle adds score above threshold one cycle early for --foresight 
 is what the indexer's lookahead ranking sees.
 
 A cycle is stalled when the decoder waited for recall: the daemon copied a page of the reply's
-table synchronously (RecalledPages beyond the pages queued for background recall) or its
+table synchronously (the reply's RecalledPages counter) or its
 WaitMicros (time spent on recall after scoring, before the reply) reached --stall.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -674,17 +674,8 @@ func (s *simSession) decode(ctx context.Context, o *SimOptions, i int) error {
 		if !slices.Equal(got, want) {
 			s.mism++
 		}
-		queued := len(t.sets[k])
-		if k > 0 {
-			queued = 0
-			for _, pg := range t.sets[k] {
-				if _, ok := slices.BinarySearch(t.sets[k-1], pg); !ok {
-					queued++
-				}
-			}
-		}
 		s.cycles = append(s.cycles, SimCycle{Wait: time.Duration(cr.Counters.WaitMicros) * time.Microsecond,
-			Recalled: int(cr.Counters.RecalledPages), SyncLoaded: max(0, int(cr.Counters.RecalledPages)-queued), Table: len(cr.Pages)})
+			Recalled: int(cr.Counters.RecalledPages), SyncLoaded: int(cr.Counters.RecalledPages), Table: len(cr.Pages)})
 		if lease != 0 {
 			if err := s.c.Release(ctx, lease); err != nil {
 				return err
