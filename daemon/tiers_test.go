@@ -7,14 +7,13 @@ import (
 	"path/filepath"
 	"testing"
 
-	badger "github.com/dgraph-io/badger/v4"
-
 	"github.com/flashmemory/flashmemory/proto"
+	"github.com/flashmemory/flashmemory/tiers"
 )
 
-// With a host budget far smaller than the session, pages spill to Badger and
+// With a host budget far smaller than the session, pages spill to SSD and
 // come back byte-identical through the reserve; a flipped byte in a stored
-// value turns that page's read into an integrity error, never wrong bytes.
+// page turns that page's read into an integrity error, never wrong bytes.
 func TestSpillAndIntegrity(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir)
@@ -56,38 +55,30 @@ func TestSpillAndIntegrity(t *testing.T) {
 	c.Close()
 	rd.shutdown(t)
 
-	// Flip one byte in the body of every stored page value.
-	db, err := badger.Open(badger.DefaultOptions(filepath.Join(cfg.DataDir, "ssd")).WithLogger(nil))
+	// Flip one byte in the body of every stored page, in its segment file.
+	ssd, err := tiers.OpenSSD(tiers.SSDConfig{Dir: filepath.Join(cfg.DataDir, "ssd"), GCInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	flipped := 0
-	err = db.Update(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{'p'}})
-		defer it.Close()
-		type kv struct{ k, v []byte }
-		var all []kv
-		for it.Rewind(); it.Valid(); it.Next() {
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			v[len(v)-100] ^= 0x40
-			all = append(all, kv{it.Item().KeyCopy(nil), v})
+	sessions, err := ssd.Sessions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sess := range sessions {
+		pages, err := ssd.Pages(ctx, sess)
+		if err != nil {
+			t.Fatal(err)
 		}
-		for _, e := range all {
-			if err := txn.Set(e.k, e.v); err != nil {
-				return err
+		for _, p := range pages {
+			if err := ssd.CorruptForTest(ctx, tiers.PageID{Session: sess, Page: p}, -100); err != nil {
+				t.Fatal(err)
 			}
 			flipped++
 		}
-		return nil
-	})
-	if err != nil || flipped == 0 {
-		t.Fatalf("flipping stored pages: %v (%d)", err, flipped)
 	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
+	if err := ssd.Close(); err != nil || flipped == 0 {
+		t.Fatalf("flipping stored pages: %v (%d)", err, flipped)
 	}
 
 	rd = start(t, cfg)

@@ -79,6 +79,19 @@ func encodePage(buf []byte, id PageID, gen uint64, body []byte) []byte {
 // stored under. It never allocates; the value comes from disk and may be
 // anything.
 func decodePageHeader(v []byte, want PageID) (pageHeader, error) {
+	h, err := parsePageHeader(v, want)
+	if err != nil {
+		return h, err
+	}
+	if int64(h.length) != int64(len(v)-pageHeaderSize) {
+		return h, fmt.Errorf("page %v: header says %d B, value has %d: %w", want, h.length, len(v)-pageHeaderSize, ErrIntegrity)
+	}
+	return h, nil
+}
+
+// parsePageHeader checks the header at the start of v (a Badger value or a
+// segment record's first bytes) without looking at the body.
+func parsePageHeader(v []byte, want PageID) (pageHeader, error) {
 	var h pageHeader
 	if len(v) < pageHeaderSize {
 		return h, fmt.Errorf("page %v: value of %d B shorter than header: %w", want, len(v), ErrIntegrity)
@@ -102,8 +115,8 @@ func decodePageHeader(v []byte, want PageID) (pageHeader, error) {
 	if h.id != want {
 		return h, fmt.Errorf("page %v: value names page %v: %w", want, h.id, ErrIntegrity)
 	}
-	if h.length > MaxPageBytes || int64(h.length) != int64(len(v)-pageHeaderSize) {
-		return h, fmt.Errorf("page %v: header says %d B, value has %d: %w", want, h.length, len(v)-pageHeaderSize, ErrIntegrity)
+	if h.length > MaxPageBytes {
+		return h, fmt.Errorf("page %v: header says %d B, over %d: %w", want, h.length, MaxPageBytes, ErrIntegrity)
 	}
 	return h, nil
 }

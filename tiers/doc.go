@@ -13,9 +13,13 @@
 //     generation it holds, so a recall copies again whenever the page changed.
 //   - HostMirror: every page of every live session, in page-aligned slots carved
 //     from large mmap'ed extents (pinned on GPU hosts) under a byte budget.
-//   - SSD: Badger v4, one value per page with a checksummed header, plus
-//     session metadata blobs for persist/resume. Corrupt values are never
-//     served (ErrIntegrity).
+//   - SSD: page bodies in append-only, preallocated segment files
+//     (Dir/pages/NNNNNNNN.seg, one header + body record per write, synced
+//     once per segment per batch) and Badger v4 as the index (page → segment,
+//     offset, length, generation, CRC32C) and for session metadata blobs for
+//     persist/resume. Bodies are synced before their index entries commit;
+//     GC compacts segments that became mostly garbage. Corrupt pages are
+//     never served (ErrIntegrity).
 //
 // Store combines mirror and SSD (spilling cold pages when the mirror passes its
 // budget, bringing them back on a miss); Mover runs recalls (SSD → mirror →

@@ -150,3 +150,31 @@ func FuzzChunkRun(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeIndex(f *testing.F) {
+	good := encodeIndex(indexEntry{seg: 3, length: 786240, off: 7 * recordAlign, gen: 42, crc: 0xdeadbeef})
+	f.Add(good)
+	f.Add(good[:indexEntrySize-1])
+	f.Add(append(append([]byte(nil), good...), 0))
+	f.Add(encodeIndex(indexEntry{seg: 0, length: MaxPageBytes + 1, off: 0, gen: 1}))
+	f.Add(encodeIndex(indexEntry{seg: 1, length: 1, off: 100, gen: 1}))
+	f.Add(encodeIndex(indexEntry{seg: 1, length: 1, off: 0, gen: 0}))
+	f.Add([]byte("FMIX"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		id := PageID{Session: 1, Page: 2}
+		e, err := decodeIndex(v, id)
+		if err != nil {
+			if !errors.Is(err, ErrIntegrity) {
+				t.Fatalf("error %v is not ErrIntegrity", err)
+			}
+			return
+		}
+		if e.length == 0 || e.length > MaxPageBytes || e.off%recordAlign != 0 || e.off > maxSegmentBytes || e.gen == 0 {
+			t.Fatalf("accepted out-of-range entry %+v", e)
+		}
+		if !bytes.Equal(encodeIndex(e), v) {
+			t.Fatal("accepted entry does not re-encode to itself")
+		}
+	})
+}

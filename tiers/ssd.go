@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -25,52 +26,72 @@ const (
 	metaPrefix    = 'm'
 	pageKeySize   = 13
 	maxMetaName   = 1024
-	ssdValueLimit = 1 << 10 // values above go to the value log: every page does
+	ssdValueLimit = 1 << 10 // values above go to the value log: only large metadata blobs
 )
 
-// SSDConfig configures the Badger-backed SSD tier.
+// SSDConfig configures the SSD tier.
 type SSDConfig struct {
-	// Dir holds the Badger files (created if missing).
+	// Dir holds the Badger files (the index and metadata blobs) and, under
+	// Dir/pages, the page segment files (created if missing).
 	Dir string
 	// SyncWrites makes every Put (and every PutBatch as a whole) durable
-	// before it returns: Badger fsyncs its value log per commit, batching
-	// concurrent commits into one sync.
+	// before it returns: the bodies' segments are fdatasynced, then the index
+	// entries are committed with a Badger sync (concurrent commits share it).
 	SyncWrites bool
-	// GCInterval is how often value-log garbage collection runs (default 1
-	// minute; negative disables it). Rewritten and deleted pages leave garbage
-	// in the value log until GC rewrites the file.
+	// GCInterval is how often space is reclaimed (default 1 minute; negative
+	// disables it): segments whose live bytes fell to 1-GCDiscardRatio of
+	// their size are compacted, and Badger's value log is collected.
 	GCInterval time.Duration
-	// GCDiscardRatio is the fraction of garbage a value-log file needs before
-	// GC rewrites it (default 0.5).
+	// GCDiscardRatio is the fraction of garbage a segment or value-log file
+	// needs before GC rewrites it (default 0.5).
 	GCDiscardRatio float64
-	// ValueLogFileSize is the size of one value-log file (default 1 GiB).
+	// SegmentBytes is the size of one page segment file, preallocated when it
+	// is created (default 1 GiB; a page larger than that gets a segment of its
+	// own).
+	SegmentBytes int64
+	// ValueLogFileSize is the size of one Badger value-log file (default 1
+	// GiB); only metadata blobs over 1 KiB go there.
 	ValueLogFileSize int64
 	// MemTableSize (default 64 MiB) and BlockCacheSize (default 32 MiB) size
-	// the LSM part, which holds only keys, value pointers and metadata.
+	// the LSM part, which holds the page index and metadata.
 	MemTableSize   int64
 	BlockCacheSize int64
 	// Logger receives Badger's warnings and errors (default slog.Default()).
 	Logger *slog.Logger
 }
 
-// SSD is the Badger tier: one value per page (header + body, see codec.go) and
-// session metadata blobs. A value that fails verification is never served: the
-// read returns ErrIntegrity and is counted.
+// SSD is the disk tier. Page bodies live in append-only segment files
+// (ssd_segments.go), written with pwrite from the calling goroutines and
+// synced once per segment per batch; Badger holds the index, one 40-byte
+// entry per page naming segment, offset, length, generation and CRC32C
+// (ssd_index.go), and the session metadata blobs. A page that fails
+// verification is never served: the read returns ErrIntegrity and is counted.
+//
+// Durable order: bodies are synced before the index entries that point at
+// them are committed, so a crash in between loses the batch (no entry names
+// it) and a committed entry always finds its bytes.
 type SSD struct {
-	cfg SSDConfig
-	db  *badger.DB
+	cfg  SSDConfig
+	db   *badger.DB
+	segs *segStore
 
 	mu     sync.RWMutex // held shared by operations, exclusively by Close
 	closed bool
 
+	// idx is held shared by index commits of writes and deletes, and
+	// exclusively by compaction's check-and-move commit, so a move never
+	// overwrites an entry a concurrent write has just committed.
+	idx  sync.RWMutex
+	gcMu sync.Mutex // one GC round at a time
+
 	stop   chan struct{}
 	gcDone chan struct{}
 
-	pages    atomic.Int64
-	bytes    atomic.Int64
-	gcRuns   atomic.Uint64
-	counters tierCounters
-	bufs     sync.Pool
+	pages     atomic.Int64
+	bytes     atomic.Int64
+	gcRuns    atomic.Uint64
+	compacted atomic.Uint64
+	counters  tierCounters
 }
 
 var (
@@ -104,6 +125,10 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 	if cfg.GCDiscardRatio <= 0 || cfg.GCDiscardRatio >= 1 {
 		cfg.GCDiscardRatio = 0.5
 	}
+	if cfg.SegmentBytes <= 0 {
+		cfg.SegmentBytes = defaultSegmentBytes
+	}
+	cfg.SegmentBytes = min(alignRecord(cfg.SegmentBytes), maxSegmentBytes)
 	if cfg.ValueLogFileSize <= 0 {
 		cfg.ValueLogFileSize = 1 << 30
 	}
@@ -124,17 +149,25 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 		WithMemTableSize(cfg.MemTableSize).
 		WithBlockCacheSize(cfg.BlockCacheSize).
 		WithNumVersionsToKeep(1).
-		// Pages are fp8/bf16 KV: compression buys nothing and costs CPU.
+		// Index entries are checksummed 40-byte records: compression buys
+		// nothing and costs CPU.
 		WithCompression(options.None).
-		// No transaction reads and then writes the same key for a decision,
-		// so conflict tracking is pure overhead.
+		// No transaction reads and then writes the same key for a decision
+		// (compaction's check-and-move is guarded by SSD.idx instead), so
+		// conflict tracking is pure overhead.
 		WithDetectConflicts(false)
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("ssd: open %s: %w", cfg.Dir, err)
 	}
-	s := &SSD{cfg: cfg, db: db, stop: make(chan struct{}), gcDone: make(chan struct{})}
+	segs, err := openSegStore(filepath.Join(cfg.Dir, segDirName), cfg.SegmentBytes)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s := &SSD{cfg: cfg, db: db, segs: segs, stop: make(chan struct{}), gcDone: make(chan struct{})}
 	if err := s.countPages(); err != nil {
+		segs.close()
 		db.Close()
 		return nil, err
 	}
@@ -142,32 +175,75 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 	return s, nil
 }
 
+// countPages sets the gauges and each segment's live bytes from the index.
 func (s *SSD) countPages() error {
-	return s.db.View(func(txn *badger.Txn) error {
+	live, end := map[uint32]int64{}, map[uint32]int64{}
+	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pagePrefix}})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			s.pages.Add(1)
-			s.bytes.Add(storedLen(it.Item()))
-		}
-		return nil
-	})
-}
-
-// storedLen is the body length a page value's header records; it reads only
-// the header (Badger's ValueSize is an estimate for value-log entries).
-func storedLen(item *badger.Item) int64 {
-	var n int64
-	err := item.Value(func(v []byte) error {
-		if len(v) >= pageHeaderSize && string(v[:4]) == pageMagic {
-			n = int64(binary.LittleEndian.Uint32(v[20:]))
+			_ = it.Item().Value(func(v []byte) error {
+				if !isIndexValue(v) {
+					s.bytes.Add(legacyLen(v))
+					return nil
+				}
+				// A corrupt entry still counts as a page (reads of it
+				// report ErrIntegrity); it just claims no segment space.
+				if e, err := decodeIndex(v, pageIDOf(it.Item().Key())); err == nil {
+					s.bytes.Add(int64(e.length))
+					live[e.seg] += e.recordLen()
+					end[e.seg] = max(end[e.seg], e.off+e.recordLen())
+				}
+				return nil
+			})
 		}
 		return nil
 	})
 	if err != nil {
-		return 0
+		return fmt.Errorf("ssd: read index: %w", err)
 	}
-	return n
+	return s.segs.adopt(live, end)
+}
+
+func pageIDOf(key []byte) PageID {
+	if len(key) != pageKeySize {
+		return PageID{}
+	}
+	return PageID{Session: binary.BigEndian.Uint64(key[1:]), Page: binary.BigEndian.Uint32(key[9:])}
+}
+
+// legacyLen is the body length of a page value of the earlier format (header
+// and body in Badger).
+func legacyLen(v []byte) int64 {
+	if len(v) >= pageHeaderSize && string(v[:4]) == pageMagic {
+		return int64(binary.LittleEndian.Uint32(v[20:]))
+	}
+	return 0
+}
+
+// stored describes what the index holds for a page, for the gauges and the
+// segments' live bytes.
+type stored struct {
+	ok    bool
+	seg   uint32
+	rec   int64 // record bytes in seg (0: none, e.g. a legacy value)
+	bytes int64 // body bytes
+}
+
+func storedOf(item *badger.Item) stored {
+	st := stored{ok: true}
+	_ = item.Value(func(v []byte) error {
+		if !isIndexValue(v) {
+			st.bytes = legacyLen(v)
+			return nil
+		}
+		if e, err := decodeIndex(v, pageIDOf(item.Key())); err == nil {
+			st.seg, st.rec, st.bytes = e.seg, e.recordLen(), int64(e.length)
+		}
+		return nil
+	})
+	return st
 }
 
 func (s *SSD) gcLoop() {
@@ -188,13 +264,18 @@ func (s *SSD) gcLoop() {
 	}
 }
 
-// RunGC runs value-log garbage collection until no file qualifies (at most 16
+// RunGC compacts page segments whose live bytes fell to 1-GCDiscardRatio of
+// their size (moving live pages to the active segment, then deleting the
+// file), and runs Badger's value-log GC until no file qualifies (at most 16
 // rewrites per call so it cannot monopolise the disk).
 func (s *SSD) RunGC() {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return
+	}
+	if err := s.compact(); err != nil {
+		s.cfg.Logger.Warn("page segment compaction", "err", err)
 	}
 	for i := 0; i < 16; i++ {
 		err := s.db.RunValueLogGC(s.cfg.GCDiscardRatio)
@@ -241,36 +322,15 @@ func (s *SSD) begin() error {
 
 func (s *SSD) end() { s.mu.RUnlock() }
 
-func (s *SSD) getBuf(n int) *[]byte {
-	if b, ok := s.bufs.Get().(*[]byte); ok && cap(*b) >= n {
-		return b
-	}
-	b := make([]byte, 0, n)
-	return &b
-}
-
-// setPage stages one page in txn and keeps the gauges; the value must stay
-// untouched until the transaction commits.
-func (s *SSD) setPage(txn *badger.Txn, id PageID, val []byte, delta *[2]int64) error {
-	key := pageKey(id)
-	if item, err := txn.Get(key); err == nil {
-		delta[1] -= storedLen(item)
-	} else if errors.Is(err, badger.ErrKeyNotFound) {
-		delta[0]++
-	} else {
-		return err
-	}
-	delta[1] += int64(len(val) - pageHeaderSize)
-	return txn.SetEntry(badger.NewEntry(key, val))
-}
-
 // Put implements Tier.
 func (s *SSD) Put(ctx context.Context, id PageID, gen uint64, page []byte) error {
 	return s.PutBatch(ctx, []PageWrite{{ID: id, Gen: gen, Page: page}})
 }
 
-// PutBatch writes pages in as few commits as Badger allows; with SyncWrites the
-// batch is durable when it returns.
+// PutBatch writes the bodies into the active segment from up to 8 goroutines
+// at reserved offsets, fdatasyncs each segment it touched once (SyncWrites),
+// then commits every index entry in one Badger transaction where the size
+// limit allows. With SyncWrites the batch is durable when it returns.
 func (s *SSD) PutBatch(ctx context.Context, pages []PageWrite) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -283,39 +343,116 @@ func (s *SSD) PutBatch(ctx context.Context, pages []PageWrite) error {
 			return fmt.Errorf("page %v: generation 0: %w", w.ID, ErrStale)
 		}
 	}
+	if len(pages) == 0 {
+		return nil
+	}
 	if err := s.begin(); err != nil {
 		return err
 	}
 	defer s.end()
-	bufs := make([]*[]byte, len(pages))
-	defer func() {
-		for _, b := range bufs {
-			if b != nil {
-				s.bufs.Put(b)
-			}
+	lens := make([]int64, len(pages))
+	for i, w := range pages {
+		lens[i] = pageHeaderSize + int64(len(w.Page))
+	}
+	locs := make([]loc, len(pages))
+	if err := s.segs.reserve(lens, locs); err != nil {
+		return err
+	}
+	entries := make([]indexEntry, len(pages))
+	err := s.writeBodies(pages, locs, entries)
+	if err == nil && s.cfg.SyncWrites {
+		err = syncSegments(locs)
+	}
+	if err != nil {
+		s.segs.settle(locs, lens, false, nil)
+		return err
+	}
+	return s.commitIndex(pages, locs, lens, entries)
+}
+
+// writeBodies writes every record of a batch, spread over the cores: the
+// checksum and the kernel's copy into the page cache are the CPU part of a
+// write, and they run per page with no shared state.
+func (s *SSD) writeBodies(pages []PageWrite, locs []loc, entries []indexEntry) error {
+	errs := make([]error, len(pages))
+	one := func(i int) {
+		w, l := pages[i], locs[i]
+		c, err := writeRecord(l, w.ID, w.Gen, w.Page)
+		errs[i] = err
+		entries[i] = indexEntry{seg: l.seg.id, length: uint32(len(w.Page)), off: l.off, gen: w.Gen, crc: c}
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(pages), 8)
+	if workers <= 1 {
+		for i := range pages {
+			one(i)
 		}
-	}()
-	s.encodeAll(pages, bufs)
+		return errors.Join(errs...)
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(pages); i = int(next.Add(1) - 1) {
+				one(i)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// commitIndex commits the entries of written (and, with SyncWrites, synced)
+// records and moves the segments' live bytes accordingly.
+func (s *SSD) commitIndex(pages []PageWrite, locs []loc, lens []int64, entries []indexEntry) error {
+	s.idx.RLock()
+	defer s.idx.RUnlock()
 	for i := 0; i < len(pages); {
-		var delta [2]int64
+		var added, bytes int64
+		dead := map[uint32]int64{}
 		txn := s.db.NewTransaction(true)
 		start := i
+		var err error
 		for ; i < len(pages); i++ {
-			w := pages[i]
-			err := s.setPage(txn, w.ID, *bufs[i], &delta)
+			key := pageKey(pages[i].ID)
+			item, gerr := txn.Get(key)
+			switch {
+			case gerr == nil:
+				old := storedOf(item)
+				if old.rec > 0 {
+					dead[old.seg] += old.rec
+				}
+				bytes -= old.bytes
+			case errors.Is(gerr, badger.ErrKeyNotFound):
+				added++
+			default:
+				err = gerr
+			}
+			if err == nil {
+				err = txn.SetEntry(badger.NewEntry(key, encodeIndex(entries[i])))
+			}
 			if errors.Is(err, badger.ErrTxnTooBig) && i > start {
+				err = nil
 				break
 			}
 			if err != nil {
-				txn.Discard()
-				return fmt.Errorf("ssd: put page %v: %w", w.ID, err)
+				break
 			}
+			bytes += int64(entries[i].length)
 		}
-		if err := txn.Commit(); err != nil {
-			return fmt.Errorf("ssd: commit %d pages from %v: %w", i-start, pages[start].ID, err)
+		if err == nil {
+			err = txn.Commit()
+		} else {
+			txn.Discard()
 		}
-		s.pages.Add(delta[0])
-		s.bytes.Add(delta[1])
+		if err != nil {
+			s.segs.settle(locs[start:], lens[start:], false, nil)
+			return fmt.Errorf("ssd: commit index of %d pages from %v: %w", len(pages)-start, pages[start].ID, err)
+		}
+		s.segs.settle(locs[start:i], lens[start:i], true, dead)
+		s.pages.Add(added)
+		s.bytes.Add(bytes)
 		for _, w := range pages[start:i] {
 			s.counters.puts.Add(1)
 			s.counters.bytesIn.Add(uint64(len(w.Page)))
@@ -323,40 +460,6 @@ func (s *SSD) PutBatch(ctx context.Context, pages []PageWrite) error {
 	}
 	return nil
 }
-
-// encodeAll builds every page value of a batch (copy plus CRC32C), spread over
-// the cores: Badger's single write goroutine and the fsync are the serial part
-// of a commit, so the encoding should not add to it more than it must.
-func (s *SSD) encodeAll(pages []PageWrite, bufs []*[]byte) {
-	enc := func(i int) {
-		w := pages[i]
-		bufs[i] = s.getBuf(pageHeaderSize + len(w.Page))
-		*bufs[i] = encodePage(*bufs[i], w.ID, w.Gen, w.Page)
-	}
-	workers := min(runtime.GOMAXPROCS(0), len(pages), 8)
-	if workers <= 1 {
-		for i := range pages {
-			enc(i)
-		}
-		return
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < len(pages); i = int(next.Add(1) - 1) {
-				enc(i)
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-// fusedBlock is the unit of the copy-then-checksum loop: small enough that the
-// checksum reads the block back from cache right after the copy wrote it.
-const fusedBlock = 128 << 10
 
 // copyChecked copies body into dst (same length) and returns the CRC32C of
 // what it copied, in one pass over memory.
@@ -370,20 +473,15 @@ func copyChecked(dst, body []byte) uint32 {
 	return c
 }
 
-// read copies a verified page into the buffer alloc returns for its length.
-// On ErrIntegrity the buffer holds unverified bytes and must not be used.
-func (s *SSD) read(ctx context.Context, id PageID, alloc func(n int) ([]byte, error)) (uint64, []byte, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, nil, err
-	}
-	if err := s.begin(); err != nil {
-		return 0, nil, err
-	}
-	defer s.end()
-	s.counters.gets.Add(1)
-	var gen uint64
-	var out []byte
-	err := s.db.View(func(txn *badger.Txn) error {
+// fusedBlock is the unit of the copy-then-checksum loops: small enough that
+// the checksum finds the block in cache right after the copy touched it.
+const fusedBlock = 128 << 10
+
+// lookup returns the index entry of id, or for a page of the earlier format
+// copies and verifies it straight out of Badger into the buffer alloc gives
+// (legacy reports whether that happened).
+func (s *SSD) lookup(id PageID, alloc func(n int) ([]byte, error)) (e indexEntry, legacy bool, gen uint64, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(pageKey(id))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("page %v: %w", id, ErrNotFound)
@@ -392,6 +490,11 @@ func (s *SSD) read(ctx context.Context, id PageID, alloc func(n int) ([]byte, er
 			return fmt.Errorf("ssd: get page %v: %w", id, err)
 		}
 		return item.Value(func(v []byte) error {
+			if isIndexValue(v) {
+				e, err = decodeIndex(v, id)
+				return err
+			}
+			legacy = true
 			h, err := decodePageHeader(v, id)
 			if err != nil {
 				return err
@@ -403,21 +506,82 @@ func (s *SSD) read(ctx context.Context, id PageID, alloc func(n int) ([]byte, er
 			if got := copyChecked(dst, v[pageHeaderSize:]); got != h.crc {
 				return fmt.Errorf("page %v gen %d: body checksum %08x, stored %08x: %w", id, h.gen, got, h.crc, ErrIntegrity)
 			}
-			gen, out = h.gen, dst
+			gen = h.gen
 			return nil
 		})
 	})
+	return e, legacy, gen, err
+}
+
+// read copies a verified page into the buffer alloc returns for its length
+// (alloc is called at most once). On ErrIntegrity the buffer holds unverified
+// bytes and must not be used.
+func (s *SSD) read(ctx context.Context, id PageID, alloc func(n int) ([]byte, error)) (uint64, []byte, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, nil, err
+	}
+	if err := s.begin(); err != nil {
+		return 0, nil, err
+	}
+	defer s.end()
+	s.counters.gets.Add(1)
+	var dst []byte
+	once := func(n int) ([]byte, error) {
+		if dst != nil && len(dst) == n {
+			return dst, nil
+		}
+		if dst != nil {
+			return nil, fmt.Errorf("page %v: length changed from %d to %d B while reading: %w", id, len(dst), n, ErrStale)
+		}
+		b, err := alloc(n)
+		dst = b
+		return b, err
+	}
+	gen, err := s.readOnce(id, once)
+	// A record moved by compaction between the index lookup and the read:
+	// the index already names its new place.
+	for try := 0; errors.Is(err, errMoved) && try < 8; try++ {
+		gen, err = s.readOnce(id, once)
+	}
+	if errors.Is(err, errMoved) {
+		err = fmt.Errorf("page %v: segment keeps disappearing under the reader: %w", id, ErrIntegrity)
+	}
 	switch {
 	case err == nil:
 		s.counters.hits.Add(1)
-		s.counters.bytesOut.Add(uint64(len(out)))
+		s.counters.bytesOut.Add(uint64(len(dst)))
 	case errors.Is(err, ErrIntegrity):
 		s.counters.integrityErrors.Add(1)
 		s.counters.misses.Add(1)
 	case errors.Is(err, ErrNotFound):
 		s.counters.misses.Add(1)
 	}
-	return gen, out, err
+	return gen, dst, err
+}
+
+func (s *SSD) readOnce(id PageID, alloc func(n int) ([]byte, error)) (uint64, error) {
+	e, legacy, gen, err := s.lookup(id, alloc)
+	if err != nil || legacy {
+		return gen, err
+	}
+	seg := s.segs.get(e.seg)
+	if seg == nil {
+		// Either compaction just removed it (the next lookup sees the new
+		// place) or the file is gone; the caller retries a bounded number
+		// of times.
+		return 0, errMoved
+	}
+	if e.off+e.recordLen() > seg.size {
+		return 0, fmt.Errorf("page %v: record at offset %d (%d B) past segment %d's %d B: %w", id, e.off, e.recordLen(), e.seg, seg.size, ErrIntegrity)
+	}
+	dst, err := alloc(int(e.length))
+	if err != nil {
+		return 0, err
+	}
+	if err := readRecord(seg, e, id, dst); err != nil {
+		return 0, err
+	}
+	return e.gen, nil
 }
 
 // Get implements Tier.
@@ -431,7 +595,8 @@ func (s *SSD) Get(ctx context.Context, id PageID, dst []byte) (uint64, error) {
 	return gen, err
 }
 
-// Delete implements Tier.
+// Delete implements Tier. The record's bytes stay in their segment until
+// compaction reclaims it.
 func (s *SSD) Delete(ctx context.Context, id PageID) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -440,8 +605,10 @@ func (s *SSD) Delete(ctx context.Context, id PageID) error {
 		return err
 	}
 	defer s.end()
+	s.idx.RLock()
+	defer s.idx.RUnlock()
 	key := pageKey(id)
-	var size int64
+	var old stored
 	err := s.db.Update(func(txn *badger.Txn) error {
 		item, err := txn.Get(key)
 		if errors.Is(err, badger.ErrKeyNotFound) {
@@ -450,7 +617,7 @@ func (s *SSD) Delete(ctx context.Context, id PageID) error {
 		if err != nil {
 			return err
 		}
-		size = storedLen(item)
+		old = storedOf(item)
 		return txn.Delete(key)
 	})
 	if err != nil {
@@ -459,8 +626,11 @@ func (s *SSD) Delete(ctx context.Context, id PageID) error {
 		}
 		return fmt.Errorf("ssd: delete page %v: %w", id, err)
 	}
+	if old.rec > 0 {
+		s.segs.release(map[uint32]int64{old.seg: old.rec})
+	}
 	s.pages.Add(-1)
-	s.bytes.Add(-size)
+	s.bytes.Add(-old.bytes)
 	return nil
 }
 
@@ -475,14 +645,21 @@ func (s *SSD) DeleteSession(ctx context.Context, session uint64) error {
 		return err
 	}
 	defer s.end()
+	s.idx.RLock()
+	defer s.idx.RUnlock()
 	var keys [][]byte
 	var size int64
+	dead := map[uint32]int64{}
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: sessionPrefix(session)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			keys = append(keys, it.Item().KeyCopy(nil))
-			size += storedLen(it.Item())
+			old := storedOf(it.Item())
+			size += old.bytes
+			if old.rec > 0 {
+				dead[old.seg] += old.rec
+			}
 		}
 		return nil
 	})
@@ -502,6 +679,7 @@ func (s *SSD) DeleteSession(ctx context.Context, session uint64) error {
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("ssd: delete session %d: %w", session, err)
 	}
+	s.segs.release(dead)
 	s.pages.Add(-int64(len(keys)))
 	s.bytes.Add(-size)
 	return nil
@@ -682,6 +860,10 @@ func (s *SSD) Sync() error {
 		return err
 	}
 	defer s.end()
+	// Bodies before the index entries that point at them.
+	if err := s.segs.syncDirty(); err != nil {
+		return err
+	}
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("ssd: sync: %w", err)
 	}
@@ -700,7 +882,9 @@ func (s *SSD) Stats() TierStats {
 // GCRuns is the number of value-log files GC has rewritten.
 func (s *SSD) GCRuns() uint64 { return s.gcRuns.Load() }
 
-// Close stops GC and closes Badger, waiting for operations in flight.
+// Close stops GC, syncs the segments written since their last sync and closes
+// Badger (which syncs the index) and the segment files, waiting for
+// operations in flight.
 func (s *SSD) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -711,7 +895,15 @@ func (s *SSD) Close() error {
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.gcDone
-	if err := s.db.Close(); err != nil {
+	// Badger syncs the index on close; the bodies it points at go first.
+	err := s.segs.syncDirty()
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
+	if serr := s.segs.close(); err == nil {
+		err = serr
+	}
+	if err != nil {
 		return fmt.Errorf("ssd: close: %w", err)
 	}
 	return nil

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -21,9 +23,9 @@ func openTestSSD(t testing.TB, dir string) *SSD {
 	return s
 }
 
-// corrupt reaches under the tier: it opens the Badger directory directly and
-// flips one byte of the stored value of id at offset off.
-func corrupt(t *testing.T, dir string, id PageID, off int) {
+// corruptIndex reaches under the tier: it opens the Badger directory directly
+// and flips one byte of the index entry of id at offset off.
+func corruptIndex(t *testing.T, dir string, id PageID, off int) {
 	t.Helper()
 	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
 	if err != nil {
@@ -50,17 +52,25 @@ func corrupt(t *testing.T, dir string, id PageID, off int) {
 func TestSSDFlippedByteIsIntegrityError(t *testing.T) {
 	const n = 786240
 	tests := []struct {
-		name string
-		off  int
+		name  string
+		index bool // flip a byte of the Badger index entry, not of the record
+		off   int
 	}{
-		{"body first byte", pageHeaderSize},
-		{"body middle", pageHeaderSize + n/2},
-		{"body last byte", pageHeaderSize + n - 1},
-		{"magic", 0},
-		{"generation", 24},
-		{"body checksum", 33},
-		{"header checksum", 45},
-		{"session", 9},
+		{"body first byte", false, pageHeaderSize},
+		{"body middle", false, pageHeaderSize + n/2},
+		{"body last byte", false, pageHeaderSize + n - 1},
+		{"record magic", false, 0},
+		{"record generation", false, 24},
+		{"record body checksum", false, 33},
+		{"record header checksum", false, 45},
+		{"record session", false, 9},
+		{"index magic", true, 0},
+		{"index segment", true, 8},
+		{"index length", true, 13},
+		{"index offset", true, 17},
+		{"index generation", true, 24},
+		{"index body checksum", true, 33},
+		{"index checksum", true, 37},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -76,8 +86,15 @@ func TestSSDFlippedByteIsIntegrityError(t *testing.T) {
 			if err := s.Put(ctx, other, 9, page); err != nil {
 				t.Fatal(err)
 			}
+			if !tc.index {
+				if err := s.CorruptForTest(ctx, id, tc.off); err != nil {
+					t.Fatal(err)
+				}
+			}
 			s.Close()
-			corrupt(t, dir, id, tc.off)
+			if tc.index {
+				corruptIndex(t, dir, id, tc.off)
+			}
 			s = openTestSSD(t, dir)
 			defer s.Close()
 			dst := make([]byte, n)
@@ -191,32 +208,232 @@ func TestSSDMetaErrors(t *testing.T) {
 }
 
 func TestSSDBatchAndGC(t *testing.T) {
-	s, err := OpenSSD(SSDConfig{Dir: t.TempDir(), GCInterval: 20 * time.Millisecond, ValueLogFileSize: 8 << 20, MemTableSize: 4 << 20, SyncWrites: true})
+	dir := t.TempDir()
+	cfg := SSDConfig{Dir: dir, GCInterval: -1, SegmentBytes: 4 << 20, ValueLogFileSize: 8 << 20, MemTableSize: 4 << 20, SyncWrites: true}
+	s, err := OpenSSD(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(3, 3))
-	page := randBytes(r, 1<<20)
-	// Rewrite the same pages many times so the value log fills with garbage.
+	const size = 1 << 20
+	var want [8][]byte
+	// Rewrite the same pages many times so the segments fill with garbage.
 	for round := uint64(1); round <= 6; round++ {
 		var batch []PageWrite
 		for p := uint32(0); p < 8; p++ {
-			batch = append(batch, PageWrite{ID: PageID{Session: 1, Page: p}, Gen: round, Page: page})
+			want[p] = randBytes(r, size)
+			batch = append(batch, PageWrite{ID: PageID{Session: 1, Page: p}, Gen: round, Page: want[p]})
 		}
 		if err := s.PutBatch(ctx, batch); err != nil {
 			t.Fatal(err)
 		}
 	}
+	files, alloc, live := s.SegmentUsage()
+	// 48 records of 1 MiB + 4 KiB: three per 4 MiB segment.
+	if files != 16 || live != 8*(pageHeaderSize+size) {
+		t.Fatalf("before GC: %d segments, %d B allocated, %d B live", files, alloc, live)
+	}
 	s.RunGC()
-	dst := make([]byte, len(page))
-	for p := uint32(0); p < 8; p++ {
-		if gen, err := s.Get(ctx, PageID{Session: 1, Page: p}, dst); err != nil || gen != 6 || !bytes.Equal(dst, page) {
-			t.Fatalf("page %d after GC: gen %d err %v", p, gen, err)
+	files, alloc, live = s.SegmentUsage()
+	if s.Compactions() == 0 || files > 4 || live != 8*(pageHeaderSize+size) {
+		t.Errorf("after GC: %d compactions, %d segments, %d B allocated, %d B live", s.Compactions(), files, alloc, live)
+	}
+	check := func(s *SSD) {
+		t.Helper()
+		dst := make([]byte, size)
+		for p := uint32(0); p < 8; p++ {
+			if gen, err := s.Get(ctx, PageID{Session: 1, Page: p}, dst); err != nil || gen != 6 || !bytes.Equal(dst, want[p]) {
+				t.Fatalf("page %d after GC: gen %d err %v", p, gen, err)
+			}
+		}
+		if st := s.Stats(); st.Pages != 8 || st.Bytes != 8*size {
+			t.Errorf("Stats = %d pages %d B after rewrites", st.Pages, st.Bytes)
 		}
 	}
-	if st := s.Stats(); st.Pages != 8 || st.Bytes != 8<<20 {
-		t.Errorf("Stats = %d pages %d B after rewrites", st.Pages, st.Bytes)
+	check(s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(dir, segDirName))
+	if len(ents) != files {
+		t.Errorf("%d segment files on disk, tier counted %d", len(ents), files)
+	}
+	s, err = OpenSSD(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	check(s)
+	if f2, _, live2 := s.SegmentUsage(); f2 != files || live2 != live {
+		t.Errorf("after reopen: %d segments, %d B live; before %d, %d", f2, live2, files, live)
+	}
+}
+
+// Compaction racing writes and deletes of the same pages: a page written (or
+// deleted) while its old record is being moved keeps the newer state, and
+// every read returns bytes matching the generation it reports.
+func TestSSDCompactionRacesWrites(t *testing.T) {
+	s, err := OpenSSD(SSDConfig{Dir: t.TempDir(), GCInterval: -1, SegmentBytes: 256 << 10, MemTableSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	const pages, size, rounds = 16, 20000, 60
+	body := func(p uint32, gen uint64) []byte {
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = byte(uint64(p)*31 + gen*7 + uint64(i)%251)
+		}
+		return b
+	}
+	done := make(chan struct{})
+	gcErr := make(chan error, 1)
+	go func() {
+		defer close(gcErr)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if err := s.compact(); err != nil {
+				gcErr <- err
+				return
+			}
+		}
+	}()
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(readErr)
+		dst := make([]byte, size)
+		r := rand.New(rand.NewPCG(9, 9))
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			p := uint32(r.IntN(pages))
+			gen, err := s.Get(ctx, PageID{Session: 1, Page: p}, dst)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				readErr <- err
+				return
+			}
+			if !bytes.Equal(dst, body(p, gen)) {
+				readErr <- fmt.Errorf("page %d: bytes do not match gen %d", p, gen)
+				return
+			}
+		}
+	}()
+	last := map[uint32]uint64{}
+	for round := uint64(1); round <= rounds; round++ {
+		var batch []PageWrite
+		for p := uint32(0); p < pages; p++ {
+			if (uint64(p)+round)%5 == 0 {
+				continue
+			}
+			batch = append(batch, PageWrite{ID: PageID{Session: 1, Page: p}, Gen: round, Page: body(p, round)})
+			last[p] = round
+		}
+		if err := s.PutBatch(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+		if round%7 == 0 {
+			p := uint32(round % pages)
+			if err := s.Delete(ctx, PageID{Session: 1, Page: p}); err != nil && !errors.Is(err, ErrNotFound) {
+				t.Fatal(err)
+			}
+			delete(last, p)
+		}
+	}
+	close(done)
+	if err := <-gcErr; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-readErr; err != nil {
+		t.Fatal(err)
+	}
+	if err := s.compact(); err != nil {
+		t.Fatal(err)
+	}
+	dst := make([]byte, size)
+	for p := uint32(0); p < pages; p++ {
+		gen, err := s.Get(ctx, PageID{Session: 1, Page: p}, dst)
+		want, ok := last[p]
+		switch {
+		case !ok && !errors.Is(err, ErrNotFound):
+			t.Errorf("deleted page %d: gen %d err %v", p, gen, err)
+		case ok && (err != nil || gen != want || !bytes.Equal(dst, body(p, gen))):
+			t.Errorf("page %d: gen %d err %v, want gen %d", p, gen, err, want)
+		}
+	}
+	files, alloc, live := s.SegmentUsage()
+	var want int64
+	for range last {
+		want += pageHeaderSize + size
+	}
+	if live != want || alloc > 4*want+2*(256<<10) {
+		t.Errorf("%d segments, %d B allocated, %d B live; want %d B live", files, alloc, live, want)
+	}
+}
+
+// Segment files nothing points at (all their pages rewritten or deleted, or
+// a batch whose index commit never happened) are deleted on open; the newest
+// segment keeps taking records after its last live one.
+func TestSSDReopenDropsUnreferencedSegments(t *testing.T) {
+	dir := t.TempDir()
+	cfg := SSDConfig{Dir: dir, GCInterval: -1, SegmentBytes: 1 << 20, MemTableSize: 4 << 20}
+	s, err := OpenSSD(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	page := bytes.Repeat([]byte{7}, 300<<10)
+	// Three records per 1 MiB segment: pages 0-2, 3-5 and 6.
+	for p := uint32(0); p < 7; p++ {
+		if err := s.Put(ctx, PageID{Session: 2, Page: p}, 1, page); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for p := uint32(3); p < 6; p++ {
+		if err := s.Delete(ctx, PageID{Session: 2, Page: p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if files, _, _ := s.SegmentUsage(); files != 3 {
+		t.Fatalf("%d segments, want 3", files)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = OpenSSD(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	files, alloc, live := s.SegmentUsage()
+	if files != 2 || alloc != 2<<20 || live != 4*(pageHeaderSize+300<<10) {
+		t.Errorf("after reopen: %d segments, %d B allocated, %d B live", files, alloc, live)
+	}
+	if _, err := os.Stat(filepath.Join(dir, segDirName, segName(1))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("unreferenced segment 1 still on disk: %v", err)
+	}
+	// The next page goes after page 6 in the newest segment.
+	if err := s.Put(ctx, PageID{Session: 2, Page: 9}, 1, page); err != nil {
+		t.Fatal(err)
+	}
+	if files, alloc, _ := s.SegmentUsage(); files != 2 || alloc != 2<<20 {
+		t.Errorf("a new segment was created instead of filling the newest: %d, %d B", files, alloc)
+	}
+	dst := make([]byte, len(page))
+	for _, p := range []uint32{0, 1, 2, 6, 9} {
+		if gen, err := s.Get(ctx, PageID{Session: 2, Page: p}, dst); err != nil || gen != 1 || !bytes.Equal(dst, page) {
+			t.Errorf("page %d: gen %d err %v", p, gen, err)
+		}
 	}
 }

@@ -84,8 +84,10 @@ func TestStoreIntegrityErrorNotServed(t *testing.T) {
 	if err := s.Flush(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.SSD().CorruptForTest(ctx, id, pageHeaderSize+100); err != nil {
+		t.Fatal(err)
+	}
 	s.Close()
-	corrupt(t, dir, id, pageHeaderSize+100)
 	s = openTestStore(t, dir, 2, pageBytes)
 	defer s.Close()
 	dst := make([]byte, pageBytes)

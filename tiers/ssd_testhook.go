@@ -1,0 +1,50 @@
+package tiers
+
+import (
+	"context"
+	"fmt"
+)
+
+// CorruptForTest is for tests only (of this package and of the daemon): it
+// flips one bit of the stored record of id, at byte off of the record (0..47
+// the 48-byte page header, 48.. the body; a negative off counts back from the
+// record's end), in the segment file itself, and syncs it. The next Get of the
+// page must return ErrIntegrity. It refuses pages of the earlier in-Badger
+// format and offsets outside the record.
+func (s *SSD) CorruptForTest(ctx context.Context, id PageID, off int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.begin(); err != nil {
+		return err
+	}
+	defer s.end()
+	e, legacy, _, err := s.lookup(id, func(int) ([]byte, error) {
+		return nil, fmt.Errorf("page %v: stored in Badger, not in a segment: %w", id, ErrNotFound)
+	})
+	if err != nil {
+		return err
+	}
+	if legacy {
+		return fmt.Errorf("page %v: stored in Badger, not in a segment: %w", id, ErrNotFound)
+	}
+	if off < 0 {
+		off += int(e.recordLen())
+	}
+	if off < 0 || int64(off) >= e.recordLen() {
+		return fmt.Errorf("page %v: offset %d outside its %d-byte record: %w", id, off, e.recordLen(), ErrRange)
+	}
+	seg := s.segs.get(e.seg)
+	if seg == nil {
+		return fmt.Errorf("page %v: segment %d: %w", id, e.seg, ErrNotFound)
+	}
+	var b [1]byte
+	if _, err := seg.f.ReadAt(b[:], e.off+int64(off)); err != nil {
+		return fmt.Errorf("page %v: %w", id, err)
+	}
+	b[0] ^= 0x40
+	if _, err := seg.f.WriteAt(b[:], e.off+int64(off)); err != nil {
+		return fmt.Errorf("page %v: %w", id, err)
+	}
+	return fdatasync(seg.f)
+}
