@@ -34,6 +34,9 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	async  sync.WaitGroup
+	// cycleSem bounds the CYCLE goroutines of the connection (see
+	// conn.cycle).
+	cycleSem chan struct{}
 
 	mu       sync.Mutex
 	sessions map[uint64]*session
@@ -50,8 +53,13 @@ func newConn(d *Daemon, uc *net.UnixConn, cred Cred) *conn {
 		cancel:   cancel,
 		sessions: map[uint64]*session{},
 		leases:   map[uint64]*lease{},
+		cycleSem: make(chan struct{}, maxCyclesInFlight),
 	}
 }
+
+// maxCyclesInFlight is how many CYCLE frames of one connection may be
+// answered at once; the read loop waits for a slot before the next one.
+const maxCyclesInFlight = 64
 
 // stop makes the read loop return after the frame in hand; in-flight cycle
 // replies still go out.

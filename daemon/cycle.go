@@ -56,6 +56,9 @@ func (c *conn) cycle(h proto.Header, m *proto.Cycle) {
 		q := indexer.Query{Position: int64(e.Position), Layers: e.Queries}
 		items = append(items, &cycleItem{idx: i, s: s, query: q})
 	}
+	// Bound the cycles in flight before taking any lock: a client that does
+	// not read its replies stalls only its own read loop.
+	c.cycleSem <- struct{}{}
 	// Lock in id order: two frames naming the same sessions cannot deadlock.
 	slices.SortFunc(items, func(a, b *cycleItem) int { return cmpU64(a.s.id, b.s.id) })
 	for _, it := range items {
@@ -64,12 +67,14 @@ func (c *conn) cycle(h proto.Header, m *proto.Cycle) {
 	c.async.Add(1)
 	go func() {
 		defer c.async.Done()
-		defer func() {
-			for _, it := range items {
-				it.s.mu.Unlock()
-			}
-		}()
+		defer func() { <-c.cycleSem }()
 		d.runCycle(c, items, results)
+		// The locks go before the reply is written: a client that does not
+		// read must not hold its sessions' locks (STATUS, the lease janitor
+		// and shutdown take them).
+		for _, it := range items {
+			it.s.mu.Unlock()
+		}
 		d.m.cycleSeconds.Observe(time.Since(t0).Seconds())
 		d.m.cycleSessions.Observe(float64(len(m.Entries)))
 		if err := c.pc.Reply(h, &proto.CycleReply{Results: results}); err != nil {
@@ -157,11 +162,16 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 	tw := time.Now()
 	s.waitPending()
 	cpp := uint64(s.layout.ChunksPerPage)
-	first := uint32(s.chunks / cpp)
-	last := uint32((s.chunks + uint64(max(s.layout.CycleSteps, 1)) - 1) / cpp)
+	first := s.chunks / cpp
+	last := (s.chunks + uint64(max(s.layout.CycleSteps, 1)) - 1) / cpp
+	if n := last - first + 1; n > uint64(s.region.Slots()) {
+		// τ is the client's: it must not make the daemon build (or loop
+		// over) a tail of billions of pages.
+		return proto.CycleResult{}, proto.CodeNoSpace.Errorf("session %d: a cycle of %d steps needs %d tail pages, the reserve has %d slots", s.id, s.layout.CycleSteps, n, s.region.Slots())
+	}
 	var tail []uint32
 	for p := first; p <= last; p++ {
-		tail = append(tail, p)
+		tail = append(tail, uint32(p))
 	}
 	need := mergeSorted(cy.Use, tail)
 	d.mu.Lock()

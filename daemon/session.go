@@ -252,6 +252,10 @@ func (d *Daemon) register(c *conn, s *session, named bool) error {
 	if s.id == 0 {
 		d.nextID++
 		s.id = d.nextID
+	} else if _, dup := d.sessions[s.id]; dup {
+		// A persisted session loaded twice (two RESUMEs racing past the
+		// by-name lookup): the live one stays.
+		return proto.CodeNotOwner.Errorf("session %q was resumed by another connection meanwhile", s.name)
 	}
 	d.sessions[s.id] = s
 	if named {
@@ -275,14 +279,18 @@ func (d *Daemon) unregister(s *session) {
 // tables; s.mu is held (lock order: session, then daemon, then connection).
 func (d *Daemon) unregisterLocked(s *session) {
 	d.mu.Lock()
-	delete(d.sessions, s.id)
+	if d.sessions[s.id] == s {
+		delete(d.sessions, s.id)
+	}
 	if s.name != "" && d.byName[s.name] == s {
 		delete(d.byName, s.name)
 	}
 	d.mu.Unlock()
 	if c := s.conn; c != nil {
 		c.mu.Lock()
-		delete(c.sessions, s.id)
+		if c.sessions[s.id] == s {
+			delete(c.sessions, s.id)
+		}
 		c.mu.Unlock()
 	}
 }

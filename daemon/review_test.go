@@ -1,0 +1,156 @@
+package daemon
+
+import (
+	"context"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/flashmemory/flashmemory/internal/synth"
+	"github.com/flashmemory/flashmemory/proto"
+)
+
+// rawCall writes one request on a raw connection and reads its reply,
+// closing any files that came with it.
+func rawCall(t *testing.T, uc *net.UnixConn, id uint64, op proto.Op, req, reply proto.Message) {
+	t.Helper()
+	body, err := req.AppendBinary(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.WriteFrame(uc, proto.Header{Version: 1, Op: op, ID: id}, body); err != nil {
+		t.Fatal(err)
+	}
+	f, err := proto.ReadFrame(uc, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.CloseFiles()
+	if f.Flags&proto.FlagError != 0 {
+		var e proto.ErrorBody
+		_ = e.Decode(f.Body)
+		t.Fatalf("%s: error %v %s", op, e.Code, e.Msg)
+	}
+	if reply != nil {
+		if err := reply.Decode(f.Body); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A client that pipelines CYCLEs and never reads the replies must not make
+// its sessions' locks unavailable to other connections (STATUS sums every
+// session's footprint, the lease janitor visits every session).
+func TestReviewUnreadCycleRepliesDoNotWedgeOthers(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+
+	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: rd.d.Addr(), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	_ = uc.SetReadBuffer(4096)
+	rawCall(t, uc, 1, proto.OpHello, &proto.Hello{MinVersion: 1, MaxVersion: 1, ClientName: "hostile"}, nil)
+	l := testLayout(8)
+	var or proto.OpenReply
+	rawCall(t, uc, 2, proto.OpOpen, &proto.Open{Layout: l}, &or)
+	r := rand.New(rand.NewPCG(1, 2))
+	const n = 64
+	size, _ := l.PayloadBytes(n)
+	payload := make([]byte, size)
+	synth.FillAppend(&l, 1, 0, n, payload)
+	keys := synth.Keys(r, int(l.TargetLayers), int(l.KeyBytes), n)
+	rawCall(t, uc, 3, proto.OpAppend, &proto.Append{Session: or.Session, Count: n, Inline: true, Payload: payload, Keys: keys}, nil)
+
+	body, err := (&proto.Cycle{Entries: []proto.CycleEntry{{Session: or.Session, Position: n * 4, Queries: queries(r, 64, 3)}}}).AppendBinary(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for id := uint64(10); id < 200000; id++ {
+			if proto.WriteFrame(uc, proto.Header{Version: 1, Op: proto.OpCycle, ID: id}, body) != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second) // the daemon's writes to uc now block
+
+	c := dial(t, rd.d.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatalf("STATUS from another client while one client does not read: %v", err)
+	}
+	uc.Close()
+}
+
+// A layout whose cycle spans more tail pages than the reserve has slots
+// must be refused without building a tail of billions of pages.
+func TestReviewHugeCycleStepsTail(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	c := dial(t, rd.d.Addr())
+	ctx := context.Background()
+	l := testLayout(8)
+	l.CycleSteps = 1<<32 - 1
+	op, err := c.Open(ctx, &proto.Open{Layout: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	appendAll(t, c, op.Session, &l, 1, 0, 64, r)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Position: 256, Queries: queries(r, 64, 3)}})
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err == nil || res[0].Err.Code != proto.CodeNoSpace {
+		t.Fatalf("cycle with a 2^32-step tail: %+v, want NO_SPACE", res[0].Err)
+	}
+	if d := after.TotalAlloc - before.TotalAlloc; d > 64<<20 {
+		t.Fatalf("one cycle allocated %d MB", d>>20)
+	}
+}
+
+// Loading a persisted session that is already live (two RESUMEs racing
+// past the by-name lookup) must leave the live one registered.
+func TestReviewConcurrentResumeKeepsLiveSession(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	c := dial(t, rd.d.Addr())
+	ctx := context.Background()
+	l := testLayout(8)
+	op, err := c.Open(ctx, &proto.Open{Name: "p", Persist: true, Layout: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseSession(ctx, op.Session, false); err != nil {
+		t.Fatal(err)
+	}
+	d := rd.d
+	fake := func() *conn {
+		return &conn{d: d, cred: Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}, sessions: map[uint64]*session{}, leases: map[uint64]*lease{}}
+	}
+	s1, err := d.loadSession("p", fake())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.loadSession("p", fake()); err == nil {
+		t.Fatal("second load of a live session succeeded")
+	}
+	d.mu.Lock()
+	got := d.sessions[s1.id]
+	d.mu.Unlock()
+	if got != s1 {
+		t.Fatalf("live session %d is no longer registered (%p, want %p)", s1.id, got, s1)
+	}
+}
