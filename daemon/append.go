@@ -31,6 +31,9 @@ func (c *conn) appendChunks(m *proto.Append) (proto.Message, error) {
 	if uint64(len(payload)) != want {
 		return nil, proto.CodePayloadSize.Errorf("payload of %d chunks must be %d B, got %d", m.Count, want, len(payload))
 	}
+	if err := s.checkKeys(uint64(m.Count), m.Keys); err != nil {
+		return nil, err
+	}
 	n := uint64(m.Count)
 	cpp := uint64(s.layout.ChunksPerPage)
 	// One run per page touched: the payload's layer-major, segment-major
@@ -63,6 +66,9 @@ func (c *conn) commit(m *proto.Commit) (proto.Message, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.checkAppend(c.d, m.FirstChunk, m.Count, m.Keys); err != nil {
+		return nil, err
+	}
+	if err := s.checkKeys(uint64(m.Count), m.Keys); err != nil {
 		return nil, err
 	}
 	n := uint64(m.Count)
@@ -123,9 +129,8 @@ func (s *session) checkAppend(d *Daemon, first uint64, count uint32, keys []byte
 	return nil
 }
 
-// appendKeys feeds the index keys of chunks [first, first+n) to the indexer
-// and advances the chunk count.
-func (s *session) appendKeys(first, n uint64, keys []byte) error {
+// splitKeys cuts the index keys of n chunks into one slice per target layer.
+func (s *session) splitKeys(n uint64, keys []byte) [][]byte {
 	t := int(s.layout.TargetLayers)
 	per := make([][]byte, t)
 	kb := uint64(s.layout.KeyBytes)
@@ -133,7 +138,29 @@ func (s *session) appendKeys(first, n uint64, keys []byte) error {
 		off := s.layout.KeyOffset(n, uint64(l), 0)
 		per[l] = keys[off : off+n*kb]
 	}
-	if err := s.req.AppendKeys(int(first), per); err != nil {
+	return per
+}
+
+// checkKeys has the model vet the index keys of n chunks in a scratch key
+// store, before any page is written: keys rejected after the pages were
+// written would leave pages the session does not count.
+func (s *session) checkKeys(n uint64, keys []byte) error {
+	for _, b := range s.splitKeys(n, keys) {
+		ks, err := s.scorer.NewKeys()
+		if err != nil {
+			return err
+		}
+		if err := ks.Append(b); err != nil {
+			return proto.CodeBadRequest.Errorf("index keys: %v", err)
+		}
+	}
+	return nil
+}
+
+// appendKeys feeds the index keys of chunks [first, first+n) to the indexer
+// and advances the chunk count.
+func (s *session) appendKeys(first, n uint64, keys []byte) error {
+	if err := s.req.AppendKeys(int(first), s.splitKeys(n, keys)); err != nil {
 		return indexerError(err)
 	}
 	s.chunks = first + n

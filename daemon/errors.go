@@ -37,7 +37,7 @@ func wireError(err error) *proto.Error {
 		code = proto.CodePayloadSize
 	case errors.Is(err, indexer.ErrTooManyChunks):
 		code = proto.CodeLimitExceeded
-	case errors.Is(err, indexer.ErrBadQuery), errors.Is(err, indexer.ErrBatch), errors.Is(err, indexer.ErrBadPolicy):
+	case errors.Is(err, indexer.ErrBadQuery), errors.Is(err, indexer.ErrBatch), errors.Is(err, indexer.ErrBadPolicy), errors.Is(err, indexer.ErrBadKey):
 		code = proto.CodeBadRequest
 	default:
 		if c := proto.CodeOf(err); c != proto.CodeInternal {

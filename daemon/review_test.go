@@ -154,3 +154,46 @@ func TestReviewConcurrentResumeKeepsLiveSession(t *testing.T) {
 		t.Fatalf("live session %d is no longer registered (%p, want %p)", s1.id, got, s1)
 	}
 }
+
+// An APPEND whose keys the model rejects must fail with BAD_REQUEST before
+// any page is written: pages written for chunks the session never counted
+// made the session unappendable once persisted and resumed.
+func TestReviewRejectedKeysWriteNothing(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.Indexer.Text = []TextModelConfig{{Name: "text"}}
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	sc := rd.d.models["text"]
+	c := dial(t, rd.d.Addr())
+	ctx := context.Background()
+	l := testLayout(8)
+	l.KeyBytes, l.TargetLayers = uint32(sc.KeyBytes()), uint32(len(sc.Layers()))
+	op, err := c.Open(ctx, &proto.Open{Name: "tm", Model: "text", Persist: true, Layout: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	size, _ := l.PayloadBytes(n)
+	payload := make([]byte, size)
+	synth.FillAppend(&l, 1, 0, n, payload)
+	kb, _ := l.KeysBytes(n)
+	bad := make([]byte, kb)
+	for i := range bad {
+		bad[i] = 0xff // NaN scales
+	}
+	_, err = c.Append(ctx, &proto.Append{Session: op.Session, Count: n, Inline: true, Payload: payload, Keys: bad})
+	if proto.CodeOf(err) != proto.CodeBadRequest {
+		t.Fatalf("APPEND with rejected keys: %v, want BAD_REQUEST", err)
+	}
+	if err := c.CloseSession(ctx, op.Session, false); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := c.Resume(ctx, "tm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Append(ctx, &proto.Append{Session: rr.Session, Count: n, Inline: true, Payload: payload, Keys: make([]byte, kb)}); err != nil || got != n {
+		t.Fatalf("APPEND after a rejected one and a resume: %d, %v", got, err)
+	}
+}
