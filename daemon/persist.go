@@ -154,13 +154,21 @@ func (c *conn) resume(m *proto.Resume) (proto.Message, []int, error) {
 	d.mu.Lock()
 	s := d.byName[m.Name]
 	d.mu.Unlock()
+	if s != nil {
+		s.mu.Lock()
+		if s.req == nil {
+			// Dropped since the lookup (moved to SSD by detached_ttl,
+			// evicted, closed): its region is gone; resume from SSD.
+			s.mu.Unlock()
+			s = nil
+		}
+	}
 	if s == nil {
 		var err error
 		if s, err = d.loadSession(m.Name, c); err != nil {
 			return nil, nil, err
 		}
 	} else {
-		s.mu.Lock()
 		switch {
 		case !sameOwner(s.owner, c.cred):
 			s.mu.Unlock()
@@ -169,6 +177,14 @@ func (c *conn) resume(m *proto.Resume) (proto.Message, []int, error) {
 			s.mu.Unlock()
 			return nil, nil, proto.CodeNotOwner.Errorf("session %q is attached to another connection", m.Name)
 		}
+		c.mu.Lock()
+		_, mine := c.sessions[s.id]
+		if n := len(c.sessions); !mine && n >= d.cfg.Limits.MaxSessionsPerConn {
+			c.mu.Unlock()
+			s.mu.Unlock()
+			return nil, nil, proto.CodeLimitExceeded.Errorf("connection holds %d sessions, limit %d", n, d.cfg.Limits.MaxSessionsPerConn)
+		}
+		c.mu.Unlock()
 		s.conn = c
 		s.mu.Unlock()
 		c.mu.Lock()
@@ -177,6 +193,10 @@ func (c *conn) resume(m *proto.Resume) (proto.Message, []int, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.req == nil || s.region == nil {
+		// Evicted or closed by another connection of the owner meanwhile.
+		return nil, nil, proto.CodeUnknownSession.Errorf("session %q was closed while being resumed", m.Name)
+	}
 	d.log.Info("session resumed", "session", s.id, "name", s.name, "chunks", s.chunks)
 	return &proto.ResumeReply{
 		Session: s.id, Chunks: s.chunks, Persist: s.persist, Model: s.model,

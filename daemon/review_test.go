@@ -197,3 +197,101 @@ func TestReviewRejectedKeysWriteNothing(t *testing.T) {
 		t.Fatalf("APPEND after a rejected one and a resume: %d, %v", got, err)
 	}
 }
+
+// A RESUME that finds a detached session in memory just as the janitor
+// moves it to SSD (detached_ttl) must not serve the dropped session (its
+// region is gone): it resumes from SSD instead.
+func TestReviewResumeRacesDetachedExpiry(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	d := rd.d
+	ctx := context.Background()
+	l := testLayout(8)
+	c1 := dial(t, d.Addr())
+	op, err := c1.Open(ctx, &proto.Open{Name: "p", Persist: true, Layout: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	appendAll(t, c1, op.Session, &l, 1, 0, 128, r)
+	c1.Close()
+	d.mu.Lock()
+	s := d.byName["p"]
+	d.mu.Unlock()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		s.mu.Lock()
+		detached := s.conn == nil
+		s.mu.Unlock()
+		if detached {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("session not detached")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	c2 := dial(t, d.Addr())
+	s.mu.Lock()
+	type res struct {
+		rr  *proto.ResumeReply
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		rr, err := c2.Resume(ctx, "p")
+		done <- res{rr, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // RESUME has found s and waits for its lock
+	// What dropSessionIf does for an expired detached session.
+	if err := d.store.Flush(ctx, s.id); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.writeMetaLocked(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	d.unregisterLocked(s)
+	s.destroyRegion(d)
+	_ = d.store.Mirror().DeleteSession(ctx, s.id)
+	s.req = nil
+	s.mu.Unlock()
+
+	got := <-done
+	if got.err != nil {
+		t.Fatalf("RESUME: %v", got.err)
+	}
+	if got.rr.Chunks != 128 {
+		t.Fatalf("resumed %d chunks, want 128", got.rr.Chunks)
+	}
+}
+
+// RESUME of a session detached in memory counts against
+// max_sessions_per_conn like OPEN and a RESUME from SSD do.
+func TestReviewResumeInMemoryHonoursPerConnLimit(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.Limits.MaxSessionsPerConn = 1
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	ctx := context.Background()
+	l := testLayout(8)
+	a := dial(t, rd.d.Addr())
+	if _, err := a.Open(ctx, &proto.Open{Name: "a", Persist: true, Layout: l}); err != nil {
+		t.Fatal(err)
+	}
+	b := dial(t, rd.d.Addr())
+	if _, err := b.Open(ctx, &proto.Open{Name: "b", Persist: true, Layout: l}); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err = a.Resume(ctx, "b"); proto.CodeOf(err) != proto.CodeNotOwner {
+			break // b's connection has ended
+		}
+	}
+	if proto.CodeOf(err) != proto.CodeLimitExceeded {
+		t.Fatalf("second session on a connection limited to 1: %v, want LIMIT_EXCEEDED", err)
+	}
+}
