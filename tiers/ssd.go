@@ -84,6 +84,14 @@ type SSD struct {
 	idx  sync.RWMutex
 	gcMu sync.Mutex // one GC round at a time
 
+	// cache mirrors every valid index entry in memory (about 80 B per page),
+	// so a read costs no Badger transaction. It is updated right after each
+	// index commit, under idx, so it never runs ahead of Badger; a reader
+	// that sees the previous entry gets the previous generation, which a
+	// read racing a write may return anyway.
+	cacheMu sync.RWMutex
+	cache   map[PageID]indexEntry
+
 	stop   chan struct{}
 	gcDone chan struct{}
 
@@ -165,7 +173,7 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 		db.Close()
 		return nil, err
 	}
-	s := &SSD{cfg: cfg, db: db, segs: segs, stop: make(chan struct{}), gcDone: make(chan struct{})}
+	s := &SSD{cfg: cfg, db: db, segs: segs, cache: map[PageID]indexEntry{}, stop: make(chan struct{}), gcDone: make(chan struct{})}
 	if err := s.countPages(); err != nil {
 		segs.close()
 		db.Close()
@@ -190,7 +198,9 @@ func (s *SSD) countPages() error {
 				}
 				// A corrupt entry still counts as a page (reads of it
 				// report ErrIntegrity); it just claims no segment space.
-				if e, err := decodeIndex(v, pageIDOf(it.Item().Key())); err == nil {
+				id := pageIDOf(it.Item().Key())
+				if e, err := decodeIndex(v, id); err == nil {
+					s.cache[id] = e
 					s.bytes.Add(int64(e.length))
 					live[e.seg] += e.recordLen()
 					end[e.seg] = max(end[e.seg], e.off+e.recordLen())
@@ -417,15 +427,11 @@ func (s *SSD) commitIndex(pages []PageWrite, locs []loc, lens []int64, entries [
 		for ; i < len(pages); i++ {
 			key := pageKey(pages[i].ID)
 			item, gerr := txn.Get(key)
+			var old stored
 			switch {
 			case gerr == nil:
-				old := storedOf(item)
-				if old.rec > 0 {
-					dead[old.seg] += old.rec
-				}
-				bytes -= old.bytes
+				old = storedOf(item)
 			case errors.Is(gerr, badger.ErrKeyNotFound):
-				added++
 			default:
 				err = gerr
 			}
@@ -433,13 +439,19 @@ func (s *SSD) commitIndex(pages []PageWrite, locs []loc, lens []int64, entries [
 				err = txn.SetEntry(badger.NewEntry(key, encodeIndex(entries[i])))
 			}
 			if errors.Is(err, badger.ErrTxnTooBig) && i > start {
+				// Page i goes first into the next transaction.
 				err = nil
 				break
 			}
 			if err != nil {
 				break
 			}
-			bytes += int64(entries[i].length)
+			if !old.ok {
+				added++
+			} else if old.rec > 0 {
+				dead[old.seg] += old.rec
+			}
+			bytes += int64(entries[i].length) - old.bytes
 		}
 		if err == nil {
 			err = txn.Commit()
@@ -450,6 +462,11 @@ func (s *SSD) commitIndex(pages []PageWrite, locs []loc, lens []int64, entries [
 			s.segs.settle(locs[start:], lens[start:], false, nil)
 			return fmt.Errorf("ssd: commit index of %d pages from %v: %w", len(pages)-start, pages[start].ID, err)
 		}
+		s.cacheMu.Lock()
+		for j := start; j < i; j++ {
+			s.cache[pages[j].ID] = entries[j]
+		}
+		s.cacheMu.Unlock()
 		s.segs.settle(locs[start:i], lens[start:i], true, dead)
 		s.pages.Add(added)
 		s.bytes.Add(bytes)
@@ -481,6 +498,13 @@ const fusedBlock = 128 << 10
 // copies and verifies it straight out of Badger into the buffer alloc gives
 // (legacy reports whether that happened).
 func (s *SSD) lookup(id PageID, alloc func(n int) ([]byte, error)) (e indexEntry, legacy bool, gen uint64, err error) {
+	s.cacheMu.RLock()
+	e, ok := s.cache[id]
+	s.cacheMu.RUnlock()
+	if ok {
+		return e, false, 0, nil
+	}
+	// Not cached: absent, a page of the earlier format, or a corrupt entry.
 	err = s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(pageKey(id))
 		if errors.Is(err, badger.ErrKeyNotFound) {
@@ -626,6 +650,9 @@ func (s *SSD) Delete(ctx context.Context, id PageID) error {
 		}
 		return fmt.Errorf("ssd: delete page %v: %w", id, err)
 	}
+	s.cacheMu.Lock()
+	delete(s.cache, id)
+	s.cacheMu.Unlock()
 	if old.rec > 0 {
 		s.segs.release(map[uint32]int64{old.seg: old.rec})
 	}
@@ -679,6 +706,11 @@ func (s *SSD) DeleteSession(ctx context.Context, session uint64) error {
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("ssd: delete session %d: %w", session, err)
 	}
+	s.cacheMu.Lock()
+	for _, k := range keys {
+		delete(s.cache, pageIDOf(k))
+	}
+	s.cacheMu.Unlock()
 	s.segs.release(dead)
 	s.pages.Add(-int64(len(keys)))
 	s.bytes.Add(-size)

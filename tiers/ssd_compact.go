@@ -183,6 +183,15 @@ func (s *SSD) repoint(batch []move, locs []loc) ([]bool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("re-point index: %w", err)
 	}
+	s.cacheMu.Lock()
+	for i, m := range batch {
+		if moved[i] {
+			ne := m.e
+			ne.seg, ne.off = locs[i].seg.id, locs[i].off
+			s.cache[m.id] = ne
+		}
+	}
+	s.cacheMu.Unlock()
 	return moved, nil
 }
 
