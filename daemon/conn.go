@@ -176,6 +176,11 @@ func (c *conn) handle(f *proto.Frame) {
 	if err := c.pc.Reply(f.Header, reply, fds...); err != nil {
 		c.d.log.Debug("reply failed", "op", f.Op, "err", err)
 	}
+	if f.Op == proto.OpOpen || f.Op == proto.OpResume {
+		for _, fd := range fds {
+			_ = unix.Close(fd) // a copy of the region's fd (dupFD)
+		}
+	}
 }
 
 func (c *conn) fail(h proto.Header, err error) {

@@ -197,11 +197,15 @@ func (c *conn) resume(m *proto.Resume) (proto.Message, []int, error) {
 		// Evicted or closed by another connection of the owner meanwhile.
 		return nil, nil, proto.CodeUnknownSession.Errorf("session %q was closed while being resumed", m.Name)
 	}
+	fd, err := dupFD(s.region.FD())
+	if err != nil {
+		return nil, nil, err
+	}
 	d.log.Info("session resumed", "session", s.id, "name", s.name, "chunks", s.chunks)
 	return &proto.ResumeReply{
 		Session: s.id, Chunks: s.chunks, Persist: s.persist, Model: s.model,
 		Layout: s.layout, Policy: s.policy, Region: proto.Region{RegionDesc: regionDesc(s.region)},
-	}, []int{s.region.FD()}, nil
+	}, []int{fd}, nil
 }
 
 // loadSession rebuilds a persisted session from its SSD metadata.

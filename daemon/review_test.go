@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flashmemory/flashmemory/internal/synth"
 	"github.com/flashmemory/flashmemory/proto"
 )
@@ -293,5 +295,52 @@ func TestReviewResumeInMemoryHonoursPerConnLimit(t *testing.T) {
 	}
 	if proto.CodeOf(err) != proto.CodeLimitExceeded {
 		t.Fatalf("second session on a connection limited to 1: %v, want LIMIT_EXCEEDED", err)
+	}
+}
+
+// The region fd an OPEN or RESUME hands back must stay valid until the
+// reply is written, even if another connection of the owner evicts the
+// session first: a closed fd number can be reused by another client's
+// region before SCM_RIGHTS sends it.
+func TestReviewOpenReplyFDOutlivesEvict(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	d := rd.d
+	c := &conn{d: d, cred: Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}, sessions: map[uint64]*session{}, leases: map[uint64]*lease{}}
+	reply, fds, err := c.open(&proto.Open{Name: "e", Persist: true, Layout: testLayout(8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := reply.(*proto.OpenReply).Session
+	d.mu.Lock()
+	s := d.sessions[id]
+	d.mu.Unlock()
+	if err := d.dropSession(s, false); err != nil { // EVICT from another connection
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			t.Fatalf("OPEN's fd %d after the session was evicted: %v", fd, err)
+		}
+		unix.Close(fd)
+	}
+	rr, fds, err := c.resume(&proto.Resume{Name: "e"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	s = d.sessions[rr.(*proto.ResumeReply).Session]
+	d.mu.Unlock()
+	if err := d.dropSession(s, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			t.Fatalf("RESUME's fd %d after the session was evicted: %v", fd, err)
+		}
+		unix.Close(fd)
 	}
 }

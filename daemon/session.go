@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flashmemory/flashmemory/indexer"
 	"github.com/flashmemory/flashmemory/proto"
 	"github.com/flashmemory/flashmemory/tiers"
@@ -207,24 +209,47 @@ func (c *conn) open(m *proto.Open) (proto.Message, []int, error) {
 		policy: eff, geom: geom, scorer: sc, conn: c, req: req, leases: map[uint64]*lease{},
 		lastUsed: time.Now(), want: wantDevice(m.Device),
 	}
+	// s is locked until its region exists and the fd for the reply is
+	// taken: an EVICT of the (already listed) session waits for both.
+	s.mu.Lock()
 	if err := d.register(c, s, m.Name != ""); err != nil {
+		s.mu.Unlock()
 		return nil, nil, err
 	}
 	if err := d.createRegion(s); err != nil {
-		d.unregister(s)
+		d.unregisterLocked(s)
+		s.mu.Unlock()
 		return nil, nil, err
 	}
 	if s.persist {
 		// Written at once so a crash before the first PERSIST still leaves a
 		// resumable (empty) session rather than a name nobody can reuse.
-		if err := d.writeMeta(context.Background(), s); err != nil {
+		if err := d.writeMetaLocked(context.Background(), s); err != nil {
+			s.mu.Unlock()
 			_ = d.dropSession(s, true)
 			return nil, nil, err
 		}
 	}
+	fd, err := dupFD(s.region.FD())
+	s.mu.Unlock()
+	if err != nil {
+		_ = d.dropSession(s, true)
+		return nil, nil, err
+	}
 	d.log.Info("session opened", "session", s.id, "name", s.name, "model", name, "persist", s.persist,
 		"layers", len(m.Layout.Layers), "page_bytes", m.Layout.PageBytes(), "slots", m.Layout.ReserveSlots)
-	return &proto.OpenReply{Session: s.id, Region: proto.Region{RegionDesc: regionDesc(s.region)}}, []int{s.region.FD()}, nil
+	return &proto.OpenReply{Session: s.id, Region: proto.Region{RegionDesc: regionDesc(s.region)}}, []int{fd}, nil
+}
+
+// dupFD duplicates a region's fd for a reply: the region may be destroyed
+// (its fd closed, the number reused) before the reply is written; handle
+// closes the copy once it is sent.
+func dupFD(fd int) (int, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("duplicating region fd: %w", err)
+	}
+	return nfd, nil
 }
 
 // register gives s an id and enters it in the daemon's and the connection's
