@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 
+	"github.com/flashmemory/flashmemory/eval"
 	"github.com/flashmemory/flashmemory/indexer"
+	"github.com/flashmemory/flashmemory/indexer/textmode"
 	"github.com/flashmemory/flashmemory/proto"
 	"github.com/flashmemory/flashmemory/tiers"
 )
@@ -37,7 +39,8 @@ func wireError(err error) *proto.Error {
 		code = proto.CodePayloadSize
 	case errors.Is(err, indexer.ErrTooManyChunks):
 		code = proto.CodeLimitExceeded
-	case errors.Is(err, indexer.ErrBadQuery), errors.Is(err, indexer.ErrBatch), errors.Is(err, indexer.ErrBadPolicy), errors.Is(err, indexer.ErrBadKey):
+	case errors.Is(err, indexer.ErrBadQuery), errors.Is(err, indexer.ErrBatch), errors.Is(err, indexer.ErrBadPolicy), errors.Is(err, indexer.ErrBadKey),
+		errors.Is(err, textmode.ErrBadQuery), errors.Is(err, textmode.ErrBadKey), errors.Is(err, eval.ErrBadTrace):
 		code = proto.CodeBadRequest
 	default:
 		if c := proto.CodeOf(err); c != proto.CodeInternal {

@@ -344,3 +344,41 @@ func TestReviewOpenReplyFDOutlivesEvict(t *testing.T) {
 		unix.Close(fd)
 	}
 }
+
+// A query the model cannot parse is the client's error: BAD_REQUEST, not
+// INTERNAL.
+func TestReviewBadTextQueryIsBadRequest(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.Indexer.Text = []TextModelConfig{{Name: "text"}}
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	sc := rd.d.models["text"]
+	c := dial(t, rd.d.Addr())
+	ctx := context.Background()
+	l := testLayout(8)
+	l.KeyBytes, l.TargetLayers = uint32(sc.KeyBytes()), uint32(len(sc.Layers()))
+	op, err := c.Open(ctx, &proto.Open{Model: "text", Layout: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	size, _ := l.PayloadBytes(n)
+	payload := make([]byte, size)
+	synth.FillAppend(&l, 1, 0, n, payload)
+	kb, _ := l.KeysBytes(n)
+	if _, err := c.Append(ctx, &proto.Append{Session: op.Session, Count: n, Inline: true, Payload: payload, Keys: make([]byte, kb)}); err != nil {
+		t.Fatal(err)
+	}
+	q := make([]byte, sc.QueryBytes())
+	for i := range q {
+		q[i] = 0xff // NaN
+	}
+	res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Queries: [][]byte{q}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err == nil || res[0].Err.Code != proto.CodeBadRequest {
+		t.Fatalf("CYCLE with a NaN text query: %v, want BAD_REQUEST", res[0].Err)
+	}
+}
