@@ -46,8 +46,8 @@ type SSDConfig struct {
 	// needs before GC rewrites it (default 0.5).
 	GCDiscardRatio float64
 	// SegmentBytes is the size of one page segment file, preallocated when it
-	// is created (default 1 GiB; a page larger than that gets a segment of its
-	// own).
+	// is created (default 256 MiB; a page larger than that gets a segment of
+	// its own).
 	SegmentBytes int64
 	// ValueLogFileSize is the size of one Badger value-log file (default 1
 	// GiB); only metadata blobs over 1 KiB go there.

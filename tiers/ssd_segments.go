@@ -24,8 +24,11 @@ const (
 	// name); a corrupt entry cannot make a reader seek past it.
 	maxSegmentBytes = 1 << 40
 	// defaultSegmentBytes is one segment file: large enough that creating,
-	// preallocating and syncing the directory for a new file is rare.
-	defaultSegmentBytes = 1 << 30
+	// preallocating and syncing the directory for a new file is rare (once
+	// per ~340 DeepSeek-V4 pages), small enough that a daemon with a few
+	// spilled pages does not preallocate gigabytes and that compacting one
+	// segment moves at most a few hundred MB.
+	defaultSegmentBytes = 256 << 20
 )
 
 // segment is one append-only page file. Records are written once, at offsets
