@@ -193,12 +193,12 @@ func (c *conn) fail(h proto.Header, err error) {
 }
 
 func (c *conn) hello(m *proto.Hello) (proto.Message, []int, error) {
+	if c.version != 0 {
+		return nil, nil, proto.CodeHandshakeRequired.Errorf("HELLO already done on this connection")
+	}
 	v, err := m.Negotiate()
 	if err != nil {
 		return nil, nil, err
-	}
-	if c.version != 0 {
-		return nil, nil, proto.CodeHandshakeRequired.Errorf("HELLO already done on this connection")
 	}
 	size := c.d.cfg.Limits.StagingBytes
 	if size > 0 {

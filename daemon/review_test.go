@@ -382,3 +382,29 @@ func TestReviewBadTextQueryIsBadRequest(t *testing.T) {
 		t.Fatalf("CYCLE with a NaN text query: %v, want BAD_REQUEST", res[0].Err)
 	}
 }
+
+// A second HELLO gets HANDSHAKE_REQUIRED whatever versions it names
+// (protocol section 6).
+func TestReviewSecondHelloIsHandshakeRequired(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: rd.d.Addr(), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	rawCall(t, uc, 1, proto.OpHello, &proto.Hello{MinVersion: 1, MaxVersion: 1, ClientName: "x"}, nil)
+	body, _ := (&proto.Hello{MinVersion: 7, MaxVersion: 9, ClientName: "x"}).AppendBinary(nil)
+	if err := proto.WriteFrame(uc, proto.Header{Version: 1, Op: proto.OpHello, ID: 2}, body); err != nil {
+		t.Fatal(err)
+	}
+	f, err := proto.ReadFrame(uc, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e proto.ErrorBody
+	if f.Flags&proto.FlagError == 0 || e.Decode(f.Body) != nil || e.Code != proto.CodeHandshakeRequired {
+		t.Fatalf("second HELLO: flags %#x, error %v %q; want HANDSHAKE_REQUIRED", f.Flags, e.Code, e.Msg)
+	}
+}
