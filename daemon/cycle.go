@@ -253,7 +253,13 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[
 	slots := make(map[uint32]int, len(need))
 	var items []tiers.RecallItem
 	for _, p := range need {
-		a, err := s.region.Allocate(p)
+		alloc := s.region.Allocate
+		if s.genOf(p) == 0 {
+			// A tail page never written: the decoder writes its cells in
+			// place, the rest must read as zeros, not as an evicted page.
+			alloc = s.region.AllocateZeroed
+		}
+		a, err := alloc(p)
 		if err == nil {
 			// Pinned while loading, so allocating the next page of the set
 			// cannot evict this one.

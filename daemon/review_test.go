@@ -408,3 +408,51 @@ func TestReviewSecondHelloIsHandshakeRequired(t *testing.T) {
 		t.Fatalf("second HELLO: flags %#x, error %v %q; want HANDSHAKE_REQUIRED", f.Flags, e.Code, e.Msg)
 	}
 }
+
+// A tail page nobody wrote yet is handed out in a slot that reads as zeros
+// (like the mirror's fresh page), not as the bytes of the page evicted from
+// it: the decoder writes its cells in place and COMMIT then marks the slot
+// as holding the page.
+func TestReviewNewTailSlotReadsZeros(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	c := dial(t, rd.d.Addr())
+	ctx := context.Background()
+	l := testLayout(8)
+	op, err := c.Open(ctx, &proto.Open{Layout: l, Policy: proto.Policy{KMax: 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := op.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proto.Unmap(mem)
+	r := rand.New(rand.NewPCG(7, 8))
+	chunks := uint64(1024)
+	appendAll(t, c, op.Session, &l, 1, 0, chunks, r)
+	for round := 0; round < 12; round++ {
+		res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Position: chunks * 4, Queries: queries(r, 64, 3)}})
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("cycle: %v %v", err, res[0].Err)
+		}
+		for _, ps := range res[0].Tail {
+			if uint64(ps.Page)*64 < chunks {
+				continue // holds appended chunks
+			}
+			for ly := range l.Layers {
+				for i, b := range op.Region.Row(mem, ly, ps.Slot) {
+					if b != 0 {
+						t.Fatalf("round %d: new tail page %d slot %d layer %d: byte %d is %#x, want 0", round, ps.Page, ps.Slot, ly, i, b)
+					}
+				}
+			}
+		}
+		if err := c.Release(ctx, res[0].Lease); err != nil {
+			t.Fatal(err)
+		}
+		appendAll(t, c, op.Session, &l, 1, chunks, chunks+64, r)
+		chunks += 64
+	}
+}
