@@ -231,6 +231,7 @@ func (c *conn) open(m *proto.Open) (proto.Message, []int, error) {
 		}
 	}
 	fd, err := dupFD(s.region.FD())
+	desc := regionDesc(s.region)
 	s.mu.Unlock()
 	if err != nil {
 		_ = d.dropSession(s, true)
@@ -238,7 +239,7 @@ func (c *conn) open(m *proto.Open) (proto.Message, []int, error) {
 	}
 	d.log.Info("session opened", "session", s.id, "name", s.name, "model", name, "persist", s.persist,
 		"layers", len(m.Layout.Layers), "page_bytes", m.Layout.PageBytes(), "slots", m.Layout.ReserveSlots)
-	return &proto.OpenReply{Session: s.id, Region: proto.Region{RegionDesc: regionDesc(s.region)}}, []int{fd}, nil
+	return &proto.OpenReply{Session: s.id, Region: proto.Region{RegionDesc: desc}}, []int{fd}, nil
 }
 
 // dupFD duplicates a region's fd for a reply: the region may be destroyed
