@@ -456,3 +456,18 @@ func TestReviewNewTailSlotReadsZeros(t *testing.T) {
 		chunks += 64
 	}
 }
+
+// More reserve slots than a region can have is the client's error, not an
+// internal one.
+func TestReviewTooManySlotsIsNotInternal(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	c := dial(t, rd.d.Addr())
+	l := proto.Layout{ChunksPerPage: 1, KeyBytes: 132, TargetLayers: 3, CycleSteps: 1, ReserveSlots: 1<<20 + 1,
+		Layers: []proto.LayerLayout{{RowBytes: 8, Segments: []uint32{8}}}}
+	_, err := c.Open(context.Background(), &proto.Open{Layout: l})
+	if code := proto.CodeOf(err); code == proto.CodeInternal || err == nil {
+		t.Fatalf("OPEN with %d slots: %v", l.ReserveSlots, err)
+	}
+}

@@ -162,6 +162,9 @@ func (d *Daemon) checkLayout(l *proto.Layout, sc indexer.Scorer) error {
 	if l.ReserveSlots == 0 {
 		l.ReserveSlots = defaultReserveSlots
 	}
+	if l.ReserveSlots > tiers.MaxSlots {
+		return proto.CodeLimitExceeded.Errorf("reserve of %d slots, limit %d", l.ReserveSlots, tiers.MaxSlots)
+	}
 	if need := int64(l.ReserveSlots) * int64(l.PageBytes()); need > lim.MaxReserveBytes {
 		return proto.CodeLimitExceeded.Errorf("reserve of %d slots × %d B = %d B, limit %d", l.ReserveSlots, l.PageBytes(), need, lim.MaxReserveBytes)
 	}
