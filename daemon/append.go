@@ -121,6 +121,9 @@ func (s *session) checkAppend(d *Daemon, first uint64, count uint32, keys []byte
 	if wantKeys, ok := s.layout.KeysBytes(uint64(count)); !ok || uint64(len(keys)) != wantKeys {
 		return proto.CodePayloadSize.Errorf("index keys of %d chunks must be %d B, got %d", count, wantKeys, len(keys))
 	}
+	if max := uint64(s.req.Policy().MaxChunks); s.chunks+uint64(count) > max {
+		return proto.CodeLimitExceeded.Errorf("session would hold %d chunks, limit %d", s.chunks+uint64(count), max)
+	}
 	cpp := uint64(s.layout.ChunksPerPage)
 	pages := (s.chunks + uint64(count) + cpp - 1) / cpp
 	if bytes := pages * s.layout.PageBytes(); int64(bytes) > d.cfg.Limits.MaxSessionBytes {

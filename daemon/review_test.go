@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flashmemory/flashmemory/indexer"
 	"github.com/flashmemory/flashmemory/internal/synth"
 	"github.com/flashmemory/flashmemory/proto"
 )
@@ -469,5 +470,50 @@ func TestReviewTooManySlotsIsNotInternal(t *testing.T) {
 	_, err := c.Open(context.Background(), &proto.Open{Layout: l})
 	if code := proto.CodeOf(err); code == proto.CodeInternal || err == nil {
 		t.Fatalf("OPEN with %d slots: %v", l.ReserveSlots, err)
+	}
+}
+
+// An APPEND past the indexer's MaxChunks is refused before any page is
+// written, like one past max_session_bytes.
+func TestReviewMaxChunksCheckedBeforeWriting(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	d := rd.d
+	c := dial(t, d.Addr())
+	ctx := context.Background()
+	l := testLayout(8)
+	op, err := c.Open(ctx, &proto.Open{Name: "mc", Persist: true, Layout: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	s := d.sessions[op.Session]
+	d.mu.Unlock()
+	s.mu.Lock()
+	p := s.req.Policy()
+	p.MaxChunks = 64 // stands for the 4M-chunk default
+	if s.req, err = indexer.NewRequest(s.scorer, p); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Unlock()
+	r := rand.New(rand.NewPCG(9, 10))
+	const n = 128
+	size, _ := l.PayloadBytes(n)
+	payload := make([]byte, size)
+	synth.FillAppend(&l, 1, 0, n, payload)
+	keys := synth.Keys(r, int(l.TargetLayers), int(l.KeyBytes), n)
+	if _, err := c.Append(ctx, &proto.Append{Session: op.Session, Count: n, Inline: true, Payload: payload, Keys: keys}); proto.CodeOf(err) != proto.CodeLimitExceeded {
+		t.Fatalf("APPEND past MaxChunks: %v, want LIMIT_EXCEEDED", err)
+	}
+	if err := c.CloseSession(ctx, op.Session, false); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := c.Resume(ctx, "mc") // default policy again
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Append(ctx, &proto.Append{Session: rr.Session, Count: n, Inline: true, Payload: payload, Keys: keys}); err != nil || got != n {
+		t.Fatalf("APPEND after a refused one and a resume: %d, %v", got, err)
 	}
 }
