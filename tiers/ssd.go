@@ -37,6 +37,10 @@ type SSDConfig struct {
 	// SyncWrites makes every Put (and every PutBatch as a whole) durable
 	// before it returns: the bodies' segments are fdatasynced, then the index
 	// entries are committed with a Badger sync (concurrent commits share it).
+	// Without it nothing is synced until Sync or Close (which sync the
+	// segments first, then the index); after a machine crash a page whose
+	// index entry reached the disk before its body reads as ErrIntegrity,
+	// never as wrong bytes.
 	SyncWrites bool
 	// GCInterval is how often space is reclaimed (default 1 minute; negative
 	// disables it): segments whose live bytes fell to 1-GCDiscardRatio of
