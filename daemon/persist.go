@@ -253,19 +253,23 @@ func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
 	if meta.Device != nil {
 		s.want = wantDevice(*meta.Device) // resume on the device the session was opened for
 	}
+	// Locked until the region exists: an EVICT of the (already listed)
+	// session waits, and then destroys the region it finds.
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err := d.register(c, s, false); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()
 	if _, dup := d.byName[name]; dup {
 		d.mu.Unlock()
-		d.unregister(s)
+		d.unregisterLocked(s)
 		return nil, proto.CodeNotOwner.Errorf("session %q was resumed by another connection meanwhile", name)
 	}
 	d.byName[name] = s
 	d.mu.Unlock()
 	if err := d.createRegion(s); err != nil {
-		d.unregister(s)
+		d.unregisterLocked(s)
 		return nil, err
 	}
 	return s, nil

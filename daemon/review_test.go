@@ -517,3 +517,55 @@ func TestReviewMaxChunksCheckedBeforeWriting(t *testing.T) {
 		t.Fatalf("APPEND after a refused one and a resume: %d, %v", got, err)
 	}
 }
+
+// An EVICT (by another connection of the owner) racing a RESUME from SSD
+// must not leave a region behind: the leaked region made every later
+// RESUME of the session fail (region exists) until a restart.
+func TestReviewResumeRacingEvictLeaksNoRegion(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	d := rd.d
+	ctx := context.Background()
+	a := dial(t, d.Addr())
+	op, err := a.Open(ctx, &proto.Open{Name: "p", Persist: true, Layout: testLayout(8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := op.Session
+	if err := a.CloseSession(ctx, id, false); err != nil {
+		t.Fatal(err)
+	}
+	b := dial(t, d.Addr())
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = b.Evict(ctx, proto.AdminTarget{Session: id})
+		}
+	}()
+	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); {
+		rr, err := a.Resume(ctx, "p")
+		if err != nil {
+			if proto.CodeOf(err) == proto.CodeInternal {
+				break // the leak happened
+			}
+			continue
+		}
+		_ = a.CloseSession(ctx, rr.Session, false)
+	}
+	close(stop)
+	<-done
+	if used := d.reserve.Used(); used != 0 {
+		t.Errorf("no session live, reserve holds %d B", used)
+	}
+	if _, err := a.Resume(ctx, "p"); err != nil {
+		t.Fatalf("RESUME after the race: %v", err)
+	}
+}
