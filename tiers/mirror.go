@@ -723,6 +723,23 @@ func (m *HostMirror) endSpill(it spillItem, ok bool) bool {
 	return false
 }
 
+// cleanCandidates returns references to up to n of the least recently used
+// pages not yet on SSD at their generation, leaving them in the mirror;
+// caller ends each with endFlush.
+func (m *HostMirror) cleanCandidates(n int) []spillItem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []spillItem
+	for p := m.tail; p != nil && len(out) < n; p = p.prev {
+		if p.spilling || p.persisted == p.gen {
+			continue
+		}
+		m.ref(p.buf)
+		out = append(out, spillItem{p: p, buf: p.buf, gen: p.gen, dirty: true})
+	}
+	return out
+}
+
 // dirtyPages returns references to the session's pages not yet on SSD at
 // their current generation; caller ends each with endFlush.
 func (m *HostMirror) dirtyPages(session uint64) []spillItem {

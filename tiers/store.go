@@ -23,6 +23,12 @@ type StoreConfig struct {
 	// is below LowWater (defaults 0.90 and 0.80). A write that finds the
 	// mirror full spills synchronously.
 	HighWater, LowWater float64
+	// DirtyRatio bounds the bytes that exist only in the mirror, as a share
+	// of the budget (default 0.25; negative: no bound). The background
+	// spiller writes the coldest such pages to SSD ahead of time and keeps
+	// them in the mirror, so evicting them later costs no SSD write on the
+	// recall path.
+	DirtyRatio float64
 	// Logger receives spill failures (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -64,6 +70,7 @@ type StoreStats struct {
 	Spills       uint64 // pages moved out of the mirror to make room
 	SpillBytes   uint64 // bytes written to SSD by spills
 	Flushes      uint64 // pages written to SSD by Flush
+	Cleaned      uint64 // pages written to SSD ahead of eviction (DirtyRatio), kept in the mirror
 	BroughtBack  uint64 // pages read from SSD back into the mirror
 	Staged       uint64 // pages brought into the mirror by Stage
 	StagedUsed   uint64 // staged pages later read
@@ -95,6 +102,7 @@ type Store struct {
 
 	hits, misses                       atomic.Uint64
 	spills, spillBytes, flushes        atomic.Uint64
+	cleaned                            atomic.Uint64
 	broughtBack, staged, stagedUsed    atomic.Uint64
 	stageSkipped, puts, gets           atomic.Uint64
 	bytesIn, bytesOut, integrityErrors atomic.Uint64
@@ -112,6 +120,9 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 	}
 	if cfg.LowWater <= 0 || cfg.LowWater >= cfg.HighWater {
 		cfg.LowWater = cfg.HighWater - 0.10
+	}
+	if cfg.DirtyRatio == 0 {
+		cfg.DirtyRatio = 0.25
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -373,6 +384,49 @@ func (s *Store) spiller() {
 				break
 			}
 		}
+		s.clean()
+	}
+}
+
+// clean writes the coldest pages that exist only in the mirror to SSD,
+// keeping them in the mirror, until at most DirtyRatio of the budget is
+// unsaved. Spilling them later is then free, so a burst of recalls into a
+// full mirror does not wait on SSD writes (docs/evaluation.md, simulator).
+func (s *Store) clean() {
+	if s.cfg.DirtyRatio < 0 {
+		return
+	}
+	limit := int64(s.cfg.DirtyRatio * float64(s.cfg.Mirror.Budget))
+	for !s.closed.Load() {
+		if _, dirty := s.mirror.unsavedPages(); dirty <= limit {
+			return
+		}
+		items := s.mirror.cleanCandidates(4 * s.cfg.SpillBatch)
+		if len(items) == 0 {
+			return
+		}
+		writes := make([]PageWrite, len(items))
+		epochs := make([]uint64, len(items))
+		for i, it := range items {
+			writes[i] = PageWrite{ID: it.p.id, Gen: it.gen, Page: it.buf.data}
+			epochs[i] = s.epoch(it.p.id.Session)
+		}
+		err := s.ssd.PutBatch(context.Background(), writes)
+		for _, it := range items {
+			s.mirror.endFlush(it, err == nil)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrClosed) {
+				s.log.Warn("cleaning pages to SSD failed", "err", err)
+			}
+			return
+		}
+		for i, w := range writes {
+			if s.epoch(w.ID.Session) != epochs[i] {
+				_ = s.ssd.Delete(context.Background(), w.ID)
+			}
+		}
+		s.cleaned.Add(uint64(len(items)))
 	}
 }
 
@@ -629,6 +683,7 @@ func (s *Store) Snapshot() StoreStats {
 		Spills:       s.spills.Load(),
 		SpillBytes:   s.spillBytes.Load(),
 		Flushes:      s.flushes.Load(),
+		Cleaned:      s.cleaned.Load(),
 		BroughtBack:  s.broughtBack.Load(),
 		Staged:       s.staged.Load(),
 		StagedUsed:   s.stagedUsed.Load(),

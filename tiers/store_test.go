@@ -323,3 +323,48 @@ func TestStoreWriteChunkAcrossSpills(t *testing.T) {
 		}
 	}
 }
+
+// Pages that exist only in the mirror are written to SSD ahead of need once
+// they pass DirtyRatio of the budget, and stay in the mirror: evicting them
+// later costs no SSD write.
+func TestStoreCleansAheadOfEviction(t *testing.T) {
+	const pageBytes, budget = 65536, 16
+	s := openTestStore(t, t.TempDir(), budget, pageBytes)
+	defer s.Close()
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(9, 9))
+	// Half the budget, below the spill high-water mark: nothing must be
+	// evicted, but 8 dirty pages are twice the 25 % dirty bound.
+	for p := 0; p < budget/2; p++ {
+		if err := s.Write(ctx, PageID{Session: 3, Page: uint32(p)}, 1, randBytes(r, pageBytes)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	limit := int64(0.25 * float64(s.cfg.Mirror.Budget))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, dirty := s.mirror.unsavedPages(); dirty <= limit {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, dirty := s.mirror.unsavedPages()
+			t.Fatalf("%d unsaved bytes after 10 s, bound %d", dirty, limit)
+		}
+		s.kickSpiller()
+		time.Sleep(20 * time.Millisecond)
+	}
+	st := s.Snapshot()
+	if st.Cleaned == 0 || st.Spills != 0 {
+		t.Fatalf("cleaned %d, spilled %d: want pages cleaned and none evicted", st.Cleaned, st.Spills)
+	}
+	if st.SSD.Pages < int64(st.Cleaned) {
+		t.Fatalf("SSD holds %d pages, %d were cleaned", st.SSD.Pages, st.Cleaned)
+	}
+	// Cleaned pages still read from the mirror.
+	dst := make([]byte, pageBytes)
+	for p := 0; p < budget/2; p++ {
+		if _, src, err := s.Read(ctx, PageID{Session: 3, Page: uint32(p)}, dst); err != nil || src == SourceSSD {
+			t.Fatalf("page %d: source %v, %v", p, src, err)
+		}
+	}
+}
