@@ -54,6 +54,10 @@ type Limits struct {
 	// layers); MaxReserveBytes caps one session's reserve region.
 	MaxSessionBytes int64 `toml:"max_session_bytes"`
 	MaxReserveBytes int64 `toml:"max_reserve_bytes"`
+	// MaxHostReserveBytes caps all reserve regions in host memory together
+	// (hosts without CUDA devices); 0 means a quarter of the machine's
+	// available memory at start.
+	MaxHostReserveBytes int64 `toml:"max_host_reserve_bytes"`
 	// MaxLayers and MaxRowBytes reject absurd layouts before any allocation.
 	MaxLayers   int    `toml:"max_layers"`
 	MaxRowBytes uint32 `toml:"max_row_bytes"`
@@ -407,6 +411,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Host.BudgetBytes == 0 {
 		c.Host.BudgetBytes = memAvailable() / 4
+	}
+	if c.Limits.MaxHostReserveBytes == 0 {
+		c.Limits.MaxHostReserveBytes = memAvailable() / 4
 	}
 	return nil
 }

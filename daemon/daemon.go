@@ -116,7 +116,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("host mirror and SSD tiers: %w", err)
 	}
-	d.reserve = tiers.NewReserve(tiers.ReserveConfig{MaxRegions: cfg.Limits.MaxSessions})
+	d.reserve = tiers.NewReserve(tiers.ReserveConfig{Budget: cfg.Limits.MaxHostReserveBytes, MaxRegions: cfg.Limits.MaxSessions})
 	d.mover = tiers.NewMover(d.store, tiers.MoverConfig{Workers: cfg.Mover.Workers})
 	hooks := realGPUHooks()
 	if d.gpuHooks != nil {
