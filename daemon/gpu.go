@@ -358,23 +358,12 @@ func (d *Daemon) reserveStats() tiers.TierStats {
 			continue
 		}
 		st := gd.reserve.Stats()
-		addCounters(&s, st)
+		s.AddCounters(st)
 		s.Pages += st.Pages
 		s.Bytes += st.Bytes
 		s.Capacity += st.Capacity
 	}
 	return s
-}
-
-func addCounters(dst *tiers.TierStats, s tiers.TierStats) {
-	dst.Puts += s.Puts
-	dst.Gets += s.Gets
-	dst.Hits += s.Hits
-	dst.Misses += s.Misses
-	dst.BytesIn += s.BytesIn
-	dst.BytesOut += s.BytesOut
-	dst.Evictions += s.Evictions
-	dst.IntegrityErrors += s.IntegrityErrors
 }
 
 // gpuCollector exports NVML's view of every GPU and the GPU reserves at

@@ -91,7 +91,7 @@ func (rs *Reserve) Destroy(session uint64) error {
 		delete(rs.regions, session)
 		rs.used -= r.Size()
 		st := r.Stats()
-		addCounters(&rs.gone, st)
+		rs.gone.AddCounters(st)
 	}
 	rs.mu.Unlock()
 	if !ok {
@@ -100,15 +100,17 @@ func (rs *Reserve) Destroy(session uint64) error {
 	return r.Close()
 }
 
-func addCounters(dst *TierStats, s TierStats) {
-	dst.Puts += s.Puts
-	dst.Gets += s.Gets
-	dst.Hits += s.Hits
-	dst.Misses += s.Misses
-	dst.BytesIn += s.BytesIn
-	dst.BytesOut += s.BytesOut
-	dst.Evictions += s.Evictions
-	dst.IntegrityErrors += s.IntegrityErrors
+// AddCounters adds o's event counters (not its gauges: pages, bytes,
+// capacity) to s, to sum tiers of one kind.
+func (s *TierStats) AddCounters(o TierStats) {
+	s.Puts += o.Puts
+	s.Gets += o.Gets
+	s.Hits += o.Hits
+	s.Misses += o.Misses
+	s.BytesIn += o.BytesIn
+	s.BytesOut += o.BytesOut
+	s.Evictions += o.Evictions
+	s.IntegrityErrors += o.IntegrityErrors
 }
 
 func (rs *Reserve) route(id PageID) (*Region, error) {
@@ -178,7 +180,7 @@ func (rs *Reserve) Stats() TierStats {
 		st := r.Stats()
 		s.Pages += st.Pages
 		s.Bytes += st.Bytes
-		addCounters(&s, st)
+		s.AddCounters(st)
 	}
 	s.Capacity = rs.cfg.Budget
 	return s
