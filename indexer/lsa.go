@@ -111,4 +111,3 @@ func (m *Model) Score(items []ScoreItem) error {
 	}
 	return nil
 }
-
