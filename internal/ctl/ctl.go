@@ -67,6 +67,24 @@ func Command(stdout, stderr io.Writer) *cobra.Command {
 	return root
 }
 
+// runAdmin dials the daemon, makes one admin call and prints its reply as
+// JSON (--json) or for people.
+func runAdmin[T any](g *globals, ctx context.Context, call func(*proto.Client, context.Context) (T, error), show func(T) error) error {
+	c, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := call(c, ctx)
+	if err != nil {
+		return err
+	}
+	if g.asJSON {
+		return g.printJSON(r)
+	}
+	return show(r)
+}
+
 func (g *globals) printJSON(v any) error {
 	enc := json.NewEncoder(g.out)
 	enc.SetIndent("", "  ")
@@ -79,34 +97,24 @@ func statusCmd(g *globals) *cobra.Command {
 		Short: "Daemon status: uptime, connections, sessions, tiers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			st, err := c.Status(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if g.asJSON {
-				return g.printJSON(st)
-			}
-			fmt.Fprintf(g.out, "flashmemd %s (protocol %d, instance %s), up %s\n", st.Server, st.Protocol, st.Instance[:8], time.Duration(st.UptimeSeconds*float64(time.Second)).Round(time.Second))
-			fmt.Fprintf(g.out, "connections %d, sessions %d, leases %d\n\n", st.Connections, st.Sessions, st.Leases)
-			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "tier\tpages\tused\tcapacity\thits\tmisses\tread\twritten\t")
-			for _, t := range st.Tiers {
-				capacity := "-"
-				if t.CapacityBytes > 0 {
-					capacity = human(t.CapacityBytes)
+			return runAdmin(g, cmd.Context(), (*proto.Client).Status, func(st *proto.StatusReply) error {
+				fmt.Fprintf(g.out, "flashmemd %s (protocol %d, instance %s), up %s\n", st.Server, st.Protocol, st.Instance[:8], time.Duration(st.UptimeSeconds*float64(time.Second)).Round(time.Second))
+				fmt.Fprintf(g.out, "connections %d, sessions %d, leases %d\n\n", st.Connections, st.Sessions, st.Leases)
+				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', tabwriter.AlignRight)
+				fmt.Fprintln(tw, "tier\tpages\tused\tcapacity\thits\tmisses\tread\twritten\t")
+				for _, t := range st.Tiers {
+					capacity := "-"
+					if t.CapacityBytes > 0 {
+						capacity = human(t.CapacityBytes)
+					}
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t\n", t.Name, t.Pages, human(t.UsedBytes), capacity, t.Hits, t.Misses, human(t.ReadBytes), human(t.WrittenBytes))
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t\n", t.Name, t.Pages, human(t.UsedBytes), capacity, t.Hits, t.Misses, human(t.ReadBytes), human(t.WrittenBytes))
-			}
-			tw.Flush()
-			if tot := st.Counters["total_bytes"]; tot > 0 {
-				fmt.Fprintf(g.out, "\nfootprint: %s resident of %s KV (%.1f %%)\n", human(uint64(st.Counters["resident_bytes"])), human(uint64(tot)), 100*st.Counters["resident_bytes"]/tot)
-			}
-			return nil
+				tw.Flush()
+				if tot := st.Counters["total_bytes"]; tot > 0 {
+					fmt.Fprintf(g.out, "\nfootprint: %s resident of %s KV (%.1f %%)\n", human(uint64(st.Counters["resident_bytes"])), human(uint64(tot)), 100*st.Counters["resident_bytes"]/tot)
+				}
+				return nil
+			})
 		},
 	}
 }
@@ -117,24 +125,14 @@ func sessionsCmd(g *globals) *cobra.Command {
 		Short: "List live sessions (your uid's; all for root)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Sessions(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if g.asJSON {
-				return g.printJSON(r)
-			}
-			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tMODEL\tCHUNKS\tPAGES\tRESIDENT\tCYCLES\tKV\tATTACHED\tPERSIST\tFALLBACK")
-			for _, s := range r.Sessions {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%v\t%v\t%v\n", s.ID, dash(s.Name), s.Model, s.Chunks, s.Pages, s.ResidentPages, s.Cycles, human(s.Bytes), s.Attached, s.Persist, s.Fallback)
-			}
-			return tw.Flush()
+			return runAdmin(g, cmd.Context(), (*proto.Client).Sessions, func(r *proto.SessionsReply) error {
+				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tNAME\tMODEL\tCHUNKS\tPAGES\tRESIDENT\tCYCLES\tKV\tATTACHED\tPERSIST\tFALLBACK")
+				for _, s := range r.Sessions {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%v\t%v\t%v\n", s.ID, dash(s.Name), s.Model, s.Chunks, s.Pages, s.ResidentPages, s.Cycles, human(s.Bytes), s.Attached, s.Persist, s.Fallback)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 }
@@ -153,28 +151,21 @@ func inspectCmd(g *globals) *cobra.Command {
 		Short: "Show one session: layout, policy, pages per tier, resident set",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
+			inspect := func(c *proto.Client, ctx context.Context) (*proto.InspectReply, error) {
+				return c.Inspect(ctx, target(args[0]))
 			}
-			defer c.Close()
-			r, err := c.Inspect(cmd.Context(), target(args[0]))
-			if err != nil {
-				return err
-			}
-			if g.asJSON {
-				return g.printJSON(r)
-			}
-			s := r.Session
-			fmt.Fprintf(g.out, "session %d %q  model %s  owner uid %d  attached %v  persist %v\n", s.ID, s.Name, s.Model, s.OwnerUID, s.Attached, s.Persist)
-			fmt.Fprintf(g.out, "chunks %d  pages %d  cycles %d  KV %s  leases %d  fallback %v  above-threshold %.4f\n", s.Chunks, s.Pages, s.Cycles, human(s.Bytes), r.Leases, s.Fallback, r.AboveFraction)
-			fmt.Fprintf(g.out, "layout: %d layers, %d chunks/page, page %s, %d-byte keys × %d target layers, τ %d, %d reserve slots\n",
-				len(r.Layout.Layers), r.Layout.ChunksPerPage, human(r.Layout.PageBytes()), r.Layout.KeyBytes, r.Layout.TargetLayers, r.Layout.CycleSteps, r.Layout.ReserveSlots)
-			p := r.Policy
-			fmt.Fprintf(g.out, "policy: first_keep %d  last_keep %d  kmax %d  kmax_ratio %g  fallback_ratio %g  lookahead %d\n", p.FirstKeep, p.LastKeep, p.KMax, p.KMaxRatio, p.FallbackRatio, p.Lookahead)
-			fmt.Fprintf(g.out, "pages per tier: reserve %d  host %d  ssd %d\n", r.TierPages["reserve"], r.TierPages["host"], r.TierPages["ssd"])
-			fmt.Fprintf(g.out, "resident set (%d pages): %s\n", len(r.Resident), ranges(r.Resident))
-			return nil
+			return runAdmin(g, cmd.Context(), inspect, func(r *proto.InspectReply) error {
+				s := r.Session
+				fmt.Fprintf(g.out, "session %d %q  model %s  owner uid %d  attached %v  persist %v\n", s.ID, s.Name, s.Model, s.OwnerUID, s.Attached, s.Persist)
+				fmt.Fprintf(g.out, "chunks %d  pages %d  cycles %d  KV %s  leases %d  fallback %v  above-threshold %.4f\n", s.Chunks, s.Pages, s.Cycles, human(s.Bytes), r.Leases, s.Fallback, r.AboveFraction)
+				fmt.Fprintf(g.out, "layout: %d layers, %d chunks/page, page %s, %d-byte keys × %d target layers, τ %d, %d reserve slots\n",
+					len(r.Layout.Layers), r.Layout.ChunksPerPage, human(r.Layout.PageBytes()), r.Layout.KeyBytes, r.Layout.TargetLayers, r.Layout.CycleSteps, r.Layout.ReserveSlots)
+				p := r.Policy
+				fmt.Fprintf(g.out, "policy: first_keep %d  last_keep %d  kmax %d  kmax_ratio %g  fallback_ratio %g  lookahead %d\n", p.FirstKeep, p.LastKeep, p.KMax, p.KMaxRatio, p.FallbackRatio, p.Lookahead)
+				fmt.Fprintf(g.out, "pages per tier: reserve %d  host %d  ssd %d\n", r.TierPages["reserve"], r.TierPages["host"], r.TierPages["ssd"])
+				fmt.Fprintf(g.out, "resident set (%d pages): %s\n", len(r.Resident), ranges(r.Resident))
+				return nil
+			})
 		},
 	}
 }
@@ -185,20 +176,13 @@ func evictCmd(g *globals) *cobra.Command {
 		Short: "Evict a session from memory: persisted ones stay resumable on SSD, others are deleted",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
+			evict := func(c *proto.Client, ctx context.Context) (*proto.EvictReply, error) {
+				return c.Evict(ctx, target(args[0]))
 			}
-			defer c.Close()
-			r, err := c.Evict(cmd.Context(), target(args[0]))
-			if err != nil {
-				return err
-			}
-			if g.asJSON {
-				return g.printJSON(r)
-			}
-			fmt.Fprintf(g.out, "evicted session %v (%s of KV)\n", r.Sessions, human(r.Bytes))
-			return nil
+			return runAdmin(g, cmd.Context(), evict, func(r *proto.EvictReply) error {
+				fmt.Fprintf(g.out, "evicted session %v (%s of KV)\n", r.Sessions, human(r.Bytes))
+				return nil
+			})
 		},
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flashmemory/flashmemory/daemon"
+	"github.com/flashmemory/flashmemory/eval"
 	"github.com/flashmemory/flashmemory/indexer"
 	"github.com/flashmemory/flashmemory/internal/synth"
 	"github.com/flashmemory/flashmemory/proto"
@@ -176,7 +177,13 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 	if err != nil {
 		return err
 	}
-	op, err := c.Open(ctx, &proto.Open{Name: name, Persist: o.keep, Model: o.model, Layout: l, Device: proto.DeviceHostOnly}) // the demo reads pages with the CPU
+	// LSA's sink (128 chunks) and tail (2048 chunks) are sized for long
+	// contexts; at 10 % of a short one they would fill the whole budget.
+	// Size them as the evaluation does, so they fit inside the footprint.
+	pol := eval.PolicyFor(int(chunks), 0.10)
+	policy := proto.Policy{FirstKeep: uint32(max(pol.FirstKeep, 1)), LastKeep: uint32(pol.LastKeep), KMax: uint32(pol.KMax)}
+	op, err := c.Open(ctx, &proto.Open{Name: name, Persist: o.keep, Model: o.model, Layout: l, Policy: policy,
+		Device: proto.DeviceHostOnly}) // the demo reads pages with the CPU
 	if err != nil {
 		return err
 	}
@@ -187,7 +194,7 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 	}
 	defer proto.Unmap(mem)
 	defer op.Region.Close()
-	sink, tail := uint64(128), uint64(2048)
+	sink, tail := uint64(policy.FirstKeep), uint64(policy.LastKeep)
 	needle := map[uint64]bool{}
 	var needleStarts []uint64
 	for len(needleStarts) < o.needles && chunks > sink+tail+8 {
