@@ -329,7 +329,20 @@ func (d *Daemon) startRecall(s *session, pages []uint32) *tiers.Ticket {
 }
 
 // stage queues lookahead candidates to be brought from SSD into the mirror.
-func (d *Daemon) stage(ids []tiers.PageID) { d.mover.Stage(ids) }
+// Candidates already in host memory are dropped here: queuing them would
+// only wake the mover's workers for nothing, on every cycle.
+func (d *Daemon) stage(ids []tiers.PageID) {
+	mirror := d.store.Mirror()
+	cold := ids[:0]
+	for _, id := range ids {
+		if _, ok := mirror.Generation(id); !ok {
+			cold = append(cold, id)
+		}
+	}
+	if len(cold) > 0 {
+		d.mover.Stage(cold)
+	}
+}
 
 // mergeSorted returns the sorted union of two sorted page lists.
 func mergeSorted(a, b []uint32) []uint32 {
