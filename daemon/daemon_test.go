@@ -13,6 +13,7 @@ import (
 
 	"github.com/flashmemory/flashmemory/internal/synth"
 	"github.com/flashmemory/flashmemory/proto"
+	"github.com/flashmemory/flashmemory/tiers"
 )
 
 // testConfig is a small daemon: a 3-target-layer random model with 4 heads
@@ -374,4 +375,64 @@ func TestDecodeCommitIntoTailCells(t *testing.T) {
 		t.Fatalf("the last page %d is not in the resident set %v", last, res[0].Pages)
 	}
 	checkPages(t, &l, &rr.Region.RegionDesc, mem2, seed, chunks, res[0].Pages)
+}
+
+// An APPEND that wrote pages and then failed leaves them in the store at a
+// newer generation than the session counts; after CLOSE (kept) and RESUME
+// the same chunks can be appended again, and read back.
+func TestAppendAfterFailedWriteSurvivesResume(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	c := dial(t, cfg.Socket)
+	ctx := context.Background()
+	l := testLayout(32)
+	op, err := c.Open(ctx, &proto.Open{Name: "half", Persist: true, Layout: l, Policy: proto.Policy{KMax: 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op.Region.Close()
+	r := rand.New(rand.NewPCG(11, 12))
+	const seed = 21
+	appendAll(t, c, op.Session, &l, seed, 0, 100, r)
+	// What a failed APPEND of chunks 100..299 leaves behind: pages written
+	// (pages 1..4), chunks not counted.
+	rd.d.mu.Lock()
+	s := rd.d.sessions[op.Session]
+	rd.d.mu.Unlock()
+	const n = 200
+	size, _ := l.PayloadBytes(n)
+	payload := make([]byte, size)
+	synth.FillAppend(&l, seed, 100, n, payload)
+	s.mu.Lock()
+	for i := uint64(0); i < n; {
+		ch := 100 + i
+		k := min(n-i, 64-ch%64)
+		run := tiers.ChunkRun{Payload: payload, N: n, From: int(i), Count: int(k), PageChunk: int(ch % 64)}
+		if err := rd.d.writeRun(s, uint32(ch/64), run); err != nil {
+			s.mu.Unlock()
+			t.Fatal(err)
+		}
+		i += k
+	}
+	s.mu.Unlock()
+	if err := c.CloseSession(ctx, op.Session, false); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := c.Resume(ctx, "half")
+	if err != nil || rr.Chunks != 100 {
+		t.Fatalf("resume: %v, %d chunks", err, rr.Chunks)
+	}
+	mem, err := rr.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proto.Unmap(mem)
+	appendAll(t, c, rr.Session, &l, seed, 100, 300, r)
+	res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: rr.Session, Position: 1200, Queries: queries(r, 64, 3)}})
+	if err != nil || res[0].Err != nil {
+		t.Fatalf("cycle: %v %v", err, res[0].Err)
+	}
+	checkPages(t, &l, &rr.Region.RegionDesc, mem, seed, 300, res[0].Pages)
 }

@@ -17,6 +17,11 @@ import (
 // ErrBadMeta means a persisted session's metadata blob cannot be decoded.
 var ErrBadMeta = errors.New("bad session metadata")
 
+// maxUncountedPages bounds the pages past the chunk count that a metadata
+// blob may carry generations for (pages a failed APPEND wrote): one frame's
+// worth at most, far below this.
+const maxUncountedPages = 1 << 16
+
 // metaMagic starts every session metadata blob; the digit is its version.
 var metaMagic = []byte("FMS1")
 
@@ -70,7 +75,7 @@ func decodeMeta(b []byte) (*sessionMeta, []byte, error) {
 		return nil, nil, fmt.Errorf("%w: layout: %v", ErrBadMeta, err)
 	}
 	cpp := uint64(m.Layout.ChunksPerPage)
-	if uint64(len(m.Gens)) != (m.Chunks+cpp-1)/cpp {
+	if need := (m.Chunks + cpp - 1) / cpp; uint64(len(m.Gens)) < need || uint64(len(m.Gens)) > need+maxUncountedPages {
 		return nil, nil, fmt.Errorf("%w: %d generations for %d chunks", ErrBadMeta, len(m.Gens), m.Chunks)
 	}
 	return &m, rest[n:], nil
@@ -82,7 +87,10 @@ func (d *Daemon) writeMetaLocked(ctx context.Context, s *session) error {
 	if err != nil {
 		return fmt.Errorf("session %d indexer state: %w", s.id, err)
 	}
-	gens := make([]uint64, s.pages())
+	// Every generation the store has seen, also of pages an APPEND wrote
+	// before failing (its chunks uncounted): the next write to such a page
+	// must continue from the generation the store holds.
+	gens := make([]uint64, max(int(s.pages()), len(s.gens)))
 	copy(gens, s.gens)
 	blob, err := encodeMeta(&sessionMeta{
 		ID: s.id, Name: s.name, Model: s.model, OwnerUID: s.owner.UID, OwnerGID: s.owner.GID,
