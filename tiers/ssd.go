@@ -94,6 +94,10 @@ type SSD struct {
 	// that sees the previous entry gets the previous generation, which a
 	// read racing a write may return anyway.
 	cacheMu sync.RWMutex
+	// uncached is set when the index holds pages the cache does not (values
+	// of the earlier format, corrupt entries): then only a lookup in Badger
+	// can say a page is absent.
+	uncached atomic.Bool
 	cache   map[PageID]indexEntry
 
 	stop   chan struct{}
@@ -198,12 +202,15 @@ func (s *SSD) countPages() error {
 			_ = it.Item().Value(func(v []byte) error {
 				if !isIndexValue(v) {
 					s.bytes.Add(legacyLen(v))
+					s.uncached.Store(true)
 					return nil
 				}
 				// A corrupt entry still counts as a page (reads of it
 				// report ErrIntegrity); it just claims no segment space.
 				id := pageIDOf(it.Item().Key())
-				if e, err := decodeIndex(v, id); err == nil {
+				if e, err := decodeIndex(v, id); err != nil {
+					s.uncached.Store(true)
+				} else {
 					s.cache[id] = e
 					s.bytes.Add(int64(e.length))
 					live[e.seg] += e.recordLen()
@@ -497,6 +504,18 @@ func copyChecked(dst, body []byte) uint32 {
 // fusedBlock is the unit of the copy-then-checksum loops: small enough that
 // the checksum finds the block in cache right after the copy touched it.
 const fusedBlock = 128 << 10
+
+// mayHave reports whether id may be stored, without counting a read: false
+// means the page was certainly never written (or was deleted).
+func (s *SSD) mayHave(id PageID) bool {
+	if s.uncached.Load() {
+		return true
+	}
+	s.cacheMu.RLock()
+	_, ok := s.cache[id]
+	s.cacheMu.RUnlock()
+	return ok
+}
 
 // lookup returns the index entry of id, or for a page of the earlier format
 // copies and verifies it straight out of Badger into the buffer alloc gives

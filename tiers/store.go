@@ -249,6 +249,10 @@ func (s *Store) writeInPlace(ctx context.Context, id PageID, gen uint64, pageByt
 		}
 		switch {
 		case errors.Is(err, errMiss):
+			if !s.ssd.mayHave(id) {
+				create = true // a new page: no SSD lookup, no miss counted
+				continue
+			}
 			g, bp, rerr := s.readSSD(ctx, id)
 			if errors.Is(rerr, ErrNotFound) {
 				create = true

@@ -368,3 +368,23 @@ func TestStoreCleansAheadOfEviction(t *testing.T) {
 		}
 	}
 }
+
+// Appending into brand-new pages asks nothing of the SSD: no read, no miss.
+func TestStoreNewPageCostsNoSSDMiss(t *testing.T) {
+	s := openTestStore(t, t.TempDir(), 64, 8192)
+	defer s.Close()
+	geo, err := NewGeometry(Layout{ChunksPerPage: 4, Layers: []LayerLayout{{RowBytes: 4 * 512, Segments: []int{512}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	payload := make([]byte, geo.ChunkBytes())
+	for p := uint32(0); p < 8; p++ {
+		if prev, err := s.WriteChunk(ctx, PageID{Session: 5, Page: p}, 1, geo, 0, payload); err != nil || prev != 0 {
+			t.Fatalf("page %d: prev %d, %v", p, prev, err)
+		}
+	}
+	if st := s.Snapshot().SSD; st.Misses != 0 || st.Gets != 0 {
+		t.Fatalf("new pages cost SSD reads: %d gets, %d misses", st.Gets, st.Misses)
+	}
+}
