@@ -98,7 +98,7 @@ type SSD struct {
 	// of the earlier format, corrupt entries): then only a lookup in Badger
 	// can say a page is absent.
 	uncached atomic.Bool
-	cache   map[PageID]indexEntry
+	cache    map[PageID]indexEntry
 
 	stop   chan struct{}
 	gcDone chan struct{}
