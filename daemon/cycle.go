@@ -276,6 +276,8 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[
 			items = append(items, tiers.RecallItem{ID: s.pageID(p), Slot: a.Slot, Gen: g})
 		}
 	}
+	d.reserveHits.Add(uint64(len(need) - len(items)))
+	d.reserveMisses.Add(uint64(len(items)))
 	if len(items) == 0 {
 		return slots, 0, 0, nil
 	}

@@ -55,10 +55,12 @@ type Daemon struct {
 	nextID    uint64
 	nextLease uint64
 
-	closing  atomic.Bool
-	connWG   sync.WaitGroup
-	bgCancel context.CancelFunc
-	bgWG     sync.WaitGroup
+	closing atomic.Bool
+
+	reserveHits, reserveMisses atomic.Uint64 // cycle-table pages found in / copied into the reserve
+	connWG                     sync.WaitGroup
+	bgCancel                   context.CancelFunc
+	bgWG                       sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error

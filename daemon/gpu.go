@@ -349,6 +349,10 @@ var regionPlaces sync.Map // *tiers.Region -> reservePlace
 // only DeviceHostOnly sessions).
 func (d *Daemon) reserveStats() tiers.TierStats {
 	s := d.reserve.Stats()
+	// A cycle's table reads the reserve: pages already in their slot at the
+	// right generation are its hits, pages it had to copy in its misses.
+	s.Hits += d.reserveHits.Load()
+	s.Misses += d.reserveMisses.Load()
 	if d.gpu == nil || len(d.gpu.devs) == 0 {
 		return s
 	}
