@@ -136,14 +136,30 @@ func (d *Daemon) runCycle(c *conn, items []*cycleItem, results []proto.CycleResu
 	cycles, err := indexer.ScoreBatch(reqs, queries)
 	score := time.Since(ts)
 	d.m.scoreSeconds.Observe(score.Seconds())
-	if err != nil {
-		e := wireError(indexerError(err))
-		for _, it := range live {
-			results[it.idx].Err = e
+	if err != nil && len(live) > 1 {
+		// One entry's bad query must not fail its batch mates: ScoreBatch
+		// changed no state, so score each entry alone and keep the error
+		// with the entry that caused it.
+		cycles = make([]*indexer.Cycle, len(live))
+		for i, it := range live {
+			one, oerr := indexer.ScoreBatch(reqs[i:i+1], queries[i:i+1])
+			if oerr != nil {
+				results[it.idx].Err = wireError(indexerError(oerr))
+				continue
+			}
+			cycles[i] = one[0]
 		}
+		score = time.Since(ts)
+		err = nil
+	}
+	if err != nil {
+		results[live[0].idx].Err = wireError(indexerError(err))
 		return
 	}
 	for i, it := range live {
+		if cycles[i] == nil {
+			continue // failed alone above
+		}
 		it.cy = cycles[i]
 		r, err := d.applyCycle(c, it.s, it.cy)
 		if err != nil {

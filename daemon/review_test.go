@@ -569,3 +569,49 @@ func TestReviewResumeRacingEvictLeaksNoRegion(t *testing.T) {
 		t.Fatalf("RESUME after the race: %v", err)
 	}
 }
+
+// One entry's bad query fails that entry only, not its batch mates.
+func TestBadEntryDoesNotFailItsBatch(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.Indexer.Text = []TextModelConfig{{Name: "text"}}
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	sc := rd.d.models["text"]
+	c := dial(t, rd.d.Addr())
+	ctx := context.Background()
+	l := testLayout(8)
+	l.KeyBytes, l.TargetLayers = uint32(sc.KeyBytes()), uint32(len(sc.Layers()))
+	var ids []uint64
+	for i := 0; i < 2; i++ {
+		op, err := c.Open(ctx, &proto.Open{Model: "text", Layout: l})
+		if err != nil {
+			t.Fatal(err)
+		}
+		op.Region.Close()
+		const n = 64
+		size, _ := l.PayloadBytes(n)
+		payload := make([]byte, size)
+		synth.FillAppend(&l, 1, 0, n, payload)
+		kb, _ := l.KeysBytes(n)
+		if _, err := c.Append(ctx, &proto.Append{Session: op.Session, Count: n, Inline: true, Payload: payload, Keys: make([]byte, kb)}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, op.Session)
+	}
+	good := make([]byte, sc.QueryBytes())
+	bad := make([]byte, sc.QueryBytes())
+	for i := range bad {
+		bad[i] = 0xff // NaN
+	}
+	res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: ids[0], Queries: [][]byte{good}}, {Session: ids[1], Queries: [][]byte{bad}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err != nil || len(res[0].Pages) == 0 {
+		t.Fatalf("the good entry failed with its bad batch mate: %v", res[0].Err)
+	}
+	if res[1].Err == nil || res[1].Err.Code != proto.CodeBadRequest {
+		t.Fatalf("bad entry: %v, want BAD_REQUEST", res[1].Err)
+	}
+}
