@@ -31,10 +31,10 @@ func (c *conn) appendChunks(m *proto.Append) (proto.Message, error) {
 	if uint64(len(payload)) != want {
 		return nil, proto.CodePayloadSize.Errorf("payload of %d chunks must be %d B, got %d", m.Count, want, len(payload))
 	}
-	if err := s.checkKeys(uint64(m.Count), m.Keys); err != nil {
+	n := uint64(m.Count)
+	if err := s.ingestKeys(m.FirstChunk, n, m.Keys); err != nil {
 		return nil, err
 	}
-	n := uint64(m.Count)
 	cpp := uint64(s.layout.ChunksPerPage)
 	// One run per page touched: the payload's layer-major, segment-major
 	// order lets each run copy one segment of many chunks in one move.
@@ -44,13 +44,12 @@ func (c *conn) appendChunks(m *proto.Append) (proto.Message, error) {
 		k := min(n-i, cpp-pc)
 		run := tiers.ChunkRun{Payload: payload, N: int(n), From: int(i), Count: int(k), PageChunk: int(pc)}
 		if err := c.d.writeRun(s, uint32(ch/cpp), run); err != nil {
+			s.req.Truncate(int(m.FirstChunk))
 			return nil, err
 		}
 		i += k
 	}
-	if err := s.appendKeys(m.FirstChunk, n, m.Keys); err != nil {
-		return nil, err
-	}
+	s.chunks = m.FirstChunk + n
 	c.d.m.appendBytes.Add(float64(len(payload)))
 	s.lastUsed = time.Now()
 	return &proto.ChunksReply{Chunks: s.chunks}, nil
@@ -68,9 +67,6 @@ func (c *conn) commit(m *proto.Commit) (proto.Message, error) {
 	if err := s.checkAppend(c.d, m.FirstChunk, m.Count, m.Keys); err != nil {
 		return nil, err
 	}
-	if err := s.checkKeys(uint64(m.Count), m.Keys); err != nil {
-		return nil, err
-	}
 	n := uint64(m.Count)
 	cpp := uint64(s.layout.ChunksPerPage)
 	// Every chunk must have a cell before anything is written.
@@ -79,6 +75,9 @@ func (c *conn) commit(m *proto.Commit) (proto.Message, error) {
 		if _, _, ok := s.region.Lookup(p); !ok {
 			return nil, proto.CodeBadRequest.Errorf("chunk %d: page %d has no reserve cell; commit only into the tail allocation of the last CYCLE reply", m.FirstChunk+i, p)
 		}
+	}
+	if err := s.ingestKeys(m.FirstChunk, n, m.Keys); err != nil {
+		return nil, err
 	}
 	cb := int(s.layout.ChunkBytes())
 	if cap(s.buf) < cb {
@@ -89,16 +88,18 @@ func (c *conn) commit(m *proto.Commit) (proto.Message, error) {
 		ch := m.FirstChunk + i
 		p := uint32(ch / cpp)
 		slot, _, _ := s.region.Lookup(p)
-		if _, err := s.region.ReadChunk(slot, p, int(ch%cpp), buf); err != nil {
-			return nil, fmt.Errorf("commit chunk %d: %w", ch, err)
-		}
-		if err := c.d.writeChunk(s, ch, buf, slot); err != nil {
+		err := func() error {
+			if _, err := s.region.ReadChunk(slot, p, int(ch%cpp), buf); err != nil {
+				return fmt.Errorf("commit chunk %d: %w", ch, err)
+			}
+			return c.d.writeChunk(s, ch, buf, slot)
+		}()
+		if err != nil {
+			s.req.Truncate(int(m.FirstChunk))
 			return nil, err
 		}
 	}
-	if err := s.appendKeys(m.FirstChunk, n, m.Keys); err != nil {
-		return nil, err
-	}
+	s.chunks = m.FirstChunk + n
 	c.d.m.commitChunks.Add(float64(n))
 	s.lastUsed = time.Now()
 	return &proto.ChunksReply{Chunks: s.chunks}, nil
@@ -144,29 +145,15 @@ func (s *session) splitKeys(n uint64, keys []byte) [][]byte {
 	return per
 }
 
-// checkKeys has the model vet the index keys of n chunks in a scratch key
-// store, before any page is written: keys rejected after the pages were
-// written would leave pages the session does not count.
-func (s *session) checkKeys(n uint64, keys []byte) error {
-	for _, b := range s.splitKeys(n, keys) {
-		ks, err := s.scorer.NewKeys()
-		if err != nil {
-			return err
-		}
-		if err := ks.Append(b); err != nil {
-			return proto.CodeBadRequest.Errorf("index keys: %v", err)
-		}
-	}
-	return nil
-}
-
-// appendKeys feeds the index keys of chunks [first, first+n) to the indexer
-// and advances the chunk count.
-func (s *session) appendKeys(first, n uint64, keys []byte) error {
+// ingestKeys feeds the index keys of chunks [first, first+n) to the
+// indexer, which vets them (a key the model rejects appends nothing). It
+// runs before any page is written, and the caller undoes it with
+// req.Truncate if storing the pages fails, so keys and pages never diverge
+// and each key is decoded once.
+func (s *session) ingestKeys(first, n uint64, keys []byte) error {
 	if err := s.req.AppendKeys(int(first), s.splitKeys(n, keys)); err != nil {
 		return indexerError(err)
 	}
-	s.chunks = first + n
 	return nil
 }
 

@@ -127,6 +127,19 @@ func (r *Request) AppendKeys(first int, perLayerKeys [][]byte) error {
 	return nil
 }
 
+// Truncate drops the keys of chunks n, n+1, … again: the undo of an AppendKeys whose chunks
+// the caller then failed to store. It is meant for chunks appended since the last cycle;
+// n ≥ Len() does nothing.
+func (r *Request) Truncate(n int) {
+	if n < 0 || n >= r.n {
+		return
+	}
+	for _, k := range r.keys {
+		k.Truncate(n)
+	}
+	r.n = n
+}
+
 // Select runs one selection cycle on per-chunk ensembled logits computed elsewhere (one per
 // chunk, len == Len()). ScoreBatch is the usual way in; Select serves evaluation tools and
 // models scored outside this package. In fallback, logits may be nil.
