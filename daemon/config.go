@@ -170,6 +170,11 @@ type GPUConfig struct {
 	// HeadroomBytes stays free on each GPU for the decoder's own allocations
 	// (weights, activations) that may start after the daemon.
 	HeadroomBytes int64 `toml:"headroom_bytes"`
+	// PinnedMirror page-locks the host mirror for CUDA (cuMemHostRegister) when
+	// sessions can have GPU reserves, so recalls copy by DMA straight from the
+	// mirror (53 GB/s on an H100 against 3-15 for pageable memory). Pinned
+	// memory cannot be swapped: the host budget must fit in RAM.
+	PinnedMirror bool `toml:"pinned_mirror"`
 }
 
 // GPU modes.
@@ -236,7 +241,7 @@ func DefaultConfig() Config {
 		},
 		SSD:   SSDConfig{GCInterval: Duration(5 * time.Minute)},
 		Mover: MoverConfig{Workers: 4},
-		GPU:   GPUConfig{Mode: GPUAuto, ReserveFraction: 0.5, HeadroomBytes: 2 << 30},
+		GPU:   GPUConfig{Mode: GPUAuto, ReserveFraction: 0.5, HeadroomBytes: 2 << 30, PinnedMirror: true},
 		Indexer: IndexerConfig{
 			DefaultModel:  "demo",
 			Random:        []RandomModelConfig{{Name: "demo", Seed: 1, Hidden: 512, Rank: 128, Heads: 16, HeadDim: 128, TargetLayers: 3}},

@@ -106,8 +106,18 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	if d.models, err = loadModels(cfg.Indexer); err != nil {
 		return nil, err
 	}
+	// Reserves and GPUs before the store: on GPU hosts the mirror's extents
+	// are pinned through a device.
+	d.reserve = tiers.NewReserve(tiers.ReserveConfig{Budget: cfg.Limits.MaxHostReserveBytes, MaxRegions: cfg.Limits.MaxSessions})
+	hooks := realGPUHooks()
+	if d.gpuHooks != nil {
+		hooks = *d.gpuHooks
+	}
+	if d.gpu, err = openGPU(cfg.GPU, cfg.Limits.MaxSessions, d.reserve, d.log.With("subsystem", "gpu"), hooks); err != nil {
+		return nil, err
+	}
 	d.store, err = tiers.OpenStore(tiers.StoreConfig{
-		Mirror: tiers.MirrorConfig{Budget: cfg.Host.BudgetBytes},
+		Mirror: tiers.MirrorConfig{Budget: cfg.Host.BudgetBytes, Allocator: d.gpu.mirrorAllocator(cfg.GPU)},
 		SSD: tiers.SSDConfig{
 			Dir:        filepath.Join(cfg.DataDir, "ssd"),
 			SyncWrites: cfg.SSD.SyncWrites,
@@ -118,15 +128,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("host mirror and SSD tiers: %w", err)
 	}
-	d.reserve = tiers.NewReserve(tiers.ReserveConfig{Budget: cfg.Limits.MaxHostReserveBytes, MaxRegions: cfg.Limits.MaxSessions})
 	d.mover = tiers.NewMover(d.store, tiers.MoverConfig{Workers: cfg.Mover.Workers})
-	hooks := realGPUHooks()
-	if d.gpuHooks != nil {
-		hooks = *d.gpuHooks
-	}
-	if d.gpu, err = openGPU(cfg.GPU, cfg.Limits.MaxSessions, d.reserve, d.log.With("subsystem", "gpu"), hooks); err != nil {
-		return nil, err
-	}
 	if err := d.restoreIDs(); err != nil {
 		return nil, err
 	}
@@ -233,12 +235,14 @@ func (d *Daemon) Close() error {
 			s.destroyRegion(d)
 		}
 		d.mu.Unlock()
+		// The store before the GPUs: a pinned mirror unregisters its extents
+		// through a device.
+		if d.store != nil {
+			errs = append(errs, d.store.Close())
+		}
 		errs = append(errs, d.gpu.Close())
 		if d.reserve != nil {
 			errs = append(errs, d.reserve.Close())
-		}
-		if d.store != nil {
-			errs = append(errs, d.store.Close())
 		}
 		d.closeErr = errors.Join(errs...)
 	})

@@ -178,6 +178,22 @@ func openGPUDevice(i int, cfg GPUConfig, maxRegions int, log *slog.Logger) (*gpu
 	return gd, nil
 }
 
+// mirrorAllocator is the host mirror's allocator: pinned through the first
+// GPU that holds reserves when there is one and [gpu] pinned_mirror is on,
+// else nil (plain mmap).
+func (g *gpuSubsystem) mirrorAllocator(cfg GPUConfig) tiers.Allocator {
+	if g == nil || !cfg.PinnedMirror {
+		return nil
+	}
+	for _, gd := range g.devs {
+		if gd.reserve != nil {
+			g.log.Info("host mirror pinned for DMA recall", "device", gd.ordinal)
+			return tiers.PinnedAllocator(gd.dev)
+		}
+	}
+	return nil
+}
+
 // run watches Xid events and polls NVML for the health rule until ctx ends.
 func (g *gpuSubsystem) run(ctx context.Context, wg *sync.WaitGroup) {
 	if g == nil || g.mon == nil {

@@ -17,3 +17,15 @@ type noCUDABackend struct{}
 func (noCUDABackend) newMemory(name string, size int64) (regionMemory, error) {
 	return nil, fmt.Errorf("cuda region %q: %w", name, cuda.ErrNoCUDA)
 }
+
+// PinnedAllocator is the pinned host mirror allocator in cuda builds; in this build every
+// extent it would map fails with cuda.ErrNoCUDA.
+func PinnedAllocator(dev *cuda.Device) Allocator { return noCUDAAllocator{} }
+
+type noCUDAAllocator struct{}
+
+func (noCUDAAllocator) alloc(n int) ([]byte, error) {
+	return nil, fmt.Errorf("pinned mirror extent of %d B: %w", n, cuda.ErrNoCUDA)
+}
+
+func (noCUDAAllocator) free(b []byte) error { return cuda.ErrNoCUDA }

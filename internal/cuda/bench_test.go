@@ -59,6 +59,9 @@ func (tm *timer) median(reps int, fn func(rep int) error) float64 {
 	return ms[len(ms)/2]
 }
 
+// splitShares are the copy-engine shares TestRecallBench times RecallSplit at.
+var splitShares = []float64{0.1, 0.2, 0.3, 0.4}
+
 // TestRecallBench measures scattered recall from a 4 GiB pinned mirror into a 64 MiB
 // device reserve: the gather kernel, one cuMemcpyAsync per row, and one contiguous copy
 // of the same bytes; plus the DeepSeek-V4 layout (a page = 21 layer rows of 37,440 B into
@@ -119,7 +122,13 @@ func TestRecallBench(t *testing.T) {
 	}
 	check := func(descs []CopyDesc) {
 		t.Helper()
-		for _, c := range descs[:min(len(descs), 64)] {
+		// The first and the last rows: RecallSplit sends the leading ones to the copy
+		// engines and the rest to the kernel.
+		sample := descs
+		if len(descs) > 64 {
+			sample = append(slices.Clip(descs[:32]), descs[len(descs)-32:]...)
+		}
+		for _, c := range sample {
 			got := make([]byte, c.Len)
 			if err := d.CopyDtoH(got, c.Dst); err != nil {
 				t.Fatal(err)
@@ -144,6 +153,26 @@ func TestRecallBench(t *testing.T) {
 		add(name, "cuMemcpyBatchAsync", bytes, len(sets[0]), 0, ms)
 	}
 
+	// split times copy engines and gather kernel together (RecallSplit) at several shares of
+	// the bytes for the engines.
+	aux, err := d.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aux.Close()
+	join, err := d.NewEvent(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer join.Close()
+	split := func(name string, bytes, piece int, sets [][]CopyDesc) {
+		for _, share := range splitShares {
+			ms := tm.median(reps, func(i int) error { return s.RecallSplit(aux, join, sets[i], share) })
+			check(sets[reps-1])
+			add(name, fmt.Sprintf("split, engines %.0f %%", 100*share), bytes, len(sets[0]), piece, ms)
+		}
+	}
+
 	contig := tm.median(reps, func(int) error { return s.Copy(reserve, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), total) })
 	add("contiguous 64 MiB", "cuMemcpyAsync", total, 1, 0, contig)
 
@@ -160,6 +189,7 @@ func TestRecallBench(t *testing.T) {
 		check(sets[reps-1])
 		add(name, "gather kernel", total, n, gatherPiece, ms)
 		batch(name, total, sets)
+		split(name, total, gatherPiece, sets)
 		ms = tm.median(reps, func(i int) error {
 			for _, c := range sets[i] {
 				if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {
@@ -206,6 +236,7 @@ func TestRecallBench(t *testing.T) {
 	check(sets[reps-1])
 	add("DeepSeek-V4 21x37440 B", "gather kernel", dsBytes, npages*layers, gatherPiece, ms)
 	batch("DeepSeek-V4 21x37440 B", dsBytes, sets)
+	split("DeepSeek-V4 21x37440 B", dsBytes, gatherPiece, sets)
 	ms = tm.median(reps, func(i int) error {
 		for _, c := range sets[i] {
 			if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {

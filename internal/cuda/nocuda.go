@@ -192,3 +192,11 @@ func (f *Function) SetMaxDynamicShared(bytes int) error { return ErrNoCUDA }
 
 // Name returns "" in this build.
 func (f *Function) Name() string { return "" }
+
+// WaitEvent needs CUDA.
+func (s *Stream) WaitEvent(e *Event) error { return ErrNoCUDA }
+
+// RecallSplit needs CUDA.
+func (s *Stream) RecallSplit(aux *Stream, join *Event, descs []CopyDesc, engineShare float64) error {
+	return ErrNoCUDA
+}
