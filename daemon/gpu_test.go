@@ -402,8 +402,12 @@ func TestGPUReserveOnDevice(t *testing.T) {
 	}
 	cfg := testConfig(t, t.TempDir())
 	cfg.GPU.Mode = GPUAuto
-	rd, _ := startLogged(t, cfg)
+	rd, logs := startLogged(t, cfg)
 	defer rd.shutdown(t)
+	// The mirror the recalls below copy from is pinned (the direct DMA path).
+	if len(logs.lines("host mirror pinned")) == 0 {
+		t.Error("no pinned host mirror on a GPU host")
+	}
 	c := dial(t, cfg.Socket)
 	ctx := context.Background()
 	for dev := range n {

@@ -6,7 +6,7 @@
 # Usage: scripts/build-cuda.sh [pkg ...]
 #   default packages: every package of ours that has cuda-tagged code or GPU tests.
 # Output: .gpu/<name>.test per package (go test -c -tags cuda), .gpu/flashmemd when
-# cmd/flashmemd exists, and a copy of ../shared/testdata/indexer_golden.safetensors under
+# cmd/flashmemd exists, .gpu/flashmemctl (default build), and a copy of ../shared/testdata/indexer_golden.safetensors under
 # .gpu/testdata/ (../shared does not travel to the GPU machine).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,6 +34,9 @@ if [[ -d cmd/flashmemd ]]; then
   go build -tags cuda -o .gpu/flashmemd ./cmd/flashmemd ||
     echo "build-cuda: cmd/flashmemd did not build; .gpu/flashmemd not updated" >&2
 fi
+# flashmemctl has no CUDA code: the default build, to drive the daemon there (sim, status).
+echo "build-cuda: cmd/flashmemctl -> .gpu/flashmemctl" >&2
+go build -o .gpu/flashmemctl ./cmd/flashmemctl
 golden=$repo/../shared/testdata/indexer_golden.safetensors
 [[ -f $golden ]] && cp -f "$golden" .gpu/testdata/
 ls -l .gpu >&2

@@ -53,6 +53,12 @@ type SimOptions struct {
 	Stall     time.Duration // wait at or above which a cycle counts as stalled
 	Seed      uint64
 	Modes     []string
+	// ReserveSlots is each session's reserve size in pages (0: three resident
+	// sets plus 16, room to spare).
+	ReserveSlots int
+	// Device is OPEN's device: a GPU ordinal, proto.DeviceAny or
+	// proto.DeviceHostOnly.
+	Device uint32
 }
 
 // DefaultSimOptions are the simulator's defaults: 16 sessions of 128K
@@ -60,7 +66,8 @@ type SimOptions struct {
 // 100 ms of decode per cycle, a host budget of a third of all pages.
 func DefaultSimOptions() SimOptions {
 	return SimOptions{Sessions: 16, Tokens: 128 << 10, Layers: 1, Cycles: 48, Resident: 0.10, Churn: 0.10, Foresight: 1,
-		CycleTime: 100 * time.Millisecond, HostShare: 1.0 / 3, Stall: 250 * time.Microsecond, Seed: 1, Modes: AllSimModes}
+		CycleTime: 100 * time.Millisecond, HostShare: 1.0 / 3, Stall: 250 * time.Microsecond, Seed: 1, Modes: AllSimModes,
+		Device: proto.DeviceAny}
 }
 
 const simRowBytes = 37440
@@ -83,6 +90,10 @@ func (o *SimOptions) validate() error {
 		return fmt.Errorf("%w: --host-share %v not in (0, 1]", ErrUsage, o.HostShare)
 	case o.CycleTime < 0:
 		return fmt.Errorf("%w: --cycle-time is negative", ErrUsage)
+	case o.ReserveSlots < 0 || o.ReserveSlots > o.pages():
+		return fmt.Errorf("%w: --reserve-slots %d not in [0, %d pages]", ErrUsage, o.ReserveSlots, o.pages())
+	case o.ReserveSlots > 0 && o.ReserveSlots < o.resident()+2:
+		return fmt.Errorf("%w: --reserve-slots %d cannot hold a resident set plus sink and tail (%d pages)", ErrUsage, o.ReserveSlots, o.resident()+2)
 	}
 	for _, m := range o.Modes {
 		if !slices.Contains(AllSimModes, m) {
@@ -95,6 +106,17 @@ func (o *SimOptions) validate() error {
 func (o *SimOptions) pages() int {
 	return (o.Tokens/eval.TokensPerChunk + eval.ChunksPerPage - 1) / eval.ChunksPerPage
 }
+// resident is the number of non-forced pages in each cycle's set.
+func (o *SimOptions) resident() int { return max(1, int(o.Resident*float64(o.pages()))) }
+
+// reserveSlots is each session's reserve size in pages.
+func (o *SimOptions) reserveSlots() int {
+	if o.ReserveSlots > 0 {
+		return o.ReserveSlots
+	}
+	return min(o.pages(), 3*o.resident()+16)
+}
+
 func (o *SimOptions) pageBytes() int64 {
 	return int64(o.Layers) * simRowBytes
 }
@@ -183,6 +205,8 @@ func (t *simTrace) keys() []byte {
 
 // SimCycle is what one session's cycle told the client.
 type SimCycle struct {
+	RTT        time.Duration // CYCLE request to reply, as the client saw it (scoring included)
+	Score      time.Duration // CycleCounters.ScoreMicros
 	Wait       time.Duration // CycleCounters.WaitMicros
 	Recalled   int           // CycleCounters.RecalledPages
 	SyncLoaded int           // Recalled minus the pages queued for background recall
@@ -216,6 +240,18 @@ type SimResult struct {
 	Mismatch      int                `json:"table_mismatches"`
 	HostBudget    int64              `json:"host_budget_bytes"`
 	KVBytes       int64              `json:"kv_bytes"`
+	// ReserveBytes is the reserve memory the sessions held at the end of the
+	// decode (GPU memory on a GPU host), ReserveKind where it was.
+	ReserveBytes int64  `json:"reserve_bytes"`
+	ReserveKind  string `json:"reserve_kind"`
+	// PagesPerCycle is the mean number of pages copied into a session's
+	// reserve per decode cycle (background recall and synchronous loads),
+	// not counting the first fill of each empty reserve.
+	PagesPerCycle float64 `json:"pages_recalled_per_cycle"`
+	// RTT and scoring per CYCLE as the client saw them (µs).
+	RTTP50   float64 `json:"rtt_p50_us"`
+	RTTP99   float64 `json:"rtt_p99_us"`
+	ScoreP50 float64 `json:"score_p50_us"`
 	Tiers         []SimTier          `json:"tiers"`
 	Counters      map[string]float64 `json:"counters"`
 	Seconds       float64            `json:"seconds"`
@@ -337,7 +373,7 @@ func findFlashmemd() (string, error) {
 
 func simCmd(g *globals) *cobra.Command {
 	o := DefaultSimOptions()
-	var modes, bin, dir string
+	var modes, bin, dir, device string
 	cmd := &cobra.Command{
 		Use:   "sim",
 		Short: "Tiering simulator: many sessions replaying resident-set traces through flashmemd, per mover mode",
@@ -361,6 +397,11 @@ WaitMicros (time spent on recall after scoring, before the reply) reached --stal
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Modes = splitList(modes)
+			dev, err := parseDevice(device)
+			if err != nil {
+				return err
+			}
+			o.Device = dev
 			if err := o.validate(); err != nil {
 				return err
 			}
@@ -404,10 +445,27 @@ WaitMicros (time spent on recall after scoring, before the reply) reached --stal
 	f.Float64Var(&o.HostShare, "host-share", o.HostShare, "host budget as a share of all sessions' pages")
 	f.DurationVar(&o.Stall, "stall", o.Stall, "recall wait at or above which a cycle counts as stalled")
 	f.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the traces")
+	f.IntVar(&o.ReserveSlots, "reserve-slots", 0, "reserve pages per session (default: 3 resident sets + 16)")
+	f.StringVar(&device, "device", "any", `reserve device: "any" (the daemon picks; a GPU where it has one), "host", or a GPU ordinal`)
 	f.StringVar(&modes, "modes", strings.Join(AllSimModes, ","), "modes to run")
 	f.StringVar(&bin, "flashmemd", "", "flashmemd binary (default: next to flashmemctl, then $PATH)")
 	f.StringVar(&dir, "dir", "", "directory for the daemons' sockets and data (default: a temporary one, removed)")
 	return cmd
+}
+
+// parseDevice reads --device.
+func parseDevice(s string) (uint32, error) {
+	switch s {
+	case "any":
+		return proto.DeviceAny, nil
+	case "host":
+		return proto.DeviceHostOnly, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 31)
+	if err != nil {
+		return 0, fmt.Errorf("%w: --device %q: want any, host or a GPU ordinal", ErrUsage, s)
+	}
+	return uint32(n), nil
 }
 
 // RunSim runs every mode of o. With a launcher it starts a daemon per mode
@@ -477,9 +535,9 @@ type simSession struct {
 
 func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, progress io.Writer) (*SimResult, error) {
 	p := o.pages()
-	k := max(1, int(o.Resident*float64(p)))
+	k := o.resident()
 	l := proto.Layout{ChunksPerPage: eval.ChunksPerPage, KeyBytes: eval.TraceKeyBytes, TargetLayers: 1, CycleSteps: eval.Tau,
-		ReserveSlots: uint32(min(p, 3*k+16))}
+		ReserveSlots: uint32(o.reserveSlots())}
 	for range o.Layers {
 		l.Layers = append(l.Layers, proto.LayerLayout{RowBytes: simRowBytes, Segments: []uint32{576, 8}})
 	}
@@ -492,6 +550,7 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	defer admin.Close()
 
 	ss := make([]*simSession, o.Sessions)
+	var kind string
 	defer func() {
 		for _, s := range ss {
 			if s != nil && s.c != nil {
@@ -513,11 +572,17 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 			return err
 		}
 		s.c = c
-		op, err := c.Open(ctx, &proto.Open{Model: "trace", Layout: l, Policy: pol})
+		op, err := c.Open(ctx, &proto.Open{Model: "trace", Layout: l, Policy: pol, Device: o.Device})
 		if err != nil {
 			return err
 		}
 		s.id = op.Session
+		if i == 0 {
+			kind = "host memory"
+			if op.Region.Kind == proto.RegionCUDA {
+				kind = fmt.Sprintf("GPU %d", op.Region.Device)
+			}
+		}
 		op.Region.Close() // the simulator reads no page bytes; the daemon keeps its own mapping
 		keys := s.trace.keys()
 		chunks := uint64(p * eval.ChunksPerPage)
@@ -573,7 +638,7 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	}
 	m1 := scrapeMetrics(metrics)
 	res := &SimResult{Mode: mode, Sessions: o.Sessions, HostBudget: o.HostBudget(), KVBytes: int64(o.Sessions) * int64(p) * o.pageBytes(), Seconds: secs}
-	var waits []time.Duration
+	var waits, rtts, scores []time.Duration
 	var copied, table int
 	for _, s := range ss {
 		res.Mismatch += s.mism
@@ -598,6 +663,8 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 				res.StallsByCycle[k]++
 			}
 			waits = append(waits, c.Wait)
+			rtts = append(rtts, c.RTT)
+			scores = append(scores, c.Score)
 			res.SyncPages += c.SyncLoaded
 			// Without background recall the queued pages are counted by
 			// the daemon but never copied; only the synchronous loads are.
@@ -617,6 +684,11 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	res.WaitP50 = float64(pct(waits, 50).Microseconds())
 	res.WaitP99 = float64(pct(waits, 99).Microseconds())
 	res.WaitMax = float64(pct(waits, 100).Microseconds())
+	res.RTTP50 = float64(pct(rtts, 50).Microseconds())
+	res.RTTP99 = float64(pct(rtts, 99).Microseconds())
+	res.ScoreP50 = float64(pct(scores, 50).Microseconds())
+	res.ReserveKind = kind
+	res.ReserveBytes = int64(tierOf(st1, "reserve").UsedBytes)
 	for _, name := range []string{"reserve", "host", "ssd"} {
 		a, b := tierOf(st0, name), tierOf(st1, name)
 		t := SimTier{Name: name, Hits: b.Hits - a.Hits, Misses: b.Misses - a.Misses, Read: b.ReadBytes - a.ReadBytes, Written: b.WrittenBytes - a.WrittenBytes}
@@ -624,6 +696,12 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 			t.HitRate = float64(t.Hits) / float64(t.Hits+t.Misses)
 		}
 		res.Tiers = append(res.Tiers, t)
+		if name == "reserve" && res.Cycles > 0 {
+			// Not counted: each session's first table (sink, tail) and first
+			// selection, which fill its empty reserve once.
+			first := float64(o.Sessions * (k + 2))
+			res.PagesPerCycle = max(0, float64(t.Written)/float64(o.pageBytes())-first) / float64(res.Cycles)
+		}
 	}
 	res.Counters = map[string]float64{}
 	for _, c := range []string{"staged", "staged_used", "staged_unused", "brought_back", "spills"} {
@@ -653,7 +731,9 @@ func (s *simSession) decode(ctx context.Context, o *SimOptions, i int) error {
 	var lease uint64
 	for k := range o.Cycles {
 		q := eval.TraceQuery(k)
+		t0 := time.Now()
 		res, err := s.c.Cycle(ctx, []proto.CycleEntry{{Session: s.id, Step: uint64(k * eval.Tau), Position: uint64(k), Queries: q.Layers}})
+		rtt := time.Since(t0)
 		if err != nil {
 			return err
 		}
@@ -674,7 +754,8 @@ func (s *simSession) decode(ctx context.Context, o *SimOptions, i int) error {
 		if !slices.Equal(got, want) {
 			s.mism++
 		}
-		s.cycles = append(s.cycles, SimCycle{Wait: time.Duration(cr.Counters.WaitMicros) * time.Microsecond,
+		s.cycles = append(s.cycles, SimCycle{RTT: rtt, Score: time.Duration(cr.Counters.ScoreMicros) * time.Microsecond,
+			Wait: time.Duration(cr.Counters.WaitMicros) * time.Microsecond,
 			Recalled: int(cr.Counters.RecalledPages), SyncLoaded: int(cr.Counters.RecalledPages), Table: len(cr.Pages)})
 		if lease != 0 {
 			if err := s.c.Release(ctx, lease); err != nil {
@@ -795,14 +876,14 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 	fmt.Fprintf(w, "\n%d sessions × %d tokens (%s of KV), host budget %s (%.0f %%), %d cycles each, resident %.0f %% + sink/tail, churn %.0f %%/cycle, foresight %.0f %%, %s decode per cycle; stall = sync load or wait ≥ %s\n\n",
 		o.Sessions, o.Tokens, human(uint64(r0.KVBytes)), human(uint64(r0.HostBudget)), 100*o.HostShare, o.Cycles, 100*o.Resident, 100*o.Churn, 100*o.Foresight, o.CycleTime, o.Stall)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "mode\tcycles\tstall-free\tstalls (at cycle 1)\tsync pages\twait p50/p99/max µs\thit reserve\thit host\thit ssd\treserve written\thost read\tssd read\tssd written\tstaged/used/late\t")
+	fmt.Fprintln(tw, "mode\tcycles\tstall-free\tstalls (at cycle 1)\tsync pages\twait p50/p99/max µs\tcycle RTT p50/p99 µs\tpages/cycle\thit reserve\thit host\thit ssd\treserve written\thost read\tssd read\tssd written\tstaged/used/late\t")
 	for _, r := range res {
 		t := map[string]SimTier{}
 		for _, x := range r.Tiers {
 			t[x.Name] = x
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.4f\t%d (%d)\t%d\t%.0f / %.0f / %.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%.0f/%.0f/%.0f\t\n", r.Mode, r.Cycles, r.StallFree, r.Stalled, r.FirstSetStalls, r.SyncPages,
-			r.WaitP50, r.WaitP99, r.WaitMax, r.ReserveHit, t["host"].HitRate, t["ssd"].HitRate,
+		fmt.Fprintf(tw, "%s\t%d\t%.4f\t%d (%d)\t%d\t%.0f / %.0f / %.0f\t%.0f / %.0f\t%.1f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%.0f/%.0f/%.0f\t\n", r.Mode, r.Cycles, r.StallFree, r.Stalled, r.FirstSetStalls, r.SyncPages,
+			r.WaitP50, r.WaitP99, r.WaitMax, r.RTTP50, r.RTTP99, r.PagesPerCycle, r.ReserveHit, t["host"].HitRate, t["ssd"].HitRate,
 			human(t["reserve"].Written), human(t["host"].Read), human(t["ssd"].Read), human(t["ssd"].Written),
 			r.Counters["staged"], r.Counters["staged_used"], r.Counters["prefetch_late"])
 	}
@@ -810,6 +891,12 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 		return err
 	}
 	fmt.Fprintf(w, "\ncycles: decode cycles after each session's first (which loads sink and tail into its empty reserve: %d of %d sessions waited there in the first mode).\n", r0.FirstStalls, r0.Sessions)
+	for _, r := range res {
+		fmt.Fprintf(w, "%s: reserves in %s hold %s = %.1f %% of the %s of KV (%d slots of %s per session); scoring p50 %.0f µs per CYCLE.\n",
+			r.Mode, r.ReserveKind, human(uint64(r.ReserveBytes)), 100*float64(r.ReserveBytes)/float64(max(r.KVBytes, 1)), human(uint64(r.KVBytes)),
+			o.reserveSlots(), human(uint64(o.pageBytes())), r.ScoreP50)
+	}
+	fmt.Fprintln(w, "wait: time the daemon spent on recall before the reply (decoder-visible); RTT: CYCLE round trip incl. scoring; pages/cycle: pages copied into a session's reserve per cycle once its first selection is in.")
 	fmt.Fprintln(w, "hit reserve: table pages already in the reserve; hit host / ssd: page reads each tier served (daemon STATUS); late: recall pages read from SSD (/metrics).")
 	return nil
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# gpu-e2e.sh — the end-to-end benchmark of issue 4 on the GPU machine: the cuda-built
+# flashmemd (.gpu/flashmemd) with reserves in GPU memory and a pinned host mirror, driven
+# over its socket by `flashmemctl sim` (.gpu/flashmemctl): 16 concurrent 512K-token
+# sessions of DeepSeek-V4 pages (21 layer rows of 37,440 B), each cycling every 64
+# simulated decode steps. Prints the simulator's table (decoder-visible wait per cycle
+# p50/p99, pages recalled per cycle, reserve memory against the full KV size) and
+# nvidia-smi's view of the GPU; the table, the daemon's log and GPU memory samples go to
+# $OUT (or /tmp/flashmem-e2e).
+#
+# Usage (GPU machine, repo root): scripts/gpu-e2e.sh [extra flashmemctl sim flags]
+# Defaults are overridable by env: SESSIONS TOKENS CYCLES CYCLE_TIME RESERVE_SLOTS HOST_SHARE.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+out=${OUT:-/tmp/flashmem-e2e}
+mkdir -p "$out"
+for b in flashmemd flashmemctl; do
+  [[ -x .gpu/$b ]] || { echo "gpu-e2e: .gpu/$b missing: run scripts/build-cuda.sh on the build machine" >&2; exit 2; }
+done
+nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv | tee "$out/gpu-before.csv"
+date -u
+args=(sim --flashmemd .gpu/flashmemd --modes lookahead --dir "$out/run"
+  --sessions "${SESSIONS:-16}" --tokens "${TOKENS:-524288}" --layers 21 --cycles "${CYCLES:-32}"
+  --cycle-time "${CYCLE_TIME:-100ms}" --reserve-slots "${RESERVE_SLOTS:-256}" --host-share "${HOST_SHARE:-1}" "$@")
+rm -rf "$out/run"
+# Sample the GPU's memory while the sessions run (the reserve is allocated at OPEN).
+( while sleep 2; do nvidia-smi --query-gpu=index,memory.used --format=csv,noheader; done ) >"$out/gpu-during.csv" 2>&1 &
+mon=$!
+.gpu/flashmemctl "${args[@]}" 2>"$out/sim.log" | tee "$out/table.txt"
+rc=${PIPESTATUS[0]}
+kill $mon 2>/dev/null
+tail -5 "$out/sim.log"
+echo "GPU memory used during the run (MiB, max per GPU):"
+awk -F', ' '{gsub(/ MiB/,"",$2); if ($2>m[$1]) m[$1]=$2} END {for (g in m) print "  GPU " g ": " m[g] " MiB"}' "$out/gpu-during.csv"
+echo "gpu-e2e status $rc"
+exit $rc
