@@ -21,6 +21,7 @@ var (
 	descTierIntegrity = prometheus.NewDesc("flashmem_tier_integrity_errors_total", "Reads that failed checksum verification.", []string{"tier"}, nil)
 	descSpills        = prometheus.NewDesc("flashmem_spilled_pages_total", "Pages moved from the host mirror to SSD to stay in budget.", nil, nil)
 	descBroughtBack   = prometheus.NewDesc("flashmem_ssd_recalled_pages_total", "Pages read back from SSD into the host mirror.", nil, nil)
+	descGPUWrites     = prometheus.NewDesc("flashmem_gpu_reserve_writes_total", "Page writes into GPU reserves by path: pinned (DMA or gather kernel straight from the pinned host mirror) or staged (through a region's pinned staging buffer: pages read back from SSD, decode commits).", []string{"path"}, nil)
 	descPrefetch      = prometheus.NewDesc("flashmem_prefetch_pages_total", "Lookahead staging outcome: staged (SSD→host ahead of need), used (staged, then read), unused (staged, evicted unread), late (needed but still on SSD).", []string{"outcome"}, nil)
 	descFootprint     = prometheus.NewDesc("flashmem_footprint_ratio", "Resident bytes (the pages decoders use this cycle) over total KV bytes, all live sessions.", nil, nil)
 	descResident      = prometheus.NewDesc("flashmem_resident_bytes", "Bytes of the pages decoders use this cycle.", nil, nil)
@@ -30,7 +31,7 @@ var (
 
 func (c *tierCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTierBytes, descTierCapacity, descTierPages, descTierHits, descTierMisses,
-		descTierIn, descTierOut, descTierIntegrity, descSpills, descBroughtBack, descPrefetch, descFootprint, descResident, descTotal, descSessions} {
+		descTierIn, descTierOut, descTierIntegrity, descSpills, descBroughtBack, descGPUWrites, descPrefetch, descFootprint, descResident, descTotal, descSessions} {
 		ch <- d
 	}
 }
@@ -59,6 +60,9 @@ func (c *tierCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descSpills, prometheus.CounterValue, float64(st.Spills))
 	ch <- prometheus.MustNewConstMetric(descBroughtBack, prometheus.CounterValue, float64(st.BroughtBack))
+	pinnedW, stagedW := tiers.CUDAWriteStats()
+	ch <- prometheus.MustNewConstMetric(descGPUWrites, prometheus.CounterValue, float64(pinnedW), "pinned")
+	ch <- prometheus.MustNewConstMetric(descGPUWrites, prometheus.CounterValue, float64(stagedW), "staged")
 	for _, o := range []struct {
 		k string
 		v uint64

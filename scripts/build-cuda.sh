@@ -26,17 +26,21 @@ mkdir -p .gpu/testdata
 for p in "${pkgs[@]}"; do
   name=$(echo "${p#./}" | tr / _)
   echo "build-cuda: $p -> .gpu/$name.test" >&2
-  go test -c -tags cuda -o ".gpu/$name.test" "$p"
+  go test -c -tags cuda -ldflags="-s -w" -o ".gpu/$name.test" "$p"
 done
 if [[ -d cmd/flashmemd ]]; then
   echo "build-cuda: cmd/flashmemd -> .gpu/flashmemd" >&2
   # The daemon may be mid-edit by its owners; a failed build is reported, not fatal.
-  go build -tags cuda -o .gpu/flashmemd ./cmd/flashmemd ||
+  go build -tags cuda -ldflags="-s -w" -o .gpu/flashmemd ./cmd/flashmemd ||
     echo "build-cuda: cmd/flashmemd did not build; .gpu/flashmemd not updated" >&2
 fi
 # flashmemctl has no CUDA code: the default build, to drive the daemon there (sim, status).
 echo "build-cuda: cmd/flashmemctl -> .gpu/flashmemctl" >&2
-go build -o .gpu/flashmemctl ./cmd/flashmemctl
+go build -ldflags="-s -w" -o .gpu/flashmemctl ./cmd/flashmemctl
 golden=$repo/../shared/testdata/indexer_golden.safetensors
 [[ -f $golden ]] && cp -f "$golden" .gpu/testdata/
 ls -l .gpu >&2
+# The device tool carries at most 64 MiB: one compressed archive of .gpu/ (unpack there
+# with `tar -xzf .gpu.tgz`).
+tar -czf .gpu.tgz .gpu
+ls -l .gpu.tgz >&2

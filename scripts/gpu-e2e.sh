@@ -32,6 +32,6 @@ rc=${PIPESTATUS[0]}
 kill $mon 2>/dev/null
 tail -5 "$out/sim.log"
 echo "GPU memory used during the run (MiB, max per GPU):"
-awk -F', ' '{gsub(/ MiB/,"",$2); if ($2>m[$1]) m[$1]=$2} END {for (g in m) print "  GPU " g ": " m[g] " MiB"}' "$out/gpu-during.csv"
+awk -F', ' '{gsub(/ MiB/,"",$2); if ($2+0>m[$1]+0) m[$1]=$2+0} END {for (g in m) print "  GPU " g ": " m[g] " MiB"}' "$out/gpu-during.csv"
 echo "gpu-e2e status $rc"
 exit $rc

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -125,12 +126,14 @@ func (m *cudaMemory) write(spans []span, src []byte) error {
 			m.descs = append(m.descs, cuda.CopyDesc{Src: base + cuda.DevPtr(s.bufOff), Dst: m.reg.Ptr() + cuda.DevPtr(s.regionOff), Len: uint64(s.n)})
 		}
 		m.direct++
+		cudaWrites.pinned.Add(1)
 		if err := m.st.Recall(m.descs); err != nil {
 			return err
 		}
 		return m.wait()
 	}
 	m.staged++
+	cudaWrites.staged.Add(1)
 	if _, err := m.staging(spans); err != nil {
 		return err
 	}
@@ -190,6 +193,15 @@ func (m *cudaMemory) close() error {
 		m.reg = nil
 	}
 	return first
+}
+
+// cudaWrites counts page writes into GPU regions by path, process-wide.
+var cudaWrites struct{ pinned, staged atomic.Uint64 }
+
+// CUDAWriteStats returns how many page writes into GPU reserve regions copied straight
+// from the pinned host mirror and how many went through a staging buffer.
+func CUDAWriteStats() (pinned, staged uint64) {
+	return cudaWrites.pinned.Load(), cudaWrites.staged.Load()
 }
 
 // PinnedAllocator is the host mirror's allocator on GPU hosts: anonymous mappings

@@ -29,3 +29,6 @@ func (noCUDAAllocator) alloc(n int) ([]byte, error) {
 }
 
 func (noCUDAAllocator) free(b []byte) error { return cuda.ErrNoCUDA }
+
+// CUDAWriteStats counts writes into GPU regions in cuda builds; there are none here.
+func CUDAWriteStats() (pinned, staged uint64) { return 0, 0 }

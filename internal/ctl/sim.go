@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -86,8 +87,8 @@ func (o *SimOptions) validate() error {
 		return fmt.Errorf("%w: --resident %v not in (0, 0.5)", ErrUsage, o.Resident)
 	case !(o.Churn >= 0 && o.Churn <= 1), !(o.Foresight >= 0 && o.Foresight <= 1):
 		return fmt.Errorf("%w: --churn and --foresight must be in [0, 1]", ErrUsage)
-	case !(o.HostShare > 0 && o.HostShare <= 1):
-		return fmt.Errorf("%w: --host-share %v not in (0, 1]", ErrUsage, o.HostShare)
+	case !(o.HostShare > 0 && o.HostShare <= 2):
+		return fmt.Errorf("%w: --host-share %v not in (0, 2]", ErrUsage, o.HostShare)
 	case o.CycleTime < 0:
 		return fmt.Errorf("%w: --cycle-time is negative", ErrUsage)
 	case o.ReserveSlots < 0 || o.ReserveSlots > o.pages():
@@ -442,7 +443,7 @@ WaitMicros (time spent on recall after scoring, before the reply) reached --stal
 	f.Float64Var(&o.Churn, "churn", o.Churn, "share of the resident set replaced per cycle")
 	f.Float64Var(&o.Foresight, "foresight", o.Foresight, "share of newly selected pages whose score rises one cycle ahead (lookahead signal)")
 	f.DurationVar(&o.CycleTime, "cycle-time", o.CycleTime, "decode time per cycle of 64 steps")
-	f.Float64Var(&o.HostShare, "host-share", o.HostShare, "host budget as a share of all sessions' pages")
+	f.Float64Var(&o.HostShare, "host-share", o.HostShare, "host budget as a share of all sessions' pages (above 1: room to spare, no SSD traffic)")
 	f.DurationVar(&o.Stall, "stall", o.Stall, "recall wait at or above which a cycle counts as stalled")
 	f.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the traces")
 	f.IntVar(&o.ReserveSlots, "reserve-slots", 0, "reserve pages per session (default: 3 resident sets + 16)")
@@ -709,6 +710,10 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	}
 	if m0 != nil && m1 != nil {
 		res.Counters["prefetch_late"] = m1[`flashmem_prefetch_pages_total{outcome="late"}`] - m0[`flashmem_prefetch_pages_total{outcome="late"}`]
+		for _, path := range []string{"pinned", "staged"} {
+			k := `flashmem_gpu_reserve_writes_total{path="` + path + `"}`
+			res.Counters["gpu_writes_"+path] = m1[k] - m0[k]
+		}
 	}
 	if res.Mismatch > 0 {
 		return res, fmt.Errorf("%d cycles returned a page table other than the trace's previous set plus sink and tail", res.Mismatch)
@@ -892,6 +897,18 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 	}
 	fmt.Fprintf(w, "\ncycles: decode cycles after each session's first (which loads sink and tail into its empty reserve: %d of %d sessions waited there in the first mode).\n", r0.FirstStalls, r0.Sessions)
 	for _, r := range res {
+		if p, st := r.Counters["gpu_writes_pinned"], r.Counters["gpu_writes_staged"]; p+st > 0 {
+			fmt.Fprintf(w, "%s: page writes into GPU reserves: %.0f straight from the pinned mirror, %.0f staged (pages from SSD).\n", r.Mode, p, st)
+		}
+		if len(r.StallsByCycle) > 0 {
+			ks := slices.Sorted(maps.Keys(r.StallsByCycle))
+			var b strings.Builder
+			for _, k := range ks {
+				fmt.Fprintf(&b, " %d:%d", k, r.StallsByCycle[k])
+			}
+			fmt.Fprintf(w, "%s: stalled sessions by cycle:%s\n", r.Mode, b.String())
+		}
+		fmt.Fprintf(w, "%s: decode phase %.1f s.\n", r.Mode, r.Seconds)
 		fmt.Fprintf(w, "%s: reserves in %s hold %s = %.1f %% of the %s of KV (%d slots of %s per session); scoring p50 %.0f µs per CYCLE.\n",
 			r.Mode, r.ReserveKind, human(uint64(r.ReserveBytes)), 100*float64(r.ReserveBytes)/float64(max(r.KVBytes, 1)), human(uint64(r.KVBytes)),
 			o.reserveSlots(), human(uint64(o.pageBytes())), r.ScoreP50)

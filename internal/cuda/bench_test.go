@@ -173,6 +173,38 @@ func TestRecallBench(t *testing.T) {
 		}
 	}
 
+	// spread times CopyBatchSpread over 2 and 4 streams (copy engines in parallel).
+	var auxs []*Stream
+	var evs []*Event
+	for i := range 4 {
+		if i < 3 {
+			a, err := d.NewStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			auxs = append(auxs, a)
+		}
+		e, err := d.NewEvent(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		evs = append(evs, e)
+	}
+	spread := func(name string, bytes int, sets [][]CopyDesc) {
+		for _, k := range []int{2, 4} {
+			if err := s.CopyBatchSpread(auxs[:k-1], evs, sets[0]); errors.Is(err, ErrUnsupported) {
+				return
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			ms := tm.median(reps, func(i int) error { return s.CopyBatchSpread(auxs[:k-1], evs, sets[i]) })
+			check(sets[reps-1])
+			add(name, fmt.Sprintf("cuMemcpyBatchAsync on %d streams", k), bytes, len(sets[0]), 0, ms)
+		}
+	}
+
 	contig := tm.median(reps, func(int) error { return s.Copy(reserve, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), total) })
 	add("contiguous 64 MiB", "cuMemcpyAsync", total, 1, 0, contig)
 
@@ -190,6 +222,7 @@ func TestRecallBench(t *testing.T) {
 		add(name, "gather kernel", total, n, gatherPiece, ms)
 		batch(name, total, sets)
 		split(name, total, gatherPiece, sets)
+		spread(name, total, sets)
 		ms = tm.median(reps, func(i int) error {
 			for _, c := range sets[i] {
 				if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {
@@ -237,6 +270,36 @@ func TestRecallBench(t *testing.T) {
 	add("DeepSeek-V4 21x37440 B", "gather kernel", dsBytes, npages*layers, gatherPiece, ms)
 	batch("DeepSeek-V4 21x37440 B", dsBytes, sets)
 	split("DeepSeek-V4 21x37440 B", dsBytes, gatherPiece, sets)
+	spread("DeepSeek-V4 21x37440 B", dsBytes, sets)
+	// Two stages: whole pages (contiguous in the mirror) by the copy engines into a device
+	// staging area, then the gather kernel scatters the rows device-to-device into the
+	// layer buffers. The check reads the layer buffers.
+	staging, err := d.Alloc(dsBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Free(staging)
+	pageSets := make([][]CopyDesc, reps)
+	rowSets := make([][]CopyDesc, reps)
+	for i := range sets {
+		for slot := range npages {
+			first := sets[i][slot*layers]
+			pageSets[i] = append(pageSets[i], CopyDesc{Src: first.Src, Dst: staging + DevPtr(slot*pageBytes), Len: pageBytes})
+			for l := 0; l < layers; l++ {
+				rowSets[i] = append(rowSets[i], CopyDesc{Src: staging + DevPtr(slot*pageBytes+l*rowBytes), Dst: sets[i][slot*layers+l].Dst, Len: rowBytes})
+			}
+		}
+	}
+	for _, k := range []int{1, 2, 4} {
+		ms = tm.median(reps, func(i int) error {
+			if err := s.CopyBatchSpread(auxs[:k-1], evs, pageSets[i]); err != nil {
+				return err
+			}
+			return s.Gather(rowSets[i])
+		})
+		check(sets[reps-1])
+		add("DeepSeek-V4 21x37440 B", fmt.Sprintf("pages by %d engine stream(s), rows by kernel on device", k), dsBytes, npages*layers, 0, ms)
+	}
 	ms = tm.median(reps, func(i int) error {
 		for _, c := range sets[i] {
 			if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {
@@ -262,9 +325,9 @@ func TestRecallBench(t *testing.T) {
 	add("contiguous 64 MiB device->host", "cuMemcpyAsync", total, 1, 0, ms)
 
 	fmt.Printf("\nRecall on %s (median of %d, GB/s = 1e9 B/s)\n", d.Name(), reps)
-	fmt.Printf("%-32s %-28s %7s %9s %8s\n", "case", "method", "piece", "ms", "GB/s")
+	fmt.Printf("%-32s %-52s %7s %9s %8s\n", "case", "method", "piece", "ms", "GB/s")
 	for _, r := range rows {
-		fmt.Printf("%-32s %-28s %7d %9.3f %8.1f\n", r.Case, r.Method, r.Piece>>10, r.MedMS, r.GBps)
+		fmt.Printf("%-32s %-52s %7d %9.3f %8.1f\n", r.Case, r.Method, r.Piece>>10, r.MedMS, r.GBps)
 	}
 	if p := os.Getenv("FLASHMEM_BENCH_OUT"); p != "" {
 		b, _ := json.MarshalIndent(map[string]any{"device": d.Name(), "recall": rows}, "", " ")

@@ -323,3 +323,53 @@ func (s *Stream) RecallSplit(aux *Stream, join *Event, descs []CopyDesc, engineS
 	}
 	return nil
 }
+
+// CopyBatchSpread spreads host-to-device rows over several streams, one
+// cuMemcpyBatchAsync each, so that more than one copy engine works on one recall: a
+// single engine pays a fixed cost per row (about 0.5 µs on the H100), which caps 64 KiB
+// rows near 37 GB/s. The rows are cut into len(aux)+1 runs of about equal bytes; s
+// takes the first run, aux[i] the next. evs needs len(aux)+1 events of s's device: evs[0]
+// orders aux after work already on s, evs[i+1] makes s wait for aux[i], so work enqueued
+// on s afterwards sees every row.
+func (s *Stream) CopyBatchSpread(aux []*Stream, evs []*Event, descs []CopyDesc) error {
+	if len(evs) < len(aux)+1 {
+		return fmt.Errorf("cuda: CopyBatchSpread with %d streams needs %d events: %w", len(aux), len(aux)+1, ErrInvalid)
+	}
+	if len(aux) == 0 || len(descs) <= len(aux) {
+		return s.CopyBatch(descs)
+	}
+	if err := evs[0].Record(s); err != nil {
+		return err
+	}
+	parts := len(aux) + 1
+	rest := descs
+	var runs [][]CopyDesc
+	for i := range parts {
+		k := len(rest)
+		if i < parts-1 {
+			k = splitAt(rest, 1/float64(parts-i))
+		}
+		runs = append(runs, rest[:k])
+		rest = rest[k:]
+	}
+	for i, a := range aux {
+		if err := a.WaitEvent(evs[0]); err != nil {
+			return err
+		}
+		if err := a.CopyBatch(runs[i+1]); err != nil {
+			return err
+		}
+		if err := evs[i+1].Record(a); err != nil {
+			return err
+		}
+	}
+	if err := s.CopyBatch(runs[0]); err != nil {
+		return err
+	}
+	for i := range aux {
+		if err := s.WaitEvent(evs[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -200,3 +200,8 @@ func (s *Stream) WaitEvent(e *Event) error { return ErrNoCUDA }
 func (s *Stream) RecallSplit(aux *Stream, join *Event, descs []CopyDesc, engineShare float64) error {
 	return ErrNoCUDA
 }
+
+// CopyBatchSpread needs CUDA.
+func (s *Stream) CopyBatchSpread(aux []*Stream, evs []*Event, descs []CopyDesc) error {
+	return ErrNoCUDA
+}
