@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -107,6 +107,7 @@ func (o *SimOptions) validate() error {
 func (o *SimOptions) pages() int {
 	return (o.Tokens/eval.TokensPerChunk + eval.ChunksPerPage - 1) / eval.ChunksPerPage
 }
+
 // resident is the number of non-forced pages in each cycle's set.
 func (o *SimOptions) resident() int { return max(1, int(o.Resident*float64(o.pages()))) }
 
@@ -232,15 +233,15 @@ type SimResult struct {
 	FirstSetStalls int `json:"first_set_stalls"`
 	// StallsByCycle counts stalled sessions per cycle number, to tell a
 	// daemon-wide pause (every session at one cycle) from steady misses.
-	StallsByCycle map[int]int        `json:"stalls_by_cycle,omitempty"`
-	StallFree     float64            `json:"stall_free_fraction"`
-	SyncPages     int                `json:"sync_loaded_pages"`
-	WaitP50       float64            `json:"wait_p50_us"`
-	WaitP99       float64            `json:"wait_p99_us"`
-	WaitMax       float64            `json:"wait_max_us"`
-	Mismatch      int                `json:"table_mismatches"`
-	HostBudget    int64              `json:"host_budget_bytes"`
-	KVBytes       int64              `json:"kv_bytes"`
+	StallsByCycle map[int]int `json:"stalls_by_cycle,omitempty"`
+	StallFree     float64     `json:"stall_free_fraction"`
+	SyncPages     int         `json:"sync_loaded_pages"`
+	WaitP50       float64     `json:"wait_p50_us"`
+	WaitP99       float64     `json:"wait_p99_us"`
+	WaitMax       float64     `json:"wait_max_us"`
+	Mismatch      int         `json:"table_mismatches"`
+	HostBudget    int64       `json:"host_budget_bytes"`
+	KVBytes       int64       `json:"kv_bytes"`
 	// ReserveBytes is the reserve memory the sessions held at the end of the
 	// decode (GPU memory on a GPU host), ReserveKind where it was.
 	ReserveBytes int64  `json:"reserve_bytes"`
@@ -249,13 +250,18 @@ type SimResult struct {
 	// reserve per decode cycle (background recall and synchronous loads),
 	// not counting the first fill of each empty reserve.
 	PagesPerCycle float64 `json:"pages_recalled_per_cycle"`
+	// SteadyWait* cover cycles 3 and later only: by then each session's
+	// first selection (a burst of every session's pages at once) is in.
+	SteadyCycles  int     `json:"steady_cycles"`
+	SteadyWaitP50 float64 `json:"steady_wait_p50_us"`
+	SteadyWaitP99 float64 `json:"steady_wait_p99_us"`
 	// RTT and scoring per CYCLE as the client saw them (µs).
-	RTTP50   float64 `json:"rtt_p50_us"`
-	RTTP99   float64 `json:"rtt_p99_us"`
-	ScoreP50 float64 `json:"score_p50_us"`
-	Tiers         []SimTier          `json:"tiers"`
-	Counters      map[string]float64 `json:"counters"`
-	Seconds       float64            `json:"seconds"`
+	RTTP50   float64            `json:"rtt_p50_us"`
+	RTTP99   float64            `json:"rtt_p99_us"`
+	ScoreP50 float64            `json:"score_p50_us"`
+	Tiers    []SimTier          `json:"tiers"`
+	Counters map[string]float64 `json:"counters"`
+	Seconds  float64            `json:"seconds"`
 }
 
 // SimTier is one tier's traffic during the decode phase.
@@ -639,7 +645,7 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	}
 	m1 := scrapeMetrics(metrics)
 	res := &SimResult{Mode: mode, Sessions: o.Sessions, HostBudget: o.HostBudget(), KVBytes: int64(o.Sessions) * int64(p) * o.pageBytes(), Seconds: secs}
-	var waits, rtts, scores []time.Duration
+	var waits, steady, rtts, scores []time.Duration
 	var copied, table int
 	for _, s := range ss {
 		res.Mismatch += s.mism
@@ -664,6 +670,9 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 				res.StallsByCycle[k]++
 			}
 			waits = append(waits, c.Wait)
+			if k >= 3 {
+				steady = append(steady, c.Wait)
+			}
 			rtts = append(rtts, c.RTT)
 			scores = append(scores, c.Score)
 			res.SyncPages += c.SyncLoaded
@@ -685,6 +694,9 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	res.WaitP50 = float64(pct(waits, 50).Microseconds())
 	res.WaitP99 = float64(pct(waits, 99).Microseconds())
 	res.WaitMax = float64(pct(waits, 100).Microseconds())
+	res.SteadyWaitP50 = float64(pct(steady, 50).Microseconds())
+	res.SteadyWaitP99 = float64(pct(steady, 99).Microseconds())
+	res.SteadyCycles = len(steady)
 	res.RTTP50 = float64(pct(rtts, 50).Microseconds())
 	res.RTTP99 = float64(pct(rtts, 99).Microseconds())
 	res.ScoreP50 = float64(pct(scores, 50).Microseconds())
@@ -760,7 +772,7 @@ func (s *simSession) decode(ctx context.Context, o *SimOptions, i int) error {
 			s.mism++
 		}
 		s.cycles = append(s.cycles, SimCycle{RTT: rtt, Score: time.Duration(cr.Counters.ScoreMicros) * time.Microsecond,
-			Wait: time.Duration(cr.Counters.WaitMicros) * time.Microsecond,
+			Wait:     time.Duration(cr.Counters.WaitMicros) * time.Microsecond,
 			Recalled: int(cr.Counters.RecalledPages), SyncLoaded: int(cr.Counters.RecalledPages), Table: len(cr.Pages)})
 		if lease != 0 {
 			if err := s.c.Release(ctx, lease); err != nil {
@@ -908,7 +920,7 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 			}
 			fmt.Fprintf(w, "%s: stalled sessions by cycle:%s\n", r.Mode, b.String())
 		}
-		fmt.Fprintf(w, "%s: decode phase %.1f s.\n", r.Mode, r.Seconds)
+		fmt.Fprintf(w, "%s: decode phase %.1f s; wait from cycle 3 on (%d cycles): p50 %.0f µs, p99 %.0f µs.\n", r.Mode, r.Seconds, r.SteadyCycles, r.SteadyWaitP50, r.SteadyWaitP99)
 		fmt.Fprintf(w, "%s: reserves in %s hold %s = %.1f %% of the %s of KV (%d slots of %s per session); scoring p50 %.0f µs per CYCLE.\n",
 			r.Mode, r.ReserveKind, human(uint64(r.ReserveBytes)), 100*float64(r.ReserveBytes)/float64(max(r.KVBytes, 1)), human(uint64(r.KVBytes)),
 			o.reserveSlots(), human(uint64(o.pageBytes())), r.ScoreP50)
