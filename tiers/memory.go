@@ -30,6 +30,20 @@ type regionMemory interface {
 	close() error
 }
 
+// writeJob is one page of a batched write.
+type writeJob struct {
+	spans []span
+	src   []byte
+}
+
+// batchWriter is implemented by memories that copy many pages in one transfer:
+// the GPU backend issues one launch for a whole recall batch instead of one
+// launch and one completion wait per page. Region.WritePages uses it; other
+// memories get one write per page.
+type batchWriter interface {
+	writeMany(jobs []writeJob) error
+}
+
 // zeroer is implemented by memories that can clear spans without a source
 // buffer (memset); others are cleared by writing zeros.
 type zeroer interface {

@@ -55,6 +55,8 @@ func (b cudaBackend) newMemory(name string, size int64) (regionMemory, error) {
 }
 
 // cudaMemory serialises its copies: one staging buffer and one stream per region.
+var _ batchWriter = (*cudaMemory)(nil)
+
 type cudaMemory struct {
 	mu    sync.Mutex
 	dev   *cuda.Device
@@ -132,6 +134,11 @@ func (m *cudaMemory) write(spans []span, src []byte) error {
 		}
 		return m.wait()
 	}
+	return m.writeStaged(spans, src)
+}
+
+// writeStaged copies src through the region's pinned staging buffer; m.mu is held.
+func (m *cudaMemory) writeStaged(spans []span, src []byte) error {
 	m.staged++
 	cudaWrites.staged.Add(1)
 	if _, err := m.staging(spans); err != nil {
@@ -142,6 +149,42 @@ func (m *cudaMemory) write(spans []span, src []byte) error {
 		copy(b[s.bufOff:s.bufOff+s.n], src[s.bufOff:s.bufOff+s.n])
 	}
 	return m.copy(spans, true)
+}
+
+// writeMany copies every job whose source is pinned mirror memory in one launch (or one
+// batch of copy-engine copies) with one completion wait; any other job goes through
+// staging afterwards, one at a time.
+func (m *cudaMemory) writeMany(jobs []writeJob) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.descs = m.descs[:0]
+	var rest []writeJob
+	for _, j := range jobs {
+		base, ok := pinnedPtr(j.src, m.dev)
+		if !ok {
+			rest = append(rest, j)
+			continue
+		}
+		for _, s := range j.spans {
+			m.descs = append(m.descs, cuda.CopyDesc{Src: base + cuda.DevPtr(s.bufOff), Dst: m.reg.Ptr() + cuda.DevPtr(s.regionOff), Len: uint64(s.n)})
+		}
+	}
+	if n := len(jobs) - len(rest); n > 0 {
+		m.direct += n
+		cudaWrites.pinned.Add(uint64(n))
+		if err := m.st.Recall(m.descs); err != nil {
+			return err
+		}
+		if err := m.wait(); err != nil {
+			return err
+		}
+	}
+	for _, j := range rest {
+		if err := m.writeStaged(j.spans, j.src); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (m *cudaMemory) read(spans []span, dst []byte) error {

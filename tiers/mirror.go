@@ -448,6 +448,54 @@ func (m *HostMirror) view(id PageID, fn func(gen uint64, data []byte) error) (st
 	return staged, err
 }
 
+// mirrorRef is one page of viewMany: ok says whether the mirror had it.
+type mirrorRef struct {
+	ok     bool
+	staged bool // first read of a staged page
+	gen    uint64
+	data   []byte
+	buf    *mbuf
+}
+
+// viewMany is view for many pages at once: it references every page of ids
+// the mirror holds, runs fn once with refs[i] describing ids[i], then drops
+// the references. Missing pages are not counted as misses: the caller reads
+// them through view, which counts them.
+func (m *HostMirror) viewMany(ids []PageID, refs []mirrorRef, fn func(refs []mirrorRef)) error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return fmt.Errorf("mirror: %w", ErrClosed)
+	}
+	for i, id := range ids {
+		p := m.pages[id]
+		if p == nil {
+			refs[i] = mirrorRef{}
+			continue
+		}
+		m.counters.gets.Add(1)
+		refs[i] = mirrorRef{ok: true, staged: p.staged, gen: p.gen, data: p.buf.data, buf: p.buf}
+		p.staged = false
+		m.ref(p.buf)
+		m.touch(p)
+	}
+	m.mu.Unlock()
+
+	fn(refs)
+
+	m.mu.Lock()
+	for i := range refs {
+		if refs[i].ok {
+			m.unref(refs[i].buf)
+			m.counters.hits.Add(1)
+			m.counters.bytesOut.Add(uint64(len(refs[i].data)))
+			refs[i].buf, refs[i].data = nil, nil
+		}
+	}
+	m.mu.Unlock()
+	return nil
+}
+
 // Get implements Tier.
 func (m *HostMirror) Get(ctx context.Context, id PageID, dst []byte) (uint64, error) {
 	if err := ctx.Err(); err != nil {

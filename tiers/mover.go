@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -18,6 +19,9 @@ type MoverConfig struct {
 	// MaxQueuedStages bounds staging requests waiting; more are dropped,
 	// since staging is only a prefetch (default 4096).
 	MaxQueuedStages int
+	// Batch is the most pages of one recall a worker copies at once
+	// (default 64; 1 copies page by page).
+	Batch int
 }
 
 // RecallItem asks for one page to be made resident in slot at generation Gen
@@ -147,6 +151,9 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 	if cfg.MaxQueuedStages <= 0 {
 		cfg.MaxQueuedStages = 4096
 	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 64
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Mover{store: store, cfg: cfg, ctx: ctx, stop: cancel, stageSet: make(map[PageID]struct{})}
 	m.cond = sync.NewCond(&m.mu)
@@ -232,11 +239,22 @@ func (m *Mover) worker() {
 			return
 		}
 		if len(m.recalls) > 0 {
-			task := m.recalls[0]
-			m.recalls[0] = recallTask{}
-			m.recalls = m.recalls[1:]
+			// A run of the same recall's pages is copied as one batch: on
+			// the GPU one launch and one completion wait for all of them.
+			first := m.recalls[0]
+			n := 1
+			for n < len(m.recalls) && n < m.cfg.Batch && m.recalls[n].t == first.t {
+				n++
+			}
+			batch := slices.Clone(m.recalls[:n])
+			clear(m.recalls[:n])
+			m.recalls = m.recalls[n:]
 			m.mu.Unlock()
-			m.recallOne(task)
+			if n == 1 {
+				m.recallOne(first)
+			} else {
+				m.recallBatch(batch)
+			}
 			continue
 		}
 		id := m.stages[0]
@@ -245,6 +263,77 @@ func (m *Mover) worker() {
 		m.mu.Unlock()
 		if _, err := m.store.Stage(m.ctx, []PageID{id}); err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
 			m.stageErrors.Add(1)
+		}
+	}
+}
+
+// recallBatch copies a run of one ticket's pages: those the mirror holds in
+// one Region.WritePages; pages on SSD, and slots that were busy, one by one.
+func (m *Mover) recallBatch(tasks []recallTask) {
+	region := tasks[0].region
+	var todo []recallTask
+	for _, task := range tasks {
+		r := &task.t.results[task.i]
+		it := r.RecallItem
+		if slot, gen, ok := region.Lookup(it.ID.Page); ok && slot == it.Slot && gen != 0 && gen == it.Gen {
+			r.Copied, r.Source = gen, SourceReserve
+			m.already.Add(1)
+			task.t.finish()
+			continue
+		}
+		todo = append(todo, task)
+	}
+	if len(todo) == 0 {
+		return
+	}
+	ids := make([]PageID, len(todo))
+	for i, task := range todo {
+		ids[i] = task.t.results[task.i].ID
+	}
+	refs := make([]mirrorRef, len(todo))
+	alone := make([]bool, len(todo))
+	err := m.store.viewMirror(ids, refs, func(refs []mirrorRef) {
+		var ws []SlotWrite
+		var at []int
+		for i, ref := range refs {
+			if !ref.ok {
+				alone[i] = true
+				continue
+			}
+			it := todo[i].t.results[todo[i].i].RecallItem
+			ws = append(ws, SlotWrite{Slot: it.Slot, Page: it.ID.Page, Gen: ref.gen, Src: ref.data})
+			at = append(at, i)
+		}
+		errs := make([]error, len(ws))
+		region.WritePages(ws, errs)
+		for k, i := range at {
+			task := todo[i]
+			r := &task.t.results[task.i]
+			switch {
+			case errors.Is(errs[k], errSlotBusy):
+				alone[i] = true
+				continue
+			case errs[k] != nil:
+				r.Err = fmt.Errorf("recall page %v into slot %d: %w", r.ID, r.Slot, errs[k])
+				m.recallErrors.Add(1)
+			default:
+				r.Copied = ws[k].Gen
+				r.Source = SourceMirror
+				if refs[i].staged {
+					r.Source = SourceStaged
+					m.fromStaged.Add(1)
+				} else {
+					m.fromMirror.Add(1)
+				}
+				m.recallBytes.Add(uint64(region.geo.pageBytes))
+			}
+			task.t.finish()
+		}
+	})
+	for i, task := range todo {
+		// Closed store (fn never ran): recallOne reports it per page.
+		if alone[i] || err != nil {
+			m.recallOne(task)
 		}
 	}
 }

@@ -245,3 +245,65 @@ func TestMoverConcurrentRecalls(t *testing.T) {
 		}
 	}
 }
+
+// WritePages writes what it can in one go and hands back busy slots (being read) with
+// errSlotBusy instead of waiting while it holds the others.
+func TestRegionWritePagesBusySlot(t *testing.T) {
+	f := newMoverFixture(t, 4, 16, 8)
+	var ws []SlotWrite
+	for p := uint32(0); p < 4; p++ {
+		a, err := f.region.Allocate(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, SlotWrite{Slot: a.Slot, Page: p, Gen: f.gens[p], Src: f.pages[p]})
+	}
+	f.region.mu.Lock()
+	f.region.slots[ws[2].Slot].readers++ // a client read in progress
+	f.region.mu.Unlock()
+	errs := make([]error, len(ws))
+	f.region.WritePages(ws, errs)
+	for i, err := range errs {
+		if (i == 2) != errors.Is(err, errSlotBusy) || i != 2 && err != nil {
+			t.Errorf("page %d: %v", i, err)
+		}
+	}
+	f.region.mu.Lock()
+	f.region.slots[ws[2].Slot].readers--
+	f.region.cond.Broadcast()
+	f.region.mu.Unlock()
+	f.checkResident(t, 0, 1, 3)
+	if _, gen, _ := f.region.Lookup(2); gen != 0 {
+		t.Errorf("busy slot written: generation %d", gen)
+	}
+	// Bad entries fail alone.
+	bad := []SlotWrite{{Slot: ws[2].Slot, Page: 2, Gen: 0, Src: f.pages[2]}, {Slot: ws[2].Slot, Page: 2, Gen: f.gens[2], Src: f.pages[2][:10]}, ws[2]}
+	errs = make([]error, len(bad))
+	f.region.WritePages(bad, errs)
+	if !errors.Is(errs[0], ErrStale) || !errors.Is(errs[1], ErrSize) || errs[2] != nil {
+		t.Errorf("errors %v", errs)
+	}
+	f.checkResident(t, 0, 1, 2, 3)
+}
+
+// A recall whose pages are partly in the mirror, partly on SSD and partly already in
+// the reserve goes through the batch path and still lands every page, each with the
+// right source.
+func TestMoverBatchMixedSources(t *testing.T) {
+	f := newMoverFixture(t, 40, 16, 40)
+	f.recall(t, 1, 30, 31)
+	res := f.recall(t, 2, 0, 1, 2, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39)
+	for _, r := range res {
+		want := SourceMirror
+		switch {
+		case r.ID.Page < 3:
+			want = SourceSSD
+		case r.ID.Page < 32:
+			want = SourceReserve
+		}
+		if r.Err != nil || r.Source != want || r.Copied != f.gens[r.ID.Page] {
+			t.Errorf("page %d: source %v gen %d err %v; want %v", r.ID.Page, r.Source, r.Copied, r.Err, want)
+		}
+	}
+	f.checkResident(t, 0, 1, 2, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39)
+}

@@ -2,6 +2,7 @@ package tiers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 )
@@ -564,14 +565,8 @@ func (r *Region) setGen(s *slotState, gen uint64) {
 // which must be bound to page, and records gen. A slot in a handed-out lease
 // is refused (ErrPinned) once it holds a page: the client may be reading it.
 func (r *Region) WritePage(slot int, page uint32, gen uint64, src []byte) error {
-	if err := r.checkSlot(slot); err != nil {
+	if err := r.checkWrite(SlotWrite{Slot: slot, Page: page, Gen: gen, Src: src}); err != nil {
 		return err
-	}
-	if len(src) != r.geo.pageBytes {
-		return fmt.Errorf("session %d page %d: %d B, layout needs %d: %w", r.session, page, len(src), r.geo.pageBytes, ErrSize)
-	}
-	if gen == 0 {
-		return fmt.Errorf("session %d page %d: generation 0: %w", r.session, page, ErrStale)
 	}
 	r.mu.Lock()
 	if err := r.beginWrite(slot, page, true); err != nil {
@@ -595,6 +590,96 @@ func (r *Region) WritePage(slot int, page uint32, gen uint64, src []byte) error 
 	r.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("session %d page %d slot %d: %w", r.session, page, slot, err)
+	}
+	return nil
+}
+
+// SlotWrite is one page of Region.WritePages.
+type SlotWrite struct {
+	Slot int
+	Page uint32
+	Gen  uint64
+	Src  []byte
+}
+
+// errSlotBusy marks a WritePages entry whose slot was being read or written
+// when the batch started; the caller writes it alone with WritePage (which
+// waits). Waiting inside a batch for one slot while holding others could
+// deadlock against another batch.
+var errSlotBusy = errors.New("slot busy")
+
+// WritePages is WritePage for many pages in one transfer where the memory
+// supports it (the GPU backend: one launch, one completion wait). errs[i] is
+// ws[i]'s outcome; an entry whose slot was busy gets an error wrapping
+// errSlotBusy and is not written.
+func (r *Region) WritePages(ws []SlotWrite, errs []error) {
+	jobs := make([]writeJob, 0, len(ws))
+	idx := make([]int, 0, len(ws))
+	r.mu.Lock()
+	for i, w := range ws {
+		errs[i] = r.checkWrite(w)
+		if errs[i] != nil {
+			continue
+		}
+		if err := r.boundTo(w.Slot, w.Page); err != nil {
+			errs[i] = err
+			continue
+		}
+		s := &r.slots[w.Slot]
+		switch {
+		case s.live > 0 && s.gen != 0:
+			errs[i] = fmt.Errorf("session %d page %d slot %d: %w", r.session, w.Page, w.Slot, ErrPinned)
+		case s.writing || s.readers > 0:
+			errs[i] = fmt.Errorf("session %d page %d slot %d: %w", r.session, w.Page, w.Slot, errSlotBusy)
+		default:
+			s.writing = true
+			jobs = append(jobs, writeJob{spans: r.pageSpans(w.Slot), src: w.Src})
+			idx = append(idx, i)
+		}
+	}
+	r.mu.Unlock()
+	if len(jobs) == 0 {
+		return
+	}
+	var err error
+	if bw, ok := r.mem.(batchWriter); ok {
+		err = bw.writeMany(jobs)
+	} else {
+		for _, j := range jobs {
+			if err = r.mem.write(j.spans, j.src); err != nil {
+				break
+			}
+		}
+	}
+	r.mu.Lock()
+	for _, i := range idx {
+		w := ws[i]
+		s := &r.slots[w.Slot]
+		s.writing = false
+		if err == nil {
+			r.setGen(s, w.Gen)
+			s.stale = false
+			r.counters.puts.Add(1)
+			r.counters.bytesIn.Add(uint64(len(w.Src)))
+		} else {
+			r.setGen(s, 0)
+			errs[i] = fmt.Errorf("session %d page %d slot %d: %w", r.session, w.Page, w.Slot, err)
+		}
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+// checkWrite validates a whole-page write before any lock wait.
+func (r *Region) checkWrite(w SlotWrite) error {
+	if err := r.checkSlot(w.Slot); err != nil {
+		return err
+	}
+	if len(w.Src) != r.geo.pageBytes {
+		return fmt.Errorf("session %d page %d: %d B, layout needs %d: %w", r.session, w.Page, len(w.Src), r.geo.pageBytes, ErrSize)
+	}
+	if w.Gen == 0 {
+		return fmt.Errorf("session %d page %d: generation 0: %w", r.session, w.Page, ErrStale)
 	}
 	return nil
 }

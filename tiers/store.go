@@ -434,6 +434,27 @@ func (s *Store) clean() {
 	}
 }
 
+// viewMirror is view for many pages that only looks in the mirror: fn runs
+// once with the pages found (refs[i].ok) referenced; the others are for the
+// caller to read through view (from SSD).
+func (s *Store) viewMirror(ids []PageID, refs []mirrorRef, fn func(refs []mirrorRef)) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	return s.mirror.viewMany(ids, refs, func(refs []mirrorRef) {
+		for _, r := range refs {
+			if r.ok {
+				s.gets.Add(1)
+				s.hits.Add(1)
+				if r.staged {
+					s.stagedUsed.Add(1)
+				}
+			}
+		}
+		fn(refs)
+	})
+}
+
 // view serves a page without copying it out of the tier that holds it: from
 // the mirror, or from SSD (bringing it back into the mirror). fn must not keep
 // data.
