@@ -2,8 +2,8 @@
 # gpu-test.sh — what runs on the GPU machine: rebuild the kernels' PTX with the machine's
 # nvcc, run every cuda-tagged test binary from .gpu/ (built here by scripts/build-cuda.sh)
 # against that PTX, run the Go and PyTorch benchmarks in the same session, and print the
-# table. Results go to $OUT (or /tmp/flashmem-gpu): log.txt, ptx.tar, torch.json,
-# recall.json, scorer.json, table.txt.
+# table, then the end-to-end daemon benchmark (scripts/gpu-e2e.sh). Results go to $OUT (or
+# /tmp/flashmem-gpu): log.txt, ptx.tar, torch.json, recall.json, scorer.json, e2e/, table.txt.
 #
 # Usage (on the GPU machine, repo root): scripts/gpu-test.sh [quick]
 #   quick: tests only, no benchmarks.
@@ -58,6 +58,11 @@ if [[ ${1:-} != quick ]]; then
   FLASHMEM_BENCH_OUT=$out/recall.json run internal/cuda internal_cuda.test -test.run '^TestRecallBench$' -test.v
   FLASHMEM_BENCH_OUT=$out/scorer.json run attn/gpu attn_gpu.test -test.run '^TestScorerBench$' -test.v
   python3 scripts/gpu_table.py "$out/torch.json" "$out/recall.json" "$out/scorer.json" | tee "$out/table.txt"
+  # End to end: 16 × 512K-token sessions through the CUDA daemon (scripts/gpu-e2e.sh).
+  if [[ -x .gpu/flashmemd && -x .gpu/flashmemctl ]]; then
+    OUT=$out/e2e scripts/gpu-e2e.sh >>"$log" 2>&1 || { say "gpu-e2e failed"; status=1; }
+    [[ -f $out/e2e/table.txt ]] && tee -a "$out/table.txt" <"$out/e2e/table.txt"
+  fi
 fi
 say "gpu-test status $status"
 exit $status

@@ -557,7 +557,8 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	defer admin.Close()
 
 	ss := make([]*simSession, o.Sessions)
-	var kind string
+	var placeMu sync.Mutex
+	placed := map[string]int{} // where reserves are → sessions
 	defer func() {
 		for _, s := range ss {
 			if s != nil && s.c != nil {
@@ -584,12 +585,13 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 			return err
 		}
 		s.id = op.Session
-		if i == 0 {
-			kind = "host memory"
-			if op.Region.Kind == proto.RegionCUDA {
-				kind = fmt.Sprintf("GPU %d", op.Region.Device)
-			}
+		where := "host memory"
+		if op.Region.Kind == proto.RegionCUDA {
+			where = fmt.Sprintf("GPU %d", op.Region.Device)
 		}
+		placeMu.Lock()
+		placed[where]++
+		placeMu.Unlock()
 		op.Region.Close() // the simulator reads no page bytes; the daemon keeps its own mapping
 		keys := s.trace.keys()
 		chunks := uint64(p * eval.ChunksPerPage)
@@ -700,7 +702,11 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	res.RTTP50 = float64(pct(rtts, 50).Microseconds())
 	res.RTTP99 = float64(pct(rtts, 99).Microseconds())
 	res.ScoreP50 = float64(pct(scores, 50).Microseconds())
-	res.ReserveKind = kind
+	var where []string
+	for _, w := range slices.Sorted(maps.Keys(placed)) {
+		where = append(where, fmt.Sprintf("%s (%d sessions)", w, placed[w]))
+	}
+	res.ReserveKind = strings.Join(where, ", ")
 	res.ReserveBytes = int64(tierOf(st1, "reserve").UsedBytes)
 	for _, name := range []string{"reserve", "host", "ssd"} {
 		a, b := tierOf(st0, name), tierOf(st1, name)

@@ -383,14 +383,23 @@ type HostBuffer struct {
 }
 
 // AllocHost allocates size bytes of pinned, mapped, portable host memory.
-func (d *Device) AllocHost(size int) (*HostBuffer, error) {
+func (d *Device) AllocHost(size int) (*HostBuffer, error) { return d.allocHost(size, 0) }
+
+// AllocHostWriteCombined is AllocHost with CU_MEMHOSTALLOC_WRITECOMBINED: not snooped on
+// PCIe (the CUDA guide credits up to 40 % faster transfers on some systems) but very slow
+// for the CPU to read. For measurements; the mirror is read by the CPU when it spills.
+func (d *Device) AllocHostWriteCombined(size int) (*HostBuffer, error) {
+	return d.allocHost(size, C.CU_MEMHOSTALLOC_WRITECOMBINED)
+}
+
+func (d *Device) allocHost(size int, extra C.uint) (*HostBuffer, error) {
 	if size <= 0 {
 		return nil, fmt.Errorf("cuda: pinned alloc %d bytes: %w", size, ErrInvalid)
 	}
 	h := &HostBuffer{dev: d, size: size}
 	err := d.do(func() error {
 		if err := d.check("cuMemHostAlloc", C.cuMemHostAlloc(&h.ptr, C.size_t(size),
-			C.CU_MEMHOSTALLOC_PORTABLE|C.CU_MEMHOSTALLOC_DEVICEMAP)); err != nil {
+			C.CU_MEMHOSTALLOC_PORTABLE|C.CU_MEMHOSTALLOC_DEVICEMAP|extra)); err != nil {
 			return err
 		}
 		var dp C.CUdeviceptr

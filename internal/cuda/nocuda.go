@@ -205,3 +205,6 @@ func (s *Stream) RecallSplit(aux *Stream, join *Event, descs []CopyDesc, engineS
 func (s *Stream) CopyBatchSpread(aux []*Stream, evs []*Event, descs []CopyDesc) error {
 	return ErrNoCUDA
 }
+
+// AllocHostWriteCombined needs CUDA.
+func (d *Device) AllocHostWriteCombined(size int) (*HostBuffer, error) { return nil, ErrNoCUDA }
