@@ -175,6 +175,11 @@ type GPUConfig struct {
 	// mirror (53 GB/s on an H100 against 3-15 for pageable memory). Pinned
 	// memory cannot be swapped: the host budget must fit in RAM.
 	PinnedMirror bool `toml:"pinned_mirror"`
+	// Scorer "auto" scores LSA models (128-dim index heads) on the first
+	// GPU in CUDA builds, keeping a copy of each session's index keys in its
+	// memory (about 132 B per chunk and target layer); "off" keeps scoring
+	// on the CPU. Text-mode and trace models always score on the CPU.
+	Scorer string `toml:"scorer"`
 }
 
 // GPU modes.
@@ -241,7 +246,7 @@ func DefaultConfig() Config {
 		},
 		SSD:   SSDConfig{GCInterval: Duration(5 * time.Minute)},
 		Mover: MoverConfig{Workers: 4},
-		GPU:   GPUConfig{Mode: GPUAuto, ReserveFraction: 0.5, HeadroomBytes: 2 << 30, PinnedMirror: true},
+		GPU:   GPUConfig{Mode: GPUAuto, ReserveFraction: 0.5, HeadroomBytes: 2 << 30, PinnedMirror: true, Scorer: GPUAuto},
 		Indexer: IndexerConfig{
 			DefaultModel:  "demo",
 			Random:        []RandomModelConfig{{Name: "demo", Seed: 1, Hidden: 512, Rank: 128, Heads: 16, HeadDim: 128, TargetLayers: 3}},
@@ -362,6 +367,11 @@ func (c *Config) Validate() error {
 	}
 	if !(c.GPU.ReserveFraction > 0 && c.GPU.ReserveFraction <= 1) {
 		errs = append(errs, "gpu.reserve_fraction must be in (0, 1]")
+	}
+	switch c.GPU.Scorer {
+	case GPUAuto, GPUOff:
+	default:
+		errs = append(errs, fmt.Sprintf("gpu.scorer %q: want auto or off", c.GPU.Scorer))
 	}
 	if c.GPU.HeadroomBytes < 0 {
 		errs = append(errs, "gpu.headroom_bytes must not be negative")

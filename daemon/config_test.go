@@ -69,10 +69,12 @@ func TestGPUConfig(t *testing.T) {
 		wantErr bool
 	}{
 		{"defaults", "", def, false},
-		{"off", "[gpu]\nmode = \"off\"\n", GPUConfig{Mode: GPUOff, ReserveFraction: 0.5, HeadroomBytes: 2 << 30, PinnedMirror: true}, false},
-		{"sized", "[gpu]\nreserve_fraction = 0.8\nheadroom_bytes = 4294967296\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 0.8, HeadroomBytes: 4 << 30, PinnedMirror: true}, false},
-		{"whole free memory", "[gpu]\nreserve_fraction = 1.0\nheadroom_bytes = 0\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 1, HeadroomBytes: 0, PinnedMirror: true}, false},
-		{"pageable mirror", "[gpu]\npinned_mirror = false\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 0.5, HeadroomBytes: 2 << 30}, false},
+		{"off", "[gpu]\nmode = \"off\"\n", GPUConfig{Mode: GPUOff, ReserveFraction: 0.5, HeadroomBytes: 2 << 30, PinnedMirror: true, Scorer: GPUAuto}, false},
+		{"sized", "[gpu]\nreserve_fraction = 0.8\nheadroom_bytes = 4294967296\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 0.8, HeadroomBytes: 4 << 30, PinnedMirror: true, Scorer: GPUAuto}, false},
+		{"whole free memory", "[gpu]\nreserve_fraction = 1.0\nheadroom_bytes = 0\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 1, HeadroomBytes: 0, PinnedMirror: true, Scorer: GPUAuto}, false},
+		{"pageable mirror", "[gpu]\npinned_mirror = false\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 0.5, HeadroomBytes: 2 << 30, Scorer: GPUAuto}, false},
+		{"cpu scorer", "[gpu]\nscorer = \"off\"\n", GPUConfig{Mode: GPUAuto, ReserveFraction: 0.5, HeadroomBytes: 2 << 30, PinnedMirror: true, Scorer: GPUOff}, false},
+		{"bad scorer", "[gpu]\nscorer = \"gpu\"\n", GPUConfig{}, true},
 		{"unknown mode", "[gpu]\nmode = \"on\"\n", GPUConfig{}, true},
 		{"empty mode", "[gpu]\nmode = \"\"\n", GPUConfig{}, true},
 		{"zero fraction", "[gpu]\nreserve_fraction = 0.0\n", GPUConfig{}, true},

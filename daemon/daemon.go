@@ -116,6 +116,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	if d.gpu, err = openGPU(cfg.GPU, cfg.Limits.MaxSessions, d.reserve, d.log.With("subsystem", "gpu"), hooks); err != nil {
 		return nil, err
 	}
+	d.gpu.wrapScorers(cfg.GPU, d.models)
 	d.store, err = tiers.OpenStore(tiers.StoreConfig{
 		Mirror: tiers.MirrorConfig{Budget: cfg.Host.BudgetBytes, Allocator: d.gpu.mirrorAllocator(cfg.GPU)},
 		SSD: tiers.SSDConfig{

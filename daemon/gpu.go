@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flashmemory/flashmemory/indexer"
+	"github.com/flashmemory/flashmemory/indexer/gpuscore"
 	"github.com/flashmemory/flashmemory/internal/cuda"
 	"github.com/flashmemory/flashmemory/internal/gpuinfo"
 	"github.com/flashmemory/flashmemory/proto"
@@ -98,6 +101,9 @@ type gpuSubsystem struct {
 	mon  gpuMonitor // nil: no NVML
 	devs []*gpuDevice
 	host *tiers.Reserve
+
+	// scorers are the LSA models wrapped to score on a GPU (wrapScorers).
+	scorers []namedScorer
 
 	mu      sync.Mutex
 	pollErr error          // last Snapshot failure; nil once a poll succeeds
@@ -194,6 +200,36 @@ func (g *gpuSubsystem) mirrorAllocator(cfg GPUConfig) tiers.Allocator {
 	return nil
 }
 
+// namedScorer is a model that scores on a GPU, by its configured name.
+type namedScorer struct {
+	name string
+	s    *gpuscore.Scorer
+}
+
+// wrapScorers replaces, in models, every LSA model the GPU kernel can score
+// with a scorer on the first CUDA device ([gpu] scorer = "auto"). A model
+// that cannot move stays on the CPU with one log line.
+func (g *gpuSubsystem) wrapScorers(cfg GPUConfig, models map[string]indexer.Scorer) {
+	if g == nil || cfg.Scorer == GPUOff || len(g.devs) == 0 {
+		return
+	}
+	dev := g.devs[0].dev
+	for _, name := range slices.Sorted(maps.Keys(models)) {
+		m, ok := models[name].(*indexer.Model)
+		if !ok {
+			continue
+		}
+		w, err := gpuscore.Wrap(m, dev)
+		if err != nil {
+			g.log.Warn("Memory Indexer model stays on the CPU", "model", name, "err", err)
+			continue
+		}
+		models[name] = w
+		g.scorers = append(g.scorers, namedScorer{name, w})
+		g.log.Info("Memory Indexer model scores on the GPU", "model", name, "device", dev.Ordinal())
+	}
+}
+
 // run watches Xid events and polls NVML for the health rule until ctx ends.
 func (g *gpuSubsystem) run(ctx context.Context, wg *sync.WaitGroup) {
 	if g == nil || g.mon == nil {
@@ -280,6 +316,9 @@ func (g *gpuSubsystem) Close() error {
 		return nil
 	}
 	var errs []error
+	for _, ns := range g.scorers {
+		errs = append(errs, ns.s.Close())
+	}
 	for _, gd := range g.devs {
 		if gd.reserve != nil {
 			errs = append(errs, gd.reserve.Close())
@@ -391,23 +430,24 @@ func (d *Daemon) reserveStats() tiers.TierStats {
 type gpuCollector struct{ g *gpuSubsystem }
 
 var (
-	gpuLabels                              = []string{"gpu", "uuid", "name"}
-	descGPUUp                              = prometheus.NewDesc("flashmem_gpu_nvml_up", "1 when NVML read every GPU at this scrape, 0 when it failed (absent without NVML).", nil, nil)
-	descGPUMemTotal                        = prometheus.NewDesc("flashmem_gpu_memory_total_bytes", "GPU memory, total.", gpuLabels, nil)
-	descGPUMemUsed                         = prometheus.NewDesc("flashmem_gpu_memory_used_bytes", "GPU memory in use by every process.", gpuLabels, nil)
-	descGPUMemFree                         = prometheus.NewDesc("flashmem_gpu_memory_free_bytes", "GPU memory free.", gpuLabels, nil)
-	descGPUUtil                            = prometheus.NewDesc("flashmem_gpu_utilization_percent", "Share of the last sample period a kernel ran (NVML utilization.gpu).", gpuLabels, nil)
-	descGPUMemUtil                         = prometheus.NewDesc("flashmem_gpu_memory_utilization_percent", "Share of the last sample period device memory was read or written.", gpuLabels, nil)
-	descGPUECC                             = prometheus.NewDesc("flashmem_gpu_ecc_uncorrected_errors", "Volatile uncorrected ECC errors since the driver loaded (absent where ECC is off).", gpuLabels, nil)
-	descGPUThrottle                        = prometheus.NewDesc("flashmem_gpu_throttle_reasons", "NVML clock-event-reason bitmask (nvmlClocksEventReason*); 0 = full clocks, 1 = idle.", gpuLabels, nil)
-	descGPUHWThrottle                      = prometheus.NewDesc("flashmem_gpu_hw_throttled", "1 while clocks are cut for hardware protection (thermal, power brake, hardware slowdown).", gpuLabels, nil)
-	descGPUXids                            = prometheus.NewDesc("flashmem_gpu_xid_events", "Critical Xid events seen since the daemon started.", gpuLabels, nil)
-	descGPUHealthy                         = prometheus.NewDesc("flashmem_gpu_healthy", "1 while the GPU is healthy (no new uncorrected ECC error, no non-application Xid).", gpuLabels, nil)
-	descGPUResBudget                       = prometheus.NewDesc("flashmem_gpu_reserve_budget_bytes", "Bytes of GPU memory session reserves may take on a CUDA device.", []string{"device"}, nil)
-	descGPUResUsed                         = prometheus.NewDesc("flashmem_gpu_reserve_used_bytes", "Bytes of GPU memory held by session reserves on a CUDA device.", []string{"device"}, nil)
-	descGPUExportable                      = prometheus.NewDesc("flashmem_gpu_reserve_exportable", "1 when the CUDA device exports reserves as VMM POSIX fds (0: legacy IPC only, not served).", []string{"device"}, nil)
-	gpuCollectorDescs                      = []*prometheus.Desc{descGPUUp, descGPUMemTotal, descGPUMemUsed, descGPUMemFree, descGPUUtil, descGPUMemUtil, descGPUECC, descGPUThrottle, descGPUHWThrottle, descGPUXids, descGPUHealthy, descGPUResBudget, descGPUResUsed, descGPUExportable}
-	_                 prometheus.Collector = (*gpuCollector)(nil)
+	gpuLabels                               = []string{"gpu", "uuid", "name"}
+	descGPUUp                               = prometheus.NewDesc("flashmem_gpu_nvml_up", "1 when NVML read every GPU at this scrape, 0 when it failed (absent without NVML).", nil, nil)
+	descGPUMemTotal                         = prometheus.NewDesc("flashmem_gpu_memory_total_bytes", "GPU memory, total.", gpuLabels, nil)
+	descGPUMemUsed                          = prometheus.NewDesc("flashmem_gpu_memory_used_bytes", "GPU memory in use by every process.", gpuLabels, nil)
+	descGPUMemFree                          = prometheus.NewDesc("flashmem_gpu_memory_free_bytes", "GPU memory free.", gpuLabels, nil)
+	descGPUUtil                             = prometheus.NewDesc("flashmem_gpu_utilization_percent", "Share of the last sample period a kernel ran (NVML utilization.gpu).", gpuLabels, nil)
+	descGPUMemUtil                          = prometheus.NewDesc("flashmem_gpu_memory_utilization_percent", "Share of the last sample period device memory was read or written.", gpuLabels, nil)
+	descGPUECC                              = prometheus.NewDesc("flashmem_gpu_ecc_uncorrected_errors", "Volatile uncorrected ECC errors since the driver loaded (absent where ECC is off).", gpuLabels, nil)
+	descGPUThrottle                         = prometheus.NewDesc("flashmem_gpu_throttle_reasons", "NVML clock-event-reason bitmask (nvmlClocksEventReason*); 0 = full clocks, 1 = idle.", gpuLabels, nil)
+	descGPUHWThrottle                       = prometheus.NewDesc("flashmem_gpu_hw_throttled", "1 while clocks are cut for hardware protection (thermal, power brake, hardware slowdown).", gpuLabels, nil)
+	descGPUXids                             = prometheus.NewDesc("flashmem_gpu_xid_events", "Critical Xid events seen since the daemon started.", gpuLabels, nil)
+	descGPUHealthy                          = prometheus.NewDesc("flashmem_gpu_healthy", "1 while the GPU is healthy (no new uncorrected ECC error, no non-application Xid).", gpuLabels, nil)
+	descGPUResBudget                        = prometheus.NewDesc("flashmem_gpu_reserve_budget_bytes", "Bytes of GPU memory session reserves may take on a CUDA device.", []string{"device"}, nil)
+	descGPUResUsed                          = prometheus.NewDesc("flashmem_gpu_reserve_used_bytes", "Bytes of GPU memory held by session reserves on a CUDA device.", []string{"device"}, nil)
+	descGPUExportable                       = prometheus.NewDesc("flashmem_gpu_reserve_exportable", "1 when the CUDA device exports reserves as VMM POSIX fds (0: legacy IPC only, not served).", []string{"device"}, nil)
+	descIndexerBatches                      = prometheus.NewDesc("flashmem_indexer_gpu_batches_total", "Scoring batches of GPU-scored models: on the GPU, or on the CPU after the GPU failed (fallback).", []string{"model", "where"}, nil)
+	gpuCollectorDescs                       = []*prometheus.Desc{descIndexerBatches, descGPUUp, descGPUMemTotal, descGPUMemUsed, descGPUMemFree, descGPUUtil, descGPUMemUtil, descGPUECC, descGPUThrottle, descGPUHWThrottle, descGPUXids, descGPUHealthy, descGPUResBudget, descGPUResUsed, descGPUExportable}
+	_                  prometheus.Collector = (*gpuCollector)(nil)
 )
 
 func (c *gpuCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -418,6 +458,11 @@ func (c *gpuCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *gpuCollector) Collect(ch chan<- prometheus.Metric) {
 	g := c.g
+	for _, ns := range g.scorers {
+		gb, cb, _ := ns.s.Stats()
+		ch <- prometheus.MustNewConstMetric(descIndexerBatches, prometheus.CounterValue, float64(gb), ns.name, "gpu")
+		ch <- prometheus.MustNewConstMetric(descIndexerBatches, prometheus.CounterValue, float64(cb), ns.name, "cpu_fallback")
+	}
 	for _, gd := range g.devs {
 		dev := strconv.Itoa(gd.ordinal)
 		used := int64(0)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -513,6 +514,88 @@ func TestTorchExampleHostMemory(t *testing.T) {
 			if !strings.Contains(got, want) {
 				t.Fatalf("device %s: output lacks %q:\n%s", dev, want, got)
 			}
+		}
+	}
+}
+
+// With [gpu] scorer = "auto" the LSA model scores on the GPU, and a session cycling
+// through the daemon gets the page tables a CPU-scoring daemon gives for the same keys
+// and queries (up to ties at the selection threshold).
+func TestGPUScorerInDaemon(t *testing.T) {
+	n, err := cuda.DeviceCount()
+	if err != nil || n == 0 {
+		t.Skipf("no CUDA device (%v)", err)
+	}
+	const chunks, cycles = 16384, 4
+	run := func(scorer string) ([][]uint32, uint64) {
+		cfg := testConfig(t, t.TempDir())
+		cfg.GPU.Mode = GPUAuto
+		cfg.GPU.Scorer = scorer
+		cfg.Indexer.Random[0].Heads = 16 // the kernel wants a multiple of 8
+		rd, logs := startLogged(t, cfg)
+		defer rd.shutdown(t)
+		onGPU := len(logs.lines("Memory Indexer model scores on the GPU")) > 0
+		if onGPU != (scorer == GPUAuto) {
+			t.Fatalf("scorer %q: GPU scoring log line present: %v", scorer, onGPU)
+		}
+		c := dial(t, cfg.Socket)
+		ctx := context.Background()
+		l := testLayout(160)
+		op, err := c.Open(ctx, &proto.Open{Device: proto.DeviceAny, Layout: l, Policy: proto.Policy{KMax: 32}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer op.Region.Close()
+		r := rand.New(rand.NewPCG(5, 5))
+		appendAll(t, c, op.Session, &l, 31, 0, chunks, r)
+		var tables [][]uint32
+		var lease uint64
+		for k := range cycles {
+			res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Step: uint64(64 * k), Position: chunks*4 + uint64(k), Queries: queries(r, 64, 3)}})
+			if err != nil || res[0].Err != nil {
+				t.Fatalf("cycle %d: %v %v", k, err, res[0].Err)
+			}
+			var pages []uint32
+			for _, p := range res[0].Pages {
+				pages = append(pages, p.Page)
+			}
+			tables = append(tables, pages)
+			if lease != 0 {
+				if err := c.Release(ctx, lease); err != nil {
+					t.Fatal(err)
+				}
+			}
+			lease = res[0].Lease
+		}
+		var gpuBatches uint64
+		for _, ns := range rd.d.gpu.scorers {
+			gb, cb, lastErr := ns.s.Stats()
+			if cb != 0 {
+				t.Errorf("model %s: %d batches fell back to the CPU (last error %v)", ns.name, cb, lastErr)
+			}
+			gpuBatches += gb
+		}
+		if err := c.CloseSession(ctx, op.Session, true); err != nil {
+			t.Fatal(err)
+		}
+		return tables, gpuBatches
+	}
+	gpuTables, gb := run(GPUAuto)
+	cpuTables, cb := run(GPUOff)
+	if gb < cycles || cb != 0 {
+		t.Fatalf("GPU-scored batches: %d with scorer auto, %d with off", gb, cb)
+	}
+	for k := range cycles {
+		a, b := cpuTables[k], gpuTables[k]
+		common := 0
+		for _, p := range b {
+			if slices.Contains(a, p) {
+				common++
+			}
+		}
+		t.Logf("cycle %d: CPU table %d pages, GPU table %d, %d in common", k, len(a), len(b), common)
+		if len(a) != len(b) || float64(common) < 0.95*float64(len(a)) {
+			t.Errorf("cycle %d: tables differ: CPU %v, GPU %v", k, a, b)
 		}
 	}
 }

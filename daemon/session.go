@@ -438,6 +438,9 @@ func (d *Daemon) dropSessionIf(s *session, purge bool, cond func() bool) error {
 	} else if err := d.store.Mirror().DeleteSession(ctx, s.id); err != nil {
 		d.log.Warn("dropping session from the mirror", "session", s.id, "err", err)
 	}
+	if err := s.req.Close(); err != nil {
+		d.log.Warn("releasing the session's index keys", "session", s.id, "err", err)
+	}
 	s.req = nil
 	return nil
 }

@@ -61,25 +61,54 @@ func (m *Model) NewKeys() (Keys, error) {
 // size one projection is ≈ 42 M multiply-adds) and then scores all (item, layer) pairs in
 // one attn.Run, which spreads tiles of keys over all cores.
 func (m *Model) Score(items []ScoreItem) error {
-	nl := len(m.weights)
-	variant := attn.Float
-	if m.cfg.Variant == VariantFP8Q {
-		variant = attn.FP8Q
+	queries, err := m.ProjectQueries(items)
+	if err != nil {
+		return err
 	}
-	type job struct{ item, layer int }
-	jobs := make([]job, 0, len(items)*nl)
+	nl := len(m.weights)
+	variant := m.AttnVariant()
+	tasks := make([]attn.Task, 0, len(items)*nl)
+	for i, it := range items {
+		for l := range nl {
+			ks, ok := it.Keys[l].(*attn.KeyStore)
+			if !ok {
+				return fmt.Errorf("%w: item %d target layer %d: keys of type %T, not made by this model", ErrBatch, i, m.cfg.Layers[l], it.Keys[l])
+			}
+			b, err := attn.NewBatch(variant, queries[l][i])
+			if err != nil {
+				return fmt.Errorf("%w: item %d target layer %d: %w", ErrBadQuery, i, m.cfg.Layers[l], err)
+			}
+			tasks = append(tasks, attn.Task{Batch: b, Keys: ks, From: 0, To: ks.Len(), Out: it.Out[l]})
+		}
+	}
+	if err := attn.Run(tasks); err != nil {
+		return fmt.Errorf("%w: %w", ErrBatch, err)
+	}
+	return nil
+}
+
+// AttnVariant is the scoring variant of the model's configuration (trained float keys or
+// the fp8-quantised query path).
+func (m *Model) AttnVariant() attn.Variant {
+	if m.cfg.Variant == VariantFP8Q {
+		return attn.FP8Q
+	}
+	return attn.Float
+}
+
+// ProjectQueries checks the items' shapes and projects every item's query for every target
+// layer: queries[l][i] is item i's query in target layer l. Scorers that run the scoring
+// elsewhere (a GPU) share it. One projection pass per target layer for all items: the
+// projections are bound by reading the weights, so a decoder batch of B requests costs
+// little more than one (attn.LayerWeights.Queries).
+func (m *Model) ProjectQueries(items []ScoreItem) ([][]*attn.Query, error) {
+	nl := len(m.weights)
 	for i, it := range items {
 		if len(it.Query.Layers) != nl || len(it.Keys) != nl || len(it.Out) != nl {
-			return fmt.Errorf("%w: item %d has %d query layers, %d key stores, %d outputs; model has %d target layers",
+			return nil, fmt.Errorf("%w: item %d has %d query layers, %d key stores, %d outputs; model has %d target layers",
 				ErrBadQuery, i, len(it.Query.Layers), len(it.Keys), len(it.Out), nl)
 		}
-		for l := range nl {
-			jobs = append(jobs, job{i, l})
-		}
 	}
-	// One projection pass per target layer for all items: the projections
-	// are bound by reading the weights, so a decoder batch of B requests
-	// costs little more than one (attn.LayerWeights.Queries).
 	queries := make([][]*attn.Query, nl)
 	for l := range nl {
 		hid := make([][]byte, len(items))
@@ -89,25 +118,9 @@ func (m *Model) Score(items []ScoreItem) error {
 		}
 		qs, err := m.weights[l].Queries(hid, pos)
 		if err != nil {
-			return fmt.Errorf("%w: target layer %d: %w", ErrBadQuery, m.cfg.Layers[l], err)
+			return nil, fmt.Errorf("%w: target layer %d: %w", ErrBadQuery, m.cfg.Layers[l], err)
 		}
 		queries[l] = qs
 	}
-	tasks := make([]attn.Task, len(jobs))
-	for j, jb := range jobs {
-		it, l := items[jb.item], jb.layer
-		ks, ok := it.Keys[l].(*attn.KeyStore)
-		if !ok {
-			return fmt.Errorf("%w: item %d target layer %d: keys of type %T, not made by this model", ErrBatch, jb.item, m.cfg.Layers[l], it.Keys[l])
-		}
-		b, err := attn.NewBatch(variant, queries[l][jb.item])
-		if err != nil {
-			return fmt.Errorf("%w: item %d target layer %d: %w", ErrBadQuery, jb.item, m.cfg.Layers[l], err)
-		}
-		tasks[j] = attn.Task{Batch: b, Keys: ks, From: 0, To: ks.Len(), Out: it.Out[l]}
-	}
-	if err := attn.Run(tasks); err != nil {
-		return fmt.Errorf("%w: %w", ErrBatch, err)
-	}
-	return nil
+	return queries, nil
 }

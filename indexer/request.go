@@ -1,7 +1,9 @@
 package indexer
 
 import (
+	"errors"
 	"fmt"
+	"io"
 )
 
 // Request is the indexer state of one decoder request (session): every chunk's keys in every
@@ -125,6 +127,18 @@ func (r *Request) AppendKeys(first int, perLayerKeys [][]byte) error {
 	}
 	r.n += count
 	return nil
+}
+
+// Close releases what the request's key stores hold outside the Go heap (GPU copies of the
+// keys: key stores that implement io.Closer). The request must not be used afterwards.
+func (r *Request) Close() error {
+	var errs []error
+	for _, k := range r.keys {
+		if c, ok := k.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Truncate drops the keys of chunks n, n+1, … again: the undo of an AppendKeys whose chunks

@@ -18,7 +18,7 @@ export CGO_LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu/stubs ${CGO_LDFLAGS:-}"
 
 pkgs=("$@")
 if [[ ${#pkgs[@]} -eq 0 ]]; then
-  for p in internal/cuda internal/gpuinfo attn/gpu tiers daemon; do
+  for p in internal/cuda internal/gpuinfo attn/gpu indexer/gpuscore tiers daemon; do
     [[ -d $p ]] && pkgs+=("./$p")
   done
 fi

@@ -38,7 +38,7 @@ run() { # run <pkgdir> <binary> [args...]: test binaries run in their package di
   say "== $bin exit $rc"
 }
 export FLASHMEM_TORCH_TEST=1 FLASHMEM_EXPECT_GPU=1
-for pair in internal/cuda:internal_cuda.test internal/gpuinfo:internal_gpuinfo.test attn/gpu:attn_gpu.test; do
+for pair in internal/cuda:internal_cuda.test internal/gpuinfo:internal_gpuinfo.test attn/gpu:attn_gpu.test indexer/gpuscore:indexer_gpuscore.test; do
   dir=${pair%%:*} bin=${pair##*:}
   [[ -x .gpu/$bin ]] && run "$dir" "$bin" -test.v
 done

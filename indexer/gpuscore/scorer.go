@@ -1,0 +1,200 @@
+package gpuscore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/flashmemory/flashmemory/attn"
+	"github.com/flashmemory/flashmemory/attn/gpu"
+	"github.com/flashmemory/flashmemory/indexer"
+	"github.com/flashmemory/flashmemory/internal/cuda"
+)
+
+// ErrShape: the kernel is built for 128-dimensional index heads, 8 to 256 of them in
+// multiples of 8.
+var ErrShape = errors.New("gpuscore: the GPU kernel scores 128-dim index heads, 8 to 256 heads in multiples of 8")
+
+// Scorer is an indexer.Scorer that scores on one GPU.
+type Scorer struct {
+	m   *indexer.Model
+	dev *cuda.Device
+	sc  *gpu.Scorer
+
+	mu sync.Mutex // one batch at a time on st
+	st *cuda.Stream
+
+	gpuBatches, cpuBatches atomic.Uint64
+	lastErr                atomic.Pointer[error]
+}
+
+var _ indexer.Scorer = (*Scorer)(nil)
+
+// Wrap returns a Scorer for m on dev. Close releases the kernel and stream (the
+// requests' key copies are released by Request.Close).
+func Wrap(m *indexer.Model, dev *cuda.Device) (*Scorer, error) {
+	if c := m.Config(); c.HeadDim != gpu.HeadDim || c.Heads < 8 || c.Heads > 256 || c.Heads%8 != 0 {
+		return nil, fmt.Errorf("%w (model has %d heads of dim %d)", ErrShape, c.Heads, c.HeadDim)
+	}
+	sc, err := gpu.NewScorer(dev)
+	if err != nil {
+		return nil, err
+	}
+	st, err := dev.NewStream()
+	if err != nil {
+		sc.Close()
+		return nil, err
+	}
+	return &Scorer{m: m, dev: dev, sc: sc, st: st}, nil
+}
+
+// Model is the wrapped CPU model.
+func (s *Scorer) Model() *indexer.Model { return s.m }
+
+// Device is the GPU the scorer runs on.
+func (s *Scorer) Device() *cuda.Device { return s.dev }
+
+// Close unloads the kernel and destroys the stream.
+func (s *Scorer) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Join(s.st.Close(), s.sc.Close())
+}
+
+// Layers implements indexer.Scorer.
+func (s *Scorer) Layers() []int { return s.m.Layers() }
+
+// KeyBytes implements indexer.Scorer.
+func (s *Scorer) KeyBytes() int { return s.m.KeyBytes() }
+
+// QueryBytes implements indexer.Scorer.
+func (s *Scorer) QueryBytes() int { return s.m.QueryBytes() }
+
+// Ensemble implements indexer.Scorer.
+func (s *Scorer) Ensemble() indexer.Ensemble { return s.m.Ensemble() }
+
+// Stats counts batches scored on the GPU and batches that fell back to the CPU, and
+// returns the last GPU error (nil if none).
+func (s *Scorer) Stats() (gpuBatches, cpuBatches uint64, lastErr error) {
+	if p := s.lastErr.Load(); p != nil {
+		lastErr = *p
+	}
+	return s.gpuBatches.Load(), s.cpuBatches.Load(), lastErr
+}
+
+// keys is one request's target-layer keys: the model's CPU store (authoritative) and a
+// GPU copy brought up to date before each score.
+type keys struct {
+	s   *Scorer
+	cpu *attn.KeyStore
+	dev *gpu.Keys // nil until the first score
+}
+
+var (
+	_ indexer.Keys = (*keys)(nil)
+	_ io.Closer    = (*keys)(nil)
+)
+
+// NewKeys implements indexer.Scorer.
+func (s *Scorer) NewKeys() (indexer.Keys, error) {
+	k, err := s.m.NewKeys()
+	if err != nil {
+		return nil, err
+	}
+	return &keys{s: s, cpu: k.(*attn.KeyStore)}, nil
+}
+
+func (k *keys) Append(raw []byte) error { return k.cpu.Append(raw) }
+func (k *keys) Len() int                { return k.cpu.Len() }
+func (k *keys) AppendRaw(dst []byte, first, n int) []byte {
+	return k.cpu.AppendRaw(dst, first, n)
+}
+
+func (k *keys) Truncate(n int) {
+	k.cpu.Truncate(n)
+	if k.dev != nil {
+		k.dev.Truncate(n)
+	}
+}
+
+// Close frees the GPU copy.
+func (k *keys) Close() error {
+	if k.dev == nil {
+		return nil
+	}
+	err := k.dev.Close()
+	k.dev = nil
+	return err
+}
+
+// sync brings the GPU copy up to the CPU store, growing it (doubling, fresh upload) when
+// the keys outgrow its capacity.
+func (k *keys) sync() error {
+	n := k.cpu.Len()
+	if k.dev != nil && n > k.dev.Cap() {
+		if err := k.dev.Close(); err != nil {
+			return err
+		}
+		k.dev = nil
+	}
+	if k.dev == nil {
+		d, err := gpu.NewKeys(k.s.dev, max(2*n, 4096))
+		if err != nil {
+			return err
+		}
+		k.dev = d
+	}
+	return k.dev.SyncFrom(k.cpu)
+}
+
+// Score implements indexer.Scorer: queries projected on the CPU, every (item, target layer)
+// pair scored in one kernel launch. If the GPU fails, the batch is scored on the CPU.
+func (s *Scorer) Score(items []indexer.ScoreItem) error {
+	cpuItems := make([]indexer.ScoreItem, len(items))
+	for i, it := range items {
+		cpuItems[i] = it
+		cpuItems[i].Keys = make([]indexer.Keys, len(it.Keys))
+		for l, k := range it.Keys {
+			gk, ok := k.(*keys)
+			if !ok || gk.s != s {
+				return fmt.Errorf("%w: item %d target layer %d: keys of type %T, not made by this scorer", indexer.ErrBatch, i, l, k)
+			}
+			cpuItems[i].Keys[l] = gk.cpu
+		}
+	}
+	queries, err := s.m.ProjectQueries(items)
+	if err != nil {
+		return err
+	}
+	if err := s.scoreGPU(items, queries); err != nil {
+		s.lastErr.Store(&err)
+		s.cpuBatches.Add(1)
+		return s.m.Score(cpuItems)
+	}
+	s.gpuBatches.Add(1)
+	return nil
+}
+
+func (s *Scorer) scoreGPU(items []indexer.ScoreItem, queries [][]*attn.Query) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var batch []gpu.Item
+	for i, it := range items {
+		for l, k := range it.Keys {
+			gk := k.(*keys)
+			if gk.cpu.Len() == 0 {
+				continue
+			}
+			if err := gk.sync(); err != nil {
+				return err
+			}
+			batch = append(batch, gpu.Item{Keys: gk.dev, Queries: []*attn.Query{queries[l][i]}, Out: it.Out[l][:gk.cpu.Len()]})
+		}
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	return s.sc.Score(s.st, s.m.AttnVariant(), batch)
+}
