@@ -58,6 +58,11 @@ if [[ ${1:-} != quick ]]; then
   FLASHMEM_BENCH_OUT=$out/recall.json run internal/cuda internal_cuda.test -test.run '^TestRecallBench$' -test.v
   FLASHMEM_BENCH_OUT=$out/scorer.json run attn/gpu attn_gpu.test -test.run '^TestScorerBench$' -test.v
   python3 scripts/gpu_table.py "$out/torch.json" "$out/recall.json" "$out/scorer.json" | tee "$out/table.txt"
+  # Whole ScoreBatch cycles, published model, CPU model vs GPU scorer (indexer/gpuscore).
+  if [[ -x .gpu/indexer_gpuscore.test ]]; then
+    run indexer/gpuscore indexer_gpuscore.test -test.run '^TestScoreBatchBench$' -test.v
+    sed -n '/^ScoreBatch, published/,/^---/p' "$log" | grep -v '^---' | tee -a "$out/table.txt"
+  fi
   # End to end: 16 × 512K-token sessions through the CUDA daemon (scripts/gpu-e2e.sh).
   if [[ -x .gpu/flashmemd && -x .gpu/flashmemctl ]]; then
     OUT=$out/e2e scripts/gpu-e2e.sh >>"$log" 2>&1 || { say "gpu-e2e failed"; status=1; }

@@ -5,8 +5,11 @@ package gpuscore_test
 import (
 	"fmt"
 	"math"
+	"os"
+	"runtime"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/flashmemory/flashmemory/indexer"
 	"github.com/flashmemory/flashmemory/indexer/gpuscore"
@@ -148,4 +151,73 @@ func overlap(a, b []uint32) float64 {
 		}
 	}
 	return float64(n) / float64(max(len(a), len(b), 1))
+}
+
+// TestScoreBatchBench times whole ScoreBatch calls (query projection, scoring of every
+// target layer, ensemble, selection) at the published model size with 131,072 chunks per
+// request (512K tokens), CPU model against the GPU scorer in the same run, for 1, 8 and 16
+// requests per batch. Runs only with FLASHMEM_BENCH=1.
+func TestScoreBatchBench(t *testing.T) {
+	if os.Getenv("FLASHMEM_BENCH") != "1" {
+		t.Skip("set FLASHMEM_BENCH=1")
+	}
+	dev := device(t)
+	m, err := indexer.RandomModel(1, indexer.PublishedConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gpuscore.Wrap(m, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	const chunks, reps = 131072, 5
+	keys := m.RandomKeys(3, chunks)
+	pol := indexer.DefaultPolicy()
+	pol.FallbackRatio = 1
+	mk := func(sc indexer.Scorer, n int) []*indexer.Request {
+		var rs []*indexer.Request
+		for range n {
+			r, err := indexer.NewRequest(sc, pol)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.AppendKeys(0, keys); err != nil {
+				t.Fatal(err)
+			}
+			rs = append(rs, r)
+		}
+		return rs
+	}
+	fmt.Printf("\nScoreBatch, published model, %d chunks per request, %s vs %d CPU cores (median of %d, ms)\n", chunks, dev.Name(), runtime.NumCPU(), reps)
+	fmt.Printf("%9s %10s %10s %7s\n", "requests", "CPU", "GPU", "ratio")
+	for _, n := range []int{1, 8, 16} {
+		qs := make([]indexer.Query, n)
+		for i := range qs {
+			qs[i] = m.RandomQuery(uint64(i), chunks*4)
+		}
+		var ms [2]float64
+		for k, sc := range []indexer.Scorer{m, g} {
+			rs := mk(sc, n)
+			var ts []float64
+			for i := -1; i < reps; i++ { // the first GPU call uploads the keys
+				t0 := time.Now()
+				if _, err := indexer.ScoreBatch(rs, qs); err != nil {
+					t.Fatal(err)
+				}
+				if i >= 0 {
+					ts = append(ts, float64(time.Since(t0).Microseconds())/1000)
+				}
+			}
+			slices.Sort(ts)
+			ms[k] = ts[len(ts)/2]
+			for _, r := range rs {
+				r.Close()
+			}
+		}
+		fmt.Printf("%9d %10.1f %10.1f %7.3f\n", n, ms[0], ms[1], ms[1]/ms[0])
+	}
+	if _, cb, err := g.Stats(); cb != 0 {
+		t.Errorf("%d batches fell back to the CPU: %v", cb, err)
+	}
 }
