@@ -300,6 +300,23 @@ func TestRecallBench(t *testing.T) {
 		check(sets[reps-1])
 		add("DeepSeek-V4 21x37440 B", fmt.Sprintf("pages by %d engine stream(s), rows by kernel on device", k), dsBytes, npages*layers, 0, ms)
 	}
+	// The same two stages pipelined through a small staging area (RecallStaged): the engines
+	// move the next group of pages while the kernel scatters the last one.
+	staged := make([][]StagedPage, reps)
+	for i := range sets {
+		for slot := range npages {
+			p := StagedPage{Src: sets[i][slot*layers].Src, Len: pageBytes}
+			for l := 0; l < layers; l++ {
+				p.Rows = append(p.Rows, CopyDesc{Src: DevPtr(l * rowBytes), Dst: sets[i][slot*layers+l].Dst, Len: rowBytes})
+			}
+			staged[i] = append(staged[i], p)
+		}
+	}
+	for _, sb := range []int{8 << 20, 16 << 20, 32 << 20} {
+		ms = tm.median(reps, func(i int) error { return s.RecallStaged(auxs[0], evs, staging, sb, staged[i]) })
+		check(sets[reps-1])
+		add("DeepSeek-V4 21x37440 B", fmt.Sprintf("pipelined two stages, %d MiB staging", sb>>20), dsBytes, npages*layers, 0, ms)
+	}
 	ms = tm.median(reps, func(i int) error {
 		for _, c := range sets[i] {
 			if err := s.Copy(c.Dst, c.Src, int(c.Len)); err != nil {

@@ -373,3 +373,71 @@ func (s *Stream) CopyBatchSpread(aux []*Stream, evs []*Event, descs []CopyDesc) 
 	}
 	return nil
 }
+
+// StagedPage is one page of RecallStaged: Len contiguous bytes at Src (pinned host memory)
+// whose rows go to scattered device addresses; Rows[i].Src is an offset into the page.
+type StagedPage struct {
+	Src  DevPtr
+	Len  uint64
+	Rows []CopyDesc
+}
+
+// RecallStaged recalls pages whose rows scatter over many destinations (DeepSeek-V4: 21
+// rows of 37,440 B per page, one per layer buffer) in two pipelined stages: the copy
+// engines move whole pages, contiguous in the mirror and so at large-row speed, into a
+// device staging area (on aux), and the gather kernel scatters their rows device to
+// device (on s) while the engines move the next group. staging is split into two halves
+// used in turn; a group is as many pages as fit in a half. evs needs 4 events of s's
+// device. Work enqueued on s afterwards sees every row. Pages larger than half the
+// staging area are refused with ErrInvalid.
+func (s *Stream) RecallStaged(aux *Stream, evs []*Event, staging DevPtr, stagingBytes int, pages []StagedPage) error {
+	if len(evs) < 4 {
+		return fmt.Errorf("cuda: RecallStaged needs 4 events, got %d: %w", len(evs), ErrInvalid)
+	}
+	half := uint64(stagingBytes / 2 &^ 255)
+	copied, free := evs[0:2], evs[2:4]
+	// aux must not overwrite staging (or destinations) before work already on s is done.
+	if err := free[0].Record(s); err != nil {
+		return err
+	}
+	if err := free[1].Record(s); err != nil {
+		return err
+	}
+	var pageDescs, rowDescs []CopyDesc
+	for i, g := 0, 0; i < len(pages); g++ {
+		h := g % 2
+		base := staging + DevPtr(uint64(h)*half)
+		pageDescs, rowDescs = pageDescs[:0], rowDescs[:0]
+		var used uint64
+		for ; i < len(pages) && used+pages[i].Len <= half; i++ {
+			p := pages[i]
+			pageDescs = append(pageDescs, CopyDesc{Src: p.Src, Dst: base + DevPtr(used), Len: p.Len})
+			for _, r := range p.Rows {
+				rowDescs = append(rowDescs, CopyDesc{Src: base + DevPtr(used) + r.Src, Dst: r.Dst, Len: r.Len})
+			}
+			used += (p.Len + 255) &^ 255
+		}
+		if len(pageDescs) == 0 {
+			return fmt.Errorf("cuda: RecallStaged page of %d B, staging half %d B: %w", pages[i].Len, half, ErrInvalid)
+		}
+		if err := aux.WaitEvent(free[h]); err != nil {
+			return err
+		}
+		if err := aux.CopyBatch(pageDescs); err != nil {
+			return err
+		}
+		if err := copied[h].Record(aux); err != nil {
+			return err
+		}
+		if err := s.WaitEvent(copied[h]); err != nil {
+			return err
+		}
+		if err := s.Gather(rowDescs); err != nil {
+			return err
+		}
+		if err := free[h].Record(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}

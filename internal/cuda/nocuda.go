@@ -208,3 +208,15 @@ func (s *Stream) CopyBatchSpread(aux []*Stream, evs []*Event, descs []CopyDesc) 
 
 // AllocHostWriteCombined needs CUDA.
 func (d *Device) AllocHostWriteCombined(size int) (*HostBuffer, error) { return nil, ErrNoCUDA }
+
+// StagedPage is one page of RecallStaged.
+type StagedPage struct {
+	Src  DevPtr
+	Len  uint64
+	Rows []CopyDesc
+}
+
+// RecallStaged needs CUDA.
+func (s *Stream) RecallStaged(aux *Stream, evs []*Event, staging DevPtr, stagingBytes int, pages []StagedPage) error {
+	return ErrNoCUDA
+}
