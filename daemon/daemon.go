@@ -270,41 +270,57 @@ func (d *Daemon) acceptLoop() error {
 			}
 			return err
 		}
-		cred, err := peerCred(uc)
-		if err == nil {
-			err = d.access.allow(cred)
-		}
-		if err != nil {
-			d.m.rejectedConns.Inc()
-			d.log.Warn("connection refused", "err", err)
-			c := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
-			_ = c.ReplyError(proto.Header{}, proto.CodePermissionDenied.Errorf("%v", err))
-			c.Close()
-			continue
-		}
+		// Admission (peer credentials, group lookups through NSS, which can
+		// be slow) runs on its own goroutine so one slow lookup does not hold
+		// up every other connection.
 		d.mu.Lock()
-		if len(d.conns) >= d.cfg.Limits.MaxConns || d.closing.Load() {
+		if d.closing.Load() {
 			d.mu.Unlock()
-			d.m.rejectedConns.Inc()
-			c := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
-			_ = c.ReplyError(proto.Header{}, proto.CodeLimitExceeded.Errorf("too many connections (max_conns %d)", d.cfg.Limits.MaxConns))
-			c.Close()
-			continue
+			closeQuietly(uc)
+			return nil
 		}
-		c := newConn(d, uc, cred)
-		d.conns[c] = struct{}{}
 		d.connWG.Add(1)
 		d.mu.Unlock()
-		d.m.connections.Inc()
 		go func() {
 			defer d.connWG.Done()
-			c.serve()
-			d.mu.Lock()
-			delete(d.conns, c)
-			d.mu.Unlock()
-			d.m.connections.Dec()
+			d.admit(uc)
 		}()
 	}
+}
+
+// admit checks a new connection's peer and limits, then serves it until it
+// ends. It runs under one count of connWG.
+func (d *Daemon) admit(uc *net.UnixConn) {
+	cred, err := peerCred(uc)
+	if err == nil {
+		err = d.access.allow(cred)
+	}
+	if err != nil {
+		d.m.rejectedConns.Inc()
+		d.log.Warn("connection refused", "err", err)
+		c := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
+		_ = c.ReplyError(proto.Header{}, proto.CodePermissionDenied.Errorf("%v", err))
+		c.Close()
+		return
+	}
+	d.mu.Lock()
+	if len(d.conns) >= d.cfg.Limits.MaxConns || d.closing.Load() {
+		d.mu.Unlock()
+		d.m.rejectedConns.Inc()
+		c := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
+		_ = c.ReplyError(proto.Header{}, proto.CodeLimitExceeded.Errorf("too many connections (max_conns %d)", d.cfg.Limits.MaxConns))
+		c.Close()
+		return
+	}
+	c := newConn(d, uc, cred)
+	d.conns[c] = struct{}{}
+	d.mu.Unlock()
+	d.m.connections.Inc()
+	c.serve()
+	d.mu.Lock()
+	delete(d.conns, c)
+	d.mu.Unlock()
+	d.m.connections.Dec()
 }
 
 // closeQuietly closes c, ignoring the error: used on paths already failing.
