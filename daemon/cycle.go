@@ -132,6 +132,11 @@ func (d *Daemon) runCycle(c *conn, items []*cycleItem, results []proto.CycleResu
 	if len(live) == 0 {
 		return
 	}
+	// A session whose cycle then fails (no room in its reserve, say) gets
+	// its selection state back: the client saw an error, not a cycle.
+	for _, it := range live {
+		it.s.req.Checkpoint(&it.s.ckpt)
+	}
 	ts := time.Now()
 	cycles, err := indexer.ScoreBatch(reqs, queries)
 	score := time.Since(ts)
@@ -163,6 +168,7 @@ func (d *Daemon) runCycle(c *conn, items []*cycleItem, results []proto.CycleResu
 		it.cy = cycles[i]
 		r, err := d.applyCycle(c, it.s, it.cy)
 		if err != nil {
+			it.s.req.Rollback(&it.s.ckpt)
 			results[it.idx].Err = wireError(err)
 			continue
 		}

@@ -615,3 +615,51 @@ func TestBadEntryDoesNotFailItsBatch(t *testing.T) {
 		t.Fatalf("bad entry: %v, want BAD_REQUEST", res[1].Err)
 	}
 }
+
+// A cycle that fails after scoring (no free slot: the client still holds its old leases)
+// must leave the indexer as it was: the retry after releasing them is the same cycle
+// number, not the next one.
+func TestReviewFailedCycleRollsBackSelection(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	c := dial(t, rd.d.Addr())
+	ctx := context.Background()
+	l := testLayout(20)
+	op, err := c.Open(ctx, &proto.Open{Layout: l, Policy: proto.Policy{KMax: 16}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(8, 8))
+	appendAll(t, c, op.Session, &l, 1, 0, 64*64, r)
+	var leases []uint64
+	var last uint64
+	for k := range 12 {
+		q := queries(r, 64, 3)
+		entry := []proto.CycleEntry{{Session: op.Session, Step: uint64(64 * k), Position: 64 * 64 * 4, Queries: q}}
+		res, err := c.Cycle(ctx, entry)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Err == nil {
+			last = res[0].Cycle
+			leases = append(leases, res[0].Lease) // kept: their slots stay pinned
+			continue
+		}
+		if res[0].Err.Code != proto.CodeNoSpace {
+			t.Fatalf("cycle %d: %v, want NO_SPACE", k, res[0].Err)
+		}
+		if err := c.Release(ctx, leases...); err != nil {
+			t.Fatal(err)
+		}
+		res, err = c.Cycle(ctx, entry)
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("retry: %v %v", err, res[0].Err)
+		}
+		if res[0].Cycle != last+1 {
+			t.Fatalf("retry after a failed cycle is cycle %d, want %d (the failed one must not count)", res[0].Cycle, last+1)
+		}
+		return
+	}
+	t.Fatal("no cycle ran out of slots while every lease was held")
+}

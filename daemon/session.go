@@ -36,6 +36,7 @@ type session struct {
 	mu       sync.Mutex
 	conn     *conn // nil while detached
 	req      *indexer.Request
+	ckpt     indexer.SelectionState // before the cycle in flight (runCycle)
 	region   *tiers.Region
 	want     reserveWant  // the device OPEN named for the region
 	place    reservePlace // where region lives (GPU reserve or host)

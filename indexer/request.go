@@ -129,6 +129,35 @@ func (r *Request) AppendKeys(first int, perLayerKeys [][]byte) error {
 	return nil
 }
 
+// SelectionState is a saved copy of a request's selection state: the cycle count, the
+// fallback counters, the previous selection and the lookahead averages (Checkpoint,
+// Rollback). Reuse one per request: its slices keep their capacity.
+type SelectionState struct {
+	cycle, cumAbove, cumOutside uint64
+	fallback                    bool
+	prev                        []uint32
+	ewma                        []float32
+}
+
+// Checkpoint saves the selection state into st, so that a cycle whose result the caller
+// cannot use (say, its pages found no room) can be undone with Rollback. Keys are not
+// part of it (Truncate undoes appends).
+func (r *Request) Checkpoint(st *SelectionState) {
+	s := &r.sel
+	st.cycle, st.cumAbove, st.cumOutside, st.fallback = s.cycle, s.cumAbove, s.cumOutside, s.fallback
+	st.prev = append(st.prev[:0], s.prev...)
+	st.ewma = append(st.ewma[:0], s.ewma...)
+}
+
+// Rollback restores the selection state saved by Checkpoint: the next ScoreBatch behaves
+// as if the cycles since were never run.
+func (r *Request) Rollback(st *SelectionState) {
+	s := &r.sel
+	s.cycle, s.cumAbove, s.cumOutside, s.fallback = st.cycle, st.cumAbove, st.cumOutside, st.fallback
+	s.prev = append(s.prev[:0], st.prev...)
+	s.ewma = append(s.ewma[:0], st.ewma...)
+}
+
 // Close releases what the request's key stores hold outside the Go heap (GPU copies of the
 // keys: key stores that implement io.Closer). The request must not be used afterwards.
 func (r *Request) Close() error {
