@@ -133,6 +133,45 @@ func (lw *LayerWeights) Query(hidden []byte, pos int64) (*Query, error) {
 // weights from memory, so B queries cost little more than one. The result for
 // each query is bit-identical to Query's.
 func (lw *LayerWeights) Queries(hidden [][]byte, pos []int64) ([]*Query, error) {
+	return lw.QueriesOn(nil, hidden, pos)
+}
+
+// ProjMatrix names one of a layer's three projection matrices.
+type ProjMatrix int
+
+// The projection matrices, in the order Queries uses them.
+const (
+	ProjQA   ProjMatrix = iota // wq_a [R, hidden]
+	ProjQB                     // wq_b [H·HeadDim, R]
+	ProjHead                   // weights_proj [H, hidden]
+)
+
+// Projector multiplies one of a layer's projection matrices with a batch of vectors:
+// dst[b] = W·xs[b]. The projections are the memory-bound part of a query; a GPU can do
+// them (attn/gpu). The CPU path (nil Projector) accumulates in float64.
+type Projector interface {
+	Project(which ProjMatrix, dst, xs [][]float32) error
+}
+
+// MatrixData returns a projection matrix as stored: row-major, float32 or (when every
+// value was exactly a bfloat16) bf16 bits; the other slice is nil. Read-only.
+func (lw *LayerWeights) MatrixData(which ProjMatrix) (rows, cols int, f32 []float32, bf16 []uint16) {
+	var w weights
+	switch which {
+	case ProjQA:
+		w = lw.wqA
+	case ProjQB:
+		w = lw.wqB
+	default:
+		w = lw.wProj
+	}
+	return w.rows, w.cols, w.f32, w.bf16
+}
+
+// QueriesOn is Queries with the three matrix products done by p (nil: on the CPU); every
+// other step (bf16 input, RMSNorm, bf16 rounding, RoPE, Hadamard, head weights, fp8) runs
+// here, so a projector only has to multiply.
+func (lw *LayerWeights) QueriesOn(p Projector, hidden [][]byte, pos []int64) ([]*Query, error) {
 	if len(hidden) != len(pos) {
 		return nil, fmt.Errorf("%w: %d hidden states but %d positions", ErrShape, len(hidden), len(pos))
 	}
@@ -156,15 +195,31 @@ func (lw *LayerWeights) Queries(hidden [][]byte, pos []int64) ([]*Query, error) 
 			x[i] = BF16ToF32(binary.LittleEndian.Uint16(hd[2*i:]))
 		}
 	}
+	mul := func(which ProjMatrix, dst vectors, m weights, src vectors) error {
+		if p == nil {
+			matMul(dst, m, src)
+			return nil
+		}
+		if err := p.Project(which, dst.all(nb), src.all(nb)); err != nil {
+			return fmt.Errorf("projection %d: %w", which, err)
+		}
+		return nil
+	}
 	qa := newVectors(nb, lw.rank)
-	matMul(qa, lw.wqA, xs)
+	if err := mul(ProjQA, qa, lw.wqA, xs); err != nil {
+		return nil, err
+	}
 	for b := 0; b < nb; b++ {
 		RMSNorm(qa.vec(b), lw.qNorm, lw.eps)
 	}
 	qb := newVectors(nb, h*d)
-	matMul(qb, lw.wqB, qa)
+	if err := mul(ProjQB, qb, lw.wqB, qa); err != nil {
+		return nil, err
+	}
 	ws := newVectors(nb, h)
-	matMul(ws, lw.wProj, xs)
+	if err := mul(ProjHead, ws, lw.wProj, xs); err != nil {
+		return nil, err
+	}
 	rd := lw.rope.Dim()
 	out := make([]*Query, nb)
 	for b := range out {
@@ -253,6 +308,15 @@ func newVectors(n, length int) vectors {
 }
 
 func (v vectors) vec(i int) []float32 { return v.data[i*v.len : (i+1)*v.len : (i+1)*v.len] }
+
+// all returns the first n vectors as slices.
+func (v vectors) all(n int) [][]float32 {
+	out := make([][]float32, n)
+	for i := range out {
+		out[i] = v.vec(i)
+	}
+	return out
+}
 
 // parallelMACs is the weight-matrix size above which matMul splits rows over
 // goroutines: below it, starting them costs more than it saves.

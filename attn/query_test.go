@@ -1,10 +1,13 @@
 package attn
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -238,4 +241,93 @@ func TestBF16WeightsSameQuery(t *testing.T) {
 			}
 		}
 	}
+}
+
+// refProjector is a projector written the plain way, reading the matrices through
+// MatrixData: QueriesOn with it must give exactly what Queries gives.
+type refProjector struct {
+	lw    *LayerWeights
+	calls []ProjMatrix
+}
+
+func (p *refProjector) Project(which ProjMatrix, dst, xs [][]float32) error {
+	p.calls = append(p.calls, which)
+	rows, cols, f32, bf16 := p.lw.MatrixData(which)
+	for b := range xs {
+		if len(xs[b]) != cols || len(dst[b]) != rows {
+			return fmt.Errorf("matrix %d is %d×%d, got x of %d and dst of %d", which, rows, cols, len(xs[b]), len(dst[b]))
+		}
+		for r := range rows {
+			var acc float64
+			for c := range cols {
+				w := float64(0)
+				if bf16 != nil {
+					w = float64(BF16ToF32(bf16[r*cols+c]))
+				} else {
+					w = float64(f32[r*cols+c])
+				}
+				acc += w * float64(xs[b][c])
+			}
+			dst[b][r] = float32(acc)
+		}
+	}
+	return nil
+}
+
+func TestQueriesOnProjector(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 4))
+	for _, bf := range []bool{false, true} {
+		lw, err := NewLayerWeights(randMatrix(r, 48, 80, bf), ones(48), randMatrix(r, 5*128, 48, bf), randMatrix(r, 5, 80, bf), DefaultOptions)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hidden := make([][]byte, 5)
+		pos := make([]int64, 5)
+		for i := range hidden {
+			hidden[i] = make([]byte, 160)
+			for j := 0; j < 80; j++ {
+				binary.LittleEndian.PutUint16(hidden[i][2*j:], BF16FromF32(float32(r.NormFloat64())))
+			}
+			pos[i] = int64(1000 * i)
+		}
+		want, err := lw.Queries(hidden, pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &refProjector{lw: lw}
+		got, err := lw.QueriesOn(p, hidden, pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(p.calls, []ProjMatrix{ProjQA, ProjQB, ProjHead}) {
+			t.Errorf("projector calls %v", p.calls)
+		}
+		for i := range want {
+			for j := range want[i].Q {
+				if math.Abs(float64(want[i].Q[j]-got[i].Q[j])) > 1e-6*(1+math.Abs(float64(want[i].Q[j]))) {
+					t.Fatalf("bf16 %v query %d: Q[%d] %v vs %v", bf, i, j, got[i].Q[j], want[i].Q[j])
+				}
+			}
+			if !slices.Equal(want[i].W, got[i].W) && !closeAll(want[i].W, got[i].W) {
+				t.Fatalf("bf16 %v query %d: W %v vs %v", bf, i, got[i].W, want[i].W)
+			}
+		}
+		// A failing projector fails the query, naming the step.
+		if _, err := lw.QueriesOn(failProjector{}, hidden, pos); err == nil || !strings.Contains(err.Error(), "projection 0") {
+			t.Errorf("failing projector: %v", err)
+		}
+	}
+}
+
+type failProjector struct{}
+
+func (failProjector) Project(ProjMatrix, [][]float32, [][]float32) error { return errors.New("device lost") }
+
+func closeAll(a, b []float32) bool {
+	for i := range a {
+		if math.Abs(float64(a[i]-b[i])) > 1e-6*(1+math.Abs(float64(a[i]))) {
+			return false
+		}
+	}
+	return len(a) == len(b)
 }

@@ -5,6 +5,7 @@ package gpu
 import (
 	"embed"
 	"fmt"
+	"sync"
 	"unsafe"
 
 	"github.com/flashmemory/flashmemory/attn"
@@ -107,6 +108,58 @@ type Scorer struct {
 	dev *cuda.Device
 	fn  *cuda.Function
 	mod *cuda.Module
+
+	// Score reuses ws's buffers from call to call (grow-only): allocating and pinning the
+	// output buffers per call cost more than the kernel.
+	mu sync.Mutex
+	ws workspace
+}
+
+// workspace holds grow-only device and pinned host buffers for Score.
+type workspace struct {
+	out, sets, frag, w             cuda.DevPtr
+	outCap, setsCap, fragCap, wCap int
+	host                           *cuda.HostBuffer
+}
+
+// grow makes *p hold at least n bytes of device memory.
+func (ws *workspace) grow(d *cuda.Device, p *cuda.DevPtr, capb *int, n int) error {
+	if n <= *capb {
+		return nil
+	}
+	if *p != 0 {
+		if err := d.Free(*p); err != nil {
+			return err
+		}
+		*p, *capb = 0, 0
+	}
+	c := max(n+n/4, 4096)
+	np, err := d.Alloc(c)
+	if err != nil {
+		return err
+	}
+	*p, *capb = np, c
+	return nil
+}
+
+func (ws *workspace) free(d *cuda.Device) error {
+	var first error
+	for _, p := range []*cuda.DevPtr{&ws.out, &ws.sets, &ws.frag, &ws.w} {
+		if *p != 0 {
+			if err := d.Free(*p); err != nil && first == nil {
+				first = err
+			}
+			*p = 0
+		}
+	}
+	ws.outCap, ws.setsCap, ws.fragCap, ws.wCap = 0, 0, 0, 0
+	if ws.host != nil {
+		if err := ws.host.Free(); err != nil && first == nil {
+			first = err
+		}
+		ws.host = nil
+	}
+	return first
 }
 
 // maxHeads bounds the shared memory a launch asks for (heads·512 B of query fragments).
@@ -130,8 +183,16 @@ func NewScorer(dev *cuda.Device) (*Scorer, error) {
 	return &Scorer{dev: dev, fn: fn, mod: mod}, nil
 }
 
-// Close unloads the kernel.
-func (s *Scorer) Close() error { return s.mod.Unload() }
+// Close frees Score's buffers and unloads the kernel.
+func (s *Scorer) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.ws.free(s.dev)
+	if uerr := s.mod.Unload(); err == nil {
+		err = uerr
+	}
+	return err
+}
 
 func sharedBytes(heads int) int { return heads*fragWordsPerHead*4 + heads*4 }
 
@@ -159,14 +220,17 @@ type Plan struct {
 	out     cuda.DevPtr
 	host    *cuda.HostBuffer
 	offsets []int // per item, float offset into out
+	ws      *workspace // buffers borrowed from the Scorer (Score); nil: owned (Plan)
 }
 
-// Plan packs and uploads items for variant v.
-func (s *Scorer) Plan(v attn.Variant, items []Item) (*Plan, error) {
+// Plan packs and uploads items for variant v into buffers of its own (Close frees them).
+func (s *Scorer) Plan(v attn.Variant, items []Item) (*Plan, error) { return s.plan(v, items, nil) }
+
+func (s *Scorer) plan(v attn.Variant, items []Item, ws *workspace) (*Plan, error) {
 	if len(items) == 0 {
 		return nil, fmt.Errorf("gpu: empty batch: %w", ErrShape)
 	}
-	p := &Plan{s: s, items: items, variant: v, nsets: len(items)}
+	p := &Plan{s: s, items: items, variant: v, nsets: len(items), ws: ws}
 	sets := make([]keySetDesc, len(items))
 	var nq int
 	for i, it := range items {
@@ -226,6 +290,9 @@ func asBytes[T any](s []T) []byte {
 }
 
 func (p *Plan) upload(sets []keySetDesc, frag []uint32, w []float32) error {
+	if p.ws != nil {
+		return p.uploadShared(sets, frag, w)
+	}
 	d := p.s.dev
 	var err error
 	if p.out, err = d.Alloc(p.total * 4); err != nil {
@@ -248,6 +315,45 @@ func (p *Plan) upload(sets []keySetDesc, frag []uint32, w []float32) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// uploadShared is upload into the Scorer's workspace.
+func (p *Plan) uploadShared(sets []keySetDesc, frag []uint32, w []float32) error {
+	d, ws := p.s.dev, p.ws
+	if err := ws.grow(d, &ws.out, &ws.outCap, p.total*4); err != nil {
+		return err
+	}
+	if ws.host == nil || ws.host.Size() < p.total*4 {
+		if ws.host != nil {
+			if err := ws.host.Free(); err != nil {
+				return err
+			}
+			ws.host = nil
+		}
+		h, err := d.AllocHost(max(p.total*4+p.total, 1<<16))
+		if err != nil {
+			return err
+		}
+		ws.host = h
+	}
+	p.out, p.host = ws.out, ws.host
+	for i := range sets {
+		sets[i].Out = uint64(p.out) + uint64(p.offsets[i]*4)
+	}
+	for _, b := range []struct {
+		dst  *cuda.DevPtr
+		capb *int
+		src  []byte
+	}{{&ws.sets, &ws.setsCap, asBytes(sets)}, {&ws.frag, &ws.fragCap, asBytes(frag)}, {&ws.w, &ws.wCap, asBytes(w)}} {
+		if err := ws.grow(d, b.dst, b.capb, len(b.src)); err != nil {
+			return err
+		}
+		if err := d.CopyHtoD(*b.dst, b.src); err != nil {
+			return err
+		}
+	}
+	p.sets, p.frag, p.w = ws.sets, ws.frag, ws.w
 	return nil
 }
 
@@ -284,8 +390,12 @@ func (p *Plan) Fetch(st *cuda.Stream) error {
 	return nil
 }
 
-// Close frees the plan's device and pinned memory.
+// Close frees the plan's device and pinned memory (a plan of Score's gives its buffers
+// back to the Scorer instead).
 func (p *Plan) Close() error {
+	if p.ws != nil {
+		return nil
+	}
 	var first error
 	for _, ptr := range []cuda.DevPtr{p.sets, p.frag, p.w, p.out} {
 		if ptr != 0 {
@@ -303,8 +413,11 @@ func (p *Plan) Close() error {
 }
 
 // Score computes the logits of every item with one kernel launch on st and waits for them.
+// Calls are serialised: they share the Scorer's buffers.
 func (s *Scorer) Score(st *cuda.Stream, v attn.Variant, items []Item) error {
-	p, err := s.Plan(v, items)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.plan(v, items, &s.ws)
 	if err != nil {
 		return err
 	}

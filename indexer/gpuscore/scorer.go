@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/flashmemory/flashmemory/attn"
 	"github.com/flashmemory/flashmemory/attn/gpu"
@@ -28,6 +29,18 @@ type Scorer struct {
 
 	gpuBatches, cpuBatches atomic.Uint64
 	lastErr                atomic.Pointer[error]
+	// cumulative wall time of the GPU path's steps, nanoseconds
+	tProject, tSync, tKernel atomic.Int64
+}
+
+// Timings is where the GPU path's time went, summed over every Score call: query
+// projection on the CPU, bringing key copies up to date, and the kernel with its upload
+// and the copy of the logits back.
+type Timings struct{ Project, Sync, Kernel time.Duration }
+
+// Timings returns the cumulative step times.
+func (s *Scorer) Timings() Timings {
+	return Timings{time.Duration(s.tProject.Load()), time.Duration(s.tSync.Load()), time.Duration(s.tKernel.Load())}
 }
 
 var _ indexer.Scorer = (*Scorer)(nil)
@@ -164,7 +177,9 @@ func (s *Scorer) Score(items []indexer.ScoreItem) error {
 			cpuItems[i].Keys[l] = gk.cpu
 		}
 	}
+	t0 := time.Now()
 	queries, err := s.m.ProjectQueries(items)
+	s.tProject.Add(int64(time.Since(t0)))
 	if err != nil {
 		return err
 	}
@@ -181,6 +196,7 @@ func (s *Scorer) scoreGPU(items []indexer.ScoreItem, queries [][]*attn.Query) er
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var batch []gpu.Item
+	t0 := time.Now()
 	for i, it := range items {
 		for l, k := range it.Keys {
 			gk := k.(*keys)
@@ -193,8 +209,12 @@ func (s *Scorer) scoreGPU(items []indexer.ScoreItem, queries [][]*attn.Query) er
 			batch = append(batch, gpu.Item{Keys: gk.dev, Queries: []*attn.Query{queries[l][i]}, Out: it.Out[l][:gk.cpu.Len()]})
 		}
 	}
+	t1 := time.Now()
+	s.tSync.Add(int64(t1.Sub(t0)))
 	if len(batch) == 0 {
 		return nil
 	}
-	return s.sc.Score(s.st, s.m.AttnVariant(), batch)
+	err := s.sc.Score(s.st, s.m.AttnVariant(), batch)
+	s.tKernel.Add(int64(time.Since(t1)))
+	return err
 }

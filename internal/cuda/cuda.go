@@ -145,6 +145,8 @@ type Device struct {
 	gatherTMASmem int
 	// cuMemcpyBatchAsync looked up (batchProbed) and found (batchOK); owner goroutine only.
 	batchProbed, batchOK bool
+	// syncStream carries CopyHtoD's copies (owner goroutine only; created on first use).
+	syncStream C.CUstream
 }
 
 // Open starts the owner goroutine of device ordinal with the device's primary context
@@ -199,6 +201,9 @@ func (d *Device) loop(ready chan<- error) {
 	ready <- nil
 	for fn := range d.work {
 		fn()
+	}
+	if d.syncStream != nil {
+		C.cuStreamDestroy(d.syncStream)
 	}
 	dev.ReleasePrimaryCtx()
 }
@@ -348,8 +353,21 @@ func (d *Device) CopyHtoD(dst DevPtr, src []byte) error {
 	if len(src) == 0 {
 		return nil
 	}
+	// cuMemcpyHtoD from pageable memory may return before the DMA has landed, and the
+	// legacy stream it uses does not order work on the non-blocking streams that read
+	// the data next (kernels, recalls). An async copy on a private stream followed by a
+	// wait for that stream is complete when this returns.
 	return d.do(func() error {
-		return d.check("cuMemcpyHtoD", C.cuMemcpyHtoD(C.CUdeviceptr(dst), unsafe.Pointer(&src[0]), C.size_t(len(src))))
+		if d.syncStream == nil {
+			if err := d.check("cuStreamCreate", C.cuStreamCreate(&d.syncStream, C.CU_STREAM_NON_BLOCKING)); err != nil {
+				d.syncStream = nil
+				return err
+			}
+		}
+		if err := d.check("cuMemcpyHtoDAsync", C.cuMemcpyHtoDAsync(C.CUdeviceptr(dst), unsafe.Pointer(&src[0]), C.size_t(len(src)), d.syncStream)); err != nil {
+			return err
+		}
+		return d.check("cuStreamSynchronize", C.cuStreamSynchronize(d.syncStream))
 	})
 }
 
