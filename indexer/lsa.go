@@ -102,6 +102,16 @@ func (m *Model) AttnVariant() attn.Variant {
 // projections are bound by reading the weights, so a decoder batch of B requests costs
 // little more than one (attn.LayerWeights.Queries).
 func (m *Model) ProjectQueries(items []ScoreItem) ([][]*attn.Query, error) {
+	return m.ProjectQueriesWith(items, nil)
+}
+
+// LayerWeights returns target layer l's query projection (read-only), for scorers that
+// move the projections elsewhere (a GPU).
+func (m *Model) LayerWeights(l int) *attn.LayerWeights { return m.weights[l] }
+
+// ProjectQueriesWith is ProjectQueries with target layer l's matrix products done by
+// projs[l] (nil, or a nil entry: on the CPU).
+func (m *Model) ProjectQueriesWith(items []ScoreItem, projs []attn.Projector) ([][]*attn.Query, error) {
 	nl := len(m.weights)
 	for i, it := range items {
 		if len(it.Query.Layers) != nl || len(it.Keys) != nl || len(it.Out) != nl {
@@ -116,7 +126,11 @@ func (m *Model) ProjectQueries(items []ScoreItem) ([][]*attn.Query, error) {
 		for i, it := range items {
 			hid[i], pos[i] = it.Query.Layers[l], it.Query.Position
 		}
-		qs, err := m.weights[l].Queries(hid, pos)
+		var p attn.Projector
+		if l < len(projs) {
+			p = projs[l]
+		}
+		qs, err := m.weights[l].QueriesOn(p, hid, pos)
 		if err != nil {
 			return nil, fmt.Errorf("%w: target layer %d: %w", ErrBadQuery, m.cfg.Layers[l], err)
 		}

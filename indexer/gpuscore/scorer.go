@@ -23,6 +23,11 @@ type Scorer struct {
 	m   *indexer.Model
 	dev *cuda.Device
 	sc  *gpu.Scorer
+	// projs do the query projections on the GPU, one per target layer (nil entries: the
+	// layer projects on the CPU, its matrix shapes do not suit the kernel).
+	projs     []attn.Projector
+	gpuProjs  []*gpu.Projector
+	projBytes int64
 
 	mu sync.Mutex // one batch at a time on st
 	st *cuda.Stream
@@ -60,8 +65,26 @@ func Wrap(m *indexer.Model, dev *cuda.Device) (*Scorer, error) {
 		sc.Close()
 		return nil, err
 	}
-	return &Scorer{m: m, dev: dev, sc: sc, st: st}, nil
+	s := &Scorer{m: m, dev: dev, sc: sc, st: st}
+	for l := range m.Layers() {
+		p, err := gpu.NewProjector(dev, m.LayerWeights(l))
+		if err != nil {
+			if errors.Is(err, gpu.ErrShape) {
+				s.projs = append(s.projs, nil) // this layer projects on the CPU
+				continue
+			}
+			s.Close()
+			return nil, err
+		}
+		s.gpuProjs = append(s.gpuProjs, p)
+		s.projs = append(s.projs, p)
+		s.projBytes += p.Bytes()
+	}
+	return s, nil
 }
+
+// ProjectionBytes is the GPU memory the query projection matrices take.
+func (s *Scorer) ProjectionBytes() int64 { return s.projBytes }
 
 // Model is the wrapped CPU model.
 func (s *Scorer) Model() *indexer.Model { return s.m }
@@ -73,7 +96,12 @@ func (s *Scorer) Device() *cuda.Device { return s.dev }
 func (s *Scorer) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return errors.Join(s.st.Close(), s.sc.Close())
+	errs := []error{s.st.Close(), s.sc.Close()}
+	for _, p := range s.gpuProjs {
+		errs = append(errs, p.Close())
+	}
+	s.gpuProjs, s.projs = nil, nil
+	return errors.Join(errs...)
 }
 
 // Layers implements indexer.Scorer.
@@ -178,10 +206,16 @@ func (s *Scorer) Score(items []indexer.ScoreItem) error {
 		}
 	}
 	t0 := time.Now()
-	queries, err := s.m.ProjectQueries(items)
+	queries, err := s.m.ProjectQueriesWith(items, s.projs)
 	s.tProject.Add(int64(time.Since(t0)))
 	if err != nil {
-		return err
+		// A bad query fails on the CPU too; anything else was the GPU's.
+		if _, cerr := s.m.ProjectQueries(items); cerr != nil {
+			return cerr
+		}
+		s.lastErr.Store(&err)
+		s.cpuBatches.Add(1)
+		return s.m.Score(cpuItems)
 	}
 	if err := s.scoreGPU(items, queries); err != nil {
 		s.lastErr.Store(&err)
