@@ -321,7 +321,9 @@ func TestQueriesOnProjector(t *testing.T) {
 
 type failProjector struct{}
 
-func (failProjector) Project(ProjMatrix, [][]float32, [][]float32) error { return errors.New("device lost") }
+func (failProjector) Project(ProjMatrix, [][]float32, [][]float32) error {
+	return errors.New("device lost")
+}
 
 func closeAll(a, b []float32) bool {
 	for i := range a {

@@ -13,14 +13,22 @@ import (
 	"github.com/flashmemory/flashmemory/internal/cuda"
 )
 
-func exportedFuncs(t *testing.T, file string) map[string]string {
+func exportedFuncs(t *testing.T, files ...string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, file := range files {
+		exportedFuncsOf(t, file, out)
+	}
+	return out
+}
+
+func exportedFuncsOf(t *testing.T, file string, out map[string]string) {
 	t.Helper()
 	fset := token.NewFileSet()
 	af, err := parser.ParseFile(fset, file, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]string{}
 	for _, decl := range af.Decls {
 		fd, ok := decl.(*ast.FuncDecl)
 		if !ok || !fd.Name.IsExported() {
@@ -36,11 +44,10 @@ func exportedFuncs(t *testing.T, file string) map[string]string {
 		printer.Fprint(&b, fset, fd.Type)
 		out[key] = b.String()
 	}
-	return out
 }
 
 func TestNoCUDATwinMatchesAPI(t *testing.T) {
-	a, b := exportedFuncs(t, "scorer.go"), exportedFuncs(t, "scorer_nocuda.go")
+	a, b := exportedFuncs(t, "scorer.go", "proj.go"), exportedFuncs(t, "scorer_nocuda.go", "proj_nocuda.go")
 	if len(a) < 10 {
 		t.Fatalf("parsed only %d exported funcs from scorer.go", len(a))
 	}
@@ -63,16 +70,24 @@ func TestNoCUDATwinMatchesAPI(t *testing.T) {
 
 // The committed PTX must define the scorer kernel and come from the GPU machine's nvcc.
 func TestCommittedPTXHasKernel(t *testing.T) {
-	for _, f := range []string{"score_sm80.ptx", "score_sm90.ptx"} {
-		b, err := os.ReadFile(f)
+	for _, c := range []struct {
+		file    string
+		kernels []string
+	}{
+		{"score_sm80.ptx", []string{"fm_score"}}, {"score_sm90.ptx", []string{"fm_score"}},
+		{"proj_sm80.ptx", []string{"fm_proj_f32", "fm_proj_bf16"}}, {"proj_sm90.ptx", []string{"fm_proj_f32", "fm_proj_bf16"}},
+	} {
+		b, err := os.ReadFile(c.file)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Contains(b, []byte(".entry fm_score(")) {
-			t.Errorf("%s lacks fm_score", f)
+		for _, k := range c.kernels {
+			if !bytes.Contains(b, []byte(".entry "+k+"(")) {
+				t.Errorf("%s lacks %s", c.file, k)
+			}
 		}
 		if !bytes.Contains(b, []byte("Cuda compilation tools, release 13.")) {
-			t.Errorf("%s was not built by the GPU machine's nvcc 13", f)
+			t.Errorf("%s was not built by the GPU machine's nvcc 13", c.file)
 		}
 	}
 }

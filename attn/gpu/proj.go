@@ -47,29 +47,33 @@ var _ attn.Projector = (*Projector)(nil)
 
 // NewProjector uploads lw's projection matrices to dev. Every matrix needs a column count
 // that is a multiple of 8 (ErrShape otherwise).
-func NewProjector(dev *cuda.Device, lw *attn.LayerWeights) (_ *Projector, err error) {
+func NewProjector(dev *cuda.Device, lw *attn.LayerWeights) (*Projector, error) {
 	p := &Projector{dev: dev}
-	defer func() {
-		if err != nil {
-			p.Close()
-		}
-	}()
-	if p.mod, err = dev.LoadPTX(projPTX, "proj"); err != nil {
+	if err := p.load(lw); err != nil {
+		p.Close()
 		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Projector) load(lw *attn.LayerWeights) (err error) {
+	dev := p.dev
+	if p.mod, err = dev.LoadPTX(projPTX, "proj"); err != nil {
+		return err
 	}
 	if p.fnF32, err = p.mod.Function("fm_proj_f32"); err != nil {
-		return nil, err
+		return err
 	}
 	if p.fnB16, err = p.mod.Function("fm_proj_bf16"); err != nil {
-		return nil, err
+		return err
 	}
 	if p.st, err = dev.NewStream(); err != nil {
-		return nil, err
+		return err
 	}
 	for i, which := range []attn.ProjMatrix{attn.ProjQA, attn.ProjQB, attn.ProjHead} {
 		rows, cols, f32, b16 := lw.MatrixData(which)
 		if cols%8 != 0 || rows == 0 {
-			return nil, fmt.Errorf("gpu: projection matrix %d is %d×%d, columns must be a multiple of 8: %w", which, rows, cols, ErrShape)
+			return fmt.Errorf("gpu: projection matrix %d is %d×%d, columns must be a multiple of 8: %w", which, rows, cols, ErrShape)
 		}
 		var raw []byte
 		if b16 != nil {
@@ -79,15 +83,15 @@ func NewProjector(dev *cuda.Device, lw *attn.LayerWeights) (_ *Projector, err er
 		}
 		ptr, err := dev.Alloc(len(raw))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		p.mats[i] = projMat{ptr: ptr, rows: rows, cols: cols, bf16: b16 != nil}
 		p.bytes += int64(len(raw))
 		if err := dev.CopyHtoD(ptr, raw); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // Bytes is the device memory the matrices take.

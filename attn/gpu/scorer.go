@@ -219,7 +219,7 @@ type Plan struct {
 	w       cuda.DevPtr
 	out     cuda.DevPtr
 	host    *cuda.HostBuffer
-	offsets []int // per item, float offset into out
+	offsets []int      // per item, float offset into out
 	ws      *workspace // buffers borrowed from the Scorer (Score); nil: owned (Plan)
 }
 

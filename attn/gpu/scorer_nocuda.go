@@ -64,18 +64,3 @@ func (p *Plan) Close() error { return ErrNoCUDA }
 
 // Score returns ErrNoCUDA in this build.
 func (s *Scorer) Score(st *cuda.Stream, v attn.Variant, items []Item) error { return ErrNoCUDA }
-
-// Projector does query projections on the GPU; this build has none.
-type Projector struct{}
-
-// NewProjector returns ErrNoCUDA in this build.
-func NewProjector(dev *cuda.Device, lw *attn.LayerWeights) (*Projector, error) { return nil, ErrNoCUDA }
-
-// Bytes returns 0 in this build.
-func (p *Projector) Bytes() int64 { return 0 }
-
-// Project returns ErrNoCUDA in this build.
-func (p *Projector) Project(which attn.ProjMatrix, dst, xs [][]float32) error { return ErrNoCUDA }
-
-// Close returns ErrNoCUDA in this build.
-func (p *Projector) Close() error { return ErrNoCUDA }
