@@ -306,13 +306,29 @@ func (m *Mover) recallBatch(tasks []recallTask) {
 		}
 		errs := make([]error, len(ws))
 		region.WritePages(ws, errs)
+		there := make([]bool, len(ws))
+		for k, i := range at {
+			// A slot busy when the batch started: the batch holds no slot
+			// now, so wait for it alone, from the page referenced here (a
+			// second read of it would count it twice and lose its staged
+			// mark). As in recallOne, a slot that meanwhile got the wanted
+			// generation is left alone.
+			if errors.Is(errs[k], errSlotBusy) {
+				it := todo[i].t.results[todo[i].i].RecallItem
+				if slot, gen, ok := region.Lookup(it.ID.Page); ok && slot == it.Slot && gen != 0 && gen == it.Gen {
+					errs[k], there[k] = nil, true
+					continue
+				}
+				errs[k] = region.WritePage(ws[k].Slot, ws[k].Page, ws[k].Gen, ws[k].Src)
+			}
+		}
 		for k, i := range at {
 			task := todo[i]
 			r := &task.t.results[task.i]
 			switch {
-			case errors.Is(errs[k], errSlotBusy):
-				alone[i] = true
-				continue
+			case there[k]:
+				r.Copied, r.Source = r.Gen, SourceReserve
+				m.already.Add(1)
 			case errs[k] != nil:
 				r.Err = fmt.Errorf("recall page %v into slot %d: %w", r.ID, r.Slot, errs[k])
 				m.recallErrors.Add(1)

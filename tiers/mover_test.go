@@ -307,3 +307,72 @@ func TestMoverBatchMixedSources(t *testing.T) {
 	}
 	f.checkResident(t, 0, 1, 2, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39)
 }
+
+// A batch page whose slot is busy (a client read in progress) is written once the
+// slot frees up, and is counted once: a staged page stays SourceStaged, and the mirror
+// counts one read per page, not a second one for the retry (hits are counted after the
+// ticket is done, so gets are what is checked).
+func TestMoverBatchBusySlotCountsOnce(t *testing.T) {
+	f := newMoverFixture(t, 40, 16, 8)
+	ctx := context.Background()
+	if err := f.store.Flush(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.store.Mirror().Generation(PageID{Session: 1, Page: 0}); ok {
+		t.Fatal("page 0 still in the mirror")
+	}
+	if n, err := f.store.Stage(ctx, []PageID{{Session: 1, Page: 0}}); err != nil || n != 1 {
+		t.Fatalf("stage: %d, %v", n, err)
+	}
+	var items []RecallItem
+	for _, p := range []uint32{0, 39} {
+		a, err := f.region.Allocate(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		items = append(items, RecallItem{ID: PageID{Session: 1, Page: p}, Slot: a.Slot, Gen: f.gens[p]})
+	}
+	f.region.mu.Lock()
+	f.region.slots[items[0].Slot].readers++ // a client read in progress
+	f.region.mu.Unlock()
+	before := f.store.Snapshot()
+	tk, err := f.mover.Recall(f.region, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Page 39 lands with the batch; then the read of page 0's slot ends.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, gen, _ := f.region.Lookup(39); gen != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("page 39 never written")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	f.region.mu.Lock()
+	f.region.slots[items[0].Slot].readers--
+	f.region.cond.Broadcast()
+	f.region.mu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := tk.Wait(wctx); err != nil {
+		t.Fatal(err)
+	}
+	res := tk.Results()
+	if res[0].Source != SourceStaged || res[1].Source != SourceMirror {
+		t.Errorf("sources %v, %v; want %v, %v", res[0].Source, res[1].Source, SourceStaged, SourceMirror)
+	}
+	if ms := f.mover.Stats(); ms.FromStaged != 1 || ms.FromMirror != 1 {
+		t.Errorf("mover counted %d staged, %d mirror; want 1 and 1", ms.FromStaged, ms.FromMirror)
+	}
+	after := f.store.Snapshot()
+	if d := after.Mirror.Gets - before.Mirror.Gets; d != 2 {
+		t.Errorf("mirror counted %d gets for 2 pages", d)
+	}
+	if d := after.StagedUsed - before.StagedUsed; d != 1 {
+		t.Errorf("%d staged pages used, want 1", d)
+	}
+	f.checkResident(t, 0, 39)
+}
