@@ -59,6 +59,7 @@ type Daemon struct {
 
 	reserveHits, reserveMisses atomic.Uint64 // cycle-table pages found in / copied into the reserve
 	connWG                     sync.WaitGroup
+	admitting                  chan struct{} // a token per connection being admitted
 	bgCancel                   context.CancelFunc
 	bgWG                       sync.WaitGroup
 
@@ -80,13 +81,14 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d := &Daemon{
-		cfg:      cfg,
-		log:      slog.New(slog.NewTextHandler(os.Stderr, nil)),
-		m:        newMetrics(),
-		sessions: map[uint64]*session{},
-		byName:   map[string]*session{},
-		conns:    map[*conn]struct{}{},
-		started:  time.Now(),
+		cfg:       cfg,
+		log:       slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		m:         newMetrics(),
+		sessions:  map[uint64]*session{},
+		byName:    map[string]*session{},
+		conns:     map[*conn]struct{}{},
+		started:   time.Now(),
+		admitting: make(chan struct{}, maxPendingAdmissions),
 	}
 	for _, o := range opts {
 		o(d)
@@ -272,10 +274,13 @@ func (d *Daemon) acceptLoop() error {
 		}
 		// Admission (peer credentials, group lookups through NSS, which can
 		// be slow) runs on its own goroutine so one slow lookup does not hold
-		// up every other connection.
+		// up every other connection; at most maxPendingAdmissions at once, so
+		// a burst while NSS is slow cannot pile up file descriptors.
+		d.admitting <- struct{}{}
 		d.mu.Lock()
 		if d.closing.Load() {
 			d.mu.Unlock()
+			<-d.admitting
 			closeQuietly(uc)
 			return nil
 		}
@@ -295,6 +300,7 @@ func (d *Daemon) admit(uc *net.UnixConn) {
 	if err == nil {
 		err = d.access.allow(cred)
 	}
+	<-d.admitting
 	if err != nil {
 		d.m.rejectedConns.Inc()
 		d.log.Warn("connection refused", "err", err)
@@ -322,6 +328,9 @@ func (d *Daemon) admit(uc *net.UnixConn) {
 	d.mu.Unlock()
 	d.m.connections.Dec()
 }
+
+// maxPendingAdmissions bounds connections accepted but not yet admitted.
+const maxPendingAdmissions = 64
 
 // closeQuietly closes c, ignoring the error: used on paths already failing.
 func closeQuietly(c io.Closer) { _ = c.Close() }

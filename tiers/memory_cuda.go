@@ -103,9 +103,19 @@ func (m *cudaMemory) copy(spans []span, toDevice bool) error {
 		}
 	}
 	if err := m.st.Gather(m.descs); err != nil {
-		return err
+		return m.drain(err)
 	}
-	return m.wait()
+	return m.drain(m.wait())
+}
+
+// drain passes err through; when it is not nil, it first waits for the region's stream
+// (best effort) so that no copy queued before the failure still reads a mirror slot or
+// the staging buffer after the caller lets go of it.
+func (m *cudaMemory) drain(err error) error {
+	if err != nil {
+		_ = m.st.Sync()
+	}
+	return err
 }
 
 // wait blocks the calling goroutine (a mover worker or a cycle, never the socket loop)
@@ -130,9 +140,9 @@ func (m *cudaMemory) write(spans []span, src []byte) error {
 		m.direct++
 		cudaWrites.pinned.Add(1)
 		if err := m.st.Recall(m.descs); err != nil {
-			return err
+			return m.drain(err)
 		}
-		return m.wait()
+		return m.drain(m.wait())
 	}
 	return m.writeStaged(spans, src)
 }
@@ -173,9 +183,9 @@ func (m *cudaMemory) writeMany(jobs []writeJob) error {
 		m.direct += n
 		cudaWrites.pinned.Add(uint64(n))
 		if err := m.st.Recall(m.descs); err != nil {
-			return err
+			return m.drain(err)
 		}
-		if err := m.wait(); err != nil {
+		if err := m.drain(m.wait()); err != nil {
 			return err
 		}
 	}

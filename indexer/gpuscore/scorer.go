@@ -29,8 +29,9 @@ type Scorer struct {
 	gpuProjs  []*gpu.Projector
 	projBytes int64
 
-	mu sync.Mutex // one batch at a time on st
-	st *cuda.Stream
+	mu     sync.Mutex // one batch at a time, and Close waits for it
+	st     *cuda.Stream
+	closed bool // after Close batches score on the CPU
 
 	gpuBatches, cpuBatches atomic.Uint64
 	lastErr                atomic.Pointer[error]
@@ -96,6 +97,10 @@ func (s *Scorer) Device() *cuda.Device { return s.dev }
 func (s *Scorer) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
 	errs := []error{s.st.Close(), s.sc.Close()}
 	for _, p := range s.gpuProjs {
 		errs = append(errs, p.Close())
@@ -165,9 +170,9 @@ func (k *keys) Close() error {
 	if k.dev == nil {
 		return nil
 	}
-	err := k.dev.Close()
+	d := k.dev
 	k.dev = nil
-	return err
+	return d.Close()
 }
 
 // sync brings the GPU copy up to the CPU store, growing it (doubling, fresh upload) when
@@ -175,10 +180,11 @@ func (k *keys) Close() error {
 func (k *keys) sync() error {
 	n := k.cpu.Len()
 	if k.dev != nil && n > k.dev.Cap() {
-		if err := k.dev.Close(); err != nil {
+		d := k.dev
+		k.dev = nil // freed once, even if Close fails
+		if err := d.Close(); err != nil {
 			return err
 		}
-		k.dev = nil
 	}
 	if k.dev == nil {
 		d, err := gpu.NewKeys(k.s.dev, max(2*n, 4096))
@@ -193,6 +199,10 @@ func (k *keys) sync() error {
 // Score implements indexer.Scorer: queries projected on the CPU, every (item, target layer)
 // pair scored in one kernel launch. If the GPU fails, the batch is scored on the CPU.
 func (s *Scorer) Score(items []indexer.ScoreItem) error {
+	// One batch at a time, start to end: the projectors and the stream are shared, and
+	// Close must not free them under a batch.
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	cpuItems := make([]indexer.ScoreItem, len(items))
 	for i, it := range items {
 		cpuItems[i] = it
@@ -204,6 +214,10 @@ func (s *Scorer) Score(items []indexer.ScoreItem) error {
 			}
 			cpuItems[i].Keys[l] = gk.cpu
 		}
+	}
+	if s.closed {
+		s.cpuBatches.Add(1)
+		return s.m.Score(cpuItems)
 	}
 	t0 := time.Now()
 	queries, err := s.m.ProjectQueriesWith(items, s.projs)
@@ -226,9 +240,8 @@ func (s *Scorer) Score(items []indexer.ScoreItem) error {
 	return nil
 }
 
+// scoreGPU runs with s.mu held.
 func (s *Scorer) scoreGPU(items []indexer.ScoreItem, queries [][]*attn.Query) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var batch []gpu.Item
 	t0 := time.Now()
 	for i, it := range items {
