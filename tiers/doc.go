@@ -12,7 +12,9 @@
 //     recall fills it and handed out once the client has it). Every slot records the
 //     generation it holds, so a recall copies again whenever the page changed.
 //   - HostMirror: every page of every live session, in page-aligned slots carved
-//     from large mmap'ed extents (pinned on GPU hosts) under a byte budget.
+//     from large mmap'ed extents under a byte budget. On GPU hosts the extents
+//     come from PinnedAllocator (registered with CUDA), and a GPU region copies
+//     a page straight from its mirror slot.
 //   - SSD: page bodies in append-only, preallocated segment files
 //     (Dir/pages/NNNNNNNN.seg, one header + body record per write, synced
 //     once per segment per batch) and Badger v4 as the index (page → segment,
@@ -24,7 +26,9 @@
 // Store combines mirror and SSD (spilling cold pages when the mirror passes its
 // budget, bringing them back on a miss); Mover runs recalls (SSD → mirror →
 // reserve) and lookahead staging on a bounded worker pool and reports each
-// recall through a Ticket.
+// recall through a Ticket. A worker copies a run of one recall's pages that
+// are in the mirror as one batch (Region.WritePages: one launch and one
+// completion wait on the GPU).
 //
 // Every tier implements Tier and passes the conformance suite in
 // tiers/tiertest.
