@@ -564,6 +564,16 @@ func (m *HostMirror) writeInPlace(id PageID, gen uint64, pageBytes, nbytes int, 
 		return 0, fmt.Errorf("mirror: %w", ErrClosed)
 	}
 	p := m.pages[id]
+	// A page on its way to SSD must not change under the spill: wait for it
+	// to finish (it may leave the mirror, then the caller brings it back).
+	for p != nil && p.spilling && !m.closed {
+		m.cond.Wait()
+		p = m.pages[id]
+	}
+	if m.closed {
+		m.mu.Unlock()
+		return 0, fmt.Errorf("mirror: %w", ErrClosed)
+	}
 	if p == nil && !create {
 		m.mu.Unlock()
 		return 0, fmt.Errorf("page %v: %w", id, errMiss)
@@ -748,10 +758,11 @@ func (m *HostMirror) spillCandidates(n int, cleanOnly bool, maxBytes int64) []sp
 }
 
 type spillItem struct {
-	p     *mpage
-	buf   *mbuf
-	gen   uint64
-	dirty bool
+	p      *mpage
+	buf    *mbuf
+	gen    uint64
+	dirty  bool
+	marked bool // set p.spilling; endFlush clears it
 }
 
 // endSpill drops the page if it still holds the spilled bytes and the spill
@@ -762,6 +773,7 @@ func (m *HostMirror) endSpill(it spillItem, ok bool) bool {
 	m.unref(it.buf)
 	p := it.p
 	p.spilling = false
+	m.cond.Broadcast() // writeInPlace waits for spills of its page
 	if ok && p.buf == it.buf && p.gen == it.gen && m.pages[p.id] == p {
 		m.setPersisted(p, it.gen)
 		m.removePage(p)
@@ -782,8 +794,11 @@ func (m *HostMirror) cleanCandidates(n int) []spillItem {
 		if p.spilling || p.persisted == p.gen {
 			continue
 		}
+		// Marked like a spill: no spill takes it meanwhile, and writers wait
+		// (the bytes and their checksum go to SSD as one).
+		p.spilling = true
 		m.ref(p.buf)
-		out = append(out, spillItem{p: p, buf: p.buf, gen: p.gen, dirty: true})
+		out = append(out, spillItem{p: p, buf: p.buf, gen: p.gen, dirty: true, marked: true})
 	}
 	return out
 }
@@ -808,6 +823,10 @@ func (m *HostMirror) endFlush(it spillItem, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.unref(it.buf)
+	if it.marked {
+		it.p.spilling = false
+		m.cond.Broadcast()
+	}
 	if ok && m.pages[it.p.id] == it.p && it.p.persisted < it.gen {
 		m.setPersisted(it.p, it.gen)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -105,4 +106,53 @@ func uintptrOf(b []byte) uintptr {
 		return 0
 	}
 	return uintptr(unsafe.Pointer(&b[0]))
+}
+
+// A chunk write waits while its page is being written to SSD (spilled or cleaned): the
+// bytes and the checksum that reach SSD must be one version. After a spill the page has
+// left the mirror (errMiss: the store brings it back); after a clean it is still there.
+func TestMirrorWriteWaitsForSSDWrite(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		start func(m *HostMirror) []spillItem
+		end   func(m *HostMirror, it spillItem)
+		want  error
+	}{
+		{"spill", func(m *HostMirror) []spillItem { return m.spillCandidates(1, false, 0) },
+			func(m *HostMirror, it spillItem) { m.endSpill(it, true) }, errMiss},
+		{"clean", func(m *HostMirror) []spillItem { return m.cleanCandidates(1) },
+			func(m *HostMirror, it spillItem) { m.endFlush(it, true) }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewHostMirror(MirrorConfig{})
+			defer m.Close()
+			id := PageID{Session: 1, Page: 1}
+			page := make([]byte, 8192)
+			if err := m.Put(ctx, id, 1, page); err != nil {
+				t.Fatal(err)
+			}
+			items := tc.start(m)
+			if len(items) != 1 {
+				t.Fatalf("%d candidates", len(items))
+			}
+			filled := make(chan struct{})
+			done := make(chan error, 1)
+			go func() {
+				_, err := m.writeInPlace(id, 2, len(page), 64, false, func(b []byte) { close(filled); b[0] = 9 })
+				done <- err
+			}()
+			select {
+			case <-filled:
+				tc.end(m, items[0])
+				<-done
+				t.Fatal("a chunk write changed a page while it was written to SSD")
+			case <-time.After(50 * time.Millisecond):
+			}
+			tc.end(m, items[0])
+			if err := <-done; !errors.Is(err, tc.want) && !(tc.want == nil && err == nil) {
+				t.Fatalf("write after the %s: %v, want %v", tc.name, err, tc.want)
+			}
+		})
+	}
 }

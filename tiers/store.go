@@ -415,10 +415,14 @@ func (s *Store) clean() {
 			writes[i] = PageWrite{ID: it.p.id, Gen: it.gen, Page: it.buf.data}
 			epochs[i] = s.epoch(it.p.id.Session)
 		}
+		// Under spillMu like a spill round, so Stats never sees a page both
+		// on SSD and still unsaved in the mirror.
+		s.spillMu.Lock()
 		err := s.ssd.PutBatch(context.Background(), writes)
 		for _, it := range items {
 			s.mirror.endFlush(it, err == nil)
 		}
+		s.spillMu.Unlock()
 		if err != nil {
 			if !errors.Is(err, ErrClosed) {
 				s.log.Warn("cleaning pages to SSD failed", "err", err)
@@ -679,8 +683,11 @@ func (s *Store) DeleteSession(ctx context.Context, session uint64) error {
 // Stats implements Tier: Pages and Bytes count every page once, whether it is
 // in the mirror, on SSD or both.
 func (s *Store) Stats() TierStats {
+	// Spill and clean rounds move pages between the two counts under spillMu.
+	s.spillMu.Lock()
 	ssd := s.ssd.Stats()
 	up, ub := s.mirror.unsavedPages()
+	s.spillMu.Unlock()
 	st := TierStats{
 		Pages:           ssd.Pages + up,
 		Bytes:           ssd.Bytes + ub,
