@@ -55,5 +55,7 @@
 // and always return bytes matching the generation they report, except that
 // HostMirror.WriteChunk updates a page in place (the bytes of other chunks
 // never change, and a racing reader reports the older generation, so any copy
-// it fed is recopied).
+// it fed is recopied). A chunk write waits while its page is being written to
+// SSD (spilled or cleaned), so the bytes and checksum that reach SSD are one
+// version.
 package tiers
