@@ -126,6 +126,7 @@ func (d *Daemon) status() *proto.StatusReply {
 		"spills": float64(st.Spills), "staged": float64(st.Staged), "staged_used": float64(st.StagedUsed),
 		"staged_unused": float64(st.StagedUnused), "brought_back": float64(st.BroughtBack),
 	}
+	d.gpu.status(r)
 	return r
 }
 

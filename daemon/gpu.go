@@ -104,6 +104,8 @@ type gpuSubsystem struct {
 
 	// scorers are the LSA models wrapped to score on a GPU (wrapScorers).
 	scorers []namedScorer
+	// pinned: the host mirror's extents are registered with CUDA.
+	pinned bool
 
 	mu      sync.Mutex
 	pollErr error          // last Snapshot failure; nil once a poll succeeds
@@ -184,6 +186,30 @@ func openGPUDevice(i int, cfg GPUConfig, maxRegions int, log *slog.Logger) (*gpu
 	return gd, nil
 }
 
+// status fills STATUS's GPU fields.
+func (g *gpuSubsystem) status(r *proto.StatusReply) {
+	if g == nil {
+		return
+	}
+	r.PinnedMirror = g.pinned
+	for _, gd := range g.devs {
+		var used int64
+		if gd.reserve != nil {
+			used = gd.reserve.Used()
+		}
+		r.GPUs = append(r.GPUs, proto.GPUStatus{Device: uint32(gd.ordinal), Name: gd.name,
+			ReserveBudgetBytes: uint64(gd.budget), ReserveUsedBytes: uint64(used), Exportable: gd.exportable})
+	}
+	for _, ns := range g.scorers {
+		gb, cb, err := ns.s.Stats()
+		sc := proto.GPUScoring{Model: ns.name, Device: uint32(ns.s.Device().Ordinal()), GPUBatches: gb, CPUFallbacks: cb}
+		if err != nil {
+			sc.LastError = err.Error()
+		}
+		r.Scoring = append(r.Scoring, sc)
+	}
+}
+
 // mirrorAllocator is the host mirror's allocator: pinned through the first
 // GPU that holds reserves when there is one and [gpu] pinned_mirror is on,
 // else nil (plain mmap).
@@ -194,6 +220,7 @@ func (g *gpuSubsystem) mirrorAllocator(cfg GPUConfig) tiers.Allocator {
 	for _, gd := range g.devs {
 		if gd.reserve != nil {
 			g.log.Info("host mirror pinned for DMA recall", "device", gd.ordinal)
+			g.pinned = true
 			return tiers.PinnedAllocator(gd.dev)
 		}
 	}

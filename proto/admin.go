@@ -74,6 +74,33 @@ type StatusReply struct {
 	// Counters holds further named numbers (cycle latency quantiles,
 	// prefetch quality, ...) that the daemon chooses to report.
 	Counters map[string]float64 `json:"counters,omitempty"`
+	// GPUs are the CUDA devices that hold session reserves (absent on hosts
+	// and builds without CUDA).
+	GPUs []GPUStatus `json:"gpus,omitempty"`
+	// PinnedMirror says the host mirror is page-locked for DMA recall.
+	PinnedMirror bool `json:"pinned_mirror,omitempty"`
+	// Scoring lists the models that score on a GPU.
+	Scoring []GPUScoring `json:"gpu_scoring,omitempty"`
+}
+
+// GPUStatus is one CUDA device of STATUS.
+type GPUStatus struct {
+	Device             uint32 `json:"device"`
+	Name               string `json:"name"`
+	ReserveBudgetBytes uint64 `json:"reserve_budget_bytes"`
+	ReserveUsedBytes   uint64 `json:"reserve_used_bytes"`
+	// Exportable: reserves reach decoders as VMM file descriptors (false: the
+	// device offers legacy IPC only and takes no sessions).
+	Exportable bool `json:"exportable"`
+}
+
+// GPUScoring is one model that scores on a GPU.
+type GPUScoring struct {
+	Model        string `json:"model"`
+	Device       uint32 `json:"device"`
+	GPUBatches   uint64 `json:"gpu_batches"`
+	CPUFallbacks uint64 `json:"cpu_fallbacks"`
+	LastError    string `json:"last_error,omitempty"`
 }
 
 // AppendBinary implements Message.

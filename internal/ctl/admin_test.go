@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/flashmemory/flashmemory/proto"
 )
 
 // The operator commands against a real daemon: demo leaves a persisted
@@ -54,5 +56,30 @@ func TestAdminCommands(t *testing.T) {
 	}
 	if _, err := run(t, sock, "inspect", "demo"); err == nil || !strings.Contains(err.Error(), "unknown session") {
 		t.Fatalf("inspect after evict: %v", err)
+	}
+}
+
+// The GPU section of `flashmemctl status`: absent without GPUs, one line per device and
+// per GPU-scoring model otherwise, fallbacks called out.
+func TestWriteGPUStatus(t *testing.T) {
+	var b strings.Builder
+	writeGPUStatus(&b, &proto.StatusReply{})
+	if b.Len() != 0 {
+		t.Fatalf("no GPUs printed %q", b.String())
+	}
+	writeGPUStatus(&b, &proto.StatusReply{
+		PinnedMirror: true,
+		GPUs: []proto.GPUStatus{
+			{Device: 0, Name: "NVIDIA H100 80GB HBM3", ReserveBudgetBytes: 38 << 30, ReserveUsedBytes: 3 << 30, Exportable: true},
+			{Device: 1, Name: "old card", ReserveBudgetBytes: 1 << 30},
+		},
+		Scoring: []proto.GPUScoring{{Model: "fm-ds-v4", Device: 0, GPUBatches: 120, CPUFallbacks: 2, LastError: "device lost"}},
+	})
+	out := b.String()
+	for _, want := range []string{"host mirror pinned", "NVIDIA H100 80GB HBM3", "3.0 GiB", "38.0 GiB", "legacy IPC only",
+		`model "fm-ds-v4" scores on GPU 0: 120 batches, 2 fell back to the CPU (last: device lost)`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
 	}
 }

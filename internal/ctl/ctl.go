@@ -113,6 +113,7 @@ func statusCmd(g *globals) *cobra.Command {
 				if tot := st.Counters["total_bytes"]; tot > 0 {
 					fmt.Fprintf(g.out, "\nfootprint: %s resident of %s KV (%.1f %%)\n", human(uint64(st.Counters["resident_bytes"])), human(uint64(tot)), 100*st.Counters["resident_bytes"]/tot)
 				}
+				writeGPUStatus(g.out, st)
 				return nil
 			})
 		},
@@ -226,4 +227,34 @@ func human(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// writeGPUStatus prints STATUS's GPU section: reserves per device, whether the mirror is
+// pinned, and the models scoring on a GPU. Nothing on hosts without CUDA reserves.
+func writeGPUStatus(w io.Writer, st *proto.StatusReply) {
+	if len(st.GPUs) == 0 && len(st.Scoring) == 0 {
+		return
+	}
+	pinned := "pageable"
+	if st.PinnedMirror {
+		pinned = "pinned (DMA recall)"
+	}
+	fmt.Fprintf(w, "\nGPUs (host mirror %s):\n", pinned)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  device\tname\treserve used\tbudget\tsessions via fd\t")
+	for _, g := range st.GPUs {
+		exp := "yes"
+		if !g.Exportable {
+			exp = "no (legacy IPC only)"
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t\n", g.Device, g.Name, human(g.ReserveUsedBytes), human(g.ReserveBudgetBytes), exp)
+	}
+	tw.Flush()
+	for _, sc := range st.Scoring {
+		fmt.Fprintf(w, "  model %q scores on GPU %d: %d batches", sc.Model, sc.Device, sc.GPUBatches)
+		if sc.CPUFallbacks > 0 {
+			fmt.Fprintf(w, ", %d fell back to the CPU (last: %s)", sc.CPUFallbacks, sc.LastError)
+		}
+		fmt.Fprintln(w)
+	}
 }
