@@ -791,7 +791,9 @@ func (m *HostMirror) cleanCandidates(n int) []spillItem {
 	defer m.mu.Unlock()
 	var out []spillItem
 	for p := m.tail; p != nil && len(out) < n; p = p.prev {
-		if p.spilling || p.persisted == p.gen {
+		// A referenced page may be under a chunk write that started before
+		// the mark (it does not wait); spillCandidates skips these too.
+		if p.spilling || p.persisted == p.gen || p.buf.refs > 0 {
 			continue
 		}
 		// Marked like a spill: no spill takes it meanwhile, and writers wait
