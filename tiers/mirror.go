@@ -221,6 +221,13 @@ func (m *HostMirror) allocBuf(id PageID, n int) (*mbuf, error) {
 	return &mbuf{ext: e, idx: idx, data: e.mem[off : off+n : off+slotBytes]}, nil
 }
 
+// hasRoom reports whether a page of n bytes fits in the budget now.
+func (m *HostMirror) hasRoom(n int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg.Budget <= 0 || m.used+alignUp(int64(n), mirrorAlign) <= m.cfg.Budget
+}
+
 // freeBuf returns a slot once nobody reads it; caller holds mu.
 func (m *HostMirror) freeBuf(b *mbuf) {
 	b.retired = true

@@ -268,7 +268,7 @@ func (s *Store) writeInPlace(ctx context.Context, id PageID, gen uint64, pageByt
 			}
 			s.broughtBack.Add(1)
 		case errors.Is(err, ErrBudget):
-			freed, serr := s.spillRound(ctx, false, s.cfg.SpillBatch, 0)
+			freed, serr := s.spillRound(ctx, false, s.cfg.SpillBatch, 0, pageBytes)
 			if serr != nil {
 				return 0, fmt.Errorf("page %v: making room: %w", id, serr)
 			}
@@ -296,7 +296,7 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 		if !errors.Is(err, ErrBudget) || attempt >= 64 {
 			return err
 		}
-		freed, serr := s.spillRound(ctx, cleanOnly, s.cfg.SpillBatch, 0)
+		freed, serr := s.spillRound(ctx, cleanOnly, s.cfg.SpillBatch, 0, len(page))
 		if serr != nil {
 			return fmt.Errorf("page %v: making room: %w", id, serr)
 		}
@@ -314,9 +314,18 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 // spillRound writes up to n of the coldest pages (at most about maxBytes of
 // slots if maxBytes > 0) to SSD and drops
 // them from the mirror; it returns how many left the mirror.
-func (s *Store) spillRound(ctx context.Context, cleanOnly bool, n int, maxBytes int64) (int, error) {
+//
+// need > 0 is a writer that found no room for a page of need bytes: if a round
+// that ran while it waited for spillMu made room, nothing more is spilled (1 is
+// returned, so the writer retries). Without this, every writer that hit a full
+// mirror at once spilled its own batch, and pages just staged for the next
+// cycle went back to SSD before their recall.
+func (s *Store) spillRound(ctx context.Context, cleanOnly bool, n int, maxBytes int64, need int) (int, error) {
 	s.spillMu.Lock()
 	defer s.spillMu.Unlock()
+	if need > 0 && s.mirror.hasRoom(need) {
+		return 1, nil
+	}
 	items := s.mirror.spillCandidates(n, cleanOnly, maxBytes)
 	if len(items) == 0 {
 		return 0, nil
@@ -377,7 +386,7 @@ func (s *Store) spiller() {
 			// Nobody waits on the background spiller, so it writes bigger
 			// batches: Badger's per-commit cost (two syncs) is amortised
 			// over more bytes (docs/benchmarks.md, tiers section).
-			freed, err := s.spillRound(context.Background(), false, 4*s.cfg.SpillBatch, used-int64(low))
+			freed, err := s.spillRound(context.Background(), false, 4*s.cfg.SpillBatch, used-int64(low), 0)
 			if err != nil {
 				if !errors.Is(err, ErrClosed) {
 					s.log.Warn("spill to SSD failed", "err", err)
