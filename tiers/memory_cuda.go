@@ -41,10 +41,6 @@ func (b cudaBackend) newMemory(name string, size int64) (regionMemory, error) {
 		return nil, fmt.Errorf("cuda region %q: %w", name, err)
 	}
 	m := &cudaMemory{dev: b.dev, reg: reg, st: st, fdv: -1}
-	if m.ev, err = b.dev.NewEvent(false); err != nil {
-		m.close()
-		return nil, fmt.Errorf("cuda region %q: %w", name, err)
-	}
 	if reg.Kind() == cuda.ShareVMM {
 		if m.fdv, err = reg.ExportFD(); err != nil {
 			m.close()
@@ -62,7 +58,6 @@ type cudaMemory struct {
 	dev   *cuda.Device
 	reg   *cuda.Region
 	st    *cuda.Stream
-	ev    *cuda.Event // completion of the last copy on st
 	stage *cuda.HostBuffer
 	descs []cuda.CopyDesc
 	fdv   int
@@ -119,13 +114,9 @@ func (m *cudaMemory) drain(err error) error {
 }
 
 // wait blocks the calling goroutine (a mover worker or a cycle, never the socket loop)
-// until the copies enqueued on the region's stream are done.
-func (m *cudaMemory) wait() error {
-	if err := m.ev.Record(m.st); err != nil {
-		return err
-	}
-	return m.ev.Wait()
-}
+// until the copies enqueued on the region's stream are done (an event polled by
+// Stream.Sync).
+func (m *cudaMemory) wait() error { return m.st.Sync() }
 
 func (m *cudaMemory) write(spans []span, src []byte) error {
 	m.mu.Lock()
@@ -232,10 +223,6 @@ func (m *cudaMemory) close() error {
 	if m.st != nil {
 		keep(m.st.Close())
 		m.st = nil
-	}
-	if m.ev != nil {
-		keep(m.ev.Close())
-		m.ev = nil
 	}
 	if m.stage != nil {
 		keep(m.stage.Free())

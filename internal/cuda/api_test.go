@@ -2,70 +2,17 @@ package cuda
 
 import (
 	"bytes"
-	"go/ast"
-	"go/parser"
-	"go/printer"
-	"go/token"
 	"os"
 	"regexp"
-	"sort"
 	"testing"
-)
 
-// exportedAPI lists every exported top-level function and method of the named files as
-// "recv.Name(params) results" strings.
-func exportedAPI(t *testing.T, files ...string) map[string]string {
-	t.Helper()
-	fset := token.NewFileSet()
-	out := map[string]string{}
-	for _, f := range files {
-		af, err := parser.ParseFile(fset, f, nil, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, decl := range af.Decls {
-			fd, ok := decl.(*ast.FuncDecl)
-			if !ok || !fd.Name.IsExported() {
-				continue
-			}
-			key := fd.Name.Name
-			if fd.Recv != nil {
-				var b bytes.Buffer
-				printer.Fprint(&b, fset, fd.Recv.List[0].Type)
-				key = b.String() + "." + key
-			}
-			var b bytes.Buffer
-			printer.Fprint(&b, fset, fd.Type)
-			out[key] = b.String()
-		}
-	}
-	return out
-}
+	"github.com/flashmemory/flashmemory/internal/twintest"
+)
 
 // The default build must offer exactly the cuda build's API, so packages above compile
 // unchanged either way.
 func TestNoCUDATwinMatchesAPI(t *testing.T) {
-	withCUDA := exportedAPI(t, "cuda.go", "gather.go")
-	without := exportedAPI(t, "nocuda.go")
-	if len(withCUDA) < 40 {
-		t.Fatalf("parsed only %d exported funcs from the cuda files", len(withCUDA))
-	}
-	var keys []string
-	for k := range withCUDA {
-		keys = append(keys, k)
-	}
-	for k := range without {
-		if _, ok := withCUDA[k]; !ok {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		a, b := withCUDA[k], without[k]
-		if a != b {
-			t.Errorf("%s: cuda %q, nocuda %q", k, a, b)
-		}
-	}
+	twintest.Check(t, 40, []string{"cuda.go", "gather.go"}, []string{"nocuda.go"})
 }
 
 func TestSplitDescs(t *testing.T) {

@@ -29,6 +29,25 @@ type timer struct {
 	start, end *Event
 }
 
+// newTimer makes a stream and a pair of timing events on d, closed when the test ends.
+func newTimer(t *testing.T, d *Device) *timer {
+	t.Helper()
+	s, err := d.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	tm := &timer{t: t, s: s}
+	for _, e := range []**Event{&tm.start, &tm.end} {
+		if *e, err = d.NewEvent(true); err != nil {
+			t.Fatal(err)
+		}
+		ev := *e
+		t.Cleanup(func() { ev.Close() })
+	}
+	return tm
+}
+
 // median times fn (which enqueues work on the stream) reps times after warm-up runs, with
 // device events around it, and returns the median in milliseconds.
 func (tm *timer) median(reps int, fn func(rep int) error) float64 {
@@ -73,18 +92,8 @@ func TestRecallBench(t *testing.T) {
 		t.Skip("set FLASHMEM_BENCH=1")
 	}
 	d := devices(t)[0]
-	s, err := d.NewStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	tm := &timer{t: t, s: s}
-	if tm.start, err = d.NewEvent(true); err != nil {
-		t.Fatal(err)
-	}
-	if tm.end, err = d.NewEvent(true); err != nil {
-		t.Fatal(err)
-	}
+	tm := newTimer(t, d)
+	s := tm.s
 	const mirrorBytes, total, reps = 4 << 30, 64 << 20, 20
 	mirror, err := d.AllocHost(mirrorBytes)
 	if err != nil {
@@ -363,18 +372,8 @@ func TestGatherSweep(t *testing.T) {
 		t.Skip("set FLASHMEM_SWEEP=1")
 	}
 	d := devices(t)[0]
-	s, err := d.NewStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	tm := &timer{t: t, s: s}
-	if tm.start, err = d.NewEvent(true); err != nil {
-		t.Fatal(err)
-	}
-	if tm.end, err = d.NewEvent(true); err != nil {
-		t.Fatal(err)
-	}
+	tm := newTimer(t, d)
+	s := tm.s
 	const mirrorBytes, total, reps = 4 << 30, 64 << 20, 15
 	mirror, err := d.AllocHost(mirrorBytes)
 	if err != nil {

@@ -420,18 +420,24 @@ func (d *Device) allocHost(size int, extra C.uint) (*HostBuffer, error) {
 			C.CU_MEMHOSTALLOC_PORTABLE|C.CU_MEMHOSTALLOC_DEVICEMAP|extra)); err != nil {
 			return err
 		}
-		var dp C.CUdeviceptr
-		if err := d.check("cuMemHostGetDevicePointer", C.cuMemHostGetDevicePointer(&dp, h.ptr, 0)); err != nil {
-			C.cuMemFreeHost(h.ptr)
-			return err
-		}
-		h.dptr = DevPtr(dp)
-		return nil
+		return d.mapHost(h, func() { C.cuMemFreeHost(h.ptr) })
 	})
 	if err != nil {
 		return nil, err
 	}
 	return h, nil
+}
+
+// mapHost sets h's device address after its range was pinned; if that fails, undo
+// unpins it. Runs on the owner goroutine.
+func (d *Device) mapHost(h *HostBuffer, undo func()) error {
+	var dp C.CUdeviceptr
+	if err := d.check("cuMemHostGetDevicePointer", C.cuMemHostGetDevicePointer(&dp, h.ptr, 0)); err != nil {
+		undo()
+		return err
+	}
+	h.dptr = DevPtr(dp)
+	return nil
 }
 
 // RegisterHost page-locks and maps an existing host range, typically the host mirror's
@@ -447,13 +453,7 @@ func (d *Device) RegisterHost(b []byte) (*HostBuffer, error) {
 			C.CU_MEMHOSTREGISTER_PORTABLE|C.CU_MEMHOSTREGISTER_DEVICEMAP)); err != nil {
 			return err
 		}
-		var dp C.CUdeviceptr
-		if err := d.check("cuMemHostGetDevicePointer", C.cuMemHostGetDevicePointer(&dp, h.ptr, 0)); err != nil {
-			C.cuMemHostUnregister(h.ptr)
-			return err
-		}
-		h.dptr = DevPtr(dp)
-		return nil
+		return d.mapHost(h, func() { C.cuMemHostUnregister(h.ptr) })
 	})
 	if err != nil {
 		return nil, err
@@ -683,6 +683,9 @@ type Stream struct {
 	descsCap int
 	stage    unsafe.Pointer
 	stageEv  C.CUevent
+	// syncEv is Sync's event, made on first use and recorded anew by every Sync.
+	syncMu sync.Mutex
+	syncEv *Event
 }
 
 // NewStream creates a stream that does not synchronise with the legacy default stream.
@@ -751,19 +754,33 @@ func (s *Stream) Launch(fn *Function, grid, block Dim3, shmem int, args ...Arg) 
 // Sync waits until all work enqueued on the stream has finished, polling so that the
 // device's owner goroutine stays free for other callers.
 func (s *Stream) Sync() error {
-	ev, err := s.dev.NewEvent(false)
-	if err != nil {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	if s.syncEv == nil {
+		ev, err := s.dev.NewEvent(false)
+		if err != nil {
+			return err
+		}
+		s.syncEv = ev
+	}
+	if err := s.syncEv.Record(s); err != nil {
 		return err
 	}
-	defer ev.Close()
-	if err := ev.Record(s); err != nil {
-		return err
-	}
-	return ev.Wait()
+	return s.syncEv.Wait()
 }
 
 // Close destroys the stream (after its pending work, as the driver does).
 func (s *Stream) Close() error {
+	s.syncMu.Lock()
+	var everr error
+	if s.syncEv != nil {
+		everr = s.syncEv.Close()
+		s.syncEv = nil
+	}
+	s.syncMu.Unlock()
+	if everr != nil {
+		return everr
+	}
 	return s.dev.do(func() error {
 		var err error
 		if s.descs != 0 || s.stage != nil {

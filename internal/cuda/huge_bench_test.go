@@ -28,18 +28,8 @@ func TestRecallHugeBench(t *testing.T) {
 	thp, _ := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
 	t.Logf("transparent_hugepage: %s", strings.TrimSpace(string(thp)))
 	const mirrorBytes, total, reps = 2 << 30, 64 << 20, 20
-	s, err := d.NewStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	tm := &timer{t: t, s: s}
-	if tm.start, err = d.NewEvent(true); err != nil {
-		t.Fatal(err)
-	}
-	if tm.end, err = d.NewEvent(true); err != nil {
-		t.Fatal(err)
-	}
+	tm := newTimer(t, d)
+	s := tm.s
 	plain, err := d.AllocHost(mirrorBytes)
 	if err != nil {
 		t.Fatal(err)

@@ -196,27 +196,5 @@ func (f *Function) Name() string { return "" }
 // WaitEvent needs CUDA.
 func (s *Stream) WaitEvent(e *Event) error { return ErrNoCUDA }
 
-// RecallSplit needs CUDA.
-func (s *Stream) RecallSplit(aux *Stream, join *Event, descs []CopyDesc, engineShare float64) error {
-	return ErrNoCUDA
-}
-
-// CopyBatchSpread needs CUDA.
-func (s *Stream) CopyBatchSpread(aux []*Stream, evs []*Event, descs []CopyDesc) error {
-	return ErrNoCUDA
-}
-
 // AllocHostWriteCombined needs CUDA.
 func (d *Device) AllocHostWriteCombined(size int) (*HostBuffer, error) { return nil, ErrNoCUDA }
-
-// StagedPage is one page of RecallStaged.
-type StagedPage struct {
-	Src  DevPtr
-	Len  uint64
-	Rows []CopyDesc
-}
-
-// RecallStaged needs CUDA.
-func (s *Stream) RecallStaged(aux *Stream, evs []*Event, staging DevPtr, stagingBytes int, pages []StagedPage) error {
-	return ErrNoCUDA
-}
