@@ -65,6 +65,13 @@ func (m *Model) Score(items []ScoreItem) error {
 	if err != nil {
 		return err
 	}
+	return m.ScoreProjected(items, queries)
+}
+
+// ScoreProjected is Score with the queries already projected (queries[l][i], as
+// ProjectQueries returns them): a scorer that projected elsewhere falls back to the CPU
+// without projecting again.
+func (m *Model) ScoreProjected(items []ScoreItem, queries [][]*attn.Query) error {
 	nl := len(m.weights)
 	variant := m.AttnVariant()
 	tasks := make([]attn.Task, 0, len(items)*nl)

@@ -176,7 +176,7 @@ func (m *HostMirror) touch(p *mpage) {
 // allocBuf carves a slot for a page of n bytes; caller holds mu.
 func (m *HostMirror) allocBuf(id PageID, n int) (*mbuf, error) {
 	slotBytes := int(alignUp(int64(n), mirrorAlign))
-	if m.cfg.Budget > 0 && m.used+int64(slotBytes) > m.cfg.Budget {
+	if !m.fits(int64(slotBytes)) {
 		return nil, fmt.Errorf("page %v: slot of %d B, %d of %d B in use: %w", id, slotBytes, m.used, m.cfg.Budget, ErrBudget)
 	}
 	c := m.classes[slotBytes]
@@ -225,7 +225,12 @@ func (m *HostMirror) allocBuf(id PageID, n int) (*mbuf, error) {
 func (m *HostMirror) hasRoom(n int) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.cfg.Budget <= 0 || m.used+alignUp(int64(n), mirrorAlign) <= m.cfg.Budget
+	return m.fits(alignUp(int64(n), mirrorAlign))
+}
+
+// fits reports whether slotBytes more fit in the budget; caller holds mu.
+func (m *HostMirror) fits(slotBytes int64) bool {
+	return m.cfg.Budget <= 0 || m.used+slotBytes <= m.cfg.Budget
 }
 
 // freeBuf returns a slot once nobody reads it; caller holds mu.

@@ -203,41 +203,50 @@ func (s *Scorer) Score(items []indexer.ScoreItem) error {
 	// Close must not free them under a batch.
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cpuItems := make([]indexer.ScoreItem, len(items))
 	for i, it := range items {
-		cpuItems[i] = it
-		cpuItems[i].Keys = make([]indexer.Keys, len(it.Keys))
 		for l, k := range it.Keys {
-			gk, ok := k.(*keys)
-			if !ok || gk.s != s {
+			if gk, ok := k.(*keys); !ok || gk.s != s {
 				return fmt.Errorf("%w: item %d target layer %d: keys of type %T, not made by this scorer", indexer.ErrBatch, i, l, k)
 			}
-			cpuItems[i].Keys[l] = gk.cpu
 		}
 	}
 	if s.closed {
 		s.cpuBatches.Add(1)
-		return s.m.Score(cpuItems)
+		return s.m.Score(cpuItems(items))
 	}
 	t0 := time.Now()
 	queries, err := s.m.ProjectQueriesWith(items, s.projs)
 	s.tProject.Add(int64(time.Since(t0)))
 	if err != nil {
 		// A bad query fails on the CPU too; anything else was the GPU's.
-		if _, cerr := s.m.ProjectQueries(items); cerr != nil {
+		var cerr error
+		if queries, cerr = s.m.ProjectQueries(items); cerr != nil {
 			return cerr
 		}
-		s.lastErr.Store(&err)
-		s.cpuBatches.Add(1)
-		return s.m.Score(cpuItems)
+	} else {
+		err = s.scoreGPU(items, queries)
 	}
-	if err := s.scoreGPU(items, queries); err != nil {
+	if err != nil {
 		s.lastErr.Store(&err)
 		s.cpuBatches.Add(1)
-		return s.m.Score(cpuItems)
+		return s.m.ScoreProjected(cpuItems(items), queries)
 	}
 	s.gpuBatches.Add(1)
 	return nil
+}
+
+// cpuItems is items with the CPU key stores in place of the GPU-backed ones (the CPU
+// fallback's input); the keys are known to be ours.
+func cpuItems(items []indexer.ScoreItem) []indexer.ScoreItem {
+	out := make([]indexer.ScoreItem, len(items))
+	for i, it := range items {
+		out[i] = it
+		out[i].Keys = make([]indexer.Keys, len(it.Keys))
+		for l, k := range it.Keys {
+			out[i].Keys[l] = k.(*keys).cpu
+		}
+	}
+	return out
 }
 
 // scoreGPU runs with s.mu held.
