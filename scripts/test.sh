@@ -12,6 +12,18 @@ if go list -deps ./... | grep -q '^gorgonia.org/cu'; then
 fi
 echo "== systemd units"
 scripts/verify-systemd.sh
+echo "== python client (clients/python: /usr/bin/python3 with Debian's python3-pytest)"
+py=/usr/bin/python3
+if ! $py -m pytest --version >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq python3-pytest >/dev/null
+fi
+set +e
+$py -m pytest -q -p no:cacheprovider clients/python
+rc=$?
+set -e
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+[[ $rc -eq 5 ]] && { echo "pytest collected no tests in clients/python"; exit 1; }
+[[ $rc -eq 0 ]] || exit "$rc"
 echo "== go test -race"
 log=$(mktemp)
 set +e
