@@ -24,11 +24,36 @@ const (
 	TaskVariableTracking = "variable_tracking" // RULER vt: chains of VAR assignments
 	TaskParaphrased      = "paraphrased"       // needle worded differently from the question
 	TaskKnowledgeUpdate  = "knowledge_update"  // LongMemEval: multi-session dialogue, facts updated later
+	// Multi-hop tasks: the question names only the first link of its evidence;
+	// every later link shares words only with the link before it.
+	TaskChainHops      = "chain_hops"      // 2–4 assignments in prose, each reading the previous one
+	TaskEntityBridge   = "entity_bridge"   // person → organisation → place, two or three facts apart
+	TaskDialogueUpdate = "dialogue_update" // dialogue: who "my sister" is, then her latest update by name
 )
 
-// AllTasks lists every generator, in the order reports use.
-var AllTasks = []string{TaskSingleNeedle, TaskMultiKey, TaskMultiValue, TaskMultiQuery,
+// SingleHopTasks are the tasks of the 2026-11-27 evaluation (RULER and
+// LongMemEval styles).
+var SingleHopTasks = []string{TaskSingleNeedle, TaskMultiKey, TaskMultiValue, TaskMultiQuery,
 	TaskDistractorDense, TaskVariableTracking, TaskParaphrased, TaskKnowledgeUpdate}
+
+// MultiHopTasks need evidence the question does not name.
+var MultiHopTasks = []string{TaskChainHops, TaskEntityBridge, TaskDialogueUpdate}
+
+// AllTasks lists every generator, in the order reports use. A task's records
+// depend only on the seed, the task's index here and the filler, so adding
+// tasks at the end leaves earlier tasks' bytes unchanged.
+var AllTasks = append(slices.Clone(SingleHopTasks), MultiHopTasks...)
+
+// Template styles of Generate.
+const (
+	// StyleDefault is the wording of the project's own evaluation sets.
+	StyleDefault = "default"
+	// StyleHeldout words every task differently (other templates, keys, values,
+	// attributes and relations), for the held-out split that decides model
+	// selection: no template of it is in the default style or in the training
+	// pairs of indexer/textmode.
+	StyleHeldout = "heldout"
+)
 
 // GenOptions configures Generate.
 type GenOptions struct {
@@ -45,6 +70,8 @@ type GenOptions struct {
 	// FillerDir holds the .txt files the haystack is made of (default
 	// ../shared/haystack/paul-graham-essays relative to the working directory).
 	FillerDir string
+	// Style picks the templates: StyleDefault ("" too) or StyleHeldout.
+	Style string
 }
 
 // DefaultFillerDir is where the shared haystack sits relative to the repository
@@ -74,6 +101,13 @@ func (o *GenOptions) fill() error {
 	}
 	if o.FillerDir == "" {
 		o.FillerDir = DefaultFillerDir
+	}
+	switch o.Style {
+	case "":
+		o.Style = StyleDefault
+	case StyleDefault, StyleHeldout:
+	default:
+		return fmt.Errorf("%w: unknown style %q (known: %s, %s)", ErrBadOptions, o.Style, StyleDefault, StyleHeldout)
 	}
 	return nil
 }
@@ -196,6 +230,9 @@ func GenerateFrom(w io.Writer, f *Filler, opts GenOptions) error {
 				return err
 			}
 			rec.ID = fmt.Sprintf("%s-%dk-s%d-%d", task, opts.Tokens/1024, opts.Seed, r)
+			if opts.Style != StyleDefault {
+				rec.ID = opts.Style + "-" + rec.ID
+			}
 			if err := jw.Write(rec); err != nil {
 				return err
 			}
@@ -205,10 +242,10 @@ func GenerateFrom(w io.Writer, f *Filler, opts GenOptions) error {
 }
 
 func genRecord(rng *rand.Rand, f *Filler, task string, opts GenOptions) (*Record, error) {
-	g := &keyGen{rng: rng, used: map[string]bool{}}
+	g := &keyGen{rng: rng, used: map[string]bool{}, style: opts.Style}
 	var needles []needle
 	var queries []Query
-	dialogue := task == TaskKnowledgeUpdate
+	dialogue := task == TaskKnowledgeUpdate || task == TaskDialogueUpdate
 	for q := range opts.Queries {
 		ns, qu, err := g.task(task, q)
 		if err != nil {
@@ -303,8 +340,9 @@ func asDialogue(hay []string) []string {
 }
 
 type keyGen struct {
-	rng  *rand.Rand
-	used map[string]bool
+	rng   *rand.Rand
+	used  map[string]bool
+	style string
 }
 
 var adjectives = strings.Fields(`amber brisk cobalt dusty elated frosty gilded hollow ivory jagged kindly lunar
@@ -377,6 +415,12 @@ var attributes = []struct{ attr, q string }{
 
 // task returns the needles and the question of query q of one record.
 func (g *keyGen) task(task string, q int) ([]needle, Query, error) {
+	if slices.Contains(MultiHopTasks, task) {
+		return g.multiHop(task, q)
+	}
+	if g.style == StyleHeldout {
+		return g.heldout(task, q)
+	}
 	switch task {
 	case TaskSingleNeedle:
 		k, v := g.key(), g.value()

@@ -37,7 +37,8 @@ const Tau = 64
 // PolicyFor returns the Level-1 policy the evaluation uses for a context of
 // chunks chunks at a target footprint: KMAX = floor(footprint · pages) (at
 // least 1), so the resident set never exceeds the target; a one-page sink
-// (LSA's 128-chunk sink scaled down) once KMAX ≥ 4; and a tail of whole pages,
+// (LSA's 128-chunk sink scaled down) once KMAX ≥ 4, a one-chunk sink (page 0)
+// below; and a tail of whole pages,
 // a quarter of KMAX (at least 1, at most LSA's 2048 chunks = 32 pages), so
 // sink and tail fit inside the footprint at every context length. Fallback is
 // off: the footprint is the controlled variable here.
@@ -45,7 +46,10 @@ func PolicyFor(chunks int, footprint float64) indexer.Policy {
 	pages := (chunks + ChunksPerPage - 1) / ChunksPerPage
 	p := indexer.DefaultPolicy()
 	p.KMax = max(1, int(math.Floor(footprint*float64(pages)+1e-9)))
-	p.FirstKeep = 0
+	// Below 4 pages the sink is one chunk, which still forces page 0: a
+	// decoder always attends its first tokens, and the daemon reads a
+	// first_keep of 0 as its default, so the evaluation asks for 1 (wirePolicy).
+	p.FirstKeep = 1
 	if p.KMax >= 4 {
 		p.FirstKeep = ChunksPerPage
 	}
@@ -54,6 +58,22 @@ func PolicyFor(chunks int, footprint float64) indexer.Policy {
 	p.FallbackRatio = 1
 	p.Lookahead = 0
 	return p
+}
+
+// Fits reports whether a context of chunks chunks at footprint leaves room for
+// at least one page of evidence beside the forced sink and tail pages. When it
+// does not, every method (the oracle too) can only keep sink and tail, and the
+// recall of that cell says nothing about the scorer: reports mark it instead of
+// printing a 0.
+func Fits(chunks int, footprint float64) bool {
+	p := PolicyFor(chunks, footprint)
+	forced := 0
+	for _, f := range forcedPages(chunks, p) {
+		if f {
+			forced++
+		}
+	}
+	return p.KMax > forced
 }
 
 // forcedPages marks the pages the policy always keeps (sink and tail), as
@@ -87,6 +107,9 @@ type Cell struct {
 	Target  float64 // target footprint
 	Tokens  int     // sum of context tokens over the cell's records (for the mean length)
 	Records int
+	// TooSmall counts the records whose footprint cannot hold sink, tail and
+	// one page of evidence (see Fits).
+	TooSmall int
 	Tally
 }
 
@@ -205,10 +228,14 @@ func (c *Collector) AddRecord(task string, tokens int, footprints []float64, met
 		c.tasks = append(c.tasks, task)
 	}
 	for _, f := range footprints {
+		small := !Fits((tokens+TokensPerChunk-1)/TokensPerChunk, f)
 		for _, m := range methods {
 			cl := c.Cell(task, m, f)
 			cl.Tokens += tokens
 			cl.Records++
+			if small {
+				cl.TooSmall++
+			}
 		}
 	}
 }
@@ -224,6 +251,7 @@ func (c *Collector) Report(methods []string, footprints []float64) *Report {
 				o := c.Cell("overall", m, f)
 				o.Tokens += cl.Tokens
 				o.Records += cl.Records
+				o.TooSmall += cl.TooSmall
 				o.Merge(&cl.Tally)
 			}
 		}

@@ -537,6 +537,10 @@ type evalJSON struct {
 	RecallAny float64               `json:"recall_any"`
 	Footprint float64               `json:"footprint"`
 	Compare   map[string]evalMetric `json:"compare,omitempty"`
+	// TooSmall counts records whose footprint holds only sink and tail (see
+	// eval.Fits), with a note saying so; omitted when 0.
+	TooSmall int    `json:"too_small_records,omitempty"`
+	Note     string `json:"note,omitempty"`
 }
 
 type evalMetric struct {
@@ -564,7 +568,10 @@ func writeEvalJSON(w io.Writer, rep *eval.Report, o evalOpts) error {
 			if c == nil {
 				continue
 			}
-			j := evalJSON{Task: t, Method: primary, Target: f, Questions: c.Queries, RecallAll: c.RecallAll(), RecallAny: c.RecallAny(), Footprint: c.Footprint(), Compare: map[string]evalMetric{}}
+			j := evalJSON{Task: t, Method: primary, Target: f, Questions: c.Queries, RecallAll: c.RecallAll(), RecallAny: c.RecallAny(), Footprint: c.Footprint(), Compare: map[string]evalMetric{}, TooSmall: c.TooSmall}
+			if c.TooSmall > 0 {
+				j.Note = fmt.Sprintf("%d of %d records: the footprint holds only sink and tail, no page of evidence; their questions count as misses for every method", c.TooSmall, c.Records)
+			}
 			for _, m := range methods[1:] {
 				if o := rep.Get(t, m, f); o != nil {
 					j.Compare[m] = evalMetric{o.RecallAll(), o.RecallAny(), o.Footprint()}

@@ -19,7 +19,8 @@ func genCmd(g *globals) *cobra.Command {
 		Long: `gen writes JSONL records {"id", "task", "context", "queries": [{"question", "answer",
 "evidence"}]} for flashmemctl eval: single, multi-key, multi-value and multi-query needles,
 distractor-dense haystacks, variable-tracking chains, paraphrased needles and multi-session
-dialogue with knowledge updates. Filler is shuffled runs of sentences from the .txt files of
+dialogue with knowledge updates, and multi-hop evidence (chains of assignments, entity bridges,
+dialogue updates about a person named earlier). Filler is shuffled runs of sentences from the .txt files of
 --filler; every evidence string is an exact, unique substring of its context. The same seed,
 filler and flags give the same bytes.
 
@@ -60,5 +61,6 @@ Tasks: ` + strings.Join(eval.AllTasks, ", "),
 	f.Uint64Var(&o.Seed, "seed", 1, "seed")
 	f.StringVar(&tasks, "tasks", "", "comma-separated tasks (default all)")
 	f.StringVar(&o.FillerDir, "filler", eval.DefaultFillerDir, "directory of .txt filler files (any text)")
+	f.StringVar(&o.Style, "style", eval.StyleDefault, "templates: default, or heldout (other wording, keys and values: the held-out split of docs/evaluation.md)")
 	return cmd
 }
