@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"context"
 	"encoding/hex"
+	"fmt"
 	"sort"
 	"time"
 
@@ -10,12 +12,16 @@ import (
 )
 
 // admin answers STATUS, SESSIONS, INSPECT and EVICT (flashmemctl). A peer
-// sees and evicts only sessions of its own uid; root sees all.
+// sees, inspects and evicts only sessions of its own uid; root and members
+// of admin_groups may act on all. EVICT never breaks a session a connection
+// holds: an attached session only has its pages moved out of host memory.
 func (c *conn) admin(op proto.Op, t *proto.AdminTarget) (proto.Message, error) {
 	d := c.d
 	switch op {
 	case proto.OpStatus:
 		return d.status(), nil
+	case proto.OpModels:
+		return d.listModels(), nil
 	case proto.OpSessions:
 		var out proto.SessionsReply
 		for _, s := range d.visible(c.cred) {
@@ -34,12 +40,7 @@ func (c *conn) admin(op proto.Op, t *proto.AdminTarget) (proto.Message, error) {
 		if err != nil {
 			return nil, err
 		}
-		bytes := s.info().Bytes
-		if err := d.dropSession(s, !s.persist); err != nil {
-			return nil, err
-		}
-		d.log.Info("session evicted", "session", s.id, "name", s.name, "kept_on_ssd", s.persist)
-		return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes}, nil
+		return d.evict(s, c)
 	}
 	return nil, proto.CodeUnknownOp.Errorf("op %s is not an admin op", op)
 }
@@ -49,7 +50,7 @@ func (d *Daemon) visible(cred Cred) []*session {
 	defer d.mu.Unlock()
 	var out []*session
 	for _, s := range d.sessions {
-		if sameOwner(s.owner, cred) {
+		if d.access.mayActOn(s.owner, cred) {
 			out = append(out, s)
 		}
 	}
@@ -68,10 +69,67 @@ func (d *Daemon) target(cred Cred, t *proto.AdminTarget) (*session, error) {
 	if s == nil {
 		return nil, proto.CodeUnknownSession.Errorf("no live session %d %q", t.Session, t.Name)
 	}
-	if !sameOwner(s.owner, cred) {
-		return nil, proto.CodeNotOwner.Errorf("session %d belongs to uid %d", s.id, s.owner.UID)
+	if !d.access.mayActOn(s.owner, cred) {
+		// Indistinguishable from a missing session: ids and names of other
+		// users' sessions are not disclosed.
+		return nil, proto.CodeUnknownSession.Errorf("no live session %d %q of uid %d (only root and admin_groups see other users' sessions)", t.Session, t.Name, cred.UID)
 	}
 	return s, nil
+}
+
+// evict frees a session's memory. A detached session leaves memory
+// entirely (a persisted one stays resumable from SSD; an ephemeral detached
+// one cannot exist). An attached session stays usable by its connection:
+// its pages are written to SSD and dropped from the host mirror; its reserve
+// region, leases and page table are untouched, and later cycles read the
+// pages back from SSD as needed.
+func (d *Daemon) evict(s *session, by *conn) (proto.Message, error) {
+	s.mu.Lock()
+	attached, live := s.conn != nil, s.req != nil
+	s.mu.Unlock()
+	if !live {
+		return nil, proto.CodeUnknownSession.Errorf("session %d was closed meanwhile", s.id)
+	}
+	if !attached {
+		bytes := s.info().Bytes
+		if err := d.dropSessionIf(s, !s.persist, func() bool { return s.conn == nil }); err != nil {
+			return nil, err
+		}
+		d.log.Info("session evicted", "session", s.id, "name", s.name, "kept_on_ssd", s.persist, "by_uid", by.cred.UID)
+		return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes}, nil
+	}
+	bytes, err := d.demote(s)
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("session demoted to SSD", "session", s.id, "name", s.name, "bytes", bytes, "by_uid", by.cred.UID)
+	return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes, Demoted: true}, nil
+}
+
+// demote writes every page of s to SSD and drops its host-mirror copies,
+// under the session lock (no append or cycle runs meanwhile).
+func (d *Daemon) demote(s *session) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.req == nil {
+		return 0, proto.CodeUnknownSession.Errorf("session %d was closed meanwhile", s.id)
+	}
+	s.waitPending()
+	ctx := context.Background()
+	mirror := d.store.Mirror()
+	var pages uint64
+	for p := uint32(0); p < s.pages(); p++ {
+		if _, ok := mirror.Generation(s.pageID(p)); ok {
+			pages++
+		}
+	}
+	if err := d.store.Flush(ctx, s.id); err != nil {
+		return 0, fmt.Errorf("session %d: %w", s.id, err)
+	}
+	if err := mirror.DeleteSession(ctx, s.id); err != nil {
+		return 0, fmt.Errorf("session %d: dropping its pages from host memory: %w", s.id, err)
+	}
+	return pages * s.layout.PageBytes(), nil
 }
 
 func (d *Daemon) inspect(s *session) *proto.InspectReply {

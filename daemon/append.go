@@ -122,6 +122,9 @@ func (s *session) checkAppend(d *Daemon, first uint64, count uint32, keys []byte
 	if wantKeys, ok := s.layout.KeysBytes(uint64(count)); !ok || uint64(len(keys)) != wantKeys {
 		return proto.CodePayloadSize.Errorf("index keys of %d chunks must be %d B, got %d", count, wantKeys, len(keys))
 	}
+	if err := checkFiniteKeys(d.kinds[s.model], int(s.layout.KeyBytes), keys); err != nil {
+		return err
+	}
 	if max := uint64(s.req.Policy().MaxChunks); s.chunks+uint64(count) > max {
 		return proto.CodeLimitExceeded.Errorf("session would hold %d chunks, limit %d", s.chunks+uint64(count), max)
 	}

@@ -25,8 +25,18 @@ type Config struct {
 	// Metrics is where /metrics and /healthz are served: "host:port" on
 	// loopback, "unix:/path" for a unix socket, or "" / "off" for none.
 	Metrics string `toml:"metrics"`
-	// AllowedGroups may connect besides the daemon's own uid (and root).
+	// AllowedGroups may connect besides the daemon's own uid (and root). A
+	// peer is a member when its process holds the group, as primary or
+	// supplementary group, at connect (SO_PEERGROUPS, else /proc/PID/status).
 	AllowedGroups []string `toml:"allowed_groups"`
+	// SocketGroup owns the control socket the daemon binds (mode 0660), so
+	// members of allowed_groups can connect; "" means the first of
+	// allowed_groups (none: the daemon's own group). Under socket activation
+	// the unit's SocketGroup= applies instead.
+	SocketGroup string `toml:"socket_group"`
+	// AdminGroups may see, inspect and evict every user's sessions (root
+	// always may); others see only their own uid's sessions.
+	AdminGroups []string `toml:"admin_groups"`
 	// LogLevel is debug, info, warn or error; LogFormat text or json.
 	LogLevel  string `toml:"log_level"`
 	LogFormat string `toml:"log_format"`
@@ -45,11 +55,20 @@ type Config struct {
 // Limits bound what one client or the whole daemon may ask for. A request
 // past a limit gets a LimitExceeded error frame; nothing else is affected.
 type Limits struct {
-	MaxSessions        int    `toml:"max_sessions"`
-	MaxSessionsPerConn int    `toml:"max_sessions_per_conn"`
-	MaxConns           int    `toml:"max_conns"`
-	MaxFrameBytes      uint32 `toml:"max_frame_bytes"`
-	StagingBytes       int64  `toml:"staging_bytes"`
+	MaxSessions        int `toml:"max_sessions"`
+	MaxSessionsPerConn int `toml:"max_sessions_per_conn"`
+	// MaxSessionsPerUID and MaxConnsPerUID bound what one user may hold, so
+	// one uid can never take every slot of max_sessions / max_conns.
+	MaxSessionsPerUID int `toml:"max_sessions_per_uid"`
+	MaxConns          int `toml:"max_conns"`
+	MaxConnsPerUID    int `toml:"max_conns_per_uid"`
+	// HandshakeTimeout closes a connection that has not completed HELLO this
+	// long after connecting; IdleTimeout closes one that holds no session
+	// and no lease and has sent nothing for this long (0 = never).
+	HandshakeTimeout Duration `toml:"handshake_timeout"`
+	IdleTimeout      Duration `toml:"idle_timeout"`
+	MaxFrameBytes    uint32   `toml:"max_frame_bytes"`
+	StagingBytes     int64    `toml:"staging_bytes"`
 	// MaxSessionBytes caps one session's full KV history (all pages, all
 	// layers); MaxReserveBytes caps one session's reserve region.
 	MaxSessionBytes int64 `toml:"max_session_bytes"`
@@ -234,7 +253,11 @@ func DefaultConfig() Config {
 		Limits: Limits{
 			MaxSessions:        1024,
 			MaxSessionsPerConn: 256,
+			MaxSessionsPerUID:  512,
 			MaxConns:           256,
+			MaxConnsPerUID:     64,
+			HandshakeTimeout:   Duration(5 * time.Second),
+			IdleTimeout:        Duration(10 * time.Minute),
 			MaxFrameBytes:      16 << 20,
 			StagingBytes:       64 << 20,
 			MaxSessionBytes:    64 << 30,
@@ -348,8 +371,15 @@ func (c *Config) Validate() error {
 	if c.Limits.StagingBytes < 0 || c.Limits.StagingBytes > 1<<40 {
 		errs = append(errs, "limits.staging_bytes out of range")
 	}
-	if c.Limits.MaxSessions <= 0 || c.Limits.MaxSessionsPerConn <= 0 || c.Limits.MaxConns <= 0 {
-		errs = append(errs, "limits.max_sessions, max_sessions_per_conn and max_conns must be positive")
+	if c.Limits.MaxSessions <= 0 || c.Limits.MaxSessionsPerConn <= 0 || c.Limits.MaxConns <= 0 ||
+		c.Limits.MaxSessionsPerUID <= 0 || c.Limits.MaxConnsPerUID <= 0 {
+		errs = append(errs, "limits.max_sessions, max_sessions_per_conn, max_sessions_per_uid, max_conns and max_conns_per_uid must be positive")
+	}
+	if c.Limits.HandshakeTimeout <= 0 {
+		errs = append(errs, "limits.handshake_timeout must be positive")
+	}
+	if c.Limits.IdleTimeout < 0 {
+		errs = append(errs, "limits.idle_timeout must not be negative (0 = never)")
 	}
 	if c.Indexer.KMaxRatio < 0 || c.Indexer.KMaxRatio > 1 {
 		errs = append(errs, "indexer.kmax_ratio must be in [0, 1]")
@@ -424,6 +454,10 @@ func (c *Config) Validate() error {
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %s", ErrConfig, strings.Join(errs, "; "))
 	}
+	// One uid never takes every slot: a per-uid limit at or above the global
+	// one is capped at three quarters of it.
+	c.Limits.MaxConnsPerUID = capPerUID(c.Limits.MaxConnsPerUID, c.Limits.MaxConns)
+	c.Limits.MaxSessionsPerUID = capPerUID(c.Limits.MaxSessionsPerUID, c.Limits.MaxSessions)
 	if c.Host.BudgetBytes == 0 {
 		c.Host.BudgetBytes = memAvailable() / 4
 	}
@@ -431,6 +465,14 @@ func (c *Config) Validate() error {
 		c.Limits.MaxHostReserveBytes = memAvailable() / 4
 	}
 	return nil
+}
+
+// capPerUID keeps a per-uid limit below the global limit it shares.
+func capPerUID(perUID, global int) int {
+	if global > 1 && perUID >= global {
+		return max(1, min(global-1, global-global/4))
+	}
+	return perUID
 }
 
 // memAvailable reads MemAvailable from /proc/meminfo; 4 GiB if unreadable.

@@ -70,10 +70,21 @@ func (c *conn) stop() {
 func (c *conn) serve() {
 	log := c.d.log.With("pid", c.cred.PID, "uid", c.cred.UID)
 	log.Debug("client connected")
+	var goodbye error // the unsolicited error frame sent before closing
 	defer func() {
 		c.async.Wait()
 		c.cancel()
 		c.teardown()
+		if goodbye == nil && c.d.closing.Load() {
+			goodbye = proto.CodeShuttingDown.Errorf("daemon is shutting down; connect again once it has restarted (persisted sessions stay resumable)")
+		}
+		if goodbye != nil {
+			// Request id 0: the connection, not one request, ends here.
+			uc := c.pc.UnixConn()
+			_ = uc.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = c.pc.ReplyError(proto.Header{}, goodbye)
+			_ = uc.CloseWrite()
+		}
 		c.pc.Close()
 		if c.staging != nil {
 			_ = unix.Munmap(c.staging)
@@ -83,10 +94,33 @@ func (c *conn) serve() {
 		}
 		log.Debug("client disconnected", "client", c.name)
 	}()
+	lim := c.d.cfg.Limits
+	handshakeBy := time.Now().Add(time.Duration(lim.HandshakeTimeout))
+	var deadline time.Time // the read deadline in force
 	for {
+		// Before HELLO the connection must finish the handshake by a fixed
+		// time; after it, a connection that holds nothing may stay silent
+		// for idle_timeout. stop() sets closing before its own deadline, so
+		// checking closing after setting ours never misses a shutdown.
+		want, why := c.readDeadline(handshakeBy)
+		if !want.Equal(deadline) {
+			_ = c.pc.UnixConn().SetReadDeadline(want)
+			deadline = want
+		}
+		if c.d.closing.Load() {
+			return
+		}
 		f, err := c.pc.ReadFrame()
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) || c.d.closing.Load() {
+			if c.d.closing.Load() {
+				return
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				goodbye = why
+				log.Debug("closing connection", "reason", why)
+				return
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			c.d.m.errorsTotal.WithLabelValues(proto.CodeOf(err).String()).Inc()
@@ -101,8 +135,34 @@ func (c *conn) serve() {
 			}
 			continue
 		}
+		if f.ID == 0 {
+			// Id 0 is how the daemon addresses the connection itself: a
+			// reply to it would read as "connection closed".
+			f.CloseFiles()
+			goodbye = proto.CodeBadFrame.Errorf("request id 0 is reserved (%s request); number requests from 1", f.Op)
+			return
+		}
 		c.handle(f)
 	}
+}
+
+// readDeadline is the read deadline the connection is under now, and the
+// error frame it gets when the deadline passes.
+func (c *conn) readDeadline(handshakeBy time.Time) (time.Time, error) {
+	lim := c.d.cfg.Limits
+	if c.version == 0 {
+		return handshakeBy, proto.CodeHandshakeRequired.Errorf("no HELLO within %v of connecting (limits.handshake_timeout); connect again and send HELLO first", time.Duration(lim.HandshakeTimeout))
+	}
+	if lim.IdleTimeout <= 0 {
+		return time.Time{}, nil
+	}
+	c.mu.Lock()
+	holds := len(c.sessions) + len(c.leases)
+	c.mu.Unlock()
+	if holds > 0 {
+		return time.Time{}, nil
+	}
+	return time.Now().Add(time.Duration(lim.IdleTimeout)), proto.CodeLimitExceeded.Errorf("idle for %v holding no session (limits.idle_timeout); connect again when there is work", time.Duration(lim.IdleTimeout))
 }
 
 // handle answers one frame. Errors of every kind become one error frame

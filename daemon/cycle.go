@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"time"
 
@@ -46,7 +47,7 @@ func (c *conn) cycle(h proto.Header, m *proto.Cycle) {
 			err = proto.CodeBadRequest.Errorf("session %d appears twice in one CYCLE", e.Session)
 		}
 		if err == nil {
-			err = checkQuery(s, e)
+			err = checkQuery(d, s, e)
 		}
 		if err != nil {
 			results[i].Err = wireError(err)
@@ -96,7 +97,10 @@ func cmpU64(a, b uint64) int {
 // checkQuery validates one entry against its session before any state
 // changes. The session lock is not needed: layout and scorer are immutable
 // and the chunk count is re-checked under the lock.
-func checkQuery(s *session, e proto.CycleEntry) error {
+func checkQuery(d *Daemon, s *session, e proto.CycleEntry) error {
+	if e.Position > math.MaxInt64 {
+		return proto.CodeBadRequest.Errorf("session %d: position %d is above 2^63-1, the largest position the indexer takes", s.id, e.Position)
+	}
 	if len(e.Queries) != int(s.layout.TargetLayers) {
 		return proto.CodeBadRequest.Errorf("session %d: %d queries, the model has %d target layers", s.id, len(e.Queries), s.layout.TargetLayers)
 	}
@@ -105,6 +109,11 @@ func checkQuery(s *session, e proto.CycleEntry) error {
 			if len(q) != qb {
 				return proto.CodePayloadSize.Errorf("session %d: query of target layer %d is %d B, want %d", s.id, l, len(q), qb)
 			}
+		}
+	}
+	for l, q := range e.Queries {
+		if err := checkFiniteQuery(d.kinds[s.model], l, q); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -42,6 +42,7 @@ type Daemon struct {
 	gpuHooks *gpuHooks
 
 	models map[string]indexer.Scorer
+	kinds  map[string]string // model name → kindLSA, kindText, kindTrace
 
 	ln        *net.UnixListener
 	activated bool
@@ -52,6 +53,7 @@ type Daemon struct {
 	sessions  map[uint64]*session
 	byName    map[string]*session
 	conns     map[*conn]struct{}
+	connsOf   map[uint32]int // connections per uid
 	nextID    uint64
 	nextLease uint64
 
@@ -60,6 +62,7 @@ type Daemon struct {
 	reserveHits, reserveMisses atomic.Uint64 // cycle-table pages found in / copied into the reserve
 	connWG                     sync.WaitGroup
 	admitting                  chan struct{} // a token per connection being admitted
+	lingering                  atomic.Int64  // refused connections being drained (refuse)
 	bgCancel                   context.CancelFunc
 	bgWG                       sync.WaitGroup
 
@@ -87,6 +90,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 		sessions:  map[uint64]*session{},
 		byName:    map[string]*session{},
 		conns:     map[*conn]struct{}{},
+		connsOf:   map[uint32]int{},
 		started:   time.Now(),
 		admitting: make(chan struct{}, maxPendingAdmissions),
 	}
@@ -99,7 +103,11 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 			d.Close()
 		}
 	}()
-	if d.access, err = newAccess(cfg.AllowedGroups); err != nil {
+	if d.access, err = newAccess(cfg.AllowedGroups, cfg.AdminGroups); err != nil {
+		return nil, err
+	}
+	sockGID, err := socketGID(cfg)
+	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
@@ -108,6 +116,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	if d.models, err = loadModels(cfg.Indexer); err != nil {
 		return nil, err
 	}
+	d.kinds = modelKinds(cfg.Indexer)
 	// Reserves and GPUs before the store: on GPU hosts the mirror's extents
 	// are pinned through a device.
 	d.reserve = tiers.NewReserve(tiers.ReserveConfig{Budget: cfg.Limits.MaxHostReserveBytes, MaxRegions: cfg.Limits.MaxSessions})
@@ -135,7 +144,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	if err := d.restoreIDs(); err != nil {
 		return nil, err
 	}
-	d.ln, d.activated, err = listen(cfg.Socket)
+	d.ln, d.activated, err = listen(cfg.Socket, sockGID)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -304,33 +313,75 @@ func (d *Daemon) admit(uc *net.UnixConn) {
 	if err != nil {
 		d.m.rejectedConns.Inc()
 		d.log.Warn("connection refused", "err", err)
-		c := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
-		_ = c.ReplyError(proto.Header{}, proto.CodePermissionDenied.Errorf("%v", err))
-		c.Close()
+		d.refuse(uc, proto.CodePermissionDenied.Errorf("%v", err))
 		return
 	}
 	d.mu.Lock()
-	if len(d.conns) >= d.cfg.Limits.MaxConns || d.closing.Load() {
+	var refusal error
+	switch {
+	case d.closing.Load():
+		refusal = proto.CodeShuttingDown.Errorf("daemon is shutting down; connect again once it has restarted")
+	case len(d.conns) >= d.cfg.Limits.MaxConns:
+		refusal = proto.CodeLimitExceeded.Errorf("too many connections (limits.max_conns %d); retry later", d.cfg.Limits.MaxConns)
+	case d.connsOf[cred.UID] >= d.cfg.Limits.MaxConnsPerUID:
+		refusal = proto.CodeLimitExceeded.Errorf("uid %d holds %d connections (limits.max_conns_per_uid %d); close some and retry", cred.UID, d.connsOf[cred.UID], d.cfg.Limits.MaxConnsPerUID)
+	}
+	if refusal != nil {
 		d.mu.Unlock()
 		d.m.rejectedConns.Inc()
-		c := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
-		_ = c.ReplyError(proto.Header{}, proto.CodeLimitExceeded.Errorf("too many connections (max_conns %d)", d.cfg.Limits.MaxConns))
-		c.Close()
+		d.log.Debug("connection refused", "uid", cred.UID, "pid", cred.PID, "err", refusal)
+		d.refuse(uc, refusal)
 		return
 	}
 	c := newConn(d, uc, cred)
 	d.conns[c] = struct{}{}
+	d.connsOf[cred.UID]++
 	d.mu.Unlock()
 	d.m.connections.Inc()
 	c.serve()
 	d.mu.Lock()
 	delete(d.conns, c)
+	if d.connsOf[cred.UID]--; d.connsOf[cred.UID] <= 0 {
+		delete(d.connsOf, cred.UID)
+	}
 	d.mu.Unlock()
 	d.m.connections.Dec()
 }
 
-// maxPendingAdmissions bounds connections accepted but not yet admitted.
-const maxPendingAdmissions = 64
+// refuse answers a connection the daemon will not serve with one error
+// frame of request id 0 and op 0, then closes it so the client can still
+// read the frame: the write side is shut (the client reads the frame, then
+// EOF) and whatever the client already sent (say its HELLO) is read and
+// dropped for up to refuseLinger, so its writes do not fail with EPIPE
+// before it gets to read. At most maxLingering connections linger at once;
+// past that they are closed at once.
+func (d *Daemon) refuse(uc *net.UnixConn, err error) {
+	_ = uc.SetWriteDeadline(time.Now().Add(time.Second))
+	pc := proto.NewConn(uc, d.cfg.Limits.MaxFrameBytes)
+	_ = pc.ReplyError(proto.Header{}, err)
+	_ = uc.CloseWrite()
+	if d.lingering.Add(1) > maxLingering {
+		d.lingering.Add(-1)
+		closeQuietly(uc)
+		return
+	}
+	go func() {
+		defer d.lingering.Add(-1)
+		defer closeQuietly(uc)
+		_ = uc.SetReadDeadline(time.Now().Add(refuseLinger))
+		_, _ = io.Copy(io.Discard, io.LimitReader(uc, maxLingerBytes))
+	}()
+}
+
+const (
+	// maxPendingAdmissions bounds connections accepted but not yet admitted.
+	maxPendingAdmissions = 64
+	// A refused connection is drained for at most refuseLinger and
+	// maxLingerBytes; at most maxLingering are at once.
+	refuseLinger   = 2 * time.Second
+	maxLingerBytes = 1 << 20
+	maxLingering   = 256
+)
 
 // closeQuietly closes c, ignoring the error: used on paths already failing.
 func closeQuietly(c io.Closer) { _ = c.Close() }

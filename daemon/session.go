@@ -178,7 +178,7 @@ func (d *Daemon) scorer(name string) (string, indexer.Scorer, error) {
 	}
 	sc, ok := d.models[name]
 	if !ok {
-		return name, nil, proto.CodeUnknownModel.Errorf("model %q is not registered", name)
+		return name, nil, proto.CodeUnknownModel.Errorf("model %q is not registered; this daemon has: %s (MODELS lists them with their sizes; an empty name means %q)", name, d.modelNames(), d.cfg.Indexer.DefaultModel)
 	}
 	return name, sc, nil
 }
@@ -269,7 +269,18 @@ func (d *Daemon) register(c *conn, s *session, named bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.sessions) >= d.cfg.Limits.MaxSessions {
-		return proto.CodeLimitExceeded.Errorf("daemon holds %d sessions, limit %d", len(d.sessions), d.cfg.Limits.MaxSessions)
+		return proto.CodeLimitExceeded.Errorf("daemon holds %d sessions, limit %d (limits.max_sessions); close or evict some", len(d.sessions), d.cfg.Limits.MaxSessions)
+	}
+	if s.id == 0 || d.sessions[s.id] == nil {
+		n := 0
+		for _, o := range d.sessions {
+			if o.owner.UID == s.owner.UID {
+				n++
+			}
+		}
+		if n >= d.cfg.Limits.MaxSessionsPerUID {
+			return proto.CodeLimitExceeded.Errorf("uid %d holds %d sessions, limit %d (limits.max_sessions_per_uid); close some", s.owner.UID, n, d.cfg.Limits.MaxSessionsPerUID)
+		}
 	}
 	if named {
 		if _, ok := d.byName[s.name]; ok {

@@ -171,6 +171,9 @@ type EvictReply struct {
 	Sessions []uint64 `json:"sessions"`
 	// Bytes is the memory freed.
 	Bytes uint64 `json:"bytes"`
+	// Demoted: the session is attached to a connection, so it stays open and
+	// its leases valid; only its pages left host memory for SSD.
+	Demoted bool `json:"demoted,omitempty"`
 }
 
 // AppendBinary implements Message.
@@ -180,4 +183,68 @@ func (m *EvictReply) AppendBinary(b []byte) ([]byte, error) { return appendJSON(
 func (m *EvictReply) Decode(body []byte) error {
 	*m = EvictReply{}
 	return decodeJSON("EVICT reply", body, m)
+}
+
+// ModelInfo describes one indexer model in MODELS: what OPEN's layout and
+// every CYCLE entry must carry for a session of this model.
+type ModelInfo struct {
+	Name string `json:"name"`
+	// Kind is "lsa" (query: the hidden state as little-endian bf16; key:
+	// head_dim fp8 e4m3 bytes then an f32 scale), "text" (text-mode keys
+	// and queries) or "trace" (trace replay).
+	Kind string `json:"kind"`
+	// QueryBytes is the size of one query per target layer; 0 means the
+	// model takes queries of any length.
+	QueryBytes int `json:"query_bytes"`
+	// KeyBytes is OPEN's layout key_bytes: one chunk's index key per target
+	// layer.
+	KeyBytes int `json:"key_bytes"`
+	// TargetLayers is OPEN's layout target_layers, the queries per CYCLE
+	// entry; Layers numbers them as the model does.
+	TargetLayers int   `json:"target_layers"`
+	Layers       []int `json:"layers"`
+	// Default marks the model an OPEN with an empty model name gets.
+	Default bool `json:"default"`
+}
+
+// ServerLimits are the limits a daemon enforces, named by their
+// configuration keys ([limits] unless noted).
+type ServerLimits struct {
+	MaxFrameBytes       uint32  `json:"max_frame_bytes"`
+	StagingBytes        int64   `json:"staging_bytes"`
+	MaxCycleEntries     uint32  `json:"max_cycle_entries"`
+	MaxConns            int     `json:"max_conns"`
+	MaxConnsPerUID      int     `json:"max_conns_per_uid"`
+	MaxSessions         int     `json:"max_sessions"`
+	MaxSessionsPerUID   int     `json:"max_sessions_per_uid"`
+	MaxSessionsPerConn  int     `json:"max_sessions_per_conn"`
+	MaxSessionBytes     int64   `json:"max_session_bytes"`
+	MaxReserveBytes     int64   `json:"max_reserve_bytes"`
+	MaxHostReserveBytes int64   `json:"max_host_reserve_bytes"`
+	MaxLayers           int     `json:"max_layers"`
+	MaxRowBytes         uint32  `json:"max_row_bytes"`
+	MaxReserveSlots     int     `json:"max_reserve_slots"`
+	DefaultReserveSlots int     `json:"default_reserve_slots"`
+	MaxChunks           int     `json:"max_chunks_per_session"`
+	LeaseTimeout        float64 `json:"lease_timeout_seconds"`
+	DetachedTTL         float64 `json:"detached_ttl_seconds"`
+	HandshakeTimeout    float64 `json:"handshake_timeout_seconds"`
+	IdleTimeout         float64 `json:"idle_timeout_seconds"`
+}
+
+// ModelsReply answers MODELS.
+type ModelsReply struct {
+	// DefaultModel is the model of an OPEN whose model name is empty.
+	DefaultModel string       `json:"default_model"`
+	Models       []ModelInfo  `json:"models"`
+	Limits       ServerLimits `json:"limits"`
+}
+
+// AppendBinary implements Message.
+func (m *ModelsReply) AppendBinary(b []byte) ([]byte, error) { return appendJSON(b, m) }
+
+// Decode implements Message.
+func (m *ModelsReply) Decode(body []byte) error {
+	*m = ModelsReply{}
+	return decodeJSON("MODELS reply", body, m)
 }

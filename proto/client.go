@@ -507,3 +507,13 @@ func (c *Client) Evict(ctx context.Context, t AdminTarget) (*EvictReply, error) 
 	}
 	return &r, nil
 }
+
+// Models lists the daemon's indexer models, the sizes their sessions use and
+// the limits in force (MODELS).
+func (c *Client) Models(ctx context.Context) (*ModelsReply, error) {
+	var r ModelsReply
+	if err := c.call0(ctx, OpModels, &Empty{}, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

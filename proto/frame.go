@@ -246,7 +246,7 @@ func readFrame(c msgConn, maxBody uint32, oob []byte) (*Frame, error) {
 		if got == 0 && errors.Is(err, io.EOF) && len(files) == 0 {
 			return nil, io.EOF
 		}
-		return fail(nil, fmt.Errorf("%w: header: %d of %d bytes: %v", ErrTruncated, got, HeaderSize, err))
+		return fail(nil, fmt.Errorf("%w: header: %d of %d bytes: %w", ErrTruncated, got, HeaderSize, err))
 	}
 	h, herr := DecodeHeader(hb[:], maxBody)
 	if herr != nil && Fatal(herr) {
@@ -256,7 +256,7 @@ func readFrame(c msgConn, maxBody uint32, oob []byte) (*Frame, error) {
 	if h.BodyLen > 0 {
 		f.Body = make([]byte, h.BodyLen)
 		if got, err := readFull(c, f.Body, oob, &files); err != nil {
-			return fail(nil, fmt.Errorf("%w: body: %d of %d bytes (request %d): %v", ErrTruncated, got, h.BodyLen, h.ID, err))
+			return fail(nil, fmt.Errorf("%w: body: %d of %d bytes (request %d): %w", ErrTruncated, got, h.BodyLen, h.ID, err))
 		}
 	}
 	if herr != nil {

@@ -141,7 +141,7 @@ func TestErrorCodesStable(t *testing.T) {
 	}
 	ops := map[Op]uint16{OpHello: 1, OpPing: 2, OpOpen: 0x10, OpResume: 0x11, OpClose: 0x12, OpPersist: 0x13,
 		OpAppend: 0x20, OpCommit: 0x21, OpCycle: 0x30, OpRelease: 0x31,
-		OpStatus: 0x40, OpSessions: 0x41, OpInspect: 0x42, OpEvict: 0x43}
+		OpStatus: 0x40, OpSessions: 0x41, OpInspect: 0x42, OpEvict: 0x43, OpModels: 0x44}
 	for op, n := range ops {
 		if uint16(op) != n || !op.Known() || NewRequest(op) == nil || NewReply(op) == nil {
 			t.Fatalf("op %v: number %#x, want %#x", op, uint16(op), n)

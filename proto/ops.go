@@ -43,6 +43,9 @@ const (
 	OpInspect Op = 0x0042
 	// OpEvict evicts a session from memory: AdminTarget → EvictReply (JSON).
 	OpEvict Op = 0x0043
+	// OpModels lists the indexer models with the sizes a client must send
+	// and the limits in force: Empty → ModelsReply (JSON).
+	OpModels Op = 0x0044
 )
 
 var opNames = map[Op]string{
@@ -51,6 +54,7 @@ var opNames = map[Op]string{
 	OpAppend: "APPEND", OpCommit: "COMMIT",
 	OpCycle: "CYCLE", OpRelease: "RELEASE",
 	OpStatus: "STATUS", OpSessions: "SESSIONS", OpInspect: "INSPECT", OpEvict: "EVICT",
+	OpModels: "MODELS",
 }
 
 // Known reports whether this build knows op.
@@ -97,7 +101,7 @@ func NewRequest(op Op) Message {
 		return new(Cycle)
 	case OpRelease:
 		return new(Release)
-	case OpStatus, OpSessions:
+	case OpStatus, OpSessions, OpModels:
 		return new(Empty)
 	case OpInspect, OpEvict:
 		return new(AdminTarget)
@@ -130,6 +134,8 @@ func NewReply(op Op) Message {
 		return new(InspectReply)
 	case OpEvict:
 		return new(EvictReply)
+	case OpModels:
+		return new(ModelsReply)
 	}
 	return nil
 }
