@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -11,9 +12,12 @@ import (
 	"github.com/flashmemory/flashmemory/tiers"
 )
 
-// admin answers STATUS, SESSIONS, INSPECT and EVICT (flashmemctl). A peer
-// sees, inspects and evicts only sessions of its own uid; root and members
-// of admin_groups may act on all. EVICT never breaks a session a connection
+// maxDamage bounds the bad pages VERIFY lists by number (all are counted).
+const maxDamage = 64
+
+// admin answers STATUS, MODELS, SESSIONS, INSPECT, EVICT, VERIFY, DELETE and
+// SAVE (flashmemctl). A peer sees and acts on sessions of its own uid only,
+// live or persisted on SSD; root and members of admin_groups may act on all. EVICT never breaks a session a connection
 // holds: an attached session only has its pages moved out of host memory.
 func (c *conn) admin(op proto.Op, t *proto.AdminTarget) (proto.Message, error) {
 	d := c.d
@@ -23,24 +27,43 @@ func (c *conn) admin(op proto.Op, t *proto.AdminTarget) (proto.Message, error) {
 	case proto.OpModels:
 		return d.listModels(), nil
 	case proto.OpSessions:
-		var out proto.SessionsReply
-		for _, s := range d.visible(c.cred) {
-			out.Sessions = append(out.Sessions, s.info())
-		}
-		sort.Slice(out.Sessions, func(i, j int) bool { return out.Sessions[i].ID < out.Sessions[j].ID })
-		return &out, nil
+		return d.listSessions(c.cred)
 	case proto.OpInspect:
-		s, err := d.target(c.cred, t)
+		s, meta, err := d.anyTarget(c.cred, t)
 		if err != nil {
 			return nil, err
+		}
+		if s == nil {
+			return &proto.InspectReply{Session: meta.info(), Layout: meta.Layout, Policy: meta.Policy,
+				TierPages: map[string]uint64{"ssd": meta.pages()}}, nil
 		}
 		return d.inspect(s), nil
 	case proto.OpEvict:
-		s, err := d.target(c.cred, t)
+		s, meta, err := d.anyTarget(c.cred, t)
 		if err != nil {
 			return nil, err
 		}
+		if s == nil {
+			return &proto.EvictReply{Sessions: []uint64{meta.ID}, OnSSDOnly: true}, nil
+		}
 		return d.evict(s, c)
+	case proto.OpDelete:
+		return d.deleteSession(c.cred, t)
+	case proto.OpSave:
+		s, meta, err := d.anyTarget(c.cred, t)
+		if err != nil {
+			return nil, err
+		}
+		if s == nil {
+			return &proto.EvictReply{Sessions: []uint64{meta.ID}, OnSSDOnly: true}, nil
+		}
+		return d.saveSession(s)
+	case proto.OpVerify:
+		s, meta, err := d.anyTarget(c.cred, t)
+		if err != nil {
+			return nil, err
+		}
+		return d.verify(s, meta)
 	}
 	return nil, proto.CodeUnknownOp.Errorf("op %s is not an admin op", op)
 }
@@ -67,14 +90,31 @@ func (d *Daemon) target(cred Cred, t *proto.AdminTarget) (*session, error) {
 	}
 	d.mu.Unlock()
 	if s == nil {
-		return nil, proto.CodeUnknownSession.Errorf("no live session %d %q", t.Session, t.Name)
+		return nil, unknownSession(*t)
 	}
 	if !d.access.mayActOn(s.owner, cred) {
 		// Indistinguishable from a missing session: ids and names of other
 		// users' sessions are not disclosed.
-		return nil, proto.CodeUnknownSession.Errorf("no live session %d %q of uid %d (only root and admin_groups see other users' sessions)", t.Session, t.Name, cred.UID)
+		return nil, notYours(*t, cred)
 	}
 	return s, nil
+}
+
+func unknownSession(t proto.AdminTarget) error {
+	return proto.CodeUnknownSession.Errorf("%s", noSession(t))
+}
+
+func noSession(t proto.AdminTarget) string {
+	if t.Name != "" {
+		return fmt.Sprintf("no session named %q, live or persisted", t.Name)
+	}
+	return fmt.Sprintf("no session with id %d, live or persisted", t.Session)
+}
+
+// notYours answers for another user's session as for a missing one: ids and
+// names of other users' sessions are not disclosed.
+func notYours(t proto.AdminTarget, cred Cred) error {
+	return proto.CodeUnknownSession.Errorf("%s of uid %d (only root and admin_groups see other users' sessions)", noSession(t), cred.UID)
 }
 
 // evict frees a session's memory. A detached session leaves memory
@@ -136,26 +176,15 @@ func (d *Daemon) inspect(s *session) *proto.InspectReply {
 	info := s.info()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := &proto.InspectReply{Session: info, Layout: s.layout, Policy: s.policy, TierPages: map[string]uint64{}}
+	r := &proto.InspectReply{Session: info, Layout: s.layout, Policy: s.policy}
+	r.TierPages = d.tierPagesLocked(s)
+	r.Session.TierPages = r.TierPages
 	s.leaseMu.Lock()
 	r.Leases = len(s.leases)
 	s.leaseMu.Unlock()
 	if s.last != nil {
 		r.AboveFraction = s.last.CumAboveFraction()
 		r.Resident = append([]uint32(nil), s.last.Use...)
-	}
-	mirror := d.store.Mirror()
-	for p := uint32(0); p < s.pages(); p++ {
-		if _, ok := mirror.Generation(s.pageID(p)); ok {
-			r.TierPages["host"]++
-		} else {
-			r.TierPages["ssd"]++
-		}
-		if s.region != nil {
-			if _, g, ok := s.region.Lookup(p); ok && g == s.genOf(p) && g > 0 {
-				r.TierPages["reserve"]++
-			}
-		}
 	}
 	return r
 }
@@ -211,4 +240,253 @@ func (d *Daemon) footprint() (resident, total int64) {
 		total += int64(in.Pages) * pb
 	}
 	return resident, total
+}
+
+// listSessions is SESSIONS: the live sessions, then the persisted ones that
+// are on SSD only, each with its pages per tier.
+func (d *Daemon) listSessions(cred Cred) (*proto.SessionsReply, error) {
+	out := proto.SessionsReply{Sessions: []proto.SessionInfo{}}
+	live := map[string]bool{}
+	for _, s := range d.visible(cred) {
+		in := s.info()
+		s.mu.Lock()
+		in.TierPages = d.tierPagesLocked(s)
+		s.mu.Unlock()
+		if in.Name != "" {
+			live[in.Name] = true
+		}
+		out.Sessions = append(out.Sessions, in)
+	}
+	metas, err := d.persistedMetas(cred)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range metas {
+		if !live[m.Name] {
+			out.Sessions = append(out.Sessions, m.info())
+		}
+	}
+	sort.Slice(out.Sessions, func(i, j int) bool { return out.Sessions[i].ID < out.Sessions[j].ID })
+	return &out, nil
+}
+
+// persistedMetas reads the metadata of every persisted session cred may
+// see. Unreadable blobs are logged and left out (VERIFY names them).
+func (d *Daemon) persistedMetas(cred Cred) ([]*sessionMeta, error) {
+	ctx := context.Background()
+	ssd := d.store.SSD()
+	names, err := ssd.ListMeta(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing persisted sessions: %w", err)
+	}
+	var out []*sessionMeta
+	for _, n := range names {
+		m, err := d.readMeta(n)
+		if err != nil {
+			d.log.Warn("persisted session unreadable", "name", n, "err", err)
+			continue
+		}
+		if d.access.mayActOn(Cred{UID: m.OwnerUID, GID: m.OwnerGID}, cred) {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// readMeta reads and decodes one persisted session's metadata.
+func (d *Daemon) readMeta(name string) (*sessionMeta, error) {
+	blob, err := d.store.SSD().GetMeta(context.Background(), name)
+	if err != nil {
+		if errors.Is(err, tiers.ErrNotFound) {
+			return nil, unknownSession(proto.AdminTarget{Name: name})
+		}
+		return nil, fmt.Errorf("session %q: %w", name, err)
+	}
+	m, _, err := decodeMeta(blob)
+	if err != nil {
+		return nil, fmt.Errorf("session %q: %w", name, err)
+	}
+	return m, nil
+}
+
+func (m *sessionMeta) pages() uint64 {
+	cpp := uint64(m.Layout.ChunksPerPage)
+	return (m.Chunks + cpp - 1) / cpp
+}
+
+// info describes a session that is on SSD only.
+func (m *sessionMeta) info() proto.SessionInfo {
+	return proto.SessionInfo{
+		ID: m.ID, Name: m.Name, Model: m.Model, Persist: true, OwnerUID: m.OwnerUID, State: "on-ssd",
+		Chunks: m.Chunks, Pages: m.pages(), Cycles: m.Cycles, Bytes: m.pages() * m.Layout.PageBytes(),
+		LastUsed: m.Saved.UTC(), TierPages: map[string]uint64{"ssd": m.pages()},
+	}
+}
+
+// anyTarget finds a session live in memory (s) or else persisted on SSD
+// only (meta), by id or name, and checks that cred owns it.
+func (d *Daemon) anyTarget(cred Cred, t *proto.AdminTarget) (*session, *sessionMeta, error) {
+	s, err := d.target(cred, t)
+	if err == nil || proto.CodeOf(err) != proto.CodeUnknownSession {
+		return s, nil, err
+	}
+	var m *sessionMeta
+	if t.Name != "" {
+		if m, err = d.readMeta(t.Name); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		metas, err := d.persistedMetas(Cred{UID: 0})
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, x := range metas {
+			if x.ID == t.Session {
+				m = x
+			}
+		}
+		if m == nil {
+			return nil, nil, unknownSession(*t)
+		}
+	}
+	if !d.access.mayActOn(Cred{UID: m.OwnerUID, GID: m.OwnerGID}, cred) {
+		return nil, nil, notYours(*t, cred)
+	}
+	return nil, m, nil
+}
+
+// deleteSession is DELETE: a live session is dropped with its pages and
+// metadata (as CLOSE with delete); one on SSD only loses its pages and
+// metadata there. Leases of a live session end with it.
+func (d *Daemon) deleteSession(cred Cred, t *proto.AdminTarget) (*proto.EvictReply, error) {
+	s, m, err := d.anyTarget(cred, t)
+	if err != nil {
+		return nil, err
+	}
+	if s != nil {
+		bytes := s.info().Bytes
+		if err := d.dropSession(s, true); err != nil {
+			return nil, err
+		}
+		d.log.Info("session deleted", "session", s.id, "name", s.name)
+		return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes}, nil
+	}
+	ctx := context.Background()
+	ssd := d.store.SSD()
+	// The metadata goes first: a RESUME that races with the delete then
+	// finds no session rather than one with missing pages.
+	if err := ssd.DeleteMeta(ctx, m.Name); err != nil && !errors.Is(err, tiers.ErrNotFound) {
+		return nil, fmt.Errorf("session %q: %w", m.Name, err)
+	}
+	if err := ssd.DeleteSession(ctx, m.ID); err != nil && !errors.Is(err, tiers.ErrNotFound) {
+		return nil, fmt.Errorf("session %q pages: %w", m.Name, err)
+	}
+	if err := ssd.Sync(); err != nil {
+		return nil, err
+	}
+	d.log.Info("persisted session deleted", "session", m.ID, "name", m.Name)
+	return &proto.EvictReply{Sessions: []uint64{m.ID}, Bytes: m.pages() * m.Layout.PageBytes(), OnSSDOnly: true}, nil
+}
+
+// saveSession is SAVE: persist a live named session, as its own
+// connection's PERSIST would; a session opened without persist becomes
+// persisted.
+func (d *Daemon) saveSession(s *session) (*proto.EvictReply, error) {
+	if s.name == "" {
+		return nil, proto.CodeBadRequest.Errorf("session %d has no name, and only named sessions can be persisted (OPEN it with a name)", s.id)
+	}
+	s.mu.Lock()
+	s.persist = true
+	s.mu.Unlock()
+	if err := d.persistSession(context.Background(), s); err != nil {
+		return nil, err
+	}
+	in := s.info()
+	d.log.Info("session persisted", "session", s.id, "name", s.name)
+	return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: in.Bytes}, nil
+}
+
+// verify is VERIFY: every page of the session is read back, from SSD with
+// its checksum, or from the host mirror where it holds a newer generation
+// than SSD (written since the last flush). A page neither tier can give is
+// bad; so is one whose SSD copy fails its checksum, wherever a newer one is.
+func (d *Daemon) verify(s *session, m *sessionMeta) (*proto.VerifyReply, error) {
+	var (
+		id     uint64
+		name   string
+		gens   []uint64
+		pages  uint64
+		layout proto.Layout
+	)
+	if s != nil {
+		s.mu.Lock()
+		id, name, layout, pages = s.id, s.name, s.layout, uint64(s.pages())
+		gens = append([]uint64(nil), s.gens...)
+		s.mu.Unlock()
+	} else {
+		id, name, layout, pages, gens = m.ID, m.Name, m.Layout, m.pages(), m.Gens
+	}
+	r := &proto.VerifyReply{Session: id, Name: name, Pages: pages}
+	bad := func(p uint32, why string) {
+		r.Bad++
+		if len(r.Damage) < maxDamage {
+			r.Damage = append(r.Damage, proto.PageDamage{Page: p, Reason: why})
+		}
+	}
+	ctx := context.Background()
+	ssd, mirror := d.store.SSD(), d.store.Mirror()
+	buf := make([]byte, layout.PageBytes())
+	for p := uint32(0); uint64(p) < pages; p++ {
+		pid := tiers.PageID{Session: id, Page: p}
+		want := uint64(0)
+		if int(p) < len(gens) {
+			want = gens[p]
+		}
+		gen, err := ssd.Get(ctx, pid, buf)
+		switch {
+		case errors.Is(err, tiers.ErrIntegrity):
+			bad(p, "checksum: "+err.Error())
+			continue
+		case err != nil && !errors.Is(err, tiers.ErrNotFound):
+			return nil, fmt.Errorf("verify session %d page %d: %w", id, p, err)
+		case err == nil && gen >= want:
+			r.Verified++
+			r.Bytes += uint64(len(buf))
+			continue
+		}
+		// Not on SSD, or an older generation there: the mirror must hold it.
+		if s != nil {
+			if mg, ok := mirror.Generation(pid); ok && mg >= want {
+				r.Verified++
+				r.InMemory++
+				continue
+			}
+		}
+		if err != nil {
+			bad(p, "missing: on no tier")
+		} else {
+			bad(p, fmt.Sprintf("stale: generation %d on SSD, %d expected", gen, want))
+		}
+	}
+	d.log.Info("session verified", "session", id, "name", name, "pages", pages, "bad", r.Bad)
+	return r, nil
+}
+
+// tierPagesLocked counts s's pages per tier; s.mu is held.
+func (d *Daemon) tierPagesLocked(s *session) map[string]uint64 {
+	tp := map[string]uint64{"reserve": 0, "host": 0, "ssd": 0}
+	mirror := d.store.Mirror()
+	for p := uint32(0); p < s.pages(); p++ {
+		if _, ok := mirror.Generation(s.pageID(p)); ok {
+			tp["host"]++
+		} else {
+			tp["ssd"]++
+		}
+		if s.region != nil {
+			if _, g, ok := s.region.Lookup(p); ok && g == s.genOf(p) && g > 0 {
+				tp["reserve"]++
+			}
+		}
+	}
+	return tp
 }

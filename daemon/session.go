@@ -78,8 +78,10 @@ func (s *session) info() proto.SessionInfo {
 		Attached: s.conn != nil, Chunks: s.chunks, Pages: uint64(s.pages()), Cycles: s.cycles,
 		Bytes: uint64(s.pages()) * s.layout.PageBytes(),
 	}
+	in.State, in.LastUsed = "detached", s.lastUsed.UTC()
 	if s.conn != nil {
 		in.Client = s.conn.name
+		in.State = "attached"
 	}
 	if s.req != nil {
 		in.Fallback = s.req.Fallback()
@@ -287,7 +289,7 @@ func (d *Daemon) register(c *conn, s *session, named bool) error {
 			return proto.CodeSessionExists.Errorf("session %q exists", s.name)
 		}
 		if _, err := d.store.SSD().GetMeta(context.Background(), s.name); err == nil {
-			return proto.CodeSessionExists.Errorf("session %q is persisted; RESUME it or CLOSE it with delete", s.name)
+			return proto.CodeSessionExists.Errorf("session %q is persisted: RESUME it, or delete it first (flashmemctl delete %s)", s.name, s.name)
 		}
 	}
 	if s.id == 0 {

@@ -3,6 +3,7 @@ package proto
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // Admin bodies are JSON (UTF-8, one object): they are off the hot path and
@@ -127,6 +128,15 @@ type SessionInfo struct {
 	Cycles        uint64 `json:"cycles"`
 	Fallback      bool   `json:"fallback"`
 	Bytes         uint64 `json:"bytes"`
+	// State is "attached" (a connection holds it), "detached" (in memory,
+	// resumable by name) or "on-ssd" (persisted, not in memory).
+	State string `json:"state,omitempty"`
+	// LastUsed is when the session was last attached or, for one on SSD
+	// only, last saved.
+	LastUsed time.Time `json:"last_used,omitzero"`
+	// TierPages counts the session's pages per tier: "reserve" (resident
+	// in its region), "host" (in the host mirror), "ssd" (only on SSD).
+	TierPages map[string]uint64 `json:"tier_pages,omitempty"`
 }
 
 // SessionsReply answers SESSIONS.
@@ -169,11 +179,48 @@ func (m *InspectReply) Decode(body []byte) error {
 type EvictReply struct {
 	// Sessions are the ids of the evicted sessions.
 	Sessions []uint64 `json:"sessions"`
-	// Bytes is the memory freed.
+	// Bytes is the memory freed (EVICT, DELETE) or written to SSD (SAVE).
 	Bytes uint64 `json:"bytes"`
 	// Demoted: the session is attached to a connection, so it stays open and
 	// its leases valid; only its pages left host memory for SSD.
 	Demoted bool `json:"demoted,omitempty"`
+	// OnSSDOnly says the session was already out of memory (EVICT of a
+	// persisted session on SSD only: nothing to do).
+	OnSSDOnly bool `json:"on_ssd_only,omitempty"`
+}
+
+// VerifyReply answers VERIFY: every page of the session read back, from SSD
+// with its checksum where it is there, else from the host mirror.
+type VerifyReply struct {
+	Session uint64 `json:"session"`
+	Name    string `json:"name,omitempty"`
+	// Pages is the number of pages the session has.
+	Pages uint64 `json:"pages"`
+	// Verified pages read back whole: from SSD with a good checksum and the
+	// expected generation, or held in the host mirror (InMemory of them)
+	// with a newer generation than SSD's.
+	Verified uint64 `json:"verified"`
+	InMemory uint64 `json:"in_memory"`
+	// Bad pages failed their checksum or are missing from every tier.
+	Bad uint64 `json:"bad"`
+	// Damage lists the bad pages (at most 64) with the reason for each.
+	Damage []PageDamage `json:"damage,omitempty"`
+	Bytes  uint64       `json:"bytes"`
+}
+
+// PageDamage is one bad page of VERIFY.
+type PageDamage struct {
+	Page   uint32 `json:"page"`
+	Reason string `json:"reason"`
+}
+
+// AppendBinary implements Message.
+func (m *VerifyReply) AppendBinary(b []byte) ([]byte, error) { return appendJSON(b, m) }
+
+// Decode implements Message.
+func (m *VerifyReply) Decode(body []byte) error {
+	*m = VerifyReply{}
+	return decodeJSON("VERIFY reply", body, m)
 }
 
 // AppendBinary implements Message.

@@ -499,6 +499,33 @@ func (c *Client) Inspect(ctx context.Context, t AdminTarget) (*InspectReply, err
 	return &r, nil
 }
 
+// Verify reads every page of a session back and checks it.
+func (c *Client) Verify(ctx context.Context, t AdminTarget) (*VerifyReply, error) {
+	var r VerifyReply
+	if err := c.call0(ctx, OpVerify, &t, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Delete deletes a session, live or persisted, with its pages on SSD.
+func (c *Client) Delete(ctx context.Context, t AdminTarget) (*EvictReply, error) {
+	var r EvictReply
+	if err := c.call0(ctx, OpDelete, &t, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Save persists a named session (any connection of its owner may ask).
+func (c *Client) Save(ctx context.Context, t AdminTarget) (*EvictReply, error) {
+	var r EvictReply
+	if err := c.call0(ctx, OpSave, &t, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
 // Evict evicts a session from memory.
 func (c *Client) Evict(ctx context.Context, t AdminTarget) (*EvictReply, error) {
 	var r EvictReply

@@ -141,7 +141,8 @@ func TestErrorCodesStable(t *testing.T) {
 	}
 	ops := map[Op]uint16{OpHello: 1, OpPing: 2, OpOpen: 0x10, OpResume: 0x11, OpClose: 0x12, OpPersist: 0x13,
 		OpAppend: 0x20, OpCommit: 0x21, OpCycle: 0x30, OpRelease: 0x31,
-		OpStatus: 0x40, OpSessions: 0x41, OpInspect: 0x42, OpEvict: 0x43, OpModels: 0x44}
+		OpStatus: 0x40, OpSessions: 0x41, OpInspect: 0x42, OpEvict: 0x43, OpModels: 0x44,
+		OpVerify: 0x45, OpDelete: 0x46, OpSave: 0x47}
 	for op, n := range ops {
 		if uint16(op) != n || !op.Known() || NewRequest(op) == nil || NewReply(op) == nil {
 			t.Fatalf("op %v: number %#x, want %#x", op, uint16(op), n)

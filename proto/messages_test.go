@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 type sample struct {
@@ -69,6 +70,11 @@ func samples() []sample {
 		{"sessions reply", OpSessions, true, &SessionsReply{Sessions: []SessionInfo{{ID: 7, Name: "chat-17", Model: "lsa-v4", Persist: true, Chunks: 9}}}},
 		{"inspect reply", OpInspect, true, &InspectReply{Session: SessionInfo{ID: 7}, Layout: lay, Policy: pol, Leases: 1, TierPages: map[string]uint64{"ssd": 3}, Resident: []uint32{0, 5}}},
 		{"evict reply", OpEvict, true, &EvictReply{Sessions: []uint64{7}, Bytes: 1 << 20}},
+		{"persisted sessions reply", OpSessions, true, &SessionsReply{Sessions: []SessionInfo{{ID: 8, Name: "demo", State: "on-ssd",
+			LastUsed: time.Date(2026, 12, 2, 17, 0, 0, 0, time.UTC), TierPages: map[string]uint64{"ssd": 130}}}}},
+		{"delete reply", OpDelete, true, &EvictReply{Sessions: []uint64{8}, OnSSDOnly: true}},
+		{"verify reply", OpVerify, true, &VerifyReply{Session: 8, Name: "demo", Pages: 130, Verified: 129, InMemory: 3, Bad: 1,
+			Damage: []PageDamage{{Page: 17, Reason: "checksum"}}, Bytes: 1 << 24}},
 	}
 }
 

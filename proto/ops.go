@@ -46,6 +46,15 @@ const (
 	// OpModels lists the indexer models with the sizes a client must send
 	// and the limits in force: Empty → ModelsReply (JSON).
 	OpModels Op = 0x0044
+	// OpVerify reads every page of a session (live or persisted) and checks
+	// its checksum: AdminTarget → VerifyReply (JSON).
+	OpVerify Op = 0x0045
+	// OpDelete deletes a session, live or persisted, with its pages and
+	// metadata: AdminTarget → EvictReply (JSON).
+	OpDelete Op = 0x0046
+	// OpSave persists a named session by id or name, as PERSIST does for the
+	// owning connection: AdminTarget → EvictReply (JSON; Bytes written).
+	OpSave Op = 0x0047
 )
 
 var opNames = map[Op]string{
@@ -55,6 +64,7 @@ var opNames = map[Op]string{
 	OpCycle: "CYCLE", OpRelease: "RELEASE",
 	OpStatus: "STATUS", OpSessions: "SESSIONS", OpInspect: "INSPECT", OpEvict: "EVICT",
 	OpModels: "MODELS",
+	OpVerify: "VERIFY", OpDelete: "DELETE", OpSave: "SAVE",
 }
 
 // Known reports whether this build knows op.
@@ -103,7 +113,7 @@ func NewRequest(op Op) Message {
 		return new(Release)
 	case OpStatus, OpSessions, OpModels:
 		return new(Empty)
-	case OpInspect, OpEvict:
+	case OpInspect, OpEvict, OpVerify, OpDelete, OpSave:
 		return new(AdminTarget)
 	}
 	return nil
@@ -132,10 +142,12 @@ func NewReply(op Op) Message {
 		return new(SessionsReply)
 	case OpInspect:
 		return new(InspectReply)
-	case OpEvict:
+	case OpEvict, OpDelete, OpSave:
 		return new(EvictReply)
 	case OpModels:
 		return new(ModelsReply)
+	case OpVerify:
+		return new(VerifyReply)
 	}
 	return nil
 }

@@ -2,6 +2,9 @@ package ctl
 
 import (
 	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -54,8 +57,88 @@ func TestAdminCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "evicted session [1]") {
 		t.Fatalf("evict: %v\n%s", err, out)
 	}
-	if _, err := run(t, sock, "inspect", "demo"); err == nil || !strings.Contains(err.Error(), "unknown session") {
-		t.Fatalf("inspect after evict: %v", err)
+	// Out of memory, the persisted session is still listed, inspectable,
+	// evictable (nothing to do) and verifiable.
+	out, err = run(t, sock, "sessions")
+	if err != nil || !strings.Contains(out, "demo") || !strings.Contains(out, "on-ssd") {
+		t.Fatalf("sessions after evict: %v\n%s", err, out)
+	}
+	out, err = run(t, sock, "inspect", "demo")
+	if err != nil || !strings.Contains(out, "state on-ssd") || !strings.Contains(out, "ssd 129") {
+		t.Fatalf("inspect after evict: %v\n%s", err, out)
+	}
+	out, err = run(t, sock, "evict", "demo")
+	if err != nil || !strings.Contains(out, "already out of memory") {
+		t.Fatalf("evict again: %v\n%s", err, out)
+	}
+	out, err = run(t, sock, "verify", "demo")
+	if err != nil || !strings.Contains(out, "129 pages, 129 verified") || !strings.Contains(out, " 0 bad") {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	out, err = run(t, sock, "resume", "demo")
+	if err != nil || !strings.Contains(out, "is in memory") {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	out, err = run(t, sock, "sessions")
+	// In memory again: attached until the daemon sees resume's connection
+	// end, then detached.
+	if err != nil || !strings.Contains(out, "demo") || strings.Contains(out, "on-ssd") {
+		t.Fatalf("sessions after resume: %v\n%s", err, out)
+	}
+	out, err = run(t, sock, "persist", "demo")
+	if err != nil || !strings.Contains(out, "persisted session demo") {
+		t.Fatalf("persist: %v\n%s", err, out)
+	}
+	// A page whose bytes change on disk fails VERIFY with ErrDamaged.
+	if _, err := run(t, sock, "evict", "demo"); err != nil {
+		t.Fatal(err)
+	}
+	corruptSegment(t, cfg.DataDir)
+	out, err = run(t, sock, "verify", "demo")
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(out, "1 bad") || !strings.Contains(out, "checksum") {
+		t.Fatalf("verify of a damaged session: %v\n%s", err, out)
+	}
+	out, err = run(t, sock, "delete", "demo")
+	if err != nil || !strings.Contains(out, "deleted session demo") {
+		t.Fatalf("delete: %v\n%s", err, out)
+	}
+	out, err = run(t, sock, "--json", "sessions")
+	if err != nil || !strings.Contains(out, `"sessions": []`) {
+		t.Fatalf("sessions after delete: %v\n%s", err, out)
+	}
+	for _, cmd := range []string{"inspect", "evict", "verify", "delete", "resume", "persist"} {
+		_, err := run(t, sock, cmd, "nosuch")
+		if err == nil || !strings.Contains(err.Error(), `no session "nosuch"`) || !strings.Contains(err.Error(), "flashmemctl sessions") {
+			t.Errorf("%s nosuch: %v", cmd, err)
+		}
+		_, err = run(t, sock, cmd)
+		if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "usage: flashmemctl "+cmd+" ") {
+			t.Errorf("%s without a session: %v", cmd, err)
+		}
+	}
+}
+
+// corruptSegment flips one byte in the body of the first page record of
+// the first SSD segment file under dir.
+func corruptSegment(t *testing.T, dir string) {
+	t.Helper()
+	segs, _ := filepath.Glob(filepath.Join(dir, "ssd", "pages", "*.seg"))
+	if len(segs) == 0 {
+		t.Fatalf("no segment files under %s/ssd/pages", dir)
+	}
+	f, err := os.OpenFile(segs[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	const off = 1000 // past the 48-byte header of the record at 0
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xFF
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
 	}
 }
 

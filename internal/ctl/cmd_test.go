@@ -169,7 +169,7 @@ func TestEvalErrors(t *testing.T) {
 		{"footprint out of range", []string{"eval", "--in-process", "--data", bad, "--footprint", "1.5"}, "not in (0, 1]"},
 		{"unknown mode", []string{"eval", "--in-process", "--data", bad, "--modes", "bm25"}, "not lexical, trained or combined"},
 		{"unknown baseline", []string{"eval", "--in-process", "--data", bad, "--baselines", "lru"}, "not recency, random or oracle"},
-		{"no daemon", []string{"--socket", filepath.Join(dir, "none.sock"), "--timeout", "200ms", "eval", "--data", bad}, "connecting to flashmemd"},
+		{"no daemon", []string{"--socket", filepath.Join(dir, "none.sock"), "--timeout", "200ms", "eval", "--data", bad}, "start it"},
 		{"sim bad churn", []string{"sim", "--churn", "2", "--flashmemd", "/bin/true"}, "churn"},
 		{"sim too many cycles", []string{"sim", "--cycles", "300", "--flashmemd", "/bin/true"}, "--cycles 300"},
 	}

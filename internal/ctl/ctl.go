@@ -3,17 +3,21 @@ package ctl
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flashmemory/flashmemory/daemon"
+	"github.com/flashmemory/flashmemory/internal/buildinfo"
 	"github.com/flashmemory/flashmemory/proto"
 )
 
@@ -22,6 +26,9 @@ import (
 func Main() int {
 	cmd := Command(os.Stdout, os.Stderr)
 	if err := cmd.Execute(); err != nil {
+		if errors.Is(err, ErrDamaged) {
+			return 3
+		}
 		return 1
 	}
 	return 0
@@ -32,21 +39,60 @@ type globals struct {
 	timeout time.Duration
 	asJSON  bool
 	out     io.Writer
+	errw    io.Writer
 }
+
+// ErrNoDaemon means nothing answers on the control socket.
+var ErrNoDaemon = errors.New("no flashmemd is running there")
 
 func (g *globals) dial(ctx context.Context) (*proto.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	c, err := proto.Dial(ctx, g.socket, &proto.Options{ClientName: "flashmemctl"})
 	if err != nil {
-		return nil, fmt.Errorf("connecting to flashmemd at %s: %w", g.socket, err)
+		return nil, dialError(g.socket, err)
 	}
 	return c, nil
 }
 
+// dialError says what to do when the socket does not answer, naming the
+// path once.
+func dialError(path string, err error) error {
+	const fix = "start it (`flashmemd --socket PATH &`, scripts/demo.sh, or systemctl start flashmemd.socket) or point flashmemctl at its socket with --socket PATH or FLASHMEMD_SOCKET"
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("%w: %s does not exist: %s", ErrNoDaemon, path, fix)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w: %s exists but nothing listens on it (a daemon that exited?): %s", ErrNoDaemon, path, fix)
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("no permission to connect to %s: run as the daemon's user or join its group (allowed_groups in the daemon's config)", path)
+	case errors.Is(err, syscall.ENOTSOCK):
+		return fmt.Errorf("%s is not a socket: pass flashmemd's control socket with --socket PATH", path)
+	}
+	var ne *net.OpError
+	if errors.As(err, &ne) && ne.Err != nil {
+		err = ne.Err
+	}
+	return fmt.Errorf("connecting to flashmemd at %s: %v", path, err)
+}
+
+// explain adds what to do next to the daemon's errors that a user causes.
+func explain(err error, arg string) error {
+	if err == nil {
+		return nil
+	}
+	switch proto.CodeOf(err) {
+	case proto.CodeUnknownSession:
+		return fmt.Errorf("no session %q, live or persisted: `flashmemctl sessions` lists yours (%w)", arg, err)
+	case proto.CodeNotOwner:
+		return fmt.Errorf("%w: run flashmemctl as the session's owner or as root", err)
+	}
+	return err
+}
+
 // Command builds the flashmemctl command tree.
 func Command(stdout, stderr io.Writer) *cobra.Command {
-	g := &globals{out: stdout}
+	g := &globals{out: stdout, errw: stderr}
 	def := daemon.DefaultConfig().Socket
 	if v := os.Getenv("FLASHMEMD_SOCKET"); v != "" {
 		def = v
@@ -54,16 +100,18 @@ func Command(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "flashmemctl",
 		Short:         "Inspect and exercise a running flashmemd",
+		Version:       buildinfo.Read().String(),
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
+	root.SetVersionTemplate("flashmemctl {{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.PersistentFlags().StringVar(&g.socket, "socket", def, "flashmemd control socket (env FLASHMEMD_SOCKET)")
+	root.PersistentFlags().StringVar(&g.socket, "socket", def, "flashmemd control socket (env FLASHMEMD_SOCKET; default: $XDG_RUNTIME_DIR/flashmemd/flashmemd.sock, else /run/flashmemd/flashmemd.sock)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "connect timeout")
 	root.PersistentFlags().BoolVar(&g.asJSON, "json", false, "print JSON")
-	root.AddCommand(statusCmd(g), sessionsCmd(g), inspectCmd(g), evictCmd(g), demoCmd(g),
-		trainCmd(g), genCmd(g), evalCmd(g), simCmd(g))
+	root.AddCommand(statusCmd(g), sessionsCmd(g), inspectCmd(g), evictCmd(g), resumeCmd(g), persistCmd(g),
+		deleteCmd(g), verifyCmd(g), demoCmd(g), trainCmd(g), genCmd(g), evalCmd(g), simCmd(g))
 	return root
 }
 
@@ -120,24 +168,6 @@ func statusCmd(g *globals) *cobra.Command {
 	}
 }
 
-func sessionsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "sessions",
-		Short: "List live sessions (your uid's; all for root)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runAdmin(g, cmd.Context(), (*proto.Client).Sessions, func(r *proto.SessionsReply) error {
-				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tNAME\tMODEL\tCHUNKS\tPAGES\tRESIDENT\tCYCLES\tKV\tATTACHED\tPERSIST\tFALLBACK")
-				for _, s := range r.Sessions {
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%v\t%v\t%v\n", s.ID, dash(s.Name), s.Model, s.Chunks, s.Pages, s.ResidentPages, s.Cycles, human(s.Bytes), s.Attached, s.Persist, s.Fallback)
-				}
-				return tw.Flush()
-			})
-		},
-	}
-}
-
 // target reads a session argument: a numeric id or a name.
 func target(arg string) proto.AdminTarget {
 	if id, err := strconv.ParseUint(arg, 10, 64); err == nil {
@@ -149,22 +179,23 @@ func target(arg string) proto.AdminTarget {
 func inspectCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "inspect SESSION",
-		Short: "Show one session: layout, policy, pages per tier, resident set",
-		Args:  cobra.ExactArgs(1),
+		Short: "Show one session, live or persisted: layout, policy, pages per tier, resident set",
+		Args:  oneSession,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			inspect := func(c *proto.Client, ctx context.Context) (*proto.InspectReply, error) {
-				return c.Inspect(ctx, target(args[0]))
-			}
-			return runAdmin(g, cmd.Context(), inspect, func(r *proto.InspectReply) error {
+			return runAdmin(g, cmd.Context(), targetCall(args[0], (*proto.Client).Inspect), func(r *proto.InspectReply) error {
 				s := r.Session
-				fmt.Fprintf(g.out, "session %d %q  model %s  owner uid %d  attached %v  persist %v\n", s.ID, s.Name, s.Model, s.OwnerUID, s.Attached, s.Persist)
+				fmt.Fprintf(g.out, "session %d %q  model %s  owner uid %d  state %s  persist %v\n", s.ID, s.Name, s.Model, s.OwnerUID, dash(s.State), s.Persist)
 				fmt.Fprintf(g.out, "chunks %d  pages %d  cycles %d  KV %s  leases %d  fallback %v  above-threshold %.4f\n", s.Chunks, s.Pages, s.Cycles, human(s.Bytes), r.Leases, s.Fallback, r.AboveFraction)
 				fmt.Fprintf(g.out, "layout: %d layers, %d chunks/page, page %s, %d-byte keys × %d target layers, τ %d, %d reserve slots\n",
 					len(r.Layout.Layers), r.Layout.ChunksPerPage, human(r.Layout.PageBytes()), r.Layout.KeyBytes, r.Layout.TargetLayers, r.Layout.CycleSteps, r.Layout.ReserveSlots)
 				p := r.Policy
 				fmt.Fprintf(g.out, "policy: first_keep %d  last_keep %d  kmax %d  kmax_ratio %g  fallback_ratio %g  lookahead %d\n", p.FirstKeep, p.LastKeep, p.KMax, p.KMaxRatio, p.FallbackRatio, p.Lookahead)
 				fmt.Fprintf(g.out, "pages per tier: reserve %d  host %d  ssd %d\n", r.TierPages["reserve"], r.TierPages["host"], r.TierPages["ssd"])
-				fmt.Fprintf(g.out, "resident set (%d pages): %s\n", len(r.Resident), ranges(r.Resident))
+				if s.State == "on-ssd" {
+					fmt.Fprintf(g.out, "on SSD only: `flashmemctl resume %s` loads it, `flashmemctl verify %s` checks its pages\n", s.Name, s.Name)
+				} else {
+					fmt.Fprintf(g.out, "resident set (%d pages): %s\n", len(r.Resident), ranges(r.Resident))
+				}
 				return nil
 			})
 		},
@@ -175,12 +206,13 @@ func evictCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "evict SESSION",
 		Short: "Evict a session from memory: persisted ones stay resumable on SSD, others are deleted",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneSession,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			evict := func(c *proto.Client, ctx context.Context) (*proto.EvictReply, error) {
-				return c.Evict(ctx, target(args[0]))
-			}
-			return runAdmin(g, cmd.Context(), evict, func(r *proto.EvictReply) error {
+			return runAdmin(g, cmd.Context(), targetCall(args[0], (*proto.Client).Evict), func(r *proto.EvictReply) error {
+				if r.OnSSDOnly {
+					fmt.Fprintf(g.out, "session %s is persisted and already out of memory (on SSD only); `flashmemctl delete %s` removes it\n", args[0], args[0])
+					return nil
+				}
 				fmt.Fprintf(g.out, "evicted session %v (%s of KV)\n", r.Sessions, human(r.Bytes))
 				return nil
 			})

@@ -24,6 +24,44 @@ type demoOpts struct {
 	model   string
 	seed    uint64
 	keep    bool
+
+	needlesSet bool // --needles given: refuse rather than shrink it
+}
+
+// demoFootprint is the share of pages the demo's policy keeps resident.
+const demoFootprint = 0.10
+
+// demoPolicy sizes LSA's sink and tail as the evaluation does: sized for
+// long contexts, at 10 % of a short one they would fill the whole budget.
+func demoPolicy(chunks uint64) proto.Policy {
+	pol := eval.PolicyFor(int(chunks), demoFootprint)
+	return proto.Policy{FirstKeep: uint32(max(pol.FirstKeep, 1)), LastKeep: uint32(pol.LastKeep), KMax: uint32(pol.KMax)}
+}
+
+// needleRoom is how many needles the demo can plant at tokens and still
+// expect every one resident each cycle: the page budget (KMax) less the
+// pages the policy always keeps (the sink, and the recent tail, which may
+// straddle one more page as decode appends). Needles never straddle a page,
+// so each takes at most one page of the rest.
+func needleRoom(tokens int) int {
+	const cpp = 64
+	chunks := uint64(max(tokens, 0) / 4)
+	if chunks < cpp {
+		return 0
+	}
+	p := demoPolicy(chunks)
+	sink := (uint64(p.FirstKeep) + cpp - 1) / cpp
+	tail := (uint64(p.LastKeep)+cpp-1)/cpp + 1
+	return int(uint64(p.KMax)) - int(sink+tail)
+}
+
+// minDemoTokens is the smallest --tokens with room for one needle.
+func minDemoTokens() int {
+	t := 1024
+	for needleRoom(t) < 1 {
+		t += 1024
+	}
+	return t
 }
 
 func demoCmd(g *globals) *cobra.Command {
@@ -39,12 +77,15 @@ reserve and checks their bytes, writes the new chunks straight into the reserve'
 commits them. It ends with the KV footprint kept resident, the recall of the planted chunks,
 bytes moved per tier and cycle latency.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd.Context(), g, o) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.needlesSet = cmd.Flags().Changed("needles")
+			return runDemo(cmd.Context(), g, o)
+		},
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.tokens, "tokens", 131072, "context length in tokens")
 	f.IntVar(&o.layers, "layers", 4, "KV layers per page (DeepSeek-V4 rows of 37,440 B each; 21 for the full model)")
-	f.IntVar(&o.needles, "needles", 16, "planted relevant spans (4 chunks each)")
+	f.IntVar(&o.needles, "needles", 16, "planted relevant spans (4 chunks each); by default fewer when the 10 % footprint of --tokens has room for fewer")
 	f.IntVar(&o.cycles, "cycles", 24, "decode cycles of 64 steps")
 	f.StringVar(&o.model, "model", "demo", "random-weight model registered in the daemon (its seed and shape must be flashmemd's embedded defaults)")
 	f.Uint64Var(&o.seed, "seed", 1, "seed of payloads, keys and needle positions")
@@ -128,8 +169,29 @@ func keyPools(m *indexer.Model, r *rand.Rand, query [][]byte, positions []int64)
 }
 
 func runDemo(ctx context.Context, g *globals, o demoOpts) error {
-	if o.tokens < 4*64 || o.layers < 1 || o.cycles < 2 {
-		return fmt.Errorf("demo needs --tokens ≥ 256, --layers ≥ 1, --cycles ≥ 2")
+	if o.layers < 1 || o.layers > 64 {
+		return fmt.Errorf("%w: --layers %d: use 1 to 64", ErrUsage, o.layers)
+	}
+	if o.cycles < 2 || o.cycles > 100000 {
+		return fmt.Errorf("%w: --cycles %d: use 2 or more (at most 100000)", ErrUsage, o.cycles)
+	}
+	if o.tokens > 4<<20 {
+		return fmt.Errorf("%w: --tokens %d: at most %d", ErrUsage, o.tokens, 4<<20)
+	}
+	room := needleRoom(o.tokens)
+	if room < 1 {
+		return fmt.Errorf("%w: --tokens %d leaves no room for a needle in the 10 %% footprint beside the sink and recent pages: use --tokens %d or more",
+			ErrUsage, o.tokens, minDemoTokens())
+	}
+	if o.needles < 1 {
+		return fmt.Errorf("%w: --needles %d: plant at least 1", ErrUsage, o.needles)
+	}
+	if o.needles > room {
+		if o.needlesSet {
+			return fmt.Errorf("%w: --needles %d do not fit: at --tokens %d the 10 %% footprint has room for %d besides the sink and recent pages; use --needles %d or a larger --tokens",
+				ErrUsage, o.needles, o.tokens, room, room)
+		}
+		o.needles = room
 	}
 	model, err := demoModel(o.model)
 	if err != nil {
@@ -177,13 +239,12 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 	if err != nil {
 		return err
 	}
-	// LSA's sink (128 chunks) and tail (2048 chunks) are sized for long
-	// contexts; at 10 % of a short one they would fill the whole budget.
-	// Size them as the evaluation does, so they fit inside the footprint.
-	pol := eval.PolicyFor(int(chunks), 0.10)
-	policy := proto.Policy{FirstKeep: uint32(max(pol.FirstKeep, 1)), LastKeep: uint32(pol.LastKeep), KMax: uint32(pol.KMax)}
+	policy := demoPolicy(chunks)
 	op, err := c.Open(ctx, &proto.Open{Name: name, Persist: o.keep, Model: o.model, Layout: l, Policy: policy,
 		Device: proto.DeviceHostOnly}) // the demo reads pages with the CPU
+	if proto.CodeOf(err) == proto.CodeSessionExists {
+		return fmt.Errorf("a session named %q is left from an earlier demo --keep: `flashmemctl delete %s` removes it, or run demo without --keep (%w)", name, name, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -199,8 +260,8 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 	var needleStarts []uint64
 	for len(needleStarts) < o.needles && chunks > sink+tail+8 {
 		s := sink + r.Uint64N(chunks-sink-tail-4)
-		if needle[s] || needle[s+3] {
-			continue
+		if s%cpp > cpp-4 || needle[s] || needle[s+3] {
+			continue // straddles a page, or overlaps a needle
 		}
 		needleStarts = append(needleStarts, s)
 		for k := uint64(0); k < 4; k++ {
@@ -349,7 +410,8 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 		fmt.Fprintf(out, "    %-8s %10s / %10s\n", t1.Name, human(t1.WrittenBytes-w0), human(t1.ReadBytes-r0))
 	}
 	if needleTotal > 0 && needleHits*10 < needleTotal*9 {
-		return fmt.Errorf("planted-chunk recall %.2f is below 0.9", float64(needleHits)/float64(needleTotal))
+		return fmt.Errorf("planted-chunk recall %.2f is below 0.9 with %d needles in a footprint with room for %d: try fewer --needles or a larger --tokens",
+			float64(needleHits)/float64(needleTotal), o.needles, room)
 	}
 	return nil
 }
