@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/flashmemory/flashmemory/indexer"
 )
 
 // Config is everything flashmemd needs to run. The zero value is not usable;
@@ -128,6 +130,9 @@ type IndexerConfig struct {
 	KMaxRatio     float64 `toml:"kmax_ratio"`
 	FallbackRatio float64 `toml:"fallback_ratio"`
 	Lookahead     int     `toml:"lookahead"`
+	// Expand is the multi-hop expansion of every session's cycles: "auto"
+	// (or empty: on for text-mode models, off for LSA models), "on" or "off".
+	Expand string `toml:"expand"`
 }
 
 // ModelConfig names a weights file.
@@ -386,6 +391,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Indexer.FallbackRatio < 0 || c.Indexer.FallbackRatio > 1 {
 		errs = append(errs, "indexer.fallback_ratio must be in [0, 1]")
+	}
+	if _, err := indexer.ParseExpansion(c.Indexer.Expand); err != nil {
+		errs = append(errs, "indexer.expand must be auto, on or off")
 	}
 	if c.Mover.Workers <= 0 {
 		errs = append(errs, "mover.workers must be positive")

@@ -141,6 +141,7 @@ func (d *Daemon) policyFor(p proto.Policy) (indexer.Policy, proto.Policy) {
 	ip.KMaxRatio = eff.KMaxRatio
 	ip.FallbackRatio = eff.FallbackRatio
 	ip.Lookahead = int(eff.Lookahead)
+	ip.Expand, _ = indexer.ParseExpansion(ic.Expand) // validated with the configuration
 	return ip, eff
 }
 

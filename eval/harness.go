@@ -96,6 +96,9 @@ type RunOptions struct {
 	Footprints []float64 // default DefaultFootprints
 	Methods    []string  // default AllMethods
 	Seed       uint64    // random baseline
+	// Expand is the policy's multi-hop expansion (indexer.ExpandAuto: on for
+	// the text-mode model).
+	Expand indexer.Expansion
 	// Progress, if set, is called after each record.
 	Progress func(records int, id string)
 }
@@ -181,6 +184,7 @@ func Run(r *Reader, opts RunOptions) (*Report, error) {
 			}
 			for _, f := range opts.Footprints {
 				pol := PolicyFor(doc.Chunks(), f)
+				pol.Expand = opts.Expand
 				for _, m := range opts.Methods {
 					t, err := evalQuery(scorer, keys, doc, ev, pol, m, rng)
 					if err != nil {

@@ -40,6 +40,61 @@ type Policy struct {
 	// MaxChunks bounds the chunks a request accepts, so that a misbehaving client (or a
 	// corrupt persisted state) cannot make the daemon allocate without limit.
 	MaxChunks int
+	// Expand says whether the scorer may expand a cycle's query with what its first scoring
+	// pass kept and score again within the same cycle (multi-hop evidence: a chain whose
+	// later links share no word with the question). ExpandAuto leaves it to the model kind:
+	// on for text-mode models, off for the LSA indexer, whose scores stay bit-identical to
+	// the reference unless ExpandOn asks otherwise.
+	Expand Expansion
+}
+
+// Expansion is the multi-hop expansion setting of a Policy.
+type Expansion uint8
+
+const (
+	// ExpandAuto is the model kind's default.
+	ExpandAuto Expansion = iota
+	// ExpandOff scores the query alone.
+	ExpandOff
+	// ExpandOn expands where the model kind can.
+	ExpandOn
+)
+
+// String returns "auto", "off" or "on".
+func (e Expansion) String() string {
+	switch e {
+	case ExpandAuto:
+		return "auto"
+	case ExpandOff:
+		return "off"
+	case ExpandOn:
+		return "on"
+	}
+	return fmt.Sprintf("Expansion(%d)", uint8(e))
+}
+
+// ParseExpansion parses "auto" (or ""), "off" or "on".
+func ParseExpansion(s string) (Expansion, error) {
+	switch s {
+	case "", "auto":
+		return ExpandAuto, nil
+	case "off":
+		return ExpandOff, nil
+	case "on":
+		return ExpandOn, nil
+	}
+	return 0, fmt.Errorf("%w: expand %q is not auto, on or off", ErrBadPolicy, s)
+}
+
+// On resolves the setting for a model kind whose default is def.
+func (e Expansion) On(def bool) bool {
+	switch e {
+	case ExpandOn:
+		return true
+	case ExpandOff:
+		return false
+	}
+	return def
 }
 
 // Default policy values, from LSA.md where it gives one.
@@ -99,6 +154,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("%w: LookaheadTrend %v not finite and ≥ 0", ErrBadPolicy, p.LookaheadTrend)
 	case p.MaxChunks <= 0:
 		return fmt.Errorf("%w: MaxChunks %d ≤ 0", ErrBadPolicy, p.MaxChunks)
+	case p.Expand > ExpandOn:
+		return fmt.Errorf("%w: Expand %d not auto, off or on", ErrBadPolicy, p.Expand)
 	}
 	return nil
 }

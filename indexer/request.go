@@ -228,7 +228,7 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 		if _, ok := groups[r.model]; !ok {
 			order = append(order, r.model)
 		}
-		groups[r.model] = append(groups[r.model], ScoreItem{Query: queries[i], Keys: r.keys, Out: r.logits})
+		groups[r.model] = append(groups[r.model], ScoreItem{Query: queries[i], Keys: r.keys, Out: r.logits, Expand: r.policy.Expand})
 	}
 	for _, m := range order {
 		if err := m.Score(groups[m]); err != nil {

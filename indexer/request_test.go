@@ -289,3 +289,26 @@ func TestPersistRoundTrip(t *testing.T) {
 		})
 	}
 }
+
+func TestExpansionPolicy(t *testing.T) {
+	for s, want := range map[string]Expansion{"": ExpandAuto, "auto": ExpandAuto, "off": ExpandOff, "on": ExpandOn} {
+		got, err := ParseExpansion(s)
+		if err != nil || got != want {
+			t.Errorf("ParseExpansion(%q) = %v, %v", s, got, err)
+		}
+		if s != "" && got.String() != s {
+			t.Errorf("%v.String() = %q", got, got.String())
+		}
+	}
+	if _, err := ParseExpansion("maybe"); !errors.Is(err, ErrBadPolicy) {
+		t.Errorf("ParseExpansion(maybe): %v", err)
+	}
+	p := DefaultPolicy()
+	p.Expand = ExpandOn + 1
+	if err := p.Validate(); !errors.Is(err, ErrBadPolicy) {
+		t.Errorf("Expand %d: %v", p.Expand, err)
+	}
+	if !ExpandAuto.On(true) || ExpandAuto.On(false) || ExpandOff.On(true) || !ExpandOn.On(false) {
+		t.Error("On resolves wrongly")
+	}
+}

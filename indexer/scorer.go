@@ -57,6 +57,9 @@ type ScoreItem struct {
 	Query Query
 	Keys  []Keys      // per target layer
 	Out   [][]float32 // per target layer, len(Out[l]) == Keys[l].Len()
+	// Expand is the request's Policy.Expand: whether the scorer may expand the query with
+	// what a first pass kept (multi-hop). Scorers without an expansion ignore it.
+	Expand Expansion
 }
 
 // Ensemble says how per-layer scores combine into one score per chunk.

@@ -342,7 +342,8 @@ func newTestModel(tb testing.TB) *Model {
 		m.idf[m.bucket(TermID(w))] = 0.1
 	}
 	vocab := map[uint32]struct{}{}
-	for _, w := range strings.Fields(fillerWords + " one special magic numbers for what var which names hold value the of is a . , : ? =") {
+	for _, w := range strings.Fields(fillerWords + " one special magic numbers for what var which names hold value the of is a . , : ? =" +
+		" locker drawer cabinet parcel number packed whatever sat was moved into with where has been kept") {
 		m.idf[m.bucket(TermID(w))] = max(m.idf[m.bucket(TermID(w))], 4)
 		vocab[TermID(w)] = struct{}{}
 	}
@@ -460,6 +461,14 @@ func TestScoreFindsNeedleAndChain(t *testing.T) {
 			"Which VAR names hold the value 5521?",
 			[]string{"VAR QWERT = 5521.", "VAR ZXCVB = VAR QWERT.", "VAR POIUY = VAR ZXCVB."},
 			[]string{"VAR LKJHG = 9999."}},
+		// Names the training corpus knows ("locker", "41"): the chain is
+		// followed because the names are rare in the context, not because
+		// they are new words.
+		{"chain through known words",
+			map[int]string{30: "Locker 41 was packed with the parcel number 5521.", 90: "Whatever sat in Locker 41 was moved into Drawer 17.", 150: "Whatever sat in Drawer 17 was moved into Cabinet 63.", 175: "Shelf 88 holds the parcel number 7304."},
+			"Where has the parcel number 5521 been kept?",
+			[]string{"Locker 41 was packed with the parcel number 5521.", "Whatever sat in Locker 41 was moved into Drawer 17.", "Whatever sat in Drawer 17 was moved into Cabinet 63."},
+			[]string{"Shelf 88 holds the parcel number 7304."}},
 	}
 	for _, c := range cases {
 		text := haystack(200, c.insert)
@@ -494,6 +503,19 @@ func TestScoreFindsNeedleAndChain(t *testing.T) {
 		}
 		if above > len(out)/10 {
 			t.Errorf("%s: %d of %d chunks above threshold", c.name, above, len(out))
+		}
+		// Without expansion only what the question names is kept: the chains'
+		// later links are not.
+		if len(c.evidence) > 1 {
+			if err := m.ScoreWith(m.NewQuery(Tokenize(c.question), nil, Lexical), keys, out, ScoreOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			f, l := chunksOf(text, c.evidence[len(c.evidence)-1], toks)
+			for ch := f; ch <= l; ch++ {
+				if out[ch] > 0 {
+					t.Errorf("%s without expansion: last link chunk %d logit %.2f > 0", c.name, ch, out[ch])
+				}
+			}
 		}
 	}
 }

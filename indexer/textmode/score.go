@@ -24,9 +24,13 @@ const (
 	// prfHops bounds relevance-feedback rounds (see expand).
 	prfHops = 3
 	// prfMaxOccur: an expansion term must occur at most this many times in the
-	// context (counted as chunk keys holding it, about 1 + 2·TermWindow/4 keys
-	// per occurrence), i.e. it names something specific, not a topic.
-	prfMaxOccur = 3
+	// context (chunks holding it as their own term), i.e. it names something
+	// specific, not a topic; prfMaxOccurKnown for words the training corpus
+	// held, which a context repeats more readily ("one", "cabinet"): a link of
+	// a chain names a known word twice, in the link that sets it and in the
+	// one that reads it.
+	prfMaxOccur      = 3
+	prfMaxOccurKnown = 2
 	// prfMaxSeeds and prfMaxTerms bound the work of one round.
 	prfMaxSeeds = 512
 	prfMaxTerms = 256
@@ -158,11 +162,29 @@ func (m *Model) cosine(q *Query, key []byte) float32 {
 	return dot * scale
 }
 
+// ScoreOptions tunes one Score call.
+type ScoreOptions struct {
+	// Hops bounds the rounds of multi-hop expansion (relevance feedback from
+	// the chunks the query kept to the chunks that name what they say); 0
+	// scores the query alone.
+	Hops int
+}
+
+// DefaultHops is the expansion a text-mode model does unless a policy turns
+// it off: chains of up to four links (the question finds the first).
+const DefaultHops = prfHops
+
 // Score writes the logit of every chunk of a context for q into out (one key
 // per chunk, len(out) keys): logit > 0 means keep, as for the LSA scorer. keys
 // must hold the whole context, because lexical term weights come from it and
 // relevance feedback follows terms through it. Work is spread over all cores.
+// It expands the query over DefaultHops hops (ScoreWith sets that).
 func (m *Model) Score(q *Query, keys []byte, out []float32) error {
+	return m.ScoreWith(q, keys, out, ScoreOptions{Hops: DefaultHops})
+}
+
+// ScoreWith is Score with options.
+func (m *Model) ScoreWith(q *Query, keys []byte, out []float32, opts ScoreOptions) error {
 	if err := m.CheckKeys(keys); err != nil {
 		return err
 	}
@@ -189,8 +211,8 @@ func (m *Model) Score(q *Query, keys []byte, out []float32) error {
 		}
 	})
 	dilate(out)
-	if cal.Lex != 0 {
-		m.expand(q, keys, out, workers)
+	if cal.Lex != 0 && opts.Hops > 0 {
+		m.expand(q, keys, out, opts.Hops)
 	}
 	return nil
 }
@@ -224,15 +246,22 @@ func dilate(out []float32) {
 	}
 }
 
-// expand is pseudo-relevance feedback for multi-hop evidence ("VAR B = VAR A"
-// found through A once "VAR A = 7" matched): for up to prfHops rounds, the
-// specific terms of the chunks kept in the previous round (their own terms,
-// not their windows', that the training corpus never held, that occur at most
-// prfMaxOccur times in the context and are not in the query) become a second
-// query, and chunks holding one of them are kept with prfLogit. Dilation has
-// already kept the neighbours of strong chunks, so a name just before the
-// chunk that matched best is among the seeds' own terms.
-func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
+// expand is pseudo-relevance feedback for multi-hop evidence ("Set b to the
+// value of a." found through a once "Let a equal 7." matched): for up to hops
+// rounds, the specific terms of the chunks kept in the previous round become
+// a second query, and chunks holding one of them are kept with prfLogit. A
+// term is specific when it is a chunk's own term (not its window's), is not
+// in the query, and occurs at most prfMaxOccur times in the context: a name,
+// a code, an identifier — whether or not the training corpus held the word
+// (chains through "Locker 88" are as common as chains through "qorvex").
+// Dilation has already kept the neighbours of strong chunks, so a name just
+// before the chunk that matched best is among the seeds' own terms.
+//
+// A term is tracked as (bucket, novel): a novel term and a training word that
+// share a 16-bit bucket are different words, and a bucket shared by several
+// training words counts all their occurrences, which only makes it less
+// specific.
+func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 	kb := m.KeyBytes()
 	n := len(out)
 	var seeds []int
@@ -241,9 +270,25 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 			seeds = append(seeds, c)
 		}
 	}
-	used := slices.Clone(q.set)
-	maxDF := prfMaxOccur * (1 + 2*((m.cfg.TermWindow+TokensPerChunk-1)/TokensPerChunk))
-	for range prfHops {
+	nb := m.cfg.Buckets
+	// Bit sets over 2·Buckets: index b for training words, Buckets+b for novel ones.
+	used := make([]uint64, (2*nb+63)/64)
+	for _, b := range q.terms {
+		used[int(b)>>6] |= 1 << (b & 63)
+		i := nb + int(b)
+		used[i>>6] |= 1 << (i & 63)
+	}
+	termIdx := func(key []byte, terms []byte, i int, novel uint32) int {
+		b := int(termAt(terms, i))
+		if b >= nb {
+			return -1
+		}
+		if novel&(1<<i) != 0 {
+			return nb + b
+		}
+		return b
+	}
+	for range hops {
 		if len(seeds) == 0 {
 			return
 		}
@@ -259,48 +304,47 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 				return a - b
 			})
 			seeds = seeds[:prfMaxSeeds]
+			slices.Sort(seeds)
 		}
-		cand := map[uint16]int{}
-		var order []uint16
+		cand := map[int]int{}
+		var order []int
 		for _, c := range seeds {
 			key := keys[c*kb : (c+1)*kb]
 			terms, ncore, _ := m.keyTerms(key)
 			novel := m.keyNovel(key)
 			for i := range ncore {
-				b := termAt(terms, i)
-				if novel&(1<<i) == 0 || int(b) >= m.cfg.Buckets || used[b>>6]&(1<<(b&63)) != 0 {
+				t := termIdx(key, terms, i, novel)
+				if t < 0 || used[t>>6]&(1<<(t&63)) != 0 {
 					continue
 				}
-				if _, ok := cand[b]; !ok && len(order) < prfMaxTerms {
-					cand[b] = 0
-					order = append(order, b)
+				if _, ok := cand[t]; !ok && len(order) < prfMaxTerms {
+					cand[t] = 0
+					order = append(order, t)
 				}
 			}
 		}
 		if len(order) == 0 {
 			return
 		}
-		// Occurrences count only where the term is marked novel: a training
-		// word sharing the 16-bit bucket is another word, not another mention.
+		// Occurrences: chunks holding the term as their own term.
 		for c := range n {
 			key := keys[c*kb : (c+1)*kb]
-			terms, _, nt := m.keyTerms(key)
+			terms, ncore, _ := m.keyTerms(key)
 			novel := m.keyNovel(key)
-			for i := range nt {
-				if novel&(1<<i) == 0 {
-					continue
-				}
-				if v, ok := cand[termAt(terms, i)]; ok {
-					cand[termAt(terms, i)] = v + 1
+			for i := range ncore {
+				if t := termIdx(key, terms, i, novel); t >= 0 {
+					if v, ok := cand[t]; ok {
+						cand[t] = v + 1
+					}
 				}
 			}
 		}
 		exp := make([]uint64, len(used))
 		found := false
-		for _, b := range order {
-			used[b>>6] |= 1 << (b & 63)
-			if cand[b] <= maxDF {
-				exp[b>>6] |= 1 << (b & 63)
+		for _, t := range order {
+			used[t>>6] |= 1 << (t & 63)
+			if lim := prfMaxOccurKnown; cand[t] <= lim || t >= nb && cand[t] <= prfMaxOccur {
+				exp[t>>6] |= 1 << (t & 63)
 				found = true
 			}
 		}
@@ -320,13 +364,13 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, workers int) {
 			terms, ncore, _ := m.keyTerms(key)
 			novel := m.keyNovel(key)
 			for i := range ncore {
-				b := termAt(terms, i)
-				if novel&(1<<i) != 0 && int(b) < m.cfg.Buckets && exp[b>>6]&(1<<(b&63)) != 0 {
+				if t := termIdx(key, terms, i, novel); t >= 0 && exp[t>>6]&(1<<(t&63)) != 0 {
 					out[c] = prfLogit
-					// The next name of a chain may sit in the chunk next door
-					// ("VAR B = | VAR A."), so neighbours seed the next round
-					// too (their own terms only; their logits are unchanged).
-					for _, s := range []int{c - 1, c, c + 1} {
+					// The next name of a chain may sit a chunk or two before
+					// ("Set b | to the value | of a."), so neighbours within
+					// dilateRadius seed the next round too (their own terms
+					// only; their logits are unchanged).
+					for s := c - dilateRadius; s <= c+dilateRadius; s++ {
 						if s >= 0 && s < n && (len(seeds) == 0 || seeds[len(seeds)-1] < s) {
 							seeds = append(seeds, s)
 						}

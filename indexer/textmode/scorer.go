@@ -42,7 +42,9 @@ func (s *Scorer) Query(q *Query) indexer.Query {
 	return indexer.Query{Layers: [][]byte{q.AppendBinary(nil, s.Model.Config())}}
 }
 
-// Score scores every item's chunks (the model spreads a context over all cores).
+// Score scores every item's chunks (the model spreads a context over all cores),
+// expanding each query over DefaultHops hops unless its policy turns
+// expansion off (indexer.ExpandOff).
 func (s *Scorer) Score(items []indexer.ScoreItem) error {
 	for i, it := range items {
 		if len(it.Keys) != 1 || len(it.Out) != 1 || len(it.Query.Layers) != 1 {
@@ -56,7 +58,11 @@ func (s *Scorer) Score(items []indexer.ScoreItem) error {
 		if !ok {
 			return fmt.Errorf("%w: item %d: keys not made by this scorer", ErrBadKey, i)
 		}
-		if err := s.Model.Score(q, tk.raw, it.Out[0]); err != nil {
+		opts := ScoreOptions{}
+		if it.Expand.On(true) {
+			opts.Hops = DefaultHops
+		}
+		if err := s.Model.ScoreWith(q, tk.raw, it.Out[0], opts); err != nil {
 			return fmt.Errorf("item %d: %w", i, err)
 		}
 	}

@@ -33,6 +33,7 @@ type evalOpts struct {
 	seed       uint64
 	asJSON     bool
 	inProcess  bool
+	expand     string // multi-hop expansion policy, in process ("auto", "on", "off")
 	progress   io.Writer
 }
 
@@ -72,6 +73,8 @@ indexer selection, over the same chunks and cycles.`,
 			var rep *eval.Report
 			if o.inProcess {
 				rep, err = runInProcessEval(o)
+			} else if o.expand != "" && o.expand != "auto" {
+				return fmt.Errorf("%w: --expand applies to --in-process runs; for the daemon set expand = %q in flashmemd's [indexer] configuration", ErrUsage, o.expand)
 			} else {
 				c, derr := g.dial(cmd.Context())
 				if derr != nil {
@@ -105,6 +108,7 @@ indexer selection, over the same chunks and cycles.`,
 	f.StringVar(&o.model, "model", "text", "the daemon's text-mode model to open sessions with")
 	f.StringVar(&o.modelFile, "model-file", "", "that model's safetensors file, to compute the same keys client side (default: the embedded default model)")
 	f.Uint64Var(&o.seed, "seed", 1, "seed of the random baseline")
+	f.StringVar(&o.expand, "expand", "auto", "multi-hop expansion of the text-mode scorer (auto = on, on, off); --in-process only, the daemon takes it from its [indexer] expand setting")
 	f.BoolVar(&o.inProcess, "in-process", false, "no daemon: score and select in this process (eval.Run), as a cross-check of the daemon-backed numbers")
 	_ = cmd.MarkFlagRequired("data")
 	return cmd
@@ -229,8 +233,12 @@ func runInProcessEval(o evalOpts) (*eval.Report, error) {
 		return nil, err
 	}
 	defer f.Close()
+	exp, err := indexer.ParseExpansion(o.expand)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --expand: %w", ErrUsage, err)
+	}
 	return eval.Run(eval.NewReader(f), eval.RunOptions{Model: m, Footprints: o.footprints, Seed: o.seed,
-		Methods: append(slices.Clone(o.modes), o.baselines...)})
+		Methods: append(slices.Clone(o.modes), o.baselines...), Expand: exp})
 }
 
 func (o *evalOpts) check() error {
