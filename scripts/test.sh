@@ -12,6 +12,8 @@ if go list -deps ./... | grep -q '^gorgonia.org/cu'; then
 fi
 echo "== systemd units"
 scripts/verify-systemd.sh
+echo "== C client (clients/c: -Wall -Wextra -Werror, then ASan/UBSan)"
+make -s -C clients/c test test-asan
 echo "== python client (clients/python: /usr/bin/python3 with Debian's python3-pytest)"
 py=/usr/bin/python3
 if ! $py -m pytest --version >/dev/null 2>&1; then

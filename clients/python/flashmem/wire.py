@@ -78,10 +78,10 @@ def crc32c_py(data, value=0):
 
 def _load_native():
     """The C client's fm_crc32c (SSE4.2 when the CPU has it), if libflashmem.so is found:
-    $FLASHMEM_LIB, else clients/c/libflashmem.so beside this package in a source tree.
+    $FLASHMEM_LIB, else clients/c/build/libflashmem.so (make -C clients/c) beside this package in a source tree.
     Only ctypes (standard library) is used; without the library the pure-Python CRC runs."""
     here = os.path.dirname(os.path.abspath(__file__))
-    for path in (os.environ.get("FLASHMEM_LIB"), os.path.join(here, "..", "..", "c", "libflashmem.so")):
+    for path in (os.environ.get("FLASHMEM_LIB"), os.path.join(here, "..", "..", "c", "build", "libflashmem.so")):
         if not path or not os.path.exists(path):
             continue
         try:

@@ -400,3 +400,11 @@ def test_layout_arithmetic_matches_protocol_md():
     hello = wire.encode_hello("py")
     assert wire.pack_header(wire.OP_HELLO, 1, [hello]) + hello == bytes.fromhex(
         "464d454d010001000000000008000000" "010000000000000073dc302300000000" "0100010002007079")
+
+
+def test_native_crc_agrees_with_pure_python():
+    data = bytes(range(256)) * 37 + b"tail"
+    assert wire.crc32c_py(data) == wire.crc32c(data)
+    assert wire.crc32c(data[100:], wire.crc32c(data[:100])) == wire.crc32c_py(data)
+    if wire.NATIVE_CRC_LIB is None:
+        pytest.skip("libflashmem.so not built (make -C clients/c); the pure-Python CRC was checked")
