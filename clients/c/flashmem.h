@@ -66,6 +66,10 @@ enum fm_op {
 	FM_OP_SESSIONS = 0x0041,
 	FM_OP_INSPECT = 0x0042,
 	FM_OP_EVICT = 0x0043,
+	FM_OP_MODELS = 0x0044,
+	FM_OP_VERIFY = 0x0045,
+	FM_OP_DELETE = 0x0046,
+	FM_OP_SAVE = 0x0047,
 };
 
 /* Wire error codes (section 8; numbers are permanent). Unknown codes: treat as INTERNAL. */
@@ -397,8 +401,8 @@ int fm_cycle(fm_client *c, const fm_cycle_entry *entries, uint32_t n, fm_cycle_r
 void fm_cycle_results_free(fm_cycle_result *results, uint32_t n);
 int fm_release(fm_client *c, const uint64_t *leases, uint32_t n, fm_error *err);
 
-/* Admin ops (JSON bodies, section 10.11): op FM_OP_STATUS/SESSIONS (request NULL) or
- * INSPECT/EVICT (request e.g. {"session": 3}). *reply is malloc'd, NUL-terminated. */
+/* Admin ops (JSON bodies, section 10.11): op FM_OP_STATUS/SESSIONS/MODELS (request NULL)
+ * or INSPECT/EVICT/VERIFY/DELETE/SAVE (request {"session": 3} or {"name": "s"}). *reply is malloc'd, NUL-terminated. */
 int fm_admin(fm_client *c, uint16_t op, const char *request, char **reply, size_t *reply_len, fm_error *err);
 
 /* Raw access: send `header` (32 bytes, as is, or NULL to build one for op with the

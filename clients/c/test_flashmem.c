@@ -298,6 +298,12 @@ static void test_happy_path(void) {
 	free(json);
 	MUST(fm_admin(c, FM_OP_SESSIONS, NULL, &json, &jl, &e_));
 	free(json);
+	MUST(fm_admin(c, FM_OP_MODELS, NULL, &json, &jl, &e_));
+	CHECK(strstr(json, "\"small\"") != NULL, "models: %.300s", json);
+	free(json);
+	MUST(fm_admin(c, FM_OP_VERIFY, target, &json, &jl, &e_));
+	CHECK(strstr(json, "\"bad\":0") != NULL, "verify: %.300s", json);
+	free(json);
 	MUST(fm_close_session(c, s.id, 0, &e_));
 	fm_session_free(&s);
 	fm_close(c);
@@ -635,8 +641,13 @@ int main(int argc, char **argv) {
 	test_session_errors();
 	test_permission_denied();
 	test_integrity();
+	/* SHUTTING_DOWN: on SIGTERM the daemon tells every client why it closes. */
+	fm_client *c;
+	MUST(fm_connect(sock_path, "c-shutdown", &c, &e_));
 	stop_daemon();
-	int want[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 23};
+	EXPECT(FM_E_SHUTTING_DOWN, fm_admin(c, FM_OP_STATUS, NULL, &(char *){0}, NULL, &e));
+	fm_close(c);
+	int want[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23};
 	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
 		if (!covered[want[i]] && !(want[i] == 20 && geteuid() != 0))
 			CHECK(0, "error code %d (%s) not covered", want[i], fm_code_name(want[i]));
@@ -644,6 +655,6 @@ int main(int argc, char **argv) {
 		fprintf(stderr, "FAIL: %d checks failed (daemon log: %s)\n", failures, log_path);
 		return 1;
 	}
-	printf("ok: C client against flashmemd (error codes 1-20, 23 covered)\n");
+	printf("ok: C client against flashmemd (error codes 1-21 and 23 covered; 22 INTERNAL is never the client's doing)\n");
 	return 0;
 }

@@ -314,7 +314,24 @@ class Client:
         return self._json(wire.OP_INSPECT, _target(session, name))
 
     def evict(self, session=None, name=None):
+        """Move a session's pages out of memory (only demotes pages of an attached one)."""
         return self._json(wire.OP_EVICT, _target(session, name))
+
+    def models(self):
+        """The daemon's indexer models with the query/key sizes they take, and the limits."""
+        return self._json(wire.OP_MODELS, b"")
+
+    def verify(self, session=None, name=None):
+        """Read every page of a session back and check its checksum (slow: reads SSD)."""
+        return self._json(wire.OP_VERIFY, _target(session, name))
+
+    def delete(self, session=None, name=None):
+        """Remove a session, live or persisted, with its pages and metadata."""
+        return self._json(wire.OP_DELETE, _target(session, name))
+
+    def save(self, session=None, name=None):
+        """Persist a named live session, as its connection's PERSIST would."""
+        return self._json(wire.OP_SAVE, _target(session, name))
 
     def _json(self, op, body):
         f = self._call(op, body)

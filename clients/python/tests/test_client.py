@@ -351,6 +351,36 @@ def test_permission_denied(daemon, tmp_path):
     assert out.stdout.strip() == "denied 20", out.stdout + out.stderr
 
 
+def test_admin_ops(client):
+    rng = random.Random(8)
+    name = "py-admin-%d" % os.getpid()
+    m = client.models()
+    assert any(x.get("name") == "small" for x in m["models"]), m
+    with client.open(small_layout(16), name=name) as s:
+        fill(s, 4, 128, rng)
+        saved = client.save(name=name)
+        assert s.id in saved["sessions"]
+        v = client.verify(session=s.id)
+        assert v["pages"] == 2 and v["bad"] == 0 and not v.get("damage"), v
+        ev = client.evict(name=name)
+        assert s.id in ev["sessions"]
+        client.delete(name=name)
+        s.closed = True  # DELETE ended it
+        s.unmap()
+    expect(flashmem.UnknownSession, lambda: client.inspect(name=name))
+
+
+def test_shutting_down(fresh_daemon):
+    # SHUTTING_DOWN (21): on SIGTERM the daemon tells every client why it closes.
+    c = flashmem.connect(fresh_daemon.socket)
+    assert c.ping(b"up") == b"up"
+    fresh_daemon.stop()
+    expect(flashmem.ShuttingDown, lambda: c.status())
+    assert c.closed
+    with pytest.raises(flashmem.ConnectionLost):
+        c.ping(b"x")
+
+
 def test_integrity_error(fresh_daemon):
     # INTEGRITY (15): a stored page whose bytes changed on disk is never served.
     rng = random.Random(7)
