@@ -168,6 +168,15 @@ func (lw *LayerWeights) MatrixData(which ProjMatrix) (rows, cols int, f32 []floa
 	return w.rows, w.cols, w.f32, w.bf16
 }
 
+// QueryParams returns what a query needs besides the three matrices, for a device that
+// runs the whole query preparation (attn/gpu's cycle): q_norm_weight, the RMSNorm epsilon,
+// the head-weight factor D^-½·H^-½, the YaRN frequencies g_i of the rotated pairs (the last
+// 2·len(freqs) dims of each head) and the Hadamard factor 1/√D, each exactly as Queries
+// uses them. Read-only.
+func (lw *LayerWeights) QueryParams() (qNorm []float32, eps, wScale float32, ropeFreqs []float32, hadamardScale float32) {
+	return lw.qNorm, lw.eps, lw.wScale, lw.rope.freqs, float32(1 / math.Sqrt(float64(lw.headDim)))
+}
+
 // QueriesOn is Queries with the three matrix products done by p (nil: on the CPU); every
 // other step (bf16 input, RMSNorm, bf16 rounding, RoPE, Hadamard, head weights, fp8) runs
 // here, so a projector only has to multiply.

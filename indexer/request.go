@@ -207,6 +207,7 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 	}
 	seen := make(map[*Request]int, len(reqs))
 	groups := make(map[Scorer][]ScoreItem)
+	greqs := make(map[Scorer][]*Request)
 	var order []Scorer
 	for i, r := range reqs {
 		if r == nil {
@@ -229,8 +230,19 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 			order = append(order, r.model)
 		}
 		groups[r.model] = append(groups[r.model], ScoreItem{Query: queries[i], Keys: r.keys, Out: r.logits, Expand: r.policy.Expand})
+		greqs[r.model] = append(greqs[r.model], r)
 	}
+	paged := map[*Request]*PageItem{}
 	for _, m := range order {
+		if ps, ok := m.(PageScorer); ok {
+			done, err := scorePages(ps, groups[m], greqs[m], paged)
+			if err != nil {
+				return nil, err
+			}
+			if done {
+				continue
+			}
+		}
 		if err := m.Score(groups[m]); err != nil {
 			return nil, err
 		}
@@ -241,11 +253,45 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 			out[i] = r.sel.step(r.n, nil, &r.policy)
 			continue
 		}
+		if pi := paged[r]; pi != nil {
+			r.scores = r.scores[:0]
+			out[i] = r.sel.stepPages(r.n, pi, &r.policy)
+			continue
+		}
 		r.scores = growTo(r.scores, r.n)
 		r.ensemble.combine(r.scores, r.logits)
 		out[i] = r.sel.step(r.n, r.scores, &r.policy)
 	}
 	return out, nil
+}
+
+// scorePages runs a group's requests through ps.ScorePages when they share ensemble,
+// threshold and page size and none asks for query expansion (a PageScorer scores the
+// query alone); done is false when the group is left to Score.
+func scorePages(ps PageScorer, items []ScoreItem, group []*Request, paged map[*Request]*PageItem) (done bool, err error) {
+	r0 := group[0]
+	params := PageParams{Ensemble: r0.ensemble, ThresholdLogit: r0.policy.thresholdLogit(), ChunksPerPage: r0.policy.ChunksPerPage}
+	pis := make([]PageItem, len(items))
+	for i, r := range group {
+		if r.ensemble != params.Ensemble || r.policy.thresholdLogit() != params.ThresholdLogit || r.policy.ChunksPerPage != params.ChunksPerPage || r.n == 0 ||
+			r.policy.Expand == ExpandOn {
+			return false, nil
+		}
+		sinkEnd, tailStart := sinkTail(r.n, &r.policy)
+		pages := pageCount(r.n, r.policy.ChunksPerPage)
+		need := r.policy.kmax(pages) - forcedCount(r.n, &r.policy)
+		pis[i] = PageItem{Query: items[i].Query, Keys: items[i].Keys, SinkEnd: sinkEnd, TailStart: tailStart, Need: need}
+	}
+	if err := ps.ScorePages(pis, params); err != nil {
+		if errors.Is(err, ErrPagesUnsupported) {
+			return false, nil
+		}
+		return false, err
+	}
+	for i, r := range group {
+		paged[r] = &pis[i]
+	}
+	return true, nil
 }
 
 func (r *Request) checkQuery(q Query) error {

@@ -1,6 +1,7 @@
 package indexer
 
 import (
+	"errors"
 	"fmt"
 	"math"
 )
@@ -129,3 +130,43 @@ func sigmoid(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
 
 // logit is the inverse of sigmoid; 0 and 1 map to ∓Inf, which compare correctly.
 func logit(p float64) float64 { return math.Log(p / (1 - p)) }
+
+// PageScorer is a Scorer that can also run the chunk-level half of Level-1 selection where
+// it scores (a GPU): the ensemble over target layers, the threshold, each page's count of
+// above-threshold chunks, the counters and the top-KMAX cut, so that only per-page results
+// come back instead of every chunk's logit. ScoreBatch prefers ScorePages for a group of
+// requests that share ensemble, threshold and page size; an error wrapping
+// ErrPagesUnsupported hands the group to Score instead, any other error fails the batch.
+// Request.Scores is empty after a cycle scored this way.
+type PageScorer interface {
+	Scorer
+	ScorePages(items []PageItem, p PageParams) error
+}
+
+// PageParams are the selection parameters a PageScorer batch shares.
+type PageParams struct {
+	Ensemble       Ensemble
+	ThresholdLogit float32 // a chunk is above when its ensembled logit exceeds this
+	ChunksPerPage  int
+}
+
+// PageItem is one request's share of a ScorePages call. Forced pages (touching the sink
+// [0, SinkEnd) or the tail [TailStart, n)) are always selected; of the other pages the Need
+// with the most above-threshold chunks are, ties going to the newer page (docs/indexer.md,
+// Level-1 selection, steps 3–6).
+type PageItem struct {
+	Query              Query
+	Keys               []Keys // per target layer
+	SinkEnd, TailStart int
+	Need               int
+
+	// Filled by ScorePages: per page (len ceil(n / ChunksPerPage)) its above-threshold
+	// count and whether it is selected; the counts of above chunks overall and outside sink
+	// and tail.
+	PageScores                   []uint8
+	Selected                     []bool
+	AboveThreshold, AboveOutside int
+}
+
+// ErrPagesUnsupported (wrapped) from ScorePages: this batch is to be scored by Score.
+var ErrPagesUnsupported = errors.New("indexer: page scoring not available for this batch")

@@ -108,6 +108,35 @@ func sinkTail(n int, p *Policy) (sinkEnd, tailStart int) {
 // step runs one cycle. logits holds one ensembled logit per chunk, or is nil when the request
 // is in fallback (nothing was scored).
 func (s *selector) step(n int, logits []float32, p *Policy) *Cycle {
+	return s.stepWith(n, logits, nil, p)
+}
+
+// stepPages runs one cycle on page results computed elsewhere (a PageScorer): page scores,
+// counters and the top-KMAX cut; the fallback rule, the diffs and the lookahead run here.
+func (s *selector) stepPages(n int, pi *PageItem, p *Policy) *Cycle {
+	return s.stepWith(n, nil, pi, p)
+}
+
+// forcedCount is the number of pages touching the sink or the tail of n chunks.
+func forcedCount(n int, p *Policy) int {
+	cpp := p.ChunksPerPage
+	pages := pageCount(n, cpp)
+	sinkEnd, tailStart := sinkTail(n, p)
+	sinkPages := 0
+	if sinkEnd > 0 {
+		sinkPages = pageCount(sinkEnd, cpp)
+	}
+	tailFirst := pages
+	if tailStart < n {
+		tailFirst = tailStart / cpp
+	}
+	if tailFirst <= sinkPages {
+		return pages
+	}
+	return sinkPages + pages - tailFirst
+}
+
+func (s *selector) stepWith(n int, logits []float32, pi *PageItem, p *Policy) *Cycle {
 	cpp := p.ChunksPerPage
 	pages := pageCount(n, cpp)
 	s.cycle++
@@ -137,7 +166,23 @@ func (s *selector) step(n int, logits []float32, p *Policy) *Cycle {
 		}
 	}
 
-	if !s.fallback && logits != nil {
+	if !s.fallback && pi != nil {
+		c.Scored = true
+		for pg := range pages {
+			s.pageScore[pg] = int32(pi.PageScores[pg])
+		}
+		c.AboveThreshold = pi.AboveThreshold
+		if sinkEnd < tailStart {
+			c.Outside = tailStart - sinkEnd
+			c.AboveOutside = pi.AboveOutside
+		}
+		s.cumOutside += uint64(c.Outside)
+		s.cumAbove += uint64(c.AboveOutside)
+		if s.cumOutside > 0 && float64(s.cumAbove) > p.FallbackRatio*float64(s.cumOutside) {
+			s.fallback = true
+			c.FallbackNow = true
+		}
+	} else if !s.fallback && logits != nil {
 		c.Scored = true
 		thr := p.thresholdLogit()
 		for pg := range pages {
@@ -173,6 +218,8 @@ func (s *selector) step(n int, logits []float32, p *Policy) *Cycle {
 		for pg := range pages {
 			s.inSel[pg] = true
 		}
+	} else if pi != nil {
+		copy(s.inSel[:pages], pi.Selected)
 	} else {
 		s.topK(pages, c.KMax-c.ForcedPages, cpp)
 	}

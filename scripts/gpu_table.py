@@ -51,3 +51,15 @@ for n in (131072, 262144):
         te = next((r["median_ms"] for r in torch_.get("scorer", []) if r["chunks"] == n and r["batch"] == b and r["method"] == "einsum"), 0)
         td = next((r["median_ms"] for r in torch_.get("scorer", []) if r["chunks"] == n and r["batch"] == b and r["method"] == "einsum+dequant"), 0)
         print(f"{n:>7} {b:>2} {kf:12.4f} {k8:11.4f} {te:12.4f} {td:9.4f} {kf / te if te else 0:6.2f}")
+
+# Whole cycle: our GPU ScoreBatch (one GPU cycle per batch, selection included) against the
+# published PyTorch forward called once per request and target layer, same run.
+if len(sys.argv) > 4:
+    sb = load(sys.argv[4])
+    fw = torch_.get("forward", [])
+    print(f"\n== Whole ScoreBatch vs published PyTorch forward, {sb.get('device', '?')} (ms, median; ratio = ours / torch)")
+    print(f"{'chunks':>7} {'requests':>8} {'ours wall':>10} {'ours GPU':>9} {'torch fwd':>10} {'ratio':>6} {'CPU':>8}")
+    for r in sb.get("scorebatch", []):
+        t = next((f["median_ms"] for f in fw if f["chunks"] == r["Chunks"] and f["requests"] == r["Requests"]), 0)
+        print(f"{r['Chunks']:>7} {r['Requests']:>8} {r['GPUms']:10.2f} {r['GPUDeviceMs']:9.2f} {t:10.2f} "
+              f"{r['GPUms'] / t if t else 0:6.3f} {r['CPUms'] or 0:8.1f}")

@@ -11,7 +11,7 @@ import (
 )
 
 func TestNoCUDATwinMatchesAPI(t *testing.T) {
-	twintest.Check(t, 10, []string{"scorer.go", "proj.go"}, []string{"scorer_nocuda.go", "proj_nocuda.go"})
+	twintest.Check(t, 14, []string{"scorer.go", "proj.go", "cycle.go"}, []string{"scorer_nocuda.go", "proj_nocuda.go", "cycle_nocuda.go"})
 	if !cuda.Available {
 		if _, err := NewScorer(nil); !errors.Is(err, ErrNoCUDA) {
 			t.Errorf("NewScorer: %v, want ErrNoCUDA", err)

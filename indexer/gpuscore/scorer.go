@@ -28,6 +28,9 @@ type Scorer struct {
 	projs     []attn.Projector
 	gpuProjs  []*gpu.Projector
 	projBytes int64
+	// cycle runs whole cycles (ScorePages) on the GPU; nil when the model's shapes do not
+	// suit it (more than gpu.MaxCycleLayers target layers), then ScorePages defers to Score.
+	cycle *gpu.Cycle
 
 	mu     sync.Mutex // one batch at a time, and Close waits for it
 	st     *cuda.Stream
@@ -36,17 +39,28 @@ type Scorer struct {
 	gpuBatches, cpuBatches atomic.Uint64
 	lastErr                atomic.Pointer[error]
 	// cumulative wall time of the GPU path's steps, nanoseconds
-	tProject, tSync, tKernel atomic.Int64
+	tProject, tSync, tKernel, tCycle atomic.Int64
+	pageBatches                      atomic.Uint64
 }
 
-// Timings is where the GPU path's time went, summed over every Score call: query
-// projection on the CPU, bringing key copies up to date, and the kernel with its upload
-// and the copy of the logits back.
-type Timings struct{ Project, Sync, Kernel time.Duration }
+// Timings is where the GPU path's time went, summed over every call: for Score, query
+// projection, bringing key copies up to date, and the kernel with its upload and the copy
+// of the logits back; for ScorePages (whole cycles), key sync as above, the cycle's wall
+// time (Cycle) and its device time from input copy to output copy (GPU, CUDA events).
+type Timings struct {
+	Project, Sync, Kernel time.Duration
+	Cycle, GPU            time.Duration
+	CycleBatches          int64
+}
 
 // Timings returns the cumulative step times.
 func (s *Scorer) Timings() Timings {
-	return Timings{time.Duration(s.tProject.Load()), time.Duration(s.tSync.Load()), time.Duration(s.tKernel.Load())}
+	t := Timings{Project: time.Duration(s.tProject.Load()), Sync: time.Duration(s.tSync.Load()), Kernel: time.Duration(s.tKernel.Load()),
+		Cycle: time.Duration(s.tCycle.Load())}
+	if s.cycle != nil {
+		t.GPU, t.CycleBatches = s.cycle.GPUTime()
+	}
+	return t
 }
 
 var _ indexer.Scorer = (*Scorer)(nil)
@@ -81,6 +95,19 @@ func Wrap(m *indexer.Model, dev *cuda.Device) (*Scorer, error) {
 		s.projs = append(s.projs, p)
 		s.projBytes += p.Bytes()
 	}
+	lws := make([]*attn.LayerWeights, len(m.Layers()))
+	for l := range lws {
+		lws[l] = m.LayerWeights(l)
+	}
+	// Without the whole-cycle path (shapes it cannot take, or its kernels fail to load)
+	// batches still score on the GPU through Score; the reason is kept as the last error.
+	if c, err := gpu.NewCycle(dev, lws, m.AttnVariant()); err == nil {
+		s.cycle = c
+		s.projBytes += c.Bytes()
+	} else {
+		err = fmt.Errorf("gpuscore: whole-cycle path off: %w", err)
+		s.lastErr.Store(&err)
+	}
 	return s, nil
 }
 
@@ -102,6 +129,9 @@ func (s *Scorer) Close() error {
 	}
 	s.closed = true
 	errs := []error{s.st.Close(), s.sc.Close()}
+	if s.cycle != nil {
+		errs = append(errs, s.cycle.Close())
+	}
 	for _, p := range s.gpuProjs {
 		errs = append(errs, p.Close())
 	}
@@ -120,6 +150,53 @@ func (s *Scorer) QueryBytes() int { return s.m.QueryBytes() }
 
 // Ensemble implements indexer.Scorer.
 func (s *Scorer) Ensemble() indexer.Ensemble { return s.m.Ensemble() }
+
+var _ indexer.PageScorer = (*Scorer)(nil)
+
+// ScorePages implements indexer.PageScorer: the whole cycle of every item (query
+// projections, RMSNorm, RoPE, Hadamard, scoring of every target layer, ensemble, threshold,
+// page scores, counters, top-KMAX cut) runs on the GPU, and only per-page results come
+// back. A GPU failure is recorded and handed back as indexer.ErrPagesUnsupported, so the
+// batch goes through Score (GPU scoring, then the CPU).
+func (s *Scorer) ScorePages(items []indexer.PageItem, p indexer.PageParams) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.cycle == nil || p.ChunksPerPage < 1 || p.ChunksPerPage > gpu.MaxCycleChunksPerPage {
+		return fmt.Errorf("%w: GPU cycle not available (closed %v, page of %d chunks)", indexer.ErrPagesUnsupported, s.closed, p.ChunksPerPage)
+	}
+	t0 := time.Now()
+	reqs := make([]*gpu.CycleRequest, len(items))
+	for i, it := range items {
+		cr := &gpu.CycleRequest{Hidden: it.Query.Layers, Position: it.Query.Position, SinkEnd: it.SinkEnd, TailStart: it.TailStart, Need: it.Need}
+		for l, k := range it.Keys {
+			gk, ok := k.(*keys)
+			if !ok || gk.s != s {
+				return fmt.Errorf("%w: item %d target layer %d: keys of type %T, not made by this scorer", indexer.ErrBatch, i, l, k)
+			}
+			if err := gk.sync(); err != nil {
+				s.lastErr.Store(&err)
+				return fmt.Errorf("%w: %w", indexer.ErrPagesUnsupported, err)
+			}
+			cr.Keys = append(cr.Keys, gk.dev)
+		}
+		reqs[i] = cr
+	}
+	t1 := time.Now()
+	s.tSync.Add(int64(t1.Sub(t0)))
+	err := s.cycle.Run(reqs, gpu.CycleParams{Mean: p.Ensemble == indexer.EnsembleMean, ThresholdLogit: p.ThresholdLogit, ChunksPerPage: p.ChunksPerPage})
+	s.tCycle.Add(int64(time.Since(t1)))
+	if err != nil {
+		s.lastErr.Store(&err)
+		return fmt.Errorf("%w: %w", indexer.ErrPagesUnsupported, err)
+	}
+	for i, cr := range reqs {
+		items[i].PageScores, items[i].Selected = cr.PageScores, cr.Selected
+		items[i].AboveThreshold, items[i].AboveOutside = cr.AboveThreshold, cr.AboveOutside
+	}
+	s.gpuBatches.Add(1)
+	s.pageBatches.Add(1)
+	return nil
+}
 
 // Stats counts batches scored on the GPU and batches that fell back to the CPU, and
 // returns the last GPU error (nil if none).
