@@ -166,6 +166,9 @@ func (s *session) ingestKeys(first, n uint64, keys []byte) error {
 func (d *Daemon) writeChunk(s *session, ch uint64, payload []byte, slot int) error {
 	cpp := uint64(s.layout.ChunksPerPage)
 	p := uint32(ch / cpp)
+	if err := s.damagedPage(p); err != nil {
+		return fmt.Errorf("write chunk %d: %w", ch, err)
+	}
 	for uint32(len(s.gens)) <= p {
 		s.gens = append(s.gens, 0)
 	}
@@ -204,6 +207,9 @@ func (d *Daemon) writeChunk(s *session, ch uint64, payload []byte, slot int) err
 // writeRun stores a run of APPEND chunks of page p in the mirror at the
 // page's next generation, and in the reserve slot when the page is resident.
 func (d *Daemon) writeRun(s *session, p uint32, run tiers.ChunkRun) error {
+	if err := s.damagedPage(p); err != nil {
+		return fmt.Errorf("write chunks of page %d: %w", p, err)
+	}
 	for uint32(len(s.gens)) <= p {
 		s.gens = append(s.gens, 0)
 	}
@@ -271,4 +277,13 @@ func (d *Daemon) rebuildPage(s *session, id tiers.PageID, base, ch uint64, paylo
 		return 0, fmt.Errorf("page %v: %w", id, err)
 	}
 	return gen, nil
+}
+
+// damagedPage refuses writes to a page whose newest record is damaged: the
+// write would merge new chunks into older bytes of the page's other chunks.
+func (s *session) damagedPage(p uint32) error {
+	if err := s.damaged[p]; err != nil {
+		return fmt.Errorf("page %d is damaged on SSD, so it cannot be extended (CLOSE the session with delete and prefill it again): %w", p, err)
+	}
+	return nil
 }

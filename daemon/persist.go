@@ -100,32 +100,45 @@ func (d *Daemon) writeMetaLocked(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	if err := d.store.SSD().PutMeta(ctx, s.name, blob); err != nil {
+	if err := d.store.SSD().PutSessionMeta(ctx, s.name, s.id, blob); err != nil {
 		return fmt.Errorf("session %q metadata: %w", s.name, err)
 	}
 	return d.store.SSD().Sync()
 }
 
-// restoreIDs runs at start: session ids continue above every persisted one
-// (their pages are keyed by id), and pages of sessions nobody can resume
-// (ephemeral sessions of a daemon that crashed) are deleted.
+// restoreIDs runs at start: session ids continue above every id the store
+// knows (pages are keyed by id), and pages of sessions nobody can resume
+// (ephemeral sessions of a daemon that crashed) are deleted — but only when
+// the journal gives no reason to doubt that: a session some metadata record
+// names (readable or not) keeps its pages, and so does every session while
+// the journal holds damaged records whose header is unreadable (they might be
+// that session's metadata). Damage never turns into deletion.
 func (d *Daemon) restoreIDs() error {
 	ctx := context.Background()
 	ssd := d.store.SSD()
+	rep := ssd.Recovery()
 	names, err := ssd.ListMeta(ctx)
 	if err != nil {
 		return fmt.Errorf("listing persisted sessions: %w", err)
 	}
 	keep := map[uint64]bool{}
+	for _, id := range rep.DamagedSessions {
+		keep[id] = true
+		d.nextID = max(d.nextID, id)
+	}
 	for _, n := range names {
+		if id, ok := ssd.MetaSession(n); ok && id != 0 {
+			keep[id] = true
+			d.nextID = max(d.nextID, id)
+		}
 		blob, err := ssd.GetMeta(ctx, n)
 		if err != nil {
-			d.log.Warn("persisted session unreadable", "name", n, "err", err)
+			d.log.Error("persisted session unreadable; its pages are kept (run flashmemd fsck)", "name", n, "err", err)
 			continue
 		}
 		m, _, err := decodeMeta(blob)
 		if err != nil {
-			d.log.Warn("persisted session unreadable", "name", n, "err", err)
+			d.log.Error("persisted session unreadable; its pages are kept (run flashmemd fsck)", "name", n, "err", err)
 			continue
 		}
 		keep[m.ID] = true
@@ -137,7 +150,11 @@ func (d *Daemon) restoreIDs() error {
 	}
 	for _, id := range ids {
 		d.nextID = max(d.nextID, id)
-		if !keep[id] {
+		switch {
+		case keep[id]:
+		case rep.Unattributed > 0:
+			d.log.Warn("pages of a session no metadata names are kept: the journal has damaged records that may be its metadata (run flashmemd fsck)", "session", id)
+		default:
 			if err := ssd.DeleteSession(ctx, id); err != nil {
 				d.log.Warn("deleting orphan pages", "session", id, "err", err)
 			} else {
@@ -149,6 +166,42 @@ func (d *Daemon) restoreIDs() error {
 		d.log.Info("persisted sessions found", "count", len(names))
 	}
 	return nil
+}
+
+// journalGens continues a resumed session's page generations from what the
+// store holds: a page written to SSD after the last PERSIST (spilled, then
+// the daemon was killed) has a newer generation than the metadata's, and
+// reusing it would make every later write of the page stale. A persisted
+// page the store holds at an older generation than the metadata's (or not
+// at all) lost its newest record: it is reported as damaged, never served.
+func (d *Daemon) journalGens(id uint64, gens []uint64) ([]uint64, map[uint32]error) {
+	ssd := d.store.SSD()
+	out := append([]uint64(nil), gens...)
+	damaged := map[uint32]error{}
+	pages, _ := ssd.Pages(context.Background(), id)
+	for _, p := range pages {
+		for uint32(len(out)) <= p {
+			out = append(out, 0)
+		}
+	}
+	for p := range out {
+		g, ok := ssd.Generation(tiers.PageID{Session: id, Page: uint32(p)})
+		want := uint64(0)
+		if p < len(gens) {
+			want = gens[p]
+		}
+		switch {
+		case ok && g >= want:
+			out[p] = g
+		case want > 0:
+			if ok {
+				damaged[uint32(p)] = fmt.Errorf("page %d: the store holds generation %d, the session's metadata %d: its newest record is damaged or lost (run flashmemd fsck): %w", p, g, want, tiers.ErrIntegrity)
+			} else {
+				damaged[uint32(p)] = fmt.Errorf("page %d (generation %d) is not in the store: its record is damaged or lost (run flashmemd fsck): %w", p, want, tiers.ErrIntegrity)
+			}
+		}
+	}
+	return out, damaged
 }
 
 // resume is RESUME: attach a persisted session by name, from memory if it
@@ -253,10 +306,15 @@ func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session %q: %w", name, err)
 	}
+	gens, damaged := d.journalGens(meta.ID, meta.Gens)
+	for p, err := range damaged {
+		d.log.Error("persisted page damaged; it is reported, never served", "session", meta.ID, "name", name, "page", p, "err", err)
+	}
 	s := &session{
 		id: meta.ID, name: name, persist: true, owner: Cred{UID: meta.OwnerUID, GID: meta.OwnerGID},
 		model: model, layout: meta.Layout, policy: eff, geom: geom, scorer: sc, conn: c, req: req,
-		chunks: meta.Chunks, gens: meta.Gens, cycles: meta.Cycles, leases: map[uint64]*lease{}, lastUsed: time.Now(),
+		chunks: meta.Chunks, gens: gens, cycles: meta.Cycles, leases: map[uint64]*lease{}, lastUsed: time.Now(),
+		damaged: damaged,
 	}
 	if meta.Device != nil {
 		s.want = wantDevice(*meta.Device) // resume on the device the session was opened for

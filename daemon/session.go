@@ -33,15 +33,19 @@ type session struct {
 	geom    *tiers.Geometry
 	scorer  indexer.Scorer
 
-	mu       sync.Mutex
-	conn     *conn // nil while detached
-	req      *indexer.Request
-	ckpt     indexer.SelectionState // before the cycle in flight (runCycle)
-	region   *tiers.Region
-	want     reserveWant  // the device OPEN named for the region
-	place    reservePlace // where region lives (GPU reserve or host)
-	chunks   uint64
-	gens     []uint64      // generation per page; 0 = never written
+	mu     sync.Mutex
+	conn   *conn // nil while detached
+	req    *indexer.Request
+	ckpt   indexer.SelectionState // before the cycle in flight (runCycle)
+	region *tiers.Region
+	want   reserveWant  // the device OPEN named for the region
+	place  reservePlace // where region lives (GPU reserve or host)
+	chunks uint64
+	gens   []uint64 // generation per page; 0 = never written
+	// damaged lists persisted pages found damaged on RESUME (the store
+	// holds an older generation than the metadata, or none): reported per
+	// page in CYCLE replies, never served, until a write replaces them.
+	damaged  map[uint32]error
 	pending  *tiers.Ticket // background recall of the last selection
 	cycles   uint64
 	last     *indexer.Cycle
@@ -289,7 +293,7 @@ func (d *Daemon) register(c *conn, s *session, named bool) error {
 		if _, ok := d.byName[s.name]; ok {
 			return proto.CodeSessionExists.Errorf("session %q exists", s.name)
 		}
-		if _, err := d.store.SSD().GetMeta(context.Background(), s.name); err == nil {
+		if _, ok := d.store.SSD().MetaSession(s.name); ok {
 			return proto.CodeSessionExists.Errorf("session %q is persisted: RESUME it, or delete it first (flashmemctl delete %s)", s.name, s.name)
 		}
 	}

@@ -15,13 +15,16 @@
 //     from large mmap'ed extents under a byte budget. On GPU hosts the extents
 //     come from PinnedAllocator (registered with CUDA), and a GPU region copies
 //     a page straight from its mirror slot.
-//   - SSD: page bodies in append-only, preallocated segment files
-//     (Dir/pages/NNNNNNNN.seg, one header + body record per write, synced
-//     once per segment per batch) and Badger v4 as the index (page → segment,
-//     offset, length, generation, CRC32C) and for session metadata blobs for
-//     persist/resume. Bodies are synced before their index entries commit;
-//     GC compacts segments that became mostly garbage. Corrupt pages are
-//     never served (ErrIntegrity).
+//   - SSD: an append-only journal (Dir/pages/NNNNNNNN.seg) of checksummed,
+//     self-describing records — pages, session metadata, deletions — which is
+//     the source of truth, and Badger v4 as a rebuildable index of the latest
+//     record of each key (journal.go, ssd_index.go). The index is committed
+//     without a sync and checkpointed every few seconds; on open it is
+//     replayed from its checkpoint, or rebuilt from every segment when it is
+//     missing, damaged or names records the journal lacks (ssd_recover.go).
+//     Damaged records are quarantined and reported, never served or deleted.
+//     GC compacts segments that became mostly garbage; a statfs floor refuses
+//     writes (ErrDiskFull) before the filesystem fills.
 //
 // Store combines mirror and SSD (spilling cold pages when the mirror passes its
 // budget, bringing them back on a miss); Mover runs recalls (SSD → mirror →

@@ -52,3 +52,11 @@ var ErrBusy = errors.New("tiers: queue full")
 
 // ErrName means a metadata name is empty, too long or not valid UTF-8.
 var ErrName = errors.New("tiers: invalid name")
+
+// ErrDiskFull means the SSD tier's filesystem is at its free-space floor (or
+// out of space): writes are refused until space is freed; reads go on.
+var ErrDiskFull = errors.New("tiers: disk space below the floor")
+
+// errOldIndex marks an index entry of an earlier format: the index is rebuilt
+// from the journal.
+var errOldIndex = errors.New("index entry of an earlier format")

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,64 +17,78 @@ import (
 	"unicode/utf8"
 
 	badger "github.com/dgraph-io/badger/v4"
-	"github.com/dgraph-io/badger/v4/options"
 )
 
-// Key prefixes. Page keys are 'p' + session (u64 BE) + page (u32 BE), so a
-// session's pages are one contiguous key range.
+// Index key prefixes. Page keys are 'p' + session (u64 BE) + page (u32 BE),
+// so a session's pages are one contiguous key range; page deletions use the
+// same layout under 'd'.
 const (
 	pagePrefix    = 'p'
 	metaPrefix    = 'm'
+	tombSPrefix   = 't'
+	tombPPrefix   = 'd'
+	tombMPrefix   = 'e'
+	ckptKeyByte   = 'c'
 	pageKeySize   = 13
 	maxMetaName   = 1024
-	ssdValueLimit = 1 << 10 // values above go to the value log: only large metadata blobs
+	ssdValueLimit = 1 << 10 // every index value is far below: nothing goes to Badger's value log
 )
 
 // SSDConfig configures the SSD tier.
 type SSDConfig struct {
-	// Dir holds the Badger files (the index and metadata blobs) and, under
-	// Dir/pages, the page segment files (created if missing).
+	// Dir holds the Badger index and, under Dir/pages, the journal's segment
+	// files (created if missing, mode 0700; every file 0600).
 	Dir string
 	// SyncWrites makes every Put (and every PutBatch as a whole) durable
-	// before it returns: the bodies' segments are fdatasynced, then the index
-	// entries are committed with a Badger sync (concurrent commits share it).
-	// Without it nothing is synced until Sync or Close (which sync the
-	// segments first, then the index); after a machine crash a page whose
-	// index entry reached the disk before its body reads as ErrIntegrity,
-	// never as wrong bytes.
+	// before it returns: the records' segments are fdatasynced. The index is
+	// never synced on the write path: it is rebuilt from the journal after a
+	// crash (replay from its last checkpoint).
 	SyncWrites bool
 	// GCInterval is how often space is reclaimed (default 1 minute; negative
-	// disables it): segments whose live bytes fell to 1-GCDiscardRatio of
-	// their size are compacted, and Badger's value log is collected.
+	// disables the timer): segments whose live bytes fell to
+	// 1-GCDiscardRatio of their size are compacted. Writes also start a
+	// round when the garbage they left behind passes a segment's worth.
 	GCInterval time.Duration
-	// GCDiscardRatio is the fraction of garbage a segment or value-log file
-	// needs before GC rewrites it (default 0.5).
+	// GCDiscardRatio is the fraction of garbage a segment needs before GC
+	// rewrites it (default 0.5).
 	GCDiscardRatio float64
-	// SegmentBytes is the size of one page segment file, preallocated when it
-	// is created (default 256 MiB; a page larger than that gets a segment of
-	// its own).
+	// SegmentBytes is the most one segment file grows to (default 256 MiB;
+	// a page larger than that gets a segment of its own). Files grow in
+	// steps of 8 MiB as records arrive.
 	SegmentBytes int64
-	// ValueLogFileSize is the size of one Badger value-log file (default 1
-	// GiB); only metadata blobs over 1 KiB go there.
+	// MinFreeBytes is the free space the filesystem must keep: a write that
+	// would leave less fails with ErrDiskFull (default 4 × MemTableSize + 16
+	// MiB, so Badger's memory-mapped files always find room).
+	MinFreeBytes int64
+	// CheckpointInterval is how often the index is synced and its replay
+	// start recorded (default 5 s), which bounds the journal a restart
+	// replays.
+	CheckpointInterval time.Duration
+	// ValueLogFileSize is the size of one Badger value-log file (default 16
+	// MiB; nothing is written there, index values are small).
 	ValueLogFileSize int64
-	// MemTableSize (default 64 MiB) and BlockCacheSize (default 32 MiB) size
-	// the LSM part, which holds the page index and metadata.
+	// MemTableSize (default 4 MiB) and BlockCacheSize (default 16 MiB) size
+	// the LSM part, which holds the index.
 	MemTableSize   int64
 	BlockCacheSize int64
-	// Logger receives Badger's warnings and errors (default slog.Default()).
+	// Logger receives recovery reports and Badger's warnings and errors
+	// (default slog.Default()).
 	Logger *slog.Logger
 }
 
-// SSD is the disk tier. Page bodies live in append-only segment files
-// (ssd_segments.go), written with pwrite from the calling goroutines and
-// synced once per segment per batch; Badger holds the index, one 40-byte
-// entry per page naming segment, offset, length, generation and CRC32C
-// (ssd_index.go), and the session metadata blobs. A page that fails
-// verification is never served: the read returns ErrIntegrity and is counted.
+// SSD is the disk tier. The journal (journal.go) is the truth: page records,
+// session-metadata records and deletion records appended to segment files
+// with pwrite, synced once per segment per batch. Badger is an index of the
+// latest record of each key, committed without a sync after the records it
+// names; in memory a copy of it answers reads with no Badger transaction. A
+// record that fails verification is never served: the read returns
+// ErrIntegrity and is counted.
 //
-// Durable order: bodies are synced before the index entries that point at
-// them are committed, so a crash in between loses the batch (no entry names
-// it) and a committed entry always finds its bytes.
+// On open the index is checked and brought up to date from the journal
+// (ssd_recover.go): replayed from its checkpoint, or rebuilt from every
+// segment when it is missing, damaged or names records the journal does not
+// have. Damaged records are copied to Dir/quarantine and reported, never
+// deleted for being unreadable.
 type SSD struct {
 	cfg  SSDConfig
 	db   *badger.DB
@@ -88,17 +103,20 @@ type SSD struct {
 	idx  sync.RWMutex
 	gcMu sync.Mutex // one GC round at a time
 
-	// cache mirrors every valid index entry in memory (about 80 B per page),
-	// so a read costs no Badger transaction. It is updated right after each
-	// index commit, under idx, so it never runs ahead of Badger; a reader
-	// that sees the previous entry gets the previous generation, which a
-	// read racing a write may return anyway.
+	// The in-memory index: updated right after each Badger commit, under
+	// idx, so it never runs ahead of Badger.
 	cacheMu sync.RWMutex
-	// uncached is set when the index holds pages the cache does not (values
-	// of the earlier format, corrupt entries): then only a lookup in Badger
-	// can say a page is absent.
-	uncached atomic.Bool
-	cache    map[PageID]indexEntry
+	cache   map[PageID]indexEntry
+	metas   map[string]metaRef
+	tombS   map[uint64]indexEntry
+	tombP   map[PageID]indexEntry
+	tombM   map[string]indexEntry
+
+	report      RecoveryReport
+	legacyMetas map[string][]byte // format-1 metadata found in the index, carried into the journal
+	changed     atomic.Bool       // index changed since the last checkpoint
+	garbage     atomic.Int64
+	kickGC      chan struct{}
 
 	stop   chan struct{}
 	gcDone chan struct{}
@@ -130,11 +148,7 @@ func (b badgerLogger) Warningf(f string, a ...any) {
 func (badgerLogger) Infof(string, ...any)  {}
 func (badgerLogger) Debugf(string, ...any) {}
 
-// OpenSSD opens (or creates) the tier in cfg.Dir.
-func OpenSSD(cfg SSDConfig) (*SSD, error) {
-	if cfg.Dir == "" {
-		return nil, fmt.Errorf("ssd: empty directory: %w", ErrName)
-	}
+func (cfg *SSDConfig) defaults() {
 	if cfg.GCInterval == 0 {
 		cfg.GCInterval = time.Minute
 	}
@@ -146,149 +160,108 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 	}
 	cfg.SegmentBytes = min(alignRecord(cfg.SegmentBytes), maxSegmentBytes)
 	if cfg.ValueLogFileSize <= 0 {
-		cfg.ValueLogFileSize = 1 << 30
+		cfg.ValueLogFileSize = 16 << 20
 	}
 	if cfg.MemTableSize <= 0 {
-		cfg.MemTableSize = 64 << 20
+		cfg.MemTableSize = 4 << 20
 	}
 	if cfg.BlockCacheSize <= 0 {
-		cfg.BlockCacheSize = 32 << 20
+		cfg.BlockCacheSize = 16 << 20
+	}
+	if cfg.MinFreeBytes <= 0 {
+		cfg.MinFreeBytes = 4*cfg.MemTableSize + 16<<20
+	}
+	if cfg.CheckpointInterval <= 0 {
+		cfg.CheckpointInterval = 5 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	opts := badger.DefaultOptions(cfg.Dir).
-		WithLogger(badgerLogger{cfg.Logger}).
-		WithSyncWrites(cfg.SyncWrites).
-		WithValueThreshold(ssdValueLimit).
-		WithValueLogFileSize(cfg.ValueLogFileSize).
-		WithMemTableSize(cfg.MemTableSize).
-		WithBlockCacheSize(cfg.BlockCacheSize).
-		WithNumVersionsToKeep(1).
-		// Index entries are checksummed 40-byte records: compression buys
-		// nothing and costs CPU.
-		WithCompression(options.None).
-		// No transaction reads and then writes the same key for a decision
-		// (compaction's check-and-move is guarded by SSD.idx instead), so
-		// conflict tracking is pure overhead.
-		WithDetectConflicts(false)
-	db, err := badger.Open(opts)
-	if err != nil {
-		return nil, fmt.Errorf("ssd: open %s: %w", cfg.Dir, err)
+}
+
+// OpenSSD opens (or creates) the tier in cfg.Dir, checking the index against
+// the journal and repairing it first (Recovery reports what was found).
+func OpenSSD(cfg SSDConfig) (*SSD, error) {
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("ssd: empty directory: %w", ErrName)
 	}
-	segs, err := openSegStore(filepath.Join(cfg.Dir, segDirName), cfg.SegmentBytes)
-	if err != nil {
-		db.Close()
-		return nil, err
+	cfg.defaults()
+	s := &SSD{
+		cfg: cfg, stop: make(chan struct{}), gcDone: make(chan struct{}), kickGC: make(chan struct{}, 1),
 	}
-	s := &SSD{cfg: cfg, db: db, segs: segs, cache: map[PageID]indexEntry{}, stop: make(chan struct{}), gcDone: make(chan struct{})}
-	if err := s.countPages(); err != nil {
-		segs.close()
-		db.Close()
+	s.resetMaps()
+	s.legacyMetas = map[string][]byte{}
+	if err := s.recover(); err != nil {
+		if s.db != nil {
+			s.db.Close()
+		}
+		if s.segs != nil {
+			s.segs.close()
+		}
 		return nil, err
 	}
 	go s.gcLoop()
+	for name, blob := range s.legacyMetas {
+		if _, ok := s.metas[name]; ok {
+			continue
+		}
+		if err := s.PutMeta(context.Background(), name, blob); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("ssd: carrying metadata %q into the journal: %w", name, err)
+		}
+		cfg.Logger.Info("metadata of format 1 carried into the journal", "name", name)
+	}
+	s.legacyMetas = nil
+	tightenModes(cfg.Dir)
+	if err := s.Sync(); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
-// countPages sets the gauges and each segment's live bytes from the index.
-func (s *SSD) countPages() error {
-	live, end := map[uint32]int64{}, map[uint32]int64{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pagePrefix}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			s.pages.Add(1)
-			_ = it.Item().Value(func(v []byte) error {
-				if !isIndexValue(v) {
-					s.bytes.Add(legacyLen(v))
-					s.uncached.Store(true)
-					return nil
-				}
-				// A corrupt entry still counts as a page (reads of it
-				// report ErrIntegrity); it just claims no segment space.
-				id := pageIDOf(it.Item().Key())
-				if e, err := decodeIndex(v, id); err != nil {
-					s.uncached.Store(true)
-				} else {
-					s.cache[id] = e
-					s.bytes.Add(int64(e.length))
-					live[e.seg] += e.recordLen()
-					end[e.seg] = max(end[e.seg], e.off+e.recordLen())
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("ssd: read index: %w", err)
-	}
-	return s.segs.adopt(live, end)
-}
-
-func pageIDOf(key []byte) PageID {
-	if len(key) != pageKeySize {
-		return PageID{}
-	}
-	return PageID{Session: binary.BigEndian.Uint64(key[1:]), Page: binary.BigEndian.Uint32(key[9:])}
-}
-
-// legacyLen is the body length of a page value of the earlier format (header
-// and body in Badger).
-func legacyLen(v []byte) int64 {
-	if len(v) >= pageHeaderSize && string(v[:4]) == pageMagic {
-		return int64(binary.LittleEndian.Uint32(v[20:]))
-	}
-	return 0
-}
-
-// stored describes what the index holds for a page, for the gauges and the
-// segments' live bytes.
-type stored struct {
-	ok    bool
-	seg   uint32
-	rec   int64 // record bytes in seg (0: none, e.g. a legacy value)
-	bytes int64 // body bytes
-}
-
-func storedOf(item *badger.Item) stored {
-	st := stored{ok: true}
-	_ = item.Value(func(v []byte) error {
-		if !isIndexValue(v) {
-			st.bytes = legacyLen(v)
-			return nil
-		}
-		if e, err := decodeIndex(v, pageIDOf(item.Key())); err == nil {
-			st.seg, st.rec, st.bytes = e.seg, e.recordLen(), int64(e.length)
-		}
-		return nil
-	})
-	return st
+func (s *SSD) resetMaps() {
+	s.cache = map[PageID]indexEntry{}
+	s.metas = map[string]metaRef{}
+	s.tombS = map[uint64]indexEntry{}
+	s.tombP = map[PageID]indexEntry{}
+	s.tombM = map[string]indexEntry{}
 }
 
 func (s *SSD) gcLoop() {
 	defer close(s.gcDone)
-	if s.cfg.GCInterval < 0 {
-		<-s.stop
-		return
+	ck := time.NewTicker(s.cfg.CheckpointInterval)
+	defer ck.Stop()
+	var gc <-chan time.Time
+	if s.cfg.GCInterval > 0 {
+		t := time.NewTicker(s.cfg.GCInterval)
+		defer t.Stop()
+		gc = t.C
 	}
-	t := time.NewTicker(s.cfg.GCInterval)
-	defer t.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
-		case <-t.C:
+		case <-gc:
 			s.RunGC()
+		case <-s.kickGC:
+			if s.cfg.GCInterval > 0 {
+				s.RunGC()
+			}
+		case <-ck.C:
+			if s.changed.Load() {
+				if err := s.Checkpoint(); err != nil && !errors.Is(err, ErrClosed) {
+					s.cfg.Logger.Warn("index checkpoint", "err", err)
+				}
+			}
+			tightenModes(s.cfg.Dir)
 		}
 	}
 }
 
-// RunGC compacts page segments whose live bytes fell to 1-GCDiscardRatio of
-// their size (moving live pages to the active segment, then deleting the
-// file), and runs Badger's value-log GC until no file qualifies (at most 16
-// rewrites per call so it cannot monopolise the disk).
+// RunGC compacts journal segments whose live bytes fell to 1-GCDiscardRatio
+// of their size (moving live records to the active segment, then deleting
+// the file), and lets Badger drop what its compactions left.
 func (s *SSD) RunGC() {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -296,41 +269,61 @@ func (s *SSD) RunGC() {
 		return
 	}
 	if err := s.compact(); err != nil {
-		s.cfg.Logger.Warn("page segment compaction", "err", err)
+		s.cfg.Logger.Warn("journal compaction", "err", err)
 	}
-	for i := 0; i < 16; i++ {
-		err := s.db.RunValueLogGC(s.cfg.GCDiscardRatio)
-		if err != nil {
-			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-				s.cfg.Logger.Warn("value log GC", "err", err)
-			}
-			return
+	for i := 0; i < 4; i++ {
+		if err := s.db.RunValueLogGC(s.cfg.GCDiscardRatio); err != nil {
+			break
 		}
 		s.gcRuns.Add(1)
 	}
 }
 
-func pageKey(id PageID) []byte {
+// noteGarbage counts record bytes that became dead and starts a GC round
+// once they add up to half a segment, so space comes back with the writes
+// that free it, not only on the timer.
+func (s *SSD) noteGarbage(n int64) {
+	if n <= 0 {
+		return
+	}
+	if s.garbage.Add(n) >= s.cfg.SegmentBytes/2 {
+		s.garbage.Store(0)
+		select {
+		case s.kickGC <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func pageKey(id PageID) []byte { return idKey(pagePrefix, id) }
+
+func idKey(prefix byte, id PageID) []byte {
 	k := make([]byte, pageKeySize)
-	k[0] = pagePrefix
+	k[0] = prefix
 	binary.BigEndian.PutUint64(k[1:], id.Session)
 	binary.BigEndian.PutUint32(k[9:], id.Page)
 	return k
 }
 
-func sessionPrefix(session uint64) []byte {
+func sessionKey(prefix byte, session uint64) []byte {
 	k := make([]byte, 9)
-	k[0] = pagePrefix
+	k[0] = prefix
 	binary.BigEndian.PutUint64(k[1:], session)
 	return k
 }
 
-func metaKey(name string) ([]byte, error) {
+func checkMetaName(name string) error {
 	if name == "" || len(name) > maxMetaName || !utf8.ValidString(name) {
-		return nil, fmt.Errorf("meta name %q: %w", name, ErrName)
+		return fmt.Errorf("meta name %q: %w", name, ErrName)
 	}
-	return append([]byte{metaPrefix}, name...), nil
+	return nil
 }
+
+func metaKey(name string) []byte { return append([]byte{metaPrefix}, name...) }
+
+func tombMKey(name string) []byte { return append([]byte{tombMPrefix}, name...) }
+
+var ckptKey = []byte{ckptKeyByte}
 
 func (s *SSD) begin() error {
 	s.mu.RLock()
@@ -348,10 +341,12 @@ func (s *SSD) Put(ctx context.Context, id PageID, gen uint64, page []byte) error
 	return s.PutBatch(ctx, []PageWrite{{ID: id, Gen: gen, Page: page}})
 }
 
-// PutBatch writes the bodies into the active segment from up to 8 goroutines
-// at reserved offsets, fdatasyncs each segment it touched once (SyncWrites),
-// then commits every index entry in one Badger transaction where the size
-// limit allows. With SyncWrites the batch is durable when it returns.
+// PutBatch writes the records into the active segment from up to 8
+// goroutines at reserved offsets, fdatasyncs each segment it touched once
+// (SyncWrites), then commits the index entries. A page whose index already
+// holds a newer generation keeps it (the record written is dead on arrival),
+// exactly as a rebuild from the journal would decide. With SyncWrites the
+// batch is durable when it returns.
 func (s *SSD) PutBatch(ctx context.Context, pages []PageWrite) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -372,11 +367,13 @@ func (s *SSD) PutBatch(ctx context.Context, pages []PageWrite) error {
 	}
 	defer s.end()
 	lens := make([]int64, len(pages))
+	kinds := make([]recordKind, len(pages))
 	for i, w := range pages {
 		lens[i] = pageHeaderSize + int64(len(w.Page))
+		kinds[i] = kindPage
 	}
 	locs := make([]loc, len(pages))
-	if err := s.segs.reserve(lens, locs); err != nil {
+	if err := s.segs.reserve(kinds, lens, locs, true); err != nil {
 		return err
 	}
 	entries := make([]indexEntry, len(pages))
@@ -388,7 +385,7 @@ func (s *SSD) PutBatch(ctx context.Context, pages []PageWrite) error {
 		s.segs.settle(locs, lens, false, nil)
 		return err
 	}
-	return s.commitIndex(pages, locs, lens, entries)
+	return s.commitPages(pages, locs, lens, entries)
 }
 
 // writeBodies writes every record of a batch, spread over the cores: the
@@ -400,7 +397,7 @@ func (s *SSD) writeBodies(pages []PageWrite, locs []loc, entries []indexEntry) e
 		w, l := pages[i], locs[i]
 		c, err := writeRecord(l, w.ID, w.Gen, w.Page)
 		errs[i] = err
-		entries[i] = indexEntry{seg: l.seg.id, length: uint32(len(w.Page)), off: l.off, gen: w.Gen, crc: c}
+		entries[i] = indexEntry{seg: l.seg.id, length: uint32(len(w.Page)), off: l.off, gen: w.Gen, crc: c, kind: kindPage, seq: l.seq}
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(pages), 8)
 	if workers <= 1 {
@@ -424,45 +421,39 @@ func (s *SSD) writeBodies(pages []PageWrite, locs []loc, entries []indexEntry) e
 	return errors.Join(errs...)
 }
 
-// commitIndex commits the entries of written (and, with SyncWrites, synced)
+// newerPage is the journal's rule for which of two records of one page is
+// current: the higher generation, then the higher sequence number.
+func newerPage(a, b indexEntry) bool {
+	return a.gen > b.gen || (a.gen == b.gen && a.seq > b.seq)
+}
+
+// commitPages commits the entries of written (and, with SyncWrites, synced)
 // records and moves the segments' live bytes accordingly.
-func (s *SSD) commitIndex(pages []PageWrite, locs []loc, lens []int64, entries []indexEntry) error {
+func (s *SSD) commitPages(pages []PageWrite, locs []loc, lens []int64, entries []indexEntry) error {
 	s.idx.RLock()
 	defer s.idx.RUnlock()
 	for i := 0; i < len(pages); {
+		start := i
 		var added, bytes int64
 		dead := map[uint32]int64{}
+		applied := make([]bool, len(pages))
 		txn := s.db.NewTransaction(true)
-		start := i
 		var err error
+		s.cacheMu.RLock()
 		for ; i < len(pages); i++ {
-			key := pageKey(pages[i].ID)
-			item, gerr := txn.Get(key)
-			var old stored
-			switch {
-			case gerr == nil:
-				old = storedOf(item)
-			case errors.Is(gerr, badger.ErrKeyNotFound):
-			default:
-				err = gerr
+			id := pages[i].ID
+			old, had := s.cache[id]
+			if had && !newerPage(entries[i], old) {
+				continue // a newer generation is stored: this record is dead
 			}
-			if err == nil {
-				err = txn.SetEntry(badger.NewEntry(key, encodeIndex(entries[i])))
-			}
-			if errors.Is(err, badger.ErrTxnTooBig) && i > start {
-				// Page i goes first into the next transaction.
-				err = nil
+			if err = txn.SetEntry(badger.NewEntry(pageKey(id), encodeIndex(entries[i]))); err != nil {
 				break
 			}
-			if err != nil {
-				break
-			}
-			if !old.ok {
-				added++
-			} else if old.rec > 0 {
-				dead[old.seg] += old.rec
-			}
-			bytes += int64(entries[i].length) - old.bytes
+			applied[i] = true
+		}
+		s.cacheMu.RUnlock()
+		if errors.Is(err, badger.ErrTxnTooBig) && i > start {
+			err = nil // page i goes first into the next transaction
 		}
 		if err == nil {
 			err = txn.Commit()
@@ -473,18 +464,41 @@ func (s *SSD) commitIndex(pages []PageWrite, locs []loc, lens []int64, entries [
 			s.segs.settle(locs[start:], lens[start:], false, nil)
 			return fmt.Errorf("ssd: commit index of %d pages from %v: %w", len(pages)-start, pages[start].ID, err)
 		}
+		var keep, drop []loc
+		var keepLens, dropLens []int64
 		s.cacheMu.Lock()
 		for j := start; j < i; j++ {
-			s.cache[pages[j].ID] = entries[j]
+			if !applied[j] {
+				drop, dropLens = append(drop, locs[j]), append(dropLens, lens[j])
+				continue
+			}
+			keep, keepLens = append(keep, locs[j]), append(keepLens, lens[j])
+			id := pages[j].ID
+			if old, had := s.cache[id]; had {
+				dead[old.seg] += old.recordLen()
+				bytes -= int64(old.length)
+			} else {
+				added++
+			}
+			s.cache[id] = entries[j]
+			bytes += int64(entries[j].length)
+			s.counters.puts.Add(1)
+			s.counters.bytesIn.Add(uint64(len(pages[j].Page)))
 		}
 		s.cacheMu.Unlock()
-		s.segs.settle(locs[start:i], lens[start:i], true, dead)
+		s.segs.settle(keep, keepLens, true, dead)
+		s.segs.settle(drop, dropLens, false, nil)
 		s.pages.Add(added)
 		s.bytes.Add(bytes)
-		for _, w := range pages[start:i] {
-			s.counters.puts.Add(1)
-			s.counters.bytesIn.Add(uint64(len(w.Page)))
+		s.changed.Store(true)
+		var g int64
+		for _, n := range dead {
+			g += n
 		}
+		for _, n := range dropLens {
+			g += n
+		}
+		s.noteGarbage(g)
 	}
 	return nil
 }
@@ -508,56 +522,31 @@ const fusedBlock = 128 << 10
 // mayHave reports whether id may be stored, without counting a read: false
 // means the page was certainly never written (or was deleted).
 func (s *SSD) mayHave(id PageID) bool {
-	if s.uncached.Load() {
-		return true
-	}
 	s.cacheMu.RLock()
 	_, ok := s.cache[id]
 	s.cacheMu.RUnlock()
 	return ok
 }
 
-// lookup returns the index entry of id, or for a page of the earlier format
-// copies and verifies it straight out of Badger into the buffer alloc gives
-// (legacy reports whether that happened).
-func (s *SSD) lookup(id PageID, alloc func(n int) ([]byte, error)) (e indexEntry, legacy bool, gen uint64, err error) {
+// Generation returns the generation of the page the index holds (false: no
+// page). A restarted daemon continues a session's generations from here, so
+// a page written to SSD after the session's last PERSIST never sees its
+// generation reused.
+func (s *SSD) Generation(id PageID) (uint64, bool) {
 	s.cacheMu.RLock()
 	e, ok := s.cache[id]
 	s.cacheMu.RUnlock()
-	if ok {
-		return e, false, 0, nil
+	return e.gen, ok
+}
+
+func (s *SSD) lookup(id PageID) (indexEntry, error) {
+	s.cacheMu.RLock()
+	e, ok := s.cache[id]
+	s.cacheMu.RUnlock()
+	if !ok {
+		return e, fmt.Errorf("page %v: %w", id, ErrNotFound)
 	}
-	// Not cached: absent, a page of the earlier format, or a corrupt entry.
-	err = s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(pageKey(id))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("page %v: %w", id, ErrNotFound)
-		}
-		if err != nil {
-			return fmt.Errorf("ssd: get page %v: %w", id, err)
-		}
-		return item.Value(func(v []byte) error {
-			if isIndexValue(v) {
-				e, err = decodeIndex(v, id)
-				return err
-			}
-			legacy = true
-			h, err := decodePageHeader(v, id)
-			if err != nil {
-				return err
-			}
-			dst, err := alloc(int(h.length))
-			if err != nil {
-				return err
-			}
-			if got := copyChecked(dst, v[pageHeaderSize:]); got != h.crc {
-				return fmt.Errorf("page %v gen %d: body checksum %08x, stored %08x: %w", id, h.gen, got, h.crc, ErrIntegrity)
-			}
-			gen = h.gen
-			return nil
-		})
-	})
-	return e, legacy, gen, err
+	return e, nil
 }
 
 // read copies a verified page into the buffer alloc returns for its length
@@ -591,7 +580,7 @@ func (s *SSD) read(ctx context.Context, id PageID, alloc func(n int) ([]byte, er
 		gen, err = s.readOnce(id, once)
 	}
 	if errors.Is(err, errMoved) {
-		err = fmt.Errorf("page %v: segment keeps disappearing under the reader: %w", id, ErrIntegrity)
+		err = fmt.Errorf("page %v: its segment is gone (run flashmemd fsck): %w", id, ErrIntegrity)
 	}
 	switch {
 	case err == nil:
@@ -607,9 +596,9 @@ func (s *SSD) read(ctx context.Context, id PageID, alloc func(n int) ([]byte, er
 }
 
 func (s *SSD) readOnce(id PageID, alloc func(n int) ([]byte, error)) (uint64, error) {
-	e, legacy, gen, err := s.lookup(id, alloc)
-	if err != nil || legacy {
-		return gen, err
+	e, err := s.lookup(id)
+	if err != nil {
+		return 0, err
 	}
 	seg := s.segs.get(e.seg)
 	if seg == nil {
@@ -617,9 +606,6 @@ func (s *SSD) readOnce(id PageID, alloc func(n int) ([]byte, error)) (uint64, er
 		// place) or the file is gone; the caller retries a bounded number
 		// of times.
 		return 0, errMoved
-	}
-	if e.off+e.recordLen() > seg.size {
-		return 0, fmt.Errorf("page %v: record at offset %d (%d B) past segment %d's %d B: %w", id, e.off, e.recordLen(), e.seg, seg.size, ErrIntegrity)
 	}
 	dst, err := alloc(int(e.length))
 	if err != nil {
@@ -642,8 +628,37 @@ func (s *SSD) Get(ctx context.Context, id PageID, dst []byte) (uint64, error) {
 	return gen, err
 }
 
-// Delete implements Tier. The record's bytes stay in their segment until
-// compaction reclaims it.
+// appendSmall reserves, writes and (if sync) syncs one small record: a
+// deletion or a metadata record. Deletions may use the space above half the
+// floor, since they are how space is freed.
+func (s *SSD) appendSmall(h recHeader, body []byte, sync bool) (indexEntry, loc, int64, error) {
+	rec := encodeRecord(h, body)
+	n := int64(len(rec))
+	locs := make([]loc, 1)
+	if err := s.segs.reserve([]recordKind{h.kind}, []int64{n}, locs, true); err != nil {
+		return indexEntry{}, loc{}, 0, err
+	}
+	l := locs[0]
+	binary.LittleEndian.PutUint64(rec[36:], l.seq)
+	binary.LittleEndian.PutUint32(rec[44:], crc32.Checksum(rec[:44], castagnoli))
+	err := writeSmall(l, rec)
+	if err == nil && sync {
+		err = syncSegments(locs)
+	}
+	if err != nil {
+		s.segs.settle(locs, []int64{n}, false, nil)
+		return indexEntry{}, loc{}, 0, err
+	}
+	gen := h.gen
+	if h.kind == kindMeta || h.kind == kindDelMeta {
+		gen = h.session
+	}
+	e := indexEntry{seg: l.seg.id, length: uint32(len(body)), off: l.off, gen: gen, crc: crc32.Checksum(body, castagnoli), kind: h.kind, seq: l.seq}
+	return e, l, n, nil
+}
+
+// Delete implements Tier: a page-deletion record, then the index. The page
+// record's bytes stay in their segment until compaction reclaims them.
 func (s *SSD) Delete(ctx context.Context, id PageID) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -652,41 +667,57 @@ func (s *SSD) Delete(ctx context.Context, id PageID) error {
 		return err
 	}
 	defer s.end()
-	s.idx.RLock()
-	defer s.idx.RUnlock()
-	key := pageKey(id)
-	var old stored
-	err := s.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(key)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("page %v: %w", id, ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		old = storedOf(item)
-		return txn.Delete(key)
-	})
+	if !s.mayHave(id) {
+		return fmt.Errorf("page %v: %w", id, ErrNotFound)
+	}
+	e, l, n, err := s.appendSmall(recHeader{kind: kindDelPage, session: id.Session, page: id.Page}, nil, s.cfg.SyncWrites)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return err
-		}
 		return fmt.Errorf("ssd: delete page %v: %w", id, err)
 	}
-	s.cacheMu.Lock()
-	delete(s.cache, id)
-	s.cacheMu.Unlock()
-	if old.rec > 0 {
-		s.segs.release(map[uint32]int64{old.seg: old.rec})
+	s.idx.RLock()
+	defer s.idx.RUnlock()
+	s.cacheMu.RLock()
+	old, had := s.cache[id]
+	oldT, hadT := s.tombP[id]
+	s.cacheMu.RUnlock()
+	err = s.db.Update(func(txn *badger.Txn) error {
+		if had && old.seq < e.seq {
+			if err := txn.Delete(pageKey(id)); err != nil {
+				return err
+			}
+		}
+		return txn.Set(idKey(tombPPrefix, id), encodeIndex(e))
+	})
+	if err != nil {
+		s.segs.settle([]loc{l}, []int64{n}, false, nil)
+		return fmt.Errorf("ssd: delete page %v: %w", id, err)
 	}
-	s.pages.Add(-1)
-	s.bytes.Add(-old.bytes)
+	dead := map[uint32]int64{}
+	s.cacheMu.Lock()
+	if cur, ok := s.cache[id]; ok && cur.seq < e.seq {
+		delete(s.cache, id)
+		dead[cur.seg] += cur.recordLen()
+		s.pages.Add(-1)
+		s.bytes.Add(-int64(cur.length))
+	}
+	s.tombP[id] = e
+	s.cacheMu.Unlock()
+	if hadT {
+		dead[oldT.seg] += oldT.recordLen()
+	}
+	s.segs.settle([]loc{l}, []int64{n}, true, dead)
+	s.changed.Store(true)
+	s.noteGarbage(old.recordLen())
+	if !had {
+		return fmt.Errorf("page %v: %w", id, ErrNotFound)
+	}
 	return nil
 }
 
-// DeleteSession implements Tier. It deletes the session's key range with
-// tombstones in one write batch rather than Badger's DropPrefix, which stalls
-// every writer of the database (all other sessions) while it runs.
+// DeleteSession implements Tier: one session-deletion record covers every
+// page of the session written before it. The index drops the session's key
+// range with tombstones in one write batch rather than Badger's DropPrefix,
+// which stalls every writer of the database while it runs.
 func (s *SSD) DeleteSession(ctx context.Context, session uint64) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -695,48 +726,71 @@ func (s *SSD) DeleteSession(ctx context.Context, session uint64) error {
 		return err
 	}
 	defer s.end()
-	s.idx.RLock()
-	defer s.idx.RUnlock()
-	var keys [][]byte
-	var size int64
-	dead := map[uint32]int64{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: sessionPrefix(session)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			keys = append(keys, it.Item().KeyCopy(nil))
-			old := storedOf(it.Item())
-			size += old.bytes
-			if old.rec > 0 {
-				dead[old.seg] += old.rec
-			}
+	var ids []PageID
+	var tps []PageID
+	s.cacheMu.RLock()
+	for id := range s.cache {
+		if id.Session == session {
+			ids = append(ids, id)
 		}
+	}
+	for id := range s.tombP {
+		if id.Session == session {
+			tps = append(tps, id)
+		}
+	}
+	s.cacheMu.RUnlock()
+	if len(ids) == 0 {
 		return nil
-	})
+	}
+	e, l, n, err := s.appendSmall(recHeader{kind: kindDelSession, session: session}, nil, s.cfg.SyncWrites)
 	if err != nil {
-		return fmt.Errorf("ssd: list session %d: %w", session, err)
-	}
-	if len(keys) == 0 {
-		return nil
-	}
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
-	for _, k := range keys {
-		if err := wb.Delete(k); err != nil {
-			return fmt.Errorf("ssd: delete session %d: %w", session, err)
-		}
-	}
-	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("ssd: delete session %d: %w", session, err)
 	}
-	s.cacheMu.Lock()
-	for _, k := range keys {
-		delete(s.cache, pageIDOf(k))
+	s.idx.RLock()
+	defer s.idx.RUnlock()
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, id := range ids {
+		err = errors.Join(err, wb.Delete(pageKey(id)))
 	}
+	for _, id := range tps {
+		err = errors.Join(err, wb.Delete(idKey(tombPPrefix, id)))
+	}
+	err = errors.Join(err, wb.Set(sessionKey(tombSPrefix, session), encodeIndex(e)))
+	if err == nil {
+		err = wb.Flush()
+	}
+	if err != nil {
+		s.segs.settle([]loc{l}, []int64{n}, false, nil)
+		return fmt.Errorf("ssd: delete session %d: %w", session, err)
+	}
+	dead := map[uint32]int64{}
+	var g int64
+	s.cacheMu.Lock()
+	for _, id := range ids {
+		if cur, ok := s.cache[id]; ok && cur.seq < e.seq {
+			delete(s.cache, id)
+			dead[cur.seg] += cur.recordLen()
+			g += cur.recordLen()
+			s.pages.Add(-1)
+			s.bytes.Add(-int64(cur.length))
+		}
+	}
+	for _, id := range tps {
+		if t, ok := s.tombP[id]; ok {
+			delete(s.tombP, id)
+			dead[t.seg] += t.recordLen()
+		}
+	}
+	if old, ok := s.tombS[session]; ok {
+		dead[old.seg] += old.recordLen()
+	}
+	s.tombS[session] = e
 	s.cacheMu.Unlock()
-	s.segs.release(dead)
-	s.pages.Add(-int64(len(keys)))
-	s.bytes.Add(-size)
+	s.segs.settle([]loc{l}, []int64{n}, true, dead)
+	s.changed.Store(true)
+	s.noteGarbage(g)
 	return nil
 }
 
@@ -750,25 +804,19 @@ func (s *SSD) Pages(ctx context.Context, session uint64) ([]uint32, error) {
 	}
 	defer s.end()
 	var out []uint32
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: sessionPrefix(session)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if len(k) == pageKeySize {
-				out = append(out, binary.BigEndian.Uint32(k[9:]))
-			}
+	s.cacheMu.RLock()
+	for id := range s.cache {
+		if id.Session == session {
+			out = append(out, id.Page)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ssd: list session %d: %w", session, err)
 	}
+	s.cacheMu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out, nil
 }
 
 // Sessions lists the sessions that have pages on SSD, so a restarted daemon
-// can find pages no metadata blob refers to any more.
+// can find pages no metadata refers to any more.
 func (s *SSD) Sessions(ctx context.Context) ([]uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -777,38 +825,33 @@ func (s *SSD) Sessions(ctx context.Context) ([]uint64, error) {
 		return nil, err
 	}
 	defer s.end()
-	var out []uint64
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pagePrefix}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); {
-			k := it.Item().Key()
-			if len(k) != pageKeySize {
-				it.Next()
-				continue
-			}
-			sess := binary.BigEndian.Uint64(k[1:])
-			out = append(out, sess)
-			if sess == ^uint64(0) {
-				break
-			}
-			it.Seek(sessionPrefix(sess + 1))
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ssd: list sessions: %w", err)
+	seen := map[uint64]bool{}
+	s.cacheMu.RLock()
+	for id := range s.cache {
+		seen[id.Session] = true
 	}
+	s.cacheMu.RUnlock()
+	out := make([]uint64, 0, len(seen))
+	for id := range seen {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out, nil
 }
 
-// PutMeta stores a session metadata blob under name (durably if SyncWrites).
+// PutMeta stores a metadata blob under name, for no particular session.
 func (s *SSD) PutMeta(ctx context.Context, name string, blob []byte) error {
+	return s.PutSessionMeta(ctx, name, 0, blob)
+}
+
+// PutSessionMeta appends a metadata record for session's blob under name
+// (durably if SyncWrites; Sync makes it durable otherwise). The record
+// before it stays readable as the fallback for a damaged latest one.
+func (s *SSD) PutSessionMeta(ctx context.Context, name string, session uint64, blob []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	key, err := metaKey(name)
-	if err != nil {
+	if err := checkMetaName(name); err != nil {
 		return err
 	}
 	if len(blob) > MaxMetaBytes {
@@ -818,70 +861,170 @@ func (s *SSD) PutMeta(ctx context.Context, name string, blob []byte) error {
 		return err
 	}
 	defer s.end()
-	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(key, encodeMeta(blob)) }); err != nil {
+	body := make([]byte, 0, len(name)+len(blob))
+	body = append(append(body, name...), blob...)
+	e, l, n, err := s.appendSmall(recHeader{kind: kindMeta, session: session, page: uint32(len(name))}, body, s.cfg.SyncWrites)
+	if err != nil {
 		return fmt.Errorf("ssd: put meta %q: %w", name, err)
 	}
+	s.idx.RLock()
+	defer s.idx.RUnlock()
+	s.cacheMu.RLock()
+	old, had := s.metas[name]
+	s.cacheMu.RUnlock()
+	ref := metaRef{cur: e}
+	if had {
+		ref.prev, ref.hasPrev = old.cur, true
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(metaKey(name), encodeMetaRef(ref)) }); err != nil {
+		s.segs.settle([]loc{l}, []int64{n}, false, nil)
+		return fmt.Errorf("ssd: put meta %q: %w", name, err)
+	}
+	dead := map[uint32]int64{}
+	s.cacheMu.Lock()
+	if cur, ok := s.metas[name]; ok && cur.hasPrev {
+		dead[cur.prev.seg] += cur.prev.recordLen()
+		s.noteGarbage(cur.prev.recordLen())
+	}
+	s.metas[name] = ref
+	s.cacheMu.Unlock()
+	s.segs.settle([]loc{l}, []int64{n}, true, dead)
+	s.changed.Store(true)
 	return nil
 }
 
-// GetMeta returns a copy of the blob stored under name.
+// readMetaRecord reads and verifies the metadata record e names.
+func (s *SSD) readMetaRecord(name string, e indexEntry) ([]byte, error) {
+	seg := s.segs.get(e.seg)
+	if seg == nil {
+		return nil, fmt.Errorf("meta %q: segment %d is gone: %w", name, e.seg, ErrIntegrity)
+	}
+	buf := make([]byte, e.recordLen())
+	if err := readAt(seg, buf, e.off); err != nil {
+		if errors.Is(err, errMoved) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("meta %q: %w", name, err)
+	}
+	h, body, err := decodeRecord(buf)
+	if err != nil {
+		return nil, fmt.Errorf("meta %q (segment %d offset %d): %w", name, e.seg, e.off, err)
+	}
+	if err := checkEntry(h, e, "meta "+name, e.seg); err != nil {
+		return nil, err
+	}
+	n, blob := metaBody(h, body)
+	if n != name {
+		return nil, fmt.Errorf("meta %q: record at segment %d offset %d is %q's: %w", name, e.seg, e.off, n, ErrIntegrity)
+	}
+	return blob, nil
+}
+
+// GetMeta returns a copy of the blob stored under name. When the latest
+// record is damaged it returns the one before it (logged and counted as an
+// integrity error); ErrIntegrity only if neither is readable.
 func (s *SSD) GetMeta(ctx context.Context, name string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	key, err := metaKey(name)
-	if err != nil {
+	if err := checkMetaName(name); err != nil {
 		return nil, err
 	}
 	if err := s.begin(); err != nil {
 		return nil, err
 	}
 	defer s.end()
-	var out []byte
-	err = s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(key)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("meta %q: %w", name, ErrNotFound)
+	for try := 0; ; try++ {
+		s.cacheMu.RLock()
+		ref, ok := s.metas[name]
+		s.cacheMu.RUnlock()
+		if !ok {
+			return nil, fmt.Errorf("meta %q: %w", name, ErrNotFound)
 		}
-		if err != nil {
-			return fmt.Errorf("ssd: get meta %q: %w", name, err)
+		blob, err := s.readMetaRecord(name, ref.cur)
+		if errors.Is(err, errMoved) && try < 8 {
+			continue
 		}
-		return item.Value(func(v []byte) error {
-			blob, err := decodeMeta(v, name)
-			if err != nil {
-				return err
-			}
-			out = append([]byte{}, blob...)
-			return nil
-		})
-	})
-	if errors.Is(err, ErrIntegrity) {
+		if err == nil {
+			return blob, nil
+		}
 		s.counters.integrityErrors.Add(1)
+		if !ref.hasPrev {
+			return nil, err
+		}
+		prev, perr := s.readMetaRecord(name, ref.prev)
+		if errors.Is(perr, errMoved) && try < 8 {
+			continue
+		}
+		if perr != nil {
+			return nil, fmt.Errorf("%w; the record before it: %w", err, perr)
+		}
+		s.cfg.Logger.Warn("latest metadata record damaged; using the one before it", "name", name, "err", err, "seq", ref.prev.seq)
+		return prev, nil
 	}
-	return out, err
 }
 
-// DeleteMeta removes a metadata blob; ErrNotFound if absent.
+// MetaSession returns the session id the latest metadata record of name was
+// written for (false: no such name).
+func (s *SSD) MetaSession(name string) (uint64, bool) {
+	s.cacheMu.RLock()
+	defer s.cacheMu.RUnlock()
+	ref, ok := s.metas[name]
+	return ref.session(), ok
+}
+
+// DeleteMeta removes a metadata name (a deletion record, synced);
+// ErrNotFound if absent.
 func (s *SSD) DeleteMeta(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	key, err := metaKey(name)
-	if err != nil {
+	if err := checkMetaName(name); err != nil {
 		return err
 	}
 	if err := s.begin(); err != nil {
 		return err
 	}
 	defer s.end()
-	return s.db.Update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("meta %q: %w", name, ErrNotFound)
-		} else if err != nil {
-			return fmt.Errorf("ssd: delete meta %q: %w", name, err)
+	s.cacheMu.RLock()
+	ref, ok := s.metas[name]
+	s.cacheMu.RUnlock()
+	if !ok {
+		return fmt.Errorf("meta %q: %w", name, ErrNotFound)
+	}
+	e, l, n, err := s.appendSmall(recHeader{kind: kindDelMeta, session: ref.session(), page: uint32(len(name))}, []byte(name), true)
+	if err != nil {
+		return fmt.Errorf("ssd: delete meta %q: %w", name, err)
+	}
+	s.idx.RLock()
+	defer s.idx.RUnlock()
+	err = s.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Delete(metaKey(name)); err != nil {
+			return err
 		}
-		return txn.Delete(key)
+		return txn.Set(tombMKey(name), encodeIndex(e))
 	})
+	if err != nil {
+		s.segs.settle([]loc{l}, []int64{n}, false, nil)
+		return fmt.Errorf("ssd: delete meta %q: %w", name, err)
+	}
+	dead := map[uint32]int64{}
+	s.cacheMu.Lock()
+	if cur, ok := s.metas[name]; ok {
+		dead[cur.cur.seg] += cur.cur.recordLen()
+		if cur.hasPrev {
+			dead[cur.prev.seg] += cur.prev.recordLen()
+		}
+		delete(s.metas, name)
+	}
+	if old, ok := s.tombM[name]; ok {
+		dead[old.seg] += old.recordLen()
+	}
+	s.tombM[name] = e
+	s.cacheMu.Unlock()
+	s.segs.settle([]loc{l}, []int64{n}, true, dead)
+	s.changed.Store(true)
+	return nil
 }
 
 // ListMeta returns every metadata name in sorted order.
@@ -893,53 +1036,74 @@ func (s *SSD) ListMeta(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	defer s.end()
-	var out []string
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{metaPrefix}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			out = append(out, string(it.Item().Key()[1:]))
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ssd: list meta: %w", err)
+	s.cacheMu.RLock()
+	out := make([]string, 0, len(s.metas))
+	for n := range s.metas {
+		out = append(out, n)
 	}
+	s.cacheMu.RUnlock()
+	sort.Strings(out)
 	return out, nil
 }
 
-// Sync makes every write so far durable (for callers running without
-// SyncWrites that want a checkpoint, e.g. on shutdown).
+// Sync makes every write so far durable: it syncs the journal's segments
+// written since their last sync. The index needs no sync (the journal is
+// replayed into it after a crash).
 func (s *SSD) Sync() error {
 	if err := s.begin(); err != nil {
 		return err
 	}
 	defer s.end()
-	// Bodies before the index entries that point at them.
-	if err := s.segs.syncDirty(); err != nil {
+	return s.segs.syncDirty()
+}
+
+// Checkpoint syncs the journal and then the index, and records where a
+// replay after a crash must start. It runs every CheckpointInterval when the
+// index changed, at open and at Close.
+func (s *SSD) Checkpoint() error {
+	if err := s.begin(); err != nil {
 		return err
 	}
+	defer s.end()
+	return s.checkpointLocked()
+}
+
+func (s *SSD) checkpointLocked() error {
+	s.changed.Store(false)
+	// Everything before the checkpoint is committed to the index; the
+	// records themselves reach the disk first.
+	c := s.segs.checkpoint()
+	if err := s.segs.syncDirty(); err != nil {
+		s.changed.Store(true)
+		return err
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(ckptKey, encodeCheckpoint(c)) }); err != nil {
+		s.changed.Store(true)
+		return fmt.Errorf("ssd: checkpoint: %w", err)
+	}
 	if err := s.db.Sync(); err != nil {
-		return fmt.Errorf("ssd: sync: %w", err)
+		s.changed.Store(true)
+		return fmt.Errorf("ssd: checkpoint: sync index: %w", err)
 	}
 	return nil
 }
 
 // Stats implements Tier. Pages and Bytes are kept from Put and Delete and
-// counted afresh on open; concurrent writes of one new page may count it twice
-// until the next open.
+// counted afresh on open.
 func (s *SSD) Stats() TierStats {
 	st := TierStats{Pages: s.pages.Load(), Bytes: s.bytes.Load()}
 	s.counters.fill(&st)
 	return st
 }
 
-// GCRuns is the number of value-log files GC has rewritten.
+// GCRuns is the number of Badger value-log files GC has rewritten.
 func (s *SSD) GCRuns() uint64 { return s.gcRuns.Load() }
 
-// Close stops GC, syncs the segments written since their last sync and closes
-// Badger (which syncs the index) and the segment files, waiting for
-// operations in flight.
+// Recovery reports what the last open found and did.
+func (s *SSD) Recovery() RecoveryReport { return s.report }
+
+// Close stops GC, writes a final checkpoint (journal synced, then the index)
+// and closes Badger and the segment files, waiting for operations in flight.
 func (s *SSD) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -950,16 +1114,20 @@ func (s *SSD) Close() error {
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.gcDone
-	// Badger syncs the index on close; the bodies it points at go first.
-	err := s.segs.syncDirty()
+	err := s.checkpointLocked()
 	if cerr := s.db.Close(); err == nil {
 		err = cerr
 	}
 	if serr := s.segs.close(); err == nil {
 		err = serr
 	}
+	tightenModes(s.cfg.Dir)
 	if err != nil {
 		return fmt.Errorf("ssd: close: %w", err)
 	}
 	return nil
 }
+
+// badgerDir is where the index lives: the tier's directory itself (the
+// layout of every earlier version), beside pages/ and quarantine/.
+func badgerDir(dir string) string { return filepath.Clean(dir) }

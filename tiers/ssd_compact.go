@@ -3,74 +3,144 @@ package tiers
 import (
 	"errors"
 	"fmt"
+	"sort"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
 
 // compactBatch bounds one move step: records read into memory, written to the
-// active segment, synced and re-pointed in one index commit.
+// active segment, synced and re-pointed in one index commit (while writers'
+// index commits wait).
 const (
-	compactBatchPages = 64
-	compactBatchBytes = 64 << 20
+	compactBatchRecords = 64
+	compactBatchBytes   = 16 << 20
 )
 
-type move struct {
-	key []byte
-	id  PageID
-	e   indexEntry
+// ref is one live record compaction moves: which index entry names it.
+type ref struct {
+	key  []byte // index key
+	id   PageID // pages and page deletions
+	name string // metadata and metadata deletions
+	sess uint64 // session deletions
+	prev bool   // a metadata name's previous record
+	e    indexEntry
+}
+
+// current reports whether the in-memory index still names r's record
+// (cacheMu held).
+func (s *SSD) current(r ref) bool {
+	var e indexEntry
+	ok := false
+	switch r.e.kind {
+	case kindPage:
+		e, ok = s.cache[r.id]
+	case kindDelPage:
+		e, ok = s.tombP[r.id]
+	case kindDelSession:
+		e, ok = s.tombS[r.sess]
+	case kindDelMeta:
+		e, ok = s.tombM[r.name]
+	case kindMeta:
+		var m metaRef
+		m, ok = s.metas[r.name]
+		if r.prev {
+			e, ok = m.prev, ok && m.hasPrev
+		} else {
+			e = m.cur
+		}
+	}
+	return ok && e == r.e
+}
+
+// setRef points r's index entry at e (cacheMu held).
+func (s *SSD) setRef(r ref, e indexEntry) {
+	switch r.e.kind {
+	case kindPage:
+		s.cache[r.id] = e
+	case kindDelPage:
+		s.tombP[r.id] = e
+	case kindDelSession:
+		s.tombS[r.sess] = e
+	case kindDelMeta:
+		s.tombM[r.name] = e
+	case kindMeta:
+		m := s.metas[r.name]
+		if r.prev {
+			m.prev = e
+		} else {
+			m.cur = e
+		}
+		s.metas[r.name] = m
+	}
+}
+
+// dropRef removes a deletion record's entry (cacheMu held).
+func (s *SSD) dropRef(r ref) {
+	switch r.e.kind {
+	case kindDelPage:
+		delete(s.tombP, r.id)
+	case kindDelSession:
+		delete(s.tombS, r.sess)
+	case kindDelMeta:
+		delete(s.tombM, r.name)
+	}
+}
+
+// refsIn lists the live records in segment id.
+func (s *SSD) refsIn(id uint32) []ref {
+	s.cacheMu.RLock()
+	defer s.cacheMu.RUnlock()
+	var out []ref
+	for pid, e := range s.cache {
+		if e.seg == id {
+			out = append(out, ref{key: pageKey(pid), id: pid, e: e})
+		}
+	}
+	for pid, e := range s.tombP {
+		if e.seg == id {
+			out = append(out, ref{key: idKey(tombPPrefix, pid), id: pid, e: e})
+		}
+	}
+	for sess, e := range s.tombS {
+		if e.seg == id {
+			out = append(out, ref{key: sessionKey(tombSPrefix, sess), sess: sess, e: e})
+		}
+	}
+	for n, e := range s.tombM {
+		if e.seg == id {
+			out = append(out, ref{key: tombMKey(n), name: n, e: e})
+		}
+	}
+	for n, m := range s.metas {
+		if m.cur.seg == id {
+			out = append(out, ref{key: metaKey(n), name: n, e: m.cur})
+		}
+		if m.hasPrev && m.prev.seg == id {
+			out = append(out, ref{key: metaKey(n), name: n, prev: true, e: m.prev})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].e.off < out[j].e.off })
+	return out
 }
 
 // compact moves the live records out of every sealed segment whose live
-// bytes are at most 1-GCDiscardRatio of its size and deletes the file.
-// Records are copied verbatim (header and body, unverified), so a corrupt
-// record stays detectably corrupt at its new place instead of being dropped
-// or, worse, re-checksummed.
+// bytes are at most 1-GCDiscardRatio of its used size and deletes the file.
+// Records are copied verbatim (header and body, the body unverified), so a
+// damaged body stays detectably damaged at its new place; a record whose
+// header no longer verifies keeps its segment from being deleted.
 func (s *SSD) compact() error {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
 	cands := s.segs.candidates(1 - s.cfg.GCDiscardRatio)
-	if len(cands) == 0 {
-		return nil
+	ids := make([]uint32, 0, len(cands))
+	for id := range cands {
+		ids = append(ids, id)
 	}
-	moves := map[uint32][]move{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pagePrefix}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			item := it.Item()
-			id := pageIDOf(item.Key())
-			_ = item.Value(func(v []byte) error {
-				if !isIndexValue(v) {
-					return nil
-				}
-				if e, err := decodeIndex(v, id); err == nil && cands[e.seg] != nil {
-					moves[e.seg] = append(moves[e.seg], move{key: item.KeyCopy(nil), id: id, e: e})
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("ssd: compaction: scan index: %w", err)
-	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	var errs []error
-	for id, seg := range cands {
-		n, err := s.moveOut(seg, moves[id])
-		if err != nil {
+	for _, id := range ids {
+		if err := s.compactSegment(cands[id]); err != nil {
 			errs = append(errs, fmt.Errorf("ssd: compact segment %d: %w", id, err))
-			continue
-		}
-		// The entries now naming the new places must be on disk before the
-		// old copies go.
-		if n > 0 && !s.cfg.SyncWrites {
-			if err := s.db.Sync(); err != nil {
-				errs = append(errs, fmt.Errorf("ssd: compact segment %d: sync index: %w", id, err))
-				continue
-			}
-		}
-		if err := s.segs.remove(seg); err != nil {
-			errs = append(errs, err)
 			continue
 		}
 		s.compacted.Add(1)
@@ -78,127 +148,200 @@ func (s *SSD) compact() error {
 	return errors.Join(errs...)
 }
 
-// moveOut rewrites the given records of seg into the active segment and
-// re-points each index entry that still names its old place; an entry a
-// write or delete changed meanwhile is left alone (the newer write wins) and
-// its copy is dead on arrival. It returns how many entries it re-pointed.
-func (s *SSD) moveOut(seg *segment, moves []move) (int, error) {
-	total := 0
+// droppable reports whether a deletion record of sequence number seq in
+// segment own covers nothing any more: every record it covers has a lower
+// sequence number and was written (or moved, while still live) into a
+// segment started before it, so once no other segment that old exists, it
+// has nothing left to cover.
+func (s *SSD) droppable(seq uint64, own uint32) bool {
+	s.segs.mu.Lock()
+	defer s.segs.mu.Unlock()
+	for id, seg := range s.segs.segs {
+		if id != own && seg.birth <= seq {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *SSD) compactSegment(seg *segment) error {
+	refs := s.refsIn(seg.id)
+	var moves, drops []ref
+	for _, r := range refs {
+		switch r.e.kind {
+		case kindDelPage, kindDelSession, kindDelMeta:
+			if s.droppable(r.e.seq, seg.id) {
+				drops = append(drops, r)
+				continue
+			}
+		}
+		moves = append(moves, r)
+	}
 	for len(moves) > 0 {
 		n, bytes := 0, int64(0)
-		for n < len(moves) && n < compactBatchPages && (n == 0 || bytes+moves[n].e.recordLen() <= compactBatchBytes) {
+		for n < len(moves) && n < compactBatchRecords && (n == 0 || bytes+moves[n].e.recordLen() <= compactBatchBytes) {
 			bytes += moves[n].e.recordLen()
 			n++
 		}
-		batch := moves[:n]
+		if err := s.moveBatch(seg, moves[:n]); err != nil {
+			return err
+		}
 		moves = moves[n:]
-		bufs := make([][]byte, n)
-		lens := make([]int64, n)
-		for i, m := range batch {
-			lens[i] = m.e.recordLen()
-			bufs[i] = make([]byte, lens[i])
-			if err := readFull(seg, bufs[i], m.e.off, m.id); err != nil {
-				return total, err
-			}
-		}
-		locs := make([]loc, n)
-		if err := s.segs.reserve(lens, locs); err != nil {
-			return total, err
-		}
-		var err error
-		for i, l := range locs {
-			if _, werr := l.seg.f.WriteAt(bufs[i], l.off); werr != nil {
-				err = fmt.Errorf("write page %v to segment %d: %w", batch[i].id, l.seg.id, werr)
-				break
-			}
-			l.seg.dirty.Store(true)
-		}
-		if err == nil {
-			err = syncSegments(locs)
-		}
-		if err != nil {
-			s.segs.settle(locs, lens, false, nil)
-			return total, err
-		}
-		moved, err := s.repoint(batch, locs)
-		if err != nil {
-			s.segs.settle(locs, lens, false, nil)
-			return total, err
-		}
-		var keep, drop []loc
-		var keepLens, dropLens []int64
-		var gone int64
-		for i, ok := range moved {
-			if ok {
-				keep, keepLens = append(keep, locs[i]), append(keepLens, lens[i])
-				gone += lens[i]
-				total++
-			} else {
-				drop, dropLens = append(drop, locs[i]), append(dropLens, lens[i])
-			}
-		}
-		s.segs.settle(keep, keepLens, true, map[uint32]int64{seg.id: gone})
-		s.segs.settle(drop, dropLens, false, nil)
 	}
-	return total, nil
+	if len(drops) > 0 {
+		if err := s.dropDeletions(seg, drops); err != nil {
+			return err
+		}
+	}
+	// The index entries that no longer name this segment must be on disk
+	// before it goes, or a restart would find entries naming a missing
+	// file (and rebuild).
+	if err := s.checkpointLocked(); err != nil {
+		return err
+	}
+	if rest := s.refsIn(seg.id); len(rest) > 0 {
+		return fmt.Errorf("%d live records still there (moved in by a race); next round", len(rest))
+	}
+	return s.segs.remove(seg)
 }
 
-// repoint commits new entries for the moved records whose entries are
-// unchanged, holding idx exclusively so no write commits in between.
-func (s *SSD) repoint(batch []move, locs []loc) ([]bool, error) {
+// moveBatch copies the records of batch out of seg into the active segment
+// and re-points the entries still naming them, holding idx exclusively so no
+// write commits in between. A record changed meanwhile is not copied at all:
+// a copy nothing points at would be a valid-looking record a rebuild could
+// mistake for live.
+func (s *SSD) moveBatch(seg *segment, batch []ref) error {
+	bufs := make([][]byte, len(batch))
+	for i, r := range batch {
+		bufs[i] = make([]byte, r.e.recordLen())
+		if err := readAt(seg, bufs[i], r.e.off); err != nil {
+			return err
+		}
+		h, err := parseRecHeader(bufs[i])
+		if err == nil {
+			err = checkEntry(h, r.e, fmt.Sprintf("%s record", r.e.kind), seg.id)
+		}
+		if err != nil {
+			// Never deleted: the segment stays until fsck or an operator
+			// decides; reads of the record report it.
+			return fmt.Errorf("keeping the segment: %w", err)
+		}
+	}
 	s.idx.Lock()
 	defer s.idx.Unlock()
-	moved := make([]bool, len(batch))
-	err := s.db.Update(func(txn *badger.Txn) error {
-		for i, m := range batch {
-			item, err := txn.Get(m.key)
-			if errors.Is(err, badger.ErrKeyNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			var cur indexEntry
-			same := false
-			_ = item.Value(func(v []byte) error {
-				if isIndexValue(v) {
-					var derr error
-					cur, derr = decodeIndex(v, m.id)
-					same = derr == nil && cur.seg == m.e.seg && cur.off == m.e.off && cur.gen == m.e.gen
+	var keep []int
+	s.cacheMu.RLock()
+	for i, r := range batch {
+		if s.current(r) {
+			keep = append(keep, i)
+		}
+	}
+	s.cacheMu.RUnlock()
+	if len(keep) == 0 {
+		return nil
+	}
+	kinds := make([]recordKind, len(keep))
+	lens := make([]int64, len(keep))
+	for j, i := range keep {
+		kinds[j], lens[j] = batch[i].e.kind, batch[i].e.recordLen()
+	}
+	locs := make([]loc, len(keep))
+	if err := s.segs.reserve(kinds, lens, locs, false); err != nil {
+		return err
+	}
+	var err error
+	for j, i := range keep {
+		if err = writeSmall(locs[j], bufs[i]); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = syncSegments(locs)
+	}
+	if err != nil {
+		s.segs.settle(locs, lens, false, nil)
+		return err
+	}
+	moved := make([]indexEntry, len(keep))
+	err = s.db.Update(func(txn *badger.Txn) error {
+		for j, i := range keep {
+			r := batch[i]
+			ne := r.e
+			ne.seg, ne.off = locs[j].seg.id, locs[j].off
+			moved[j] = ne
+			var v []byte
+			if r.e.kind == kindMeta {
+				s.cacheMu.RLock()
+				m := s.metas[r.name]
+				s.cacheMu.RUnlock()
+				if r.prev {
+					m.prev = ne
+				} else {
+					m.cur = ne
 				}
-				return nil
-			})
-			if !same {
-				continue
+				v = encodeMetaRef(m)
+			} else {
+				v = encodeIndex(ne)
 			}
-			ne := m.e
-			ne.seg, ne.off = locs[i].seg.id, locs[i].off
-			if err := txn.Set(m.key, encodeIndex(ne)); err != nil {
+			if err := txn.Set(r.key, v); err != nil {
 				return err
 			}
-			moved[i] = true
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("re-point index: %w", err)
+		s.segs.settle(locs, lens, false, nil)
+		return fmt.Errorf("re-point index: %w", err)
+	}
+	var gone int64
+	s.cacheMu.Lock()
+	for j, i := range keep {
+		s.setRef(batch[i], moved[j])
+		gone += lens[j]
+	}
+	s.cacheMu.Unlock()
+	s.segs.settle(locs, lens, true, map[uint32]int64{seg.id: gone})
+	s.changed.Store(true)
+	return nil
+}
+
+// dropDeletions removes deletion records that cover nothing any more.
+func (s *SSD) dropDeletions(seg *segment, drops []ref) error {
+	s.idx.Lock()
+	defer s.idx.Unlock()
+	var gone int64
+	err := s.db.Update(func(txn *badger.Txn) error {
+		s.cacheMu.RLock()
+		defer s.cacheMu.RUnlock()
+		for _, r := range drops {
+			if s.current(r) {
+				if err := txn.Delete(r.key); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("drop deletion records: %w", err)
 	}
 	s.cacheMu.Lock()
-	for i, m := range batch {
-		if moved[i] {
-			ne := m.e
-			ne.seg, ne.off = locs[i].seg.id, locs[i].off
-			s.cache[m.id] = ne
+	for _, r := range drops {
+		if s.current(r) {
+			s.dropRef(r)
+			gone += r.e.recordLen()
 		}
 	}
 	s.cacheMu.Unlock()
-	return moved, nil
+	s.segs.release(map[uint32]int64{seg.id: gone})
+	s.changed.Store(true)
+	return nil
 }
 
-// Compactions is the number of page segments GC has emptied and deleted.
+// Compactions is the number of journal segments GC has emptied and deleted.
 func (s *SSD) Compactions() uint64 { return s.compacted.Load() }
 
-// SegmentUsage reports the page segment files: how many, the bytes allocated
-// to them on disk, and the bytes of records the index points at (the rest is
-// garbage or not yet written).
+// SegmentUsage reports the journal's segment files: how many, the bytes
+// allocated to them on disk, and the bytes of records the index points at
+// (the rest is garbage or not yet written).
 func (s *SSD) SegmentUsage() (files int, allocated, live int64) { return s.segs.usage() }

@@ -6,93 +6,191 @@ import (
 	"hash/crc32"
 )
 
-// Index entry: the Badger value under a page key, naming where the page's
-// record lives in the segment files. Little-endian, 40 bytes.
+// Index entry: a Badger value naming where a record lives in the journal.
+// Little-endian, 52 bytes (version 2):
 //
 //	0  magic   "FMIX"
-//	4  version u16 (1)
-//	6  entlen  u16 (40)
+//	4  version u16 (2)
+//	6  entlen  u16 (52)
 //	8  segment u32  segment file number
 //	12 length  u32  body bytes
-//	16 offset  u64  record offset in the segment (header, then body)
-//	24 gen     u64
+//	16 offset  u64  record offset in the segment
+//	24 gen     u64  page generation; for metadata entries the session id
 //	32 bodycrc u32  CRC32C of the body
-//	36 crc     u32  CRC32C of bytes 0..36
+//	36 kind    u8   record kind (journal.go), then 3 zero bytes
+//	40 seq     u64  the record's journal sequence number
+//	48 crc     u32  CRC32C of bytes 0..48
 //
-// A segment record is the 48-byte page header of codec.go followed by the
-// body, starting at a 4096-aligned offset; the header repeats page, length,
-// generation and body CRC, so a record can be checked against the entry that
-// points at it and a segment can be read without the index.
+// Version 1 entries (40 bytes: no kind, no seq, crc at 36) are page entries
+// of stores written before the journal; an index holding any is rebuilt.
+//
+// Keys: 'p' session page → page entry; 'm' name → the latest metadata
+// entry, then (if any) the previous intact one; 't' session → session
+// deletion; 'd' session page → page deletion; 'e' name → metadata deletion;
+// 'c' → checkpoint.
 const (
-	indexMagic     = "FMIX"
-	indexEntrySize = 40
-	recordAlign    = 4096
+	indexMagic       = "FMIX"
+	indexEntrySize   = 52
+	indexEntrySizeV1 = 40
+	recordAlign      = 4096
+	checkpointMagic  = "FMCP"
+	checkpointSize   = 36
 )
 
-// indexEntry locates one page's record.
+// indexEntry locates one record.
 type indexEntry struct {
 	seg    uint32
 	length uint32
 	off    int64
 	gen    uint64
 	crc    uint32
+	kind   recordKind
+	seq    uint64
 }
 
 // recordLen is the record's size in its segment (header and body, not the
 // alignment padding).
 func (e indexEntry) recordLen() int64 { return pageHeaderSize + int64(e.length) }
 
+func (e indexEntry) at(seg uint32, off int64) bool { return e.seg == seg && e.off == off }
+
 func encodeIndex(e indexEntry) []byte {
+	return appendIndex(make([]byte, 0, indexEntrySize), e)
+}
+
+func appendIndex(b []byte, e indexEntry) []byte {
 	v := make([]byte, indexEntrySize)
 	copy(v[0:4], indexMagic)
-	binary.LittleEndian.PutUint16(v[4:], codecVersion)
+	binary.LittleEndian.PutUint16(v[4:], recordVersion)
 	binary.LittleEndian.PutUint16(v[6:], indexEntrySize)
 	binary.LittleEndian.PutUint32(v[8:], e.seg)
 	binary.LittleEndian.PutUint32(v[12:], e.length)
 	binary.LittleEndian.PutUint64(v[16:], uint64(e.off))
 	binary.LittleEndian.PutUint64(v[24:], e.gen)
 	binary.LittleEndian.PutUint32(v[32:], e.crc)
-	binary.LittleEndian.PutUint32(v[36:], crc32.Checksum(v[:36], castagnoli))
-	return v
+	v[36] = byte(e.kind)
+	binary.LittleEndian.PutUint64(v[40:], e.seq)
+	binary.LittleEndian.PutUint32(v[48:], crc32.Checksum(v[:48], castagnoli))
+	return append(b, v...)
 }
 
-// isIndexValue tells an index entry from a page value of the earlier format
-// (header and body stored in Badger itself), which stores keep serving.
-func isIndexValue(v []byte) bool { return len(v) >= 4 && string(v[:4]) == indexMagic }
-
-// decodeIndex verifies an index entry read from Badger. It never allocates
-// beyond the error; the value comes from disk and may be anything.
-func decodeIndex(v []byte, id PageID) (indexEntry, error) {
+// decodeIndex verifies one index entry read from Badger (key names the entry
+// in errors). It never allocates beyond the error; the value comes from disk
+// and may be anything.
+func decodeIndex(v []byte, key string) (indexEntry, error) {
 	var e indexEntry
+	if len(v) == indexEntrySizeV1 && string(v[0:4]) == indexMagic && binary.LittleEndian.Uint16(v[4:]) == legacyVersion {
+		return e, fmt.Errorf("%s: index entry of format version 1: %w", key, errOldIndex)
+	}
 	if len(v) != indexEntrySize {
-		return e, fmt.Errorf("page %v: index entry of %d B, want %d: %w", id, len(v), indexEntrySize, ErrIntegrity)
+		return e, fmt.Errorf("%s: index entry of %d B, want %d: %w", key, len(v), indexEntrySize, ErrIntegrity)
 	}
 	if string(v[0:4]) != indexMagic {
-		return e, fmt.Errorf("page %v: index entry magic %q: %w", id, v[0:4], ErrIntegrity)
+		return e, fmt.Errorf("%s: index entry magic %q: %w", key, v[0:4], ErrIntegrity)
 	}
-	if got, want := crc32.Checksum(v[:36], castagnoli), binary.LittleEndian.Uint32(v[36:]); got != want {
-		return e, fmt.Errorf("page %v: index entry checksum %08x, stored %08x: %w", id, got, want, ErrIntegrity)
+	if got, want := crc32.Checksum(v[:48], castagnoli), binary.LittleEndian.Uint32(v[48:]); got != want {
+		return e, fmt.Errorf("%s: index entry checksum %08x, stored %08x: %w", key, got, want, ErrIntegrity)
 	}
-	if ver := binary.LittleEndian.Uint16(v[4:]); ver != codecVersion {
-		return e, fmt.Errorf("page %v: index format version %d unsupported: %w", id, ver, ErrIntegrity)
+	if ver := binary.LittleEndian.Uint16(v[4:]); ver != recordVersion {
+		return e, fmt.Errorf("%s: index format version %d unsupported: %w", key, ver, ErrIntegrity)
 	}
 	if n := binary.LittleEndian.Uint16(v[6:]); n != indexEntrySize {
-		return e, fmt.Errorf("page %v: index entry length %d: %w", id, n, ErrIntegrity)
+		return e, fmt.Errorf("%s: index entry length %d: %w", key, n, ErrIntegrity)
 	}
 	e.seg = binary.LittleEndian.Uint32(v[8:])
 	e.length = binary.LittleEndian.Uint32(v[12:])
 	off := binary.LittleEndian.Uint64(v[16:])
 	e.gen = binary.LittleEndian.Uint64(v[24:])
 	e.crc = binary.LittleEndian.Uint32(v[32:])
-	if e.length == 0 || e.length > MaxPageBytes {
-		return e, fmt.Errorf("page %v: index entry length %d outside 1..%d: %w", id, e.length, MaxPageBytes, ErrIntegrity)
+	e.kind = recordKind(v[36])
+	e.seq = binary.LittleEndian.Uint64(v[40:])
+	if v[37] != 0 || v[38] != 0 || v[39] != 0 || e.kind == kindNone || e.kind >= kindSegment {
+		return e, fmt.Errorf("%s: index entry kind %d: %w", key, v[36], ErrIntegrity)
 	}
-	if off%recordAlign != 0 || off > maxSegmentBytes {
-		return e, fmt.Errorf("page %v: index entry offset %d: %w", id, off, ErrIntegrity)
+	if e.kind == kindPage && (e.length == 0 || e.length > MaxPageBytes || e.gen == 0) {
+		return e, fmt.Errorf("%s: page entry of %d B, generation %d: %w", key, e.length, e.gen, ErrIntegrity)
 	}
-	if e.gen == 0 {
-		return e, fmt.Errorf("page %v: index entry generation 0: %w", id, ErrIntegrity)
+	if int64(e.length) > MaxPageBytes+maxMetaNameBytes {
+		return e, fmt.Errorf("%s: index entry length %d: %w", key, e.length, ErrIntegrity)
+	}
+	if off%uint64(alignFor(e.kind)) != 0 || off > maxSegmentBytes {
+		return e, fmt.Errorf("%s: index entry offset %d: %w", key, off, ErrIntegrity)
 	}
 	e.off = int64(off)
 	return e, nil
+}
+
+// metaRef is what the index keeps per metadata name: the latest record and
+// the one before it, which a read falls back to when the latest is damaged.
+type metaRef struct {
+	cur, prev indexEntry
+	hasPrev   bool
+}
+
+func (m metaRef) session() uint64 { return m.cur.gen }
+
+func encodeMetaRef(m metaRef) []byte {
+	b := appendIndex(nil, m.cur)
+	if m.hasPrev {
+		b = appendIndex(b, m.prev)
+	}
+	return b
+}
+
+func decodeMetaRef(v []byte, key string) (metaRef, error) {
+	var m metaRef
+	var err error
+	switch len(v) {
+	case indexEntrySize:
+		m.cur, err = decodeIndex(v, key)
+	case 2 * indexEntrySize:
+		if m.cur, err = decodeIndex(v[:indexEntrySize], key); err == nil {
+			m.prev, err = decodeIndex(v[indexEntrySize:], key)
+			m.hasPrev = true
+		}
+	default:
+		return m, fmt.Errorf("%s: metadata index value of %d B: %w", key, len(v), ErrIntegrity)
+	}
+	if err == nil && (m.cur.kind != kindMeta || (m.hasPrev && m.prev.kind != kindMeta)) {
+		err = fmt.Errorf("%s: metadata index names a %s record: %w", key, m.cur.kind, ErrIntegrity)
+	}
+	return m, err
+}
+
+// checkpoint says how far the index is known to reflect the journal: every
+// record before (seg, off) has been applied, and no record before it carries
+// a sequence number at or above nextSeq.
+type checkpoint struct {
+	seg     uint32
+	off     int64
+	nextSeq uint64
+}
+
+func encodeCheckpoint(c checkpoint) []byte {
+	v := make([]byte, checkpointSize)
+	copy(v[0:4], checkpointMagic)
+	binary.LittleEndian.PutUint16(v[4:], recordVersion)
+	binary.LittleEndian.PutUint32(v[8:], c.seg)
+	binary.LittleEndian.PutUint64(v[16:], uint64(c.off))
+	binary.LittleEndian.PutUint64(v[24:], c.nextSeq)
+	binary.LittleEndian.PutUint32(v[32:], crc32.Checksum(v[:32], castagnoli))
+	return v
+}
+
+func decodeCheckpoint(v []byte) (checkpoint, error) {
+	var c checkpoint
+	if len(v) != checkpointSize || string(v[0:4]) != checkpointMagic {
+		return c, fmt.Errorf("index checkpoint of %d B: %w", len(v), ErrIntegrity)
+	}
+	if crc32.Checksum(v[:32], castagnoli) != binary.LittleEndian.Uint32(v[32:]) || binary.LittleEndian.Uint16(v[4:]) != recordVersion {
+		return c, fmt.Errorf("index checkpoint checksum or version: %w", ErrIntegrity)
+	}
+	c.seg = binary.LittleEndian.Uint32(v[8:])
+	off := binary.LittleEndian.Uint64(v[16:])
+	if off > maxSegmentBytes {
+		return c, fmt.Errorf("index checkpoint offset %d: %w", off, ErrIntegrity)
+	}
+	c.off = int64(off)
+	c.nextSeq = binary.LittleEndian.Uint64(v[24:])
+	return c, nil
 }

@@ -7,10 +7,9 @@ import (
 
 // CorruptForTest is for tests only (of this package and of the daemon): it
 // flips one bit of the stored record of id, at byte off of the record (0..47
-// the 48-byte page header, 48.. the body; a negative off counts back from the
+// the 48-byte header, 48.. the body; a negative off counts back from the
 // record's end), in the segment file itself, and syncs it. The next Get of the
-// page must return ErrIntegrity. It refuses pages of the earlier in-Badger
-// format and offsets outside the record.
+// page must return ErrIntegrity. It refuses offsets outside the record.
 func (s *SSD) CorruptForTest(ctx context.Context, id PageID, off int) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -19,14 +18,9 @@ func (s *SSD) CorruptForTest(ctx context.Context, id PageID, off int) error {
 		return err
 	}
 	defer s.end()
-	e, legacy, _, err := s.lookup(id, func(int) ([]byte, error) {
-		return nil, fmt.Errorf("page %v: stored in Badger, not in a segment: %w", id, ErrNotFound)
-	})
+	e, err := s.lookup(id)
 	if err != nil {
 		return err
-	}
-	if legacy {
-		return fmt.Errorf("page %v: stored in Badger, not in a segment: %w", id, ErrNotFound)
 	}
 	if off < 0 {
 		off += int(e.recordLen())
