@@ -1,0 +1,155 @@
+package cluster
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/raft"
+)
+
+func TestCatalogCommands(t *testing.T) {
+	c := NewCatalog()
+	for _, id := range []string{"n1", "n2", "n3"} {
+		if r := c.ApplyCommand(&Command{Op: opMember, Member: &Member{ID: id, PeerAddr: id + ":1"}}); r.Err != "" {
+			t.Fatal(r.Err)
+		}
+	}
+	steps := []struct {
+		name    string
+		cmd     Command
+		wantErr error
+		check   func(t *testing.T, s *Session)
+	}{
+		{"claim creates at epoch 1", Command{Op: opClaim, Name: "a", Node: "n1"}, nil, func(t *testing.T, s *Session) {
+			if s.Owner != "n1" || s.Epoch != 1 {
+				t.Fatalf("owner %s epoch %d", s.Owner, s.Epoch)
+			}
+		}},
+		{"claim of an existing session with epoch 0 is stale", Command{Op: opClaim, Name: "a", Node: "n2"}, ErrStaleEpoch, nil},
+		{"move with a wrong epoch is stale", Command{Op: opClaim, Name: "a", Node: "n2", Epoch: 7}, ErrStaleEpoch, nil},
+		{"assign picks one other member", Command{Op: opAssign, Name: "a", Node: "n1", Epoch: 1, RF: 2}, nil, func(t *testing.T, s *Session) {
+			if len(s.Assigned) != 1 || s.Assigned[0] == "n1" {
+				t.Fatalf("assigned %v", s.Assigned)
+			}
+		}},
+		{"assign by a non-owner is stale", Command{Op: opAssign, Name: "a", Node: "n2", Epoch: 1, RF: 2}, ErrStaleEpoch, nil},
+		{"commit", Command{Op: opCommit, Name: "a", Node: "n1", Epoch: 1, Session: &Session{Chunks: 64, Pages: []PageEntry{{1, 5}}, Replicas: []string{"n1", "n2"}}}, nil, func(t *testing.T, s *Session) {
+			if s.Version != 1 || len(s.Pages) != 1 || s.Chunks != 64 {
+				t.Fatalf("%+v", s)
+			}
+		}},
+		{"move to n2 bumps the epoch", Command{Op: opClaim, Name: "a", Node: "n2", Epoch: 1}, nil, func(t *testing.T, s *Session) {
+			if s.Owner != "n2" || s.Epoch != 2 || s.Version != 1 {
+				t.Fatalf("%+v", s)
+			}
+		}},
+		{"the old owner's commit is refused", Command{Op: opCommit, Name: "a", Node: "n1", Epoch: 1, Session: &Session{}}, ErrStaleEpoch, nil},
+		{"add replicas at a stale version is refused", Command{Op: opAddReplicas, Name: "a", Epoch: 2, Version: 0, Add: []string{"n3"}}, ErrStaleEpoch, nil},
+		{"add replicas", Command{Op: opAddReplicas, Name: "a", Epoch: 2, Version: 1, Add: []string{"n3"}}, nil, func(t *testing.T, s *Session) {
+			if !cmp.Equal(s.Replicas, []string{"n1", "n2", "n3"}) {
+				t.Fatalf("%v", s.Replicas)
+			}
+		}},
+		{"drop replica", Command{Op: opDropReplica, Node: "n1"}, nil, nil},
+		{"delete by the old owner is refused", Command{Op: opDelete, Name: "a", Node: "n1", Epoch: 1}, ErrStaleEpoch, nil},
+		{"unknown op", Command{Op: "bogus"}, ErrBadCommand, nil},
+		{"assign of a missing session", Command{Op: opAssign, Name: "zz", Node: "n1", Epoch: 1, RF: 2}, ErrNotFound, nil},
+	}
+	for _, st := range steps {
+		r := c.ApplyCommand(&st.cmd)
+		err := r.Error()
+		if !errors.Is(err, st.wantErr) || (st.wantErr == nil && err != nil) {
+			t.Fatalf("%s: err %v, want %v", st.name, err, st.wantErr)
+		}
+		if st.check != nil {
+			st.check(t, r.Session)
+		}
+	}
+	s, _ := c.Session("a")
+	if !cmp.Equal(s.Replicas, []string{"n2", "n3"}) {
+		t.Fatalf("after drop: %v", s.Replicas)
+	}
+
+	// Snapshot and restore give the same state.
+	snap, err := c.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	c2 := NewCatalog()
+	if err := c2.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(c.Sessions(), c2.Sessions()); d != "" {
+		t.Fatal(d)
+	}
+	if d := cmp.Diff(c.Members(), c2.Members()); d != "" {
+		t.Fatal(d)
+	}
+	if r := c.ApplyCommand(&Command{Op: opDelete, Name: "a", Node: "n2", Epoch: 2}); r.Err != "" {
+		t.Fatal(r.Err)
+	}
+	if _, ok := c.Session("a"); ok {
+		t.Fatal("deleted session still listed")
+	}
+	if err := c2.Restore(io.NopCloser(bytes.NewReader([]byte("{bad")))); !errors.Is(err, ErrBadCommand) {
+		t.Fatalf("bad snapshot: %v", err)
+	}
+}
+
+// TestAssignSpreadsLoad: new sessions go to the least loaded members, and
+// the choice is the same on every replica of the FSM.
+func TestAssignSpreadsLoad(t *testing.T) {
+	c := NewCatalog()
+	for _, id := range []string{"n1", "n2", "n3", "n4"} {
+		c.ApplyCommand(&Command{Op: opMember, Member: &Member{ID: id}})
+	}
+	count := map[string]int{}
+	for i := range 30 {
+		name := string(rune('a' + i))
+		owner := []string{"n1", "n2", "n3", "n4"}[i%4]
+		c.ApplyCommand(&Command{Op: opClaim, Name: name, Node: owner})
+		r := c.ApplyCommand(&Command{Op: opAssign, Name: name, Node: owner, Epoch: 1, RF: 3})
+		if len(r.Session.Assigned) != 2 {
+			t.Fatalf("assigned %v", r.Session.Assigned)
+		}
+		reps := append([]string{owner}, r.Session.Assigned...)
+		c.ApplyCommand(&Command{Op: opCommit, Name: name, Node: owner, Epoch: 1, Session: &Session{Replicas: reps}})
+		for _, id := range reps {
+			count[id]++
+		}
+	}
+	for id, n := range count {
+		if n < 20 || n > 25 {
+			t.Fatalf("member %s holds %d of 90 copies: %v", id, n, count)
+		}
+	}
+}
+
+type memSink struct{ bytes.Buffer }
+
+func (m *memSink) ID() string    { return "mem" }
+func (m *memSink) Cancel() error { return nil }
+func (m *memSink) Close() error  { return nil }
+
+var _ raft.SnapshotSink = (*memSink)(nil)
+
+func FuzzCatalogApply(f *testing.F) {
+	f.Add([]byte(`{"op":"claim","name":"a","node":"n1"}`))
+	f.Add([]byte(`{"op":"commit","name":"a","node":"n1","epoch":1,"session":{"pages":[{"g":1,"c":2}]}}`))
+	f.Add([]byte(`{"op":"member"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c := NewCatalog()
+		c.Apply(&raft.Log{Type: raft.LogCommand, Data: []byte(`{"op":"claim","name":"a","node":"n1"}`), Index: 1})
+		r, _ := c.Apply(&raft.Log{Type: raft.LogCommand, Data: b, Index: 2}).(*Result)
+		if r == nil {
+			t.Fatal("nil result")
+		}
+	})
+}

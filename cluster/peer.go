@@ -1,0 +1,433 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Peer frames: a request is op (u8), header length (u32 LE), payload length
+// (u32 LE), the JSON header and the raw payload (page bytes). A reply has
+// the same shape with a status byte in place of the op.
+const (
+	popPing     = 1
+	popApply    = 2
+	popJoin     = 3
+	popRemove   = 4
+	popManifest = 5
+	popPutPages = 6
+	popGetPage  = 7
+	popPutMeta  = 8
+	popGetMeta  = 9
+	popDrop     = 10
+
+	statusOK  = 0
+	statusErr = 1
+
+	maxHeader  = 16 << 20
+	maxPayload = 512 << 20
+)
+
+type errReply struct {
+	Err    string `json:"err"`
+	Kind   string `json:"kind,omitempty"`
+	Leader string `json:"leader,omitempty"`
+}
+
+func writeFrame(w *bufio.Writer, op byte, hdr any, payload ...[]byte) error {
+	hb, err := json.Marshal(hdr)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, p := range payload {
+		n += len(p)
+	}
+	var h [9]byte
+	h[0] = op
+	binary.LittleEndian.PutUint32(h[1:], uint32(len(hb)))
+	binary.LittleEndian.PutUint32(h[5:], uint32(n))
+	if _, err := w.Write(h[:]); err != nil {
+		return err
+	}
+	if _, err := w.Write(hb); err != nil {
+		return err
+	}
+	for _, p := range payload {
+		if _, err := w.Write(p); err != nil {
+			return err
+		}
+	}
+	return w.Flush()
+}
+
+// readFrame reads one frame; the header is decoded into hdr.
+func readFrame(r *bufio.Reader, hdr any) (byte, []byte, error) {
+	var h [9]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, nil, err
+	}
+	hl, pl := binary.LittleEndian.Uint32(h[1:]), binary.LittleEndian.Uint32(h[5:])
+	if hl > maxHeader || pl > maxPayload {
+		return 0, nil, fmt.Errorf("%w: frame header %d B, payload %d B", ErrBadCommand, hl, pl)
+	}
+	hb := make([]byte, hl)
+	if _, err := io.ReadFull(r, hb); err != nil {
+		return 0, nil, err
+	}
+	if err := json.Unmarshal(hb, hdr); err != nil {
+		return 0, nil, fmt.Errorf("%w: frame header: %v", ErrBadCommand, err)
+	}
+	var p []byte
+	if pl > 0 {
+		p = make([]byte, pl)
+		if _, err := io.ReadFull(r, p); err != nil {
+			return 0, nil, err
+		}
+	}
+	return h[0], p, nil
+}
+
+// Peer request headers.
+type (
+	nameHdr struct {
+		Name string `json:"name"`
+		Page uint32 `json:"page,omitempty"`
+		CRC  uint32 `json:"crc,omitempty"`
+	}
+	pagesHdr struct {
+		Name  string     `json:"name"`
+		Pages []PageInfo `json:"pages"`
+		Lens  []int      `json:"lens"`
+	}
+	joinHdr struct {
+		ID       string `json:"id"`
+		RaftAddr string `json:"raft_addr"`
+	}
+	manifestReply struct {
+		Pages   []PageInfo `json:"pages"`
+		MetaCRC uint32     `json:"meta_crc"`
+		Bad     []uint32   `json:"bad,omitempty"`
+	}
+	pingReply struct {
+		ID      string `json:"id"`
+		Applied uint64 `json:"applied"`
+	}
+)
+
+// peerConn is one authenticated connection, used by one request at a time.
+type peerConn struct {
+	c net.Conn
+	r *bufio.Reader
+	w *bufio.Writer
+}
+
+// peerClient pools authenticated connections per address.
+type peerClient struct {
+	d    *dialer
+	mu   sync.Mutex
+	idle map[string][]*peerConn
+	// bytesOut counts page bytes sent (metrics).
+	onBytes func(n int)
+}
+
+func (pc *peerClient) get(addr string) (*peerConn, error) {
+	pc.mu.Lock()
+	if l := pc.idle[addr]; len(l) > 0 {
+		c := l[len(l)-1]
+		pc.idle[addr] = l[:len(l)-1]
+		pc.mu.Unlock()
+		return c, nil
+	}
+	pc.mu.Unlock()
+	c, err := pc.d.dial(addr, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &peerConn{c: c, r: bufio.NewReaderSize(c, 1<<20), w: bufio.NewWriterSize(c, 1<<20)}, nil
+}
+
+func (pc *peerClient) put(addr string, c *peerConn) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if len(pc.idle[addr]) >= 8 {
+		_ = c.c.Close()
+		return
+	}
+	pc.idle[addr] = append(pc.idle[addr], c)
+}
+
+func (pc *peerClient) closeAll() {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	for _, l := range pc.idle {
+		for _, c := range l {
+			_ = c.c.Close()
+		}
+	}
+	pc.idle = map[string][]*peerConn{}
+}
+
+// peerError is an error the remote side reported.
+type peerError struct{ errReply }
+
+func (e *peerError) Error() string { return e.Err }
+
+func (e *peerError) Unwrap() error {
+	switch e.Kind {
+	case "stale":
+		return ErrStaleEpoch
+	case "not_found":
+		return ErrNotFound
+	case "no_quorum", "not_leader":
+		return ErrNoQuorum
+	case "checksum":
+		return ErrChecksum
+	case "generation":
+		return ErrGeneration
+	case "member":
+		return ErrUnknownMember
+	}
+	return nil
+}
+
+// call sends one request and decodes the reply header into out.
+func (pc *peerClient) call(ctx context.Context, addr string, op byte, hdr, out any, payload ...[]byte) ([]byte, error) {
+	c, err := pc.get(addr)
+	if err != nil {
+		return nil, fmt.Errorf("peer %s: %w", addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.c.SetDeadline(dl)
+	} else {
+		_ = c.c.SetDeadline(time.Now().Add(60 * time.Second))
+	}
+	if err := writeFrame(c.w, op, hdr, payload...); err != nil {
+		_ = c.c.Close()
+		return nil, fmt.Errorf("peer %s: %w", addr, err)
+	}
+	if pc.onBytes != nil {
+		for _, p := range payload {
+			pc.onBytes(len(p))
+		}
+	}
+	var raw json.RawMessage
+	st, p, err := readFrame(c.r, &raw)
+	if err != nil {
+		_ = c.c.Close()
+		return nil, fmt.Errorf("peer %s: %w", addr, err)
+	}
+	_ = c.c.SetDeadline(time.Time{})
+	pc.put(addr, c)
+	if st != statusOK {
+		var e errReply
+		_ = json.Unmarshal(raw, &e)
+		return nil, fmt.Errorf("peer %s: %w", addr, &peerError{e})
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return nil, fmt.Errorf("peer %s: %w: %v", addr, ErrBadCommand, err)
+		}
+	}
+	return p, nil
+}
+
+// serve answers one authenticated peer connection.
+func (n *Node) servePeer(c net.Conn) {
+	defer c.Close()
+	r, w := bufio.NewReaderSize(c, 1<<20), bufio.NewWriterSize(c, 1<<20)
+	for {
+		var raw json.RawMessage
+		op, payload, err := readFrame(r, &raw)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				n.log.Debug("peer connection ended", "remote", c.RemoteAddr().String(), "err", err)
+			}
+			return
+		}
+		out, data, err := n.handlePeer(op, raw, payload)
+		if err != nil {
+			e := errReply{Err: err.Error(), Kind: errKind(err)}
+			if errors.Is(err, ErrNoQuorum) {
+				_, id := n.raft.LeaderWithID()
+				e.Leader = string(id)
+			}
+			if werr := writeFrame(w, statusErr, e); werr != nil {
+				return
+			}
+			continue
+		}
+		if out == nil {
+			out = struct{}{}
+		}
+		if err := writeFrame(w, statusOK, out, data...); err != nil {
+			return
+		}
+	}
+}
+
+func errKind(err error) string {
+	switch {
+	case errors.Is(err, ErrStaleEpoch):
+		return "stale"
+	case errors.Is(err, ErrNotFound):
+		return "not_found"
+	case errors.Is(err, ErrNoQuorum):
+		return "no_quorum"
+	case errors.Is(err, ErrChecksum):
+		return "checksum"
+	case errors.Is(err, ErrGeneration):
+		return "generation"
+	case errors.Is(err, ErrUnknownMember):
+		return "member"
+	}
+	return "error"
+}
+
+func (n *Node) handlePeer(op byte, raw json.RawMessage, payload []byte) (any, [][]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	switch op {
+	case popPing:
+		return pingReply{ID: n.cfg.NodeID, Applied: n.cat.AppliedIndex()}, nil, nil
+	case popApply:
+		var cmd Command
+		if err := json.Unmarshal(raw, &cmd); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		r, err := n.applyLocal(&cmd, 5*time.Second)
+		if err != nil {
+			return nil, nil, err
+		}
+		return r, nil, nil
+	case popJoin:
+		var h joinHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		if !n.IsLeader() {
+			_, err := n.forward(ctx, popJoin, h)
+			return nil, nil, err
+		}
+		return nil, nil, n.addVoterLocal(h.ID, h.RaftAddr)
+	case popRemove:
+		var h joinHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		if !n.IsLeader() {
+			_, err := n.forward(ctx, popRemove, h)
+			return nil, nil, err
+		}
+		return nil, nil, n.removeLocal(h.ID)
+	case popManifest:
+		var h nameHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		m, err := n.localManifest(ctx, h.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		return m, nil, nil
+	case popPutPages:
+		var h pagesHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		return nil, nil, n.receivePages(ctx, &h, payload)
+	case popGetPage:
+		var h nameHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		gen, data, err := n.store.ReadPage(ctx, h.Name, h.Page)
+		if err != nil {
+			return nil, nil, err
+		}
+		n.metrics.bytesServed.Add(uint64(len(data)))
+		return PageInfo{Page: h.Page, Gen: gen, CRC: Checksum(data)}, [][]byte{data}, nil
+	case popPutMeta:
+		var h nameHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		if Checksum(payload) != h.CRC {
+			return nil, nil, fmt.Errorf("%w: metadata of %q", ErrChecksum, h.Name)
+		}
+		return nil, nil, n.store.WriteMeta(ctx, h.Name, payload)
+	case popGetMeta:
+		var h nameHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		meta, _, err := n.store.Meta(ctx, h.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		return nameHdr{Name: h.Name, CRC: Checksum(meta)}, [][]byte{meta}, nil
+	case popDrop:
+		var h nameHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		if s, ok := n.cat.Session(h.Name); ok && s.Owner == n.cfg.NodeID {
+			return nil, nil, fmt.Errorf("%w: %q is owned by this node", ErrStaleEpoch, h.Name)
+		}
+		return nil, nil, n.store.Delete(ctx, h.Name)
+	}
+	return nil, nil, fmt.Errorf("%w: unknown peer op %d", ErrBadCommand, op)
+}
+
+// receivePages is the replica side of streaming: every page is checked
+// against its CRC32C and must not be older than the copy held; the batch is
+// durable before the ack goes back.
+func (n *Node) receivePages(ctx context.Context, h *pagesHdr, payload []byte) error {
+	if len(h.Lens) != len(h.Pages) {
+		return fmt.Errorf("%w: %d pages, %d lengths", ErrBadCommand, len(h.Pages), len(h.Lens))
+	}
+	_, gens, err := n.store.Meta(ctx, h.Name)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	pages := make([]PageData, len(h.Pages))
+	off := 0
+	for i, p := range h.Pages {
+		l := h.Lens[i]
+		if l < 0 || off+l > len(payload) {
+			return fmt.Errorf("%w: page %d length %d past the payload", ErrBadCommand, p.Page, l)
+		}
+		data := payload[off : off+l]
+		off += l
+		if Checksum(data) != p.CRC {
+			n.metrics.checksumFailures.Add(1)
+			return fmt.Errorf("%w: page %d of %q", ErrChecksum, p.Page, h.Name)
+		}
+		if int(p.Page) < len(gens) && p.Gen < gens[p.Page] {
+			return fmt.Errorf("%w: page %d of %q at generation %d, held %d", ErrGeneration, p.Page, h.Name, p.Gen, gens[p.Page])
+		}
+		pages[i] = PageData{PageInfo: p, Data: data}
+	}
+	if off != len(payload) {
+		return fmt.Errorf("%w: %d payload bytes past the pages", ErrBadCommand, len(payload)-off)
+	}
+	if err := n.store.WritePages(ctx, h.Name, pages); err != nil {
+		return err
+	}
+	n.metrics.bytesReceived.Add(uint64(off))
+	return nil
+}
+
+func newPeerClient(d *dialer) *peerClient {
+	return &peerClient{d: d, idle: map[string][]*peerConn{}}
+}
+
+var _ = slog.Default

@@ -1,0 +1,42 @@
+package cluster
+
+import (
+	"context"
+	"hash/crc32"
+)
+
+// PageInfo names one page of a local copy.
+type PageInfo struct {
+	Page uint32 `json:"p"`
+	Gen  uint64 `json:"g"`
+	CRC  uint32 `json:"c"`
+}
+
+// PageData is a page with its bytes.
+type PageData struct {
+	PageInfo
+	Data []byte `json:"-"`
+}
+
+// Store is what the cluster needs from the local page store; the daemon
+// adapts its tiers to it. Sessions are named: local ids differ per node.
+type Store interface {
+	// Meta returns the local copy's metadata blob and the generation of
+	// each page it names (index = page), or ErrNotFound.
+	Meta(ctx context.Context, name string) (meta []byte, gens []uint64, err error)
+	// ReadPage returns a page of the local copy, verified by the store.
+	ReadPage(ctx context.Context, name string, page uint32) (gen uint64, data []byte, err error)
+	// WritePages stores pages of name at their generations; they are durable
+	// when it returns.
+	WritePages(ctx context.Context, name string, pages []PageData) error
+	// WriteMeta stores the metadata blob durably, after the pages it names,
+	// making the local copy resumable.
+	WriteMeta(ctx context.Context, name string, meta []byte) error
+	// Delete removes the local copy (not an error if there is none).
+	Delete(ctx context.Context, name string) error
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Checksum is the CRC32C every manifest entry carries.
+func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
