@@ -19,6 +19,8 @@ func TestNoCUDATwinMatchesAPI(t *testing.T) {
 	}
 }
 
+var cycleKernels = []string{"fm_cyc_proj", "fm_cyc_norm", "fm_cyc_qpost", "fm_cyc_score", "fm_cyc_select"}
+
 // The committed PTX must define the scorer kernel and come from the GPU machine's nvcc.
 func TestCommittedPTXHasKernel(t *testing.T) {
 	for _, c := range []struct {
@@ -27,6 +29,7 @@ func TestCommittedPTXHasKernel(t *testing.T) {
 	}{
 		{"score_sm80.ptx", []string{"fm_score"}}, {"score_sm90.ptx", []string{"fm_score"}},
 		{"proj_sm80.ptx", []string{"fm_proj_f32", "fm_proj_bf16"}}, {"proj_sm90.ptx", []string{"fm_proj_f32", "fm_proj_bf16"}},
+		{"cycle_sm80.ptx", cycleKernels}, {"cycle_sm90.ptx", cycleKernels},
 	} {
 		b, err := os.ReadFile(c.file)
 		if err != nil {

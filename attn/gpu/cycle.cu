@@ -324,7 +324,6 @@ fm_cyc_score(const ReqDesc *__restrict__ reqs, unsigned int nreqs, unsigned int 
 
 	float ens[2][2];
 	double msum[2][2];
-	bool isnan_key[2][2];
 	const unsigned int ntiles = heads >> 3;
 	const unsigned int qwords = heads * 32;
 	for (unsigned int l = 0; l < L; l++) {
@@ -411,7 +410,6 @@ fm_cyc_score(const ReqDesc *__restrict__ reqs, unsigned int nreqs, unsigned int 
 				if (l == 0) {
 					ens[mt][half] = v;
 					msum[mt][half] = 0;
-					isnan_key[mt][half] = false;
 				} else if (ensemble == 0) {
 					const float e = ens[mt][half];
 					ens[mt][half] = (e != e || v != v) ? __uint_as_float(0x7fc00000u) : fmaxf(e, v);
@@ -440,7 +438,6 @@ fm_cyc_score(const ReqDesc *__restrict__ reqs, unsigned int nreqs, unsigned int 
 			}
 		}
 	}
-	(void)isnan_key;
 	for (int o = 16; o > 0; o >>= 1)
 		outside += __shfl_xor_sync(0xffffffffu, outside, o);
 	if (lane == 0 && outside)

@@ -28,3 +28,6 @@ func (c *Cycle) Close() error { return ErrNoCUDA }
 
 // Run returns ErrNoCUDA in this build.
 func (c *Cycle) Run(reqs []*CycleRequest, p CycleParams) error { return ErrNoCUDA }
+
+// HostTimes returns zeros in this build.
+func (c *Cycle) HostTimes() (fill, wait, collect time.Duration) { return 0, 0, 0 }

@@ -183,6 +183,8 @@ func TestScoreBatchBench(t *testing.T) {
 	type row struct {
 		Chunks, Requests          int
 		GPUms, GPUDeviceMs, CPUms float64
+		// per call, ms: the cycle's Run (fill, enqueue+wait, collect) and key sync
+		RunMs, FillMs, WaitMs, CollectMs, SyncMs float64
 	}
 	var rows []row
 	fmt.Printf("\nScoreBatch, published model (bf16 weights), %s vs %d CPU cores (median of %d, ms)\n", dev.Name(), runtime.NumCPU(), reps)
@@ -233,13 +235,17 @@ func TestScoreBatchBench(t *testing.T) {
 			r.GPUms = med(g, reps)
 			tg1 := g.Timings()
 			if b := tg1.CycleBatches - tg0.CycleBatches; b > 0 {
-				r.GPUDeviceMs = float64(tg1.GPU-tg0.GPU) / 1e6 / float64(b)
+				per := func(a, z time.Duration) float64 { return float64(z-a) / 1e6 / float64(b) }
+				r.GPUDeviceMs = per(tg0.GPU, tg1.GPU)
+				r.RunMs, r.FillMs, r.WaitMs, r.CollectMs = per(tg0.Cycle, tg1.Cycle), per(tg0.Fill, tg1.Fill), per(tg0.Wait, tg1.Wait), per(tg0.Collect, tg1.Collect)
+				r.SyncMs = per(tg0.Sync, tg1.Sync)
 			}
 			if chunks == 131072 {
 				r.CPUms = med(m, 2)
 			}
 			rows = append(rows, r)
-			fmt.Printf("%8d %9d %10.2f %12.2f %10.1f\n", chunks, n, r.GPUms, r.GPUDeviceMs, r.CPUms)
+			fmt.Printf("%8d %9d %10.2f %12.2f %10.1f   mean per call: run %.2f (fill %.2f, enqueue+wait %.2f, collect %.2f), key sync %.2f\n",
+				chunks, n, r.GPUms, r.GPUDeviceMs, r.CPUms, r.RunMs, r.FillMs, r.WaitMs, r.CollectMs, r.SyncMs)
 		}
 	}
 	if _, cb, err := g.Stats(); cb != 0 {

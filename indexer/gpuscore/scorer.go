@@ -51,6 +51,8 @@ type Timings struct {
 	Project, Sync, Kernel time.Duration
 	Cycle, GPU            time.Duration
 	CycleBatches          int64
+	// Inside Cycle: packing inputs, enqueueing and waiting for the device, unpacking.
+	Fill, Wait, Collect time.Duration
 }
 
 // Timings returns the cumulative step times.
@@ -59,6 +61,7 @@ func (s *Scorer) Timings() Timings {
 		Cycle: time.Duration(s.tCycle.Load())}
 	if s.cycle != nil {
 		t.GPU, t.CycleBatches = s.cycle.GPUTime()
+		t.Fill, t.Wait, t.Collect = s.cycle.HostTimes()
 	}
 	return t
 }

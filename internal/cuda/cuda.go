@@ -867,6 +867,21 @@ func (e *Event) Wait() error {
 	}
 }
 
+// WaitSpin is Wait for latency-bound callers (a CYCLE's scoring, which the decoder waits
+// for): it polls without sleeping for up to spin, then as Wait does. A poll is a query on
+// the device's owner goroutine, so other callers of the device still get their turn.
+func (e *Event) WaitSpin(spin time.Duration) error {
+	deadline := time.Now().Add(spin)
+	for time.Now().Before(deadline) {
+		done, err := e.Done()
+		if err != nil || done {
+			return err
+		}
+		runtime.Gosched()
+	}
+	return e.Wait()
+}
+
 // Elapsed returns the GPU time between start (recorded earlier) and e, in milliseconds;
 // both must be timing events.
 func (e *Event) Elapsed(start *Event) (float64, error) {

@@ -2,7 +2,10 @@
 
 package cuda
 
-import "io/fs"
+import (
+	"io/fs"
+	"time"
+)
 
 // Available reports whether this build was made with the cuda tag.
 const Available = false
@@ -162,6 +165,9 @@ func (e *Event) Done() (bool, error) { return false, ErrNoCUDA }
 
 // Wait returns ErrNoCUDA in this build.
 func (e *Event) Wait() error { return ErrNoCUDA }
+
+// WaitSpin returns ErrNoCUDA in this build.
+func (e *Event) WaitSpin(spin time.Duration) error { return ErrNoCUDA }
 
 // Elapsed returns ErrNoCUDA in this build.
 func (e *Event) Elapsed(start *Event) (float64, error) { return 0, ErrNoCUDA }
