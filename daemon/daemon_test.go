@@ -19,7 +19,7 @@ import (
 // testConfig is a small daemon: a 3-target-layer random model with 4 heads
 // and a 64-wide hidden state, a short tail and sink so 32K-token sessions
 // select something, and the given data directory.
-func testConfig(t *testing.T, dir string) Config {
+func testConfig(t testing.TB, dir string) Config {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Socket = filepath.Join(dir, "fm.sock")
@@ -42,7 +42,7 @@ type running struct {
 	done chan error
 }
 
-func start(t *testing.T, cfg Config) *running {
+func start(t testing.TB, cfg Config) *running {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
@@ -58,7 +58,7 @@ func start(t *testing.T, cfg Config) *running {
 	return r
 }
 
-func (r *running) shutdown(t *testing.T) {
+func (r *running) shutdown(t testing.TB) {
 	t.Helper()
 	r.stop()
 	if err := <-r.done; err != nil {

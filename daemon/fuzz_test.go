@@ -1,7 +1,15 @@
 package daemon
 
 import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"io"
+	"net"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/flashmemory/flashmemory/proto"
 )
@@ -29,5 +37,77 @@ func FuzzDecodeMeta(f *testing.F) {
 		if len(state) > len(b) {
 			t.Fatal("state longer than the blob")
 		}
+	})
+}
+
+// FuzzAdmission sends arbitrary bytes as the first thing on a fresh
+// connection (before, during and after HELLO), then closes its write side.
+// The daemon must end the connection promptly (a reply per complete request,
+// at most one connection-level error frame), send only well-formed reply
+// frames, and keep serving other clients.
+func FuzzAdmission(f *testing.F) {
+	hello, _ := (&proto.Hello{MinVersion: 1, MaxVersion: 1, ClientName: "fz"}).AppendBinary(nil)
+	frame := func(op proto.Op, id uint64, body []byte) []byte {
+		h := proto.Header{Version: 1, Op: op, ID: id, BodyLen: uint32(len(body)), CRC: crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli))}
+		b := make([]byte, proto.HeaderSize, proto.HeaderSize+len(body))
+		proto.PutHeader(b, h)
+		return append(b, body...)
+	}
+	f.Add(frame(proto.OpHello, 1, hello))
+	f.Add(frame(proto.OpHello, 0, hello))
+	f.Add(frame(proto.OpHello, 1, hello)[:10])
+	f.Add(append(frame(proto.OpPing, 1, []byte("x")), frame(proto.OpHello, 2, hello)...))
+	f.Add(append(frame(proto.OpHello, 1, hello), frame(proto.OpModels, 2, nil)...))
+	f.Add(append(frame(proto.OpHello, 1, hello), frame(proto.OpOpen, 2, []byte{0, 0, 0, 0})...))
+	f.Add(append(frame(proto.OpHello, 1, hello), frame(proto.OpEvict, 3, []byte(`{"session":1}`))...))
+	f.Add(frame(proto.OpStatus, 1, nil))
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	big := frame(proto.OpPing, 1, nil)
+	binary.LittleEndian.PutUint32(big[12:], 1<<30)
+	f.Add(big)
+
+	cfg := testConfig(f, f.TempDir())
+	cfg.Limits.HandshakeTimeout = Duration(200 * time.Millisecond)
+	cfg.Limits.StagingBytes = 1 << 20
+	rd := start(f, cfg)
+	f.Cleanup(func() { rd.shutdown(f) })
+	f.Fuzz(func(t *testing.T, in []byte) {
+		nc, err := net.Dial("unix", cfg.Socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		uc := nc.(*net.UnixConn)
+		_ = uc.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := uc.Write(in); err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("write: %v", err)
+		}
+		_ = uc.CloseWrite()
+		pc := proto.NewConn(uc, 64<<20)
+		connErrors := 0
+		for {
+			fr, err := pc.ReadFrame()
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("daemon sent a bad frame or did not close: %v", err)
+			}
+			fr.CloseFiles()
+			if !fr.IsResponse() {
+				t.Fatalf("daemon sent a request: %+v", fr.Header)
+			}
+			if fr.ID == 0 {
+				if connErrors++; connErrors > 1 || !fr.IsError() {
+					t.Fatalf("connection-level frame %+v (#%d)", fr.Header, connErrors)
+				}
+			}
+		}
+		// Others are still served.
+		c, err := proto.Dial(context.Background(), cfg.Socket, &proto.Options{ClientName: "after-fuzz", NoMapStaging: true})
+		if err != nil {
+			t.Fatalf("daemon stopped serving: %v", err)
+		}
+		c.Close()
 	})
 }

@@ -117,7 +117,7 @@ func (d *Daemon) listModels() *proto.ModelsReply {
 			MaxSessions: lim.MaxSessions, MaxSessionsPerUID: lim.MaxSessionsPerUID, MaxSessionsPerConn: lim.MaxSessionsPerConn,
 			MaxSessionBytes: lim.MaxSessionBytes, MaxReserveBytes: lim.MaxReserveBytes, MaxHostReserveBytes: lim.MaxHostReserveBytes,
 			MaxLayers: lim.MaxLayers, MaxRowBytes: lim.MaxRowBytes,
-			MaxReserveSlots: tiers.MaxSlots, DefaultReserveSlots: defaultReserveSlots, MaxChunks: indexer.DefaultMaxChunks,
+			MaxReserveSlots: tiers.MaxSlots, MaxChunks: indexer.DefaultMaxChunks,
 			LeaseTimeout:     time.Duration(lim.LeaseTimeout).Seconds(),
 			DetachedTTL:      time.Duration(lim.DetachedTTL).Seconds(),
 			HandshakeTimeout: time.Duration(lim.HandshakeTimeout).Seconds(),

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/user"
@@ -107,7 +108,7 @@ func procGroups(pid int32) []uint32 {
 	return parseProcGroups(f)
 }
 
-func parseProcGroups(f *os.File) []uint32 {
+func parseProcGroups(f io.Reader) []uint32 {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line, ok := strings.CutPrefix(sc.Text(), "Groups:")

@@ -271,7 +271,6 @@ type ServerLimits struct {
 	MaxLayers           int     `json:"max_layers"`
 	MaxRowBytes         uint32  `json:"max_row_bytes"`
 	MaxReserveSlots     int     `json:"max_reserve_slots"`
-	DefaultReserveSlots int     `json:"default_reserve_slots"`
 	MaxChunks           int     `json:"max_chunks_per_session"`
 	LeaseTimeout        float64 `json:"lease_timeout_seconds"`
 	DetachedTTL         float64 `json:"detached_ttl_seconds"`

@@ -42,10 +42,10 @@ func Example_wire() {
 		&proto.CycleReply{Results: []proto.CycleResult{{Lease: 5, Cycle: 10,
 			Pages: []proto.PageSlot{{Page: 0, Slot: 3}}, Tail: []proto.PageSlot{{Page: 1, Slot: 4}},
 			Counters: proto.CycleCounters{Chunks: 11, TotalPages: 1, ResidentPages: 1, ForcedPages: 1, AboveFraction: 0.5, ScoreMicros: 100}}}})))
-	fmt.Print("OPEN request, id 2: name \"s\", model \"lsa\", persist, any device, default policy, 1 layer (row 512, segments [6 2]), 64 chunks/page, 4-byte keys, 1 target layer, tau 64, 8 slots:\n", hex.Dump(frame(
+	fmt.Print("OPEN request, id 2: name \"s\", model \"demo\", persist, any device, default policy, 1 layer (row 512, segments [6 2]), 64 chunks/page, 132-byte keys, 3 target layers, tau 64, 8 slots:\n", hex.Dump(frame(
 		proto.Header{Version: 1, Op: proto.OpOpen, ID: 2},
-		&proto.Open{Name: "s", Model: "lsa", Persist: true, Device: proto.DeviceAny, Layout: proto.Layout{
-			ChunksPerPage: 64, KeyBytes: 4, TargetLayers: 1, CycleSteps: 64, ReserveSlots: 8,
+		&proto.Open{Name: "s", Model: "demo", Persist: true, Device: proto.DeviceAny, Layout: proto.Layout{
+			ChunksPerPage: 64, KeyBytes: 132, TargetLayers: 3, CycleSteps: 64, ReserveSlots: 8,
 			Layers: []proto.LayerLayout{{RowBytes: 512, Segments: []uint32{6, 2}}}}})))
 	fmt.Print("OPEN reply to 2 (one fd attached): session 1, host memory (memfd), region of 4096 bytes, 8 slots, layer 0 at offset 0 with 512-byte rows:\n", hex.Dump(frame(
 		proto.Header{Version: 1, Op: proto.OpOpen, Flags: proto.FlagResponse | proto.FlagFDs, NFDs: 1, ID: 2},
@@ -88,15 +88,15 @@ func Example_wire() {
 	// 00000060  00 00 00 00 00 00 00 00  64 00 00 00 00 00 00 00  |........d.......|
 	// 00000070  01 00 00 00 00 00 00 00  03 00 00 00 01 00 00 00  |................|
 	// 00000080  01 00 00 00 04 00 00 00                           |........|
-	// OPEN request, id 2: name "s", model "lsa", persist, any device, default policy, 1 layer (row 512, segments [6 2]), 64 chunks/page, 4-byte keys, 1 target layer, tau 64, 8 slots:
-	// 00000000  46 4d 45 4d 01 00 10 00  00 00 00 00 58 00 00 00  |FMEM........X...|
-	// 00000010  02 00 00 00 00 00 00 00  07 6e 90 c5 00 00 00 00  |.........n......|
-	// 00000020  01 00 73 03 00 6c 73 61  01 00 00 00 ff ff ff ff  |..s..lsa........|
-	// 00000030  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|
+	// OPEN request, id 2: name "s", model "demo", persist, any device, default policy, 1 layer (row 512, segments [6 2]), 64 chunks/page, 132-byte keys, 3 target layers, tau 64, 8 slots:
+	// 00000000  46 4d 45 4d 01 00 10 00  00 00 00 00 59 00 00 00  |FMEM........Y...|
+	// 00000010  02 00 00 00 00 00 00 00  3e f1 db c4 00 00 00 00  |........>.......|
+	// 00000020  01 00 73 04 00 64 65 6d  6f 01 00 00 00 ff ff ff  |..s..demo.......|
+	// 00000030  ff 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|
 	// 00000040  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|
-	// 00000050  40 00 00 00 04 00 00 00  01 00 00 00 40 00 00 00  |@...........@...|
-	// 00000060  08 00 00 00 01 00 00 00  00 02 00 00 02 00 00 00  |................|
-	// 00000070  06 00 00 00 02 00 00 00                           |........|
+	// 00000050  00 40 00 00 00 84 00 00  00 03 00 00 00 40 00 00  |.@...........@..|
+	// 00000060  00 08 00 00 00 01 00 00  00 00 02 00 00 02 00 00  |................|
+	// 00000070  00 06 00 00 00 02 00 00  00                       |.........|
 	// OPEN reply to 2 (one fd attached): session 1, host memory (memfd), region of 4096 bytes, 8 slots, layer 0 at offset 0 with 512-byte rows:
 	// 00000000  46 4d 45 4d 01 00 10 00  05 00 01 00 2c 00 00 00  |FMEM........,...|
 	// 00000010  02 00 00 00 00 00 00 00  16 94 63 e3 00 00 00 00  |..........c.....|

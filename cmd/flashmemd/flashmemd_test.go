@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("FLASHMEM_TEST_CHILD") != "" {
 		os.Exit(childClient())
 	}
+	if role := os.Getenv("FLASHMEM_TEST_ROLE"); role != "" {
+		os.Exit(runRole(role)) // security_test.go
+	}
 	dir, err := os.MkdirTemp("", "flashmemd-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -82,8 +85,14 @@ type daemonProc struct {
 
 func startDaemon(t *testing.T, dir string, extra ...string) *daemonProc {
 	t.Helper()
+	return startDaemonConfig(t, dir, testConfig, extra...)
+}
+
+// startDaemonConfig starts flashmemd with the given configuration file text.
+func startDaemonConfig(t *testing.T, dir, config string, extra ...string) *daemonProc {
+	t.Helper()
 	cfgPath := filepath.Join(dir, "flashmemd.toml")
-	if err := os.WriteFile(cfgPath, []byte(testConfig), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p := &daemonProc{socket: filepath.Join(dir, "fm.sock"), log: &strings.Builder{}, exited: make(chan error, 1)}
