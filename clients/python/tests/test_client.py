@@ -4,6 +4,7 @@ passing, and the reserve read by mmap byte for byte."""
 import array
 import gc
 import glob
+import json
 import os
 import random
 import socket
@@ -438,3 +439,52 @@ def test_native_crc_agrees_with_pure_python():
     assert wire.crc32c(data[100:], wire.crc32c(data[:100])) == wire.crc32c_py(data)
     if wire.NATIVE_CRC_LIB is None:
         pytest.skip("libflashmem.so not built (make -C clients/c); the pure-Python CRC was checked")
+
+
+DECODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "decode.py")
+
+
+def _run_decode(daemon, *args, env=None):
+    return subprocess.run([sys.executable, DECODE, "--socket", daemon.socket, "--small", *args], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, **(env or {})))
+
+
+def test_reference_decoder_pure(daemon):
+    r = _run_decode(daemon, "--pure")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["decode_steps"] == 128 and out["checks_bit_exact"] == 128 and out["attention_checks"] == 4
+    bad = _run_decode(daemon, "--pure", env={"DECODE_CORRUPT_OWN": "1"})
+    assert bad.returncode != 0 and "differs" in bad.stderr, bad.stdout + bad.stderr
+
+
+def test_reference_decoder_torch(daemon):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pytest.skip("torch is not installed for %s: the pure-Python decoder check ran instead" % sys.executable)
+    r = _run_decode(daemon)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["decode_steps"] == 128 and out["checks_bit_exact"] == 128 and out["reserve_kind"] == 0
+    assert 0 < out["entries_attended_mean"] < out["entries_full_final"]
+    bad = _run_decode(daemon, env={"DECODE_CORRUPT_OWN": "1"})
+    assert bad.returncode != 0 and "differs" in bad.stderr, bad.stdout + bad.stderr
+
+
+def test_torch_reserve_views(client):
+    torch = pytest.importorskip("torch")
+    from flashmem.torch import ReserveTensors, page_slots
+    rng = random.Random(9)
+    lay = small_layout(8)
+    with client.open(lay) as s:
+        fill(s, 2, 130, rng)
+        with s.cycle(queries(3, HIDDEN, rng), position=600) as r, ReserveTensors(s) as rt:
+            pages, slots = page_slots(r.pages_raw)
+            assert pages.tolist() == [p for p, _ in r.pages] and slots.tolist() == [sl for _, sl in r.pages]
+            assert rt.stacked() is None  # two layers of different row sizes
+            for ly in range(2):
+                v = rt.layers[ly]
+                assert tuple(v.shape) == (8, lay.layers[ly].row_bytes) and v.dtype == torch.uint8
+                for sl in slots.tolist():
+                    assert bytes(v[sl].tolist()) == bytes(s.row(ly, sl))
