@@ -23,14 +23,13 @@ const (
 	lexPower = 3
 	// prfHops bounds relevance-feedback rounds (see expand).
 	prfHops = 3
-	// prfMaxOccur: an expansion term must occur at most this many times in the
-	// context (chunks holding it as their own term), i.e. it names something
-	// specific, not a topic; prfMaxOccurKnown for words the training corpus
-	// held, which a context repeats more readily ("one", "cabinet"): a link of
-	// a chain names a known word twice, in the link that sets it and in the
-	// one that reads it.
-	prfMaxOccur      = 3
-	prfMaxOccurKnown = 2
+	// prfMaxOccur: a specific expansion term occurs at most this many times in
+	// the context (chunks holding it as their own term): it names something,
+	// it is not a topic. prfMinIDFKnown: a word the training corpus held must
+	// also have been rare there (a surname, "Basket"), not an ordinary word
+	// that a context happens to repeat little.
+	prfMaxOccur    = 3
+	prfMinIDFKnown = 6
 	// prfMaxSeeds and prfMaxTerms bound the work of one round.
 	prfMaxSeeds = 512
 	prfMaxTerms = 256
@@ -211,7 +210,7 @@ func (m *Model) ScoreWith(q *Query, keys []byte, out []float32, opts ScoreOption
 		}
 	})
 	dilate(out)
-	if cal.Lex != 0 && opts.Hops > 0 {
+	if opts.Hops > 0 {
 		m.expand(q, keys, out, opts.Hops)
 	}
 	return nil
@@ -248,14 +247,14 @@ func dilate(out []float32) {
 
 // expand is pseudo-relevance feedback for multi-hop evidence ("Set b to the
 // value of a." found through a once "Let a equal 7." matched): for up to hops
-// rounds, the specific terms of the chunks kept in the previous round become
-// a second query, and chunks holding one of them are kept with prfLogit. A
-// term is specific when it is a chunk's own term (not its window's), is not
-// in the query, and occurs at most prfMaxOccur times in the context: a name,
-// a code, an identifier — whether or not the training corpus held the word
-// (chains through "Locker 88" are as common as chains through "qorvex").
-// Dilation has already kept the neighbours of strong chunks, so a name just
-// before the chunk that matched best is among the seeds' own terms.
+// rounds, the specific terms of the chunks kept in the previous round (and of
+// their neighbours within dilateRadius) become a second query, and chunks
+// holding one of them as their own term are kept with prfLogit. A term is
+// specific when the query does not hold it, it occurs at most prfMaxOccur
+// times in the context, and it is a name, a code or an identifier: a word the
+// training corpus never saw, or saw rarely (IDF ≥ prfMinIDFKnown: "Ingrid",
+// "Basket"), not an ordinary word a context happens to repeat little. This
+// runs in every mode: the dense signal's kept chunks seed it as well.
 //
 // A term is tracked as (bucket, novel): a novel term and a training word that
 // share a 16-bit bucket are different words, and a bucket shared by several
@@ -264,10 +263,15 @@ func dilate(out []float32) {
 func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 	kb := m.KeyBytes()
 	n := len(out)
+	// Seeds: the kept chunks and their neighbours within dilateRadius (the
+	// name a sentence is about may sit a few tokens before the words the
+	// query matched: "You might remember Ingrid, | who is my sister.").
 	var seeds []int
 	for c, l := range out {
 		if l > 0 {
-			seeds = append(seeds, c)
+			for s := max(c-dilateRadius, 0, seedNext(seeds)); s <= min(c+dilateRadius, n-1); s++ {
+				seeds = append(seeds, s)
+			}
 		}
 	}
 	nb := m.cfg.Buckets
@@ -278,7 +282,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 		i := nb + int(b)
 		used[i>>6] |= 1 << (i & 63)
 	}
-	termIdx := func(key []byte, terms []byte, i int, novel uint32) int {
+	termIdx := func(terms []byte, i int, novel uint32) int {
 		b := int(termAt(terms, i))
 		if b >= nb {
 			return -1
@@ -288,6 +292,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 		}
 		return b
 	}
+	has := func(set []uint64, t int) bool { return set[t>>6]&(1<<(t&63)) != 0 }
 	for range hops {
 		if len(seeds) == 0 {
 			return
@@ -313,8 +318,8 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 			terms, ncore, _ := m.keyTerms(key)
 			novel := m.keyNovel(key)
 			for i := range ncore {
-				t := termIdx(key, terms, i, novel)
-				if t < 0 || used[t>>6]&(1<<(t&63)) != 0 {
+				t := termIdx(terms, i, novel)
+				if t < 0 || has(used, t) {
 					continue
 				}
 				if _, ok := cand[t]; !ok && len(order) < prfMaxTerms {
@@ -332,54 +337,68 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 			terms, ncore, _ := m.keyTerms(key)
 			novel := m.keyNovel(key)
 			for i := range ncore {
-				if t := termIdx(key, terms, i, novel); t >= 0 {
+				if t := termIdx(terms, i, novel); t >= 0 {
 					if v, ok := cand[t]; ok {
 						cand[t] = v + 1
 					}
 				}
 			}
 		}
-		exp := make([]uint64, len(used))
+		spec := make([]uint64, len(used))
 		found := false
 		for _, t := range order {
 			used[t>>6] |= 1 << (t & 63)
-			if lim := prfMaxOccurKnown; cand[t] <= lim || t >= nb && cand[t] <= prfMaxOccur {
-				exp[t>>6] |= 1 << (t & 63)
+			df := cand[t]
+			if df <= prfMaxOccur && (t >= nb || m.idf[t] >= prfMinIDFKnown) {
+				spec[t>>6] |= 1 << (t & 63)
 				found = true
 			}
 		}
 		if !found {
 			return
 		}
-		seeds = seeds[:0]
+		hit := make([]bool, n)
 		for c := range n {
 			if out[c] > 0 {
 				continue
 			}
-			// Only chunks holding the term themselves (not in their window): a
-			// page reached by feedback then counts one or two chunks above
-			// threshold, below pages the query matches directly, above pages
-			// nothing matches.
 			key := keys[c*kb : (c+1)*kb]
 			terms, ncore, _ := m.keyTerms(key)
 			novel := m.keyNovel(key)
+			// Only chunks holding the term themselves (not in their window):
+			// a page reached by feedback then counts one or two chunks above
+			// threshold, below pages the query matches directly, above pages
+			// nothing matches.
 			for i := range ncore {
-				if t := termIdx(key, terms, i, novel); t >= 0 && exp[t>>6]&(1<<(t&63)) != 0 {
-					out[c] = prfLogit
-					// The next name of a chain may sit a chunk or two before
-					// ("Set b | to the value | of a."), so neighbours within
-					// dilateRadius seed the next round too (their own terms
-					// only; their logits are unchanged).
-					for s := c - dilateRadius; s <= c+dilateRadius; s++ {
-						if s >= 0 && s < n && (len(seeds) == 0 || seeds[len(seeds)-1] < s) {
-							seeds = append(seeds, s)
-						}
-					}
+				if t := termIdx(terms, i, novel); t >= 0 && has(spec, t) {
+					hit[c] = true
 					break
 				}
 			}
 		}
+		seeds = seeds[:0]
+		for c, h := range hit {
+			if !h {
+				continue
+			}
+			out[c] = prfLogit
+			// The next name of a chain may sit a chunk or two before
+			// ("Set b | to the value | of a."), so neighbours within
+			// dilateRadius seed the next round too (their own terms only;
+			// their logits are unchanged).
+			for s := max(c-dilateRadius, 0, seedNext(seeds)); s <= min(c+dilateRadius, n-1); s++ {
+				seeds = append(seeds, s)
+			}
+		}
 	}
+}
+
+// seedNext is the first chunk index not yet in the sorted seeds.
+func seedNext(seeds []int) int {
+	if len(seeds) == 0 {
+		return 0
+	}
+	return seeds[len(seeds)-1] + 1
 }
 
 // splitRange cuts [0, n) into at most parts contiguous ranges.
