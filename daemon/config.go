@@ -103,8 +103,12 @@ type SSDConfig struct {
 	// SyncWrites makes every page write durable before it is acknowledged.
 	// Persisted sessions are always synced on PERSIST and on shutdown.
 	SyncWrites bool `toml:"sync_writes"`
-	// GCInterval is how often the value log is garbage-collected.
+	// GCInterval is how often the journal's segments are checked for
+	// compaction (writes also start a round once garbage accumulates).
 	GCInterval Duration `toml:"gc_interval"`
+	// MinFreeBytes is the free space the SSD tier's filesystem must keep:
+	// writes that would leave less fail with NO_SPACE (0: 32 MiB).
+	MinFreeBytes int64 `toml:"min_free_bytes"`
 }
 
 // IndexerConfig registers Memory-Indexer models and the default policy.

@@ -209,7 +209,7 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 	d.nextLease++
 	lid := d.nextLease
 	d.mu.Unlock()
-	slots, loaded, late, err := d.loadPages(s, need, tiers.LeaseID(lid))
+	slots, loaded, late, damaged, err := d.loadPages(s, need, tiers.LeaseID(lid))
 	wait := time.Since(tw)
 	d.m.waitSeconds.Observe(wait.Seconds())
 	if err == nil {
@@ -233,7 +233,7 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 	// are skipped by the generation check.
 	var recall []uint32
 	for _, p := range cy.Recall {
-		if _, ok := slots[p]; !ok && p < uint32(len(s.gens)) && s.gens[p] > 0 {
+		if _, ok := slots[p]; !ok && p < uint32(len(s.gens)) && s.gens[p] > 0 && s.damaged[p] == nil {
 			recall = append(recall, p)
 		}
 	}
@@ -255,7 +255,16 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 	r := proto.CycleResult{Lease: lid, Cycle: cy.Cycle}
 	r.Pages = make([]proto.PageSlot, 0, len(cy.Use))
 	for _, p := range cy.Use {
+		if err := damaged[p]; err != nil {
+			// Left out of the table, reported with its error: the
+			// session's other pages are still served.
+			r.Damaged = append(r.Damaged, proto.DamagedPage{Page: p, Err: proto.CodeIntegrity.Errorf("session %d page %d: %v", s.id, p, err)})
+			continue
+		}
 		r.Pages = append(r.Pages, proto.PageSlot{Page: p, Slot: uint32(slots[p])})
+	}
+	if len(r.Damaged) > proto.MaxCycleDamaged {
+		r.Damaged = r.Damaged[:proto.MaxCycleDamaged]
 	}
 	r.Tail = make([]proto.PageSlot, 0, len(tail))
 	for _, p := range tail {
@@ -278,12 +287,22 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 // loadPages binds every page of need to a reserve slot and has the mover
 // copy in the pages whose slot does not hold their current generation,
 // waiting for them: this is the decoder-visible part of a recall. It returns
-// the page → slot map, how many pages were copied and how many of those had
-// to come from SSD.
-func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[uint32]int, int, int, error) {
+// the page → slot map, how many pages were copied, how many of those had to
+// come from SSD, and the pages that could not be served because their stored
+// bytes are damaged (known since RESUME, or found now: remembered, so they
+// are never read again).
+func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[uint32]int, int, int, map[uint32]error, error) {
 	slots := make(map[uint32]int, len(need))
+	var damaged map[uint32]error
 	var items []tiers.RecallItem
 	for _, p := range need {
+		if err := s.damaged[p]; err != nil {
+			if damaged == nil {
+				damaged = map[uint32]error{}
+			}
+			damaged[p] = err
+			continue
+		}
 		alloc := s.region.Allocate
 		if s.genOf(p) == 0 {
 			// A tail page never written: the decoder writes its cells in
@@ -298,9 +317,9 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[
 		}
 		if err != nil {
 			if errors.Is(err, tiers.ErrNoSpace) {
-				return nil, 0, 0, proto.CodeNoSpace.Errorf("session %d: reserve of %d slots cannot hold the %d pages this cycle needs (release earlier leases or open with more reserve_slots)", s.id, s.region.Slots(), len(need))
+				return nil, 0, 0, nil, proto.CodeNoSpace.Errorf("session %d: reserve of %d slots cannot hold the %d pages this cycle needs (release earlier leases or open with more reserve_slots)", s.id, s.region.Slots(), len(need))
 			}
-			return nil, 0, 0, err
+			return nil, 0, 0, nil, err
 		}
 		slots[p] = a.Slot
 		if g := s.genOf(p); g > 0 && (!a.Hit || a.Gen != g) {
@@ -310,26 +329,35 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[
 	d.reserveHits.Add(uint64(len(need) - len(items)))
 	d.reserveMisses.Add(uint64(len(items)))
 	if len(items) == 0 {
-		return slots, 0, 0, nil
+		return slots, 0, 0, damaged, nil
 	}
 	t, err := d.mover.Recall(s.region, items)
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, 0, 0, nil, err
 	}
 	<-t.Done()
 	late := 0
 	for _, r := range t.Results() {
 		if r.Err != nil {
 			if errors.Is(r.Err, tiers.ErrIntegrity) {
-				return nil, 0, 0, proto.CodeIntegrity.Errorf("session %d page %d: %v", s.id, r.ID.Page, r.Err)
+				if s.damaged == nil {
+					s.damaged = map[uint32]error{}
+				}
+				if damaged == nil {
+					damaged = map[uint32]error{}
+				}
+				s.damaged[r.ID.Page] = r.Err
+				damaged[r.ID.Page] = r.Err
+				d.log.Error("page damaged on SSD; reported in the CYCLE reply, never served", "session", s.id, "page", r.ID.Page, "err", r.Err)
+				continue
 			}
-			return nil, 0, 0, r.Err
+			return nil, 0, 0, nil, r.Err
 		}
 		if r.Source == tiers.SourceSSD {
 			late++
 		}
 	}
-	return slots, len(items), late, nil
+	return slots, len(items), late, damaged, nil
 }
 
 func (s *session) genOf(p uint32) uint64 {

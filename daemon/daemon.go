@@ -131,9 +131,10 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	d.store, err = tiers.OpenStore(tiers.StoreConfig{
 		Mirror: tiers.MirrorConfig{Budget: cfg.Host.BudgetBytes, Allocator: d.gpu.mirrorAllocator(cfg.GPU)},
 		SSD: tiers.SSDConfig{
-			Dir:        filepath.Join(cfg.DataDir, "ssd"),
-			SyncWrites: cfg.SSD.SyncWrites,
-			GCInterval: time.Duration(cfg.SSD.GCInterval),
+			Dir:          filepath.Join(cfg.DataDir, "ssd"),
+			SyncWrites:   cfg.SSD.SyncWrites,
+			GCInterval:   time.Duration(cfg.SSD.GCInterval),
+			MinFreeBytes: cfg.SSD.MinFreeBytes,
 		},
 		Logger: d.log.With("tier", "store"),
 	})

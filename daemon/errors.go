@@ -23,7 +23,7 @@ func wireError(err error) *proto.Error {
 	switch {
 	case errors.Is(err, tiers.ErrIntegrity):
 		code = proto.CodeIntegrity
-	case errors.Is(err, tiers.ErrNoSpace):
+	case errors.Is(err, tiers.ErrNoSpace), errors.Is(err, tiers.ErrDiskFull):
 		code = proto.CodeNoSpace
 	case errors.Is(err, tiers.ErrBudget):
 		code = proto.CodeLimitExceeded

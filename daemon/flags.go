@@ -15,7 +15,7 @@ func ConfigFromArgs(args []string, getenv func(string) string, stderr io.Writer)
 	fs := flag.NewFlagSet("flashmemd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: flashmemd [--config FILE] [--socket PATH] [--data-dir DIR] [--metrics ADDR]\n\n")
+		fmt.Fprintf(stderr, "usage: flashmemd [--config FILE] [--socket PATH] [--data-dir DIR] [--metrics ADDR]\n       flashmemd fsck [--config FILE] [--data-dir DIR]\n\n")
 		fs.PrintDefaults()
 	}
 	configPath := fs.String("config", getenv("FLASHMEMD_CONFIG"), "TOML configuration `file` (optional)")
@@ -62,6 +62,9 @@ func ConfigFromArgs(args []string, getenv func(string) string, stderr io.Writer)
 
 // Main runs flashmemd with the process's arguments and returns its exit code.
 func Main() int {
+	if len(os.Args) > 1 && os.Args[1] == "fsck" {
+		return Fsck(os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
+	}
 	cfg, err := ConfigFromArgs(os.Args[1:], os.Getenv, os.Stderr)
 	if err != nil {
 		if err == flag.ErrHelp {

@@ -685,12 +685,27 @@ type CycleResult struct {
 	// Tail are the slots for pages the next τ steps will produce.
 	Tail     []PageSlot
 	Counters CycleCounters
+	// Damaged are selected pages that could not be served because their
+	// stored bytes failed verification (Code INTEGRITY), each with its
+	// error; they are missing from Pages, and the other pages are served.
+	// Sent only when not empty (cycle flag 2), so replies without damage
+	// are unchanged on the wire.
+	Damaged []DamagedPage
+}
+
+// DamagedPage is a page a CYCLE left out of its table, and why.
+type DamagedPage struct {
+	Page uint32
+	Err  *Error
 }
 
 // CycleReply answers CYCLE with one result per entry, in entry order.
 type CycleReply struct{ Results []CycleResult }
 
-const cycleFlagFallback = 1
+const (
+	cycleFlagFallback = 1
+	cycleFlagDamaged  = 2 // a damaged-page list follows the tail table
+)
 
 // AppendBinary implements Message.
 func (m *CycleReply) AppendBinary(b []byte) ([]byte, error) {
@@ -714,11 +729,17 @@ func (m *CycleReply) AppendBinary(b []byte) ([]byte, error) {
 		e.u32(c.ResidentPages)
 		e.u32(c.ForcedPages)
 		e.u32(c.RecalledPages)
+		var flags uint32
 		if c.Fallback {
-			e.u32(cycleFlagFallback)
-		} else {
-			e.u32(0)
+			flags |= cycleFlagFallback
 		}
+		if len(r.Damaged) > 0 {
+			if len(r.Damaged) > MaxCycleDamaged {
+				return b, fmt.Errorf("%w: %d damaged pages, at most %d", ErrMalformed, len(r.Damaged), MaxCycleDamaged)
+			}
+			flags |= cycleFlagDamaged
+		}
+		e.u32(flags)
 		e.u32(0)
 		e.f64(c.AboveFraction)
 		e.u64(c.WaitMicros)
@@ -734,9 +755,23 @@ func (m *CycleReply) AppendBinary(b []byte) ([]byte, error) {
 				e.b = binary.LittleEndian.AppendUint32(e.b, p.Slot)
 			}
 		}
+		if len(r.Damaged) > 0 {
+			e.u32(uint32(len(r.Damaged)))
+			for _, dp := range r.Damaged {
+				e.u32(dp.Page)
+				err := dp.Err
+				if err == nil {
+					err = &Error{Code: CodeIntegrity}
+				}
+				e.errorStatus(err)
+			}
+		}
 	}
 	return e.b, nil
 }
+
+// MaxCycleDamaged bounds the damaged-page list of one CYCLE result.
+const MaxCycleDamaged = 4096
 
 // Decode implements Message.
 func (m *CycleReply) Decode(body []byte) error {
@@ -762,7 +797,7 @@ func (m *CycleReply) Decode(body []byte) error {
 		c.ForcedPages = d.u32()
 		c.RecalledPages = d.u32()
 		flags := d.u32()
-		if flags&^cycleFlagFallback != 0 {
+		if flags&^(cycleFlagFallback|cycleFlagDamaged) != 0 {
 			d.fail("unknown cycle flags %#x", flags)
 		}
 		c.Fallback = flags&cycleFlagFallback != 0
@@ -772,6 +807,21 @@ func (m *CycleReply) Decode(body []byte) error {
 		c.ScoreMicros = d.u64()
 		r.Pages = decodePageSlots(d, "pages")
 		r.Tail = decodePageSlots(d, "tail")
+		if flags&cycleFlagDamaged != 0 {
+			n := d.count("damaged pages", 10, MaxCycleDamaged)
+			if d.err == nil && n == 0 {
+				d.fail("damaged-page flag with an empty list")
+			}
+			for i := 0; i < n && d.err == nil; i++ {
+				p := d.u32()
+				code := Code(d.u32())
+				msg := d.str("damaged page error", MaxErrorMsg)
+				if d.err == nil && code == CodeOK {
+					d.fail("damaged page %d with status OK", p)
+				}
+				r.Damaged = append(r.Damaged, DamagedPage{Page: p, Err: &Error{Code: code, Msg: msg}})
+			}
+		}
 		if d.err != nil {
 			return d.err
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -112,6 +113,7 @@ type SSD struct {
 	tombP   map[PageID]indexEntry
 	tombM   map[string]indexEntry
 
+	lock        *os.File // flock: one process per directory
 	report      RecoveryReport
 	legacyMetas map[string][]byte // format-1 metadata found in the index, carried into the journal
 	changed     atomic.Bool       // index changed since the last checkpoint
@@ -197,6 +199,9 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 		}
 		if s.segs != nil {
 			s.segs.close()
+		}
+		if s.lock != nil {
+			s.lock.Close()
 		}
 		return nil, err
 	}
@@ -1122,6 +1127,7 @@ func (s *SSD) Close() error {
 		err = serr
 	}
 	tightenModes(s.cfg.Dir)
+	s.lock.Close()
 	if err != nil {
 		return fmt.Errorf("ssd: close: %w", err)
 	}

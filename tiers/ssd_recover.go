@@ -63,6 +63,17 @@ func (s *SSD) recover() error {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return fmt.Errorf("ssd: %s: %w", cfg.Dir, err)
 	}
+	// One process at a time: a second one must not take a live index for a
+	// damaged one and rebuild it.
+	lock, err := os.OpenFile(filepath.Join(cfg.Dir, "journal.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("ssd: %s: %w", cfg.Dir, err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return fmt.Errorf("ssd: %s is in use by another process (stop that flashmemd first): %w", cfg.Dir, ErrBusy)
+	}
+	s.lock = lock
 	segs, err := openSegStore(filepath.Join(cfg.Dir, segDirName), cfg.SegmentBytes, cfg.MinFreeBytes)
 	if err != nil {
 		return err
@@ -724,7 +735,7 @@ func moveIndexAside(dir string) (string, error) {
 	}
 	var files []string
 	for _, e := range ents {
-		if e.Type().IsRegular() {
+		if e.Type().IsRegular() && e.Name() != "journal.lock" {
 			files = append(files, e.Name())
 		}
 	}

@@ -1,0 +1,94 @@
+package daemon
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/flashmemory/flashmemory/tiers"
+)
+
+// Fsck is `flashmemd fsck`: with the daemon stopped, it runs the start-up
+// check of the SSD tier (index replayed from the journal, or rebuilt when it
+// is missing, damaged or stale; damaged records quarantined), then reads and
+// verifies every page the index holds, and prints what it found. Exit code
+// 0: nothing damaged; 1: damage found (reported, quarantined, never served);
+// 2: the check could not run.
+func Fsck(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("flashmemd fsck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: flashmemd fsck [--config FILE] [--data-dir DIR]\n\nChecks and repairs the SSD tier of a stopped flashmemd.\n\n")
+		fs.PrintDefaults()
+	}
+	configPath := fs.String("config", getenv("FLASHMEMD_CONFIG"), "TOML configuration `file` (optional)")
+	dataDir := fs.String("data-dir", "", "data `directory` (default from the configuration)")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	cfg := DefaultConfig()
+	if *configPath != "" {
+		if err := LoadConfigFile(&cfg, *configPath); err != nil {
+			fmt.Fprintln(stderr, "flashmemd fsck:", err)
+			return 2
+		}
+	}
+	if err := ApplyEnv(&cfg, getenv); err != nil {
+		fmt.Fprintln(stderr, "flashmemd fsck:", err)
+		return 2
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	dir := filepath.Join(cfg.DataDir, "ssd")
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ssd, err := tiers.OpenSSD(tiers.SSDConfig{Dir: dir, GCInterval: -1, MinFreeBytes: cfg.SSD.MinFreeBytes, Logger: log})
+	if err != nil {
+		fmt.Fprintf(stderr, "flashmemd fsck: %v\n", err)
+		return 2
+	}
+	bad, verr := ssd.VerifyAll()
+	rep := ssd.Recovery()
+	if cerr := ssd.Close(); verr == nil {
+		verr = cerr
+	}
+	fmt.Fprintf(stdout, "data dir:            %s\n", cfg.DataDir)
+	fmt.Fprintf(stdout, "segments:            %d\n", rep.Segments)
+	fmt.Fprintf(stdout, "records read:        %d\n", rep.Records)
+	fmt.Fprintf(stdout, "pages:               %d in %d sessions\n", rep.Pages, rep.Sessions)
+	fmt.Fprintf(stdout, "persisted sessions:  %d\n", rep.Metas)
+	if rep.IndexRebuilt {
+		fmt.Fprintf(stdout, "index:               rebuilt from the journal (%s)\n", rep.Reason)
+		if rep.MovedAside != "" {
+			fmt.Fprintf(stdout, "old index moved to:  %s\n", rep.MovedAside)
+		}
+	} else {
+		fmt.Fprintf(stdout, "index:               ok (replayed %d records)\n", rep.Replayed)
+	}
+	fmt.Fprintf(stdout, "torn writes skipped: %d\n", rep.Torn)
+	fmt.Fprintf(stdout, "damaged records:     %d (%d with no readable header)\n", rep.Damaged, rep.Unattributed)
+	fmt.Fprintf(stdout, "pages verified:      %d, damaged: %d\n", rep.Verified, len(bad))
+	for _, p := range bad {
+		fmt.Fprintf(stdout, "  damaged page %v (never served; its session reports it)\n", p)
+	}
+	for _, q := range rep.Quarantine {
+		fmt.Fprintf(stdout, "  quarantined: %s\n", q)
+	}
+	if len(rep.DamagedSessions) > 0 {
+		fmt.Fprintf(stdout, "sessions named by damaged records: %v\n", rep.DamagedSessions)
+	}
+	fmt.Fprintf(stdout, "took:                %v\n", rep.Took)
+	if verr != nil {
+		fmt.Fprintf(stderr, "flashmemd fsck: %v\n", verr)
+		return 2
+	}
+	if rep.Damaged > 0 || len(bad) > 0 {
+		return 1
+	}
+	return 0
+}
