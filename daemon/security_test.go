@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -290,5 +291,32 @@ func TestRequestIDZeroRefused(t *testing.T) {
 	}
 	if _, err := pc.ReadFrame(); err == nil {
 		t.Fatal("connection still open")
+	}
+}
+
+// docs/protocol.md names every [limits] key, every field of the MODELS
+// limits, and the admission keys, so a limit cannot be added without
+// documenting it.
+func TestProtocolDocNamesEveryLimit(t *testing.T) {
+	doc, err := os.ReadFile("../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, typ := range []reflect.Type{reflect.TypeOf(Limits{}), reflect.TypeOf(proto.ServerLimits{})} {
+		for i := range typ.NumField() {
+			tag := typ.Field(i).Tag
+			k := tag.Get("toml")
+			if k == "" {
+				k, _, _ = strings.Cut(tag.Get("json"), ",")
+			}
+			keys = append(keys, k)
+		}
+	}
+	keys = append(keys, "allowed_groups", "socket_group", "admin_groups")
+	for _, k := range keys {
+		if !strings.Contains(string(doc), "`"+k+"`") && !strings.Contains(string(doc), `"`+k+`"`) {
+			t.Errorf("docs/protocol.md does not name %q", k)
+		}
 	}
 }

@@ -158,3 +158,4 @@ func FuzzDecodeStatus(f *testing.F)      { fuzzBody(f, &StatusReply{}) }
 func FuzzDecodeSessions(f *testing.F)    { fuzzBody(f, &SessionsReply{}) }
 func FuzzDecodeInspect(f *testing.F)     { fuzzBody(f, &InspectReply{}) }
 func FuzzDecodeEvictReply(f *testing.F)  { fuzzBody(f, &EvictReply{}) }
+func FuzzDecodeModels(f *testing.F)      { fuzzBody(f, &ModelsReply{}) }

@@ -70,6 +70,8 @@ func samples() []sample {
 		{"sessions reply", OpSessions, true, &SessionsReply{Sessions: []SessionInfo{{ID: 7, Name: "chat-17", Model: "lsa-v4", Persist: true, Chunks: 9}}}},
 		{"inspect reply", OpInspect, true, &InspectReply{Session: SessionInfo{ID: 7}, Layout: lay, Policy: pol, Leases: 1, TierPages: map[string]uint64{"ssd": 3}, Resident: []uint32{0, 5}}},
 		{"evict reply", OpEvict, true, &EvictReply{Sessions: []uint64{7}, Bytes: 1 << 20}},
+		{"models reply", OpModels, true, &ModelsReply{DefaultModel: "demo", Models: []ModelInfo{{Name: "demo", Kind: "lsa", QueryBytes: 1024, KeyBytes: 132, TargetLayers: 3, Layers: []int{0, 1, 2}, Default: true}}, Limits: ServerLimits{MaxConns: 256, LeaseTimeout: 300}}},
+		{"models request", OpModels, false, &Empty{}},
 		{"persisted sessions reply", OpSessions, true, &SessionsReply{Sessions: []SessionInfo{{ID: 8, Name: "demo", State: "on-ssd",
 			LastUsed: time.Date(2026, 12, 2, 17, 0, 0, 0, time.UTC), TierPages: map[string]uint64{"ssd": 130}}}}},
 		{"delete reply", OpDelete, true, &EvictReply{Sessions: []uint64{8}, OnSSDOnly: true}},
@@ -80,7 +82,7 @@ func samples() []sample {
 
 func isJSON(m Message) bool {
 	switch m.(type) {
-	case *AdminTarget, *StatusReply, *SessionsReply, *InspectReply, *EvictReply:
+	case *AdminTarget, *StatusReply, *SessionsReply, *InspectReply, *EvictReply, *ModelsReply:
 		return true
 	}
 	return false
