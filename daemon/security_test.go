@@ -320,3 +320,51 @@ func TestProtocolDocNamesEveryLimit(t *testing.T) {
 		}
 	}
 }
+
+// Per-uid limits sit below the global ones, and a refused client reads why.
+func TestPerUIDLimits(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Limits.MaxConns = 4
+	cfg.Limits.MaxSessions = 4
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	if got := rd.d.cfg.Limits.MaxConnsPerUID; got != 3 {
+		t.Fatalf("max_conns_per_uid with max_conns 4: %d, want 3", got)
+	}
+	ctx := context.Background()
+	var cs []*proto.Client
+	for range 3 {
+		cs = append(cs, dial(t, cfg.Socket))
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := proto.Dial(dctx, cfg.Socket, &proto.Options{ClientName: "one too many"})
+	if proto.CodeOf(err) != proto.CodeLimitExceeded || !strings.Contains(err.Error(), "max_conns_per_uid") {
+		t.Fatalf("fourth connection of one uid: %v", err)
+	}
+	for i := range 3 {
+		op, err := cs[i].Open(ctx, &proto.Open{Layout: testLayout(8)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		op.Region.Close()
+	}
+	_, err = cs[0].Open(ctx, &proto.Open{Layout: testLayout(8)})
+	if proto.CodeOf(err) != proto.CodeLimitExceeded || !strings.Contains(err.Error(), "max_sessions_per_uid") {
+		t.Fatalf("fourth session of one uid: %v", err)
+	}
+	// A connection that ends frees its slot.
+	cs[2].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := proto.Dial(dctx, cfg.Socket, &proto.Options{ClientName: "after close"})
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot not freed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
