@@ -69,5 +69,10 @@ if [[ ${1:-} != quick ]]; then
     [[ -f $out/e2e/table.txt ]] && tee -a "$out/table.txt" <"$out/e2e/table.txt"
   fi
 fi
+# The reference decoder (issue 12): PyTorch over a CUDA reserve, 128K tokens, 1,024 steps.
+if [[ -x .gpu/flashmemd ]] && python3 -c 'import torch' 2>/dev/null; then
+  OUT=$out/decode clients/gpu-decode.sh >>"$log" 2>&1 || { say "gpu-decode failed"; status=1; }
+  grep -A8 '^reference decoder' "$log" | tail -9
+fi
 say "gpu-test status $status"
 exit $status

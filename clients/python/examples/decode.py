@@ -4,17 +4,20 @@ resident, read straight from the session's reserve (GPU memory on a GPU host, a 
 otherwise).
 
 What it does, per docs/integration.md:
-  1. OPEN a session with the DeepSeek-V4 page layout (per layer a 37,440-byte row holding 64
-     chunks of 576 fp8 e4m3 bytes, then their 64 x 8 bytes of scales: two float32 per chunk,
-     one for the 512 latent dims and one for the 64 RoPE dims) and map the reserve
-     (flashmem.torch.ReserveTensors: a CUDA VMM fd is imported on the daemon's GPU).
+  1. OPEN a session with the DeepSeek-V4 page layout and map the reserve
+     (flashmem.torch.ReserveTensors: a CUDA VMM fd is imported on the daemon's GPU). Per
+     layer a page is a 37,440-byte row in the byte format of SGLang's DeepSeek-V4 KV pool
+     (DeepSeekV4SingleKVPool, fp8_ds_mla: 584 bytes per token, the page padded to a multiple
+     of 576): 64 x 576 bytes of data -- 448 fp8 e4m3 NoPE values then 64 bf16 RoPE values per
+     entry -- then 64 x 8 bytes of scales -- 7 UE8M0 exponents, one per 64 NoPE values, and
+     one pad byte. One chunk is one compressed KV entry.
   2. Prefill: synthetic KV for the prompt's chunks, kept in the decoder's own copy (a
      [layers, pages, row] tensor) and sent with APPEND through the staging region, with index
      keys for the target layers.
   3. Decode, one CYCLE per tau = 64 steps: the reply's page table plus tail allocation give
      the slots to read; every step gathers K/V of those pages from the reserve (one
-     index_select over all layers), dequantises, runs MLA-style absorbed attention (scores
-     over the 576 dims, values the 512 latent dims) for all layers in one batched matmul,
+     index_select over all layers), dequantises to 512-dim vectors, runs single-latent
+     attention (K = V, as in MLA's absorbed form) for all layers in one batched matmul,
      and writes the step's new chunk into its tail cell (reserve and own copy); after tau
      steps it COMMITs the chunks with their keys and RELEASEs the lease.
   4. Checks, every step: the bytes gathered from the reserve equal the same pages gathered
@@ -44,6 +47,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import flashmem  # noqa: E402
 
 ROW, DATA, SCALES, CPP, TAU = 37440, 576, 8, 64, 64
+NOPE, ROPE, BLOCK = 448, 64, 64  # fp8 NoPE values, bf16 RoPE values, NoPE values per scale
+DIM = NOPE + ROPE  # 512: the attended vector
 SEG1 = CPP * DATA  # where the scales start in a row
 
 
@@ -123,12 +128,15 @@ def torch_main(a, torch):
     npages = (total + CPP - 1) // CPP
     own = torch.zeros(L, npages, ROW, dtype=torch.uint8, device=dev)
 
-    def codes(*shape):
-        x = torch.randint(0, 256, shape, dtype=torch.uint8, device=dev, generator=gen)
-        return torch.where((x & 0x7F) == 0x7F, torch.zeros_like(x), x)  # 0x7F/0xFF are NaN in e4m3
-
-    def scales(*shape):
-        return (0.5 + torch.rand(shape, device=dev, generator=gen)).to(torch.float32)
+    def entries(*lead):
+        """Synthetic KV entries in the pool's byte format: data uint8 [*lead, 576] and
+        scales uint8 [*lead, 8]."""
+        x = torch.randint(0, 256, (*lead, NOPE), dtype=torch.uint8, device=dev, generator=gen)
+        x = torch.where((x & 0x7F) == 0x7F, torch.zeros_like(x), x)  # 0x7F/0xFF are NaN in e4m3
+        rope = torch.randn((*lead, ROPE), device=dev, generator=gen).to(torch.bfloat16).view(torch.uint8)
+        e = torch.randint(124, 131, (*lead, NOPE // BLOCK), dtype=torch.uint8, device=dev, generator=gen)
+        pad = torch.zeros((*lead, SCALES - NOPE // BLOCK), dtype=torch.uint8, device=dev)
+        return torch.cat([x, rope], dim=-1), torch.cat([e, pad], dim=-1)
 
     def keys(n):
         hd = lay.key_bytes - 4
@@ -149,8 +157,9 @@ def torch_main(a, torch):
     for p0 in range(0, (prefill + CPP - 1) // CPP, batch):
         p1 = min(p0 + batch, (prefill + CPP - 1) // CPP)
         n = min(p1 * CPP, prefill) - p0 * CPP
-        own[:, p0:p1, :SEG1] = codes(L, p1 - p0, SEG1)
-        own[:, p0:p1, SEG1:SEG1 + CPP * SCALES] = scales(L, p1 - p0, CPP * 2).view(torch.uint8).view(L, p1 - p0, -1)
+        d, sc = entries(L, p1 - p0, CPP)
+        own[:, p0:p1, :SEG1] = d.view(L, p1 - p0, SEG1)
+        own[:, p0:p1, SEG1:SEG1 + CPP * SCALES] = sc.view(L, p1 - p0, CPP * SCALES)
         k = n - (p1 - 1 - p0) * CPP  # chunks in the batch's last page
         if k < CPP:  # a partial last page: cells past the prompt stay zero until decode fills them
             own[:, p1 - 1, k * DATA:SEG1] = 0
@@ -169,7 +178,7 @@ def torch_main(a, torch):
         own[0, 0, 5] ^= 1
 
     # --- decode ---------------------------------------------------------------------------
-    scale_d = 1.0 / math.sqrt(DATA)
+    scale_d = 1.0 / math.sqrt(DIM)
     cuda = dev.type == "cuda"
     if hasattr(torch, "float8_e4m3fn"):
         def dequant(cd):
@@ -181,17 +190,21 @@ def torch_main(a, torch):
             return lut[cd.long()]
 
     def attend(rows, valid, q):
-        """rows: uint8 [L, P, ROW] gathered page rows; valid: bool [P*64]; q: bf16 [L, H, 576]."""
+        """rows: uint8 [L, P, ROW] gathered page rows; valid: bool [P*64]; q: bf16 [L, H, 512].
+        Dequantise every entry to 512 dims (NoPE fp8 x 2^(e-127) per 64 values, RoPE bf16)
+        and attend: K = V, invalid cells (past the session's chunks) masked out."""
         P = rows.shape[1]
         cd = rows[:, :, :SEG1].reshape(L, P * CPP, DATA)
-        sc = rows[:, :, SEG1:SEG1 + CPP * SCALES].reshape(L, P * CPP, SCALES).view(torch.float32)  # [L,N,2]
-        k = dequant(cd)
-        k = torch.cat([k[..., :512] * sc[..., :1], k[..., 512:] * sc[..., 1:]], dim=-1)
+        ex = rows[:, :, SEG1:SEG1 + CPP * SCALES].reshape(L, P * CPP, SCALES)[..., :NOPE // BLOCK]
+        nope = dequant(cd[..., :NOPE].contiguous()).view(L, P * CPP, NOPE // BLOCK, BLOCK)
+        nope = (nope * torch.exp2(ex.float() - 127).unsqueeze(-1)).view(L, P * CPP, NOPE)
+        rope = cd[..., NOPE:].contiguous().view(torch.bfloat16).float()
+        k = torch.cat([nope, rope], dim=-1)
         k = torch.where(valid.view(1, -1, 1), k, torch.zeros((), device=k.device)).to(torch.bfloat16)
         s = torch.bmm(q, k.transpose(1, 2)).float() * scale_d  # [L, H, N]
         s = s.masked_fill(~valid.view(1, 1, -1), float("-inf"))
         w = torch.softmax(s, dim=-1).to(torch.bfloat16)
-        return torch.bmm(w, k[..., :512])  # [L, H, 512]
+        return torch.bmm(w, k)  # [L, H, 512]
 
     def timer():
         if cuda:
@@ -229,8 +242,8 @@ def torch_main(a, torch):
         gid = (pages_t.view(-1, 1) * CPP + arange.view(1, -1)).view(-1)  # chunk id of every cell
         n_cycle = min(TAU, a.steps - step)
         for i in range(n_cycle):
-            q = torch.randn(L, a.heads, DATA, generator=gen, device=dev).to(torch.bfloat16)
-            new_codes, new_scales = codes(L, DATA), scales(L, 2).view(torch.uint8).view(L, SCALES)
+            q = torch.randn(L, a.heads, DIM, generator=gen, device=dev).to(torch.bfloat16)
+            new_codes, new_scales = entries(L)
             valid = gid < chunks
             tp = chunks // CPP
             tc = chunks % CPP
@@ -266,6 +279,8 @@ def torch_main(a, torch):
                 full_ms.append(elapsed_ms(t_a, t_b))
             chunks += 1
             step += 1
+        if cuda:  # the tail writes must have landed before the daemon copies the cells
+            torch.cuda.synchronize(dev)
         sess.chunks = sess.commit(n_cycle, keys(n_cycle))
         assert sess.chunks == chunks, (sess.chunks, chunks)
         res.release()
@@ -316,6 +331,10 @@ def _e4m3(b):
 E4M3 = [_e4m3(b) for b in range(256)]
 
 
+def bf16_bits(x):
+    return struct.unpack("<I", struct.pack("<f", x))[0] >> 16
+
+
 def pure_main(a):
     rng = random.Random(a.seed)
     L, prefill, steps = 2, 640, 128
@@ -331,8 +350,9 @@ def pure_main(a):
     own = [[bytearray(ROW) for _ in range(npages)] for _ in range(L)]
 
     def chunk_kv():
-        codes = bytes(b if b & 0x7F != 0x7F else 0 for b in rng.randbytes(DATA))
-        return codes, struct.pack("<2f", 0.5 + rng.random(), 0.5 + rng.random())
+        codes = bytes(b if b & 0x7F != 0x7F else 0 for b in rng.randbytes(NOPE))
+        rope = struct.pack("<%dH" % ROPE, *(bf16_bits(rng.gauss(0, 1)) for _ in range(ROPE)))
+        return codes + rope, bytes(rng.randrange(124, 131) for _ in range(NOPE // BLOCK)) + b"\0"
 
     def put(rowbuf, ch, codes, sc):
         cc = ch % CPP
@@ -365,7 +385,7 @@ def pure_main(a):
         own[0][0][5] ^= 1
 
     def attention(rows_of, valid_pages, chunks, q):
-        """rows_of(ly, page) -> row bytes; one head: softmax(q.k) weighted sum of v[:512]."""
+        """rows_of(ly, page) -> row bytes; one head: softmax(q.k) weighted sum of v (K = V)."""
         out = []
         for ly in range(L):
             ks = []
@@ -374,14 +394,17 @@ def pure_main(a):
                 for cc in range(CPP):
                     if p * CPP + cc >= chunks:
                         break
-                    s0, s1 = struct.unpack_from("<2f", row, SEG1 + cc * SCALES)
-                    k = row[cc * DATA:(cc + 1) * DATA]
-                    ks.append([E4M3[b] * (s0 if j < 512 else s1) for j, b in enumerate(k)])
-            sc = [sum(x * y for x, y in zip(q, k)) / math.sqrt(DATA) for k in ks]
+                    ex = row[SEG1 + cc * SCALES:SEG1 + cc * SCALES + NOPE // BLOCK]
+                    d = row[cc * DATA:(cc + 1) * DATA]
+                    k = [E4M3[b] * 2.0 ** (ex[j // BLOCK] - 127) for j, b in enumerate(d[:NOPE])]
+                    k += [struct.unpack("<f", struct.pack("<I", h << 16))[0]
+                          for h in struct.unpack_from("<%dH" % ROPE, d, NOPE)]
+                    ks.append(k)
+            sc = [sum(x * y for x, y in zip(q, k)) / math.sqrt(DIM) for k in ks]
             m = max(sc)
             w = [math.exp(x - m) for x in sc]
             z = sum(w)
-            out.append([sum(w[i] * ks[i][j] for i in range(len(ks))) / z for j in range(0, 512, 37)])
+            out.append([sum(w[i] * ks[i][j] for i in range(len(ks))) / z for j in range(0, DIM, 37)])
         return out
 
     chunks, step, checks, attn_checks = prefill, 0, 0, 0
@@ -402,7 +425,7 @@ def pure_main(a):
                         raise SystemExit("step %d: layer %d page %d differs in the reserve" % (step, ly, p))
             checks += 1
             if step % 32 == 0:
-                q = [rng.gauss(0, 1) for _ in range(DATA)]
+                q = [rng.gauss(0, 1) for _ in range(DIM)]
                 o1 = attention(lambda ly, p: sess.row(ly, table[p]), pg, chunks, q)
                 o2 = attention(lambda ly, p: own[ly][p], pg, chunks, q)
                 if o1 != o2:
