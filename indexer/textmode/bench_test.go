@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/flashmemory/flashmemory/indexer"
 )
 
 // benchContext returns the tokens of the shared haystack essays repeated to n
@@ -67,6 +69,59 @@ func BenchmarkScore(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(len(out)), "chunks")
+		})
+	}
+}
+
+// BenchmarkCycleExpansion is the cost of multi-hop expansion per cycle: one
+// whole cycle (score through indexer.ScoreBatch, Level-1 selection at a 10 %
+// page budget) of a 512K-token context holding a four-link chain, the query
+// being the chain's question, with expansion off and on in the same run.
+func BenchmarkCycleExpansion(b *testing.B) {
+	m, _ := benchContext(b, 1024)
+	names, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "haystack", "paul-graham-essays", "*.txt"))
+	sort.Strings(names)
+	var essays strings.Builder
+	for _, nm := range names {
+		t, _ := os.ReadFile(nm)
+		essays.Write(t)
+		essays.WriteByte('\n')
+	}
+	links := []string{"Let qorvanta equal 4821734.", "Set mildrake to the value of qorvanta.",
+		"Set pellumbra to the value of mildrake.", "Set zintarro to the value of pellumbra."}
+	var sb strings.Builder
+	for i := 0; len(Tokenize(sb.String())) < 512<<10; i++ {
+		if i < len(links) {
+			sb.WriteString(links[i] + " ")
+		}
+		sb.WriteString(essays.String())
+	}
+	toks := Tokenize(sb.String())
+	toks = toks[:512<<10]
+	keys := m.AppendChunkKeys(nil, toks)
+	sc := &Scorer{Model: m}
+	q := sc.Query(m.NewQuery(Tokenize("Which variables hold the value 4821734?"), nil, Combined))
+	for _, exp := range []indexer.Expansion{indexer.ExpandOff, indexer.ExpandOn} {
+		b.Run("512K/expand="+exp.String(), func(b *testing.B) {
+			pol := indexer.DefaultPolicy()
+			pol.KMaxRatio, pol.FallbackRatio, pol.Expand = 0.10, 1, exp
+			req, err := indexer.NewRequest(sc, pol)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := req.AppendKeys(0, [][]byte{keys}); err != nil {
+				b.Fatal(err)
+			}
+			var above int
+			for b.Loop() {
+				cs, err := indexer.ScoreBatch([]*indexer.Request{req}, []indexer.Query{q})
+				if err != nil {
+					b.Fatal(err)
+				}
+				above = cs[0].AboveThreshold
+			}
+			b.ReportMetric(float64(req.Len()), "chunks")
+			b.ReportMetric(float64(above), "above")
 		})
 	}
 }

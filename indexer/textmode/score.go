@@ -331,16 +331,19 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 		if len(order) == 0 {
 			return
 		}
-		// Occurrences: chunks holding the term as their own term.
+		// Occurrences: chunks holding the term as their own term. A bit set
+		// in front of the map keeps the pass over every key cheap.
+		inCand := make([]uint64, len(used))
+		for _, t := range order {
+			inCand[t>>6] |= 1 << (t & 63)
+		}
 		for c := range n {
 			key := keys[c*kb : (c+1)*kb]
 			terms, ncore, _ := m.keyTerms(key)
 			novel := m.keyNovel(key)
 			for i := range ncore {
-				if t := termIdx(terms, i, novel); t >= 0 {
-					if v, ok := cand[t]; ok {
-						cand[t] = v + 1
-					}
+				if t := termIdx(terms, i, novel); t >= 0 && has(inCand, t) {
+					cand[t]++
 				}
 			}
 		}

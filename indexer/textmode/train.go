@@ -39,6 +39,11 @@ type TrainOptions struct {
 	// query sentence, so the encoders must learn which words occur near which
 	// (not only exact overlap, which the lexical signal covers).
 	MaskProb float64
+	// HardNegatives adds to every pair a negative chunk from the same document,
+	// at least hardNegGap chunks away from its sentence: same topic, same
+	// templates, other facts — the confusions in-batch negatives from other
+	// documents rarely show.
+	HardNegatives bool
 	// HoldOut: every HoldOut-th document is kept out of the contrastive training
 	// and used for validation and calibration.
 	HoldOut int
@@ -166,9 +171,14 @@ type pair struct {
 	q   []Token
 	doc int
 	c   int
+	neg int // hard negative chunk of the same document, −1 for none
 }
 
-func makePair(rng *rand.Rand, docs []tdoc, di, si int, maskProb float64) pair {
+// hardNegGap is the least distance in chunks between a pair's chunk and its
+// hard negative (about 64 tokens: another passage, not the same sentence).
+const hardNegGap = 16
+
+func makePair(rng *rand.Rand, docs []tdoc, di, si int, maskProb float64, hardNeg bool) pair {
 	d := &docs[di]
 	s := d.sents[si]
 	// A chunk whose tokens lie in the sentence (chunk grid of the document).
@@ -186,7 +196,21 @@ func makePair(rng *rand.Rand, docs []tdoc, di, si int, maskProb float64) pair {
 		}
 		q = mq
 	}
-	return pair{q: q, doc: di, c: c}
+	p := pair{q: q, doc: di, c: c, neg: -1}
+	if hardNeg {
+		nc := NumChunks(len(d.toks))
+		// Chunks at least hardNegGap away on either side.
+		lo, hi := c0-hardNegGap, c1+hardNegGap
+		if free := max(lo+1, 0) + max(nc-hi, 0); free > 0 {
+			k := rng.IntN(free)
+			if k <= lo {
+				p.neg = k
+			} else {
+				p.neg = hi + (k - max(lo+1, 0))
+			}
+		}
+	}
+	return p
 }
 
 // Train builds IDF statistics, trains the dual encoder contrastively on
@@ -254,7 +278,7 @@ func Train(ctx context.Context, docs []Document, opts TrainOptions) (*Model, err
 			}
 			for i := range batch {
 				r := train[s*opts.BatchSize+i]
-				batch[i] = makePair(rng, td, r.doc, r.sent, opts.MaskProb)
+				batch[i] = makePair(rng, td, r.doc, r.sent, opts.MaskProb, opts.HardNegatives)
 			}
 			loss, acc := tr.step(td, batch, true)
 			step++
@@ -267,7 +291,7 @@ func Train(ctx context.Context, docs []Document, opts TrainOptions) (*Model, err
 		for b := range nb {
 			for i := range batch {
 				r := val[b*opts.BatchSize+i]
-				batch[i] = makePair(vr, td, r.doc, r.sent, opts.MaskProb)
+				batch[i] = makePair(vr, td, r.doc, r.sent, opts.MaskProb, false)
 			}
 			_, acc := tr.step(td, batch, false)
 			accSum += acc
@@ -288,6 +312,9 @@ func Train(ctx context.Context, docs []Document, opts TrainOptions) (*Model, err
 	m.meta["temperature"] = strconv.FormatFloat(float64(opts.Temperature), 'g', -1, 32)
 	m.meta["seed"] = strconv.FormatUint(opts.Seed, 10)
 	m.meta["heldout_top1"] = strconv.FormatFloat(valAcc, 'f', 4, 64)
+	if opts.HardNegatives {
+		m.meta["hard_negatives"] = "same document, ≥ 16 chunks away"
+	}
 	report(Progress{Phase: "done", Step: steps, Steps: steps, ValAccuracy: valAcc})
 	return m, nil
 }
@@ -325,30 +352,45 @@ func (t *trainer) step(docs []tdoc, batch []pair, update bool) (loss, acc float6
 	m := t.m
 	n := len(batch)
 	dim := m.cfg.Dim
+	// Keys: the n positives, then the hard negatives of the pairs that have one.
+	kref := make([][2]int, n, 2*n)
+	for i, b := range batch {
+		kref[i] = [2]int{b.doc, b.c}
+	}
+	for _, b := range batch {
+		if b.neg >= 0 {
+			kref = append(kref, [2]int{b.doc, b.neg})
+		}
+	}
+	nk := len(kref)
 	qs := make([]side, n)
-	ks := make([]side, n)
+	ks := make([]side, nk)
 	newSide := func() side {
 		return side{u: make([]float32, dim), y: make([]float32, dim), dy: make([]float32, dim), dh: make([]float32, dim), du: make([]float32, dim)}
 	}
 	parallelFor(n, t.opts.Workers, func(i int) {
-		qs[i], ks[i] = newSide(), newSide()
-		q, k := &qs[i], &ks[i]
+		qs[i] = newSide()
+		q := &qs[i]
 		q.fs = m.appendFeatures(nil, batch[i].q, 1)
 		q.tw = m.pool(q.u, q.fs)
 		q.h = project(q.y, m.wq, q.u)
-		k.fs = m.chunkFeatures(nil, docs[batch[i].doc].toks, batch[i].c)
+	})
+	parallelFor(nk, t.opts.Workers, func(j int) {
+		ks[j] = newSide()
+		k := &ks[j]
+		k.fs = m.chunkFeatures(nil, docs[kref[j][0]].toks, kref[j][1])
 		k.tw = m.pool(k.u, k.fs)
 		k.h = project(k.y, m.wc, k.u)
 	})
 	// Similarities, softmax over each row, gradients w.r.t. the unit vectors.
 	invT := 1 / t.opts.Temperature
-	p := make([]float32, n*n)
+	p := make([]float32, n*nk)
 	losses := make([]float64, n)
 	hits := make([]bool, n)
 	parallelFor(n, t.opts.Workers, func(i int) {
-		row := p[i*n : (i+1)*n]
+		row := p[i*nk : (i+1)*nk]
 		mx := float32(math.Inf(-1))
-		for j := range n {
+		for j := range nk {
 			var s float32
 			for x := range dim {
 				s += qs[i].y[x] * ks[j].y[x]
@@ -383,8 +425,8 @@ func (t *trainer) step(docs []tdoc, batch []pair, update bool) (loss, acc float6
 	scale := invT / float32(n)
 	parallelFor(n, t.opts.Workers, func(i int) {
 		dq := qs[i].dy
-		for j := range n {
-			g := p[i*n+j]
+		for j := range nk {
+			g := p[i*nk+j]
 			if i == j {
 				g--
 			}
@@ -393,22 +435,23 @@ func (t *trainer) step(docs []tdoc, batch []pair, update bool) (loss, acc float6
 				dq[x] += g * ks[j].y[x]
 			}
 		}
-		dk := ks[i].dy
-		for j := range n {
-			g := p[j*n+i]
+		backNorm(&qs[i])
+		backProj(&qs[i], m.wq, dim)
+	})
+	parallelFor(nk, t.opts.Workers, func(j int) {
+		dk := ks[j].dy
+		for i := range n {
+			g := p[i*nk+j]
 			if i == j {
 				g--
 			}
 			g *= scale
 			for x := range dim {
-				dk[x] += g * qs[j].y[x]
+				dk[x] += g * qs[i].y[x]
 			}
 		}
-		for _, s := range []*side{&qs[i], &ks[i]} {
-			backNorm(s)
-		}
-		backProj(&qs[i], m.wq, dim)
-		backProj(&ks[i], m.wc, dim)
+		backNorm(&ks[j])
+		backProj(&ks[j], m.wc, dim)
 	})
 	// Projection gradients: worker r owns rows of dW, summing samples in order,
 	// so the result does not depend on the number of workers.
@@ -422,9 +465,11 @@ func (t *trainer) step(docs []tdoc, batch []pair, update bool) (loss, acc float6
 					row[x] += a * u
 				}
 			}
-			if a := ks[i].dh[r]; a != 0 {
+		}
+		for j := range nk {
+			if a := ks[j].dh[r]; a != 0 {
 				row := gc[r*dim : (r+1)*dim]
-				for x, u := range ks[i].u {
+				for x, u := range ks[j].u {
 					row[x] += a * u
 				}
 			}

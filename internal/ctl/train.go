@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -26,13 +27,18 @@ the daemon's embedded "text" model was made by this command with the defaults (m
 Progress is a bar on a terminal and a line per ~10 % otherwise.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			names, err := filepath.Glob(filepath.Join(textDir, "*.txt"))
-			if err != nil {
-				return err
+			// Several corpora: comma-separated directories, each sorted by name.
+			var names []string
+			for _, dir := range splitList(textDir) {
+				ns, err := filepath.Glob(filepath.Join(dir, "*.txt"))
+				if err != nil {
+					return err
+				}
+				sort.Strings(ns)
+				names = append(names, ns...)
 			}
-			sort.Strings(names)
 			if len(names) == 0 {
-				return fmt.Errorf("%w: no .txt files in %s", ErrUsage, textDir)
+				return fmt.Errorf("%w: no .txt files in %s: give directories of .txt files, comma-separated", ErrUsage, textDir)
 			}
 			docs := make([]textmode.Document, 0, len(names))
 			for _, n := range names {
@@ -40,10 +46,14 @@ Progress is a bar on a terminal and a line per ~10 % otherwise.`,
 				if err != nil {
 					return err
 				}
-				docs = append(docs, textmode.Document{Name: filepath.Base(n), Text: string(b)})
+				docs = append(docs, textmode.Document{Name: filepath.Base(filepath.Dir(n)) + "/" + filepath.Base(n), Text: string(b)})
 			}
 			if o.Corpus == "" {
-				o.Corpus = fmt.Sprintf("%d files of %s", len(docs), filepath.Base(filepath.Clean(textDir)))
+				var dirs []string
+				for _, d := range splitList(textDir) {
+					dirs = append(dirs, filepath.Base(filepath.Clean(d)))
+				}
+				o.Corpus = fmt.Sprintf("%d files of %s", len(docs), strings.Join(dirs, ", "))
 			}
 			errw := cmd.ErrOrStderr()
 			var bar *progress
@@ -103,11 +113,13 @@ Progress is a bar on a terminal and a line per ~10 % otherwise.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&textDir, "text", "../shared/haystack/paul-graham-essays", "directory of .txt training files")
+	f.StringVar(&textDir, "text", "../shared/haystack/paul-graham-essays", "directory of .txt training files, or several, comma-separated")
 	f.StringVar(&outPath, "out", "textmode.safetensors", "output model file (written atomically)")
 	f.Uint64Var(&o.Seed, "seed", def.Seed, "random seed")
 	f.IntVar(&o.Epochs, "epochs", def.Epochs, "epochs")
 	f.IntVar(&o.BatchSize, "batch", def.BatchSize, "batch size (in-batch negatives)")
+	f.BoolVar(&o.HardNegatives, "hard-negatives", false, "add to every pair a negative chunk from another passage of the same document")
+	f.IntVar(&o.Config.Dim, "dim", def.Config.Dim, "embedding dimension (the file is about 2·65536·dim bytes)")
 	f.StringVar(&o.Corpus, "corpus", "", "description of the corpus for the model metadata (default: the directory name)")
 	return cmd
 }
