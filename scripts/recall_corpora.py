@@ -8,6 +8,15 @@ writes directories of .txt files (standard library only, no network):
   OUTDIR/train-man       English prose of Debian man pages (section 1 except gcloud, every 8th
                          page by name, rendered with man(1) at a wide line length, option lists dropped)
   OUTDIR/train-licenses  /usr/share/common-licenses (GPL, Apache, MPL, ...)
+  OUTDIR/train-wordnet   WordNet 3.0 glosses (Debian package wordnet-base: apt-get install
+                         wordnet-base), every second synset: "barber: a hairdresser who cuts
+                         hair and shaves beards as a trade." -- what words mean, which no
+                         essay collection teaches
+  OUTDIR/train-synth     paraphrase sentences of this script's own generator (seeded): a
+                         fact and a question about it in other words in one sentence,
+                         grouped by template so that a document's other sentences are hard
+                         negatives; its templates, relations and word lists are disjoint
+                         from the evaluation's (eval/gen.go, eval/gen_multihop.go)
   OUTDIR/heldout-go      Go's own documentation: the language spec, memory model, assembler
                          guide and godebug notes of $GOROOT/doc (HTML stripped) and the
                          package comments of every doc.go under $GOROOT/src
@@ -131,12 +140,125 @@ def go_docs(out):
     return n
 
 
+def wordnet(out):
+    os.makedirs(out, exist_ok=True)
+    n, buf, part = 0, [], 0
+    for pos in ("noun", "verb", "adj", "adv"):
+        path = "/usr/share/wordnet/data." + pos
+        if not os.path.exists(path):
+            sys.exit("wordnet: %s missing (apt-get install wordnet-base)" % path)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("  ") or "|" not in line:
+                    continue
+                n += 1
+                if n % 2:
+                    continue
+                head, gloss = line.split("|", 1)
+                fields = head.split()
+                cnt = int(fields[3], 16)
+                words = [fields[4 + 2 * i].replace("_", " ") for i in range(cnt)]
+                words = [re.sub(r"\(.*\)$", "", w) for w in words]
+                gloss = gloss.strip().rstrip(";").strip()
+                buf.append(", ".join(words) + ": " + gloss.rstrip(".") + ".")
+                if len(buf) == 200:
+                    with open(os.path.join(out, "wn-%04d.txt" % part), "w") as g:
+                        g.write("\n".join(buf) + "\n")
+                    buf, part = [], part + 1
+    if buf:
+        with open(os.path.join(out, "wn-%04d.txt" % part), "w") as g:
+            g.write("\n".join(buf) + "\n")
+        part += 1
+    return part
+
+
+# The paraphrase generator's own lexicon. None of these phrases is an evaluation template.
+CODE_WORDS = ["number", "code", "figure", "PIN", "passcode", "combination", "identifier",
+              "reference", "serial", "key", "token", "tag", "ticket number", "badge number"]
+GIVE_VERBS = ["was given", "was assigned", "received", "carries", "is listed with", "goes by",
+              "was allotted", "is registered under", "is marked with", "comes with"]
+ASK_FORMS = ["When asked for the {c} of {k}, the clerk answered that {k} {v} {x}.",
+             "Anyone wondering which {c} belongs to {k} can check the note: {k} {v} {x}.",
+             "The {c} that {k} {v} is {x}, in case somebody asks what it is.",
+             "To find the {c} for {k}, look it up: {k} {v} {x}.",
+             "What {c} does {k} have? It {v} {x}, according to the list."]
+TRADES = [("plumber", "fixes the pipes"), ("tailor", "alters my clothes"),
+          ("pharmacist", "fills my prescriptions"), ("locksmith", "changes the locks"),
+          ("florist", "arranges the flowers"), ("electrician", "repairs the wiring"),
+          ("optician", "makes my glasses"), ("mechanic", "repairs the engine"),
+          ("gardener", "tends the garden"), ("baker", "bakes our bread"),
+          ("cobbler", "mends my shoes"), ("notary", "certifies my documents"),
+          ("courier", "delivers my packages"), ("translator", "translates my letters"),
+          ("tutor", "helps me with maths"), ("chimney sweep", "cleans the chimney")]
+UPDATE_FORMS = ["My {t} used to be {a}, but these days the one who {d} is {b}.",
+                "I stopped seeing {a}; now {b} is the {t} who {d}.",
+                "Who {d} now? Not {a} any more: my new {t} is {b}."]
+CHAIN_FORMS = ["First {a} was set to {x}; then {b} took the value of {a}, so {b} holds {x} too.",
+               "Since {b} copies {a}, and {a} stores {x}, both {a} and {b} store {x}.",
+               "The value {x} went into {a}, and from {a} it was passed on to {b}."]
+BRIDGE_FORMS = ["{p} is employed by {o}, and {o} keeps its offices in {y}, so {p} works in {y}.",
+                "{p} joined {o}; the company {o} is headquartered in {y}.",
+                "Where does {p} work? At {o}, which operates out of {y}."]
+FIRST = ["Arden", "Bexley", "Corwin", "Dalby", "Elspeth", "Farrow", "Greer", "Hadley", "Isolde",
+         "Jarvis", "Kestrel", "Linnea", "Mabry", "Norrie", "Orrin", "Pim", "Roan", "Saffi",
+         "Tobin", "Wren"]
+LAST = ["Ashby", "Brook", "Calder", "Dane", "Ellery", "Frost", "Garvey", "Hale", "Irwin",
+        "Jory", "Kirkby", "Lowe", "Marsh", "Nye", "Oakes", "Penn"]
+ORGS = ["Quarrymoor", "Tidewell", "Brackenholt", "Stonechat", "Elmsworth", "Fernleigh",
+        "Glenmore", "Hartwell", "Kilnsey", "Lowther"]
+ORG_KINDS = ["Logistics", "Bakeries", "Instruments", "Publishing", "Software", "Dairy", "Glassworks"]
+TOWNS = ["Aberdeen", "Bremen", "Cluj", "Dijon", "Eindhoven", "Florence", "Graz", "Haarlem",
+         "Innsbruck", "Jena", "Krakow", "Lyon", "Malmo", "Nantes", "Odense", "Pecs", "Riga",
+         "Salzburg", "Turku", "Uppsala", "Vigo", "Wroclaw", "York", "Zurich"]
+
+
+def synth(out, seed=1, per_template=400):
+    import random
+    rng = random.Random(seed)
+    os.makedirs(out, exist_ok=True)
+
+    def key():
+        if rng.random() < 0.5:
+            return "%s-%s%d" % (rng.choice(["case", "box", "item", "lot", "file", "order"]),
+                                "".join(rng.choice("ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(2)), rng.randint(10, 999))
+        return rng.choice(FIRST) + " " + rng.choice(LAST)
+
+    def val():
+        return str(rng.randint(10000, 99999999))
+
+    def ident():
+        return "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 3)))
+
+    files = 0
+    groups = []
+    for i, form in enumerate(ASK_FORMS):
+        groups.append(("ask%d" % i, lambda form=form: form.format(c=rng.choice(CODE_WORDS), k=key(), v=rng.choice(GIVE_VERBS), x=val())))
+    for i, form in enumerate(UPDATE_FORMS):
+        def f(form=form):
+            t, d = rng.choice(TRADES)
+            return form.format(t=t, d=d, a=key(), b=key())
+        groups.append(("update%d" % i, f))
+    for i, form in enumerate(CHAIN_FORMS):
+        groups.append(("chain%d" % i, lambda form=form: form.format(a=ident(), b=ident(), x=val())))
+    for i, form in enumerate(BRIDGE_FORMS):
+        groups.append(("bridge%d" % i, lambda form=form: form.format(p=key(), o=rng.choice(ORGS) + " " + rng.choice(ORG_KINDS), y=rng.choice(TOWNS))))
+    for name, gen in groups:
+        for part in range(2):
+            lines = [gen() for _ in range(per_template // 2)]
+            with open(os.path.join(out, "%s-%d.txt" % (name, part)), "w") as f:
+                f.write(" ".join(lines) + "\n")
+            files += 1
+    return files
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: recall_corpora.py OUTDIR")
     out = sys.argv[1]
     print("train-man", man_pages(os.path.join(out, "train-man")), "files")
     print("train-licenses", licenses(os.path.join(out, "train-licenses")), "files")
+    print("train-wordnet", wordnet(os.path.join(out, "train-wordnet")), "files")
+    print("train-synth", synth(os.path.join(out, "train-synth")), "files")
     print("heldout-go", go_docs(os.path.join(out, "heldout-go")), "files")
 
 
