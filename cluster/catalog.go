@@ -328,6 +328,18 @@ func (c *Catalog) Session(name string) (*Session, bool) {
 	return s.clone(), true
 }
 
+// OwnerOf returns a session's owner and epoch without copying its manifest
+// (checked on every APPEND).
+func (c *Catalog) OwnerOf(name string) (owner string, epoch uint64, ok bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	s := c.st.Sessions[name]
+	if s == nil {
+		return "", 0, false
+	}
+	return s.Owner, s.Epoch, true
+}
+
 // Sessions returns copies of every session record, by name.
 func (c *Catalog) Sessions() []*Session {
 	c.mu.RLock()

@@ -34,11 +34,7 @@ func (n *Node) lockName(name string) func() {
 // Owner returns the catalog's owner and epoch of name (ok false: not in the
 // catalog, a local-only session).
 func (n *Node) Owner(name string) (owner string, epoch uint64, ok bool) {
-	s, ok := n.cat.Session(name)
-	if !ok {
-		return "", 0, false
-	}
-	return s.Owner, s.Epoch, true
+	return n.cat.OwnerOf(name)
 }
 
 // CheckOwner fails with ErrStaleEpoch unless the catalog (as applied here)

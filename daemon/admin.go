@@ -59,11 +59,19 @@ func (c *conn) admin(op proto.Op, t *proto.AdminTarget) (proto.Message, error) {
 		}
 		return d.saveSession(s)
 	case proto.OpVerify:
+		cv, err := d.clusterVerify(c, t)
+		if err != nil {
+			return nil, err
+		}
 		s, meta, err := d.anyTarget(c.cred, t)
 		if err != nil {
 			return nil, err
 		}
-		return d.verify(s, meta)
+		r, err := d.verify(s, meta)
+		if r != nil {
+			r.Cluster = cv
+		}
+		return r, err
 	}
 	return nil, proto.CodeUnknownOp.Errorf("op %s is not an admin op", op)
 }

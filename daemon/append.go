@@ -24,6 +24,9 @@ func (c *conn) appendChunks(m *proto.Append) (proto.Message, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := c.d.clusterOwns(s); err != nil {
+		return nil, err
+	}
 	if err := s.checkAppend(c.d, m.FirstChunk, m.Count, m.Keys); err != nil {
 		return nil, err
 	}
@@ -64,6 +67,9 @@ func (c *conn) commit(m *proto.Commit) (proto.Message, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := c.d.clusterOwns(s); err != nil {
+		return nil, err
+	}
 	if err := s.checkAppend(c.d, m.FirstChunk, m.Count, m.Keys); err != nil {
 		return nil, err
 	}

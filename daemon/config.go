@@ -49,6 +49,9 @@ type Config struct {
 	Indexer IndexerConfig `toml:"indexer"`
 	Mover   MoverConfig   `toml:"mover"`
 	GPU     GPUConfig     `toml:"gpu"`
+	// Cluster, when present, makes this daemon a member of a replicated
+	// cluster (docs/cluster.md); absent, it is a single host.
+	Cluster *ClusterConfig `toml:"cluster"`
 
 	// ShutdownTimeout bounds the graceful part of SIGTERM handling.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
@@ -368,6 +371,7 @@ func ParseBytes(s string) (int64, error) {
 // defaults (the host budget from the machine's memory).
 func (c *Config) Validate() error {
 	var errs []string
+	errs = append(errs, c.Cluster.validate()...)
 	if c.Socket == "" {
 		errs = append(errs, "socket is empty")
 	}

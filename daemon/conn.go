@@ -226,6 +226,8 @@ func (c *conn) handle(f *proto.Frame) {
 		reply, err = c.admin(f.Op, nil)
 	case *proto.AdminTarget:
 		reply, err = c.admin(f.Op, m)
+	case *proto.ClusterRequest:
+		reply, err = c.clusterAdmin(m)
 	default:
 		err = proto.CodeUnknownOp.Errorf("op %s is not served", f.Op)
 	}

@@ -40,6 +40,8 @@ type Daemon struct {
 	// (memfd) one, used where there is no CUDA device.
 	gpu      *gpuSubsystem
 	gpuHooks *gpuHooks
+	// cl is the cluster membership ([cluster]); nil on a single host.
+	cl *clusterState
 
 	models map[string]indexer.Scorer
 	kinds  map[string]string // model name → kindLSA, kindText, kindTrace
@@ -145,6 +147,9 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	if err := d.restoreIDs(); err != nil {
 		return nil, err
 	}
+	if err := d.openCluster(); err != nil {
+		return nil, err
+	}
 	d.ln, d.activated, err = listen(cfg.Socket, sockGID)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
@@ -248,6 +253,7 @@ func (d *Daemon) Close() error {
 			s.destroyRegion(d)
 		}
 		d.mu.Unlock()
+		d.closeCluster() // its peer port reads the store
 		// The store before the GPUs: a pinned mirror unregisters its extents
 		// through a device.
 		if d.store != nil {

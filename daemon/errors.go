@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/flashmemory/flashmemory/cluster"
 	"github.com/flashmemory/flashmemory/eval"
 	"github.com/flashmemory/flashmemory/indexer"
 	"github.com/flashmemory/flashmemory/indexer/textmode"
@@ -21,6 +22,14 @@ func wireError(err error) *proto.Error {
 	}
 	code := proto.CodeInternal
 	switch {
+	case errors.Is(err, cluster.ErrStaleEpoch):
+		code = proto.CodeNotOwner
+	case errors.Is(err, cluster.ErrNoQuorum), errors.Is(err, cluster.ErrUnderReplicated):
+		code = proto.CodeUnavailable
+	case errors.Is(err, cluster.ErrChecksum):
+		code = proto.CodeIntegrity
+	case errors.Is(err, cluster.ErrNotFound):
+		code = proto.CodeUnknownSession
 	case errors.Is(err, tiers.ErrIntegrity):
 		code = proto.CodeIntegrity
 	case errors.Is(err, tiers.ErrNoSpace), errors.Is(err, tiers.ErrDiskFull):

@@ -83,6 +83,9 @@ func decodeMeta(b []byte) (*sessionMeta, []byte, error) {
 
 // writeMetaLocked stores s's metadata and indexer state; s.mu is held.
 func (d *Daemon) writeMetaLocked(ctx context.Context, s *session) error {
+	if err := d.clusterOwns(s); err != nil {
+		return err // a stale owner's metadata must not overwrite the cluster's
+	}
 	state, err := s.req.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("session %d indexer state: %w", s.id, err)
@@ -212,6 +215,9 @@ func (c *conn) resume(m *proto.Resume) (proto.Message, []int, error) {
 	if m.Name == "" {
 		return nil, nil, proto.CodeBadRequest.Errorf("RESUME needs a session name")
 	}
+	if err := d.clusterResume(m.Name, c); err != nil {
+		return nil, nil, err
+	}
 	d.mu.Lock()
 	s := d.byName[m.Name]
 	d.mu.Unlock()
@@ -314,7 +320,7 @@ func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
 		id: meta.ID, name: name, persist: true, owner: Cred{UID: meta.OwnerUID, GID: meta.OwnerGID},
 		model: model, layout: meta.Layout, policy: eff, geom: geom, scorer: sc, conn: c, req: req,
 		chunks: meta.Chunks, gens: gens, cycles: meta.Cycles, leases: map[uint64]*lease{}, lastUsed: time.Now(),
-		damaged: damaged,
+		damaged: damaged, epoch: d.clusterEpoch(name),
 	}
 	if meta.Device != nil {
 		s.want = wantDevice(*meta.Device) // resume on the device the session was opened for

@@ -45,7 +45,10 @@ type session struct {
 	// damaged lists persisted pages found damaged on RESUME (the store
 	// holds an older generation than the metadata, or none): reported per
 	// page in CYCLE replies, never served, until a write replaces them.
-	damaged  map[uint32]error
+	damaged map[uint32]error
+	// epoch is the cluster ownership epoch this node holds for the session
+	// (0: never claimed; cluster.go).
+	epoch    uint64
 	pending  *tiers.Ticket // background recall of the last selection
 	cycles   uint64
 	last     *indexer.Cycle
@@ -479,8 +482,16 @@ func (c *conn) closeSession(m *proto.Close) error {
 		return err
 	}
 	keep := s.persist && !m.Delete
+	if !keep && s.persist {
+		if err := c.d.clusterOwns(s); err != nil {
+			return err
+		}
+	}
 	if err := c.d.dropSession(s, !keep); err != nil {
 		return err
+	}
+	if !keep && s.persist && s.epoch != 0 {
+		c.d.clusterDelete(s.name, s.epoch)
 	}
 	if keep {
 		c.d.log.Info("session closed, kept on SSD", "session", s.id, "name", s.name)
@@ -498,7 +509,26 @@ func (c *conn) persist(m *proto.Persist) error {
 	if !s.persist {
 		return proto.CodeBadRequest.Errorf("session %d was opened without persist", s.id)
 	}
-	return c.d.persistSession(context.Background(), s)
+	if m.Durability != proto.DurabilityCluster {
+		return c.d.persistSession(context.Background(), s)
+	}
+	if c.d.cl == nil {
+		return proto.CodeBadRequest.Errorf("this daemon has no [cluster] table: PERSIST with durability local, or configure a cluster (docs/cluster.md)")
+	}
+	// One lock hold from the local flush to the commit: the replicas get
+	// exactly the pages and metadata persisted here.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.req == nil {
+		return proto.CodeUnknownSession.Errorf("session %d was closed while being persisted", s.id)
+	}
+	if err := c.d.store.Flush(context.Background(), s.id); err != nil {
+		return fmt.Errorf("persist session %d: %w", s.id, err)
+	}
+	if err := c.d.writeMetaLocked(context.Background(), s); err != nil {
+		return err
+	}
+	return c.d.clusterPersist(context.Background(), s)
 }
 
 // persistSession writes every page and the metadata (layout, indexer state,

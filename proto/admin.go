@@ -206,6 +206,22 @@ type VerifyReply struct {
 	// Damage lists the bad pages (at most 64) with the reason for each.
 	Damage []PageDamage `json:"damage,omitempty"`
 	Bytes  uint64       `json:"bytes"`
+	// Cluster is set when the session is in a cluster's catalog: VERIFY
+	// first resumes it on this node, pulling what it lacks from replicas.
+	Cluster *ClusterVerify `json:"cluster,omitempty"`
+}
+
+// ClusterVerify is the cluster part of VERIFY: every page checked against
+// the committed manifest (generation and CRC32C).
+type ClusterVerify struct {
+	Owner    string `json:"owner"`
+	Epoch    uint64 `json:"epoch"`
+	Manifest int    `json:"manifest_pages"`
+	Verified int    `json:"verified"`
+	Pulled   int    `json:"pulled"`
+	Healed   int    `json:"healed"`
+	Bad      int    `json:"bad"`
+	Moved    bool   `json:"moved"`
 }
 
 // PageDamage is one bad page of VERIFY.

@@ -472,6 +472,12 @@ func (c *Client) Persist(ctx context.Context, session uint64) error {
 	return c.call0(ctx, OpPersist, &Persist{Session: session}, &Empty{})
 }
 
+// PersistDurable is Persist at a durability level: DurabilityCluster
+// returns once the session is on replication_factor members of the cluster.
+func (c *Client) PersistDurable(ctx context.Context, session uint64, d Durability) error {
+	return c.call0(ctx, OpPersist, &Persist{Session: session, Durability: d}, &Empty{})
+}
+
 // Status returns the daemon's status.
 func (c *Client) Status(ctx context.Context) (*StatusReply, error) {
 	var r StatusReply
@@ -512,6 +518,15 @@ func (c *Client) Verify(ctx context.Context, t AdminTarget) (*VerifyReply, error
 func (c *Client) Delete(ctx context.Context, t AdminTarget) (*EvictReply, error) {
 	var r EvictReply
 	if err := c.call0(ctx, OpDelete, &t, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Cluster sends a CLUSTER request (status, join, remove).
+func (c *Client) Cluster(ctx context.Context, req ClusterRequest) (*ClusterReply, error) {
+	var r ClusterReply
+	if err := c.call0(ctx, OpCluster, &req, &r); err != nil {
 		return nil, err
 	}
 	return &r, nil

@@ -103,6 +103,10 @@ const (
 	// CodeHandshakeRequired: an op other than HELLO or PING arrived before
 	// HELLO, or HELLO arrived twice.
 	CodeHandshakeRequired Code = 23
+	// CodeUnavailable: the cluster cannot do it now (no quorum on this side
+	// of a partition, fewer live replicas than replication_factor); retry
+	// later or on another member.
+	CodeUnavailable Code = 24
 )
 
 var codeNames = [...]string{
@@ -130,6 +134,7 @@ var codeNames = [...]string{
 	CodeShuttingDown:       "shutting down",
 	CodeInternal:           "internal error",
 	CodeHandshakeRequired:  "handshake required",
+	CodeUnavailable:        "cluster unavailable",
 }
 
 // String returns the code's name, or "code N" for a code this build does not

@@ -120,7 +120,7 @@ func TestErrorIs(t *testing.T) {
 	if Code(999).String() != "code 999" || Code(999).Known() {
 		t.Fatal("unknown code naming")
 	}
-	for c := CodeOK; c <= CodeHandshakeRequired; c++ {
+	for c := CodeOK; c <= CodeUnavailable; c++ {
 		if !c.Known() || c.String() == "" {
 			t.Fatalf("code %d has no name", c)
 		}
@@ -133,7 +133,7 @@ func TestErrorCodesStable(t *testing.T) {
 		CodeChecksum, CodeBadRequest, CodeUnknownSession, CodeNotOwner, CodeDuplicateChunk,
 		CodeChunkGap, CodePayloadSize, CodeNoChunks, CodeBadLayout, CodeLimitExceeded,
 		CodeIntegrity, CodeNoSpace, CodeUnknownModel, CodeUnknownLease, CodeSessionExists,
-		CodePermissionDenied, CodeShuttingDown, CodeInternal, CodeHandshakeRequired}
+		CodePermissionDenied, CodeShuttingDown, CodeInternal, CodeHandshakeRequired, CodeUnavailable}
 	for i, c := range want {
 		if int(c) != i {
 			t.Fatalf("%v = %d, want %d", c, c, i)
@@ -142,7 +142,7 @@ func TestErrorCodesStable(t *testing.T) {
 	ops := map[Op]uint16{OpHello: 1, OpPing: 2, OpOpen: 0x10, OpResume: 0x11, OpClose: 0x12, OpPersist: 0x13,
 		OpAppend: 0x20, OpCommit: 0x21, OpCycle: 0x30, OpRelease: 0x31,
 		OpStatus: 0x40, OpSessions: 0x41, OpInspect: 0x42, OpEvict: 0x43, OpModels: 0x44,
-		OpVerify: 0x45, OpDelete: 0x46, OpSave: 0x47}
+		OpVerify: 0x45, OpDelete: 0x46, OpSave: 0x47, OpCluster: 0x48}
 	for op, n := range ops {
 		if uint16(op) != n || !op.Known() || NewRequest(op) == nil || NewReply(op) == nil {
 			t.Fatalf("op %v: number %#x, want %#x", op, uint16(op), n)

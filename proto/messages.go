@@ -441,12 +441,44 @@ func (m *Close) Decode(body []byte) error {
 }
 
 // Persist flushes a session's pages to SSD and marks it persisted.
-type Persist struct{ Session uint64 }
+// Durability is optional on the wire: a body of 8 bytes (as before) is
+// DurabilityLocal; a 12-byte body carries it as a u32 after the session.
+// Encoders send the 8-byte form for DurabilityLocal, so daemons that predate
+// the field keep accepting them.
+type Persist struct {
+	Session    uint64
+	Durability Durability
+}
+
+// Durability is how far PERSIST makes a session durable before replying.
+type Durability uint32
+
+const (
+	// DurabilityLocal: on this host's SSD (synced).
+	DurabilityLocal Durability = 0
+	// DurabilityCluster: also on replication_factor members of the
+	// daemon's cluster, with the manifest naming them committed through
+	// Raft (docs/cluster.md). A daemon without a cluster refuses it.
+	DurabilityCluster Durability = 1
+)
+
+func (d Durability) String() string {
+	switch d {
+	case DurabilityLocal:
+		return "local"
+	case DurabilityCluster:
+		return "cluster"
+	}
+	return fmt.Sprintf("durability(%d)", uint32(d))
+}
 
 // AppendBinary implements Message.
 func (m *Persist) AppendBinary(b []byte) ([]byte, error) {
 	e := enc{b}
 	e.u64(m.Session)
+	if m.Durability != DurabilityLocal {
+		e.u32(uint32(m.Durability))
+	}
 	return e.b, nil
 }
 
@@ -454,6 +486,13 @@ func (m *Persist) AppendBinary(b []byte) ([]byte, error) {
 func (m *Persist) Decode(body []byte) error {
 	d := newDec("PERSIST", body)
 	m.Session = d.u64()
+	m.Durability = DurabilityLocal
+	if d.rem() > 0 {
+		m.Durability = Durability(d.u32())
+		if m.Durability > DurabilityCluster {
+			d.fail("durability %d is not local (0) or cluster (1)", uint32(m.Durability))
+		}
+	}
 	return d.end()
 }
 

@@ -477,3 +477,29 @@ func TestRegionMapByKind(t *testing.T) {
 		})
 	}
 }
+
+// TestPersistDurability: the 8-byte body of older clients still decodes as
+// local; cluster adds a u32; other values are refused.
+func TestPersistDurability(t *testing.T) {
+	for _, m := range []Persist{{Session: 7}, {Session: 7, Durability: DurabilityCluster}} {
+		b, err := m.AppendBinary(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[Durability]int{DurabilityLocal: 8, DurabilityCluster: 12}[m.Durability]; len(b) != want {
+			t.Fatalf("%v: %d B, want %d", m.Durability, len(b), want)
+		}
+		var got Persist
+		if err := got.Decode(b); err != nil || got != m {
+			t.Fatalf("round trip %+v: %+v %v", m, got, err)
+		}
+	}
+	bad := binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint64(nil, 7), 9)
+	var p Persist
+	if err := p.Decode(bad); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("durability 9: %v", err)
+	}
+	if err := p.Decode(append(bad[:8:8], 1, 0)); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("2 trailing bytes: %v", err)
+	}
+}

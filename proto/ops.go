@@ -55,6 +55,9 @@ const (
 	// OpSave persists a named session by id or name, as PERSIST does for the
 	// owning connection: AdminTarget → EvictReply (JSON; Bytes written).
 	OpSave Op = 0x0047
+	// OpCluster reports or changes cluster membership:
+	// ClusterRequest → ClusterReply (JSON; docs/cluster.md).
+	OpCluster Op = 0x0048
 )
 
 var opNames = map[Op]string{
@@ -65,6 +68,7 @@ var opNames = map[Op]string{
 	OpStatus: "STATUS", OpSessions: "SESSIONS", OpInspect: "INSPECT", OpEvict: "EVICT",
 	OpModels: "MODELS",
 	OpVerify: "VERIFY", OpDelete: "DELETE", OpSave: "SAVE",
+	OpCluster: "CLUSTER",
 }
 
 // Known reports whether this build knows op.
@@ -115,6 +119,8 @@ func NewRequest(op Op) Message {
 		return new(Empty)
 	case OpInspect, OpEvict, OpVerify, OpDelete, OpSave:
 		return new(AdminTarget)
+	case OpCluster:
+		return new(ClusterRequest)
 	}
 	return nil
 }
@@ -148,6 +154,8 @@ func NewReply(op Op) Message {
 		return new(ModelsReply)
 	case OpVerify:
 		return new(VerifyReply)
+	case OpCluster:
+		return new(ClusterReply)
 	}
 	return nil
 }

@@ -24,6 +24,8 @@ type demoOpts struct {
 	model   string
 	seed    uint64
 	keep    bool
+	// durability is how --keep persists the session: local or cluster.
+	durability string
 
 	needlesSet bool // --needles given: refuse rather than shrink it
 }
@@ -79,6 +81,9 @@ bytes moved per tier and cycle latency.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.needlesSet = cmd.Flags().Changed("needles")
+			if o.durability != "local" && o.durability != "cluster" {
+				return fmt.Errorf("--durability is local or cluster, not %q", o.durability)
+			}
 			return runDemo(cmd.Context(), g, o)
 		},
 	}
@@ -90,6 +95,7 @@ bytes moved per tier and cycle latency.`,
 	f.StringVar(&o.model, "model", "demo", "random-weight model registered in the daemon (its seed and shape must be flashmemd's embedded defaults)")
 	f.Uint64Var(&o.seed, "seed", 1, "seed of payloads, keys and needle positions")
 	f.BoolVar(&o.keep, "keep", false, "leave the session open (persisted as \"demo\") instead of deleting it")
+	f.StringVar(&o.durability, "durability", "local", "with --keep, PERSIST at this durability: local (this host's SSD) or cluster (replicated; needs a [cluster] daemon)")
 	return cmd
 }
 
@@ -393,6 +399,16 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 		if err := c.CloseSession(ctx, op.Session, true); err != nil {
 			return err
 		}
+	} else {
+		dur := proto.DurabilityLocal
+		if o.durability == "cluster" {
+			dur = proto.DurabilityCluster
+		}
+		t0 := time.Now()
+		if err := c.PersistDurable(ctx, op.Session, dur); err != nil {
+			return fmt.Errorf("persisting the demo session at durability %s: %w", dur, err)
+		}
+		fmt.Fprintf(out, "demo: session \"demo\" persisted at durability %s in %s\n", dur, time.Since(t0).Round(time.Millisecond))
 	}
 
 	fmt.Fprintf(out, "\nresults (%d cycles)\n", o.cycles)

@@ -173,6 +173,10 @@ func verifyCmd(g *globals) *cobra.Command {
 				for _, d := range r.Damage {
 					fmt.Fprintf(g.out, "  page %d: %s\n", d.Page, d.Reason)
 				}
+				if cv := r.Cluster; cv != nil {
+					fmt.Fprintf(g.out, "cluster: owned here (%s, epoch %d); %d manifest pages, %d verified, %d pulled from replicas, %d healed, %d bad\n",
+						cv.Owner, cv.Epoch, cv.Manifest, cv.Verified, cv.Pulled, cv.Healed, cv.Bad)
+				}
 			}
 			if r.Bad > 0 {
 				return fmt.Errorf("%w: %d of %d pages of %q are bad: delete it (flashmemctl delete %s) or restore the data directory from a copy",

@@ -1,0 +1,278 @@
+package main_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flashmemory/flashmemory/proto"
+)
+
+// clusterProc is one flashmemd of a test cluster; its log is guarded
+// because the reader goroutine appends while the test may print it.
+type clusterProc struct {
+	cmd    *exec.Cmd
+	socket string
+	mu     sync.Mutex
+	log    strings.Builder
+	exited chan error
+}
+
+func (p *clusterProc) logText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type clusterNode struct {
+	id, raft, peer, dir string
+}
+
+// startClusterDaemon starts the real binary with testConfig plus a
+// [cluster] table.
+func startClusterDaemon(t *testing.T, n clusterNode, boot []string, secretFile string) *clusterProc {
+	t.Helper()
+	cfg := testConfig + fmt.Sprintf(`
+[cluster]
+node_id = %q
+raft_addr = %q
+peer_addr = %q
+bootstrap = [%s]
+replication_factor = 2
+secret_file = %q
+down_after = "2s"
+`, n.id, n.raft, n.peer, `"`+strings.Join(boot, `", "`)+`"`, secretFile)
+	cfgPath := filepath.Join(n.dir, "flashmemd.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := &clusterProc{socket: filepath.Join(n.dir, "fm.sock"), exited: make(chan error, 1)}
+	p.cmd = exec.Command(binary, "--config", cfgPath, "--socket", p.socket, "--data-dir", filepath.Join(n.dir, "data"), "--metrics", "off")
+	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
+	pr, pw := io.Pipe()
+	p.cmd.Stdout, p.cmd.Stderr = pw, pw
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		once := false
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if !once && strings.Contains(sc.Text(), "msg=serving") {
+				once = true
+				close(ready)
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	go func() { err := p.cmd.Wait(); pw.Close(); p.exited <- err }()
+	select {
+	case <-ready:
+	case err := <-p.exited:
+		t.Fatalf("flashmemd %s exited at start: %v\n%s", n.id, err, p.logText())
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		t.Fatalf("flashmemd %s did not start\n%s", n.id, p.logText())
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("flashmemd %s log:\n%s", n.id, p.logText())
+		}
+	})
+	return p
+}
+
+// waitCluster polls CLUSTER status until a leader is known and every
+// member answers pings.
+func waitCluster(t *testing.T, c *proto.Client, members int) *proto.ClusterReply {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last *proto.ClusterReply
+	for time.Now().Before(deadline) {
+		r, err := c.Cluster(context.Background(), proto.ClusterRequest{Action: "status"})
+		if err == nil {
+			last = r
+			alive := 0
+			for _, m := range r.Members {
+				if m.State == "alive" || m.State == "leader" {
+					alive++
+				}
+			}
+			if r.Leader != "" && alive == members {
+				return r
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("cluster did not form: %+v", last)
+	return nil
+}
+
+func pageNumbers(ps []proto.PageSlot) []uint32 {
+	out := make([]uint32, len(ps))
+	for i, p := range ps {
+		out[i] = p.Page
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestClusterSurvivesSIGKILL is issue #10's acceptance test: three real
+// flashmemd processes on loopback form a cluster; a session persisted at
+// durability cluster on node 1 outlives node 1's SIGKILL: VERIFY on node 2
+// finds every page intact (pulling what node 2 lacks), and the next CYCLE
+// on node 2 returns the page table node 1 returned for the same query.
+func TestClusterSurvivesSIGKILL(t *testing.T) {
+	root := t.TempDir()
+	secret := filepath.Join(root, "cluster.secret")
+	if err := os.WriteFile(secret, []byte("integration-test-cluster-secret-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var nodes []clusterNode
+	var boot []string
+	for i := 1; i <= 3; i++ {
+		n := clusterNode{id: fmt.Sprintf("n%d", i), raft: freePort(t), peer: freePort(t), dir: filepath.Join(root, fmt.Sprintf("n%d", i))}
+		os.MkdirAll(n.dir, 0o755)
+		nodes = append(nodes, n)
+		boot = append(boot, n.id+"="+n.raft)
+	}
+	procs := make([]*clusterProc, 3)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); procs[i] = startClusterDaemon(t, nodes[i], boot, secret) }()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	c1 := dial(t, procs[0].socket)
+	waitCluster(t, c1, 3)
+
+	ctx := context.Background()
+	l := layout(96)
+	const seed, chunks = 4242, 4096 // 16K tokens, 64 pages
+	op, err := c1.Open(ctx, &proto.Open{Name: "clustered", Persist: true, Layout: l, Policy: proto.Policy{KMax: 16}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(5, 5))
+	if err := appendChunks(c1, op.Session, &l, seed, 0, chunks, r); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		res, err := c1.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Position: chunks * 4, Queries: hidden(r)}})
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("cycle %d: %v %v", i, err, res[0].Err)
+		}
+		c1.Release(ctx, res[0].Lease)
+	}
+	t0 := time.Now()
+	if err := c1.PersistDurable(ctx, op.Session, proto.DurabilityCluster); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("PERSIST at durability cluster: %v", time.Since(t0))
+	// What node 1 answers next, for two fixed queries.
+	qr := rand.New(rand.NewPCG(77, 77))
+	queries := [][][]byte{hidden(qr), hidden(qr)}
+	var want [][]uint32
+	for _, q := range queries {
+		res, err := c1.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Position: chunks * 4, Queries: q}})
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("reference cycle: %v %v", err, res[0].Err)
+		}
+		want = append(want, pageNumbers(res[0].Pages))
+		c1.Release(ctx, res[0].Lease)
+	}
+
+	// SIGKILL node 1: no shutdown flush, no goodbye.
+	procs[0].cmd.Process.Signal(syscall.SIGKILL)
+	<-procs[0].exited
+
+	c2 := dial(t, procs[1].socket)
+	vctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	v, err := c2.Verify(vctx, proto.AdminTarget{Name: "clustered"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Cluster == nil || v.Bad != 0 || v.Cluster.Bad != 0 || v.Cluster.Verified != v.Cluster.Manifest || v.Cluster.Manifest != chunks/64 ||
+		v.Verified != v.Pages || v.Pages != chunks/64 {
+		t.Fatalf("verify on node 2: %+v cluster %+v", v, v.Cluster)
+	}
+	t.Logf("verify on n2: %d pages verified, %d pulled, epoch %d", v.Cluster.Verified, v.Cluster.Pulled, v.Cluster.Epoch)
+
+	rr, err := c2.Resume(ctx, "clustered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rr.Chunks != chunks {
+		t.Fatalf("resumed %d chunks, want %d", rr.Chunks, chunks)
+	}
+	mem, err := rr.Region.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proto.Unmap(mem)
+	for i, q := range queries {
+		res, err := c2.Cycle(ctx, []proto.CycleEntry{{Session: rr.Session, Position: chunks * 4, Queries: q}})
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("cycle on node 2: %v %v", err, res[0].Err)
+		}
+		if got := pageNumbers(res[0].Pages); !slices.Equal(got, want[i]) {
+			t.Fatalf("cycle %d on node 2 returned pages %v, node 1 returned %v", i, got, want[i])
+		}
+		verify(t, &l, &rr.Region.RegionDesc, mem, seed, chunks, res[0].Pages)
+		c2.Release(ctx, res[0].Lease)
+	}
+	// Node 3 takes the session over (an epoch bump through Raft, pulling
+	// what it lacks); node 2, now stale, refuses to append to it.
+	c3 := dial(t, procs[2].socket)
+	r3, err := c3.Resume(ctx, "clustered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r3.Chunks != chunks {
+		t.Fatalf("node 3 resumed %d chunks", r3.Chunks)
+	}
+	err = appendChunks(c2, rr.Session, &l, seed, chunks, chunks+64, r)
+	if proto.CodeOf(err) != proto.CodeNotOwner && proto.CodeOf(err) != proto.CodeUnknownSession {
+		t.Fatalf("append on the stale owner: %v", err)
+	}
+	st, err := c2.Cluster(ctx, proto.ClusterRequest{Action: "status"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the kill: leader %s term %d, under-replicated %v", st.Leader, st.Term, st.UnderReplicated)
+}

@@ -1,0 +1,597 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flashmemory/flashmemory/cluster"
+	"github.com/flashmemory/flashmemory/proto"
+	"github.com/flashmemory/flashmemory/tiers"
+)
+
+// ClusterConfig is the [cluster] table. Without it the daemon is a single
+// host exactly as before: no Raft, no peer port, PERSIST at durability
+// cluster refused.
+type ClusterConfig struct {
+	NodeID   string `toml:"node_id"`
+	RaftAddr string `toml:"raft_addr"`
+	PeerAddr string `toml:"peer_addr"`
+	// Bootstrap lists "id=raft_addr" of the founding members; read on the
+	// first start only (an empty list: join an existing cluster with
+	// flashmemctl cluster join).
+	Bootstrap         []string `toml:"bootstrap"`
+	ReplicationFactor int      `toml:"replication_factor"`
+	// SecretFile holds the shared secret (at least 16 bytes) every member
+	// proves it knows on each Raft and peer connection.
+	SecretFile string `toml:"secret_file"`
+	// TLSCert, TLSKey and TLSCA turn on mutual TLS on both ports (all three
+	// or none).
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	TLSCA   string `toml:"tls_ca"`
+	// Dir holds the Raft log and snapshots (default data_dir/cluster).
+	Dir string `toml:"dir"`
+	// HeartbeatTimeout and ElectionTimeout tune failover (default 500ms).
+	HeartbeatTimeout Duration `toml:"heartbeat_timeout"`
+	ElectionTimeout  Duration `toml:"election_timeout"`
+	// DownAfter: a member silent this long no longer counts as a copy and
+	// its sessions are re-replicated (default 5s).
+	DownAfter Duration `toml:"down_after"`
+}
+
+func (c *ClusterConfig) validate() []string {
+	if c == nil {
+		return nil
+	}
+	var errs []string
+	if c.NodeID == "" || len(c.NodeID) > 255 || strings.ContainsAny(c.NodeID, "= \t\n") {
+		errs = append(errs, "cluster.node_id must be 1-255 bytes without '=' or spaces")
+	}
+	for k, v := range map[string]string{"cluster.raft_addr": c.RaftAddr, "cluster.peer_addr": c.PeerAddr} {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			errs = append(errs, fmt.Sprintf("%s %q is not host:port", k, v))
+		}
+	}
+	if _, err := cluster.ParseBootstrap(c.Bootstrap); err != nil {
+		errs = append(errs, err.Error())
+	}
+	if c.ReplicationFactor < 0 || c.ReplicationFactor > 7 {
+		errs = append(errs, "cluster.replication_factor must be 1-7 (default 2)")
+	}
+	if c.SecretFile == "" {
+		errs = append(errs, "cluster.secret_file is required: members authenticate each other with it")
+	}
+	if n := btoi(c.TLSCert != "") + btoi(c.TLSKey != "") + btoi(c.TLSCA != ""); n != 0 && n != 3 {
+		errs = append(errs, "cluster.tls_cert, tls_key and tls_ca go together")
+	}
+	return errs
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// clusterState is the daemon's side of the cluster.
+type clusterState struct {
+	node *cluster.Node
+	// pending maps names to the local id pages of a replicated session are
+	// written under before its metadata arrives.
+	mu      sync.Mutex
+	pending map[string]uint64
+	// acquired: the epoch a just-finished RESUME claimed, for loadSession
+	// (the local catalog may lag the commit by a moment).
+	acquired map[string]uint64
+}
+
+// openCluster starts Raft and the peer port when [cluster] is configured.
+func (d *Daemon) openCluster() error {
+	cc := d.cfg.Cluster
+	if cc == nil {
+		return nil
+	}
+	secret, err := os.ReadFile(cc.SecretFile)
+	if err != nil {
+		return fmt.Errorf("%w: cluster.secret_file: %v (create it with e.g. `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE` and copy it to every member)", ErrConfig, err)
+	}
+	secret = []byte(strings.TrimSpace(string(secret)))
+	dir := cc.Dir
+	if dir == "" {
+		dir = filepath.Join(d.cfg.DataDir, "cluster")
+	}
+	cfg := cluster.Config{NodeID: cc.NodeID, RaftAddr: cc.RaftAddr, PeerAddr: cc.PeerAddr, Dir: dir,
+		Bootstrap: cc.Bootstrap, ReplicationFactor: cc.ReplicationFactor, Secret: secret,
+		CapacityBytes: d.cfg.Host.BudgetBytes, GPUs: len(d.gpu.devs), Logger: d.log.With("subsystem", "cluster"),
+		HeartbeatTimeout: time.Duration(cc.HeartbeatTimeout), ElectionTimeout: time.Duration(cc.ElectionTimeout),
+		DownAfter: time.Duration(cc.DownAfter)}
+	if cc.TLSCert != "" {
+		if cfg.ServerTLS, cfg.ClientTLS, err = clusterTLS(cc); err != nil {
+			return err
+		}
+	}
+	st := &clusterState{pending: map[string]uint64{}, acquired: map[string]uint64{}}
+	d.cl = st
+	if st.node, err = cluster.Open(cfg, &clusterStore{d: d}); err != nil {
+		d.cl = nil
+		return fmt.Errorf("cluster: %w", err)
+	}
+	d.m.reg.MustRegister(&clusterCollector{d: d})
+	d.log.Info("cluster member started", "node", cc.NodeID, "raft_addr", cc.RaftAddr, "peer_addr", cc.PeerAddr, "replication_factor", cfg.ReplicationFactor)
+	return nil
+}
+
+func clusterTLS(cc *ClusterConfig) (*tls.Config, *tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(cc.TLSCert, cc.TLSKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: cluster TLS key pair: %v", ErrConfig, err)
+	}
+	ca, err := os.ReadFile(cc.TLSCA)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: cluster.tls_ca: %v", ErrConfig, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, nil, fmt.Errorf("%w: cluster.tls_ca has no PEM certificate", ErrConfig)
+	}
+	srv := &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
+	cli := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}
+	return srv, cli, nil
+}
+
+func (d *Daemon) closeCluster() {
+	if d.cl != nil {
+		if err := d.cl.node.Close(); err != nil {
+			d.log.Warn("stopping the cluster member", "err", err)
+		}
+	}
+}
+
+// clusterOwns refuses writes to a session whose ownership moved: the
+// catalog names another node, or a newer epoch than the one s holds. A
+// session not in the catalog is local and always this node's.
+func (d *Daemon) clusterOwns(s *session) error {
+	if d.cl == nil || s.name == "" || !s.persist {
+		return nil
+	}
+	owner, epoch, ok := d.cl.node.Owner(s.name)
+	if !ok {
+		return nil
+	}
+	if epoch < s.epoch {
+		return nil // the local catalog has not applied our own claim yet
+	}
+	if owner != d.cl.node.ID() || epoch != s.epoch {
+		return proto.CodeNotOwner.Errorf("session %q moved to node %s (epoch %d; this node holds %d): RESUME it there, or RESUME it here to move it back",
+			s.name, owner, epoch, s.epoch)
+	}
+	return nil
+}
+
+// clusterPersist replicates s after a local PERSIST; s.mu is held, so the
+// pages and metadata cannot change under the copy.
+func (d *Daemon) clusterPersist(ctx context.Context, s *session) error {
+	if d.cl == nil {
+		return proto.CodeBadRequest.Errorf("this daemon has no [cluster] table: PERSIST with durability local, or configure a cluster (docs/cluster.md)")
+	}
+	n := d.cl.node
+	if s.epoch == 0 {
+		owner, epoch, ok := n.Owner(s.name)
+		switch {
+		case ok && owner != n.ID():
+			return proto.CodeSessionExists.Errorf("session %q exists in the cluster, owned by %s: RESUME it instead of opening it again", s.name, owner)
+		case ok:
+			s.epoch = epoch
+		default:
+			sess, err := n.Claim(ctx, s.name, s.owner.UID, s.owner.GID)
+			if err != nil {
+				return fmt.Errorf("session %q: %w", s.name, err)
+			}
+			s.epoch = sess.Epoch
+		}
+	}
+	layout, _ := json.Marshal(s.layout)
+	policy, _ := json.Marshal(s.policy)
+	res, err := n.Persist(ctx, cluster.SessionInfo{Name: s.name, OwnerUID: s.owner.UID, OwnerGID: s.owner.GID,
+		Model: s.model, Layout: layout, Policy: policy, Chunks: s.chunks}, s.epoch)
+	if err != nil {
+		return fmt.Errorf("session %q: %w", s.name, err)
+	}
+	d.log.Info("session replicated", "name", s.name, "replicas", res.Replicas, "pages_sent", res.PagesSent, "bytes", res.BytesSent, "epoch", s.epoch)
+	return nil
+}
+
+// clusterResume runs before RESUME's local path: a session the catalog
+// knows is claimed for this node (an epoch bump if another node owned it)
+// and its missing or damaged pages are pulled from replicas. The caller
+// then loads it from SSD as any persisted session.
+func (d *Daemon) clusterResume(name string, c *conn) error {
+	_, err := d.clusterAcquire(name, func(owner Cred) bool { return sameOwner(owner, c.cred) })
+	return err
+}
+
+// clusterVerify is VERIFY's cluster part for a named session in the
+// catalog: it is resumed on this node (pulling what this node lacks), and
+// every page is checked against the committed manifest.
+func (d *Daemon) clusterVerify(c *conn, t *proto.AdminTarget) (*proto.ClusterVerify, error) {
+	if d.cl == nil || t.Name == "" {
+		return nil, nil
+	}
+	ar, err := d.clusterAcquire(t.Name, func(owner Cred) bool { return d.access.mayActOn(owner, c.cred) })
+	if err != nil || ar == nil {
+		return nil, err
+	}
+	return &proto.ClusterVerify{Owner: d.cl.node.ID(), Epoch: ar.Epoch, Manifest: ar.Pages, Verified: ar.Verified,
+		Pulled: ar.Pulled, Healed: ar.Healed, Bad: ar.Bad, Moved: ar.Moved}, nil
+}
+
+func (d *Daemon) clusterAcquire(name string, may func(owner Cred) bool) (*cluster.AcquireResult, error) {
+	if d.cl == nil {
+		return nil, nil
+	}
+	n := d.cl.node
+	sess, ok := n.Catalog().Session(name)
+	if !ok {
+		return nil, nil
+	}
+	if !may(Cred{UID: sess.OwnerUID, GID: sess.OwnerGID}) {
+		return nil, proto.CodeNotOwner.Errorf("session %q belongs to uid %d", name, sess.OwnerUID)
+	}
+	d.mu.Lock()
+	s := d.byName[name]
+	d.mu.Unlock()
+	if s != nil {
+		s.mu.Lock()
+		fresh := s.req != nil && sess.Owner == n.ID() && sess.Epoch == s.epoch
+		s.mu.Unlock()
+		if fresh {
+			return &cluster.AcquireResult{Session: sess, Epoch: sess.Epoch, Pages: len(sess.Pages), Verified: len(sess.Pages)}, nil
+		}
+		d.forgetSession(s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ar, err := n.Acquire(ctx, name)
+	if err != nil {
+		return ar, fmt.Errorf("resuming %q from the cluster: %w", name, err)
+	}
+	d.cl.mu.Lock()
+	d.cl.acquired[name] = ar.Epoch
+	d.cl.mu.Unlock()
+	d.log.Info("session acquired from the cluster", "name", name, "epoch", ar.Epoch, "moved", ar.Moved,
+		"pages", ar.Pages, "pulled", ar.Pulled, "healed", ar.Healed)
+	return ar, nil
+}
+
+// clusterAdmin is the CLUSTER op: status for anyone allowed to connect;
+// join and remove for root and admin_groups.
+func (c *conn) clusterAdmin(m *proto.ClusterRequest) (*proto.ClusterReply, error) {
+	d := c.d
+	if d.cl == nil {
+		return nil, proto.CodeBadRequest.Errorf("this daemon has no [cluster] table (docs/cluster.md)")
+	}
+	n := d.cl.node
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if m.Action != "status" && !d.access.admin(c.cred) {
+		return nil, proto.CodePermissionDenied.Errorf("cluster %s needs root or a member of admin_groups", m.Action)
+	}
+	switch m.Action {
+	case "join":
+		if err := n.Join(ctx, m.Addr); err != nil {
+			return nil, err
+		}
+		d.log.Info("joined the cluster", "through", m.Addr)
+	case "remove":
+		if err := n.Remove(ctx, m.ID); err != nil {
+			return nil, err
+		}
+	}
+	st := n.Status()
+	r := &proto.ClusterReply{Node: st.Node, State: st.State, Leader: st.Leader, LeaderAddr: st.LeaderAddr, Term: st.Term,
+		CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex, LastSnapshot: st.LastSnapshot, Sessions: st.Sessions,
+		UnderReplicated: st.UnderReplicated, ReplicationFactor: st.ReplicationRF}
+	for _, ms := range st.Members {
+		lc := ""
+		if !ms.LastContact.IsZero() {
+			lc = ms.LastContact.UTC().Format(time.RFC3339Nano)
+		}
+		r.Members = append(r.Members, proto.ClusterMember{ID: ms.ID, Address: ms.Address, PeerAddress: ms.PeerAddress,
+			Suffrage: ms.Suffrage, State: ms.State, LastContact: lc})
+	}
+	return r, nil
+}
+
+// clusterEpoch is the epoch a session loaded from SSD holds: the one its
+// RESUME just claimed, else the catalog's if this node owns it.
+func (d *Daemon) clusterEpoch(name string) uint64 {
+	if d.cl == nil {
+		return 0
+	}
+	d.cl.mu.Lock()
+	e, ok := d.cl.acquired[name]
+	delete(d.cl.acquired, name)
+	d.cl.mu.Unlock()
+	if ok {
+		return e
+	}
+	if owner, epoch, ok := d.cl.node.Owner(name); ok && owner == d.cl.node.ID() {
+		return epoch
+	}
+	return 0
+}
+
+// clusterDelete removes a deleted session from the catalog (best effort:
+// a node that cannot reach a quorum logs it; the record then names a copy
+// that is gone and RESUME elsewhere pulls from the other replicas).
+func (d *Daemon) clusterDelete(name string, epoch uint64) {
+	if d.cl == nil || name == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.cl.node.Delete(ctx, name, epoch); err != nil {
+		d.log.Warn("removing a deleted session from the cluster catalog", "name", name, "err", err)
+	}
+}
+
+// forgetSession drops a session from memory without writing anything: its
+// copy here is stale (ownership moved), so neither its pages nor its
+// metadata may overwrite what the cluster committed.
+func (d *Daemon) forgetSession(s *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.req == nil {
+		return
+	}
+	s.waitPending()
+	d.unregisterLocked(s)
+	s.leaseMu.Lock()
+	for _, l := range s.leases {
+		if l.c != nil {
+			l.c.mu.Lock()
+			delete(l.c.leases, l.id)
+			l.c.mu.Unlock()
+		}
+	}
+	s.leases = map[uint64]*lease{}
+	s.leaseMu.Unlock()
+	s.destroyRegion(d)
+	if err := d.store.Mirror().DeleteSession(context.Background(), s.id); err != nil {
+		d.log.Warn("dropping a stale session from the mirror", "session", s.id, "err", err)
+	}
+	if err := s.req.Close(); err != nil {
+		d.log.Warn("releasing the session's index keys", "session", s.id, "err", err)
+	}
+	s.req = nil
+	d.log.Info("stale copy of a session dropped from memory: it moved to another node", "session", s.id, "name", s.name)
+}
+
+// clusterStore adapts the tiers to cluster.Store. Names map to this node's
+// local session ids through the metadata records; metadata blobs travel in
+// a canonical form (local id 0) so every copy has the same checksum.
+type clusterStore struct{ d *Daemon }
+
+var _ cluster.Store = (*clusterStore)(nil)
+
+func (cs *clusterStore) localID(name string, create bool) (uint64, bool) {
+	d := cs.d
+	if id, ok := d.store.SSD().MetaSession(name); ok && id != 0 {
+		return id, true
+	}
+	d.cl.mu.Lock()
+	defer d.cl.mu.Unlock()
+	if id, ok := d.cl.pending[name]; ok {
+		return id, true
+	}
+	if !create {
+		return 0, false
+	}
+	d.mu.Lock()
+	d.nextID++
+	id := d.nextID
+	d.mu.Unlock()
+	d.cl.pending[name] = id
+	return id, true
+}
+
+func (cs *clusterStore) localMeta(ctx context.Context, name string) (*sessionMeta, []byte, error) {
+	blob, err := cs.d.store.SSD().GetMeta(ctx, name)
+	if err != nil {
+		if errors.Is(err, tiers.ErrNotFound) {
+			return nil, nil, fmt.Errorf("%w: %q has no copy here", cluster.ErrNotFound, name)
+		}
+		return nil, nil, err
+	}
+	return decodeMeta(blob)
+}
+
+// Meta implements cluster.Store.
+func (cs *clusterStore) Meta(ctx context.Context, name string) ([]byte, []uint64, error) {
+	m, state, err := cs.localMeta(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := *m
+	c.ID = 0
+	c.Saved = time.Time{}
+	blob, err := encodeMeta(&c, state)
+	return blob, m.Gens, err
+}
+
+// ReadPage implements cluster.Store: from the mirror or SSD, verified.
+func (cs *clusterStore) ReadPage(ctx context.Context, name string, page uint32) (uint64, []byte, error) {
+	m, _, err := cs.localMeta(ctx, name)
+	if err != nil {
+		return 0, nil, err
+	}
+	buf := make([]byte, tiersLayout(m.Layout).PageBytes())
+	gen, _, err := cs.d.store.Read(ctx, tiers.PageID{Session: m.ID, Page: page}, buf)
+	if err != nil {
+		if errors.Is(err, tiers.ErrNotFound) {
+			return 0, nil, fmt.Errorf("%w: page %d of %q", cluster.ErrNotFound, page, name)
+		}
+		return 0, nil, err
+	}
+	return gen, buf, nil
+}
+
+// WritePages implements cluster.Store: straight to SSD, synced. A copy of
+// the session in memory here is stale (another node owns it now) and is
+// dropped first so the mirror cannot serve old bytes.
+func (cs *clusterStore) WritePages(ctx context.Context, name string, pages []cluster.PageData) error {
+	d := cs.d
+	d.mu.Lock()
+	s := d.byName[name]
+	d.mu.Unlock()
+	if s != nil {
+		if owner, _, ok := d.cl.node.Owner(name); !ok || owner != d.cl.node.ID() {
+			d.forgetSession(s)
+		}
+	}
+	id, _ := cs.localID(name, true)
+	writes := make([]tiers.PageWrite, len(pages))
+	for i, p := range pages {
+		writes[i] = tiers.PageWrite{ID: tiers.PageID{Session: id, Page: p.Page}, Gen: p.Gen, Page: p.Data}
+	}
+	if err := d.store.SSD().PutBatch(ctx, writes); err != nil {
+		return fmt.Errorf("replica pages of %q: %w", name, err)
+	}
+	return d.store.SSD().Sync()
+}
+
+// WriteMeta implements cluster.Store: the canonical blob gets this node's
+// local id and is synced after the pages it names.
+func (cs *clusterStore) WriteMeta(ctx context.Context, name string, blob []byte) error {
+	m, state, err := decodeMeta(blob)
+	if err != nil {
+		return err
+	}
+	id, _ := cs.localID(name, true)
+	m.ID = id
+	m.Saved = time.Now()
+	local, err := encodeMeta(m, state)
+	if err != nil {
+		return err
+	}
+	if err := cs.d.store.SSD().PutSessionMeta(ctx, name, id, local); err != nil {
+		return fmt.Errorf("replica metadata of %q: %w", name, err)
+	}
+	if err := cs.d.store.SSD().Sync(); err != nil {
+		return err
+	}
+	cs.d.cl.mu.Lock()
+	delete(cs.d.cl.pending, name)
+	cs.d.cl.mu.Unlock()
+	return nil
+}
+
+// Delete implements cluster.Store.
+func (cs *clusterStore) Delete(ctx context.Context, name string) error {
+	d := cs.d
+	d.mu.Lock()
+	s := d.byName[name]
+	d.mu.Unlock()
+	if s != nil {
+		d.forgetSession(s)
+	}
+	id, ok := cs.localID(name, false)
+	if !ok {
+		return nil
+	}
+	if err := d.store.Drop(ctx, id); err != nil {
+		return err
+	}
+	if err := d.store.SSD().DeleteMeta(ctx, name); err != nil && !errors.Is(err, tiers.ErrNotFound) {
+		return err
+	}
+	d.cl.mu.Lock()
+	delete(d.cl.pending, name)
+	d.cl.mu.Unlock()
+	return nil
+}
+
+// clusterCollector exports Raft and replication state at scrape time.
+type clusterCollector struct{ d *Daemon }
+
+var (
+	descClLeader    = prometheus.NewDesc("flashmem_cluster_leader", "1 if this node leads the catalog's Raft group.", nil, nil)
+	descClTerm      = prometheus.NewDesc("flashmem_cluster_term", "Current Raft term.", nil, nil)
+	descClCommit    = prometheus.NewDesc("flashmem_cluster_commit_index", "Raft commit index.", nil, nil)
+	descClApplied   = prometheus.NewDesc("flashmem_cluster_applied_index", "Raft index applied to the catalog here.", nil, nil)
+	descClMembers   = prometheus.NewDesc("flashmem_cluster_members", "Members by state (alive, down, unknown, leader).", []string{"state"}, nil)
+	descClSessions  = prometheus.NewDesc("flashmem_cluster_sessions", "Sessions in the catalog.", nil, nil)
+	descClUnder     = prometheus.NewDesc("flashmem_cluster_under_replicated_sessions", "Sessions with fewer live copies than replication_factor.", nil, nil)
+	descClBytes     = prometheus.NewDesc("flashmem_cluster_replication_bytes_total", "Page bytes over the peer port: sent (to replicas), received (as a replica), served (to pulling nodes).", []string{"dir"}, nil)
+	descClPulled    = prometheus.NewDesc("flashmem_cluster_pulled_pages_total", "Pages pulled from replicas on RESUME or verify.", nil, nil)
+	descClHeals     = prometheus.NewDesc("flashmem_cluster_self_heals_total", "Pages that failed their checksum here and were re-fetched from a replica.", nil, nil)
+	descClCRC       = prometheus.NewDesc("flashmem_cluster_checksum_failures_total", "Pages that arrived or were read with a CRC32C mismatch.", nil, nil)
+	descClRerep     = prometheus.NewDesc("flashmem_cluster_rereplications_total", "Sessions copied to new members after a replica was lost.", nil, nil)
+	descClRefused   = prometheus.NewDesc("flashmem_cluster_refused_connections_total", "Raft or peer connections that failed the shared-secret challenge.", nil, nil)
+	descClCommitLat = prometheus.NewDesc("flashmem_cluster_commit_seconds", "Catalog commit latency over recent commits from this node.", []string{"quantile"}, nil)
+	descClLag       = prometheus.NewDesc("flashmem_cluster_replication_lag_seconds", "Time the last cluster PERSIST spent replicating and committing.", nil, nil)
+)
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descClLeader, descClTerm, descClCommit, descClApplied, descClMembers, descClSessions,
+		descClUnder, descClBytes, descClPulled, descClHeals, descClCRC, descClRerep, descClRefused, descClCommitLat, descClLag} {
+		ch <- d
+	}
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.d.cl.node
+	st := n.Status()
+	m := n.Metrics()
+	g := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+	}
+	cnt := func(d *prometheus.Desc, v uint64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
+	}
+	g(descClLeader, float64(btoi(n.IsLeader())))
+	g(descClTerm, float64(st.Term))
+	g(descClCommit, float64(st.CommitIndex))
+	g(descClApplied, float64(st.AppliedIndex))
+	states := map[string]int{"alive": 0, "down": 0, "unknown": 0, "leader": 0}
+	for _, ms := range st.Members {
+		states[ms.State]++
+	}
+	for k, v := range states {
+		g(descClMembers, float64(v), k)
+	}
+	g(descClSessions, float64(st.Sessions))
+	g(descClUnder, float64(len(st.UnderReplicated)))
+	cnt(descClBytes, m.BytesSent.Load(), "sent")
+	cnt(descClBytes, m.BytesReceived(), "received")
+	cnt(descClBytes, m.BytesServed(), "served")
+	cnt(descClPulled, m.PagesPulled.Load())
+	cnt(descClHeals, m.SelfHeals.Load())
+	cnt(descClCRC, m.ChecksumFailures())
+	cnt(descClRerep, m.Rereplications.Load())
+	cnt(descClRefused, m.Refused.Load())
+	lat := m.CommitLatencies()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	for _, q := range []float64{0.5, 0.99} {
+		v := 0.0
+		if len(lat) > 0 {
+			v = lat[min(len(lat)-1, int(q*float64(len(lat))))].Seconds()
+		}
+		g(descClCommitLat, v, fmt.Sprint(q))
+	}
+	g(descClLag, time.Duration(m.ReplicationLagNS.Load()).Seconds())
+}
