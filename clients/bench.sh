@@ -50,10 +50,12 @@ by = {}
 for r in rows:
     by.setdefault(r["client"], []).append(r)
 med = lambda c, k, f: statistics.median(x[k][f] for x in by[c])
-print("client | PING p50 µs | CYCLE p50 µs | CYCLE p99 µs | CYCLE mean µs | CYCLE p50 / Go")
+print("| client | PING p50 µs | CYCLE p50 µs | CYCLE p99 µs | daemon scoring+wait p50 µs | CYCLE less daemon p50 µs | CYCLE p50 / Go | less daemon / Go |")
+print("|---|---|---|---|---|---|---|---|")
 for c in ("go", "c", "python"):
-    print("%s | %.1f | %.1f | %.1f | %.1f | %.2f×" % (c, med(c, "ping_us", "p50"), med(c, "cycle_us", "p50"),
-          med(c, "cycle_us", "p99"), med(c, "cycle_us", "mean"), med(c, "cycle_us", "p50") / med("go", "cycle_us", "p50")))
+    print("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f× | %.2f× |" % (c, med(c, "ping_us", "p50"), med(c, "cycle_us", "p50"),
+          med(c, "cycle_us", "p99"), med(c, "server_us", "p50"), med(c, "overhead_us", "p50"),
+          med(c, "cycle_us", "p50") / med("go", "cycle_us", "p50"), med(c, "overhead_us", "p50") / med("go", "overhead_us", "p50")))
 r = by["go"][0]
 print("(%d sessions per CYCLE, %d chunks each, %d pages in each page table, %d round trips × %d rounds; python CRC: %s)"
       % (r["sessions"], r["chunks"], r["pages_per_entry"], r["n"], len(by["go"]), by["python"][0]["crc"]))

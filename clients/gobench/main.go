@@ -88,6 +88,8 @@ func run(sock string, n int, chunks uint64, nsess, hidden int) error {
 	}
 	ping := make([]time.Duration, 0, n)
 	cyc := make([]time.Duration, 0, n)
+	server := make([]time.Duration, 0, n) // the daemon's own time: scoring + recall wait
+	over := make([]time.Duration, 0, n)   // round trip less the daemon's time
 	pages := 0
 	for i := 0; i < n+50; i++ {
 		t0 := time.Now()
@@ -101,7 +103,9 @@ func run(sock string, n int, chunks uint64, nsess, hidden int) error {
 			return err
 		}
 		leases := make([]uint64, 0, len(res))
+		var srv time.Duration
 		for _, x := range res {
+			srv = max(srv, time.Duration(x.Counters.ScoreMicros+x.Counters.WaitMicros)*time.Microsecond)
 			if x.Err != nil {
 				return x.Err
 			}
@@ -114,10 +118,12 @@ func run(sock string, n int, chunks uint64, nsess, hidden int) error {
 		if i >= 50 {
 			ping = append(ping, t1.Sub(t0))
 			cyc = append(cyc, t2.Sub(t1))
+			server = append(server, srv)
+			over = append(over, t2.Sub(t1)-srv)
 		}
 	}
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
 		"client": "go", "n": n, "sessions": nsess, "chunks": chunks, "pages_per_entry": pages,
-		"ping_us": summarize(ping), "cycle_us": summarize(cyc),
+		"ping_us": summarize(ping), "cycle_us": summarize(cyc), "server_us": summarize(server), "overhead_us": summarize(over),
 	})
 }

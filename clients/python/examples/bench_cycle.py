@@ -49,7 +49,7 @@ def main():
                 k = min(512, chunks - at)
                 s.append(rng.randbytes(lay.payload_bytes(k)), keys(k, rng))
             entries.append((s.id, 0, chunks * 4, [hidden_state(hidden, rng) for _ in range(3)]))
-        ping, cyc = [], []
+        ping, cyc, server, over = [], [], [], []  # server: the daemon's own time, scoring + recall wait
         pages = 0
         clock = time.perf_counter_ns
         for i in range(n + 50):
@@ -66,9 +66,12 @@ def main():
             if i >= 50:
                 ping.append((t1 - t0) / 1e3)
                 cyc.append((t2 - t1) / 1e3)
+                server.append(max(r.score_us + r.wait_us for r in res))
+                over.append(cyc[-1] - server[-1])
     print(json.dumps({"client": "python", "crc": "native" if flashmem.wire.NATIVE_CRC_LIB else "pure-python",
                       "n": n, "sessions": nsess, "chunks": chunks, "pages_per_entry": pages,
-                      "ping_us": stats(ping), "cycle_us": stats(cyc)}))
+                      "ping_us": stats(ping), "cycle_us": stats(cyc),
+                      "server_us": stats(server), "overhead_us": stats(over)}))
 
 
 if __name__ == "__main__":
