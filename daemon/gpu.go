@@ -102,8 +102,10 @@ type gpuSubsystem struct {
 	devs []*gpuDevice
 	host *tiers.Reserve
 
-	// scorers are the LSA models wrapped to score on a GPU (wrapScorers).
-	scorers []namedScorer
+	// scorers are the LSA models wrapped to score on a GPU (wrapScorers), one
+	// per model and CUDA device; byDevice finds them by model name and device.
+	scorers  []namedScorer
+	byDevice map[string]map[uint32]*gpuscore.Scorer
 	// pinned: the host mirror's extents are registered with CUDA.
 	pinned bool
 
@@ -233,28 +235,49 @@ type namedScorer struct {
 	s    *gpuscore.Scorer
 }
 
-// wrapScorers replaces, in models, every LSA model the GPU kernel can score
-// with a scorer on the first CUDA device ([gpu] scorer = "auto"). A model
-// that cannot move stays on the CPU with one log line.
+// wrapScorers wraps every LSA model the GPU kernel can score on every CUDA
+// device ([gpu] scorer = "auto"), so that a session scores on the GPU that
+// holds its reserve (scorerOn), and replaces it in models with its scorer on
+// the first device (sessions whose reserve is in host memory, resumed
+// sessions). A model that cannot move stays on the CPU with one log line.
 func (g *gpuSubsystem) wrapScorers(cfg GPUConfig, models map[string]indexer.Scorer) {
 	if g == nil || cfg.Scorer == GPUOff || len(g.devs) == 0 {
 		return
 	}
-	dev := g.devs[0].dev
 	for _, name := range slices.Sorted(maps.Keys(models)) {
 		m, ok := models[name].(*indexer.Model)
 		if !ok {
 			continue
 		}
-		w, err := gpuscore.Wrap(m, dev)
-		if err != nil {
-			g.log.Warn("Memory Indexer model stays on the CPU", "model", name, "err", err)
-			continue
+		for i, gd := range g.devs {
+			w, err := gpuscore.Wrap(m, gd.dev)
+			if err != nil {
+				g.log.Warn("Memory Indexer model does not score on this GPU", "model", name, "device", gd.ordinal, "err", err)
+				continue
+			}
+			if models[name] == indexer.Scorer(m) || i == 0 {
+				models[name] = w
+			}
+			if g.byDevice == nil {
+				g.byDevice = map[string]map[uint32]*gpuscore.Scorer{}
+			}
+			if g.byDevice[name] == nil {
+				g.byDevice[name] = map[uint32]*gpuscore.Scorer{}
+			}
+			g.byDevice[name][uint32(gd.ordinal)] = w
+			g.scorers = append(g.scorers, namedScorer{name, w})
+			g.log.Info("Memory Indexer model scores on the GPU", "model", name, "device", gd.ordinal)
 		}
-		models[name] = w
-		g.scorers = append(g.scorers, namedScorer{name, w})
-		g.log.Info("Memory Indexer model scores on the GPU", "model", name, "device", dev.Ordinal())
 	}
+}
+
+// scorerOn is model name's scorer on CUDA device dev, if it has one there.
+func (g *gpuSubsystem) scorerOn(name string, dev uint32) (indexer.Scorer, bool) {
+	if g == nil {
+		return nil, false
+	}
+	w, ok := g.byDevice[name][dev]
+	return w, ok
 }
 
 // run watches Xid events and polls NVML for the health rule until ctx ends.
@@ -457,24 +480,26 @@ func (d *Daemon) reserveStats() tiers.TierStats {
 type gpuCollector struct{ g *gpuSubsystem }
 
 var (
-	gpuLabels                               = []string{"gpu", "uuid", "name"}
-	descGPUUp                               = prometheus.NewDesc("flashmem_gpu_nvml_up", "1 when NVML read every GPU at this scrape, 0 when it failed (absent without NVML).", nil, nil)
-	descGPUMemTotal                         = prometheus.NewDesc("flashmem_gpu_memory_total_bytes", "GPU memory, total.", gpuLabels, nil)
-	descGPUMemUsed                          = prometheus.NewDesc("flashmem_gpu_memory_used_bytes", "GPU memory in use by every process.", gpuLabels, nil)
-	descGPUMemFree                          = prometheus.NewDesc("flashmem_gpu_memory_free_bytes", "GPU memory free.", gpuLabels, nil)
-	descGPUUtil                             = prometheus.NewDesc("flashmem_gpu_utilization_percent", "Share of the last sample period a kernel ran (NVML utilization.gpu).", gpuLabels, nil)
-	descGPUMemUtil                          = prometheus.NewDesc("flashmem_gpu_memory_utilization_percent", "Share of the last sample period device memory was read or written.", gpuLabels, nil)
-	descGPUECC                              = prometheus.NewDesc("flashmem_gpu_ecc_uncorrected_errors", "Volatile uncorrected ECC errors since the driver loaded (absent where ECC is off).", gpuLabels, nil)
-	descGPUThrottle                         = prometheus.NewDesc("flashmem_gpu_throttle_reasons", "NVML clock-event-reason bitmask (nvmlClocksEventReason*); 0 = full clocks, 1 = idle.", gpuLabels, nil)
-	descGPUHWThrottle                       = prometheus.NewDesc("flashmem_gpu_hw_throttled", "1 while clocks are cut for hardware protection (thermal, power brake, hardware slowdown).", gpuLabels, nil)
-	descGPUXids                             = prometheus.NewDesc("flashmem_gpu_xid_events", "Critical Xid events seen since the daemon started.", gpuLabels, nil)
-	descGPUHealthy                          = prometheus.NewDesc("flashmem_gpu_healthy", "1 while the GPU is healthy (no new uncorrected ECC error, no non-application Xid).", gpuLabels, nil)
-	descGPUResBudget                        = prometheus.NewDesc("flashmem_gpu_reserve_budget_bytes", "Bytes of GPU memory session reserves may take on a CUDA device.", []string{"device"}, nil)
-	descGPUResUsed                          = prometheus.NewDesc("flashmem_gpu_reserve_used_bytes", "Bytes of GPU memory held by session reserves on a CUDA device.", []string{"device"}, nil)
-	descGPUExportable                       = prometheus.NewDesc("flashmem_gpu_reserve_exportable", "1 when the CUDA device exports reserves as VMM POSIX fds (0: legacy IPC only, not served).", []string{"device"}, nil)
-	descIndexerBatches                      = prometheus.NewDesc("flashmem_indexer_gpu_batches_total", "Scoring batches of GPU-scored models: on the GPU, or on the CPU after the GPU failed (fallback).", []string{"model", "where"}, nil)
-	gpuCollectorDescs                       = []*prometheus.Desc{descIndexerBatches, descGPUUp, descGPUMemTotal, descGPUMemUsed, descGPUMemFree, descGPUUtil, descGPUMemUtil, descGPUECC, descGPUThrottle, descGPUHWThrottle, descGPUXids, descGPUHealthy, descGPUResBudget, descGPUResUsed, descGPUExportable}
-	_                  prometheus.Collector = (*gpuCollector)(nil)
+	gpuLabels                                    = []string{"gpu", "uuid", "name"}
+	descGPUUp                                    = prometheus.NewDesc("flashmem_gpu_nvml_up", "1 when NVML read every GPU at this scrape, 0 when it failed (absent without NVML).", nil, nil)
+	descGPUMemTotal                              = prometheus.NewDesc("flashmem_gpu_memory_total_bytes", "GPU memory, total.", gpuLabels, nil)
+	descGPUMemUsed                               = prometheus.NewDesc("flashmem_gpu_memory_used_bytes", "GPU memory in use by every process.", gpuLabels, nil)
+	descGPUMemFree                               = prometheus.NewDesc("flashmem_gpu_memory_free_bytes", "GPU memory free.", gpuLabels, nil)
+	descGPUUtil                                  = prometheus.NewDesc("flashmem_gpu_utilization_percent", "Share of the last sample period a kernel ran (NVML utilization.gpu).", gpuLabels, nil)
+	descGPUMemUtil                               = prometheus.NewDesc("flashmem_gpu_memory_utilization_percent", "Share of the last sample period device memory was read or written.", gpuLabels, nil)
+	descGPUECC                                   = prometheus.NewDesc("flashmem_gpu_ecc_uncorrected_errors", "Volatile uncorrected ECC errors since the driver loaded (absent where ECC is off).", gpuLabels, nil)
+	descGPUThrottle                              = prometheus.NewDesc("flashmem_gpu_throttle_reasons", "NVML clock-event-reason bitmask (nvmlClocksEventReason*); 0 = full clocks, 1 = idle.", gpuLabels, nil)
+	descGPUHWThrottle                            = prometheus.NewDesc("flashmem_gpu_hw_throttled", "1 while clocks are cut for hardware protection (thermal, power brake, hardware slowdown).", gpuLabels, nil)
+	descGPUXids                                  = prometheus.NewDesc("flashmem_gpu_xid_events", "Critical Xid events seen since the daemon started.", gpuLabels, nil)
+	descGPUHealthy                               = prometheus.NewDesc("flashmem_gpu_healthy", "1 while the GPU is healthy (no new uncorrected ECC error, no non-application Xid).", gpuLabels, nil)
+	descGPUResBudget                             = prometheus.NewDesc("flashmem_gpu_reserve_budget_bytes", "Bytes of GPU memory session reserves may take on a CUDA device.", []string{"device"}, nil)
+	descGPUResUsed                               = prometheus.NewDesc("flashmem_gpu_reserve_used_bytes", "Bytes of GPU memory held by session reserves on a CUDA device.", []string{"device"}, nil)
+	descGPUExportable                            = prometheus.NewDesc("flashmem_gpu_reserve_exportable", "1 when the CUDA device exports reserves as VMM POSIX fds (0: legacy IPC only, not served).", []string{"device"}, nil)
+	descIndexerBatches                           = prometheus.NewDesc("flashmem_indexer_gpu_batches_total", "Scoring batches of GPU-scored models: on the GPU, or on the CPU after the GPU failed (fallback).", []string{"model", "where"}, nil)
+	descIndexerCycleBatches                      = prometheus.NewDesc("flashmem_indexer_gpu_cycle_batches_total", "Batches of GPU-scored models that ran as one whole indexer cycle on the GPU (projections, scoring, selection), all GPUs.", []string{"model"}, nil)
+	descIndexerCycleSeconds                      = prometheus.NewDesc("flashmem_indexer_gpu_cycle_seconds_total", "GPU time of those batches, input copy to output copy (CUDA events), all GPUs.", []string{"model"}, nil)
+	gpuCollectorDescs                            = []*prometheus.Desc{descIndexerBatches, descIndexerCycleBatches, descIndexerCycleSeconds, descGPUUp, descGPUMemTotal, descGPUMemUsed, descGPUMemFree, descGPUUtil, descGPUMemUtil, descGPUECC, descGPUThrottle, descGPUHWThrottle, descGPUXids, descGPUHealthy, descGPUResBudget, descGPUResUsed, descGPUExportable}
+	_                       prometheus.Collector = (*gpuCollector)(nil)
 )
 
 func (c *gpuCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -485,10 +510,24 @@ func (c *gpuCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *gpuCollector) Collect(ch chan<- prometheus.Metric) {
 	g := c.g
+	type sums struct{ gb, cb, cyc, secs float64 }
+	per := map[string]*sums{}
 	for _, ns := range g.scorers {
 		gb, cb, _ := ns.s.Stats()
-		ch <- prometheus.MustNewConstMetric(descIndexerBatches, prometheus.CounterValue, float64(gb), ns.name, "gpu")
-		ch <- prometheus.MustNewConstMetric(descIndexerBatches, prometheus.CounterValue, float64(cb), ns.name, "cpu_fallback")
+		t := ns.s.Timings()
+		x := per[ns.name]
+		if x == nil {
+			x = &sums{}
+			per[ns.name] = x
+		}
+		x.gb, x.cb, x.cyc, x.secs = x.gb+float64(gb), x.cb+float64(cb), x.cyc+float64(t.CycleBatches), x.secs+t.GPU.Seconds()
+	}
+	for _, name := range slices.Sorted(maps.Keys(per)) {
+		x := per[name]
+		ch <- prometheus.MustNewConstMetric(descIndexerBatches, prometheus.CounterValue, x.gb, name, "gpu")
+		ch <- prometheus.MustNewConstMetric(descIndexerBatches, prometheus.CounterValue, x.cb, name, "cpu_fallback")
+		ch <- prometheus.MustNewConstMetric(descIndexerCycleBatches, prometheus.CounterValue, x.cyc, name)
+		ch <- prometheus.MustNewConstMetric(descIndexerCycleSeconds, prometheus.CounterValue, x.secs, name)
 	}
 	for _, gd := range g.devs {
 		dev := strconv.Itoa(gd.ordinal)

@@ -235,6 +235,16 @@ func (c *conn) open(m *proto.Open) (proto.Message, []int, error) {
 		s.mu.Unlock()
 		return nil, nil, err
 	}
+	// A session whose reserve is on a GPU scores there: its index keys go to
+	// that GPU's memory as they arrive (the request is still empty).
+	if s.place.kind == proto.RegionCUDA {
+		if dsc, ok := d.gpu.scorerOn(name, s.place.device); ok && dsc != sc {
+			if dreq, err := indexer.NewRequest(dsc, ip); err == nil {
+				_ = s.req.Close()
+				s.scorer, s.req = dsc, dreq
+			}
+		}
+	}
 	if s.persist {
 		// Written at once so a crash before the first PERSIST still leaves a
 		// resumable (empty) session rather than a name nobody can reuse.

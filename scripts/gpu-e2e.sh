@@ -8,8 +8,15 @@
 # nvidia-smi's view of the GPU; the table, the daemon's log and GPU memory samples go to
 # $OUT (or /tmp/flashmem-e2e).
 #
+# MODEL=lsa (default) opens the sessions with the published-dimension Memory Indexer (random
+# weights, hidden 4096, rank 2048, 128 heads, 3 target layers) scored for real through the
+# daemon (on the GPU: one whole indexer cycle per CYCLE batch), random index keys and one
+# random hidden state per session; the table adds GPU time per scoring batch. MODEL=trace
+# replays synthetic selections known in advance (tables checked against them).
+#
 # Usage (GPU machine, repo root): scripts/gpu-e2e.sh [extra flashmemctl sim flags]
-# Defaults are overridable by env: SESSIONS TOKENS CYCLES CYCLE_TIME RESERVE_SLOTS HOST_SHARE.
+# Defaults are overridable by env: MODEL SESSIONS TOKENS CYCLES CYCLE_TIME RESERVE_SLOTS
+# (trace: 256; lsa: the simulator's default, room for two selections) HOST_SHARE.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -20,9 +27,12 @@ for b in flashmemd flashmemctl; do
 done
 nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv | tee "$out/gpu-before.csv"
 date -u
-args=(sim --flashmemd .gpu/flashmemd --modes lookahead --dir "$out/run"
+model=${MODEL:-lsa}
+slots=${RESERVE_SLOTS:-}
+[[ -z $slots && $model == trace ]] && slots=256
+args=(sim --flashmemd .gpu/flashmemd --modes lookahead --dir "$out/run" --model "$model"
   --sessions "${SESSIONS:-16}" --tokens "${TOKENS:-524288}" --layers 21 --cycles "${CYCLES:-32}"
-  --cycle-time "${CYCLE_TIME:-100ms}" --reserve-slots "${RESERVE_SLOTS:-256}" --host-share "${HOST_SHARE:-1}" "$@")
+  --cycle-time "${CYCLE_TIME:-100ms}" --host-share "${HOST_SHARE:-1}" ${slots:+--reserve-slots "$slots"} "$@")
 rm -rf "$out/run"
 # Sample the GPU's memory while the sessions run (the reserve is allocated at OPEN).
 ( while sleep 2; do nvidia-smi --query-gpu=index,memory.used --format=csv,noheader; done ) >"$out/gpu-during.csv" 2>&1 &

@@ -3,7 +3,7 @@
 # nvcc, run every cuda-tagged test binary from .gpu/ (built here by scripts/build-cuda.sh)
 # against that PTX, run the Go and PyTorch benchmarks in the same session, and print the
 # table, then the end-to-end daemon benchmark (scripts/gpu-e2e.sh). Results go to $OUT (or
-# /tmp/flashmem-gpu): log.txt, ptx.tar, torch.json, recall.json, scorer.json, scorebatch.json, e2e/,
+# /tmp/flashmem-gpu): log.txt, ptx.tar, torch.json, recall_pm.json, scorer.json, scorebatch.json, e2e/,
 # table.txt.
 #
 # Usage (on the GPU machine, repo root): scripts/gpu-test.sh [quick]
@@ -56,13 +56,18 @@ grep -E "^\s*(--- FAIL|--- SKIP)|‖Δ‖|relative error|device [0-9]+:" "$log" 
 if [[ ${1:-} != quick ]]; then
   export FLASHMEM_BENCH=1
   python3 scripts/bench_torch.py "$out/torch.json" >>"$log" 2>&1 || { say "torch bench failed"; status=1; }
-  FLASHMEM_BENCH_OUT=$out/recall.json run internal/cuda internal_cuda.test -test.run '^TestRecallBench$' -test.v
+  # Recall: the page-major reserve against the per-layer one and a contiguous copy (same
+  # run); RECALL_ALL=1 also runs TestRecallBench (every method compared in earlier sessions).
+  FLASHMEM_BENCH_OUT=$out/recall_pm.json run internal/cuda internal_cuda.test -test.run '^TestRecallPageMajorBench$' -test.v
+  [[ ${RECALL_ALL:-0} == 1 ]] &&
+    FLASHMEM_BENCH_OUT=$out/recall.json run internal/cuda internal_cuda.test -test.run '^TestRecallBench$' -test.v
   FLASHMEM_BENCH_OUT=$out/scorer.json run attn/gpu attn_gpu.test -test.run '^TestScorerBench$' -test.v
   # Whole ScoreBatch cycles, published model: one GPU cycle per batch (indexer/gpuscore),
   # the CPU model at 131,072 chunks, and torch.json's published forward of the same run.
   [[ -x .gpu/indexer_gpuscore.test ]] &&
     FLASHMEM_BENCH_OUT=$out/scorebatch.json run indexer/gpuscore indexer_gpuscore.test -test.run '^TestScoreBatchBench$' -test.v
   python3 scripts/gpu_table.py "$out/torch.json" "$out/recall.json" "$out/scorer.json" "$out/scorebatch.json" | tee "$out/table.txt"
+  sed -n '/^Recall into a page-major reserve/,/^---/p' "$log" | grep -v '^---' | tee -a "$out/table.txt"
   # End to end: 16 × 512K-token sessions through the CUDA daemon (scripts/gpu-e2e.sh).
   if [[ -x .gpu/flashmemd && -x .gpu/flashmemctl ]]; then
     OUT=$out/e2e scripts/gpu-e2e.sh >>"$log" 2>&1 || { say "gpu-e2e failed"; status=1; }

@@ -71,8 +71,11 @@ type selDesc struct {
 
 // NewCycle uploads the layers' matrices and query parameters to dev. Every layer must have
 // 128-dim heads, a multiple of 8 heads (at most 256), hidden size and rank multiples of 8
-// and the same shapes; at most MaxCycleLayers layers (ErrShape otherwise).
-func NewCycle(dev *cuda.Device, layers []*attn.LayerWeights, v attn.Variant) (*Cycle, error) {
+// and the same shapes; at most MaxCycleLayers layers (ErrShape otherwise). share[l], when
+// not nil, is a Projector of layers[l] on dev whose matrices the cycle uses instead of
+// uploading its own (they must outlive the cycle): the published model's matrices are
+// 486 MB in float32.
+func NewCycle(dev *cuda.Device, layers []*attn.LayerWeights, v attn.Variant, share []*Projector) (*Cycle, error) {
 	if len(layers) == 0 || len(layers) > MaxCycleLayers {
 		return nil, fmt.Errorf("gpu: %d target layers (1 … %d): %w", len(layers), MaxCycleLayers, ErrShape)
 	}
@@ -100,14 +103,14 @@ func NewCycle(dev *cuda.Device, layers []*attn.LayerWeights, v attn.Variant) (*C
 			}
 		}
 	}
-	if err := c.load(layers, freqs); err != nil {
+	if err := c.load(layers, freqs, share); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return c, nil
 }
 
-func (c *Cycle) load(layers []*attn.LayerWeights, freqs []float32) (err error) {
+func (c *Cycle) load(layers []*attn.LayerWeights, freqs []float32, share []*Projector) (err error) {
 	dev := c.dev
 	if c.mod, err = dev.LoadPTX(cyclePTX, "cycle"); err != nil {
 		return err
@@ -141,7 +144,17 @@ func (c *Cycle) load(layers []*attn.LayerWeights, freqs []float32) (err error) {
 		return p, dev.CopyHtoD(p, raw)
 	}
 	norm := make([]float32, 0, len(layers)*c.rank)
-	for _, lw := range layers {
+	for li, lw := range layers {
+		qn, _, _, _, _ := lw.QueryParams()
+		norm = append(norm, qn...)
+		if li < len(share) && share[li] != nil && share[li].dev == dev && share[li].mats[0].ptr != 0 {
+			m := share[li].mats
+			for i := range m {
+				m[i].borrowed = true
+			}
+			c.mats = append(c.mats, m)
+			continue
+		}
 		var m [3]projMat
 		for i, which := range []attn.ProjMatrix{attn.ProjQA, attn.ProjQB, attn.ProjHead} {
 			rows, cols, f32, b16 := lw.MatrixData(which)
@@ -159,8 +172,6 @@ func (c *Cycle) load(layers []*attn.LayerWeights, freqs []float32) (err error) {
 			}
 		}
 		c.mats = append(c.mats, m)
-		qn, _, _, _, _ := lw.QueryParams()
-		norm = append(norm, qn...)
 	}
 	if c.normw, err = upload(asBytes(norm)); err != nil {
 		return err
@@ -196,7 +207,7 @@ func (c *Cycle) Close() error {
 	}
 	for _, m := range c.mats {
 		for _, pm := range m {
-			if pm.ptr != 0 {
+			if pm.ptr != 0 && !pm.borrowed {
 				keep(c.dev.Free(pm.ptr))
 			}
 		}

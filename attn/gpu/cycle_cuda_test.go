@@ -91,7 +91,7 @@ func TestCycleMatchesCPU(t *testing.T) {
 			tol float64
 		}{{attn.Float, 1e-4}, {attn.FP8Q, 1e-3}} {
 			t.Run(fmt.Sprintf("%v/bf16=%v", tc.v, bf16), func(t *testing.T) {
-				cyc, err := NewCycle(r.dev, lws, tc.v)
+				cyc, err := NewCycle(r.dev, lws, tc.v, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -197,7 +197,7 @@ func TestCycleGolden(t *testing.T) {
 		name string
 		tol  float64
 	}{{attn.Float, "logits_trained", 1e-4}, {attn.FP8Q, "logits_fp8q", 1e-3}} {
-		cyc, err := NewCycle(r.dev, lws, c.v)
+		cyc, err := NewCycle(r.dev, lws, c.v, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,7 +13,7 @@ import (
 type Cycle struct{}
 
 // NewCycle returns ErrNoCUDA in this build.
-func NewCycle(dev *cuda.Device, layers []*attn.LayerWeights, v attn.Variant) (*Cycle, error) {
+func NewCycle(dev *cuda.Device, layers []*attn.LayerWeights, v attn.Variant, share []*Projector) (*Cycle, error) {
 	return nil, ErrNoCUDA
 }
 

@@ -41,6 +41,7 @@ type projMat struct {
 	ptr        cuda.DevPtr
 	rows, cols int
 	bf16       bool
+	borrowed   bool // another object's memory (a Cycle using a Projector's matrices)
 }
 
 var _ attn.Projector = (*Projector)(nil)

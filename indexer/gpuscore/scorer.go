@@ -99,12 +99,15 @@ func Wrap(m *indexer.Model, dev *cuda.Device) (*Scorer, error) {
 		s.projBytes += p.Bytes()
 	}
 	lws := make([]*attn.LayerWeights, len(m.Layers()))
+	share := make([]*gpu.Projector, len(lws))
 	for l := range lws {
 		lws[l] = m.LayerWeights(l)
+		share[l], _ = s.projs[l].(*gpu.Projector)
 	}
 	// Without the whole-cycle path (shapes it cannot take, or its kernels fail to load)
 	// batches still score on the GPU through Score; the reason is kept as the last error.
-	if c, err := gpu.NewCycle(dev, lws, m.AttnVariant()); err == nil {
+	// The cycle uses the projectors' matrices: one copy of the weights on the GPU.
+	if c, err := gpu.NewCycle(dev, lws, m.AttnVariant(), share); err == nil {
 		s.cycle = c
 		s.projBytes += c.Bytes()
 	} else {

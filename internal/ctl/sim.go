@@ -60,7 +60,26 @@ type SimOptions struct {
 	// Device is OPEN's device: a GPU ordinal, proto.DeviceAny or
 	// proto.DeviceHostOnly.
 	Device uint32
+	// Model is "trace" (the trace-replay model: selections known in advance,
+	// tables checked) or "lsa": the Memory Indexer at the published
+	// dimensions (hidden 4096, rank 2048, 128 heads, 3 target layers) with
+	// random weights, random index keys and one random hidden state per
+	// session, scored for real (on a GPU where the daemon has one); the
+	// LSA default policy with fallback off, so every cycle selects KMAX pages.
+	Model string
 }
+
+// Simulator models.
+const (
+	SimModelTrace = "trace"
+	SimModelLSA   = "lsa"
+)
+
+// The published indexer's dimensions, for --model lsa.
+const (
+	simLSAHidden, simLSARank, simLSAHeads, simLSAHeadDim, simLSATargets = 4096, 2048, 128, 128, 3
+	simLSAKeyBytes                                                      = simLSAHeadDim + 4
+)
 
 // DefaultSimOptions are the simulator's defaults: 16 sessions of 128K
 // tokens (512 pages of 37,440 B), a 10 % resident set with 10 % churn,
@@ -68,7 +87,7 @@ type SimOptions struct {
 func DefaultSimOptions() SimOptions {
 	return SimOptions{Sessions: 16, Tokens: 128 << 10, Layers: 1, Cycles: 48, Resident: 0.10, Churn: 0.10, Foresight: 1,
 		CycleTime: 100 * time.Millisecond, HostShare: 1.0 / 3, Stall: 250 * time.Microsecond, Seed: 1, Modes: AllSimModes,
-		Device: proto.DeviceAny}
+		Device: proto.DeviceAny, Model: SimModelTrace}
 }
 
 const simRowBytes = 37440
@@ -93,7 +112,9 @@ func (o *SimOptions) validate() error {
 		return fmt.Errorf("%w: --cycle-time is negative", ErrUsage)
 	case o.ReserveSlots < 0 || o.ReserveSlots > o.pages():
 		return fmt.Errorf("%w: --reserve-slots %d not in [0, %d pages]", ErrUsage, o.ReserveSlots, o.pages())
-	case o.ReserveSlots > 0 && o.ReserveSlots < o.resident()+2:
+	case o.Model != SimModelTrace && o.Model != SimModelLSA:
+		return fmt.Errorf("%w: --model %q is not %s or %s", ErrUsage, o.Model, SimModelTrace, SimModelLSA)
+	case o.Model == SimModelTrace && o.ReserveSlots > 0 && o.ReserveSlots < o.resident()+2:
 		return fmt.Errorf("%w: --reserve-slots %d cannot hold a resident set plus sink and tail (%d pages)", ErrUsage, o.ReserveSlots, o.resident()+2)
 	}
 	for _, m := range o.Modes {
@@ -116,7 +137,40 @@ func (o *SimOptions) reserveSlots() int {
 	if o.ReserveSlots > 0 {
 		return o.ReserveSlots
 	}
+	if o.Model == SimModelLSA {
+		// KMAX (3/32 of the pages) plus sink and tail pages, twice over.
+		return min(o.pages(), 2*(o.pages()*3/32+2+2048/eval.ChunksPerPage)+16)
+	}
 	return min(o.pages(), 3*o.resident()+16)
+}
+
+// lsaKeys fills dst (layer-major, simLSATargets × n keys) with random index
+// keys: fp8 e4m3 codes without NaN, scales like amax/448 of unit data.
+func lsaKeys(r *rand.Rand, dst []byte) {
+	for k := 0; k+simLSAKeyBytes <= len(dst); k += simLSAKeyBytes {
+		for j := 0; j < simLSAHeadDim; j++ {
+			c := byte(r.UintN(256))
+			if c&0x7f == 0x7f {
+				c--
+			}
+			dst[k+j] = c
+		}
+		sc := math.Float32bits(float32(0.004 + 0.004*r.Float64()))
+		dst[k+simLSAHeadDim], dst[k+simLSAHeadDim+1], dst[k+simLSAHeadDim+2], dst[k+simLSAHeadDim+3] = byte(sc), byte(sc>>8), byte(sc>>16), byte(sc>>24)
+	}
+}
+
+// lsaQuery is one random hidden state per target layer, as little-endian bf16.
+func lsaQuery(r *rand.Rand) [][]byte {
+	q := make([][]byte, simLSATargets)
+	for l := range q {
+		q[l] = make([]byte, 2*simLSAHidden)
+		for i := 0; i < simLSAHidden; i++ {
+			b := math.Float32bits(float32(r.NormFloat64())) >> 16
+			q[l][2*i], q[l][2*i+1] = byte(b), byte(b>>8)
+		}
+	}
+	return q
 }
 
 func (o *SimOptions) pageBytes() int64 {
@@ -301,6 +355,22 @@ budget_bytes = %d
 staging = %v
 background_recall = %v
 `, socket, filepath.Join(dir, "data"), metrics, o.HostBudget(), staging, bg)
+	if o.Model == SimModelLSA {
+		toml += fmt.Sprintf(`
+[indexer]
+default_model = %q
+trace = "trace"
+
+[[indexer.random]]
+name = %q
+seed = 1
+hidden = %d
+rank = %d
+heads = %d
+head_dim = %d
+target_layers = %d
+`, SimModelLSA, SimModelLSA, simLSAHidden, simLSARank, simLSAHeads, simLSAHeadDim, simLSATargets)
+	}
 	return toml, socket, metrics
 }
 
@@ -454,6 +524,7 @@ WaitMicros (time spent on recall after scoring, before the reply) reached --stal
 	f.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the traces")
 	f.IntVar(&o.ReserveSlots, "reserve-slots", 0, "reserve pages per session (default: 3 resident sets + 16)")
 	f.StringVar(&device, "device", "any", `reserve device: "any" (the daemon picks; a GPU where it has one), "host", or a GPU ordinal`)
+	f.StringVar(&o.Model, "model", o.Model, `indexer model: "trace" (trace replay, tables checked) or "lsa" (published-dimension Memory Indexer, random weights, scored for real)`)
 	f.StringVar(&modes, "modes", strings.Join(AllSimModes, ","), "modes to run")
 	f.StringVar(&bin, "flashmemd", "", "flashmemd binary (default: next to flashmemctl, then $PATH)")
 	f.StringVar(&dir, "dir", "", "directory for the daemons' sockets and data (default: a temporary one, removed)")
@@ -535,7 +606,8 @@ func dialSim(ctx context.Context, socket string) (*proto.Client, error) {
 type simSession struct {
 	c      *proto.Client
 	id     uint64
-	trace  *simTrace
+	trace  *simTrace // nil for --model lsa
+	query  [][]byte  // --model lsa: the session's hidden state per target layer
 	cycles []SimCycle
 	mism   int
 }
@@ -550,6 +622,12 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	}
 	change := int(math.Round(o.Churn * float64(k)))
 	pol := proto.Policy{FirstKeep: 1, LastKeep: 1, KMax: uint32(k + 2), FallbackRatio: 1, Lookahead: uint32(max(32, 2*change))}
+	keyBytes := uint64(eval.TraceKeyBytes)
+	if o.Model == SimModelLSA {
+		l.KeyBytes, l.TargetLayers = simLSAKeyBytes, simLSATargets
+		keyBytes = simLSAKeyBytes * simLSATargets
+		pol = proto.Policy{FallbackRatio: 1} // the daemon's LSA defaults otherwise
+	}
 	admin, err := dialSim(ctx, socket)
 	if err != nil {
 		return nil, err
@@ -573,14 +651,19 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	t0 := time.Now()
 	if err := forEach(ctx, o.Sessions, 4, func(i int) error {
 		r := rand.New(rand.NewPCG(o.Seed, uint64(i)))
-		s := &simSession{trace: newSimTrace(r, o)}
+		s := &simSession{}
+		if o.Model == SimModelLSA {
+			s.query = lsaQuery(r)
+		} else {
+			s.trace = newSimTrace(r, o)
+		}
 		ss[i] = s
 		c, err := dialSim(ctx, socket)
 		if err != nil {
 			return err
 		}
 		s.c = c
-		op, err := c.Open(ctx, &proto.Open{Model: "trace", Layout: l, Policy: pol, Device: o.Device})
+		op, err := c.Open(ctx, &proto.Open{Model: o.Model, Layout: l, Policy: pol, Device: o.Device})
 		if err != nil {
 			return err
 		}
@@ -593,7 +676,10 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 		placed[where]++
 		placeMu.Unlock()
 		op.Region.Close() // the simulator reads no page bytes; the daemon keeps its own mapping
-		keys := s.trace.keys()
+		var keys, kb []byte
+		if s.trace != nil {
+			keys = s.trace.keys()
+		}
 		chunks := uint64(p * eval.ChunksPerPage)
 		const batch = 1024
 		for first := uint64(0); first < chunks; first += batch {
@@ -604,8 +690,13 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 				return fmt.Errorf("staging region of %d B is smaller than %d chunks", len(st), n)
 			}
 			synth.FillAppend(&l, o.Seed+uint64(i), first, n, st[:size])
-			if _, err := c.Append(ctx, &proto.Append{Session: s.id, FirstChunk: first, Count: uint32(n), Length: size,
-				Keys: keys[first*eval.TraceKeyBytes : (first+n)*eval.TraceKeyBytes]}); err != nil {
+			if keys != nil {
+				kb = keys[first*keyBytes : (first+n)*keyBytes]
+			} else {
+				kb = slices.Grow(kb[:0], int(n*keyBytes))[:n*keyBytes]
+				lsaKeys(r, kb)
+			}
+			if _, err := c.Append(ctx, &proto.Append{Session: s.id, FirstChunk: first, Count: uint32(n), Length: size, Keys: kb}); err != nil {
 				return err
 			}
 		}
@@ -732,6 +823,10 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 			k := `flashmem_gpu_reserve_writes_total{path="` + path + `"}`
 			res.Counters["gpu_writes_"+path] = m1[k] - m0[k]
 		}
+		for _, k := range []string{"seconds", "batches"} {
+			key := `flashmem_indexer_gpu_cycle_` + k + `_total{model="` + SimModelLSA + `"}`
+			res.Counters["gpu_cycle_"+k] = m1[key] - m0[key]
+		}
 	}
 	if res.Mismatch > 0 {
 		return res, fmt.Errorf("%d cycles returned a page table other than the trace's previous set plus sink and tail", res.Mismatch)
@@ -750,12 +845,15 @@ func (s *simSession) decode(ctx context.Context, o *SimOptions, i int) error {
 		}
 	}
 	t := s.trace
-	last := uint32(t.pages - 1)
+	last := uint32(o.pages() - 1)
 	var lease uint64
 	for k := range o.Cycles {
-		q := eval.TraceQuery(k)
+		queries, pos := s.query, uint64(o.pages()*eval.ChunksPerPage*eval.TokensPerChunk+k*eval.Tau)
+		if t != nil {
+			queries, pos = eval.TraceQuery(k).Layers, uint64(k)
+		}
 		t0 := time.Now()
-		res, err := s.c.Cycle(ctx, []proto.CycleEntry{{Session: s.id, Step: uint64(k * eval.Tau), Position: uint64(k), Queries: q.Layers}})
+		res, err := s.c.Cycle(ctx, []proto.CycleEntry{{Session: s.id, Step: uint64(k * eval.Tau), Position: pos, Queries: queries}})
 		rtt := time.Since(t0)
 		if err != nil {
 			return err
@@ -764,18 +862,20 @@ func (s *simSession) decode(ctx context.Context, o *SimOptions, i int) error {
 		if cr.Err != nil {
 			return fmt.Errorf("session %d cycle %d: %w", s.id, k, cr.Err)
 		}
-		// The table is the previous cycle's set plus sink and tail.
-		want := []uint32{0}
-		if k > 0 {
-			want = append(want, t.sets[k-1]...)
-		}
-		want = append(want, last)
-		got := make([]uint32, len(cr.Pages))
-		for j, p := range cr.Pages {
-			got[j] = p.Page
-		}
-		if !slices.Equal(got, want) {
-			s.mism++
+		// The table is the previous cycle's set plus sink and tail (trace model).
+		if t != nil {
+			want := []uint32{0}
+			if k > 0 {
+				want = append(want, t.sets[k-1]...)
+			}
+			want = append(want, last)
+			got := make([]uint32, len(cr.Pages))
+			for j, p := range cr.Pages {
+				got[j] = p.Page
+			}
+			if !slices.Equal(got, want) {
+				s.mism++
+			}
 		}
 		s.cycles = append(s.cycles, SimCycle{RTT: rtt, Score: time.Duration(cr.Counters.ScoreMicros) * time.Microsecond,
 			Wait:     time.Duration(cr.Counters.WaitMicros) * time.Microsecond,
@@ -917,6 +1017,10 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 	for _, r := range res {
 		if p, st := r.Counters["gpu_writes_pinned"], r.Counters["gpu_writes_staged"]; p+st > 0 {
 			fmt.Fprintf(w, "%s: page writes into GPU reserves: %.0f straight from the pinned mirror, %.0f staged (pages from SSD).\n", r.Mode, p, st)
+		}
+		if b := r.Counters["gpu_cycle_batches"]; b > 0 {
+			fmt.Fprintf(w, "%s: GPU scoring (whole indexer cycle on the GPU): %.0f batches, %.3f ms of GPU time per batch, %.3f ms per decode cycle of a session.\n",
+				r.Mode, b, 1e3*r.Counters["gpu_cycle_seconds"]/b, 1e3*r.Counters["gpu_cycle_seconds"]/float64(max(r.Cycles+r.Sessions, 1)))
 		}
 		if len(r.StallsByCycle) > 0 {
 			ks := slices.Sorted(maps.Keys(r.StallsByCycle))
