@@ -101,7 +101,7 @@ static const char *const code_names[] = {
     "bad request", "unknown session", "not owner", "duplicate chunk", "chunk gap",
     "payload size mismatch", "no chunks yet", "bad layout", "limit exceeded", "integrity error",
     "no space", "unknown model", "unknown lease", "session exists", "permission denied",
-    "shutting down", "internal error", "handshake required",
+    "shutting down", "internal error", "handshake required", "unavailable",
 };
 
 const char *fm_code_name(int32_t code) {
@@ -780,7 +780,17 @@ int fm_close_session(fm_client *c, uint64_t session, int del, fm_error *err) {
 
 int fm_persist(fm_client *c, uint64_t session, fm_error *err) {
 	buf b = {0};
+	put_u64(&b, session); /* the 8-byte body: durability local, accepted by every daemon */
+	frame f;
+	int rc = call_buf(c, FM_OP_PERSIST, &b, &f, err);
+	free(b.p);
+	return rc ? rc : empty_reply(c, &f, err, "PERSIST");
+}
+
+int fm_persist_durability(fm_client *c, uint64_t session, uint32_t durability, fm_error *err) {
+	buf b = {0};
 	put_u64(&b, session);
+	put_u32(&b, durability);
 	frame f;
 	int rc = call_buf(c, FM_OP_PERSIST, &b, &f, err);
 	free(b.p);
@@ -839,6 +849,9 @@ void fm_cycle_results_free(fm_cycle_result *res, uint32_t n) {
 		free(res[i].message);
 		free(res[i].pages);
 		free(res[i].tail);
+		for (uint32_t d = 0; d < res[i].n_damaged; d++)
+			free(res[i].damaged[d].message);
+		free(res[i].damaged);
 	}
 	free(res);
 }
@@ -903,7 +916,7 @@ int fm_cycle(fm_client *c, const fm_cycle_entry *entries, uint32_t n, fm_cycle_r
 		if (!at)
 			break;
 		memcpy(&w, at, sizeof w - 4);
-		if (w.flags & ~1u || w.reserved)
+		if (w.flags & ~(FM_CYCLE_FALLBACK | FM_CYCLE_DAMAGED) || w.reserved)
 			r.bad = 1;
 		x->lease = w.lease;
 		x->cycle = w.cycle;
@@ -912,12 +925,28 @@ int fm_cycle(fm_client *c, const fm_cycle_entry *entries, uint32_t n, fm_cycle_r
 		x->resident_pages = w.resident_pages;
 		x->forced_pages = w.forced_pages;
 		x->recalled_pages = w.recalled_pages;
-		x->fallback = (int)(w.flags & 1u);
+		x->fallback = (int)(w.flags & FM_CYCLE_FALLBACK);
 		x->above_fraction = w.above_fraction;
 		x->wait_us = w.wait_us;
 		x->score_us = w.score_us;
 		x->pages = get_slots(&r, &x->n_pages);
 		x->tail = get_slots(&r, &x->n_tail);
+		if (w.flags & FM_CYCLE_DAMAGED) {
+			uint32_t nd = get_count(&r, 10, FM_MAX_CYCLE_DAMAGED);
+			if (nd == 0 || !(x->damaged = calloc(nd, sizeof *x->damaged))) {
+				r.bad = 1;
+				break;
+			}
+			for (uint32_t d = 0; d < nd && !r.bad; d++) {
+				char msg[FM_MAX_ERROR_MSG + 1];
+				x->damaged[d].page = get_u32(&r);
+				x->damaged[d].code = (int32_t)get_u32(&r);
+				get_str(&r, msg, sizeof msg);
+				x->n_damaged = d + 1;
+				if (x->damaged[d].code == 0 || !(x->damaged[d].message = strdup(msg)))
+					r.bad = 1;
+			}
+		}
 	}
 	if (r.bad || r.off != r.n || got != n || f.nfds) {
 		fm_cycle_results_free(res, got);

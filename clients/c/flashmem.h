@@ -70,6 +70,7 @@ enum fm_op {
 	FM_OP_VERIFY = 0x0045,
 	FM_OP_DELETE = 0x0046,
 	FM_OP_SAVE = 0x0047,
+	FM_OP_CLUSTER = 0x0048,
 };
 
 /* Wire error codes (section 8; numbers are permanent). Unknown codes: treat as INTERNAL. */
@@ -98,6 +99,7 @@ enum fm_code {
 	FM_E_SHUTTING_DOWN = 21,
 	FM_E_INTERNAL = 22,
 	FM_E_HANDSHAKE_REQUIRED = 23,
+	FM_E_UNAVAILABLE = 24,
 	/* local failures (never on the wire) */
 	FM_E_LOCAL_IO = -1,      /* socket error or EOF; the connection is closed */
 	FM_E_LOCAL_PROTO = -2,   /* the daemon sent bytes this client cannot parse; closed */
@@ -111,6 +113,11 @@ enum fm_code {
 #define FM_NO_DEVICE 0xFFFFFFFFu
 #define FM_REGION_MEMFD 0u
 #define FM_REGION_CUDA 1u
+#define FM_CYCLE_FALLBACK 1u
+#define FM_CYCLE_DAMAGED 2u
+#define FM_MAX_CYCLE_DAMAGED 4096
+#define FM_DURABILITY_LOCAL 0u
+#define FM_DURABILITY_CLUSTER 1u
 
 /* ---- packed wire structs ----------------------------------------------------------- */
 #define FM_PACKED __attribute__((packed))
@@ -209,7 +216,7 @@ typedef struct FM_PACKED fm_wire_cycle_result {
 	uint32_t resident_pages;
 	uint32_t forced_pages;
 	uint32_t recalled_pages;
-	uint32_t flags; /* bit 0: FALLBACK */
+	uint32_t flags; /* FM_CYCLE_FALLBACK, FM_CYCLE_DAMAGED */
 	uint32_t reserved;
 	double above_fraction;
 	uint64_t wait_us;
@@ -342,6 +349,13 @@ typedef struct fm_cycle_entry {
 	const uint32_t *query_lens; /* n_queries lengths */
 } fm_cycle_entry;
 
+/* A selected page the daemon left out of the table: its stored bytes failed verification. */
+typedef struct fm_damaged_page {
+	uint32_t page;
+	int32_t code;  /* FM_E_INTEGRITY */
+	char *message;
+} fm_damaged_page;
+
 typedef struct fm_cycle_result {
 	int32_t status;  /* 0, or the entry's wire error code */
 	char *message;   /* the error message for a failed entry (else NULL) */
@@ -353,6 +367,8 @@ typedef struct fm_cycle_result {
 	uint32_t n_pages, n_tail;
 	fm_page_slot *pages; /* sorted by page; the table the decoder may read now */
 	fm_page_slot *tail;  /* slots for the pages the next tau steps produce */
+	uint32_t n_damaged;
+	fm_damaged_page *damaged; /* never read these pages (NULL when none) */
 } fm_cycle_result;
 
 /* ---- API --------------------------------------------------------------------------- */
@@ -383,6 +399,8 @@ uint8_t *fm_session_row(const fm_session *s, uint32_t layer, uint32_t slot);
 void fm_session_free(fm_session *s);
 int fm_close_session(fm_client *c, uint64_t session, int del, fm_error *err);
 int fm_persist(fm_client *c, uint64_t session, fm_error *err);
+/* PERSIST with a durability level (FM_DURABILITY_CLUSTER: daemons with a cluster). */
+int fm_persist_durability(fm_client *c, uint64_t session, uint32_t durability, fm_error *err);
 
 /* APPEND with the payload inline in the frame. */
 int fm_append_inline(fm_client *c, uint64_t session, uint64_t first_chunk, uint32_t count,
@@ -402,7 +420,7 @@ void fm_cycle_results_free(fm_cycle_result *results, uint32_t n);
 int fm_release(fm_client *c, const uint64_t *leases, uint32_t n, fm_error *err);
 
 /* Admin ops (JSON bodies, section 10.11): op FM_OP_STATUS/SESSIONS/MODELS (request NULL)
- * or INSPECT/EVICT/VERIFY/DELETE/SAVE (request {"session": 3} or {"name": "s"}). *reply is malloc'd, NUL-terminated. */
+ * or INSPECT/EVICT/VERIFY/DELETE/SAVE (request {"session": 3} or {"name": "s"}), CLUSTER. *reply is malloc'd, NUL-terminated. */
 int fm_admin(fm_client *c, uint16_t op, const char *request, char **reply, size_t *reply_len, fm_error *err);
 
 /* Raw access: send `header` (32 bytes, as is, or NULL to build one for op with the

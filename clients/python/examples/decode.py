@@ -228,6 +228,8 @@ def torch_main(a, torch):
         tq = time.perf_counter()
         res = sess.cycle(queries(), step=step, position=chunks * a.tokens_per_chunk)
         cycle_rtt.append((time.perf_counter() - tq) * 1e6)
+        if res.damaged:  # an engine re-prefills these pages; the reference decoder stops
+            raise SystemExit("cycle at step %d: damaged pages %s" % (step, res.damaged))
         waits.append(res.wait_us)
         scores.append(res.score_us)
         recalled.append(res.recalled_pages)

@@ -265,8 +265,11 @@ class Client:
     def close_session(self, session, delete=False):
         self._empty(self._call(wire.OP_CLOSE, struct.pack("<QI", session, 1 if delete else 0)))
 
-    def persist(self, session):
-        self._empty(self._call(wire.OP_PERSIST, struct.pack("<Q", session)))
+    def persist(self, session, durability=None):
+        """PERSIST: flush to SSD; durability wire.DURABILITY_CLUSTER also replicates
+        (daemons with a cluster). None sends the 8-byte body every daemon accepts."""
+        body = struct.pack("<Q", session) if durability is None else struct.pack("<QI", session, durability)
+        self._empty(self._call(wire.OP_PERSIST, body))
 
     def append(self, session, first_chunk, count, keys, payload=None, staging=None):
         """APPEND count chunks. Either payload (bytes-like, sent inline) or staging=(offset,
@@ -316,6 +319,11 @@ class Client:
     def evict(self, session=None, name=None):
         """Move a session's pages out of memory (only demotes pages of an attached one)."""
         return self._json(wire.OP_EVICT, _target(session, name))
+
+    def cluster(self, request):
+        """CLUSTER admin op (daemons with a [cluster] table): request is a dict, e.g.
+        {"action": "status"} (docs/cluster.md)."""
+        return self._json(wire.OP_CLUSTER, json.dumps(request).encode())
 
     def models(self):
         """The daemon's indexer models with the query/key sizes they take, and the limits."""
@@ -371,15 +379,18 @@ class CycleResult:
     """One entry's CYCLE result (section 10.9). ``pages`` is the page table the decoder may
     read now and ``tail`` the slots for the next tau steps' pages, both lists of (page, slot);
     ``pages_raw``/``tail_raw`` hold the same as packed little-endian u32 pairs (for
-    torch.frombuffer). Use as a context manager to RELEASE the lease on exit."""
+    torch.frombuffer). ``damaged`` lists (page, error) for selected pages the daemon left out
+    of the table because their stored bytes failed verification (error: an IntegrityError);
+    never read those pages. Use as a context manager to RELEASE the lease on exit."""
 
     __slots__ = ("client", "error", "lease", "cycle", "chunks", "total_pages", "resident_pages",
                  "forced_pages", "recalled_pages", "fallback", "above_fraction", "wait_us", "score_us",
-                 "pages_raw", "tail_raw", "released")
+                 "pages_raw", "tail_raw", "damaged", "released")
 
     def __init__(self, client):
         self.client = client
         self.error = None
+        self.damaged = []
         self.released = False
 
     @property
@@ -411,6 +422,9 @@ class CycleResult:
             self.lease, self.cycle, self.chunks, len(self.pages_raw) // 8, len(self.tail_raw) // 8)
 
 
+_PAGE_CODE = struct.Struct("<II")
+
+
 def _decode_cycle_reply(body, client):
     r = wire.Reader(body, "CYCLE reply")
     n = r.count("cycle results", 6, wire.MAX_CYCLE_ENTRIES)
@@ -424,11 +438,21 @@ def _decode_cycle_reply(body, client):
             continue
         (res.lease, res.cycle, res.chunks, res.total_pages, res.resident_pages, res.forced_pages,
          res.recalled_pages, flags, reserved, res.above_fraction, res.wait_us, res.score_us) = r.unpack(wire._RESULT)
-        if flags & ~wire.CYCLE_FLAG_FALLBACK or reserved:
+        if flags & ~(wire.CYCLE_FLAG_FALLBACK | wire.CYCLE_FLAG_DAMAGED) or reserved:
             r.fail("unknown cycle flags %#x / reserved %d" % (flags, reserved))
         res.fallback = bool(flags & wire.CYCLE_FLAG_FALLBACK)
         res.pages_raw = bytes(r.take(8 * r.count("pages", 8, 1 << 27)))
         res.tail_raw = bytes(r.take(8 * r.count("tail", 8, 1 << 27)))
+        if flags & wire.CYCLE_FLAG_DAMAGED:
+            nd = r.count("damaged pages", 10, wire.MAX_CYCLE_DAMAGED)
+            if nd == 0:
+                r.fail("damaged flag with an empty list")
+            for _ in range(nd):
+                page, code = r.unpack(_PAGE_CODE)
+                msg = r.str16()
+                if code == 0:
+                    r.fail("damaged page %d with status OK" % page)
+                res.damaged.append((page, error_for(code, msg)))
         out.append(res)
     r.end()
     return out
@@ -513,8 +537,8 @@ class Session:
             raise res.error
         return res
 
-    def persist(self):
-        self.client.persist(self.id)
+    def persist(self, durability=None):
+        self.client.persist(self.id, durability)
 
     def unmap(self):
         if self.reserve is not None:

@@ -17,7 +17,7 @@ __all__ = [
     "BadRequest", "UnknownSession", "NotOwner", "DuplicateChunk", "ChunkGap", "PayloadSize",
     "NoChunks", "BadLayout", "LimitExceeded", "IntegrityError", "NoSpace", "UnknownModel",
     "UnknownLease", "SessionExists", "PermissionDenied", "ShuttingDown", "InternalError",
-    "HandshakeRequired",
+    "HandshakeRequired", "Unavailable",
 ]
 
 
@@ -77,13 +77,15 @@ PermissionDenied = _cls("PermissionDenied", 20, "permission denied",
 ShuttingDown = _cls("ShuttingDown", 21, "shutting down", "The daemon takes no new work (21).")
 InternalError = _cls("InternalError", 22, "internal error", "Daemon-side failure (22).")
 HandshakeRequired = _cls("HandshakeRequired", 23, "handshake required",
-                         "An op other than HELLO/PING before HELLO, or HELLO twice (23).")
+                         "An op other than HELLO/PING before HELLO, HELLO twice, or none in time (23).")
+Unavailable = _cls("Unavailable", 24, "unavailable",
+                   "The cluster cannot do it now (no quorum, too few replicas); retry later (24).")
 
 ERROR_CLASSES = {c.code: c for c in (
     BadFrame, UnsupportedVersion, FrameTooLarge, UnknownOp, ChecksumMismatch, BadRequest,
     UnknownSession, NotOwner, DuplicateChunk, ChunkGap, PayloadSize, NoChunks, BadLayout,
     LimitExceeded, IntegrityError, NoSpace, UnknownModel, UnknownLease, SessionExists,
-    PermissionDenied, ShuttingDown, InternalError, HandshakeRequired)}
+    PermissionDenied, ShuttingDown, InternalError, HandshakeRequired, Unavailable)}
 
 
 def error_for(code, message=""):

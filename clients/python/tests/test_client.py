@@ -388,7 +388,8 @@ def test_integrity_error(fresh_daemon):
     lay = small_layout(16)
     with flashmem.connect(fresh_daemon.socket) as c:
         s = c.open(lay, name="py-integrity", persist=True)
-        fill(s, 3, 256, rng)
+        fill(s, 3, 250, rng)  # the last page is partial: APPEND into it must fail below
+        expect(flashmem.BadRequest, lambda: s.persist(wire.DURABILITY_CLUSTER))  # no [cluster]
         s.persist()
         s.unmap()
     fresh_daemon.stop()
@@ -407,14 +408,24 @@ def test_integrity_error(fresh_daemon):
     fresh_daemon.start()
     with flashmem.connect(fresh_daemon.socket) as c:
         s = resume_when_detached(c, "py-integrity")
-        expect(flashmem.IntegrityError, lambda: s.cycle(queries(3, HIDDEN, rng), position=1000))
+        with s.cycle(queries(3, HIDDEN, rng), position=1000) as r:
+            assert r.damaged, "no damaged page reported: %r" % (r,)
+            damaged = {p for p, _ in r.damaged}
+            for p, err in r.damaged:
+                assert isinstance(err, flashmem.IntegrityError) and err.code == 15 and err.message
+            assert not damaged & {p for p, _ in r.pages}, "a damaged page was served"
+        # APPEND into a damaged page fails (its other chunks are lost).
+        if 3 in damaged:
+            expect(flashmem.IntegrityError, lambda: s.append(payload(lay, 3, 250, 1), keys(lay, 1, rng)))
+        else:
+            pytest.fail("the partial last page was not reported damaged: %s" % sorted(damaged))
         s.unmap()
 
 
 def test_unknown_code_is_a_flashmem_error():
     e = flashmem.error_for(999, "from the future")
     assert type(e) is flashmem.FlashMemError and e.code == 999 and "code 999" in str(e)
-    assert set(flashmem.ERROR_CLASSES) == set(range(1, 24))
+    assert set(flashmem.ERROR_CLASSES) == set(range(1, 25))
     for code, cls in flashmem.ERROR_CLASSES.items():
         assert isinstance(flashmem.error_for(code, "m"), cls) and cls.code == code
 
