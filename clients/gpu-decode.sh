@@ -37,7 +37,7 @@ for _ in $(seq 600); do grep -q 'msg=serving' "$out/flashmemd.log" 2>/dev/null &
 nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
 PYTHONUNBUFFERED=1 python3 clients/python/examples/decode.py --socket "$work/fm.sock" --device "${DEVICE:-0}" \
   --tokens "${TOKENS:-131072}" --steps "${STEPS:-1024}" --kmax "${KMAX:-64}" --heads "${HEADS:-64}" \
-  --layers "${LAYERS:-21}" --json "$out/decode.json"
+  --layers "${LAYERS:-21}" --require-cuda --json "$out/decode.json"
 rc=$?
 kill "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null

@@ -71,6 +71,7 @@ def parse():
     p.add_argument("--json", default=None, help="write the result here too")
     p.add_argument("--small", action="store_true", help="CI shape: host reserve, 2 layers, 8,192 tokens, 128 steps")
     p.add_argument("--pure", action="store_true", help="the pure-Python check even if torch is present")
+    p.add_argument("--require-cuda", action="store_true", help="fail unless the daemon serves a CUDA reserve")
     a = p.parse_args()
     if a.small:
         a.device, a.layers, a.tokens, a.steps, a.heads, a.kmax = "host", 2, 8192, 128, 4, 8
@@ -116,6 +117,9 @@ def torch_main(a, torch):
                           [flashmem.LayerLayout(ROW, [DATA, SCALES]) for _ in range(a.layers)])
     pol = flashmem.Policy(first_keep=a.first_keep, last_keep=a.last_keep, kmax=a.kmax, fallback_ratio=1.0)
     sess = c.open(lay, model=a.model, device=device_arg(a.device), policy=pol)
+    if a.require_cuda and sess.region.kind != flashmem.REGION_CUDA:
+        raise SystemExit("the daemon served a host-memory reserve (kind %d), not GPU memory: is it the "
+                         "cuda build, with [gpu] on, on a host whose driver exports VMM handles?" % sess.region.kind)
     rt = ReserveTensors(sess)
     dev = rt.device
     R = rt.stacked()  # [layers, slots, row], the daemon lays layers back to back
