@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -309,7 +311,7 @@ func LoadConfigFile(cfg *Config, path string) error {
 	if err := dec.Decode(cfg); err != nil {
 		var sm *toml.StrictMissingError
 		if errors.As(err, &sm) {
-			return fmt.Errorf("%w: %s: %s", ErrConfig, path, sm.String())
+			return fmt.Errorf("%w: %s: %s", ErrConfig, path, unknownKeys(sm))
 		}
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
@@ -347,6 +349,7 @@ func ApplyEnv(cfg *Config, getenv func(string) string) error {
 
 // ParseBytes reads sizes such as "512MiB", "4G" or "1048576".
 func ParseBytes(s string) (int64, error) {
+	orig := s
 	s = strings.TrimSpace(s)
 	mult := int64(1)
 	units := []struct {
@@ -361,10 +364,51 @@ func ParseBytes(s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("not a size: %q", s)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a size: %s", orig, sizeUnits)
 	}
 	return n * mult, nil
+}
+
+// sizeUnits says what ParseBytes accepts.
+const sizeUnits = "use a whole number of bytes with an optional unit B, K or KiB, M or MiB, G or GiB, T or TiB (such as 512MiB or 8GiB)"
+
+// unknownKeys names each unknown table or key of a strict TOML decode, with
+// its line, and where the known ones are listed.
+func unknownKeys(sm *toml.StrictMissingError) string {
+	var parts []string
+	for _, de := range sm.Errors {
+		row, _ := de.Position()
+		key := strings.Join(de.Key(), ".")
+		if strings.Contains(de.Error(), "missing table") {
+			parts = append(parts, fmt.Sprintf("line %d: unknown table [%s] (tables: %s)", row, key, strings.Join(configTables(), ", ")))
+		} else {
+			parts = append(parts, fmt.Sprintf("line %d: unknown key %s", row, key))
+		}
+	}
+	return strings.Join(parts, "; ") + "; systemd/flashmemd.toml lists every table and key with its default"
+}
+
+// configTables lists the TOML tables of Config.
+func configTables() []string {
+	var out []string
+	t := reflect.TypeOf(Config{})
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		switch f.Type.Kind() {
+		case reflect.Struct:
+			out = append(out, "["+name+"]")
+		case reflect.Slice:
+			if f.Type.Elem().Kind() == reflect.Struct {
+				out = append(out, "[["+name+"]]")
+			}
+		}
+	}
+	return out
 }
 
 // Validate checks values a typo could make dangerous and fills derived

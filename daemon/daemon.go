@@ -47,6 +47,8 @@ type Daemon struct {
 	kinds  map[string]string // model name → kindLSA, kindText, kindTrace
 
 	ln        *net.UnixListener
+	metricsLn net.Listener // bound in New, served by Run
+	dataLock  *os.File     // flock on data_dir/flashmemd.lock
 	activated bool
 	instance  [16]byte
 	started   time.Time
@@ -115,6 +117,12 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
+	if d.dataLock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if d.metricsLn, err = listenMetrics(cfg.Metrics); err != nil {
+		return nil, err
+	}
 	if d.models, err = loadModels(cfg.Indexer); err != nil {
 		return nil, err
 	}
@@ -167,11 +175,10 @@ func (d *Daemon) Addr() string { return d.ln.Addr().String() }
 func (d *Daemon) Run(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.Background())
 	d.bgCancel = cancel
-	stopMetrics, err := serveMetrics(bg, d.log, d.cfg.Metrics, d.m.reg, d.healthy)
-	if err != nil {
-		return err
-	}
+	stopMetrics := serveMetrics(d.log, d.metricsLn, d.m.reg, d.healthy)
+	d.metricsLn = nil // the server closes it
 	defer stopMetrics()
+	var err error
 	d.m.reg.MustRegister(&tierCollector{d: d}, &gpuCollector{g: d.gpu})
 	d.gpu.run(bg, &d.bgWG)
 	n := notifier{log: d.log}
@@ -262,6 +269,12 @@ func (d *Daemon) Close() error {
 		errs = append(errs, d.gpu.Close())
 		if d.reserve != nil {
 			errs = append(errs, d.reserve.Close())
+		}
+		if d.metricsLn != nil {
+			d.metricsLn.Close()
+		}
+		if d.dataLock != nil {
+			d.dataLock.Close() // last: the data directory is free for another daemon
 		}
 		d.closeErr = errors.Join(errs...)
 	})

@@ -60,11 +60,12 @@ func newMetrics() *metrics {
 	return m
 }
 
-// serveMetrics serves /metrics and /healthz until ctx ends. addr is
-// "host:port" (loopback only) or "unix:/path".
-func serveMetrics(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, healthy func() error) (func(), error) {
+// listenMetrics binds the metrics address before the daemon reports ready,
+// so a taken port fails the start. addr is "host:port" (loopback only),
+// "unix:/path", or "off"/"" (nil listener).
+func listenMetrics(addr string) (net.Listener, error) {
 	if addr == "" || addr == "off" {
-		return func() {}, nil
+		return nil, nil
 	}
 	var ln net.Listener
 	var err error
@@ -74,15 +75,24 @@ func serveMetrics(ctx context.Context, log *slog.Logger, addr string, reg *prome
 	} else {
 		host, _, serr := net.SplitHostPort(addr)
 		if serr != nil {
-			return nil, fmt.Errorf("%w: metrics address %q: %v", ErrConfig, addr, serr)
+			return nil, fmt.Errorf("%w: metrics address %q: %v (use HOST:PORT on loopback, unix:/path, or off)", ErrConfig, addr, serr)
 		}
 		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return nil, fmt.Errorf("%w: metrics address %q is not loopback", ErrConfig, addr)
+			return nil, fmt.Errorf("%w: metrics address %q is not loopback (use 127.0.0.1:PORT, unix:/path, or off)", ErrConfig, addr)
 		}
 		ln, err = net.Listen("tcp", addr)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("metrics listener %s: %w", addr, err)
+		return nil, metricsListenError(addr, err)
+	}
+	return ln, nil
+}
+
+// serveMetrics serves /metrics and /healthz on ln (nil: nothing) until the
+// returned stop is called.
+func serveMetrics(log *slog.Logger, ln net.Listener, reg *prometheus.Registry, healthy func() error) func() {
+	if ln == nil {
+		return func() {}
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -104,5 +114,5 @@ func serveMetrics(ctx context.Context, log *slog.Logger, addr string, reg *prome
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
-	}, nil
+	}
 }

@@ -2,7 +2,11 @@ package ctl
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -30,6 +34,23 @@ Tasks: ` + strings.Join(eval.AllTasks, ", "),
 			if tasks != "" {
 				o.Tasks = splitList(tasks)
 			}
+			if o.Tokens < 1024 || o.Tokens > 2<<20 {
+				return fmt.Errorf("%w: --tokens %d: use 1024 to 2097152 (32768 to 1048576 are the evaluated sizes)", ErrUsage, o.Tokens)
+			}
+			if o.Records < 1 {
+				return fmt.Errorf("%w: --records %d: use 1 or more", ErrUsage, o.Records)
+			}
+			if o.Queries < 1 || o.Queries > 64 {
+				return fmt.Errorf("%w: --queries %d: use 1 to 64", ErrUsage, o.Queries)
+			}
+			for _, t := range o.Tasks {
+				if !slices.Contains(eval.AllTasks, t) {
+					return fmt.Errorf("%w: --tasks: unknown task %q (known: %s)", ErrUsage, t, strings.Join(eval.AllTasks, ", "))
+				}
+			}
+			if err := checkTextDir("--filler", o.FillerDir, eval.DefaultFillerDir); err != nil {
+				return err
+			}
 			w := g.out
 			var f *os.File
 			if outPath != "-" {
@@ -42,6 +63,9 @@ Tasks: ` + strings.Join(eval.AllTasks, ", "),
 			}
 			bw := bufio.NewWriterSize(w, 1<<20)
 			if err := eval.Generate(bw, o); err != nil {
+				if errors.Is(err, eval.ErrNoFiller) {
+					return fmt.Errorf("%w: pass --filler DIR, a directory of .txt files (any text)", err)
+				}
 				return err
 			}
 			if err := bw.Flush(); err != nil {
@@ -63,4 +87,32 @@ Tasks: ` + strings.Join(eval.AllTasks, ", "),
 	f.StringVar(&o.FillerDir, "filler", eval.DefaultFillerDir, "directory of .txt filler files (any text)")
 	f.StringVar(&o.Style, "style", eval.StyleDefault, "templates: default, or heldout (other wording, keys and values: the held-out split of docs/evaluation.md)")
 	return cmd
+}
+
+// checkTextDir checks a directory flag of .txt files before any work, so
+// the error names the flag, and says where a relative default resolves.
+func checkTextDir(flag, dir, def string) error {
+	ents, err := os.ReadDir(dir)
+	n := 0
+	for _, e := range ents {
+		if !e.IsDir() && strings.HasSuffix(e.Name(), ".txt") {
+			n++
+		}
+	}
+	if err == nil && n > 0 {
+		return nil
+	}
+	why := "has no .txt files"
+	if err != nil {
+		why = "cannot be read"
+		if errors.Is(err, os.ErrNotExist) {
+			why = "does not exist"
+		}
+	}
+	hint := ""
+	if dir == def && !filepath.IsAbs(def) {
+		abs, _ := filepath.Abs(dir)
+		hint = fmt.Sprintf(" (the default is relative to the working directory, here %s; it exists when flashmemctl runs from the repository root)", abs)
+	}
+	return fmt.Errorf("%w: %s %s %s%s: pass %s DIR, a directory of .txt files (any text)", ErrUsage, flag, dir, why, hint, flag)
 }

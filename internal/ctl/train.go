@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flashmemory/flashmemory/eval"
 	"github.com/flashmemory/flashmemory/indexer/textmode"
 )
 
@@ -30,6 +31,9 @@ Progress is a bar on a terminal and a line per ~10 % otherwise.`,
 			// Several corpora: comma-separated directories, each sorted by name.
 			var names []string
 			for _, dir := range splitList(textDir) {
+				if err := checkTextDir("--text", dir, eval.DefaultFillerDir); err != nil {
+					return err
+				}
 				ns, err := filepath.Glob(filepath.Join(dir, "*.txt"))
 				if err != nil {
 					return err
@@ -113,7 +117,7 @@ Progress is a bar on a terminal and a line per ~10 % otherwise.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&textDir, "text", "../shared/haystack/paul-graham-essays", "directory of .txt training files, or several, comma-separated")
+	f.StringVar(&textDir, "text", eval.DefaultFillerDir, "directory of .txt training files, or several, comma-separated")
 	f.StringVar(&outPath, "out", "textmode.safetensors", "output model file (written atomically)")
 	f.Uint64Var(&o.Seed, "seed", def.Seed, "random seed")
 	f.IntVar(&o.Epochs, "epochs", def.Epochs, "epochs")
