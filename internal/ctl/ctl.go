@@ -111,7 +111,7 @@ func Command(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "connect timeout")
 	root.PersistentFlags().BoolVar(&g.asJSON, "json", false, "print JSON")
 	root.AddCommand(statusCmd(g), sessionsCmd(g), inspectCmd(g), evictCmd(g), resumeCmd(g), persistCmd(g),
-		deleteCmd(g), verifyCmd(g), clusterCmd(g), demoCmd(g), trainCmd(g), genCmd(g), evalCmd(g), simCmd(g))
+		deleteCmd(g), verifyCmd(g), waitCmd(g), clusterCmd(g), demoCmd(g), trainCmd(g), genCmd(g), evalCmd(g), simCmd(g))
 	return root
 }
 

@@ -186,3 +186,35 @@ func verifyCmd(g *globals) *cobra.Command {
 		},
 	}
 }
+
+func waitCmd(g *globals) *cobra.Command {
+	var within time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait",
+		Short: "Wait until flashmemd answers on its socket (after starting it in the background)",
+		Long: `wait dials the control socket until the daemon answers or --for passes, so that
+"flashmemd & flashmemctl wait" is safe to paste: the next command finds the daemon ready.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			deadline := time.Now().Add(within)
+			for {
+				c, err := g.dial(cmd.Context())
+				if err == nil {
+					c.Close()
+					fmt.Fprintf(g.out, "flashmemd is up at %s\n", g.socket)
+					return nil
+				}
+				if !errors.Is(err, ErrNoDaemon) || time.Now().After(deadline) {
+					return fmt.Errorf("after %s: %w", within, err)
+				}
+				select {
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		},
+	}
+	cmd.Flags().DurationVar(&within, "for", 30*time.Second, "how long to wait")
+	return cmd
+}
