@@ -95,7 +95,7 @@ func TestAdminCommands(t *testing.T) {
 	}
 	corruptSegment(t, cfg.DataDir)
 	out, err = run(t, sock, "verify", "demo")
-	if !errors.Is(err, ErrDamaged) || !strings.Contains(out, "1 bad") || !strings.Contains(out, "checksum") {
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(out, "129 bad") || !strings.Contains(out, "checksum") {
 		t.Fatalf("verify of a damaged session: %v\n%s", err, out)
 	}
 	out, err = run(t, sock, "delete", "demo")
@@ -118,27 +118,26 @@ func TestAdminCommands(t *testing.T) {
 	}
 }
 
-// corruptSegment flips one byte in the body of the first page record of
-// the first SSD segment file under dir.
+// corruptSegment flips one byte in every 4 KiB block of every SSD segment
+// file under dir, so every live page record fails its checksum wherever
+// compaction has put it.
 func corruptSegment(t *testing.T, dir string) {
 	t.Helper()
 	segs, _ := filepath.Glob(filepath.Join(dir, "ssd", "pages", "*.seg"))
 	if len(segs) == 0 {
 		t.Fatalf("no segment files under %s/ssd/pages", dir)
 	}
-	f, err := os.OpenFile(segs[0], os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, 1)
-	const off = 1000 // past the 48-byte header of the record at 0
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0xFF
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
+	for _, seg := range segs {
+		b, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 1000; off < len(b); off += 4096 { // past a record's 48-byte header
+			b[off] ^= 0xFF
+		}
+		if err := os.WriteFile(seg, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -246,6 +246,12 @@ func TestSimTiny(t *testing.T) {
 			t.Errorf("table lacks %s:\n%s", m, tab.String())
 		}
 	}
+	head, _, _ := strings.Cut(tab.String(), "\ncycles:")
+	for _, l := range strings.Split(head, "\n") {
+		if n := len([]rune(l)); n > 100 {
+			t.Errorf("table line of %d columns: %q", n, l)
+		}
+	}
 }
 
 // TestSimTrace checks the synthetic trace: fixed set size, the churn, hints

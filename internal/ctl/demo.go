@@ -291,7 +291,7 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 
 	// Prefill.
 	t0 := time.Now()
-	prog := newProgress(out, int64(chunks), "prefill chunks")
+	prog := newProgress(g.errw, int64(chunks), "prefill chunks")
 	const batch = 256
 	for first := uint64(0); first < chunks; first += batch {
 		n := min(batch, chunks-first)
@@ -315,7 +315,7 @@ func runDemo(ctx context.Context, g *globals, o demoOpts) error {
 	var footprint float64
 	var needleHits, needleTotal, checked, recalled int
 	var lease uint64
-	prog = newProgress(out, int64(o.cycles), "decode cycles")
+	prog = newProgress(g.errw, int64(o.cycles), "decode cycles")
 	for k := 0; k < o.cycles; k++ {
 		pos := uint64(o.tokens + k*stepsPerCycle)
 		tc := time.Now()

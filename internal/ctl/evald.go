@@ -1,6 +1,8 @@
 package ctl
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -237,8 +239,37 @@ func runInProcessEval(o evalOpts) (*eval.Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: --expand: %w", ErrUsage, err)
 	}
+	var prog *progress
+	if o.progress != nil {
+		prog = newProgress(o.progress, int64(countRecords(o.data)), "eval records")
+		defer prog.done()
+	}
 	return eval.Run(eval.NewReader(f), eval.RunOptions{Model: m, Footprints: o.footprints, Seed: o.seed,
-		Methods: append(slices.Clone(o.modes), o.baselines...), Expand: exp})
+		Methods: append(slices.Clone(o.modes), o.baselines...), Expand: exp,
+		Progress: func(int, string) {
+			if prog != nil {
+				prog.add(1)
+			}
+		}})
+}
+
+// countRecords counts the non-empty lines of a JSONL file, for the progress
+// bar's total (0 when it cannot be read: the reader reports that).
+func countRecords(path string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<30)
+	n := 0
+	for sc.Scan() {
+		if len(bytes.TrimSpace(sc.Bytes())) > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 func (o *evalOpts) check() error {
@@ -273,6 +304,11 @@ func runDaemonEval(ctx context.Context, c *proto.Client, o evalOpts) (*eval.Repo
 	defer f.Close()
 	rd := eval.NewReader(f)
 	methods := append(slices.Clone(o.modes), o.baselines...)
+	var prog *progress
+	if o.progress != nil {
+		prog = newProgress(o.progress, int64(countRecords(o.data)), "eval records")
+		defer prog.done()
+	}
 	col := eval.NewCollector()
 	rng := rand.New(rand.NewPCG(o.seed, 0x4a4d))
 	n := 0
@@ -295,8 +331,8 @@ func runDaemonEval(ctx context.Context, c *proto.Client, o evalOpts) (*eval.Repo
 			return nil, fmt.Errorf("record %q (line %d): %w", rec.ID, rd.Line(), err)
 		}
 		n++
-		if o.progress != nil {
-			fmt.Fprintf(o.progress, "  eval: %d records (%s, %d tokens)\n", n, rec.ID, len(doc.Tokens))
+		if prog != nil {
+			prog.add(1)
 		}
 	}
 	return col.Report(methods, o.footprints), nil

@@ -2,8 +2,10 @@ package ctl
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,7 +64,14 @@ Tasks: ` + strings.Join(eval.AllTasks, ", "),
 				w = f
 			}
 			bw := bufio.NewWriterSize(w, 1<<20)
-			if err := eval.Generate(bw, o); err != nil {
+			ntasks := len(o.Tasks)
+			if ntasks == 0 {
+				ntasks = len(eval.AllTasks)
+			}
+			prog := newProgress(cmd.ErrOrStderr(), int64(ntasks*o.Records), "gen records")
+			err := eval.Generate(&lineCounter{w: bw, p: prog}, o)
+			prog.done()
+			if err != nil {
 				if errors.Is(err, eval.ErrNoFiller) {
 					return fmt.Errorf("%w: pass --filler DIR, a directory of .txt files (any text)", err)
 				}
@@ -115,4 +124,19 @@ func checkTextDir(flag, dir, def string) error {
 		hint = fmt.Sprintf(" (the default is relative to the working directory, here %s; it exists when flashmemctl runs from the repository root)", abs)
 	}
 	return fmt.Errorf("%w: %s %s %s%s: pass %s DIR, a directory of .txt files (any text)", ErrUsage, flag, dir, why, hint, flag)
+}
+
+// lineCounter advances a progress bar by the lines (JSONL records) written
+// through it.
+type lineCounter struct {
+	w io.Writer
+	p *progress
+}
+
+func (l *lineCounter) Write(b []byte) (int, error) {
+	n, err := l.w.Write(b)
+	if c := bytes.Count(b[:n], []byte{'\n'}); c > 0 {
+		l.p.add(int64(c))
+	}
+	return n, err
 }

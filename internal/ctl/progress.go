@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -13,6 +14,7 @@ import (
 // progress shows a bar on a terminal and a line every ~10 % otherwise, so
 // logs of scripted runs stay readable.
 type progress struct {
+	mu    sync.Mutex // add may be called from several goroutines (sim)
 	bar   *progressbar.ProgressBar
 	w     io.Writer
 	what  string
@@ -25,6 +27,9 @@ type progress struct {
 func newProgress(w io.Writer, max int64, what string) *progress {
 	p := &progress{w: w, what: what, max: max, t0: time.Now()}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if max <= 0 {
+			max = -1 // unknown: a spinner
+		}
 		p.bar = progressbar.NewOptions64(max, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription(what),
 			progressbar.OptionShowCount(), progressbar.OptionSetWidth(30), progressbar.OptionThrottle(100*time.Millisecond),
 			progressbar.OptionClearOnFinish())
@@ -33,6 +38,8 @@ func newProgress(w io.Writer, max int64, what string) *progress {
 }
 
 func (p *progress) add(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.cur += n
 	if p.bar != nil {
 		_ = p.bar.Add64(n)
@@ -45,6 +52,8 @@ func (p *progress) add(n int64) {
 }
 
 func (p *progress) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.bar != nil {
 		_ = p.bar.Finish()
 	}
@@ -79,5 +88,16 @@ func spinner(w io.Writer, what string) (stop func()) {
 			close(done)
 			_ = bar.Finish()
 		}
+	}
+}
+
+// tick advances p by one each time fn succeeds.
+func tick(p *progress, fn func(i int) error) func(i int) error {
+	return func(i int) error {
+		err := fn(i)
+		if err == nil {
+			p.add(1)
+		}
+		return err
 	}
 }

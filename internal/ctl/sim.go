@@ -649,7 +649,8 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	}()
 	// Prefill, a few sessions at a time.
 	t0 := time.Now()
-	if err := forEach(ctx, o.Sessions, 4, func(i int) error {
+	pp := newProgress(progress, int64(o.Sessions), "sim "+mode+": sessions prefilled")
+	if err := forEach(ctx, o.Sessions, 4, tick(pp, func(i int) error {
 		r := rand.New(rand.NewPCG(o.Seed, uint64(i)))
 		s := &simSession{}
 		if o.Model == SimModelLSA {
@@ -701,7 +702,7 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 			}
 		}
 		return nil
-	}); err != nil {
+	})); err != nil {
 		return nil, fmt.Errorf("prefill: %w", err)
 	}
 	// Let the spiller bring the host mirror inside its budget and finish
@@ -726,9 +727,13 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	}
 	m0 := scrapeMetrics(metrics)
 	t1 := time.Now()
-	if err := forEach(ctx, o.Sessions, o.Sessions, func(i int) error {
+	pp.done()
+	dp := newProgress(progress, int64(o.Sessions), "sim "+mode+": sessions decoded")
+	err = forEach(ctx, o.Sessions, o.Sessions, tick(dp, func(i int) error {
 		return ss[i].decode(ctx, o, i)
-	}); err != nil {
+	}))
+	dp.done()
+	if err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
 	}
 	secs := time.Since(t1).Seconds()
@@ -996,17 +1001,37 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 		return errors.New("no results")
 	}
 	r0 := res[0]
-	fmt.Fprintf(w, "\n%d sessions × %d tokens (%s of KV), host budget %s (%.0f %%), %d cycles each, resident %.0f %% + sink/tail, churn %.0f %%/cycle, foresight %.0f %%, %s decode per cycle; stall = sync load or wait ≥ %s\n\n",
-		o.Sessions, o.Tokens, human(uint64(r0.KVBytes)), human(uint64(r0.HostBudget)), 100*o.HostShare, o.Cycles, 100*o.Resident, 100*o.Churn, 100*o.Foresight, o.CycleTime, o.Stall)
+	fmt.Fprintf(w, "\n%d sessions × %d tokens (%s of KV), host budget %s (%.0f %%), %d cycles each,\n",
+		o.Sessions, o.Tokens, human(uint64(r0.KVBytes)), human(uint64(r0.HostBudget)), 100*o.HostShare, o.Cycles)
+	fmt.Fprintf(w, "resident %.0f %% + sink/tail, churn %.0f %%/cycle, foresight %.0f %%, %s decode per cycle;\nstall = sync load or wait ≥ %s (--json for every number)\n\n",
+		100*o.Resident, 100*o.Churn, 100*o.Foresight, o.CycleTime, o.Stall)
+	// Three tables, so each fits 100 columns: stalls, latency, tiers.
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "mode\tcycles\tstall-free\tstalls (at cycle 1)\tsync pages\twait p50/p99/max µs\tcycle RTT p50/p99 µs\tpages/cycle\thit reserve\thit host\thit ssd\treserve written\thost read\tssd read\tssd written\tstaged/used/late\t")
+	fmt.Fprintln(tw, "mode\tcycles\tstall-free\tstalls (at cycle 1)\tsync pages\tpages/cycle")
+	for _, r := range res {
+		fmt.Fprintf(tw, "%s\t%d\t%.4f\t%d (%d)\t%d\t%.1f\n", r.Mode, r.Cycles, r.StallFree, r.Stalled, r.FirstSetStalls, r.SyncPages, r.PagesPerCycle)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "mode\twait p50 µs\tp99\tmax\tcycle RTT p50 µs\tp99")
+	for _, r := range res {
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\n", r.Mode, r.WaitP50, r.WaitP99, r.WaitMax, r.RTTP50, r.RTTP99)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "mode\thit reserve/host/ssd\treserve written\thost read\tssd read\tssd written\tstaged/used/late")
 	for _, r := range res {
 		t := map[string]SimTier{}
 		for _, x := range r.Tiers {
 			t[x.Name] = x
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.4f\t%d (%d)\t%d\t%.0f / %.0f / %.0f\t%.0f / %.0f\t%.1f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%.0f/%.0f/%.0f\t\n", r.Mode, r.Cycles, r.StallFree, r.Stalled, r.FirstSetStalls, r.SyncPages,
-			r.WaitP50, r.WaitP99, r.WaitMax, r.RTTP50, r.RTTP99, r.PagesPerCycle, r.ReserveHit, t["host"].HitRate, t["ssd"].HitRate,
+		fmt.Fprintf(tw, "%s\t%.3f/%.3f/%.3f\t%s\t%s\t%s\t%s\t%.0f/%.0f/%.0f\n", r.Mode, r.ReserveHit, t["host"].HitRate, t["ssd"].HitRate,
 			human(t["reserve"].Written), human(t["host"].Read), human(t["ssd"].Read), human(t["ssd"].Written),
 			r.Counters["staged"], r.Counters["staged_used"], r.Counters["prefetch_late"])
 	}
