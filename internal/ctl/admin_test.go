@@ -3,6 +3,7 @@ package ctl
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,26 +119,38 @@ func TestAdminCommands(t *testing.T) {
 	}
 }
 
-// corruptSegment flips one byte in every 4 KiB block of every SSD segment
-// file under dir, so every live page record fails its checksum wherever
-// compaction has put it.
+// corruptSegment flips one body byte of every page record (magic "FMPG" at
+// a 512-byte boundary: tiers/journal.go) in every SSD segment file under
+// dir, so every live page fails its checksum wherever compaction put it;
+// metadata records are left alone.
 func corruptSegment(t *testing.T, dir string) {
 	t.Helper()
 	segs, _ := filepath.Glob(filepath.Join(dir, "ssd", "pages", "*.seg"))
 	if len(segs) == 0 {
 		t.Fatalf("no segment files under %s/ssd/pages", dir)
 	}
+	n := 0
 	for _, seg := range segs {
-		b, err := os.ReadFile(seg)
+		f, err := os.OpenFile(seg, os.O_RDWR, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for off := 1000; off < len(b); off += 4096 { // past a record's 48-byte header
-			b[off] ^= 0xFF
-		}
-		if err := os.WriteFile(seg, b, 0o600); err != nil {
+		b, err := io.ReadAll(f)
+		if err != nil {
 			t.Fatal(err)
 		}
+		for off := 0; off+48+100 < len(b); off += 512 {
+			if string(b[off:off+4]) == "FMPG" {
+				if _, err := f.WriteAt([]byte{b[off+48+100] ^ 0xFF}, int64(off+48+100)); err != nil {
+					t.Fatal(err)
+				}
+				n++
+			}
+		}
+		f.Close()
+	}
+	if n == 0 {
+		t.Fatal("no page records found in the segment files")
 	}
 }
 
