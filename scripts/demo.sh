@@ -27,7 +27,9 @@ echo "== building flashmemd and flashmemctl into bin/ (a cold build takes a few 
 n=0
 tty=0; [ -t 1 ] && tty=1
 set +e
-go build -v -o bin/ ./cmd/flashmemd ./cmd/flashmemctl 2>&1 | tee "$tmp/build.log" | while IFS= read -r line; do
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || true)
+go build -v -ldflags "-X github.com/flashmemory/flashmemory/internal/buildinfo.Commit=$commit" \
+  -o bin/ ./cmd/flashmemd ./cmd/flashmemctl 2>&1 | tee "$tmp/build.log" | while IFS= read -r line; do
   case "$line" in
     *" "*|*:*) continue ;; # not a package path: an error, shown below if the build fails
   esac
@@ -46,7 +48,7 @@ if [ "$rc" != 0 ]; then
   grep -v '^[^ :]*$' "$tmp/build.log" || cat "$tmp/build.log"
   exit "$rc"
 fi
-echo "   built bin/flashmemd and bin/flashmemctl"
+echo "   built bin/flashmemd and bin/flashmemctl: $(bin/flashmemd --version)"
 
 # A free loopback port for /metrics: the first of 19464.. that nothing answers on.
 port=19464

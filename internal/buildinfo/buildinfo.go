@@ -11,6 +11,11 @@ import (
 // it with -ldflags "-X github.com/flashmemory/flashmemory/internal/buildinfo.Version=…".
 var Version = "0.1.0-dev"
 
+// Commit is the commit to report when the binary carries no VCS stamp (go
+// build -buildvcs=false, or a tree git cannot read); scripts/demo.sh sets it
+// with -ldflags "-X github.com/flashmemory/flashmemory/internal/buildinfo.Commit=…".
+var Commit = ""
+
 // Info is what --version prints.
 type Info struct {
 	Version  string
@@ -25,6 +30,9 @@ type Info struct {
 // Read returns the running binary's build information.
 func Read() Info {
 	in := Info{Version: Version, Commit: "unknown", Go: runtime.Version()}
+	if Commit != "" {
+		in.Commit = Commit
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return in
