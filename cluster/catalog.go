@@ -95,6 +95,8 @@ type Command struct {
 	// manifest is still at Version (nothing committed since the copy).
 	Version uint64   `json:"version,omitempty"`
 	Add     []string `json:"add,omitempty"`
+	// Exclude: members assign must not pick (the caller found them down).
+	Exclude []string `json:"exclude,omitempty"`
 }
 
 // Result is what applying a command returns.
@@ -212,7 +214,7 @@ func (c *Catalog) apply(cmd *Command) *Result {
 		if r != nil {
 			return r
 		}
-		s.Assigned = c.pick(s, cmd.RF)
+		s.Assigned = c.pick(s, cmd.RF, cmd.Exclude)
 		return &Result{Session: s.clone()}
 	case opCommit:
 		s, r := c.owned(cmd)
@@ -277,10 +279,13 @@ func (c *Catalog) owned(cmd *Command) (*Session, *Result) {
 // already holding the session first (least data to move), then the members
 // holding the fewest sessions, ties by id — deterministic, so every FSM
 // replica agrees.
-func (c *Catalog) pick(s *Session, rf int) []string {
+func (c *Catalog) pick(s *Session, rf int, exclude []string) []string {
 	out := []string{}
 	want := rf - 1
 	seen := map[string]bool{s.Owner: true}
+	for _, id := range exclude {
+		seen[id] = true
+	}
 	for _, id := range s.Replicas {
 		if len(out) < want && !seen[id] && c.st.Members[id] != nil {
 			out = append(out, id)

@@ -102,11 +102,17 @@ type (
 		Name string `json:"name"`
 		Page uint32 `json:"page,omitempty"`
 		CRC  uint32 `json:"crc,omitempty"`
+		// Owner and Epoch fence writes (PUT_META): a replica refuses a
+		// sender its catalog already knows to be stale.
+		Owner string `json:"owner,omitempty"`
+		Epoch uint64 `json:"epoch,omitempty"`
 	}
 	pagesHdr struct {
 		Name  string     `json:"name"`
 		Pages []PageInfo `json:"pages"`
 		Lens  []int      `json:"lens"`
+		Owner string     `json:"owner,omitempty"`
+		Epoch uint64     `json:"epoch,omitempty"`
 	}
 	joinHdr struct {
 		ID       string `json:"id"`
@@ -363,6 +369,9 @@ func (n *Node) handlePeer(op byte, raw json.RawMessage, payload []byte) (any, []
 		if Checksum(payload) != h.CRC {
 			return nil, nil, fmt.Errorf("%w: metadata of %q", ErrChecksum, h.Name)
 		}
+		if err := n.fence(h.Name, h.Owner, h.Epoch); err != nil {
+			return nil, nil, err
+		}
 		return nil, nil, n.store.WriteMeta(ctx, h.Name, payload)
 	case popGetMeta:
 		var h nameHdr
@@ -387,6 +396,21 @@ func (n *Node) handlePeer(op byte, raw json.RawMessage, payload []byte) (any, []
 	return nil, nil, fmt.Errorf("%w: unknown peer op %d", ErrBadCommand, op)
 }
 
+// fence refuses replica writes from a sender the local catalog knows is no
+// longer the owner (an epoch moved past it), so a stale owner cannot
+// overwrite the copy a new owner's manifest names. Re-replication sends
+// the owner's identity as recorded, so it passes.
+func (n *Node) fence(name, owner string, epoch uint64) error {
+	if owner == "" {
+		return fmt.Errorf("%w: replica write of %q without an owner epoch", ErrBadCommand, name)
+	}
+	cur, ce, ok := n.cat.OwnerOf(name)
+	if ok && (ce > epoch || (ce == epoch && cur != owner)) {
+		return fmt.Errorf("%w: %s at epoch %d sent %q, which is owned by %s at epoch %d", ErrStaleEpoch, owner, epoch, name, cur, ce)
+	}
+	return nil
+}
+
 // receivePages is the replica side of streaming: every page is checked
 // against its CRC32C and must not be older than the copy held; the batch is
 // durable before the ack goes back.
@@ -394,8 +418,7 @@ func (n *Node) receivePages(ctx context.Context, h *pagesHdr, payload []byte) er
 	if len(h.Lens) != len(h.Pages) {
 		return fmt.Errorf("%w: %d pages, %d lengths", ErrBadCommand, len(h.Pages), len(h.Lens))
 	}
-	_, gens, err := n.store.Meta(ctx, h.Name)
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	if err := n.fence(h.Name, h.Owner, h.Epoch); err != nil {
 		return err
 	}
 	pages := make([]PageData, len(h.Pages))
@@ -411,8 +434,8 @@ func (n *Node) receivePages(ctx context.Context, h *pagesHdr, payload []byte) er
 			n.metrics.checksumFailures.Add(1)
 			return fmt.Errorf("%w: page %d of %q", ErrChecksum, p.Page, h.Name)
 		}
-		if int(p.Page) < len(gens) && p.Gen < gens[p.Page] {
-			return fmt.Errorf("%w: page %d of %q at generation %d, held %d", ErrGeneration, p.Page, h.Name, p.Gen, gens[p.Page])
+		if m, ok := n.cat.Session(h.Name); ok && int(p.Page) < len(m.Pages) && p.Gen < m.Pages[p.Page].Gen {
+			return fmt.Errorf("%w: page %d of %q at generation %d, the committed manifest has %d", ErrGeneration, p.Page, h.Name, p.Gen, m.Pages[p.Page].Gen)
 		}
 		pages[i] = PageData{PageInfo: p, Data: data}
 	}

@@ -37,6 +37,29 @@ func (n *Node) Owner(name string) (owner string, epoch uint64, ok bool) {
 	return n.cat.OwnerOf(name)
 }
 
+// down lists the members this node's pings find down; one that looks down
+// is pinged once more first (it may have just restarted).
+func (n *Node) down() []string {
+	var out []string
+	for _, m := range n.cat.Members() {
+		if n.Alive(m.ID) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		var pr pingReply
+		_, err := n.client.call(ctx, m.PeerAddr, popPing, struct{}{}, &pr)
+		cancel()
+		if err == nil {
+			n.healthMu.Lock()
+			n.contact[m.ID] = time.Now()
+			n.healthMu.Unlock()
+			continue
+		}
+		out = append(out, m.ID)
+	}
+	return out
+}
+
 // CheckOwner fails with ErrStaleEpoch unless the catalog (as applied here)
 // names this node owner of name at epoch. A session not in the catalog is
 // this node's own.
@@ -44,6 +67,9 @@ func (n *Node) CheckOwner(name string, epoch uint64) error {
 	s, ok := n.cat.Session(name)
 	if !ok {
 		return nil
+	}
+	if s.Epoch < epoch {
+		return nil // the catalog here has not applied this node's own claim yet
 	}
 	if s.Owner != n.cfg.NodeID || s.Epoch != epoch {
 		return fmt.Errorf("%w: session %q is owned by %s at epoch %d (this node holds %d); RESUME it again to take it over",
@@ -107,7 +133,7 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 	if err := n.CheckOwner(info.Name, epoch); err != nil {
 		return nil, err
 	}
-	r, err := n.Apply(ctx, &Command{Op: opAssign, Name: info.Name, Node: n.cfg.NodeID, Epoch: epoch, RF: n.cfg.ReplicationFactor})
+	r, err := n.Apply(ctx, &Command{Op: opAssign, Name: info.Name, Node: n.cfg.NodeID, Epoch: epoch, RF: n.cfg.ReplicationFactor, Exclude: n.down()})
 	if err != nil {
 		return nil, err
 	}
@@ -140,50 +166,55 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 	res := &ReplicateResult{Epoch: epoch}
 	acked := []string{n.cfg.NodeID}
 	var mu sync.Mutex
-	var wg sync.WaitGroup
 	var errs []error
-	for _, id := range prev.Assigned {
-		m, ok := n.cat.Member(id)
-		if !ok || !n.Alive(id) {
-			errs = append(errs, fmt.Errorf("replica %s is down", id))
-			continue
+	exclude := n.down()
+	// A target that fails (it died after the last ping) is excluded and the
+	// leader asked for another, up to three rounds.
+	for attempt := 0; attempt < 3; attempt++ {
+		var targets []string
+		for _, id := range prev.Assigned {
+			if !slices.Contains(acked, id) && !slices.Contains(exclude, id) {
+				targets = append(targets, id)
+			}
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			have := map[uint32]PageEntry{}
-			if slices.Contains(prev.Replicas, id) {
-				for p, e := range prev.Pages {
-					have[uint32(p)] = e
-				}
-			} else {
-				var mr manifestReply
-				if _, err := n.client.call(ctx, m.PeerAddr, popManifest, nameHdr{Name: info.Name}, &mr); err != nil && !errors.Is(err, ErrNotFound) {
-					mu.Lock()
+		if len(targets) == 0 {
+			break
+		}
+		var wg sync.WaitGroup
+		for _, id := range targets {
+			m, ok := n.cat.Member(id)
+			if !ok {
+				exclude = append(exclude, id)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sent, bytes, err := n.replicateTo(ctx, m, info.Name, prev, pages, changed, meta, metaCRC)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
 					errs = append(errs, fmt.Errorf("replica %s: %w", id, err))
-					mu.Unlock()
+					exclude = append(exclude, id)
 					return
 				}
-				for _, p := range mr.Pages {
-					have[p.Page] = PageEntry{Gen: p.Gen, CRC: p.CRC}
-				}
-			}
-			sent, bytes, err := n.sendPages(ctx, m.PeerAddr, info.Name, pages, have, changed)
-			if err == nil {
-				_, err = n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: info.Name, CRC: metaCRC}, nil, meta)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("replica %s: %w", id, err))
-				return
-			}
-			acked = append(acked, id)
-			res.PagesSent += sent
-			res.BytesSent += bytes
-		}()
+				acked = append(acked, id)
+				res.PagesSent += sent
+				res.BytesSent += bytes
+			}()
+		}
+		wg.Wait()
+		if len(acked) >= n.cfg.ReplicationFactor {
+			break
+		}
+		r, err := n.Apply(ctx, &Command{Op: opAssign, Name: info.Name, Node: n.cfg.NodeID, Epoch: epoch,
+			RF: n.cfg.ReplicationFactor, Exclude: exclude})
+		if err != nil {
+			errs = append(errs, err)
+			break
+		}
+		prev.Assigned = r.Session.Assigned
 	}
-	wg.Wait()
 	slices.Sort(acked[1:])
 	cr, err := n.Apply(ctx, &Command{Op: opCommit, Name: info.Name, Node: n.cfg.NodeID, Epoch: epoch, Session: &Session{
 		OwnerUID: info.OwnerUID, OwnerGID: info.OwnerGID, Model: info.Model, Layout: info.Layout, Policy: info.Policy,
@@ -195,15 +226,46 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 	n.metrics.ReplicationLagNS.Store(int64(time.Since(start)))
 	n.metrics.LastReplication.Store(time.Now().UnixNano())
 	if len(acked) < n.cfg.ReplicationFactor {
-		return res, fmt.Errorf("%w: session %q has %d of %d copies (%v); the manifest with the copies that exist is committed: %w",
-			ErrUnderReplicated, info.Name, len(acked), n.cfg.ReplicationFactor, acked, errors.Join(errs...))
+		why := fmt.Sprintf("members down: %v", exclude)
+		if len(errs) > 0 {
+			why = errors.Join(errs...).Error()
+		}
+		return res, fmt.Errorf("%w: session %q has %d of %d copies (%v); the manifest with the copies that exist is committed (%s); PERSIST again when members are back",
+			ErrUnderReplicated, info.Name, len(acked), n.cfg.ReplicationFactor, acked, why)
 	}
 	return res, nil
 }
 
+// replicateTo brings one replica to the new manifest: the pages it lacks
+// (per the committed manifest if it is a replica already, else per its own
+// listing), then the metadata.
+func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Session, pages []PageEntry, changed map[uint32][]byte, meta []byte, metaCRC uint32) (int, int64, error) {
+	owner, epoch := n.cfg.NodeID, prev.Epoch
+	have := map[uint32]PageEntry{}
+	if slices.Contains(prev.Replicas, m.ID) {
+		for p, e := range prev.Pages {
+			have[uint32(p)] = e
+		}
+	} else {
+		var mr manifestReply
+		if _, err := n.client.call(ctx, m.PeerAddr, popManifest, nameHdr{Name: name}, &mr); err != nil && !errors.Is(err, ErrNotFound) {
+			return 0, 0, err
+		}
+		for _, p := range mr.Pages {
+			have[p.Page] = PageEntry{Gen: p.Gen, CRC: p.CRC}
+		}
+	}
+	sent, bytes, err := n.sendPages(ctx, m.PeerAddr, name, owner, epoch, pages, have, changed)
+	if err != nil {
+		return sent, bytes, err
+	}
+	_, err = n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: name, CRC: metaCRC, Owner: owner, Epoch: epoch}, nil, meta)
+	return sent, bytes, err
+}
+
 // sendPages streams the pages a replica lacks in batches; each batch is
 // durable there before the call returns.
-func (n *Node) sendPages(ctx context.Context, addr, name string, pages []PageEntry, have map[uint32]PageEntry, cached map[uint32][]byte) (int, int64, error) {
+func (n *Node) sendPages(ctx context.Context, addr, name, owner string, epoch uint64, pages []PageEntry, have map[uint32]PageEntry, cached map[uint32][]byte) (int, int64, error) {
 	var h pagesHdr
 	var payload [][]byte
 	size, sent := 0, 0
@@ -212,7 +274,7 @@ func (n *Node) sendPages(ctx context.Context, addr, name string, pages []PageEnt
 		if len(h.Pages) == 0 {
 			return nil
 		}
-		h.Name = name
+		h.Name, h.Owner, h.Epoch = name, owner, epoch
 		if _, err := n.client.call(ctx, addr, popPutPages, h, nil, payload...); err != nil {
 			return err
 		}
@@ -347,7 +409,7 @@ func (n *Node) Acquire(ctx context.Context, name string) (*AcquireResult, error)
 			return res, fmt.Errorf("%w: session %q lacks %d pages here and has no other replica", ErrUnderReplicated, name, len(need))
 		}
 	}
-	pulled, failed := n.pull(ctx, name, s, need, sources)
+	pulled, failed, mismatched := n.pull(ctx, name, s, need, sources)
 	res.Pulled, res.Bad = pulled, failed
 	res.Verified += pulled
 	n.metrics.PagesPulled.Add(uint64(pulled))
@@ -355,6 +417,10 @@ func (n *Node) Acquire(ctx context.Context, name string) (*AcquireResult, error)
 		n.metrics.SelfHeals.Add(uint64(min(res.Healed, pulled)))
 	}
 	if failed > 0 {
+		if mismatched == 0 {
+			// Nobody answered: the replicas are down or unreachable.
+			return res, fmt.Errorf("%w: %d pages of %q are on no reachable replica (of %d); retry when they are back", ErrUnderReplicated, failed, name, len(sources))
+		}
 		return res, fmt.Errorf("%w: %d pages of %q could not be fetched intact from %d replicas", ErrChecksum, failed, name, len(sources))
 	}
 	if !metaOK {
@@ -370,7 +436,9 @@ func (n *Node) Acquire(ctx context.Context, name string) (*AcquireResult, error)
 				continue
 			}
 			if err == nil {
-				err = fmt.Errorf("%w: metadata of %q from %s", ErrChecksum, name, m.ID)
+				// The replica holds another version than the committed one
+				// (a persist whose commit failed reached it).
+				err = fmt.Errorf("%w: %s holds another version of %q than the committed manifest", ErrUnderReplicated, m.ID, name)
 			}
 			got = err
 		}
@@ -384,9 +452,9 @@ func (n *Node) Acquire(ctx context.Context, name string) (*AcquireResult, error)
 // pull fetches pages from the sources with up to 8 workers, page p first
 // from source p mod len, then the others; each page is checked against the
 // manifest's generation and CRC32C and written durably in batches.
-func (n *Node) pull(ctx context.Context, name string, s *Session, need []uint32, sources []Member) (pulled, failed int) {
+func (n *Node) pull(ctx context.Context, name string, s *Session, need []uint32, sources []Member) (pulled, failed, mismatched int) {
 	if len(need) == 0 {
-		return 0, 0
+		return 0, 0, 0
 	}
 	work := make(chan uint32)
 	var mu sync.Mutex
@@ -424,7 +492,12 @@ func (n *Node) pull(ctx context.Context, name string, s *Session, need []uint32,
 						continue
 					}
 					if pi.Gen != e.Gen || Checksum(data) != e.CRC {
-						n.metrics.checksumFailures.Add(1)
+						if pi.Gen == e.Gen {
+							n.metrics.checksumFailures.Add(1)
+							mu.Lock()
+							mismatched++ // damaged there; another version is not damage
+							mu.Unlock()
+						}
 						n.log.Warn("replica page does not match the manifest", "name", name, "page", p, "replica", m.ID, "gen", pi.Gen, "want_gen", e.Gen)
 						continue
 					}
@@ -450,7 +523,7 @@ func (n *Node) pull(ctx context.Context, name string, s *Session, need []uint32,
 	}
 	close(work)
 	wg.Wait()
-	return pulled, failed
+	return pulled, failed, mismatched
 }
 
 // FetchPage reads one page of name from a replica, checked against the
@@ -544,10 +617,10 @@ func (n *Node) rereplicate(s *Session) error {
 	var added []string
 	for _, id := range targets {
 		m, _ := n.cat.Member(id)
-		if _, _, err := n.sendPages(ctx, m.PeerAddr, s.Name, s.Pages, have, nil); err != nil {
+		if _, _, err := n.sendPages(ctx, m.PeerAddr, s.Name, s.Owner, s.Epoch, s.Pages, have, nil); err != nil {
 			return err
 		}
-		if _, err := n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: s.Name, CRC: s.MetaCRC}, nil, meta); err != nil {
+		if _, err := n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: s.Name, CRC: s.MetaCRC, Owner: s.Owner, Epoch: s.Epoch}, nil, meta); err != nil {
 			return err
 		}
 		added = append(added, id)

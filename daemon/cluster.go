@@ -50,6 +50,10 @@ type ClusterConfig struct {
 	// DownAfter: a member silent this long no longer counts as a copy and
 	// its sessions are re-replicated (default 5s).
 	DownAfter Duration `toml:"down_after"`
+	// SnapshotThreshold is how many catalog entries trigger a Raft
+	// snapshot (default 1024); a member back from a long absence catches up
+	// from the latest snapshot.
+	SnapshotThreshold uint64 `toml:"snapshot_threshold"`
 }
 
 func (c *ClusterConfig) validate() []string {
@@ -118,7 +122,7 @@ func (d *Daemon) openCluster() error {
 		Bootstrap: cc.Bootstrap, ReplicationFactor: cc.ReplicationFactor, Secret: secret,
 		CapacityBytes: d.cfg.Host.BudgetBytes, GPUs: len(d.gpu.devs), Logger: d.log.With("subsystem", "cluster"),
 		HeartbeatTimeout: time.Duration(cc.HeartbeatTimeout), ElectionTimeout: time.Duration(cc.ElectionTimeout),
-		DownAfter: time.Duration(cc.DownAfter)}
+		DownAfter: time.Duration(cc.DownAfter), SnapshotThreshold: cc.SnapshotThreshold}
 	if cc.TLSCert != "" {
 		if cfg.ServerTLS, cfg.ClientTLS, err = clusterTLS(cc); err != nil {
 			return err

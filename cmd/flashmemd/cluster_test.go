@@ -54,6 +54,12 @@ type clusterNode struct {
 // [cluster] table.
 func startClusterDaemon(t *testing.T, n clusterNode, boot []string, secretFile string) *clusterProc {
 	t.Helper()
+	return startClusterDaemonExtra(t, n, boot, secretFile, "")
+}
+
+// startClusterDaemonExtra adds lines to the [cluster] table.
+func startClusterDaemonExtra(t *testing.T, n clusterNode, boot []string, secretFile, extra string) *clusterProc {
+	t.Helper()
 	cfg := testConfig + fmt.Sprintf(`
 [cluster]
 node_id = %q
@@ -63,7 +69,7 @@ bootstrap = [%s]
 replication_factor = 2
 secret_file = %q
 down_after = "2s"
-`, n.id, n.raft, n.peer, `"`+strings.Join(boot, `", "`)+`"`, secretFile)
+`, n.id, n.raft, n.peer, `"`+strings.Join(boot, `", "`)+`"`, secretFile) + extra
 	cfgPath := filepath.Join(n.dir, "flashmemd.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
