@@ -15,6 +15,7 @@
  * Thread safety: an fm_client has one mutex; each call holds it from sending the request to
  * receiving its reply, so threads may share a client and their calls run one after another.
  * For parallel calls open one client per thread; batch sessions into one fm_cycle call.
+ * fm_close frees the client: call it once every other call on it has returned.
  *
  * Memory: fm_open / fm_resume return the reserve region's descriptor in fm_session.fd; for a
  * host region (kind FM_REGION_MEMFD) fm_session_map maps it and closes the fd. A CUDA region

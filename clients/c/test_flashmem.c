@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -522,6 +523,59 @@ static void test_session_errors(void) {
 	fm_close(c);
 }
 
+/* Threads share one client: every call holds the client's lock for its round trip. */
+typedef struct thread_arg {
+	fm_client *c;
+	uint64_t session;
+	int id, errors;
+} thread_arg;
+
+static void *thread_main(void *p) {
+	thread_arg *a = p;
+	char msg[32];
+	for (int j = 0; j < 40; j++) {
+		fm_error e;
+		if (j % 2) {
+			int n = snprintf(msg, sizeof msg, "t%d-%d", a->id, j);
+			a->errors += fm_ping(a->c, msg, (size_t)n, &e) != 0;
+			continue;
+		}
+		fm_cycle_entry en = entry(a->session, 0, 2000);
+		fm_cycle_result *r;
+		if (fm_cycle(a->c, &en, 1, &r, &e) || r[0].status || r[0].chunks != 256) {
+			a->errors++;
+			continue;
+		}
+		a->errors += fm_release(a->c, &r[0].lease, 1, &e) != 0;
+		fm_cycle_results_free(r, 1);
+	}
+	return NULL;
+}
+
+static void test_threads(void) {
+	fm_client *c;
+	MUST(fm_connect(sock_path, "c-threads", &c, &e_));
+	fm_layout l = small_layout(16);
+	fm_open_req req = {.device = FM_DEVICE_ANY, .layout = &l};
+	fm_session s;
+	MUST(fm_open(c, &req, &s, &e_));
+	append_range(c, &s, &l, 1, 0, 256, 0);
+	make_queries();
+	pthread_t t[4];
+	thread_arg args[4];
+	for (int i = 0; i < 4; i++) {
+		args[i] = (thread_arg){c, s.id, i, 0};
+		pthread_create(&t[i], NULL, thread_main, &args[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		CHECK(args[i].errors == 0, "thread %d: %d failed calls", i, args[i].errors);
+	}
+	MUST(fm_close_session(c, s.id, 0, &e_));
+	fm_session_free(&s);
+	fm_close(c);
+}
+
 /* PERMISSION_DENIED: a peer with another uid (root only: the child drops to nobody). */
 static void test_permission_denied(void) {
 	if (geteuid() != 0) {
@@ -657,6 +711,7 @@ int main(int argc, char **argv) {
 	test_fd_passing();
 	test_frame_errors();
 	test_session_errors();
+	test_threads();
 	test_permission_denied();
 	test_integrity();
 	/* SHUTTING_DOWN: on SIGTERM the daemon tells every client why it closes. */
