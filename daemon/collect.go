@@ -22,6 +22,9 @@ var (
 	descSpills        = prometheus.NewDesc("flashmem_spilled_pages_total", "Pages moved from the host mirror to SSD to stay in budget.", nil, nil)
 	descBroughtBack   = prometheus.NewDesc("flashmem_ssd_recalled_pages_total", "Pages read back from SSD into the host mirror.", nil, nil)
 	descGPUWrites     = prometheus.NewDesc("flashmem_gpu_reserve_writes_total", "Page writes into GPU reserves by path: pinned (DMA or gather kernel straight from the pinned host mirror) or staged (through a region's pinned staging buffer: pages read back from SSD, decode commits).", []string{"path"}, nil)
+	descStageBackoffs = prometheus.NewDesc("flashmem_stage_backoffs_total", "Times lookahead staging halved its concurrency because SSD reads slowed down (the disk was the bottleneck).", nil, nil)
+	descStageBytes    = prometheus.NewDesc("flashmem_stage_read_bytes_total", "Bytes lookahead staging brought from SSD into the host mirror.", nil, nil)
+	descStageSeconds  = prometheus.NewDesc("flashmem_stage_read_seconds_total", "Time staging reads took, summed over the stagers.", nil, nil)
 	descPrefetch      = prometheus.NewDesc("flashmem_prefetch_pages_total", "Lookahead staging outcome: staged (SSD→host ahead of need), used (staged, then read), unused (staged, evicted unread), late (needed but still on SSD).", []string{"outcome"}, nil)
 	descFootprint     = prometheus.NewDesc("flashmem_footprint_ratio", "Resident bytes (the pages decoders use this cycle) over total KV bytes, all live sessions.", nil, nil)
 	descResident      = prometheus.NewDesc("flashmem_resident_bytes", "Bytes of the pages decoders use this cycle.", nil, nil)
@@ -31,7 +34,8 @@ var (
 
 func (c *tierCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTierBytes, descTierCapacity, descTierPages, descTierHits, descTierMisses,
-		descTierIn, descTierOut, descTierIntegrity, descSpills, descBroughtBack, descGPUWrites, descPrefetch, descFootprint, descResident, descTotal, descSessions} {
+		descTierIn, descTierOut, descTierIntegrity, descSpills, descBroughtBack, descGPUWrites, descPrefetch, descFootprint, descResident, descTotal, descSessions,
+		descStageBackoffs, descStageBytes, descStageSeconds} {
 		ch <- d
 	}
 }
@@ -69,6 +73,10 @@ func (c *tierCollector) Collect(ch chan<- prometheus.Metric) {
 	}{{"staged", st.Staged}, {"used", st.StagedUsed}, {"unused", st.StagedUnused}, {"late", d.mover.Stats().NeededLate}} {
 		ch <- prometheus.MustNewConstMetric(descPrefetch, prometheus.CounterValue, float64(o.v), o.k)
 	}
+	ms := d.mover.Stats()
+	ch <- prometheus.MustNewConstMetric(descStageBackoffs, prometheus.CounterValue, float64(ms.StageBackoffs))
+	ch <- prometheus.MustNewConstMetric(descStageBytes, prometheus.CounterValue, float64(ms.StagedBytes))
+	ch <- prometheus.MustNewConstMetric(descStageSeconds, prometheus.CounterValue, ms.StageReadSeconds)
 	resident, total := d.footprint()
 	ratio := 0.0
 	if total > 0 {

@@ -114,6 +114,14 @@ type SSDConfig struct {
 	// MinFreeBytes is the free space the SSD tier's filesystem must keep:
 	// writes that would leave less fail with NO_SPACE (0: 32 MiB).
 	MinFreeBytes int64 `toml:"min_free_bytes"`
+	// ReadMode is how pages are read back: "direct" (default: O_DIRECT, so
+	// the page cache never holds a second copy of the tier and a read costs
+	// what the disk costs; where the filesystem refuses it, buffered with
+	// one log line) or "buffered" (through the page cache).
+	ReadMode string `toml:"read_mode"`
+	// ReadQueueDepth bounds O_DIRECT reads in flight (0: 16, the best
+	// measured on a virtio disk; docs/benchmarks.md).
+	ReadQueueDepth int `toml:"read_queue_depth"`
 }
 
 // IndexerConfig registers Memory-Indexer models and the default policy.
@@ -185,6 +193,12 @@ type MoverConfig struct {
 	// while the decoder still uses the previous one (LSA's one-cycle-late
 	// application).
 	BackgroundRecall *bool `toml:"background_recall"`
+	// StageWorkers is how many staging reads run at once at most (0: 8);
+	// staging halves it while the disk is the bottleneck.
+	StageWorkers int `toml:"stage_workers"`
+	// StageBytes bounds the lookahead candidates queued and in flight, in
+	// bytes (0: 256 MiB); the best-ranked are kept.
+	StageBytes int64 `toml:"stage_bytes"`
 }
 
 func (m MoverConfig) staging() bool          { return m.Staging == nil || *m.Staging }
@@ -449,6 +463,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Mover.Workers <= 0 {
 		errs = append(errs, "mover.workers must be positive")
+	}
+	if c.Mover.StageWorkers < 0 || c.Mover.StageBytes < 0 || c.SSD.ReadQueueDepth < 0 || c.SSD.ReadQueueDepth > 1024 {
+		errs = append(errs, "mover.stage_workers and mover.stage_bytes must not be negative, ssd.read_queue_depth must be in [0, 1024]")
+	}
+	switch c.SSD.ReadMode {
+	case "", "direct", "buffered":
+	default:
+		errs = append(errs, fmt.Sprintf("ssd.read_mode %q: want direct or buffered", c.SSD.ReadMode))
 	}
 	switch c.GPU.Mode {
 	case GPUAuto, GPUOff:

@@ -241,11 +241,7 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 		s.pending = d.startRecall(s, recall)
 	}
 	if len(cy.Lookahead) > 0 && d.cfg.Mover.staging() {
-		ids := make([]tiers.PageID, len(cy.Lookahead))
-		for i, p := range cy.Lookahead {
-			ids[i] = s.pageID(p)
-		}
-		d.stage(ids)
+		d.stage(s, cy.Lookahead)
 	}
 	s.cycles++
 	s.last = cy
@@ -389,19 +385,24 @@ func (d *Daemon) startRecall(s *session, pages []uint32) *tiers.Ticket {
 	return t
 }
 
-// stage queues lookahead candidates to be brought from SSD into the mirror.
-// Candidates already in host memory are dropped here: queuing them would
-// only wake the mover's workers for nothing, on every cycle.
-func (d *Daemon) stage(ids []tiers.PageID) {
+// stage queues a session's lookahead candidates (best first, as the
+// indexer ranks them) to be brought from SSD into the mirror, ranked and
+// sized so the mover serves the most likely pages first within its byte
+// bound. Candidates already in host memory are dropped here: queuing them
+// would only wake the stagers for nothing, on every cycle; the rest keep
+// their rank.
+func (d *Daemon) stage(s *session, pages []uint32) {
 	mirror := d.store.Mirror()
-	cold := ids[:0]
-	for _, id := range ids {
+	size := int64(s.layout.PageBytes())
+	items := make([]tiers.StageItem, 0, len(pages))
+	for rank, p := range pages {
+		id := s.pageID(p)
 		if _, ok := mirror.Generation(id); !ok {
-			cold = append(cold, id)
+			items = append(items, tiers.StageItem{ID: id, Rank: rank, Bytes: size})
 		}
 	}
-	if len(cold) > 0 {
-		d.mover.Stage(cold)
+	if len(items) > 0 {
+		d.mover.StageRanked(items)
 	}
 }
 

@@ -145,13 +145,14 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 			SyncWrites:   cfg.SSD.SyncWrites,
 			GCInterval:   time.Duration(cfg.SSD.GCInterval),
 			MinFreeBytes: cfg.SSD.MinFreeBytes,
+			ReadMode:     cfg.SSD.ReadMode, ReadQueueDepth: cfg.SSD.ReadQueueDepth,
 		},
 		Logger: d.log.With("tier", "store"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("host mirror and SSD tiers: %w", err)
 	}
-	d.mover = tiers.NewMover(d.store, tiers.MoverConfig{Workers: cfg.Mover.Workers})
+	d.mover = tiers.NewMover(d.store, tiers.MoverConfig{Workers: cfg.Mover.Workers, StageWorkers: cfg.Mover.StageWorkers, StageBytes: cfg.Mover.StageBytes})
 	if err := d.restoreIDs(); err != nil {
 		return nil, err
 	}
@@ -163,7 +164,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	d.log.Info("flashmemd ready to serve", "socket", d.ln.Addr().String(), "socket_activated", d.activated,
-		"data_dir", cfg.DataDir, "host_budget", cfg.Host.BudgetBytes, "models", len(d.models))
+		"data_dir", cfg.DataDir, "host_budget", cfg.Host.BudgetBytes, "models", len(d.models), "ssd_read_mode", d.store.SSD().ReadMode())
 	return d, nil
 }
 

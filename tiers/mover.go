@@ -22,6 +22,23 @@ type MoverConfig struct {
 	// Batch is the most pages of one recall a worker copies at once
 	// (default 64; 1 copies page by page).
 	Batch int
+	// ReadParallel is how many pages of one recall batch that are not in
+	// the mirror are read from SSD at once (default 8): the SSD's queue
+	// depth is what makes random page reads fast.
+	ReadParallel int
+	// StageWorkers is how many staging reads may run at once (default 8:
+	// with pages read in 128 KiB pieces, the 16 reads in flight the SSD
+	// tier's queue depth allows);
+	// the back-off lowers it while the disk is the bottleneck.
+	StageWorkers int
+	// StageBytes bounds the bytes of staging candidates queued and in
+	// flight (default 256 MiB); candidates that carry no size count only
+	// against MaxQueuedStages.
+	StageBytes int64
+	// StageBackoff is how many times slower per byte than the best recent
+	// staging read a read may get before staging halves its concurrency
+	// (default 4).
+	StageBackoff float64
 }
 
 // RecallItem asks for one page to be made resident in slot at generation Gen
@@ -116,11 +133,25 @@ type MoverStats struct {
 	StageErrors   uint64
 	QueuedRecalls int64
 	QueuedStages  int64
+	// StageSuperseded counts queued candidates a session's newer ranking
+	// replaced; StageBackoffs how often staging halved its concurrency
+	// because the disk slowed down; StagedBytes and StageReadSeconds are
+	// what the stagers brought in and how long their reads took (their
+	// ratio is staging throughput per stager).
+	StageSuperseded  uint64
+	StageBackoffs    uint64
+	StageAllowed     int
+	QueuedStageBytes int64
+	StagedBytes      uint64
+	StageReadSeconds float64
 }
 
-// Mover performs recalls (SSD → mirror → reserve) and lookahead staging on a
-// bounded pool of workers. Recall and Stage only enqueue: the socket loop
-// never waits on I/O. Recalls run before staging.
+// Mover performs recalls (SSD → mirror → reserve) on a bounded pool of
+// workers and lookahead staging (SSD → mirror) on a second pool
+// (mover_stage.go). Recall and Stage only enqueue: the socket loop never
+// waits on I/O. Recalls run before staging: a stager starts no read while a
+// recall is queued, candidates are read best-ranked first, and staging
+// backs off while the disk is the bottleneck.
 type Mover struct {
 	store *Store
 	cfg   MoverConfig
@@ -131,8 +162,8 @@ type Mover struct {
 	cond     *sync.Cond
 	closed   bool
 	recalls  []recallTask
-	stages   []PageID
-	stageSet map[PageID]struct{}
+	st       stageState // mover_stage.go
+	stageCtr stageCounters
 	wg       sync.WaitGroup
 
 	recallCalls, recallPages, already, fromMirror, fromStaged atomic.Uint64
@@ -154,12 +185,30 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 	if cfg.Batch <= 0 {
 		cfg.Batch = 64
 	}
+	if cfg.ReadParallel <= 0 {
+		cfg.ReadParallel = 8
+	}
+	if cfg.StageWorkers <= 0 {
+		cfg.StageWorkers = 8
+	}
+	if cfg.StageBytes <= 0 {
+		cfg.StageBytes = 256 << 20
+	}
+	if cfg.StageBackoff <= 1 {
+		cfg.StageBackoff = 4
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Mover{store: store, cfg: cfg, ctx: ctx, stop: cancel, stageSet: make(map[PageID]struct{})}
+	m := &Mover{store: store, cfg: cfg, ctx: ctx, stop: cancel}
+	m.st.byID = map[PageID]*stageEntry{}
+	m.st.allowed = cfg.StageWorkers
 	m.cond = sync.NewCond(&m.mu)
 	for i := 0; i < cfg.Workers; i++ {
 		m.wg.Add(1)
 		go m.worker()
+	}
+	for i := 0; i < cfg.StageWorkers; i++ {
+		m.wg.Add(1)
+		go m.stager()
 	}
 	return m
 }
@@ -198,40 +247,11 @@ func (m *Mover) Recall(region *Region, items []RecallItem) (*Ticket, error) {
 	return t, nil
 }
 
-// Stage enqueues lookahead candidates to be brought from SSD into the mirror.
-// It never blocks; requests beyond the queue bound are dropped and counted.
-// It returns how many were queued.
-func (m *Mover) Stage(ids []PageID) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return 0
-	}
-	n := 0
-	for _, id := range ids {
-		m.stageReqs.Add(1)
-		if _, dup := m.stageSet[id]; dup {
-			continue
-		}
-		if len(m.stages) >= m.cfg.MaxQueuedStages {
-			m.stageDropped.Add(1)
-			continue
-		}
-		m.stageSet[id] = struct{}{}
-		m.stages = append(m.stages, id)
-		n++
-	}
-	if n > 0 {
-		m.cond.Broadcast()
-	}
-	return n
-}
-
 func (m *Mover) worker() {
 	defer m.wg.Done()
 	for {
 		m.mu.Lock()
-		for !m.closed && len(m.recalls) == 0 && len(m.stages) == 0 {
+		for !m.closed && len(m.recalls) == 0 {
 			m.cond.Wait()
 		}
 		if m.closed {
@@ -249,6 +269,9 @@ func (m *Mover) worker() {
 			batch := slices.Clone(m.recalls[:n])
 			clear(m.recalls[:n])
 			m.recalls = m.recalls[n:]
+			if len(m.recalls) == 0 {
+				m.cond.Broadcast() // stagers wait for an empty recall queue
+			}
 			m.mu.Unlock()
 			if n == 1 {
 				m.recallOne(first)
@@ -256,13 +279,6 @@ func (m *Mover) worker() {
 				m.recallBatch(batch)
 			}
 			continue
-		}
-		id := m.stages[0]
-		m.stages = m.stages[1:]
-		delete(m.stageSet, id)
-		m.mu.Unlock()
-		if _, err := m.store.Stage(m.ctx, []PageID{id}); err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
-			m.stageErrors.Add(1)
 		}
 	}
 }
@@ -346,12 +362,22 @@ func (m *Mover) recallBatch(tasks []recallTask) {
 			task.t.finish()
 		}
 	})
+	// Pages not in the mirror come from SSD: read several at once (closed
+	// store, fn never ran: recallOne reports it per page).
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, m.cfg.ReadParallel)
 	for i, task := range todo {
-		// Closed store (fn never ran): recallOne reports it per page.
 		if alone[i] || err != nil {
-			m.recallOne(task)
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				m.recallOne(task)
+			}()
 		}
 	}
+	wg.Wait()
 }
 
 func (m *Mover) recallOne(task recallTask) {
@@ -391,7 +417,7 @@ func (m *Mover) recallOne(task recallTask) {
 // Stats returns the mover's counters.
 func (m *Mover) Stats() MoverStats {
 	m.mu.Lock()
-	qr, qs := int64(len(m.recalls)), int64(len(m.stages))
+	qr, qs, qb, allowed := int64(len(m.recalls)), int64(len(m.st.q)), m.st.bytes, m.st.allowed
 	m.mu.Unlock()
 	return MoverStats{
 		Recalls:       m.recallCalls.Load(),
@@ -408,6 +434,13 @@ func (m *Mover) Stats() MoverStats {
 		StageErrors:   m.stageErrors.Load(),
 		QueuedRecalls: qr,
 		QueuedStages:  qs,
+
+		StageSuperseded:  m.stageCtr.superseded.Load(),
+		StageBackoffs:    m.stageCtr.backoffs.Load(),
+		StageAllowed:     allowed,
+		QueuedStageBytes: qb,
+		StagedBytes:      m.stageCtr.stagedBytes.Load(),
+		StageReadSeconds: float64(m.stageCtr.readNanos.Load()) / 1e9,
 	}
 }
 
@@ -421,7 +454,11 @@ func (m *Mover) Close() {
 	}
 	m.closed = true
 	pending := m.recalls
-	m.recalls, m.stages, m.stageSet = nil, nil, nil
+	m.recalls = nil
+	for _, e := range m.st.q {
+		m.st.bytes -= e.Bytes // in-flight stages subtract their own
+	}
+	m.st.q, m.st.byID = nil, map[PageID]*stageEntry{}
 	m.cond.Broadcast()
 	m.mu.Unlock()
 	m.stop()

@@ -75,6 +75,16 @@ type SSDConfig struct {
 	// Logger receives recovery reports and Badger's warnings and errors
 	// (default slog.Default()).
 	Logger *slog.Logger
+	// ReadMode is how page records are read (ssd_direct.go): ReadDirect
+	// (default, O_DIRECT, falling back to buffered with one log line where
+	// the filesystem refuses it) or ReadBuffered. Writes are the same either
+	// way.
+	ReadMode string
+	// ReadQueueDepth bounds O_DIRECT reads in flight (default
+	// DefaultReadQueueDepth); ReadPiece is the size a page read is split
+	// into (default DefaultReadPiece).
+	ReadQueueDepth int
+	ReadPiece      int64
 }
 
 // SSD is the disk tier. The journal (journal.go) is the truth: page records,
@@ -128,6 +138,8 @@ type SSD struct {
 	gcRuns    atomic.Uint64
 	compacted atomic.Uint64
 	counters  tierCounters
+
+	direct *directReader // page reads (ssd_direct.go)
 }
 
 var (
@@ -188,8 +200,12 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 		return nil, fmt.Errorf("ssd: empty directory: %w", ErrName)
 	}
 	cfg.defaults()
+	if cfg.ReadMode != "" && cfg.ReadMode != ReadDirect && cfg.ReadMode != ReadBuffered {
+		return nil, fmt.Errorf("ssd: read mode %q is not %q or %q: %w", cfg.ReadMode, ReadDirect, ReadBuffered, ErrName)
+	}
 	s := &SSD{
 		cfg: cfg, stop: make(chan struct{}), gcDone: make(chan struct{}), kickGC: make(chan struct{}, 1),
+		direct: newDirectReader(&cfg),
 	}
 	s.resetMaps()
 	s.legacyMetas = map[string][]byte{}
@@ -616,7 +632,7 @@ func (s *SSD) readOnce(id PageID, alloc func(n int) ([]byte, error)) (uint64, er
 	if err != nil {
 		return 0, err
 	}
-	if err := readRecord(seg, e, id, dst); err != nil {
+	if err := s.readPage(seg, e, id, dst); err != nil {
 		return 0, err
 	}
 	return e.gen, nil

@@ -80,6 +80,7 @@ func newSegment(id uint32, f *os.File, size, mapLen int64) (*segment, error) {
 func (seg *segment) unmap() error {
 	seg.rmu.Lock()
 	defer seg.rmu.Unlock()
+	dropDirect(seg)
 	var err error
 	if seg.data != nil {
 		err = unix.Munmap(seg.data)

@@ -67,6 +67,15 @@ type SimOptions struct {
 	// session, scored for real (on a GPU where the daemon has one); the
 	// LSA default policy with fallback off, so every cycle selects KMAX pages.
 	Model string
+	// BypassCache keeps the page cache out of the measurement: the daemons
+	// read SSD pages with O_DIRECT and run in a memory-limited cgroup where
+	// the machine offers one (sim_cgroup.go). Without it they read buffered,
+	// and pages read back may come from the page cache.
+	BypassCache bool
+	// HostBudgetBytes, when set, is the host budget itself (instead of
+	// HostShare of all pages): the capacity benchmark adds sessions under
+	// one fixed budget.
+	HostBudgetBytes int64
 }
 
 // Simulator models.
@@ -179,6 +188,9 @@ func (o *SimOptions) pageBytes() int64 {
 
 // HostBudget is the host mirror budget the simulator gives each daemon.
 func (o *SimOptions) HostBudget() int64 {
+	if o.HostBudgetBytes > 0 {
+		return o.HostBudgetBytes
+	}
 	return int64(o.HostShare * float64(int64(o.Sessions)*int64(o.pages())*o.pageBytes()))
 }
 
@@ -316,6 +328,36 @@ type SimResult struct {
 	Tiers    []SimTier          `json:"tiers"`
 	Counters map[string]float64 `json:"counters"`
 	Seconds  float64            `json:"seconds"`
+	// ReadMode is the daemon's SSD read mode; Cgroup* describe the
+	// memory-limited cgroup it ran in under --bypass-cache (empty: none),
+	// its limit, peak use and the page cache charged to it at the end.
+	ReadMode    string `json:"read_mode"`
+	Cgroup      string `json:"cgroup,omitempty"`
+	CgroupLimit int64  `json:"cgroup_limit_bytes,omitempty"`
+	CgroupPeak  int64  `json:"cgroup_peak_bytes,omitempty"`
+	CgroupCache int64  `json:"cgroup_page_cache_bytes,omitempty"`
+}
+
+// MemoryLimit is the memory cgroup limit of a --bypass-cache daemon: the
+// host budget, every session's reserve (host memory on a host without GPUs)
+// and 512 MiB for the daemon itself; page cache beyond it is reclaimed.
+func (o *SimOptions) MemoryLimit() int64 {
+	return o.HostBudget() + int64(o.Sessions)*int64(o.reserveSlots())*o.pageBytes() + 512<<20
+}
+
+func (o *SimOptions) readMode() string {
+	if o.BypassCache {
+		return "direct"
+	}
+	return "buffered"
+}
+
+type cgroupKey struct{}
+
+// cgroupFrom is the cgroup RunSim wants the next daemon started in.
+func cgroupFrom(ctx context.Context) *simCgroup {
+	cg, _ := ctx.Value(cgroupKey{}).(*simCgroup)
+	return cg
 }
 
 // SimTier is one tier's traffic during the decode phase.
@@ -351,10 +393,13 @@ log_level = "warn"
 [host]
 budget_bytes = %d
 
+[ssd]
+read_mode = %q
+
 [mover]
 staging = %v
 background_recall = %v
-`, socket, filepath.Join(dir, "data"), metrics, o.HostBudget(), staging, bg)
+`, socket, filepath.Join(dir, "data"), metrics, o.HostBudget(), o.readMode(), staging, bg)
 	if o.Model == SimModelLSA {
 		toml += fmt.Sprintf(`
 [indexer]
@@ -391,6 +436,14 @@ func ExecLauncher(path string, logw io.Writer) Launcher {
 		if err := cmd.Start(); err != nil {
 			lf.Close()
 			return nil, fmt.Errorf("%w: start %s: %v", ErrDaemon, path, err)
+		}
+		if cg := cgroupFrom(ctx); cg != nil {
+			if err := cg.add(cmd.Process.Pid); err != nil {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+				lf.Close()
+				return nil, fmt.Errorf("%w: moving flashmemd into %s: %v", ErrDaemon, cg, err)
+			}
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait(); lf.Close() }()
@@ -468,6 +521,12 @@ trace's set k (a random --resident share of the pages, --churn of it replaced pe
 pages the next cycle adds score above threshold one cycle early for --foresight of them, which
 is what the indexer's lookahead ranking sees.
 
+By default the daemons read SSD pages buffered, so pages read back may come from the page cache.
+--bypass-cache makes them read with O_DIRECT ([ssd] read_mode = "direct") and, where the machine
+has a memory cgroup this process may create (v2 memory.max, else v1 memory.limit_in_bytes), run
+each daemon in one limited to the host budget + reserves + 512 MiB, so the page cache charged to
+it cannot hold the tier's data; without one it says so and goes on with O_DIRECT alone.
+
 A cycle is stalled when the decoder waited for recall: the daemon copied a page of the reply's
 table synchronously (the reply's RecalledPages counter) or its
 WaitMicros (time spent on recall after scoring, before the reply) reached --stall.`,
@@ -523,6 +582,8 @@ WaitMicros (time spent on recall after scoring, before the reply) reached --stal
 	f.DurationVar(&o.Stall, "stall", o.Stall, "recall wait at or above which a cycle counts as stalled")
 	f.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the traces")
 	f.IntVar(&o.ReserveSlots, "reserve-slots", 0, "reserve pages per session (default: 3 resident sets + 16)")
+	f.BoolVar(&o.BypassCache, "bypass-cache", false, "keep the page cache out: daemons read SSD pages with O_DIRECT and run in a memory-limited cgroup where possible (default: buffered reads)")
+	f.Int64Var(&o.HostBudgetBytes, "host-budget", 0, "host budget in bytes (overrides --host-share; the capacity benchmark keeps it fixed while adding sessions)")
 	f.StringVar(&device, "device", "any", `reserve device: "any" (the daemon picks; a GPU where it has one), "host", or a GPU ordinal`)
 	f.StringVar(&o.Model, "model", o.Model, `indexer model: "trace" (trace replay, tables checked) or "lsa" (published-dimension Memory Indexer, random weights, scored for real)`)
 	f.StringVar(&modes, "modes", strings.Join(AllSimModes, ","), "modes to run")
@@ -566,9 +627,19 @@ func RunSim(ctx context.Context, o SimOptions, launch Launcher, socket, dir stri
 		modes = modes[:1]
 	}
 	var out []SimResult
+	noted := false
 	for _, mode := range modes {
 		sock, metrics := socket, ""
 		var stop func() error
+		var cg *simCgroup
+		if launch != nil && o.BypassCache {
+			var note string
+			cg, note = newSimCgroup(fmt.Sprintf("flashmem-sim-%d-%s", os.Getpid(), mode), o.MemoryLimit())
+			if cg == nil && !noted {
+				fmt.Fprintf(progress, "  sim: --bypass-cache without a memory cgroup (%s); SSD reads are still O_DIRECT, so no page read back comes from the page cache\n", note)
+				noted = true
+			}
+		}
 		if launch != nil {
 			md := filepath.Join(dir, mode)
 			if err := os.MkdirAll(md, 0o700); err != nil {
@@ -577,15 +648,35 @@ func RunSim(ctx context.Context, o SimOptions, launch Launcher, socket, dir stri
 			var cfg string
 			cfg, sock, metrics = simConfig(&o, mode, md)
 			var err error
-			if stop, err = launch(ctx, md, cfg, sock); err != nil {
+			lctx := ctx
+			if cg != nil {
+				lctx = context.WithValue(ctx, cgroupKey{}, cg)
+				fmt.Fprintf(progress, "  sim %s: flashmemd in %s\n", mode, cg)
+			}
+			if stop, err = launch(lctx, md, cfg, sock); err != nil {
+				if cg != nil {
+					_ = cg.remove()
+				}
 				return nil, fmt.Errorf("mode %s: %w", mode, err)
 			}
 		}
 		fmt.Fprintf(progress, "  sim %s: %d sessions × %d pages of %s, host budget %s\n", mode, o.Sessions, o.pages(), human(uint64(o.pageBytes())), human(uint64(o.HostBudget())))
 		r, err := simMode(ctx, &o, mode, sock, metrics, progress)
+		if r != nil && launch != nil {
+			r.ReadMode = o.readMode()
+		}
+		if r != nil && cg != nil {
+			r.Cgroup, r.CgroupLimit = cg.String(), cg.limit
+			r.CgroupPeak, r.CgroupCache = cg.usage()
+		}
 		if stop != nil {
 			if serr := stop(); err == nil && serr != nil {
 				err = fmt.Errorf("%w: stopping: %v", ErrDaemon, serr)
+			}
+		}
+		if cg != nil {
+			if rerr := cg.remove(); err == nil && rerr != nil {
+				fmt.Fprintf(progress, "  sim %s: %v\n", mode, rerr)
 			}
 		}
 		if err != nil {
@@ -719,6 +810,13 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 		}
 		lastWritten = w
 		time.Sleep(300 * time.Millisecond)
+	}
+	if o.BypassCache {
+		// Write back what prefill left dirty, so the decode phase neither
+		// waits on that writeback nor finds reclaim in the daemon's
+		// memory cgroup stuck behind it: its page cache is then clean and
+		// dropped at once when the cgroup needs the room.
+		syscall.Sync()
 	}
 	fmt.Fprintf(progress, "  sim %s: prefill %.1f s\n", mode, time.Since(t0).Seconds())
 	st0, err := admin.Status(ctx)
@@ -1037,6 +1135,15 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for _, r := range res {
+		if r.ReadMode != "" {
+			cg := "no memory cgroup"
+			if r.Cgroup != "" {
+				cg = fmt.Sprintf("%s: peak %s, page cache at the end %s", r.Cgroup, human(uint64(r.CgroupPeak)), human(uint64(r.CgroupCache)))
+			}
+			fmt.Fprintf(w, "%s: SSD reads %s; %s.\n", r.Mode, r.ReadMode, cg)
+		}
 	}
 	fmt.Fprintf(w, "\ncycles: decode cycles after each session's first (which loads sink and tail into its empty reserve: %d of %d sessions waited there in the first mode).\n", r0.FirstStalls, r0.Sessions)
 	for _, r := range res {

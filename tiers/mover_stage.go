@@ -1,0 +1,228 @@
+package tiers
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+)
+
+// StageItem is one lookahead candidate: a page to bring from SSD into the
+// mirror ahead of need. Rank is its place in its session's lookahead
+// ranking (0 = the page most likely to be selected next, i.e. the highest
+// lookahead score); Bytes is the page's size, counted against the staging
+// byte bound.
+type StageItem struct {
+	ID    PageID
+	Rank  int
+	Bytes int64
+}
+
+// stageEntry is a queued StageItem.
+type stageEntry struct {
+	StageItem
+	seq uint64 // arrival order: among equal ranks, older first (its need is nearer)
+	at  int    // index in the heap
+}
+
+// stageHeap orders queued candidates by rank, then arrival.
+type stageHeap []*stageEntry
+
+func (h stageHeap) Len() int { return len(h) }
+func (h stageHeap) Less(i, j int) bool {
+	if h[i].Rank != h[j].Rank {
+		return h[i].Rank < h[j].Rank
+	}
+	return h[i].seq < h[j].seq
+}
+func (h stageHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i]; h[i].at = i; h[j].at = j }
+func (h *stageHeap) Push(x any)   { e := x.(*stageEntry); e.at = len(*h); *h = append(*h, e) }
+func (h *stageHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	e.at = -1
+	return e
+}
+
+// stageState is the mover's staging queue and its back-off; guarded by
+// Mover.mu.
+type stageState struct {
+	q        stageHeap
+	byID     map[PageID]*stageEntry
+	bytes    int64 // queued + in flight
+	inflight int
+	allowed  int // stagers that may read at once (AIMD back-off)
+	seq      uint64
+
+	// Read latency per byte of recent staging reads: the floor is the
+	// best seen lately (decaying), ewma the current level.
+	floor, ewma float64
+}
+
+// Staging counters, in MoverStats.
+type stageCounters struct {
+	superseded, backoffs, stagedBytes atomic.Uint64
+	readNanos                         atomic.Uint64
+}
+
+// StageRanked enqueues one or more sessions' lookahead candidates, best
+// first. A session's new ranking replaces what is still queued of its
+// previous one (the indexer re-ranks every cycle), the queue is served in
+// rank order across sessions, and queued plus in-flight bytes stay within
+// MoverConfig.StageBytes: a candidate that does not fit pushes out a worse
+// ranked one, or is dropped. It never blocks and returns how many were
+// queued.
+func (m *Mover) StageRanked(items []StageItem) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return 0
+	}
+	st := &m.st
+	// Supersede: queued entries of these sessions not in the new ranking.
+	sessions := map[uint64]bool{}
+	want := make(map[PageID]bool, len(items))
+	for _, it := range items {
+		sessions[it.ID.Session] = true
+		want[it.ID] = true
+	}
+	for i := 0; i < len(st.q); {
+		e := st.q[i]
+		if sessions[e.ID.Session] && !want[e.ID] {
+			m.removeStage(e)
+			m.stageCtr.superseded.Add(1)
+			continue // the heap moved another entry to i
+		}
+		i++
+	}
+	n := 0
+	for _, it := range items {
+		m.stageReqs.Add(1)
+		if e, dup := st.byID[it.ID]; dup {
+			if it.Rank != e.Rank {
+				e.Rank = it.Rank
+				heap.Fix(&st.q, e.at)
+			}
+			continue
+		}
+		if len(st.q) >= m.cfg.MaxQueuedStages || st.bytes+it.Bytes > m.cfg.StageBytes {
+			// Push out the worst queued candidate if this one ranks better.
+			w := m.worstStage()
+			if w == nil || w.Rank <= it.Rank || st.bytes-w.Bytes+it.Bytes > m.cfg.StageBytes {
+				m.stageDropped.Add(1)
+				continue
+			}
+			m.removeStage(w)
+			m.stageDropped.Add(1)
+		}
+		st.seq++
+		e := &stageEntry{StageItem: it, seq: st.seq}
+		heap.Push(&st.q, e)
+		st.byID[it.ID] = e
+		st.bytes += it.Bytes
+		n++
+	}
+	if n > 0 {
+		m.cond.Broadcast()
+	}
+	return n
+}
+
+// Stage enqueues page ids as one ranking (best first) with no byte sizes:
+// only MaxQueuedStages bounds them.
+func (m *Mover) Stage(ids []PageID) int {
+	items := make([]StageItem, len(ids))
+	for i, id := range ids {
+		items[i] = StageItem{ID: id, Rank: i}
+	}
+	return m.StageRanked(items)
+}
+
+func (m *Mover) removeStage(e *stageEntry) {
+	heap.Remove(&m.st.q, e.at)
+	delete(m.st.byID, e.ID)
+	m.st.bytes -= e.Bytes
+}
+
+// worstStage is the queued entry served last: highest rank, newest.
+func (m *Mover) worstStage() *stageEntry {
+	var w *stageEntry
+	for _, e := range m.st.q {
+		if w == nil || e.Rank > w.Rank || (e.Rank == w.Rank && e.seq > w.seq) {
+			w = e
+		}
+	}
+	return w
+}
+
+// stager brings queued candidates into the mirror, best first, while no
+// recall waits (a recall is needed now, a candidate maybe later) and fewer
+// than the back-off allows are reading.
+func (m *Mover) stager() {
+	defer m.wg.Done()
+	for {
+		m.mu.Lock()
+		for !m.closed && (len(m.st.q) == 0 || len(m.recalls) > 0 || m.st.inflight >= m.st.allowed) {
+			m.cond.Wait()
+		}
+		if m.closed {
+			m.mu.Unlock()
+			return
+		}
+		e := heap.Pop(&m.st.q).(*stageEntry)
+		delete(m.st.byID, e.ID)
+		m.st.inflight++
+		m.mu.Unlock()
+
+		t0 := time.Now()
+		n, err := m.store.Stage(m.ctx, []PageID{e.ID})
+		d := time.Since(t0)
+		if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
+			m.stageErrors.Add(1)
+		}
+
+		m.mu.Lock()
+		m.st.inflight--
+		m.st.bytes -= e.Bytes
+		if n > 0 {
+			m.stageCtr.readNanos.Add(uint64(d.Nanoseconds()))
+			m.stageCtr.stagedBytes.Add(uint64(e.Bytes))
+			m.adapt(d, e.Bytes)
+		}
+		m.cond.Broadcast()
+		m.mu.Unlock()
+	}
+}
+
+// adapt is the staging back-off: when a staging read takes much longer per
+// byte than the best lately seen, the disk is the bottleneck (its queue is
+// full), so fewer stagers read at once and the recalls, which are needed
+// now, find the disk free sooner; when reads are fast again, one more
+// stager is let in at a time. Called with m.mu held.
+func (m *Mover) adapt(d time.Duration, bytes int64) {
+	if bytes <= 0 {
+		bytes = 1
+	}
+	st := &m.st
+	per := float64(d.Nanoseconds()) / float64(bytes)
+	if st.floor == 0 || per < st.floor {
+		st.floor = per
+	} else {
+		st.floor *= 1.001 // forget an old best slowly: the disk may have changed
+	}
+	if st.ewma == 0 {
+		st.ewma = per
+	}
+	st.ewma = 0.8*st.ewma + 0.2*per
+	switch {
+	case st.ewma > m.cfg.StageBackoff*st.floor && st.allowed > 1:
+		st.allowed = max(1, st.allowed/2)
+		st.ewma = st.floor * m.cfg.StageBackoff / 2 // judge the new level afresh
+		m.stageCtr.backoffs.Add(1)
+	case st.ewma < 2*st.floor && st.allowed < m.cfg.StageWorkers:
+		st.allowed++
+	}
+}

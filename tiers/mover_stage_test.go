@@ -1,0 +1,97 @@
+package tiers
+
+import (
+	"container/heap"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// queueOnly is a Mover with no workers: the staging queue's policy alone.
+func queueOnly(cfg MoverConfig) *Mover {
+	m := &Mover{cfg: cfg}
+	m.st.byID = map[PageID]*stageEntry{}
+	m.st.allowed = cfg.StageWorkers
+	m.cond = sync.NewCond(&m.mu)
+	return m
+}
+
+func drain(m *Mover) []PageID {
+	var out []PageID
+	for len(m.st.q) > 0 {
+		out = append(out, heap.Pop(&m.st.q).(*stageEntry).ID)
+	}
+	return out
+}
+
+func TestStageQueuePolicy(t *testing.T) {
+	p := func(s uint64, pg uint32) PageID { return PageID{Session: s, Page: pg} }
+	tests := []struct {
+		name    string
+		bytes   int64
+		calls   [][]StageItem
+		want    []PageID
+		dropped uint64
+		super   uint64
+	}{
+		{"rank order across sessions, older first on ties", 1 << 30, [][]StageItem{
+			{{p(1, 10), 0, 1}, {p(1, 11), 1, 1}, {p(1, 12), 2, 1}},
+			{{p(2, 20), 0, 1}, {p(2, 21), 1, 1}},
+		}, []PageID{p(1, 10), p(2, 20), p(1, 11), p(2, 21), p(1, 12)}, 0, 0},
+		{"a new ranking supersedes the session's old one", 1 << 30, [][]StageItem{
+			{{p(1, 10), 0, 1}, {p(1, 11), 1, 1}, {p(2, 20), 0, 1}},
+			{{p(1, 11), 0, 1}, {p(1, 12), 1, 1}},
+		}, []PageID{p(1, 11), p(2, 20), p(1, 12)}, 0, 1}, // 1/11 re-ranked 0, queued before 2/20
+		{"byte bound keeps the best ranked", 3, [][]StageItem{
+			{{p(1, 10), 2, 1}, {p(1, 11), 3, 1}, {p(1, 12), 4, 1}},
+			{{p(2, 20), 0, 1}, {p(2, 21), 5, 1}},
+		}, []PageID{p(2, 20), p(1, 10), p(1, 11)}, 2, 0},
+		{"a candidate larger than the bound is dropped", 3, [][]StageItem{
+			{{p(1, 10), 0, 4}, {p(1, 11), 1, 2}},
+		}, []PageID{p(1, 11)}, 1, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := queueOnly(MoverConfig{MaxQueuedStages: 100, StageBytes: tc.bytes, StageWorkers: 2, StageBackoff: 4})
+			for _, c := range tc.calls {
+				m.StageRanked(c)
+			}
+			if m.st.bytes > tc.bytes {
+				t.Errorf("queued bytes %d over the bound %d", m.st.bytes, tc.bytes)
+			}
+			if got := drain(m); !slices.Equal(got, tc.want) {
+				t.Errorf("served %v, want %v", got, tc.want)
+			}
+			if d := m.stageDropped.Load(); d != tc.dropped {
+				t.Errorf("dropped %d, want %d", d, tc.dropped)
+			}
+			if s := m.stageCtr.superseded.Load(); s != tc.super {
+				t.Errorf("superseded %d, want %d", s, tc.super)
+			}
+		})
+	}
+}
+
+func TestStageBackoff(t *testing.T) {
+	m := queueOnly(MoverConfig{StageWorkers: 8, StageBackoff: 4})
+	const page = 150000
+	for range 50 {
+		m.adapt(300*time.Microsecond, page) // an idle disk
+	}
+	if m.st.allowed != 8 || m.stageCtr.backoffs.Load() != 0 {
+		t.Fatalf("fast reads: allowed %d, backoffs %d", m.st.allowed, m.stageCtr.backoffs.Load())
+	}
+	for range 50 {
+		m.adapt(5*time.Millisecond, page) // the disk's queue is full
+	}
+	if m.st.allowed != 1 || m.stageCtr.backoffs.Load() < 3 {
+		t.Fatalf("slow reads: allowed %d, backoffs %d; want 1 and ≥ 3", m.st.allowed, m.stageCtr.backoffs.Load())
+	}
+	for range 50 {
+		m.adapt(320*time.Microsecond, page)
+	}
+	if m.st.allowed != 8 {
+		t.Fatalf("fast again: allowed %d, want 8", m.st.allowed)
+	}
+}

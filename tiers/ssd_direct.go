@@ -1,0 +1,279 @@
+package tiers
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Read modes of the SSD tier's page reads (SSDConfig.ReadMode).
+const (
+	// ReadDirect reads page records with O_DIRECT into aligned buffers, so a
+	// read costs what the disk costs and the page cache never holds a copy
+	// of the tier (the host mirror is the tier's cache). The default.
+	ReadDirect = "direct"
+	// ReadBuffered copies page records out of a read-only mapping of the
+	// segment, through the page cache.
+	ReadBuffered = "buffered"
+)
+
+const (
+	// directAlign is the alignment of O_DIRECT offsets, lengths and buffers:
+	// the largest logical block size in use (4 KiB sectors), so it suits
+	// every device.
+	directAlign = 4096
+	// DefaultReadQueueDepth is how many O_DIRECT reads the tier keeps in
+	// flight at most, all readers together. Measured on the 2-core VM's
+	// virtio disk (BenchmarkSSDReadQD, docs/benchmarks.md "SSD as a
+	// capacity tier"): random 146 KiB pages went from 106 MB/s at depth 1
+	// to 571 at 4, 626 at 8, 794 at 16 and 815 at 32; 768 KiB pages peaked
+	// at 16 (805 MB/s) and fell at 32.
+	DefaultReadQueueDepth = 16
+	// DefaultReadPiece is the size each page read is split into, so one
+	// large page is read as several requests in flight at once.
+	DefaultReadPiece = 128 << 10
+)
+
+// directFiles holds each segment's O_DIRECT descriptor, opened on the first
+// direct read of the segment and closed when the segment is (dropDirect).
+var directFiles sync.Map // *segment → *os.File
+
+// directReader is the O_DIRECT page-read path of one SSD tier.
+type directReader struct {
+	on    atomic.Bool   // false: O_DIRECT refused here, buffered reads from now on
+	sem   chan struct{} // one token per read in flight
+	piece int64
+	log   *slog.Logger
+	once  sync.Once // the fallback is logged once
+	reads atomic.Uint64
+	bytes atomic.Uint64
+}
+
+func newDirectReader(cfg *SSDConfig) *directReader {
+	qd := cfg.ReadQueueDepth
+	if qd <= 0 {
+		qd = DefaultReadQueueDepth
+	}
+	piece := cfg.ReadPiece
+	if piece <= 0 {
+		piece = DefaultReadPiece
+	}
+	r := &directReader{sem: make(chan struct{}, qd), piece: alignUp(piece, directAlign), log: cfg.Logger}
+	r.on.Store(cfg.ReadMode != ReadBuffered)
+	return r
+}
+
+// fallback switches the tier to buffered reads for good, saying why once.
+func (r *directReader) fallback(why error) {
+	r.on.Store(false)
+	r.once.Do(func() {
+		r.log.Warn("the filesystem refuses O_DIRECT; SSD page reads go through the page cache from now on (set [ssd] read_mode = \"buffered\" to silence this)", "err", why)
+	})
+}
+
+// dropDirect closes the segment's O_DIRECT descriptor, if any. unmap calls
+// it with the segment's write lock held, so no direct read is in flight.
+func dropDirect(seg *segment) {
+	if f, ok := directFiles.LoadAndDelete(seg); ok {
+		f.(*os.File).Close()
+	}
+}
+
+// directFile returns seg's O_DIRECT descriptor, opening it through
+// /proc/self/fd (the same inode, whatever its path) on first use. The caller
+// holds seg.rmu shared, so the segment's own descriptor is open.
+func directFile(seg *segment) (*os.File, error) {
+	if f, ok := directFiles.Load(seg); ok {
+		return f.(*os.File), nil
+	}
+	path := "/proc/self/fd/" + strconv.Itoa(int(seg.f.Fd()))
+	fd, err := openDirect(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open O_DIRECT", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	if prev, loaded := directFiles.LoadOrStore(seg, f); loaded {
+		f.Close()
+		return prev.(*os.File), nil
+	}
+	return f, nil
+}
+
+// openDirect is unix.Open; tests replace it to play a filesystem that
+// refuses O_DIRECT (tmpfs accepts it since Linux 6.6).
+var openDirect = unix.Open
+
+// alignedPool recycles O_DIRECT buffers, 4 KiB aligned, by size class
+// (multiples of 64 KiB).
+var alignedPool sync.Map // class (int) → *sync.Pool
+
+const alignedClass = 64 << 10
+
+func getAligned(n int) []byte {
+	class := (n + alignedClass - 1) / alignedClass
+	p, _ := alignedPool.LoadOrStore(class, &sync.Pool{})
+	if b, ok := p.(*sync.Pool).Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	raw := make([]byte, class*alignedClass+directAlign)
+	off := int(-uintptr(unsafe.Pointer(&raw[0])) & (directAlign - 1))
+	return raw[off : off+n : off+class*alignedClass]
+}
+
+func putAligned(b []byte) {
+	class := cap(b) / alignedClass
+	p, _ := alignedPool.LoadOrStore(class, &sync.Pool{})
+	b = b[:cap(b)]
+	p.(*sync.Pool).Put(&b)
+}
+
+// readRecordDirect is readRecord through an O_DIRECT descriptor: the record's
+// 4 KiB-aligned span is read into an aligned buffer in pieces of r.piece, up
+// to the queue depth in flight (all readers together), then header and body
+// are verified against e exactly as readRecord does. errDirectRefused means
+// this filesystem cannot do O_DIRECT; the caller reads buffered instead.
+func (r *directReader) readRecord(seg *segment, e indexEntry, id PageID, dst []byte) error {
+	seg.rmu.RLock()
+	defer seg.rmu.RUnlock()
+	if seg.data == nil {
+		return errMoved
+	}
+	f, err := directFile(seg)
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+			return fmt.Errorf("%w: %v", errDirectRefused, err)
+		}
+		return fmt.Errorf("page %v: segment %d: %v: %w", id, seg.id, err, ErrIntegrity)
+	}
+	end := e.off + e.recordLen()
+	if end > int64(len(seg.data)) {
+		return fmt.Errorf("page %v: record at segment %d offset %d runs past the file's %d B: %w", id, seg.id, e.off, len(seg.data), ErrIntegrity)
+	}
+	start := e.off &^ (directAlign - 1)
+	span := alignUp(end, directAlign) - start
+	buf := getAligned(int(span))
+	defer putAligned(buf)
+	got, err := r.readSpan(f, buf, start)
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) && got == 0 {
+			return fmt.Errorf("%w: %v", errDirectRefused, err)
+		}
+		return fmt.Errorf("page %v: segment %d offset %d unreadable: %v: %w", id, seg.id, e.off, err, ErrIntegrity)
+	}
+	rel := e.off - start
+	if got < rel+e.recordLen() {
+		return fmt.Errorf("page %v: record at segment %d offset %d runs past the file's end: %w", id, seg.id, e.off, ErrIntegrity)
+	}
+	rec := buf[rel : rel+e.recordLen()]
+	h, err := parseRecHeader(rec)
+	if err != nil {
+		return fmt.Errorf("page %v: segment %d offset %d: %w", id, seg.id, e.off, err)
+	}
+	if h.kind == kindPage && h.pageID() != id {
+		return fmt.Errorf("page %v: record at segment %d offset %d is page %v's: %w", id, seg.id, e.off, h.pageID(), ErrIntegrity)
+	}
+	if err := checkEntry(h, e, "page "+id.String(), seg.id); err != nil {
+		return err
+	}
+	if c := copyChecked(dst, rec[pageHeaderSize:]); c != e.crc {
+		return fmt.Errorf("page %v gen %d: body checksum %08x, stored %08x (segment %d offset %d): %w", id, e.gen, c, e.crc, seg.id, e.off, ErrIntegrity)
+	}
+	r.reads.Add(1)
+	r.bytes.Add(uint64(span))
+	return nil
+}
+
+// errDirectRefused: the filesystem refused an O_DIRECT open or read (tmpfs,
+// some FUSE and network filesystems).
+var errDirectRefused = errors.New("O_DIRECT refused")
+
+// readSpan reads len(buf) bytes at off (both aligned) in pieces, each
+// holding one queue-depth token while in flight. It returns how many bytes
+// arrived before the file's end: the last record of a segment may end
+// within its final 4 KiB block.
+func (r *directReader) readSpan(f *os.File, buf []byte, off int64) (int64, error) {
+	n := int64(len(buf))
+	pieces := int((n + r.piece - 1) / r.piece)
+	if pieces == 1 {
+		r.sem <- struct{}{}
+		got, err := preadFull(f, buf, off)
+		<-r.sem
+		return got, err
+	}
+	var wg sync.WaitGroup
+	gots := make([]int64, pieces)
+	errs := make([]error, pieces)
+	for i := range pieces {
+		lo := int64(i) * r.piece
+		hi := min(lo+r.piece, n)
+		r.sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-r.sem }()
+			gots[i], errs[i] = preadFull(f, buf[lo:hi], off+lo)
+		}()
+	}
+	wg.Wait()
+	var total int64
+	for i := range pieces {
+		if errs[i] != nil {
+			return total, errs[i]
+		}
+		total += gots[i]
+		if gots[i] < min(r.piece, n-int64(i)*r.piece) {
+			break // the file ends inside this piece
+		}
+	}
+	return total, nil
+}
+
+// preadFull reads until buf is full or the file ends.
+func preadFull(f *os.File, buf []byte, off int64) (int64, error) {
+	var got int64
+	fd := int(f.Fd())
+	for got < int64(len(buf)) {
+		n, err := unix.Pread(fd, buf[got:], off+got)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return got, err
+		}
+		if n == 0 {
+			break
+		}
+		got += int64(n)
+	}
+	return got, nil
+}
+
+// readPage reads a page record with O_DIRECT when the tier is set to, and
+// through the segment's mapping otherwise (or once the filesystem refused
+// O_DIRECT).
+func (s *SSD) readPage(seg *segment, e indexEntry, id PageID, dst []byte) error {
+	if s.direct.on.Load() {
+		err := s.direct.readRecord(seg, e, id, dst)
+		if !errors.Is(err, errDirectRefused) {
+			return err
+		}
+		s.direct.fallback(err)
+	}
+	return readRecord(seg, e, id, dst)
+}
+
+// ReadMode reports how page reads are done now: ReadDirect, or ReadBuffered
+// (configured, or the filesystem refused O_DIRECT).
+func (s *SSD) ReadMode() string {
+	if s.direct.on.Load() {
+		return ReadDirect
+	}
+	return ReadBuffered
+}
