@@ -27,6 +27,11 @@ type Config struct {
 	NodeID   string
 	RaftAddr string
 	PeerAddr string
+	// RaftAdvertise and PeerAdvertise are the addresses other members dial
+	// when they differ from the listen addresses (NAT, proxies); default
+	// RaftAddr and PeerAddr.
+	RaftAdvertise string
+	PeerAdvertise string
 	// Dir holds raft.db (log and stable store) and snapshots/.
 	Dir string
 	// Bootstrap lists "id=raft_addr" of the first members; used only when
@@ -204,7 +209,14 @@ func Open(cfg Config, store Store) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft_addr %s: %w", cfg.RaftAddr, err)
 	}
-	adv, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
+	if cfg.RaftAdvertise == "" {
+		cfg.RaftAdvertise = cfg.RaftAddr
+	}
+	if cfg.PeerAdvertise == "" {
+		cfg.PeerAdvertise = cfg.PeerAddr
+	}
+	n.cfg = cfg
+	adv, err := net.ResolveTCPAddr("tcp", cfg.RaftAdvertise)
 	if err != nil {
 		rln.Close()
 		return nil, fmt.Errorf("%w: raft_addr %s: %v", ErrConfig, cfg.RaftAddr, err)
@@ -297,7 +309,7 @@ func (n *Node) acceptPeers() {
 // the catalog once a leader exists, and again whenever it is missing or
 // out of date (a restart with a new address).
 func (n *Node) registerLoop() {
-	me := Member{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAddr, PeerAddr: n.cfg.PeerAddr, CapacityBytes: n.cfg.CapacityBytes, GPUs: n.cfg.GPUs}
+	me := Member{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAdvertise, PeerAddr: n.cfg.PeerAdvertise, CapacityBytes: n.cfg.CapacityBytes, GPUs: n.cfg.GPUs}
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -494,7 +506,7 @@ func (n *Node) removeLocal(id string) error {
 // Join asks the cluster reachable at peerAddr (any member's peer port) to
 // add this node as a voter. Run it on a node started without bootstrap.
 func (n *Node) Join(ctx context.Context, peerAddr string) error {
-	h := joinHdr{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAddr}
+	h := joinHdr{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAdvertise}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err := n.client.call(ctx, peerAddr, popJoin, h, nil)
