@@ -168,6 +168,9 @@ func (d *Daemon) restoreIDs() error {
 	if len(names) > 0 {
 		d.log.Info("persisted sessions found", "count", len(names))
 	}
+	// What a crash left behind comes back now, not at the GC timer: a
+	// daemon restarted every few seconds would never reach it.
+	ssd.KickGC()
 	return nil
 }
 

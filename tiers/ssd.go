@@ -222,6 +222,9 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 		return nil, err
 	}
 	go s.gcLoop()
+	// A round right after start: a daemon restarted every few seconds
+	// would otherwise never reach the timer.
+	s.kickGC <- struct{}{}
 	for name, blob := range s.legacyMetas {
 		if _, ok := s.metas[name]; ok {
 			continue
@@ -300,6 +303,16 @@ func (s *SSD) RunGC() {
 	}
 }
 
+// KickGC starts a GC round soon (if GC is enabled), without waiting for the
+// timer: the daemon calls it after deleting the pages of sessions a crash
+// left behind.
+func (s *SSD) KickGC() {
+	select {
+	case s.kickGC <- struct{}{}:
+	default:
+	}
+}
+
 // noteGarbage counts record bytes that became dead and starts a GC round
 // once they add up to half a segment, so space comes back with the writes
 // that free it, not only on the timer.
@@ -307,7 +320,7 @@ func (s *SSD) noteGarbage(n int64) {
 	if n <= 0 {
 		return
 	}
-	if s.garbage.Add(n) >= s.cfg.SegmentBytes/2 {
+	if s.garbage.Add(n) >= min(s.cfg.SegmentBytes/2, garbageKick) {
 		s.garbage.Store(0)
 		select {
 		case s.kickGC <- struct{}{}:

@@ -12,6 +12,11 @@ import (
 // active segment, synced and re-pointed in one index commit (while writers'
 // index commits wait).
 const (
+	// garbageKick is how much garbage written records leave behind before
+	// a GC round starts without waiting for the timer. (An active segment
+	// of at least one growth step that is half garbage is sealed by a
+	// round, so it can be compacted.)
+	garbageKick         = 16 << 20
 	compactBatchRecords = 64
 	compactBatchBytes   = 16 << 20
 )
@@ -131,6 +136,7 @@ func (s *SSD) refsIn(id uint32) []ref {
 func (s *SSD) compact() error {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
+	s.segs.sealIfGarbage(1-s.cfg.GCDiscardRatio, min(s.cfg.SegmentBytes, growStep))
 	cands := s.segs.candidates(1 - s.cfg.GCDiscardRatio)
 	ids := make([]uint32, 0, len(cands))
 	for id := range cands {
@@ -263,25 +269,35 @@ func (s *SSD) moveBatch(seg *segment, batch []ref) error {
 		return err
 	}
 	moved := make([]indexEntry, len(keep))
+	// A name's latest and previous records may both move in one batch:
+	// its index value is built from both moves.
+	metas := map[string]metaRef{}
+	s.cacheMu.RLock()
+	for j, i := range keep {
+		r := batch[i]
+		ne := r.e
+		ne.seg, ne.off = locs[j].seg.id, locs[j].off
+		moved[j] = ne
+		if r.e.kind == kindMeta {
+			m, ok := metas[r.name]
+			if !ok {
+				m = s.metas[r.name]
+			}
+			if r.prev {
+				m.prev = ne
+			} else {
+				m.cur = ne
+			}
+			metas[r.name] = m
+		}
+	}
+	s.cacheMu.RUnlock()
 	err = s.db.Update(func(txn *badger.Txn) error {
 		for j, i := range keep {
 			r := batch[i]
-			ne := r.e
-			ne.seg, ne.off = locs[j].seg.id, locs[j].off
-			moved[j] = ne
-			var v []byte
+			v := encodeIndex(moved[j])
 			if r.e.kind == kindMeta {
-				s.cacheMu.RLock()
-				m := s.metas[r.name]
-				s.cacheMu.RUnlock()
-				if r.prev {
-					m.prev = ne
-				} else {
-					m.cur = ne
-				}
-				v = encodeMetaRef(m)
-			} else {
-				v = encodeIndex(ne)
+				v = encodeMetaRef(metas[r.name])
 			}
 			if err := txn.Set(r.key, v); err != nil {
 				return err

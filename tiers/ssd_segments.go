@@ -634,6 +634,23 @@ func (ss *segStore) candidates(keep float64) map[uint32]*segment {
 	return out
 }
 
+// sealIfGarbage ends the active segment when it is at least minUsed bytes
+// long and its live bytes fell to keep of them, so compaction can take it:
+// a daemon restarted every few seconds may never fill a segment, and its
+// garbage must still come back.
+func (ss *segStore) sealIfGarbage(keep float64, minUsed int64) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	a := ss.active
+	if a == nil || a.pending > 0 || a.next < minUsed || float64(max(a.live, 0)) > keep*float64(a.next) {
+		return
+	}
+	if a.next < a.size && a.f.Truncate(a.next) == nil {
+		a.size = a.next
+	}
+	ss.active = nil
+}
+
 // remove deletes a segment nothing points at any more. A reader still
 // holding it gets os.ErrClosed and looks the page up again.
 func (ss *segStore) remove(seg *segment) error {
