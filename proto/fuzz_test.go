@@ -159,3 +159,4 @@ func FuzzDecodeSessions(f *testing.F)    { fuzzBody(f, &SessionsReply{}) }
 func FuzzDecodeInspect(f *testing.F)     { fuzzBody(f, &InspectReply{}) }
 func FuzzDecodeEvictReply(f *testing.F)  { fuzzBody(f, &EvictReply{}) }
 func FuzzDecodeModels(f *testing.F)      { fuzzBody(f, &ModelsReply{}) }
+func FuzzDecodeVerifyReply(f *testing.F) { fuzzBody(f, &VerifyReply{}) }

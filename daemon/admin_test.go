@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/flashmemory/flashmemory/proto"
+	"github.com/flashmemory/flashmemory/tiers"
+)
+
+// The session-management admin ops (SESSIONS over persisted sessions,
+// INSPECT/EVICT/VERIFY/DELETE/SAVE by name) with the owner rule: another
+// non-admin uid sees none of them and gets UNKNOWN_SESSION from each op, as
+// for a missing session; the owner lists, verifies and deletes.
+func TestAdminSessionManagement(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, testConfig(t, dir))
+	defer r.shutdown(t)
+	ctx := context.Background()
+	c := dial(t, r.d.cfg.Socket)
+	rng := rand.New(rand.NewPCG(3, 4))
+	l := testLayout(64)
+	const chunks = 64*3 + 10 // 4 pages
+	op, err := c.Open(ctx, &proto.Open{Name: "kept", Persist: true, Model: "test", Layout: l, Device: proto.DeviceHostOnly})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op.Region.Close()
+	appendAll(t, c, op.Session, &l, 1, 0, chunks, rng)
+	if err := c.CloseSession(ctx, op.Session, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Evict(ctx, proto.AdminTarget{Name: "kept"}); err != nil {
+		t.Fatal(err)
+	}
+	kept := op.Session
+
+	uid := uint32(os.Getuid())
+	outsider := &conn{d: r.d, cred: Cred{UID: uid + 4242, GID: uid + 4242}}
+	owner := &conn{d: r.d, cred: Cred{UID: uid, GID: uint32(os.Getgid())}}
+
+	// The owner lists it as on SSD only, with its pages there.
+	m, err := owner.admin(proto.OpSessions, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := m.(*proto.SessionsReply).Sessions
+	if len(ss) != 1 || ss[0].Name != "kept" || ss[0].State != "on-ssd" || ss[0].Pages != 4 || ss[0].TierPages["ssd"] != 4 ||
+		ss[0].OwnerUID != uid || ss[0].LastUsed.IsZero() || time.Since(ss[0].LastUsed) > time.Minute {
+		t.Fatalf("owner's SESSIONS: %+v", ss)
+	}
+	// The outsider sees nothing and can do nothing, by name or by id.
+	m, err = outsider.admin(proto.OpSessions, nil)
+	if err != nil || len(m.(*proto.SessionsReply).Sessions) != 0 {
+		t.Fatalf("outsider's SESSIONS: %v %+v", err, m)
+	}
+	for _, op := range []proto.Op{proto.OpInspect, proto.OpEvict, proto.OpVerify, proto.OpDelete, proto.OpSave} {
+		for _, tg := range []proto.AdminTarget{{Name: "kept"}, {Session: kept}} {
+			if _, err := outsider.admin(op, &tg); proto.CodeOf(err) != proto.CodeUnknownSession {
+				t.Errorf("outsider %s %+v: %v, want UNKNOWN_SESSION", op, tg, err)
+			}
+		}
+	}
+	// The owner inspects, verifies, evicts (nothing to do) and saves
+	// (already persisted) it by id and by name.
+	m, err = owner.admin(proto.OpInspect, &proto.AdminTarget{Session: kept})
+	if err != nil || m.(*proto.InspectReply).Session.State != "on-ssd" || m.(*proto.InspectReply).TierPages["ssd"] != 4 {
+		t.Fatalf("INSPECT: %v %+v", err, m)
+	}
+	m, err = owner.admin(proto.OpVerify, &proto.AdminTarget{Name: "kept"})
+	if v, ok := m.(*proto.VerifyReply); err != nil || !ok || v.Pages != 4 || v.Verified != 4 || v.Bad != 0 || v.InMemory != 0 || v.Bytes != 4*l.PageBytes() {
+		t.Fatalf("VERIFY: %v %+v", err, m)
+	}
+	for _, op := range []proto.Op{proto.OpEvict, proto.OpSave} {
+		m, err = owner.admin(op, &proto.AdminTarget{Name: "kept"})
+		if err != nil || !m.(*proto.EvictReply).OnSSDOnly {
+			t.Fatalf("%s of a session on SSD only: %v %+v", op, err, m)
+		}
+	}
+
+	// A live named session: SAVE persists it, VERIFY reads it back from
+	// SSD, DELETE removes it and its pages.
+	op2, err := c.Open(ctx, &proto.Open{Name: "live", Model: "test", Layout: l, Device: proto.DeviceHostOnly})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op2.Region.Close()
+	appendAll(t, c, op2.Session, &l, 2, 0, 64, rng)
+	if _, err := owner.admin(proto.OpVerify, &proto.AdminTarget{Name: "live"}); err != nil {
+		t.Fatal(err) // not on SSD yet: verified from memory
+	}
+	if m, err = owner.admin(proto.OpSave, &proto.AdminTarget{Name: "live"}); err != nil || m.(*proto.EvictReply).OnSSDOnly {
+		t.Fatalf("SAVE: %v %+v", err, m)
+	}
+	if _, err := r.d.store.SSD().GetMeta(ctx, "live"); err != nil {
+		t.Fatalf("SAVE wrote no metadata: %v", err)
+	}
+	m, err = owner.admin(proto.OpVerify, &proto.AdminTarget{Name: "live"})
+	if v := m.(*proto.VerifyReply); err != nil || v.Verified != 1 || v.Bad != 0 || v.InMemory != 0 {
+		t.Fatalf("VERIFY after SAVE: %v %+v", err, v)
+	}
+	if _, err := owner.admin(proto.OpSave, &proto.AdminTarget{Session: 999}); proto.CodeOf(err) != proto.CodeUnknownSession {
+		t.Errorf("SAVE of a missing session: %v", err)
+	}
+
+	// DELETE removes both: metadata and pages, live or on SSD.
+	for _, tg := range []proto.AdminTarget{{Name: "kept"}, {Name: "live"}} {
+		if _, err := owner.admin(proto.OpDelete, &tg); err != nil {
+			t.Fatalf("DELETE %+v: %v", tg, err)
+		}
+		if _, err := r.d.store.SSD().GetMeta(ctx, tg.Name); !errors.Is(err, tiers.ErrNotFound) {
+			t.Errorf("metadata of %s after DELETE: %v", tg.Name, err)
+		}
+	}
+	for _, id := range []uint64{kept, op2.Session} {
+		if pages, err := r.d.store.SSD().Pages(ctx, id); err != nil || len(pages) != 0 {
+			t.Errorf("session %d has pages %v on SSD after DELETE (%v)", id, pages, err)
+		}
+	}
+	m, err = owner.admin(proto.OpSessions, nil)
+	if err != nil || m.(*proto.SessionsReply).Sessions == nil || len(m.(*proto.SessionsReply).Sessions) != 0 {
+		t.Fatalf("SESSIONS after DELETE: %v %+v", err, m)
+	}
+	if _, err := owner.admin(proto.OpDelete, &proto.AdminTarget{Name: "kept"}); proto.CodeOf(err) != proto.CodeUnknownSession {
+		t.Errorf("second DELETE: %v", err)
+	}
+}
