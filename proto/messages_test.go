@@ -82,7 +82,7 @@ func samples() []sample {
 
 func isJSON(m Message) bool {
 	switch m.(type) {
-	case *AdminTarget, *StatusReply, *SessionsReply, *InspectReply, *EvictReply, *ModelsReply:
+	case *AdminTarget, *StatusReply, *SessionsReply, *InspectReply, *EvictReply, *ModelsReply, *VerifyReply:
 		return true
 	}
 	return false
