@@ -5,18 +5,20 @@
 # Prints one JSON line per client and round, then a table of medians and the ratios to Go.
 #
 # Usage: clients/bench.sh [n=2000] [chunks=8192] [sessions=1] [rounds=3]
+# Env: HIDDEN (64) — the daemon's random LSA model's hidden size; queries are 2·HIDDEN bytes
+# per target layer (4096: DeepSeek-V4's 8 KiB queries, 24 KiB per CYCLE entry).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 export PATH="/usr/local/go/bin:$PATH"
-n=${1:-2000} chunks=${2:-8192} sessions=${3:-1} rounds=${4:-3}
+n=${1:-2000} chunks=${2:-8192} sessions=${3:-1} rounds=${4:-3} hidden=${HIDDEN:-64}
 py=${PYTHON:-/usr/bin/python3}
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 go build -o "$work/flashmemd" ./cmd/flashmemd
 go build -o "$work/gobench" ./clients/gobench
 make -s -C clients/c bench all
-cat >"$work/flashmemd.toml" <<'TOML'
+cat >"$work/flashmemd.toml" <<TOML
 log_level = "warn"
 [gpu]
 mode = "off"
@@ -27,7 +29,7 @@ default_model = "small"
 [[indexer.random]]
 name = "small"
 seed = 7
-hidden = 64
+hidden = $hidden
 rank = 32
 heads = 4
 head_dim = 128
@@ -39,9 +41,9 @@ pid=$!
 for _ in $(seq 200); do [[ -S $work/fm.sock ]] && break; sleep 0.05; done
 out=$work/results.jsonl
 for r in $(seq "$rounds"); do
-  "$work/gobench" -socket "$work/fm.sock" -n "$n" -chunks "$chunks" -sessions "$sessions" | tee -a "$out"
-  clients/c/build/bench_cycle "$work/fm.sock" "$n" "$chunks" "$sessions" | tee -a "$out"
-  "$py" clients/python/examples/bench_cycle.py "$work/fm.sock" "$n" "$chunks" "$sessions" | tee -a "$out"
+  "$work/gobench" -socket "$work/fm.sock" -n "$n" -chunks "$chunks" -sessions "$sessions" -hidden "$hidden" | tee -a "$out"
+  clients/c/build/bench_cycle "$work/fm.sock" "$n" "$chunks" "$sessions" "$hidden" | tee -a "$out"
+  "$py" clients/python/examples/bench_cycle.py "$work/fm.sock" "$n" "$chunks" "$sessions" "$hidden" | tee -a "$out"
 done
 "$py" - "$out" <<'PY'
 import json, sys, statistics
@@ -57,6 +59,6 @@ for c in ("go", "c", "python"):
           med(c, "cycle_us", "p99"), med(c, "server_us", "p50"), med(c, "overhead_us", "p50"),
           med(c, "cycle_us", "p50") / med("go", "cycle_us", "p50"), med(c, "overhead_us", "p50") / med("go", "overhead_us", "p50")))
 r = by["go"][0]
-print("(%d sessions per CYCLE, %d chunks each, %d pages in each page table, %d round trips × %d rounds; python CRC: %s)"
-      % (r["sessions"], r["chunks"], r["pages_per_entry"], r["n"], len(by["go"]), by["python"][0]["crc"]))
+print("(%d sessions per CYCLE, %d chunks each, %d pages in each page table, %d round trips × %d rounds; python CRC: %s; hidden %s)"
+      % (r["sessions"], r["chunks"], r["pages_per_entry"], r["n"], len(by["go"]), by["python"][0]["crc"], r.get("hidden")))
 PY

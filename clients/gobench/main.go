@@ -123,7 +123,7 @@ func run(sock string, n int, chunks uint64, nsess, hidden int) error {
 		}
 	}
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"client": "go", "n": n, "sessions": nsess, "chunks": chunks, "pages_per_entry": pages,
+		"client": "go", "n": n, "sessions": nsess, "hidden": hidden, "chunks": chunks, "pages_per_entry": pages,
 		"ping_us": summarize(ping), "cycle_us": summarize(cyc), "server_us": summarize(server), "overhead_us": summarize(over),
 	})
 }
