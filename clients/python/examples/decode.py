@@ -104,7 +104,7 @@ def slots_for(a):
 # PyTorch decoder
 # ---------------------------------------------------------------------------------------
 def torch_main(a, torch):
-    from flashmem.torch import ReserveTensors, page_slots
+    from flashmem.torch import ReserveTensors
 
     def tbytes(t):
         t = t.contiguous().cpu()
