@@ -60,7 +60,9 @@ func runBin(t *testing.T, dir, name string, args ...string) result {
 	return result{o.String(), e.String(), err}
 }
 
-func ctl(t *testing.T, dir string, args ...string) result { return runBin(t, dir, "flashmemctl", args...) }
+func ctl(t *testing.T, dir string, args ...string) result {
+	return runBin(t, dir, "flashmemctl", args...)
+}
 
 // TestUserErrors drives the binaries into each error a user can cause and
 // checks that the message names the fix, in the flag's or key's own name.
@@ -105,6 +107,10 @@ func TestUserErrors(t *testing.T) {
 			[]string{"--filler", "does not exist", "relative to the working directory", "pass --filler DIR"}, nil, 1},
 		{"train relative text default", "flashmemctl", []string{"train", "--out", filepath.Join(dir, "m.safetensors")},
 			[]string{"--text", "pass --text DIR"}, nil, 1},
+		{"eval without --data", "flashmemctl", []string{"eval"},
+			[]string{"--data FILE.jsonl", "flashmemctl gen"}, nil, 1},
+		{"eval --data missing", "flashmemctl", []string{"eval", "--data", filepath.Join(dir, "none.jsonl")},
+			[]string{"--data " + filepath.Join(dir, "none.jsonl"), "no such file", "flashmemctl gen --out"}, nil, 1},
 		{"demo --tokens too small", "flashmemctl", []string{"--socket", sock, "demo", "--tokens", "4096"},
 			[]string{"--tokens 4096", "use --tokens 10240 or more"}, nil, 1},
 		{"demo --needles too many", "flashmemctl", []string{"--socket", sock, "demo", "--tokens", "16384", "--needles", "20"},
@@ -215,5 +221,26 @@ func TestVersionAndUsage(t *testing.T) {
 	r = runBin(t, dir, "flashmemctl", "--help")
 	if r.err != nil || !strings.Contains(r.stdout, "--socket") || !strings.Contains(r.stdout, "FLASHMEMD_SOCKET") {
 		t.Errorf("flashmemctl --help: %v\n%s", r.err, r.stdout)
+	}
+}
+
+// TestDemoScript: scripts/demo.sh parses, and keeps its promises in the
+// text (temporary socket, data dir and metrics port; cleanup on exit; no
+// go-nvml warnings). Running it rebuilds the cgo packages with other flags,
+// too slow for every CI run; it is run by hand (README quick start).
+func TestDemoScript(t *testing.T) {
+	path := filepath.Join(repoRoot, "scripts", "demo.sh")
+	if out, err := exec.Command("bash", "-n", path).CombinedOutput(); err != nil {
+		t.Fatalf("bash -n: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"mktemp -d", "trap cleanup EXIT", `--socket "$sock"`, `--data-dir "$tmp/data"`, `--metrics "127.0.0.1:$port"`,
+		"-Wno-deprecated-declarations", "go build -v", "flashmemctl --socket \"$sock\" wait"} {
+		if !strings.Contains(string(b), w) {
+			t.Errorf("scripts/demo.sh lacks %q", w)
+		}
 	}
 }

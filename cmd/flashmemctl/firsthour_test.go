@@ -164,6 +164,16 @@ func TestFirstHour(t *testing.T) {
 			}
 		}
 	}
+	// Tables fit 100 columns.
+	for _, s := range steps {
+		if strings.HasPrefix(s.line, "bin/flashmemctl sessions") || strings.HasPrefix(s.line, "bin/flashmemctl status") {
+			for _, l := range strings.Split(s.out, "\n") {
+				if n := len([]rune(l)); n > 100 {
+					t.Errorf("%q printed a line of %d columns: %q", s.line, n, l)
+				}
+			}
+		}
+	}
 	if t.Failed() {
 		t.Logf("whole output:\n%s", out.String())
 	}

@@ -64,6 +64,12 @@ indexer selection, over the same chunks and cycles.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
+			if o.data == "" {
+				return fmt.Errorf("%w: eval needs --data FILE.jsonl, a dataset: make one with flashmemctl gen --out FILE.jsonl", ErrUsage)
+			}
+			if _, err := os.Stat(o.data); err != nil {
+				return fmt.Errorf("%w: --data %s: %v: make a dataset with flashmemctl gen --out %s", ErrUsage, o.data, errors.Unwrap(err), o.data)
+			}
 			if o.footprints, err = parseFloats(fps); err != nil {
 				return err
 			}
@@ -112,7 +118,6 @@ indexer selection, over the same chunks and cycles.`,
 	f.Uint64Var(&o.seed, "seed", 1, "seed of the random baseline")
 	f.StringVar(&o.expand, "expand", "auto", "multi-hop expansion of the text-mode scorer (auto = on, on, off); --in-process only, the daemon takes it from its [indexer] expand setting")
 	f.BoolVar(&o.inProcess, "in-process", false, "no daemon: score and select in this process (eval.Run), as a cross-check of the daemon-backed numbers")
-	_ = cmd.MarkFlagRequired("data")
 	return cmd
 }
 
