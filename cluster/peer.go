@@ -422,6 +422,7 @@ func (n *Node) receivePages(ctx context.Context, h *pagesHdr, payload []byte) er
 		return err
 	}
 	pages := make([]PageData, len(h.Pages))
+	committed, _ := n.cat.Session(h.Name)
 	off := 0
 	for i, p := range h.Pages {
 		l := h.Lens[i]
@@ -434,8 +435,8 @@ func (n *Node) receivePages(ctx context.Context, h *pagesHdr, payload []byte) er
 			n.metrics.checksumFailures.Add(1)
 			return fmt.Errorf("%w: page %d of %q", ErrChecksum, p.Page, h.Name)
 		}
-		if m, ok := n.cat.Session(h.Name); ok && int(p.Page) < len(m.Pages) && p.Gen < m.Pages[p.Page].Gen {
-			return fmt.Errorf("%w: page %d of %q at generation %d, the committed manifest has %d", ErrGeneration, p.Page, h.Name, p.Gen, m.Pages[p.Page].Gen)
+		if committed != nil && int(p.Page) < len(committed.Pages) && p.Gen < committed.Pages[p.Page].Gen {
+			return fmt.Errorf("%w: page %d of %q at generation %d, the committed manifest has %d", ErrGeneration, p.Page, h.Name, p.Gen, committed.Pages[p.Page].Gen)
 		}
 		pages[i] = PageData{PageInfo: p, Data: data}
 	}

@@ -22,7 +22,7 @@ type SessionInfo struct {
 }
 
 // batchBytes bounds one PUT_PAGES frame.
-const batchBytes = 16 << 20
+const batchBytes = 8 << 20
 
 func (n *Node) lockName(name string) func() {
 	v, _ := n.sessMu.LoadOrStore(name, &sync.Mutex{})
@@ -266,23 +266,44 @@ func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Ses
 // sendPages streams the pages a replica lacks in batches; each batch is
 // durable there before the call returns.
 func (n *Node) sendPages(ctx context.Context, addr, name, owner string, epoch uint64, pages []PageEntry, have map[uint32]PageEntry, cached map[uint32][]byte) (int, int64, error) {
-	var h pagesHdr
-	var payload [][]byte
-	size, sent := 0, 0
-	var total int64
-	flush := func() error {
-		if len(h.Pages) == 0 {
-			return nil
-		}
-		h.Name, h.Owner, h.Epoch = name, owner, epoch
-		if _, err := n.client.call(ctx, addr, popPutPages, h, nil, payload...); err != nil {
-			return err
-		}
-		sent += len(h.Pages)
-		total += int64(size)
-		h, payload, size = pagesHdr{}, nil, 0
-		return nil
+	type batch struct {
+		h       pagesHdr
+		payload [][]byte
+		size    int
 	}
+	// Up to 4 batches in flight on their own connections: the replica
+	// syncs one while the next arrives.
+	const streams = 4
+	work := make(chan *batch)
+	var mu sync.Mutex
+	var firstErr error
+	sent, total := 0, int64(0)
+	var wg sync.WaitGroup
+	for range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range work {
+				mu.Lock()
+				failed := firstErr != nil
+				mu.Unlock()
+				if failed {
+					continue
+				}
+				_, err := n.client.call(ctx, addr, popPutPages, b.h, nil, b.payload...)
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+				} else if err == nil {
+					sent += len(b.h.Pages)
+					total += int64(b.size)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	cur := &batch{h: pagesHdr{Name: name, Owner: owner, Epoch: epoch}}
+	var readErr error
 	for p, e := range pages {
 		if e.Gen == 0 && e.CRC == 0 {
 			continue
@@ -294,24 +315,33 @@ func (n *Node) sendPages(ctx context.Context, addr, name, owner string, epoch ui
 		if data == nil {
 			gen, d, err := n.store.ReadPage(ctx, name, uint32(p))
 			if err != nil {
-				return sent, total, fmt.Errorf("page %d: %w", p, err)
+				readErr = fmt.Errorf("page %d: %w", p, err)
+				break
 			}
 			if gen != e.Gen || Checksum(d) != e.CRC {
-				return sent, total, fmt.Errorf("%w: local page %d of %q changed under replication", ErrGeneration, p, name)
+				readErr = fmt.Errorf("%w: local page %d of %q changed under replication", ErrGeneration, p, name)
+				break
 			}
 			data = d
 		}
-		h.Pages = append(h.Pages, PageInfo{Page: uint32(p), Gen: e.Gen, CRC: e.CRC})
-		h.Lens = append(h.Lens, len(data))
-		payload = append(payload, data)
-		size += len(data)
-		if size >= batchBytes {
-			if err := flush(); err != nil {
-				return sent, total, err
-			}
+		cur.h.Pages = append(cur.h.Pages, PageInfo{Page: uint32(p), Gen: e.Gen, CRC: e.CRC})
+		cur.h.Lens = append(cur.h.Lens, len(data))
+		cur.payload = append(cur.payload, data)
+		cur.size += len(data)
+		if cur.size >= batchBytes {
+			work <- cur
+			cur = &batch{h: pagesHdr{Name: name, Owner: owner, Epoch: epoch}}
 		}
 	}
-	return sent, total, flush()
+	if readErr == nil && len(cur.h.Pages) > 0 {
+		work <- cur
+	}
+	close(work)
+	wg.Wait()
+	if readErr != nil {
+		return sent, total, readErr
+	}
+	return sent, total, firstErr
 }
 
 // localManifest reads every page of the local copy, verified, with its

@@ -388,7 +388,16 @@ func (d *Daemon) forgetSession(s *session) {
 // clusterStore adapts the tiers to cluster.Store. Names map to this node's
 // local session ids through the metadata records; metadata blobs travel in
 // a canonical form (local id 0) so every copy has the same checksum.
-type clusterStore struct{ d *Daemon }
+type clusterStore struct {
+	d    *Daemon
+	mu   sync.Mutex
+	geom map[string]pageGeom
+}
+
+type pageGeom struct {
+	id        uint64
+	pageBytes int
+}
 
 var _ cluster.Store = (*clusterStore)(nil)
 
@@ -437,14 +446,41 @@ func (cs *clusterStore) Meta(ctx context.Context, name string) ([]byte, []uint64
 	return blob, m.Gens, err
 }
 
+// pageGeom returns the local id and page size of name's copy, decoding its
+// metadata (which carries the indexer state: tens of MB for a long
+// session) only when the id changed since the last call.
+func (cs *clusterStore) pageGeom(ctx context.Context, name string) (uint64, int, error) {
+	id, ok := cs.d.store.SSD().MetaSession(name)
+	if ok {
+		cs.mu.Lock()
+		g, hit := cs.geom[name]
+		cs.mu.Unlock()
+		if hit && g.id == id {
+			return id, g.pageBytes, nil
+		}
+	}
+	m, _, err := cs.localMeta(ctx, name)
+	if err != nil {
+		return 0, 0, err
+	}
+	pb := tiersLayout(m.Layout).PageBytes()
+	cs.mu.Lock()
+	if cs.geom == nil {
+		cs.geom = map[string]pageGeom{}
+	}
+	cs.geom[name] = pageGeom{id: m.ID, pageBytes: pb}
+	cs.mu.Unlock()
+	return m.ID, pb, nil
+}
+
 // ReadPage implements cluster.Store: from the mirror or SSD, verified.
 func (cs *clusterStore) ReadPage(ctx context.Context, name string, page uint32) (uint64, []byte, error) {
-	m, _, err := cs.localMeta(ctx, name)
+	id, pb, err := cs.pageGeom(ctx, name)
 	if err != nil {
 		return 0, nil, err
 	}
-	buf := make([]byte, tiersLayout(m.Layout).PageBytes())
-	gen, _, err := cs.d.store.Read(ctx, tiers.PageID{Session: m.ID, Page: page}, buf)
+	buf := make([]byte, pb)
+	gen, _, err := cs.d.store.Read(ctx, tiers.PageID{Session: id, Page: page}, buf)
 	if err != nil {
 		if errors.Is(err, tiers.ErrNotFound) {
 			return 0, nil, fmt.Errorf("%w: page %d of %q", cluster.ErrNotFound, page, name)

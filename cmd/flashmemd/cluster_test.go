@@ -20,6 +20,10 @@ import (
 	"github.com/flashmemory/flashmemory/proto"
 )
 
+// clusterBaseConfig is what cluster daemons run with besides [cluster]
+// (the benchmark raises the host budget).
+var clusterBaseConfig = testConfig
+
 // clusterProc is one flashmemd of a test cluster; its log is guarded
 // because the reader goroutine appends while the test may print it.
 type clusterProc struct {
@@ -60,7 +64,7 @@ func startClusterDaemon(t *testing.T, n clusterNode, boot []string, secretFile s
 // startClusterDaemonExtra adds lines to the [cluster] table.
 func startClusterDaemonExtra(t *testing.T, n clusterNode, boot []string, secretFile, extra string) *clusterProc {
 	t.Helper()
-	cfg := testConfig + fmt.Sprintf(`
+	cfg := clusterBaseConfig + fmt.Sprintf(`
 [cluster]
 node_id = %q
 raft_addr = %q
