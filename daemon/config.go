@@ -74,8 +74,11 @@ type Limits struct {
 	// and no lease and has sent nothing for this long (0 = never).
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
 	IdleTimeout      Duration `toml:"idle_timeout"`
-	MaxFrameBytes    uint32   `toml:"max_frame_bytes"`
-	StagingBytes     int64    `toml:"staging_bytes"`
+	// FrameTimeout closes a connection that stops in the middle of a frame:
+	// once a frame's first bytes arrived, the rest must within this time.
+	FrameTimeout  Duration `toml:"frame_timeout"`
+	MaxFrameBytes uint32   `toml:"max_frame_bytes"`
+	StagingBytes  int64    `toml:"staging_bytes"`
 	// MaxSessionBytes caps one session's full KV history (all pages, all
 	// layers); MaxReserveBytes caps one session's reserve region.
 	MaxSessionBytes int64 `toml:"max_session_bytes"`
@@ -286,6 +289,7 @@ func DefaultConfig() Config {
 			MaxConnsPerUID:     64,
 			HandshakeTimeout:   Duration(5 * time.Second),
 			IdleTimeout:        Duration(10 * time.Minute),
+			FrameTimeout:       Duration(30 * time.Second),
 			MaxFrameBytes:      16 << 20,
 			StagingBytes:       64 << 20,
 			MaxSessionBytes:    64 << 30,
@@ -446,8 +450,8 @@ func (c *Config) Validate() error {
 		c.Limits.MaxSessionsPerUID <= 0 || c.Limits.MaxConnsPerUID <= 0 {
 		errs = append(errs, "limits.max_sessions, max_sessions_per_conn, max_sessions_per_uid, max_conns and max_conns_per_uid must be positive")
 	}
-	if c.Limits.HandshakeTimeout <= 0 {
-		errs = append(errs, "limits.handshake_timeout must be positive")
+	if c.Limits.HandshakeTimeout <= 0 || c.Limits.FrameTimeout <= 0 {
+		errs = append(errs, "limits.handshake_timeout and frame_timeout must be positive")
 	}
 	if c.Limits.IdleTimeout < 0 {
 		errs = append(errs, "limits.idle_timeout must not be negative (0 = never)")

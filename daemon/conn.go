@@ -107,15 +107,27 @@ func (c *conn) serve() {
 			_ = c.pc.UnixConn().SetReadDeadline(want)
 			deadline = want
 		}
+		// A frame once started must finish within frame_timeout (and, before
+		// HELLO, still by the handshake deadline); ReadFrame moves the read
+		// deadline for it, so ours is set again afterwards.
+		ft := time.Duration(lim.FrameTimeout)
+		if c.version == 0 {
+			ft = max(min(ft, time.Until(handshakeBy)), time.Nanosecond)
+		}
+		c.pc.SetFrameTimeout(ft)
 		if c.d.closing.Load() {
 			return
 		}
 		f, err := c.pc.ReadFrame()
+		deadline = time.Unix(0, 1) // moved by the frame timeout: set ours again
 		if err != nil {
 			if c.d.closing.Load() {
 				return
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if c.pc.MidFrame() && c.version != 0 {
+					why = proto.CodeBadFrame.Errorf("a frame was not completed within %v of its first byte (limits.frame_timeout); send each frame whole", ft)
+				}
 				goodbye = why
 				log.Debug("closing connection", "reason", why)
 				return

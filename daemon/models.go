@@ -122,6 +122,7 @@ func (d *Daemon) listModels() *proto.ModelsReply {
 			DetachedTTL:      time.Duration(lim.DetachedTTL).Seconds(),
 			HandshakeTimeout: time.Duration(lim.HandshakeTimeout).Seconds(),
 			IdleTimeout:      time.Duration(lim.IdleTimeout).Seconds(),
+			FrameTimeout:     time.Duration(lim.FrameTimeout).Seconds(),
 		},
 	}
 	for name, sc := range d.models {

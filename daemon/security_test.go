@@ -368,3 +368,50 @@ func TestPerUIDLimits(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A connection holding a session that stops in the middle of a frame is
+// closed after frame_timeout with a BAD_FRAME frame of request id 0; its
+// session goes with it.
+func TestFrameTimeout(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Limits.FrameTimeout = Duration(300 * time.Millisecond)
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	nc, err := net.Dial("unix", cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	pc := proto.NewConn(nc.(*net.UnixConn), 1<<20)
+	call := func(op proto.Op, id uint64, m proto.Message) *proto.Frame {
+		t.Helper()
+		if err := pc.WriteMessage(proto.Header{Version: 1, Op: op, ID: id}, m); err != nil {
+			t.Fatal(err)
+		}
+		f, err := pc.ReadFrame()
+		if err != nil || f.IsError() {
+			t.Fatalf("%v: %v %+v", op, err, f)
+		}
+		f.CloseFiles()
+		return f
+	}
+	call(proto.OpHello, 1, &proto.Hello{MinVersion: 1, MaxVersion: 1})
+	call(proto.OpOpen, 2, &proto.Open{Layout: testLayout(8)})
+	// Half a PING header, then silence.
+	if _, err := nc.Write([]byte("FMEM\x01\x00\x02\x00")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	f, err := pc.ReadFrame()
+	var eb proto.ErrorBody
+	if err != nil || !f.IsError() || f.ID != 0 || eb.Decode(f.Body) != nil || eb.Code != proto.CodeBadFrame {
+		t.Fatalf("after a stalled frame: %v %+v", err, eb)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+	if _, err := pc.ReadFrame(); err == nil {
+		t.Fatal("connection still open")
+	}
+}

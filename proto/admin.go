@@ -292,6 +292,7 @@ type ServerLimits struct {
 	DetachedTTL         float64 `json:"detached_ttl_seconds"`
 	HandshakeTimeout    float64 `json:"handshake_timeout_seconds"`
 	IdleTimeout         float64 `json:"idle_timeout_seconds"`
+	FrameTimeout        float64 `json:"frame_timeout_seconds"`
 }
 
 // ModelsReply answers MODELS.

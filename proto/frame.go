@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -375,6 +376,10 @@ type Conn struct {
 	maxBody uint32
 	oob     []byte
 	wmu     sync.Mutex
+
+	frameTimeout time.Duration
+	fr           frameClock
+	midFrame     bool
 }
 
 // NewConn wraps uc; maxBody bounds incoming bodies (0: DefaultMaxBody).
@@ -391,7 +396,43 @@ func (c *Conn) MaxBody() uint32 { return c.maxBody }
 
 // ReadFrame reads the next frame; see the package-level ReadFrame. Only one
 // goroutine may read.
-func (c *Conn) ReadFrame() (*Frame, error) { return readFrame(c.uc, c.maxBody, c.oob) }
+func (c *Conn) ReadFrame() (*Frame, error) {
+	if c.frameTimeout <= 0 {
+		return readFrame(c.uc, c.maxBody, c.oob)
+	}
+	c.fr = frameClock{UnixConn: c.uc, d: c.frameTimeout}
+	f, err := readFrame(&c.fr, c.maxBody, c.oob)
+	c.midFrame = err != nil && c.fr.started
+	return f, err
+}
+
+// SetFrameTimeout bounds how long the rest of a frame may take once its
+// first bytes have arrived (0, the default: no bound), so a peer that stops
+// in the middle of a frame cannot hold the reader forever. It changes the
+// connection's read deadline while a frame is being read: a caller with its
+// own deadline sets it again before the next ReadFrame. It must not be
+// called concurrently with ReadFrame.
+func (c *Conn) SetFrameTimeout(d time.Duration) { c.frameTimeout = d }
+
+// MidFrame reports whether the last ReadFrame failed after part of a frame
+// had arrived (only tracked with a frame timeout set).
+func (c *Conn) MidFrame() bool { return c.midFrame }
+
+// frameClock starts the frame timeout at the first bytes of a frame.
+type frameClock struct {
+	*net.UnixConn
+	d       time.Duration
+	started bool
+}
+
+func (f *frameClock) ReadMsgUnix(b, oob []byte) (int, int, int, *net.UnixAddr, error) {
+	n, oobn, flags, addr, err := f.UnixConn.ReadMsgUnix(b, oob)
+	if !f.started && (n > 0 || oobn > 0) {
+		f.started = true
+		_ = f.UnixConn.SetReadDeadline(time.Now().Add(f.d))
+	}
+	return n, oobn, flags, addr, err
+}
 
 // WriteFrame writes one frame; it is safe for concurrent use.
 func (c *Conn) WriteFrame(h Header, body []byte, fds ...int) error {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -450,5 +451,31 @@ func TestWriteFrameLimits(t *testing.T) {
 	}
 	if err := WriteFrame(a, Header{Version: 1, Op: OpPing}, nil, fds...); !errors.Is(err, ErrBadHeader) {
 		t.Fatalf("too many fds: %v", err)
+	}
+}
+
+// With a frame timeout, a frame whose first bytes arrived must complete in
+// time; silence before a frame is not bounded by it.
+func TestConnFrameTimeout(t *testing.T) {
+	a, b := socketpair(t)
+	c := NewConn(a, 0)
+	c.SetFrameTimeout(100 * time.Millisecond)
+	whole := frameBytes(Header{Version: 1, Op: OpPing, ID: 1}, []byte("hi"))
+	go func() {
+		time.Sleep(300 * time.Millisecond) // longer than the frame timeout, before the frame
+		b.Write(whole)
+		b.Write(whole[:10]) // then half a frame, and nothing more
+	}()
+	f, err := c.ReadFrame()
+	if err != nil || string(f.Body) != "hi" || c.MidFrame() {
+		t.Fatalf("whole frame after a pause: %v %v", err, c.MidFrame())
+	}
+	_ = a.SetReadDeadline(time.Time{})
+	t0 := time.Now()
+	if _, err := c.ReadFrame(); !errors.Is(err, os.ErrDeadlineExceeded) || !c.MidFrame() {
+		t.Fatalf("half a frame: %v, mid-frame %v", err, c.MidFrame())
+	}
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Fatalf("frame timeout took %v", d)
 	}
 }
