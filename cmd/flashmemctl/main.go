@@ -1,5 +1,8 @@
 // Command flashmemctl inspects and exercises a running flashmemd: status,
-// sessions, inspect, evict and a synthetic-decoder demo. See package ctl.
+// sessions (live and persisted), inspect, evict, resume, persist, delete,
+// verify, a synthetic-decoder demo, and the evaluation tools. See package
+// ctl. Its tests run the README's first-hour walk-through and the errors a
+// user can cause against the real binaries.
 package main
 
 import (

@@ -2,7 +2,13 @@
 // flashmemd. Everything talks to the daemon through package proto, as any
 // decoder would:
 //
-//   - status, sessions, inspect, evict: administration.
+//   - status, sessions, inspect, evict: administration; sessions lists live
+//     and persisted (on SSD only) sessions alike, and inspect/evict take
+//     either.
+//   - resume, persist, delete, verify: persisted sessions by name (VERIFY
+//     reads every page back; exit 3 on damage, ErrDamaged).
+//   - wait: returns once the daemon answers, so "flashmemd & flashmemctl
+//     wait" is safe to paste.
 //   - demo: a synthetic decoder that drives a long session through the real
 //     socket (random-weight "demo" model, planted chunks).
 //   - gen: RULER / LongMemEval-style recall datasets (eval.Generate).
@@ -19,5 +25,8 @@
 //     Launcher).
 //   - train: trains a text-mode model (textmode.Train) into safetensors.
 //
-// docs/evaluation.md documents the methods and the numbers.
+// Errors a user can cause name the flag or command that fixes them (no
+// daemon: start it or pass --socket; an unknown session: flashmemctl
+// sessions); long work shows a progress bar on a terminal and a line per
+// ~10 % otherwise. docs/evaluation.md documents the methods and the numbers.
 package ctl
