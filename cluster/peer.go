@@ -28,6 +28,7 @@ const (
 	popPutMeta  = 8
 	popGetMeta  = 9
 	popDrop     = 10
+	popGetPages = 11
 
 	statusOK  = 0
 	statusErr = 1
@@ -106,6 +107,8 @@ type (
 		// sender its catalog already knows to be stale.
 		Owner string `json:"owner,omitempty"`
 		Epoch uint64 `json:"epoch,omitempty"`
+		// Pages: GET_PAGES asks for these.
+		Pages []uint32 `json:"pages,omitempty"`
 	}
 	pagesHdr struct {
 		Name  string     `json:"name"`
@@ -361,6 +364,29 @@ func (n *Node) handlePeer(op byte, raw json.RawMessage, payload []byte) (any, []
 		}
 		n.metrics.bytesServed.Add(uint64(len(data)))
 		return PageInfo{Page: h.Page, Gen: gen, CRC: Checksum(data)}, [][]byte{data}, nil
+	case popGetPages:
+		var h nameHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		if len(h.Pages) > 256 {
+			return nil, nil, fmt.Errorf("%w: %d pages in one GET_PAGES, at most 256", ErrBadCommand, len(h.Pages))
+		}
+		// Pages this node cannot read are left out; the caller asks
+		// another replica for them.
+		out := pagesHdr{Name: h.Name}
+		var data [][]byte
+		for _, p := range h.Pages {
+			gen, b, err := n.store.ReadPage(ctx, h.Name, p)
+			if err != nil {
+				continue
+			}
+			out.Pages = append(out.Pages, PageInfo{Page: p, Gen: gen, CRC: Checksum(b)})
+			out.Lens = append(out.Lens, len(b))
+			data = append(data, b)
+			n.metrics.bytesServed.Add(uint64(len(b)))
+		}
+		return out, data, nil
 	case popPutMeta:
 		var h nameHdr
 		if err := json.Unmarshal(raw, &h); err != nil {

@@ -259,6 +259,9 @@ func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Ses
 	if err != nil {
 		return sent, bytes, err
 	}
+	if sent == 0 && metaCRC == prev.MetaCRC && slices.Contains(prev.Replicas, m.ID) {
+		return 0, 0, nil // it holds exactly this version already
+	}
 	_, err = n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: name, CRC: metaCRC, Owner: owner, Epoch: epoch}, nil, meta)
 	return sent, bytes, err
 }
@@ -486,21 +489,73 @@ func (n *Node) pull(ctx context.Context, name string, s *Session, need []uint32,
 	if len(need) == 0 {
 		return 0, 0, 0
 	}
-	work := make(chan uint32)
+	const group = 32 // pages per GET_PAGES
+	work := make(chan []uint32)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	workers := min(8, len(need))
-	for range workers {
+	check := func(p uint32, pi PageInfo, data []byte, from string) bool {
+		e := s.Pages[p]
+		if pi.Gen == e.Gen && Checksum(data) == e.CRC {
+			return true
+		}
+		if pi.Gen == e.Gen {
+			n.metrics.checksumFailures.Add(1)
+			mu.Lock()
+			mismatched++ // damaged there; another version is not damage
+			mu.Unlock()
+		}
+		n.log.Warn("replica page does not match the manifest", "name", name, "page", p, "replica", from, "gen", pi.Gen, "want_gen", e.Gen)
+		return false
+	}
+	workers := min(8, (len(need)+group-1)/group)
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var batch []PageData
-			size := 0
-			flush := func() {
-				if len(batch) == 0 {
-					return
+			for ps := range work {
+				got := map[uint32][]byte{}
+				// The whole group from one replica (rotating by worker),
+				// then page by page from the others for what is missing.
+				m := sources[w%len(sources)]
+				var h pagesHdr
+				payload, err := n.client.call(ctx, m.PeerAddr, popGetPages, nameHdr{Name: name, Pages: ps}, &h)
+				if err == nil && len(h.Lens) == len(h.Pages) {
+					off := 0
+					for i, pi := range h.Pages {
+						l := h.Lens[i]
+						if l < 0 || off+l > len(payload) || int(pi.Page) >= len(s.Pages) {
+							break
+						}
+						if check(pi.Page, pi, payload[off:off+l], m.ID) {
+							got[pi.Page] = payload[off : off+l]
+						}
+						off += l
+					}
 				}
-				err := n.store.WritePages(ctx, name, batch)
+				var batch []PageData
+				for _, p := range ps {
+					data := got[p]
+					for i := 0; data == nil && i < len(sources); i++ {
+						o := sources[(w+1+i)%len(sources)]
+						var pi PageInfo
+						d, err := n.client.call(ctx, o.PeerAddr, popGetPage, nameHdr{Name: name, Page: p}, &pi)
+						if err == nil && check(p, pi, d, o.ID) {
+							data = d
+						}
+					}
+					if data == nil {
+						mu.Lock()
+						failed++
+						mu.Unlock()
+						continue
+					}
+					e := s.Pages[p]
+					batch = append(batch, PageData{PageInfo: PageInfo{Page: p, Gen: e.Gen, CRC: e.CRC}, Data: data})
+				}
+				if len(batch) == 0 {
+					continue
+				}
+				err = n.store.WritePages(ctx, name, batch)
 				mu.Lock()
 				if err != nil {
 					n.log.Warn("writing pulled pages", "name", name, "err", err)
@@ -509,47 +564,11 @@ func (n *Node) pull(ctx context.Context, name string, s *Session, need []uint32,
 					pulled += len(batch)
 				}
 				mu.Unlock()
-				batch, size = nil, 0
 			}
-			for p := range work {
-				e := s.Pages[p]
-				var got []byte
-				for i := range sources {
-					m := sources[(int(p)+i)%len(sources)]
-					var pi PageInfo
-					data, err := n.client.call(ctx, m.PeerAddr, popGetPage, nameHdr{Name: name, Page: p}, &pi)
-					if err != nil {
-						continue
-					}
-					if pi.Gen != e.Gen || Checksum(data) != e.CRC {
-						if pi.Gen == e.Gen {
-							n.metrics.checksumFailures.Add(1)
-							mu.Lock()
-							mismatched++ // damaged there; another version is not damage
-							mu.Unlock()
-						}
-						n.log.Warn("replica page does not match the manifest", "name", name, "page", p, "replica", m.ID, "gen", pi.Gen, "want_gen", e.Gen)
-						continue
-					}
-					got = data
-					break
-				}
-				if got == nil {
-					mu.Lock()
-					failed++
-					mu.Unlock()
-					continue
-				}
-				batch = append(batch, PageData{PageInfo: PageInfo{Page: p, Gen: e.Gen, CRC: e.CRC}, Data: got})
-				if size += len(got); size >= batchBytes {
-					flush()
-				}
-			}
-			flush()
 		}()
 	}
-	for _, p := range need {
-		work <- p
+	for i := 0; i < len(need); i += group {
+		work <- need[i:min(i+group, len(need))]
 	}
 	close(work)
 	wg.Wait()
