@@ -101,7 +101,7 @@ func (s *session) info() proto.SessionInfo {
 
 // tiersLayout converts the wire layout into the tiers' one.
 func tiersLayout(l proto.Layout) tiers.Layout {
-	tl := tiers.Layout{ChunksPerPage: int(l.ChunksPerPage), Layers: make([]tiers.LayerLayout, len(l.Layers))}
+	tl := tiers.Layout{ChunksPerPage: int(l.ChunksPerPage), Layers: make([]tiers.LayerLayout, len(l.Layers)), PageMajor: l.PageMajor}
 	for i, ly := range l.Layers {
 		segs := make([]int, len(ly.Segments))
 		for j, s := range ly.Segments {
@@ -417,6 +417,11 @@ func regionDesc(r *tiers.Region) proto.RegionDesc {
 	}
 	for i, o := range offs {
 		desc.Layers[i] = proto.RegionLayer{Offset: uint64(o), RowBytes: uint32(l.Layers[i].RowBytes)}
+	}
+	if l.PageMajor {
+		for _, st := range r.RowStrides() {
+			desc.Strides = append(desc.Strides, uint64(st))
+		}
 	}
 	return desc
 }

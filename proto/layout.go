@@ -39,6 +39,13 @@ type Layout struct {
 	ReserveSlots uint32 `json:"reserve_slots"`
 	// Layers are the KV layers (and offloaded index-key layers), in order.
 	Layers []LayerLayout `json:"layers"`
+	// PageMajor asks for a page-major reserve region: a slot holds a page's
+	// rows of every layer back to back (as the host mirror does), so recall
+	// moves one contiguous piece per page; layer l is the view at
+	// RegionLayer.Offset with a stride of RegionLayer.Stride. On the wire it
+	// is OPEN's optional trailing flags word (OpenFlagPageMajor), which a
+	// daemon older than the option refuses as malformed.
+	PageMajor bool `json:"page_major,omitempty"`
 }
 
 // DeepSeekV4Layout returns the layout of DeepSeek-V4's 21 CSA layers as

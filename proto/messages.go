@@ -212,8 +212,20 @@ func (m *Open) AppendBinary(b []byte) ([]byte, error) {
 	if err := m.Layout.encode(&e); err != nil {
 		return b, err
 	}
+	// Optional trailing flags, written only when set, so an OPEN without them
+	// is byte-for-byte what daemons before the flags expect.
+	if m.Layout.PageMajor {
+		e.u32(OpenFlagPageMajor)
+	}
 	return e.b, nil
 }
+
+// OPEN's optional trailing flags word.
+const (
+	// OpenFlagPageMajor: Layout.PageMajor, a page-major reserve region.
+	OpenFlagPageMajor uint32 = 1 << 0
+	openFlagsKnown           = OpenFlagPageMajor
+)
 
 // Decode implements Message.
 func (m *Open) Decode(body []byte) error {
@@ -224,11 +236,22 @@ func (m *Open) Decode(body []byte) error {
 	m.Device = d.u32()
 	m.Policy.decode(d)
 	m.Layout.decode(d)
+	if d.err == nil && d.rem() > 0 {
+		flags := d.u32()
+		switch {
+		case d.err != nil:
+		case flags&^openFlagsKnown != 0:
+			d.fail("unknown OPEN flags %#x", flags&^openFlagsKnown)
+		case flags == 0:
+			d.fail("OPEN flags word present but 0 (omit it)") // one encoding per message
+		}
+		m.Layout.PageMajor = flags&OpenFlagPageMajor != 0
+	}
 	return d.end()
 }
 
 // RegionLayer locates one layer's buffer inside a reserve region: slot k of
-// the layer is the RowBytes bytes at Offset + k·RowBytes.
+// the layer is the RowBytes bytes at Offset + k·RegionDesc.Stride(layer).
 type RegionLayer struct {
 	Offset   uint64
 	RowBytes uint32
@@ -245,6 +268,20 @@ type RegionDesc struct {
 	Kind   RegionKind
 	Device uint32
 	Layers []RegionLayer
+	// Strides, when not nil, holds every layer's slot stride: a page-major
+	// region (Layout.PageMajor), where each is the page's slot size. Nil: the
+	// per-layer arrangement, stride = RowBytes. On the wire an optional
+	// trailing list after the descriptor's reply, present only when needed.
+	Strides []uint64
+}
+
+// Stride is layer ly's slot stride: slot k of the layer starts at
+// Layers[ly].Offset + k·Stride(ly).
+func (r *RegionDesc) Stride(ly int) uint64 {
+	if r.Strides != nil {
+		return r.Strides[ly]
+	}
+	return uint64(r.Layers[ly].RowBytes)
 }
 
 // kindProblem is the Kind/Device rule shared by encode and decode, so that a
@@ -268,7 +305,7 @@ func (r *RegionDesc) Row(mem []byte, ly int, slot uint32) []byte {
 		return nil
 	}
 	l := r.Layers[ly]
-	start := l.Offset + uint64(slot)*uint64(l.RowBytes)
+	start := l.Offset + uint64(slot)*r.Stride(ly)
 	end := start + uint64(l.RowBytes)
 	if end > uint64(len(mem)) || start > end {
 		return nil
@@ -325,6 +362,64 @@ func (r *RegionDesc) decode(d *dec) {
 	}
 }
 
+// encodeStrides appends the layers' strides as an optional trailing list
+// (u32 count, then u64 per layer) when any differs from its RowBytes: replies
+// to sessions without a page-major reserve stay what older clients decode.
+func (r *RegionDesc) encodeStrides(e *enc) {
+	for i, l := range r.Layers {
+		if r.Stride(i) != uint64(l.RowBytes) {
+			e.u32(uint32(len(r.Layers)))
+			for i := range r.Layers {
+				e.u64(r.Stride(i))
+			}
+			return
+		}
+	}
+}
+
+// decodeStrides reads encodeStrides' list if the body has more bytes, and
+// checks every layer's slots against Size with its stride.
+func (r *RegionDesc) decodeStrides(d *dec) {
+	if d.err != nil || d.rem() == 0 {
+		return
+	}
+	n := d.count("region strides", 8, MaxLayers)
+	if d.err != nil {
+		return
+	}
+	if n != len(r.Layers) {
+		d.fail("%d region strides for %d layers", n, len(r.Layers))
+		return
+	}
+	strides := make([]uint64, n)
+	for i := range r.Layers {
+		st := d.u64()
+		if d.err != nil {
+			return
+		}
+		l := r.Layers[i]
+		if st < uint64(l.RowBytes) || st > r.Size {
+			d.fail("region layer %d stride %d (row %d, size %d)", i, st, l.RowBytes, r.Size)
+			return
+		}
+		if r.Slots > 0 {
+			last := uint64(r.Slots-1)*st + uint64(l.RowBytes) // used only when the product cannot overflow (checked first)
+			if uint64(r.Slots-1) > r.Size/max(st, 1) || l.Offset > r.Size || last > r.Size-l.Offset {
+				d.fail("region layer %d (offset %d, %d slots, stride %d) exceeds size %d", i, l.Offset, r.Slots, st, r.Size)
+				return
+			}
+		}
+		strides[i] = st
+	}
+	for i, st := range strides {
+		if st != uint64(r.Layers[i].RowBytes) {
+			r.Strides = strides
+			return
+		}
+	}
+	d.fail("region strides all equal their rows (omit them)") // one encoding per message
+}
+
 // OpenReply answers OPEN; the frame carries the reserve region's fd.
 type OpenReply struct {
 	Session uint64
@@ -339,6 +434,7 @@ func (m *OpenReply) AppendBinary(b []byte) ([]byte, error) {
 	if err := m.Region.RegionDesc.encode(&e); err != nil {
 		return b, err
 	}
+	m.Region.RegionDesc.encodeStrides(&e)
 	return e.b, nil
 }
 
@@ -347,6 +443,7 @@ func (m *OpenReply) Decode(body []byte) error {
 	d := newDec("OPEN reply", body)
 	m.Session = d.u64()
 	m.Region.RegionDesc.decode(d)
+	m.Region.RegionDesc.decodeStrides(d)
 	return d.end()
 }
 
@@ -400,6 +497,7 @@ func (m *ResumeReply) AppendBinary(b []byte) ([]byte, error) {
 	if err := m.Region.RegionDesc.encode(&e); err != nil {
 		return b, err
 	}
+	m.Region.RegionDesc.encodeStrides(&e)
 	return e.b, nil
 }
 
@@ -413,6 +511,7 @@ func (m *ResumeReply) Decode(body []byte) error {
 	m.Policy.decode(d)
 	m.Layout.decode(d)
 	m.Region.RegionDesc.decode(d)
+	m.Region.RegionDesc.decodeStrides(d)
 	return d.end()
 }
 

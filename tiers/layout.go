@@ -24,9 +24,17 @@ type LayerLayout struct {
 // the mirror and on SSD a page is the rows of all layers concatenated, layer 0
 // first. A chunk's payload, as appends carry it, is every layer's segments
 // concatenated in the same order (layer 0 segment 0, layer 0 segment 1, ...).
+//
+// PageMajor chooses the reserve region's arrangement (not the mirror's or SSD's,
+// which are always page-major): false, one buffer per layer, [slots][RowBytes];
+// true, one buffer of [slots][page] where a slot holds a page exactly as the
+// mirror does (every layer's row back to back), so that a recall moves one
+// contiguous piece per page; layer l's rows are then a view with offset
+// Σ_{k<l} RowBytes[k] and a stride of the page (Region.RowStrides).
 type Layout struct {
 	ChunksPerPage int
 	Layers        []LayerLayout
+	PageMajor     bool
 }
 
 // cellCopy moves one segment of one chunk: page offset pageBase + c·n, chunk
@@ -104,7 +112,7 @@ func (l Layout) RowOffset(layer int) int {
 }
 
 func (l Layout) clone() Layout {
-	c := Layout{ChunksPerPage: l.ChunksPerPage, Layers: make([]LayerLayout, len(l.Layers))}
+	c := Layout{ChunksPerPage: l.ChunksPerPage, Layers: make([]LayerLayout, len(l.Layers)), PageMajor: l.PageMajor}
 	for i, ly := range l.Layers {
 		c.Layers[i] = LayerLayout{RowBytes: ly.RowBytes, Segments: append([]int(nil), ly.Segments...)}
 	}

@@ -75,6 +75,7 @@ type Region struct {
 	geo      *pageGeometry
 	nslots   int
 	layerOff []int64
+	stride   []int64 // per layer, bytes from one slot's row to the next
 	mem      regionMemory
 
 	mu       sync.Mutex
@@ -101,7 +102,7 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 	if cfg.Slots <= 0 || cfg.Slots > MaxSlots {
 		return nil, fmt.Errorf("region for session %d: %d slots outside 1..%d: %w", cfg.Session, cfg.Slots, MaxSlots, ErrLayout)
 	}
-	size, offs := regionLayout(geo.layout, cfg.Slots)
+	size, offs, strides := regionLayout(geo.layout, cfg.Slots)
 	backend := cfg.Backend
 	if backend == nil {
 		backend = MemfdBackend()
@@ -115,6 +116,7 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 		geo:      geo,
 		nslots:   cfg.Slots,
 		layerOff: offs,
+		stride:   strides,
 		mem:      mem,
 		slots:    make([]slotState, cfg.Slots),
 		pageSlot: make(map[uint32]int32),
@@ -140,18 +142,38 @@ func RegionSize(l Layout, slots int) (int64, error) {
 	if slots <= 0 || slots > MaxSlots {
 		return 0, fmt.Errorf("%d slots outside 1..%d: %w", slots, MaxSlots, ErrLayout)
 	}
-	size, _ := regionLayout(l, slots)
+	size, _, _ := regionLayout(l, slots)
 	return size, nil
 }
 
-func regionLayout(l Layout, slots int) (int64, []int64) {
-	offs := make([]int64, len(l.Layers))
+// pageMajorAlign aligns a page-major slot (GPU copies move 16-byte vectors and
+// read whole 128-byte lines best).
+const pageMajorAlign = 256
+
+// regionLayout places the layer buffers: per layer (each at a regionAlign
+// offset, stride RowBytes) or page-major (slot s at s·stride, stride the page
+// rounded up to pageMajorAlign, layer l at its offset inside the page).
+func regionLayout(l Layout, slots int) (size int64, offs, strides []int64) {
+	offs = make([]int64, len(l.Layers))
+	strides = make([]int64, len(l.Layers))
 	var off int64
+	if l.PageMajor {
+		for i, ly := range l.Layers {
+			offs[i] = off
+			off += int64(ly.RowBytes)
+		}
+		stride := alignUp(off, pageMajorAlign)
+		for i := range strides {
+			strides[i] = stride
+		}
+		return alignUp(int64(slots)*stride, regionAlign), offs, strides
+	}
 	for i, ly := range l.Layers {
 		offs[i] = off
+		strides[i] = int64(ly.RowBytes)
 		off += alignUp(int64(slots)*int64(ly.RowBytes), regionAlign)
 	}
-	return off, offs
+	return off, offs, strides
 }
 
 func alignUp(n, a int64) int64 { return (n + a - 1) / a * a }
@@ -174,8 +196,12 @@ func (r *Region) Size() int64 { return r.mem.size() }
 func (r *Region) Slots() int { return r.nslots }
 
 // LayerOffsets returns each layer buffer's byte offset in the region; layer l's
-// row for slot s starts at LayerOffsets()[l] + s·RowBytes(l).
+// row for slot s starts at LayerOffsets()[l] + s·RowStrides()[l].
 func (r *Region) LayerOffsets() []int64 { return append([]int64(nil), r.layerOff...) }
+
+// RowStrides returns, per layer, the bytes from one slot's row to the next:
+// RowBytes in the per-layer arrangement, the page stride when page-major.
+func (r *Region) RowStrides() []int64 { return append([]int64(nil), r.stride...) }
 
 // CellOffset is the region offset of segment seg of chunk chunk of the page in
 // slot, in layer layer — what the decoder's kernels address.
@@ -190,13 +216,21 @@ func (r *Region) CellOffset(layer, slot, chunk, seg int) (int64, error) {
 	for t := 0; t < seg; t++ {
 		segBase += l.ChunksPerPage * ly.Segments[t]
 	}
-	return r.layerOff[layer] + int64(slot)*int64(ly.RowBytes) + int64(segBase+chunk*ly.Segments[seg]), nil
+	return r.layerOff[layer] + int64(slot)*r.stride[layer] + int64(segBase+chunk*ly.Segments[seg]), nil
 }
 
+// pageSpans are the copies of a whole page between the mirror layout and slot:
+// one per layer row, merged where rows are adjacent on both sides (all of them
+// when page-major: one contiguous copy per page).
 func (r *Region) pageSpans(slot int) []span {
-	sp := make([]span, len(r.geo.layout.Layers))
+	sp := make([]span, 0, len(r.geo.layout.Layers))
 	for l, ly := range r.geo.layout.Layers {
-		sp[l] = span{regionOff: r.layerOff[l] + int64(slot)*int64(ly.RowBytes), bufOff: r.geo.rowOff[l], n: ly.RowBytes}
+		s := span{regionOff: r.layerOff[l] + int64(slot)*r.stride[l], bufOff: r.geo.rowOff[l], n: ly.RowBytes}
+		if k := len(sp) - 1; k >= 0 && sp[k].regionOff+int64(sp[k].n) == s.regionOff && sp[k].bufOff+sp[k].n == s.bufOff {
+			sp[k].n += s.n
+			continue
+		}
+		sp = append(sp, s)
 	}
 	return sp
 }
@@ -204,8 +238,7 @@ func (r *Region) pageSpans(slot int) []span {
 func (r *Region) chunkSpans(slot, chunk int) []span {
 	sp := make([]span, len(r.geo.cells))
 	for i, c := range r.geo.cells {
-		row := r.geo.layout.Layers[c.layer].RowBytes
-		sp[i] = span{regionOff: r.layerOff[c.layer] + int64(slot)*int64(row) + int64(c.rowOff+chunk*c.n), bufOff: c.chunkOff, n: c.n}
+		sp[i] = span{regionOff: r.layerOff[c.layer] + int64(slot)*r.stride[c.layer] + int64(c.rowOff+chunk*c.n), bufOff: c.chunkOff, n: c.n}
 	}
 	return sp
 }
@@ -755,8 +788,7 @@ func (r *Region) pageToRegion(slot, pageOff int) int64 {
 	for l > 0 && r.geo.rowOff[l] > pageOff {
 		l--
 	}
-	row := r.geo.layout.Layers[l].RowBytes
-	return r.layerOff[l] + int64(slot)*int64(row) + int64(pageOff-r.geo.rowOff[l])
+	return r.layerOff[l] + int64(slot)*r.stride[l] + int64(pageOff-r.geo.rowOff[l])
 }
 
 func (r *Region) writeCells(slot int, page uint32, baseGen, newGen uint64, sp []span, src []byte) error {

@@ -32,15 +32,16 @@ type Scorer struct {
 	// suit it (more than gpu.MaxCycleLayers target layers), then ScorePages defers to Score.
 	cycle *gpu.Cycle
 
-	mu     sync.Mutex // one batch at a time, and Close waits for it
-	st     *cuda.Stream
-	closed bool // after Close batches score on the CPU
+	mu         sync.Mutex // one batch at a time, and Close waits for it
+	st         *cuda.Stream
+	closed     bool // after Close batches score on the CPU
+	closedFlag atomic.Bool
 
 	gpuBatches, cpuBatches atomic.Uint64
 	lastErr                atomic.Pointer[error]
 	// cumulative wall time of the GPU path's steps, nanoseconds
-	tProject, tSync, tKernel, tCycle atomic.Int64
-	pageBatches                      atomic.Uint64
+	tProject, tSync, tKernel, tCycle, tPages atomic.Int64
+	pageBatches                              atomic.Uint64
 }
 
 // Timings is where the GPU path's time went, summed over every call: for Score, query
@@ -51,6 +52,8 @@ type Timings struct {
 	Project, Sync, Kernel time.Duration
 	Cycle, GPU            time.Duration
 	CycleBatches          int64
+	// Pages is the wall time of whole ScorePages calls (key sync, cycle, result copies).
+	Pages time.Duration
 	// Inside Cycle: packing inputs, enqueueing and waiting for the device, unpacking.
 	Fill, Wait, Collect time.Duration
 }
@@ -58,7 +61,7 @@ type Timings struct {
 // Timings returns the cumulative step times.
 func (s *Scorer) Timings() Timings {
 	t := Timings{Project: time.Duration(s.tProject.Load()), Sync: time.Duration(s.tSync.Load()), Kernel: time.Duration(s.tKernel.Load()),
-		Cycle: time.Duration(s.tCycle.Load())}
+		Cycle: time.Duration(s.tCycle.Load()), Pages: time.Duration(s.tPages.Load())}
 	if s.cycle != nil {
 		t.GPU, t.CycleBatches = s.cycle.GPUTime()
 		t.Fill, t.Wait, t.Collect = s.cycle.HostTimes()
@@ -134,6 +137,7 @@ func (s *Scorer) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.closedFlag.Store(true)
 	errs := []error{s.st.Close(), s.sc.Close()}
 	if s.cycle != nil {
 		errs = append(errs, s.cycle.Close())
@@ -171,6 +175,7 @@ func (s *Scorer) ScorePages(items []indexer.PageItem, p indexer.PageParams) erro
 		return fmt.Errorf("%w: GPU cycle not available (closed %v, page of %d chunks)", indexer.ErrPagesUnsupported, s.closed, p.ChunksPerPage)
 	}
 	t0 := time.Now()
+	defer func() { s.tPages.Add(int64(time.Since(t0))) }()
 	reqs := make([]*gpu.CycleRequest, len(items))
 	for i, it := range items {
 		cr := &gpu.CycleRequest{Hidden: it.Query.Layers, Position: it.Query.Position, SinkEnd: it.SinkEnd, TailStart: it.TailStart, Need: it.Need}
@@ -235,8 +240,27 @@ func (s *Scorer) NewKeys() (indexer.Keys, error) {
 	return &keys{s: s, cpu: k.(*attn.KeyStore)}, nil
 }
 
-func (k *keys) Append(raw []byte) error { return k.cpu.Append(raw) }
-func (k *keys) Len() int                { return k.cpu.Len() }
+// Append stores the keys on the CPU and copies them to the GPU at once (as they arrive,
+// so that a session's first cycle does not upload its whole context while other
+// sessions' cycles wait). A GPU failure here only drops the GPU copy: the next score
+// brings it up to date again.
+func (k *keys) Append(raw []byte) error {
+	if err := k.cpu.Append(raw); err != nil {
+		return err
+	}
+	if k.s.cycle != nil && !k.s.isClosed() {
+		if err := k.sync(); err != nil {
+			k.s.lastErr.Store(&err)
+			if k.dev != nil {
+				d := k.dev
+				k.dev = nil
+				_ = d.Close()
+			}
+		}
+	}
+	return nil
+}
+func (k *keys) Len() int { return k.cpu.Len() }
 func (k *keys) AppendRaw(dst []byte, first, n int) []byte {
 	return k.cpu.AppendRaw(dst, first, n)
 }
@@ -247,6 +271,10 @@ func (k *keys) Truncate(n int) {
 		k.dev.Truncate(n)
 	}
 }
+
+// isClosed reports whether Close has run (batches then score on the CPU), without
+// waiting for a batch in progress.
+func (s *Scorer) isClosed() bool { return s.closedFlag.Load() }
 
 // Close frees the GPU copy.
 func (k *keys) Close() error {

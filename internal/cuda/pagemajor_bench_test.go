@@ -69,6 +69,24 @@ func TestRecallPageMajorBench(t *testing.T) {
 			}
 		}
 	}
+	var auxs []*Stream
+	var evs []*Event
+	for i := range 4 {
+		if i < 3 {
+			a, err := d.NewStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			auxs = append(auxs, a)
+		}
+		e, err := d.NewEvent(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		evs = append(evs, e)
+	}
 	contig := tm.median(reps, func(int) error { return s.Copy(reserve, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), total) })
 	add("contiguous 64 MiB", "cuMemcpyAsync", total, 1, contig)
 
@@ -114,6 +132,24 @@ func TestRecallPageMajorBench(t *testing.T) {
 			ms := tm.median(reps, func(i int) error { return s.CopyBatch(pageMajor[i]) })
 			check(pageMajor[reps-1])
 			add(lay.name, "page-major, cuMemcpyBatchAsync", bytes, npages, ms)
+			for _, k := range []int{2, 4} {
+				ms := tm.median(reps, func(i int) error { return s.CopyBatchSpread(auxs[:k-1], evs, pageMajor[i]) })
+				check(pageMajor[reps-1])
+				add(lay.name, fmt.Sprintf("page-major, batch on %d streams", k), bytes, npages, ms)
+			}
+			if pageBytes%4096 != 0 {
+				// Mirror pages on 4 KiB boundaries (a mirror could place them so).
+				stride := (pageBytes + 4095) &^ 4095
+				al := make([][]CopyDesc, reps)
+				for i := range reps {
+					for slot, p := range rnd.Perm(mirrorBytes / stride)[:npages] {
+						al[i] = append(al[i], CopyDesc{Src: mirror.Ptr() + DevPtr(p*stride), Dst: reserve + DevPtr(slot*pageBytes), Len: uint64(pageBytes)})
+					}
+				}
+				ms := tm.median(reps, func(i int) error { return s.Recall(al[i]) })
+				check(al[reps-1])
+				add(lay.name, "page-major, 4 KiB-aligned mirror pages, Recall", bytes, npages, ms)
+			}
 		}
 	}
 	fmt.Printf("\nRecall into a page-major reserve, %s (64 MiB per recall; GB/s, × contiguous of the same bytes in this run)\n", d.Name())
