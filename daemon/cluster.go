@@ -385,6 +385,39 @@ func (d *Daemon) forgetSession(s *session) {
 	d.log.Info("stale copy of a session dropped from memory: it moved to another node", "session", s.id, "name", s.name)
 }
 
+// healPages fetches from replicas the pages of a recall that failed their
+// checksum here, when the committed manifest names the generation the
+// session holds, and writes them back to the store; it returns the recall
+// items to run again. s.mu is held (the cycle owns the session).
+func (d *Daemon) healPages(s *session, results []tiers.RecallResult, slots map[uint32]int) []tiers.RecallItem {
+	if d.cl == nil || s.name == "" || !s.persist {
+		return nil
+	}
+	var items []tiers.RecallItem
+	for _, r := range results {
+		if r.Err == nil || !errors.Is(r.Err, tiers.ErrIntegrity) {
+			continue
+		}
+		p := r.ID.Page
+		want := s.genOf(p)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		gen, data, err := d.cl.node.FetchPage(ctx, s.name, p)
+		if err == nil && gen == want {
+			err = d.store.Write(ctx, r.ID, gen, data)
+		} else if err == nil {
+			err = fmt.Errorf("the replicas hold generation %d, the session %d", gen, want)
+		}
+		cancel()
+		if err != nil {
+			d.log.Warn("damaged page could not be healed from a replica", "session", s.id, "name", s.name, "page", p, "err", err)
+			continue
+		}
+		d.log.Warn("damaged page healed from a replica", "session", s.id, "name", s.name, "page", p, "generation", gen)
+		items = append(items, tiers.RecallItem{ID: r.ID, Slot: slots[p], Gen: gen})
+	}
+	return items
+}
+
 // clusterStore adapts the tiers to cluster.Store. Names map to this node's
 // local session ids through the metadata records; metadata blobs travel in
 // a canonical form (local id 0) so every copy has the same checksum.

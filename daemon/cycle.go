@@ -333,7 +333,25 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[
 	}
 	<-t.Done()
 	late := 0
-	for _, r := range t.Results() {
+	results := t.Results()
+	// Self-healing reads: a page whose stored bytes fail their checksum is
+	// fetched from a cluster replica (when the manifest holds this very
+	// generation), written back, and recalled again.
+	if healed := d.healPages(s, results, slots); len(healed) > 0 {
+		if t2, err := d.mover.Recall(s.region, healed); err == nil {
+			<-t2.Done()
+			again := map[tiers.PageID]tiers.RecallResult{}
+			for _, r := range t2.Results() {
+				again[r.ID] = r
+			}
+			for i, r := range results {
+				if a, ok := again[r.ID]; ok {
+					results[i] = a
+				}
+			}
+		}
+	}
+	for _, r := range results {
 		if r.Err != nil {
 			if errors.Is(r.Err, tiers.ErrIntegrity) {
 				if s.damaged == nil {
