@@ -311,7 +311,7 @@ func (d *Daemon) acceptLoop() error {
 		if d.closing.Load() {
 			d.mu.Unlock()
 			<-d.admitting
-			closeQuietly(uc)
+			d.refuse(uc, proto.CodeShuttingDown.Errorf("daemon is shutting down; connect again once it has restarted"))
 			return nil
 		}
 		d.connWG.Add(1)
