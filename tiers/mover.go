@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // MoverConfig configures a Mover.
@@ -26,9 +27,9 @@ type MoverConfig struct {
 	// the mirror are read from SSD at once (default 8): the SSD's queue
 	// depth is what makes random page reads fast.
 	ReadParallel int
-	// StageWorkers is how many staging reads may run at once (default 8:
-	// with pages read in 128 KiB pieces, the 16 reads in flight the SSD
-	// tier's queue depth allows);
+	// StageWorkers is how many staging reads may run at once (default 16:
+	// the half of the SSD tier's read queue depth that background reads may
+	// take);
 	// the back-off lowers it while the disk is the bottleneck.
 	StageWorkers int
 	// StageBytes bounds the bytes of staging candidates queued and in
@@ -36,8 +37,8 @@ type MoverConfig struct {
 	// against MaxQueuedStages.
 	StageBytes int64
 	// StageBackoff is how many times slower per byte than the best recent
-	// staging read a read may get before staging halves its concurrency
-	// (default 4).
+	// one a recall's SSD read may get before staging halves its
+	// concurrency (default 4).
 	StageBackoff float64
 }
 
@@ -156,6 +157,7 @@ type Mover struct {
 	store *Store
 	cfg   MoverConfig
 	ctx   context.Context
+	bgCtx context.Context // ctx, its SSD reads marked as background (staging)
 	stop  context.CancelFunc
 
 	mu       sync.Mutex
@@ -189,7 +191,7 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 		cfg.ReadParallel = 8
 	}
 	if cfg.StageWorkers <= 0 {
-		cfg.StageWorkers = 8
+		cfg.StageWorkers = 16
 	}
 	if cfg.StageBytes <= 0 {
 		cfg.StageBytes = 256 << 20
@@ -198,7 +200,7 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 		cfg.StageBackoff = 4
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Mover{store: store, cfg: cfg, ctx: ctx, stop: cancel}
+	m := &Mover{store: store, cfg: cfg, ctx: ctx, bgCtx: Background(ctx), stop: cancel}
 	m.st.byID = map[PageID]*stageEntry{}
 	m.st.allowed = cfg.StageWorkers
 	m.cond = sync.NewCond(&m.mu)
@@ -390,6 +392,7 @@ func (m *Mover) recallOne(task recallTask) {
 		m.already.Add(1)
 		return
 	}
+	t0 := time.Now()
 	src, err := m.store.view(m.ctx, it.ID, func(gen uint64, data []byte) error {
 		if err := region.WritePage(it.Slot, it.ID.Page, gen, data); err != nil {
 			return err
@@ -407,6 +410,7 @@ func (m *Mover) recallOne(task recallTask) {
 	switch src {
 	case SourceSSD:
 		m.late.Add(1)
+		m.noteRecallRead(time.Since(t0), int64(region.geo.pageBytes))
 	case SourceStaged:
 		m.fromStaged.Add(1)
 	default:

@@ -57,9 +57,10 @@ type stageState struct {
 	allowed  int // stagers that may read at once (AIMD back-off)
 	seq      uint64
 
-	// Read latency per byte of recent staging reads: the floor is the
-	// best seen lately (decaying), ewma the current level.
-	floor, ewma float64
+	// Read time per byte of recent recall reads from SSD: the floor is
+	// the best seen lately (decaying), ewma the current level.
+	floor, ewma    float64
+	lastRecallRead time.Time
 }
 
 // Staging counters, in MoverStats.
@@ -178,7 +179,7 @@ func (m *Mover) stager() {
 		m.mu.Unlock()
 
 		t0 := time.Now()
-		n, err := m.store.Stage(m.ctx, []PageID{e.ID})
+		n, err := m.store.Stage(m.bgCtx, []PageID{e.ID})
 		d := time.Since(t0)
 		if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
 			m.stageErrors.Add(1)
@@ -190,18 +191,37 @@ func (m *Mover) stager() {
 		if n > 0 {
 			m.stageCtr.readNanos.Add(uint64(d.Nanoseconds()))
 			m.stageCtr.stagedBytes.Add(uint64(e.Bytes))
-			m.adapt(d, e.Bytes)
+			// No recall has read from SSD lately: nothing to yield to.
+			if time.Since(m.st.lastRecallRead) > recallQuiet && m.st.allowed < m.cfg.StageWorkers {
+				m.st.allowed++
+			}
 		}
 		m.cond.Broadcast()
 		m.mu.Unlock()
 	}
 }
 
-// adapt is the staging back-off: when a staging read takes much longer per
-// byte than the best lately seen, the disk is the bottleneck (its queue is
-// full), so fewer stagers read at once and the recalls, which are needed
-// now, find the disk free sooner; when reads are fast again, one more
-// stager is let in at a time. Called with m.mu held.
+// recallQuiet is how long after the last recall that read from SSD staging
+// may take back its full concurrency.
+const recallQuiet = 200 * time.Millisecond
+
+// noteRecallRead feeds the back-off with one recall page read from SSD (a
+// page the decoder needs now, which staging did not bring in time).
+func (m *Mover) noteRecallRead(d time.Duration, bytes int64) {
+	m.mu.Lock()
+	m.st.lastRecallRead = time.Now()
+	m.adapt(d, bytes)
+	m.mu.Unlock()
+}
+
+// adapt is the staging back-off, fed by recall reads from SSD: when one
+// takes much longer per byte than the best lately seen, the disk is the
+// bottleneck of what the decoder waits for (its queue is full of staging
+// reads), so fewer stagers read at once and the recalls find the disk free
+// sooner; when recall reads are fast again, or none happened for a while,
+// one more stager is let in at a time. Staging's own read times say
+// nothing here: deeper queues make each read slower and all of them
+// faster. Called with m.mu held.
 func (m *Mover) adapt(d time.Duration, bytes int64) {
 	if bytes <= 0 {
 		bytes = 1

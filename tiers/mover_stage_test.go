@@ -1,8 +1,13 @@
 package tiers
 
 import (
+	"bytes"
 	"container/heap"
+	"context"
+	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -94,4 +99,73 @@ func TestStageBackoff(t *testing.T) {
 	if m.st.allowed != 8 {
 		t.Fatalf("fast again: allowed %d, want 8", m.st.allowed)
 	}
+}
+
+// BenchmarkMoverStage is staging throughput: pages written straight to SSD
+// (none in the mirror), then every one staged through the Mover with its
+// defaults (O_DIRECT reads, 8 stagers, back-off on) into a mirror with room
+// for all of them; each iteration stages the whole set and then drops it
+// from the mirror again. scripts/capacity-bench.sh sets the page size with
+// FM_STAGE_PAGE and compares the rate with fio's random reads of the same
+// size in the same run.
+func BenchmarkMoverStage(b *testing.B) {
+	n := 149760
+	if v, err := strconv.Atoi(os.Getenv("FM_STAGE_PAGE")); err == nil && v > 0 {
+		n = v
+	}
+	const pages = 1024
+	st, err := OpenStore(StoreConfig{Mirror: MirrorConfig{Budget: int64(pages+16) * int64(n) * 2},
+		SSD: SSDConfig{Dir: b.TempDir(), GCInterval: -1, MemTableSize: 4 << 20}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	m := NewMover(st, MoverConfig{})
+	defer m.Close()
+	ctx := context.Background()
+	body := bytes.Repeat([]byte{0x5a, 0xa5, 3}, n/3+1)[:n]
+	// 32 sessions of 32 pages, written in order; each session's ranking
+	// is a random order of its pages, so staging (rank 0 of every session,
+	// then rank 1, ...) reads the journal at random places.
+	ids := make([]PageID, pages)
+	for p := 0; p < pages; p += 32 {
+		var ws []PageWrite
+		for q := p; q < p+32; q++ {
+			ids[q] = PageID{Session: uint64(1 + q/32), Page: uint32(q % 32)}
+			ws = append(ws, PageWrite{ID: ids[q], Gen: 1, Page: body})
+		}
+		if err := st.SSD().PutBatch(ctx, ws); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r := rand.New(rand.NewPCG(5, 5))
+	for p := 0; p < pages; p += 32 {
+		r.Shuffle(32, func(i, j int) { ids[p+i], ids[p+j] = ids[p+j], ids[p+i] })
+	}
+	b.SetBytes(int64(pages) * int64(n))
+	b.ResetTimer()
+	for range b.N {
+		start := st.Snapshot().Staged
+		items := make([]StageItem, pages)
+		for i, id := range ids {
+			items[i] = StageItem{ID: id, Rank: i % 32, Bytes: int64(n)}
+		}
+		for i := 0; i < pages; i += 32 {
+			m.StageRanked(items[i : i+32])
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for st.Snapshot().Staged-start < pages {
+			if time.Now().After(deadline) {
+				b.Fatalf("staged %d of %d pages in 2 minutes (%+v)", st.Snapshot().Staged-start, pages, m.Stats())
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		b.StopTimer()
+		for _, id := range ids {
+			_ = st.Mirror().Delete(ctx, id)
+		}
+		b.StartTimer()
+	}
+	ms := m.Stats()
+	b.ReportMetric(float64(ms.StageBackoffs)/float64(b.N), "backoffs/op")
 }

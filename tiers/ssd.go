@@ -607,11 +607,11 @@ func (s *SSD) read(ctx context.Context, id PageID, alloc func(n int) ([]byte, er
 		dst = b
 		return b, err
 	}
-	gen, err := s.readOnce(id, once)
+	gen, err := s.readOnce(ctx, id, once)
 	// A record moved by compaction between the index lookup and the read:
 	// the index already names its new place.
 	for try := 0; errors.Is(err, errMoved) && try < 8; try++ {
-		gen, err = s.readOnce(id, once)
+		gen, err = s.readOnce(ctx, id, once)
 	}
 	if errors.Is(err, errMoved) {
 		err = fmt.Errorf("page %v: its segment is gone (run flashmemd fsck): %w", id, ErrIntegrity)
@@ -629,7 +629,7 @@ func (s *SSD) read(ctx context.Context, id PageID, alloc func(n int) ([]byte, er
 	return gen, dst, err
 }
 
-func (s *SSD) readOnce(id PageID, alloc func(n int) ([]byte, error)) (uint64, error) {
+func (s *SSD) readOnce(ctx context.Context, id PageID, alloc func(n int) ([]byte, error)) (uint64, error) {
 	e, err := s.lookup(id)
 	if err != nil {
 		return 0, err
@@ -645,7 +645,7 @@ func (s *SSD) readOnce(id PageID, alloc func(n int) ([]byte, error)) (uint64, er
 	if err != nil {
 		return 0, err
 	}
-	if err := s.readPage(seg, e, id, dst); err != nil {
+	if err := s.readPage(ctx, seg, e, id, dst); err != nil {
 		return 0, err
 	}
 	return e.gen, nil

@@ -1,6 +1,7 @@
 package tiers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,15 +31,17 @@ const (
 	// every device.
 	directAlign = 4096
 	// DefaultReadQueueDepth is how many O_DIRECT reads the tier keeps in
-	// flight at most, all readers together. Measured on the 2-core VM's
-	// virtio disk (BenchmarkSSDReadQD, docs/benchmarks.md "SSD as a
-	// capacity tier"): random 146 KiB pages went from 106 MB/s at depth 1
-	// to 571 at 4, 626 at 8, 794 at 16 and 815 at 32; 768 KiB pages peaked
-	// at 16 (805 MB/s) and fell at 32.
-	DefaultReadQueueDepth = 16
+	// flight at most, all readers together (staging may hold half).
+	// Measured on the 2-core VM's virtio disk (BenchmarkSSDReadQD,
+	// docs/benchmarks.md "SSD as a capacity tier"): random 146 KiB pages
+	// went from 106 MB/s at depth 1 to 571 at 4, 794 at 16 and 815 at 32;
+	// fio's random reads of the same size peak at 32 as well.
+	DefaultReadQueueDepth = 32
 	// DefaultReadPiece is the size each page read is split into, so one
-	// large page is read as several requests in flight at once.
-	DefaultReadPiece = 128 << 10
+	// large page is read as several requests in flight at once; smaller
+	// pieces cost syscalls and CPU (a 146 KiB page in 128 KiB pieces staged
+	// at 0.6 of the rate it does in one read).
+	DefaultReadPiece = 512 << 10
 )
 
 // directFiles holds each segment's O_DIRECT descriptor, opened on the first
@@ -49,6 +52,7 @@ var directFiles sync.Map // *segment → *os.File
 type directReader struct {
 	on    atomic.Bool   // false: O_DIRECT refused here, buffered reads from now on
 	sem   chan struct{} // one token per read in flight
+	bg    chan struct{} // background reads in flight: at most half of sem
 	piece int64
 	log   *slog.Logger
 	once  sync.Once // the fallback is logged once
@@ -65,7 +69,7 @@ func newDirectReader(cfg *SSDConfig) *directReader {
 	if piece <= 0 {
 		piece = DefaultReadPiece
 	}
-	r := &directReader{sem: make(chan struct{}, qd), piece: alignUp(piece, directAlign), log: cfg.Logger}
+	r := &directReader{sem: make(chan struct{}, qd), bg: make(chan struct{}, max(1, qd/2)), piece: alignUp(piece, directAlign), log: cfg.Logger}
 	r.on.Store(cfg.ReadMode != ReadBuffered)
 	return r
 }
@@ -139,7 +143,7 @@ func putAligned(b []byte) {
 // to the queue depth in flight (all readers together), then header and body
 // are verified against e exactly as readRecord does. errDirectRefused means
 // this filesystem cannot do O_DIRECT; the caller reads buffered instead.
-func (r *directReader) readRecord(seg *segment, e indexEntry, id PageID, dst []byte) error {
+func (r *directReader) readRecord(seg *segment, e indexEntry, id PageID, dst []byte, background bool) error {
 	seg.rmu.RLock()
 	defer seg.rmu.RUnlock()
 	if seg.data == nil {
@@ -160,7 +164,7 @@ func (r *directReader) readRecord(seg *segment, e indexEntry, id PageID, dst []b
 	span := alignUp(end, directAlign) - start
 	buf := getAligned(int(span))
 	defer putAligned(buf)
-	got, err := r.readSpan(f, buf, start)
+	got, err := r.readSpan(f, buf, start, background)
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) && got == 0 {
 			return fmt.Errorf("%w: %v", errDirectRefused, err)
@@ -190,6 +194,19 @@ func (r *directReader) readRecord(seg *segment, e indexEntry, id PageID, dst []b
 	return nil
 }
 
+type backgroundKey struct{}
+
+// Background marks ctx's SSD reads as background work (staging): they
+// leave half the read queue depth to the reads someone waits for.
+func Background(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
+func isBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
+}
+
 // errDirectRefused: the filesystem refused an O_DIRECT open or read (tmpfs,
 // some FUSE and network filesystems).
 var errDirectRefused = errors.New("O_DIRECT refused")
@@ -198,13 +215,28 @@ var errDirectRefused = errors.New("O_DIRECT refused")
 // holding one queue-depth token while in flight. It returns how many bytes
 // arrived before the file's end: the last record of a segment may end
 // within its final 4 KiB block.
-func (r *directReader) readSpan(f *os.File, buf []byte, off int64) (int64, error) {
+func (r *directReader) readSpan(f *os.File, buf []byte, off int64, background bool) (int64, error) {
+	// A background read (staging) first takes one of the tokens kept for
+	// such reads, per piece: however many stagers run, the reads a decoder
+	// waits for always find half the queue depth free.
+	acquire := func() {
+		if background {
+			r.bg <- struct{}{}
+		}
+		r.sem <- struct{}{}
+	}
+	release := func() {
+		<-r.sem
+		if background {
+			<-r.bg
+		}
+	}
 	n := int64(len(buf))
 	pieces := int((n + r.piece - 1) / r.piece)
 	if pieces == 1 {
-		r.sem <- struct{}{}
+		acquire()
 		got, err := preadFull(f, buf, off)
-		<-r.sem
+		release()
 		return got, err
 	}
 	var wg sync.WaitGroup
@@ -213,11 +245,11 @@ func (r *directReader) readSpan(f *os.File, buf []byte, off int64) (int64, error
 	for i := range pieces {
 		lo := int64(i) * r.piece
 		hi := min(lo+r.piece, n)
-		r.sem <- struct{}{}
+		acquire()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-r.sem }()
+			defer release()
 			gots[i], errs[i] = preadFull(f, buf[lo:hi], off+lo)
 		}()
 	}
@@ -258,9 +290,9 @@ func preadFull(f *os.File, buf []byte, off int64) (int64, error) {
 // readPage reads a page record with O_DIRECT when the tier is set to, and
 // through the segment's mapping otherwise (or once the filesystem refused
 // O_DIRECT).
-func (s *SSD) readPage(seg *segment, e indexEntry, id PageID, dst []byte) error {
+func (s *SSD) readPage(ctx context.Context, seg *segment, e indexEntry, id PageID, dst []byte) error {
 	if s.direct.on.Load() {
-		err := s.direct.readRecord(seg, e, id, dst)
+		err := s.direct.readRecord(seg, e, id, dst, isBackground(ctx))
 		if !errors.Is(err, errDirectRefused) {
 			return err
 		}

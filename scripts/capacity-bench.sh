@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# SSD capacity benchmark (#17): how many 512K-token sessions one host keeps
+# stall-free (≥ 0.99) under a fixed host-memory budget, with the page cache
+# out of the way, for
+#   (a) DRAM only      every page in the host mirror (the run stops when the
+#                      sessions no longer fit: pages would go to SSD),
+#   (b) SSD on demand  [mover] staging = false: pages read from SSD when
+#                      the selection asks for them,
+#   (c) SSD lookahead  staging ranked by the indexer's lookahead,
+# plus, in the same run, fio's random-read rate at the page's on-disk size
+# (the disk's ceiling) and the Mover's staging throughput at that size.
+#
+# Every daemon runs under `flashmemctl sim --bypass-cache` (O_DIRECT reads,
+# a memory cgroup where the machine has one). Sessions are added in steps
+# until the stall-free fraction after each session's first selection drops
+# below 0.99 (or MAX_SESSIONS). Output: a markdown report on stdout (and in
+# $OUT if set); the raw JSON lines stay in the work directory when KEEP=1.
+#
+# Knobs (environment): TOKENS (524288), LAYERS (4: pages of 146 KiB),
+# BUDGET (host budget, bytes; default 768 MiB), CYCLES (32), CYCLE_TIME
+# (100ms), STEPS ("1 2 3 4 6 8 10 12 14 16"), MAX_SESSIONS (16), FIO_SECONDS
+# (10), WORK (a directory on the filesystem under test; default a temporary
+# one under $TMPDIR). It is heavy (up to MAX_SESSIONS × 300 MiB written per
+# step): run it once, on a quiet machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/go/bin:$PATH"
+
+TOKENS=${TOKENS:-524288}
+LAYERS=${LAYERS:-4}
+BUDGET=${BUDGET:-$((768 << 20))}
+CYCLES=${CYCLES:-32}
+CYCLE_TIME=${CYCLE_TIME:-100ms}
+STEPS=${STEPS:-"1 2 3 4 6 8 10 12 14 16"}
+MAX_SESSIONS=${MAX_SESSIONS:-16}
+FIO_SECONDS=${FIO_SECONDS:-10}
+PAGE=$((LAYERS * 37440))
+# A page record on disk: 48-byte header + page, read as whole 4 KiB blocks.
+SPAN=$(((48 + PAGE + 4095) / 4096 * 4096))
+
+work=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/flashmem-capacity.XXXXXX")}
+mkdir -p "$work"
+cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$work"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ! command -v fio >/dev/null; then
+  echo "== installing fio (Debian package)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y fio >&2 || { apt-get update >&2 && apt-get install -y fio >&2; }
+  else sudo apt-get install -y fio >&2; fi
+fi
+
+echo "== building flashmemd and flashmemctl" >&2
+go build -o "$work/bin/" ./cmd/flashmemd ./cmd/flashmemctl
+go test -c -o "$work/bin/tiers.test" ./tiers
+
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+start_load=$(load)
+start_time=$(date -u +%FT%TZ)
+
+echo "== fio: random reads of $SPAN B (the on-disk page span), O_DIRECT, ${FIO_SECONDS}s per queue depth" >&2
+fio_json() {
+  fio --name=randread --filename="$work/fio.dat" --size=2g --rw=randread --bs="$SPAN" --direct=1 \
+    --ioengine=libaio --iodepth="$1" --runtime="$FIO_SECONDS" --time_based --group_reporting \
+    --output-format=json 2>/dev/null
+}
+fio --name=prep --filename="$work/fio.dat" --size=2g --rw=write --bs=1m --direct=1 --ioengine=libaio --iodepth=8 >/dev/null 2>&1
+declare -A FIO
+for qd in 1 16 32; do
+  FIO[$qd]=$(fio_json "$qd" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["jobs"][0]["read"]["bw_bytes"])')
+done
+rm -f "$work/fio.dat"
+
+echo "== staging throughput: BenchmarkMoverStage, pages of $PAGE B" >&2
+stage_mbs=$(cd tiers && TMPDIR="$work" FM_STAGE_PAGE=$PAGE "$work/bin/tiers.test" -test.run '^$' \
+  -test.bench MoverStage -test.benchtime 5x | awk '/MB\/s/ { for (i=1;i<=NF;i++) if ($i=="MB/s") print $(i-1) }')
+
+echo "== capacity: sessions of $TOKENS tokens, host budget $BUDGET B" >&2
+python3 - "$work" "$TOKENS" "$LAYERS" "$BUDGET" "$CYCLES" "$CYCLE_TIME" "$STEPS" "$MAX_SESSIONS" >"$work/capacity.md" <<'EOF'
+import json, shutil, subprocess, sys, time
+work, tokens, layers, budget, cycles, cycle_time, steps, max_n = sys.argv[1:]
+steps = [int(s) for s in steps.split() if int(s) <= int(max_n)]
+ctl = f"{work}/bin/flashmemctl"
+
+def run(n, mode):
+    cmd = [ctl, "--json", "sim", "--bypass-cache", "--sessions", str(n), "--tokens", tokens,
+           "--layers", layers, "--cycles", cycles, "--cycle-time", cycle_time,
+           "--host-budget", budget, "--modes", mode, "--dir", f"{work}/sim"]
+    shutil.rmtree(f"{work}/sim", ignore_errors=True)
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        return None, p.stderr.strip().splitlines()[-1:] , time.time() - t0
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    with open(f"{work}/runs.jsonl", "a") as f:
+        f.write(json.dumps({"n": n, "mode": mode, **r}) + "\n")
+    return r, None, time.time() - t0
+
+rows, cap = [], {}
+for label, mode in (("(a) DRAM only", "lookahead"), ("(b) SSD on demand", "on-demand"), ("(c) SSD lookahead", "lookahead")):
+    best = 0
+    for n in steps:
+        r, err, secs = run(n, mode)
+        if r is None:
+            rows.append(f"| {label} | {n} | failed: {err} | | | | | | |")
+            break
+        ssd = next(t for t in r["tiers"] if t["name"] == "ssd")
+        dram_ok = label.startswith("(a)") and ssd["read_bytes"] == 0
+        ok = r["stall_free_after_first_set"] >= 0.99 and (dram_ok or not label.startswith("(a)"))
+        c = r["counters"]
+        rows.append(f"| {label} | {n} | {r['stall_free_after_first_set']:.4f} | {r['stall_free_fraction']:.4f} | "
+                    f"{r['wait_p99_us']/1000:.2f} | {r['steady_wait_p99_us']/1000:.2f} | {ssd['read_bytes']/2**20:.0f} | "
+                    f"{c.get('staged', 0):.0f}/{c.get('staged_used', 0):.0f}/{c.get('prefetch_late', 0):.0f} | "
+                    f"{r['cgroup_peak_bytes']/2**20:.0f} / {r['cgroup_limit_bytes']/2**20:.0f} | {secs:.0f} |")
+        if not ok:
+            break
+        best = n
+    cap[label] = best
+
+print("| mode | sessions | stall-free after first set | stall-free all cycles | wait p99 ms | wait p99 ms (cycle ≥ 3) | SSD read MiB | staged/used/late pages | cgroup peak / limit MiB | wall s |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+print("\n".join(rows))
+print()
+print("| mode | sessions per host at stall-free ≥ 0.99 |")
+print("|---|---|")
+for k, v in cap.items():
+    print(f"| {k} | {v} |")
+a = cap["(a) DRAM only"]
+print()
+print(f"(c) / (a) = {cap['(c) SSD lookahead'] / max(a, 1):.1f}×; (c) vs (b): {cap['(c) SSD lookahead']} vs {cap['(b) SSD on demand']} sessions.")
+EOF
+
+end_load=$(load)
+{
+  echo "## SSD capacity run $start_time"
+  echo
+  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB,"
+  echo "disk $(df --output=source "$work" | tail -1) ($(df --output=fstype "$work" | tail -1)); load average at start $start_load, at end $end_load."
+  echo "Sessions: $TOKENS tokens, $LAYERS layers (pages of $PAGE B, $SPAN B on disk), host budget $((BUDGET >> 20)) MiB, $CYCLES cycles of $CYCLE_TIME."
+  echo
+  echo "| disk ceiling (fio randread, bs $SPAN, O_DIRECT, libaio) | MB/s |"
+  echo "|---|---|"
+  for qd in 1 16 32; do echo "| iodepth $qd | $((FIO[$qd] / 1000000)) |"; done
+  echo
+  best=$(( FIO[16] > FIO[32] ? FIO[16] : FIO[32] ))
+  echo "Staging throughput (BenchmarkMoverStage, $PAGE B pages): $stage_mbs MB/s = $(python3 -c "print(f'{$stage_mbs*1e6/$best:.2f}')")× fio's best."
+  echo
+  cat "$work/capacity.md"
+} | tee "${OUT:-/dev/null}"
