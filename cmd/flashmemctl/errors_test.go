@@ -244,3 +244,59 @@ func TestDemoScript(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyExitCode: verify exits 0 on a sound session and 3 on damage,
+// with and without --json, naming the way out.
+func TestVerifyExitCode(t *testing.T) {
+	dir := t.TempDir()
+	sock := daemon(t, dir)
+	for _, args := range [][]string{
+		{"demo", "--tokens", "16384", "--cycles", "2", "--keep"},
+		{"evict", "demo"},
+		{"verify", "demo"},
+	} {
+		if r := ctl(t, dir, append([]string{"--socket", sock}, args...)...); r.err != nil {
+			t.Fatalf("%v: %v\n%s", args, r.err, r.stderr)
+		}
+	}
+	// Flip one body byte of every page record (magic "FMPG" on a 512-byte
+	// boundary, tiers/journal.go).
+	segs, _ := filepath.Glob(filepath.Join(dir, "data", "ssd", "pages", "*.seg"))
+	n := 0
+	for _, seg := range segs {
+		b, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(seg, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off+200 < len(b); off += 512 {
+			if string(b[off:off+4]) == "FMPG" {
+				if _, err := f.WriteAt([]byte{b[off+148] ^ 0xFF}, int64(off+148)); err != nil {
+					t.Fatal(err)
+				}
+				n++
+			}
+		}
+		f.Close()
+	}
+	if n == 0 {
+		t.Fatal("no page records in the segment files")
+	}
+	for _, json := range []bool{false, true} {
+		args := []string{"--socket", sock, "verify", "demo"}
+		if json {
+			args = append([]string{"--json"}, args...)
+		}
+		r := ctl(t, dir, args...)
+		ee, ok := r.err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 3 {
+			t.Errorf("verify (json %v) of a damaged session: %v, want exit 3\n%s%s", json, r.err, r.stdout, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "flashmemctl delete demo") || !strings.Contains(r.stdout, "checksum") {
+			t.Errorf("verify (json %v) output:\n%s%s", json, r.stdout, r.stderr)
+		}
+	}
+}
