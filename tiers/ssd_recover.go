@@ -85,6 +85,8 @@ func (s *SSD) recover() error {
 		// Badger would verify the table in a goroutine of its own, where a
 		// damaged table can crash the process instead of failing the open.
 		reason = "index table damaged: " + err.Error()
+	} else if p := manifestProblem(badgerDir(cfg.Dir)); p != "" {
+		reason = "index tables lost: " + p
 	} else if s.db, err = openBadger(cfg); err != nil {
 		reason = "index unreadable: " + err.Error()
 	} else {
@@ -185,6 +187,51 @@ func preflightTables(dir string) error {
 		}
 	}
 	return nil
+}
+
+// manifestProblem checks Badger's MANIFEST against the tables on disk before
+// Badger opens: Badger opens without the tables a lost or cut MANIFEST no
+// longer lists (deleting them, even reusing their numbers), and the index
+// silently misses their keys.
+func manifestProblem(dir string) string {
+	paths, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+	if len(paths) == 0 {
+		return ""
+	}
+	f, err := os.Open(filepath.Join(dir, badger.ManifestFilename))
+	if err != nil {
+		return fmt.Sprintf("%d tables but no readable MANIFEST (%v)", len(paths), err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err.Error()
+	}
+	var m badger.Manifest
+	var end int64
+	err = func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("unreadable (%v)", r)
+			}
+		}()
+		m, end, err = badger.ReplayManifestFile(f, 0, badger.DefaultOptions(dir))
+		return err
+	}()
+	if err != nil {
+		return "MANIFEST: " + err.Error()
+	}
+	if end < st.Size() {
+		return fmt.Sprintf("MANIFEST cut at %d of %d B", end, st.Size())
+	}
+	for _, p := range paths {
+		if id, ok := table.ParseFileID(filepath.Base(p)); ok {
+			if _, listed := m.Tables[id]; !listed {
+				return fmt.Sprintf("table %s is not in the MANIFEST", filepath.Base(p))
+			}
+		}
+	}
+	return ""
 }
 
 // loadIndex reads every index entry into memory. Any entry that does not
