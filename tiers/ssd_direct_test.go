@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -175,7 +177,11 @@ func TestSSDDirectConcurrentWithCompaction(t *testing.T) {
 // with the page cache out of the way. This is the queue-depth measurement
 // behind DefaultReadQueueDepth (docs/benchmarks.md).
 func BenchmarkSSDReadQD(b *testing.B) {
-	for _, n := range []int{149760, 786240} {
+	sizes := []int{149760, 786240}
+	if v, err := strconv.Atoi(os.Getenv("FM_QD_PAGE")); err == nil && v > 0 {
+		sizes = []int{v} // scripts/capacity-bench.sh: the page size it measures
+	}
+	for _, n := range sizes {
 		dir := b.TempDir()
 		s := openModeSSD(b, dir, ReadDirect, 1)
 		ctx := context.Background()
