@@ -30,6 +30,7 @@ const (
 	// that a context happens to repeat little.
 	prfMaxOccur    = 3
 	prfMinIDFKnown = 6
+	prfOccurChunks = 16384
 	// prfMaxSeeds and prfMaxTerms bound the work of one round.
 	prfMaxSeeds = 512
 	prfMaxTerms = 256
@@ -251,7 +252,8 @@ func dilate(out []float32) {
 // their neighbours within dilateRadius) become a second query, and chunks
 // holding one of them as their own term are kept with prfLogit. A term is
 // specific when the query does not hold it, it occurs at most prfMaxOccur
-// times in the context, and it is a name, a code or an identifier: a word the
+// times in the context (n/16384 in a context of n chunks if that is more: 8
+// at 512K tokens), and it is a name, a code or an identifier: a word the
 // training corpus never saw, or saw rarely (IDF ≥ prfMinIDFKnown: "Ingrid",
 // "Basket"), not an ordinary word a context happens to repeat little. This
 // runs in every mode: the dense signal's kept chunks seed it as well.
@@ -293,6 +295,10 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 		return b
 	}
 	has := func(set []uint64, t int) bool { return set[t>>6]&(1<<(t&63)) != 0 }
+	// A longer context mentions a name more often and it is still specific:
+	// at most prfMaxOccur times, or one per prfOccurChunks chunks if that is
+	// more (8 at 512K tokens).
+	maxOccur := max(prfMaxOccur, n/prfOccurChunks)
 	for range hops {
 		if len(seeds) == 0 {
 			return
@@ -352,7 +358,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 		for _, t := range order {
 			used[t>>6] |= 1 << (t & 63)
 			df := cand[t]
-			if df <= prfMaxOccur && (t >= nb || m.idf[t] >= prfMinIDFKnown) {
+			if df <= maxOccur && (t >= nb || m.idf[t] >= prfMinIDFKnown) {
 				spec[t>>6] |= 1 << (t & 63)
 				found = true
 			}
