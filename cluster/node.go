@@ -51,8 +51,10 @@ type Config struct {
 	// for a LAN; failover takes about one election timeout plus a vote).
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
-	// SnapshotThreshold is how many log entries trigger a snapshot (0: 1024).
+	// SnapshotThreshold is how many log entries trigger a snapshot (0: 1024),
+	// checked every SnapshotInterval (0: 30 s).
 	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
 	// DownAfter is how long a member may miss pings before its copies stop
 	// counting and its sessions are re-replicated (0: 5 s).
 	DownAfter time.Duration
@@ -248,6 +250,9 @@ func Open(cfg Config, store Store) (*Node, error) {
 	rc.CommitTimeout = 20 * time.Millisecond
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = 30 * time.Second
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
+	}
 	rc.TrailingLogs = max(cfg.SnapshotThreshold/4, 16)
 	existing, err := raft.HasExistingState(n.logs, n.logs, snaps)
 	if err != nil {

@@ -148,20 +148,20 @@ type peerClient struct {
 	onBytes func(n int)
 }
 
-func (pc *peerClient) get(addr string) (*peerConn, error) {
+func (pc *peerClient) get(addr string, fresh bool) (*peerConn, bool, error) {
 	pc.mu.Lock()
-	if l := pc.idle[addr]; len(l) > 0 {
+	if l := pc.idle[addr]; len(l) > 0 && !fresh {
 		c := l[len(l)-1]
 		pc.idle[addr] = l[:len(l)-1]
 		pc.mu.Unlock()
-		return c, nil
+		return c, true, nil
 	}
 	pc.mu.Unlock()
 	c, err := pc.d.dial(addr, 2*time.Second)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return &peerConn{c: c, r: bufio.NewReaderSize(c, 1<<20), w: bufio.NewWriterSize(c, 1<<20)}, nil
+	return &peerConn{c: c, r: bufio.NewReaderSize(c, 1<<20), w: bufio.NewWriterSize(c, 1<<20)}, false, nil
 }
 
 func (pc *peerClient) put(addr string, c *peerConn) {
@@ -208,11 +208,37 @@ func (e *peerError) Unwrap() error {
 	return nil
 }
 
-// call sends one request and decodes the reply header into out.
+// call sends one request and decodes the reply header into out. A pooled
+// connection that turns out dead (the member restarted since) is replaced
+// by a fresh one once; requests are idempotent.
 func (pc *peerClient) call(ctx context.Context, addr string, op byte, hdr, out any, payload ...[]byte) ([]byte, error) {
-	c, err := pc.get(addr)
+	p, err := pc.call1(ctx, addr, false, op, hdr, out, payload...)
+	var stale *staleConn
+	if errors.As(err, &stale) {
+		p, err = pc.call1(ctx, addr, true, op, hdr, out, payload...)
+	}
+	if errors.As(err, &stale) {
+		err = stale.err
+	}
+	return p, err
+}
+
+// staleConn marks a transport failure on a pooled connection.
+type staleConn struct{ err error }
+
+func (s *staleConn) Error() string { return s.err.Error() }
+
+func (pc *peerClient) call1(ctx context.Context, addr string, fresh bool, op byte, hdr, out any, payload ...[]byte) ([]byte, error) {
+	c, pooled, err := pc.get(addr, fresh)
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", addr, err)
+	}
+	wrap := func(err error) error {
+		err = fmt.Errorf("peer %s: %w", addr, err)
+		if pooled {
+			return &staleConn{err}
+		}
+		return err
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.c.SetDeadline(dl)
@@ -221,7 +247,7 @@ func (pc *peerClient) call(ctx context.Context, addr string, op byte, hdr, out a
 	}
 	if err := writeFrame(c.w, op, hdr, payload...); err != nil {
 		_ = c.c.Close()
-		return nil, fmt.Errorf("peer %s: %w", addr, err)
+		return nil, wrap(err)
 	}
 	if pc.onBytes != nil {
 		for _, p := range payload {
@@ -232,7 +258,7 @@ func (pc *peerClient) call(ctx context.Context, addr string, op byte, hdr, out a
 	st, p, err := readFrame(c.r, &raw)
 	if err != nil {
 		_ = c.c.Close()
-		return nil, fmt.Errorf("peer %s: %w", addr, err)
+		return nil, wrap(err)
 	}
 	_ = c.c.SetDeadline(time.Time{})
 	pc.put(addr, c)

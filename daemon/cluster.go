@@ -54,6 +54,8 @@ type ClusterConfig struct {
 	// snapshot (default 1024); a member back from a long absence catches up
 	// from the latest snapshot.
 	SnapshotThreshold uint64 `toml:"snapshot_threshold"`
+	// SnapshotInterval is how often the threshold is checked (default 30s).
+	SnapshotInterval Duration `toml:"snapshot_interval"`
 }
 
 func (c *ClusterConfig) validate() []string {
@@ -122,7 +124,8 @@ func (d *Daemon) openCluster() error {
 		Bootstrap: cc.Bootstrap, ReplicationFactor: cc.ReplicationFactor, Secret: secret,
 		CapacityBytes: d.cfg.Host.BudgetBytes, GPUs: len(d.gpu.devs), Logger: d.log.With("subsystem", "cluster"),
 		HeartbeatTimeout: time.Duration(cc.HeartbeatTimeout), ElectionTimeout: time.Duration(cc.ElectionTimeout),
-		DownAfter: time.Duration(cc.DownAfter), SnapshotThreshold: cc.SnapshotThreshold}
+		DownAfter: time.Duration(cc.DownAfter), SnapshotThreshold: cc.SnapshotThreshold,
+		SnapshotInterval: time.Duration(cc.SnapshotInterval)}
 	if cc.TLSCert != "" {
 		if cfg.ServerTLS, cfg.ClientTLS, err = clusterTLS(cc); err != nil {
 			return err

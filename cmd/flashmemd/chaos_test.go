@@ -144,7 +144,7 @@ func TestClusterChaos(t *testing.T) {
 		nodes = append(nodes, n)
 		boot = append(boot, n.id+"="+n.raft)
 	}
-	extra := "snapshot_threshold = 32\n"
+	extra := "snapshot_threshold = 32\nsnapshot_interval = \"1s\"\n"
 	procs := make([]*clusterProc, 3)
 	var wg sync.WaitGroup
 	for i := range nodes {
@@ -298,6 +298,28 @@ func TestClusterChaos(t *testing.T) {
 			}
 			t.Logf("round %d: resume %s on %s: %v", round, name, nodes[at].id, err)
 		}
+		// Every fifth round the victim stays down while the others commit
+		// more entries than the log keeps behind a snapshot (threshold 32,
+		// 16 trailing entries), so it must catch up by snapshot install.
+		if round%5 == 4 {
+			for j := range 12 {
+				name := fmt.Sprintf("filler-%d-%d", round, j)
+				fop, err := c.Open(ctx, &proto.Open{Name: name, Persist: true, Layout: l, Policy: proto.Policy{KMax: 8}})
+				if err != nil {
+					t.Fatalf("filler open: %v", err)
+				}
+				if err := appendChunks(c, fop.Session, &l, seed, 0, 64, rand.New(rand.NewPCG(9, 9))); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.PersistDurable(ctx, fop.Session, proto.DurabilityCluster); err != nil {
+					t.Logf("filler persist: %v", err)
+				}
+				if err := c.CloseSession(ctx, fop.Session, true); err != nil {
+					t.Fatalf("filler delete: %v", err)
+				}
+			}
+			time.Sleep(2500 * time.Millisecond) // a snapshot interval (1 s, jittered to 2 s) passes
+		}
 		// Restart the victim; it rejoins and catches up.
 		procs[victim] = startClusterDaemonExtra(t, nodes[victim], boot, secret, extra)
 		connect(victim)
@@ -312,6 +334,9 @@ func TestClusterChaos(t *testing.T) {
 				caught = true
 				if before != nil && r.LastSnapshot > before.AppliedIndex {
 					snapshotCatchUps++
+				}
+				if round%5 == 4 && before != nil {
+					t.Logf("round %d: %s applied %d before the kill, caught up to %d, last snapshot %d (leader's %d)", round, nodes[victim].id, before.AppliedIndex, r.AppliedIndex, r.LastSnapshot, lr.LastSnapshot)
 				}
 				break
 			}
