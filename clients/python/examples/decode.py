@@ -72,6 +72,7 @@ def parse():
     p.add_argument("--small", action="store_true", help="CI shape: host reserve, 2 layers, 8,192 tokens, 128 steps")
     p.add_argument("--pure", action="store_true", help="the pure-Python check even if torch is present")
     p.add_argument("--require-cuda", action="store_true", help="fail unless the daemon serves a CUDA reserve")
+    p.add_argument("--page-major", action="store_true", help="ask for a page-major reserve (a slot holds a page)")
     a = p.parse_args()
     if a.small:
         a.device, a.layers, a.tokens, a.steps, a.heads, a.kmax = "host", 2, 8192, 128, 4, 8
@@ -116,14 +117,14 @@ def torch_main(a, torch):
     lay = flashmem.Layout(CPP, mi["key_bytes"], mi["target_layers"], TAU, slots_for(a),
                           [flashmem.LayerLayout(ROW, [DATA, SCALES]) for _ in range(a.layers)])
     pol = flashmem.Policy(first_keep=a.first_keep, last_keep=a.last_keep, kmax=a.kmax, fallback_ratio=1.0)
-    sess = c.open(lay, model=a.model, device=device_arg(a.device), policy=pol)
+    sess = c.open(lay, model=a.model, device=device_arg(a.device), policy=pol, page_major=a.page_major)
     if a.require_cuda and sess.region.kind != flashmem.REGION_CUDA:
         raise SystemExit("the daemon served a host-memory reserve (kind %d), not GPU memory: is it the "
                          "cuda build, with [gpu] on, on a host whose driver exports VMM handles?" % sess.region.kind)
     rt = ReserveTensors(sess)
     dev = rt.device
-    R = rt.stacked()  # [layers, slots, row], the daemon lays layers back to back
-    assert R is not None, "reserve layers are not back to back"
+    R = rt.stacked()  # [layers, slots, row]: a strided view of the whole reserve
+    assert R is not None, "reserve layers are not evenly spaced"
     L = a.layers
     gen = torch.Generator(device=dev).manual_seed(a.seed)
     cgen = torch.Generator().manual_seed(a.seed + 1)
@@ -310,6 +311,7 @@ def torch_main(a, torch):
     name = "cuda:%d (%s)" % (dev.index, torch.cuda.get_device_name(dev)) if cuda else "cpu"
     out = {
         "device": name, "torch": torch.__version__, "reserve_kind": sess.region.kind,
+        "page_major": sess.region.strides is not None,
         "layers": L, "heads": a.heads, "prompt_tokens": a.tokens, "prompt_chunks": prefill,
         "decode_steps": step, "cycles": len(cycle_rtt), "checks_bit_exact": checks,
         "kmax_pages": a.kmax, "reserve_slots": lay.reserve_slots,

@@ -235,10 +235,12 @@ class Client:
     def ping(self, data=b""):
         return bytes(self._call(wire.OP_PING, bytes(data)).body)
 
-    def open(self, layout, name="", model="", persist=False, device=wire.DEVICE_ANY, policy=None):
+    def open(self, layout, name="", model="", persist=False, device=wire.DEVICE_ANY, policy=None,
+             page_major=False):
         """OPEN a session; returns a Session whose host reserve is mapped (kind 0) or whose
-        CUDA VMM fd is kept for import (kind 1, see flashmem.torch)."""
-        f = self._call(wire.OP_OPEN, wire.encode_open(layout, name, model, persist, device, policy))
+        CUDA VMM fd is kept for import (kind 1, see flashmem.torch). page_major asks for a
+        reserve whose slot holds a whole page, layers back to back (region.strides)."""
+        f = self._call(wire.OP_OPEN, wire.encode_open(layout, name, model, persist, device, policy, page_major))
         try:
             if len(f.fds) != 1:
                 raise ProtocolError("OPEN reply with %d fds, want 1" % len(f.fds))
@@ -493,21 +495,25 @@ class Session:
         return fd
 
     def layer(self, l):
+        """Layer l's buffer, slots * stride bytes (stride = row_bytes unless page-major)."""
         off, row = self.region.layers[l]
-        return memoryview(self.reserve)[off:off + self.region.slots * row]
+        st = self.region.stride(l)
+        return memoryview(self.reserve)[off:off + (self.region.slots - 1) * st + row]
 
     def row(self, l, slot):
         if not 0 <= slot < self.region.slots:
             raise IndexError("slot %d of %d" % (slot, self.region.slots))
         off, row = self.region.layers[l]
-        start = off + slot * row
+        start = off + slot * self.region.stride(l)
         return memoryview(self.reserve)[start:start + row]
 
     def numpy_layer(self, l):
+        """A [slots, row_bytes] uint8 NumPy view of layer l (strided for page-major)."""
         import numpy as np
         off, row = self.region.layers[l]
-        return np.frombuffer(self.reserve, dtype=np.uint8, count=self.region.slots * row,
-                             offset=off).reshape(self.region.slots, row)
+        st = self.region.stride(l)
+        base = np.frombuffer(self.reserve, dtype=np.uint8, count=(self.region.slots - 1) * st + row, offset=off)
+        return np.lib.stride_tricks.as_strided(base, shape=(self.region.slots, row), strides=(st, 1))
 
     def append(self, payload, keys, count=None, first_chunk=None, staged=None):
         """APPEND prefill chunks (payload in the APPEND layout, section 11). By default the

@@ -85,20 +85,22 @@ class ReserveTensors:
             self._cuda = (handle, ptr, r.size)
             self.device = torch.device("cuda:%d" % dev)
             self.region = torch.as_tensor(_CudaArray(ptr, r.size), device=self.device)
-        self.layers = [self.region[off:off + r.slots * row].view(r.slots, row) for off, row in r.layers]
+        self.layers = [self.region.as_strided((r.slots, row), (r.stride(i), 1), off)
+                       for i, (off, row) in enumerate(r.layers)]
 
     def stacked(self):
         """uint8 [layers, slots, row_bytes] over the region (a strided view, no copy) when every
-        layer has the same row_bytes and the layers are evenly spaced (the daemon aligns each
-        layer's buffer, so they are), else None. One index_select on dim 1 then gathers a
-        page table's rows of every layer at once."""
+        layer has the same row_bytes and slot stride and the layers are evenly spaced (per-layer
+        reserves: buffer after buffer; page-major: row after row in each slot), else None. One
+        index_select on dim 1 then gathers a page table's rows of every layer at once."""
         r = self.session.region
         off0, row0 = r.layers[0]
-        stride = r.layers[1][0] - off0 if len(r.layers) > 1 else r.slots * row0
-        if stride < r.slots * row0 or any(row != row0 or off != off0 + i * stride
-                                          for i, (off, row) in enumerate(r.layers)):
+        st0 = r.stride(0)
+        step = r.layers[1][0] - off0 if len(r.layers) > 1 else 0
+        if any(row != row0 or r.stride(i) != st0 or off != off0 + i * step
+               for i, (off, row) in enumerate(r.layers)):
             return None
-        return self.region.as_strided((len(r.layers), r.slots, row0), (stride, row0, 1), off0)
+        return self.region.as_strided((len(r.layers), r.slots, row0), (step, st0, 1), off0)
 
     def close(self):
         """Unmap a CUDA region (call before CLOSE of the session); drop the views."""

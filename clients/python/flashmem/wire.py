@@ -52,6 +52,7 @@ MAX_LAYERS = 1024
 MAX_SEGMENTS = 16
 MAX_TARGET_LAYERS = 64
 MAX_CYCLE_ENTRIES = 4096
+OPEN_FLAG_PAGE_MAJOR = 1
 
 _HDR = struct.Struct("<IHHHBBIQII")  # magic version op flags nfds reserved body_len id crc reserved
 assert _HDR.size == HEADER_SIZE
@@ -322,13 +323,33 @@ class Policy:
 @dataclass
 class RegionDesc:
     """A reserve region (section 10.3): slot k of layer l is the row_bytes bytes at
-    layers[l][0] + k * layers[l][1]."""
+    layers[l][0] + k * stride(l); stride(l) is row_bytes unless the region is page-major
+    (``strides`` set: every layer's slot stride, the page's slot size)."""
 
     size: int
     slots: int
     kind: int
     device: int
     layers: list  # [(offset, row_bytes)]
+    strides: list = None  # page-major reserves only
+
+    def stride(self, l):
+        return self.strides[l] if self.strides is not None else self.layers[l][1]
+
+    def decode_strides(self, r):
+        """The optional trailing strides list of an OPEN/RESUME reply (10.3)."""
+        if r.off == len(r.b):
+            return
+        n = r.count("region strides", 8, MAX_LAYERS)
+        if n != len(self.layers):
+            r.fail("%d strides for %d layers" % (n, len(self.layers)))
+        strides = list(struct.unpack_from("<%dQ" % n, r.take(8 * n)))
+        for i, ((off, row), st) in enumerate(zip(self.layers, strides)):
+            if st < row or (self.slots and off + (self.slots - 1) * st + row > self.size):
+                r.fail("region layer %d: stride %d outside the region" % (i, st))
+        if all(st == row for (_, row), st in zip(self.layers, strides)):
+            r.fail("a strides list that changes nothing")
+        self.strides = strides
 
     @classmethod
     def decode(cls, r):
@@ -379,15 +400,18 @@ def decode_hello_reply(body):
 
 
 # --- sessions ---------------------------------------------------------------------------
-def encode_open(layout, name="", model="", persist=False, device=DEVICE_ANY, policy=None):
+def encode_open(layout, name="", model="", persist=False, device=DEVICE_ANY, policy=None, page_major=False):
+    """OPEN's body; page_major adds the optional flags word (bit 0: a page-major reserve)."""
     return b"".join((str16(name), str16(model), struct.pack("<II", 1 if persist else 0, device),
-                     (policy or Policy()).encode(), layout.encode()))
+                     (policy or Policy()).encode(), layout.encode(),
+                     _U32.pack(OPEN_FLAG_PAGE_MAJOR) if page_major else b""))
 
 
 def decode_open_reply(body):
     r = Reader(body, "OPEN reply")
     session = r.u64()
     region = RegionDesc.decode(r)
+    region.decode_strides(r)
     r.end()
     return session, region
 
@@ -411,6 +435,7 @@ def decode_resume_reply(body):
     policy = Policy.decode(r)
     layout = Layout.decode(r)
     region = RegionDesc.decode(r)
+    region.decode_strides(r)
     r.end()
     return ResumeInfo(session, chunks, persist, model, policy, layout, region)
 

@@ -479,6 +479,9 @@ def test_reference_decoder_torch(daemon):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["decode_steps"] == 128 and out["checks_bit_exact"] == 128 and out["reserve_kind"] == 0
     assert 0 < out["entries_attended_mean"] < out["entries_full_final"]
+    pm = _run_decode(daemon, "--page-major")
+    assert pm.returncode == 0, pm.stdout + pm.stderr
+    assert json.loads(pm.stdout.strip().splitlines()[-1])["page_major"] is True
     bad = _run_decode(daemon, env={"DECODE_CORRUPT_OWN": "1"})
     assert bad.returncode != 0 and "differs" in bad.stderr, bad.stdout + bad.stderr
 
@@ -499,3 +502,25 @@ def test_torch_reserve_views(client):
                 assert tuple(v.shape) == (8, lay.layers[ly].row_bytes) and v.dtype == torch.uint8
                 for sl in slots.tolist():
                     assert bytes(v[sl].tolist()) == bytes(s.row(ly, sl))
+
+
+def test_page_major_reserve(client):
+    rng = random.Random(10)
+    lay = small_layout(16)
+    with client.open(lay, page_major=True) as s:
+        r0 = s.region
+        assert r0.strides is not None and len(r0.strides) == 2
+        assert all(st >= row for st, (_, row) in zip(r0.strides, r0.layers))
+        # a slot holds the page's rows back to back, layer 0 first
+        assert r0.layers[1][0] - r0.layers[0][0] == r0.layers[0][1]
+        fill(s, 12, 300, rng)
+        with s.cycle(queries(3, HIDDEN, rng), position=1200) as r:
+            check_pages(s, 12, r)
+            try:
+                import numpy  # noqa: F401
+            except ImportError:
+                return
+            for ly in range(2):
+                a = s.numpy_layer(ly)
+                for _, sl in r.pages:
+                    assert a[sl].tobytes() == bytes(s.row(ly, sl))
