@@ -360,3 +360,57 @@ func TestSnapshotCatchUp(t *testing.T) {
 	}
 	t.Fatalf("restarted node has %d of 300 sessions", len(tc.nodes[2].Catalog().Sessions()))
 }
+
+// TestJoinAndRemove: a node started without bootstrap joins through any
+// member's peer port (a follower forwards to the leader), receives the
+// catalog, and is removed again.
+func TestJoinAndRemove(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	ctx := context.Background()
+	if _, err := tc.nodes[0].Claim(ctx, "before-join", 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	c := Config{NodeID: "n4", RaftAddr: freeAddr(t), PeerAddr: freeAddr(t), Dir: filepath.Join(t.TempDir(), "raft"),
+		ReplicationFactor: 2, Secret: testSecret, Logger: testLogger(t), RaftLogLevel: "error"}
+	n4, err := Open(c, &dirStore{dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n4.Close()
+	var follower *Node
+	for _, n := range tc.nodes {
+		if !n.IsLeader() {
+			follower = n
+		}
+	}
+	m, _ := follower.Catalog().Member(follower.ID())
+	if err := n4.Join(ctx, m.PeerAddr); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := n4.WaitLeader(wctx); err != nil {
+		t.Fatal(err)
+	}
+	for n4.Catalog().AppliedIndex() == 0 || len(n4.Catalog().Sessions()) != 1 {
+		if wctx.Err() != nil {
+			t.Fatal("the joined node did not receive the catalog")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := tc.nodes[0].Status(); len(st.Members) != 4 {
+		t.Fatalf("members after join: %+v", st.Members)
+	}
+	if err := follower.Remove(ctx, "n4"); err != nil {
+		t.Fatal(err)
+	}
+	for len(tc.nodes[0].Status().Members) != 3 {
+		if wctx.Err() != nil {
+			t.Fatalf("members after remove: %+v", tc.nodes[0].Status().Members)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, ok := tc.nodes[0].Catalog().Member("n4"); ok {
+		t.Fatal("removed member still in the catalog")
+	}
+}
