@@ -638,10 +638,35 @@ static void get_region(rd *r, fm_session *s) {
 	for (uint32_t i = 0; i < n; i++) {
 		s->layers[i].offset = get_u64(r);
 		s->layers[i].row_bytes = get_u32(r);
+		s->layers[i].stride = s->layers[i].row_bytes;
 		uint64_t span = (uint64_t)s->slots * s->layers[i].row_bytes;
 		if (s->layers[i].offset > s->size || span > s->size - s->layers[i].offset)
 			r->bad = 1;
 	}
+}
+
+/* The optional strides list that ends an OPEN/RESUME reply of a page-major reserve (10.3). */
+static void get_strides(rd *r, fm_session *s) {
+	if (r->bad || r->off == r->n)
+		return;
+	uint32_t n = get_count(r, 8, FM_MAX_LAYERS);
+	if (r->bad || n != s->n_layers) {
+		r->bad = 1;
+		return;
+	}
+	int changes = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		fm_region_layer *l = &s->layers[i];
+		uint64_t st = get_u64(r);
+		if (st < l->row_bytes || (s->slots && (l->offset > s->size || (uint64_t)(s->slots - 1) > (s->size - l->offset) / st ||
+		                                        l->offset + (uint64_t)(s->slots - 1) * st + l->row_bytes > s->size)))
+			r->bad = 1;
+		changes |= st != l->row_bytes;
+		l->stride = st;
+	}
+	if (!changes)
+		r->bad = 1; /* a list that changes nothing is never sent */
+	s->page_major = 1;
 }
 
 static int session_reply(fm_client *c, frame *f, fm_session *s, fm_error *err, const char *what, int resume) {
@@ -679,6 +704,7 @@ static int session_reply(fm_client *c, frame *f, fm_session *s, fm_error *err, c
 		}
 	}
 	get_region(&r, s);
+	get_strides(&r, s);
 	if (r.bad || r.off != r.n || f->nfds != 1) {
 		fm_session_free(s);
 		return proto_err(c, f, err, what);
@@ -704,6 +730,8 @@ int fm_open(fm_client *c, const fm_open_req *req, fm_session *out, fm_error *err
 		free(b.p);
 		return seterr(err, FM_E_LOCAL_ARG, "layout over the protocol's limits");
 	}
+	if (req->flags)
+		put_u32(&b, req->flags);
 	frame f;
 	int rc = call_buf(c, FM_OP_OPEN, &b, &f, err);
 	free(b.p);
@@ -745,7 +773,7 @@ int fm_session_map(fm_session *s, fm_error *err) {
 uint8_t *fm_session_row(const fm_session *s, uint32_t layer, uint32_t slot) {
 	if (!s->base || layer >= s->n_layers || slot >= s->slots)
 		return NULL;
-	return s->base + s->layers[layer].offset + (uint64_t)slot * s->layers[layer].row_bytes;
+	return s->base + s->layers[layer].offset + (uint64_t)slot * s->layers[layer].stride;
 }
 
 void fm_session_free(fm_session *s) {

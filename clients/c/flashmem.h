@@ -117,6 +117,7 @@ enum fm_code {
 #define FM_CYCLE_FALLBACK 1u
 #define FM_CYCLE_DAMAGED 2u
 #define FM_MAX_CYCLE_DAMAGED 4096
+#define FM_OPEN_PAGE_MAJOR 1u /* fm_open_req.flags: a slot holds a whole page, layers back to back */
 #define FM_DURABILITY_LOCAL 0u
 #define FM_DURABILITY_CLUSTER 1u
 
@@ -321,11 +322,13 @@ typedef struct fm_open_req {
 	uint32_t device;   /* GPU ordinal, FM_DEVICE_ANY or FM_DEVICE_HOST_ONLY */
 	fm_policy policy;  /* zeros: daemon defaults */
 	const fm_layout *layout;
+	uint32_t flags;    /* 0 or FM_OPEN_PAGE_MAJOR (sent only when non-zero) */
 } fm_open_req;
 
 typedef struct fm_region_layer {
 	uint64_t offset;
 	uint32_t row_bytes;
+	uint64_t stride; /* slot k of the layer is at offset + k * stride (row_bytes unless page-major) */
 } fm_region_layer;
 
 typedef struct fm_session {
@@ -334,6 +337,7 @@ typedef struct fm_session {
 	uint64_t size;            /* region bytes */
 	uint32_t slots, kind, device, n_layers;
 	fm_region_layer *layers;  /* n_layers entries */
+	int page_major;           /* the reply carried strides (a page-major reserve) */
 	int fd;                   /* the region's descriptor (-1 once mapped or taken) */
 	uint8_t *base;            /* fm_session_map: the mapped host region */
 	/* RESUME only: */

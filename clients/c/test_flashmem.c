@@ -307,6 +307,22 @@ static void test_happy_path(void) {
 	free(json);
 	MUST(fm_close_session(c, s.id, 0, &e_));
 	fm_session_free(&s);
+	/* A page-major reserve: a slot holds the page's rows back to back, layer 0 first. */
+	req.flags = FM_OPEN_PAGE_MAJOR;
+	MUST(fm_open(c, &req, &s, &e_));
+	CHECK(s.page_major && s.layers[0].stride == s.layers[1].stride && s.layers[0].stride >= 64 * 40 + 64 * 24 + 512 &&
+	          s.layers[1].offset - s.layers[0].offset == 64 * 40,
+	      "page-major region: strides %llu/%llu", (unsigned long long)s.layers[0].stride,
+	      (unsigned long long)s.layers[1].stride);
+	MUST(fm_session_map(&s, &e_));
+	append_range(c, &s, &l, 13, 0, 300, 1);
+	en = entry(s.id, 0, 1200);
+	MUST(fm_cycle(c, &en, 1, &r, &e_));
+	check_pages(&s, &l, 13, 300, &r[0]);
+	MUST(fm_release(c, &r[0].lease, 1, &e_));
+	fm_cycle_results_free(r, 1);
+	MUST(fm_close_session(c, s.id, 0, &e_));
+	fm_session_free(&s);
 	fm_close(c);
 }
 
