@@ -8,7 +8,8 @@
 # ($OUT/decode.json) and a table; the daemon's log goes to $OUT/flashmemd.log.
 #
 # Usage (GPU machine, repo root): clients/gpu-decode.sh
-# Env: TOKENS (131072) STEPS (1024) DEVICE (0) KMAX (64) HEADS (64) LAYERS (21)
+# Env: TOKENS (131072) STEPS (1024) DEVICE (0) KMAX (64) HEADS (64) LAYERS (21), DECODE_ARGS
+# (more decode.py flags, e.g. --page-major)
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -37,7 +38,7 @@ for _ in $(seq 600); do grep -q 'msg=serving' "$out/flashmemd.log" 2>/dev/null &
 nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
 PYTHONUNBUFFERED=1 python3 clients/python/examples/decode.py --socket "$work/fm.sock" --device "${DEVICE:-0}" \
   --tokens "${TOKENS:-131072}" --steps "${STEPS:-1024}" --kmax "${KMAX:-64}" --heads "${HEADS:-64}" \
-  --layers "${LAYERS:-21}" --require-cuda --json "$out/decode.json"
+  --layers "${LAYERS:-21}" --require-cuda --json "$out/decode.json" ${DECODE_ARGS:-}
 rc=$?
 kill "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
@@ -46,7 +47,8 @@ if [[ -f $out/decode.json ]]; then
   python3 - "$out/decode.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print("reference decoder, %s, torch %s, reserve kind %d (1 = CUDA VMM)" % (r["device"], r["torch"], r["reserve_kind"]))
+print("reference decoder, %s, torch %s, reserve kind %d (1 = CUDA VMM)%s" % (r["device"], r["torch"], r["reserve_kind"],
+      ", page-major" if r.get("page_major") else ""))
 print("session: %d prompt tokens (%d chunks), %d decode steps in %d cycles, %d layers x %d heads"
       % (r["prompt_tokens"], r["prompt_chunks"], r["decode_steps"], r["cycles"], r["layers"], r["heads"]))
 print("gather + attention checked bit-exact against the own copy: %d of %d steps" % (r["checks_bit_exact"], r["decode_steps"]))
