@@ -301,8 +301,21 @@ func (s *selector) lookahead(pages int, p *Policy) []uint32 {
 	if p.Lookahead == 0 {
 		return nil
 	}
+	// Only the best Lookahead candidates are kept, in order, as they are found: sorting
+	// every candidate cost O(pages·log pages) per request and cycle (0.2–0.5 ms at
+	// 2,048–4,096 pages, more than a GPU cycle's share of a request).
+	k := p.Lookahead
 	s.cand = s.cand[:0]
 	trend := float32(p.LookaheadTrend)
+	order := func(a, b lookCand) int {
+		if c := cmp.Compare(b.prio, a.prio); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.score, a.score); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.page, a.page)
+	}
 	for pg := range pages {
 		if s.inSel[pg] {
 			continue
@@ -313,21 +326,22 @@ func (s *selector) lookahead(pages int, p *Policy) []uint32 {
 			prev = s.ewma[pg]
 		}
 		prio := float32(sc) + trend*(float32(sc)-prev)
-		if prio > 0 {
-			s.cand = append(s.cand, lookCand{page: uint32(pg), score: sc, prio: prio})
+		if !(prio > 0) {
+			continue
 		}
+		c := lookCand{page: uint32(pg), score: sc, prio: prio}
+		if len(s.cand) == k && order(c, s.cand[k-1]) >= 0 {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(s.cand, c, order)
+		if len(s.cand) < k {
+			s.cand = append(s.cand, lookCand{})
+		}
+		copy(s.cand[i+1:], s.cand[i:len(s.cand)-1])
+		s.cand[i] = c
 	}
-	slices.SortFunc(s.cand, func(a, b lookCand) int {
-		if c := cmp.Compare(b.prio, a.prio); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(b.score, a.score); c != 0 {
-			return c
-		}
-		return cmp.Compare(b.page, a.page)
-	})
-	out := make([]uint32, 0, min(len(s.cand), p.Lookahead))
-	for _, c := range s.cand[:min(len(s.cand), p.Lookahead)] {
+	out := make([]uint32, 0, len(s.cand))
+	for _, c := range s.cand {
 		out = append(out, c.page)
 	}
 	return out
