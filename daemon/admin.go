@@ -48,7 +48,7 @@ func (c *conn) admin(op proto.Op, t *proto.AdminTarget) (proto.Message, error) {
 		}
 		return d.evict(s, c)
 	case proto.OpDelete:
-		return d.deleteSession(c.cred, t)
+		return d.deleteSession(c, t)
 	case proto.OpSave:
 		s, meta, err := d.anyTarget(c.cred, t)
 		if err != nil {
@@ -106,6 +106,14 @@ func (d *Daemon) target(cred Cred, t *proto.AdminTarget) (*session, error) {
 		return nil, notYours(*t, cred)
 	}
 	return s, nil
+}
+
+// quoted is ` "name"` for a named session, "" for an unnamed one.
+func quoted(name string) string {
+	if name == "" {
+		return ""
+	}
+	return fmt.Sprintf(" %q", name)
 }
 
 func unknownSession(t proto.AdminTarget) error {
@@ -365,16 +373,27 @@ func (d *Daemon) anyTarget(cred Cred, t *proto.AdminTarget) (*session, *sessionM
 
 // deleteSession is DELETE: a live session is dropped with its pages and
 // metadata (as CLOSE with delete); one on SSD only loses its pages and
-// metadata there. Leases of a live session end with it.
-func (d *Daemon) deleteSession(cred Cred, t *proto.AdminTarget) (*proto.EvictReply, error) {
-	s, m, err := d.anyTarget(cred, t)
+// metadata there. Leases of a live session end with it. A session another
+// live connection holds is refused, whoever asks: that connection's decoder
+// is mid-request, and only it (CLOSE) or its end may let go of it.
+func (d *Daemon) deleteSession(by *conn, t *proto.AdminTarget) (*proto.EvictReply, error) {
+	s, m, err := d.anyTarget(by.cred, t)
 	if err != nil {
 		return nil, err
 	}
 	if s != nil {
 		bytes := s.info().Bytes
-		if err := d.dropSession(s, true); err != nil {
+		var holder *conn
+		free := func() bool { // under s.mu: a RESUME cannot attach it meanwhile
+			holder = s.conn
+			return holder == nil || holder == by
+		}
+		if err := d.dropSessionIf(s, true, free); err != nil {
 			return nil, err
+		}
+		if holder != nil && holder != by {
+			return nil, proto.CodeNotOwner.Errorf("session %d%s is attached to another connection (client %q): that connection must CLOSE it first (or end), then DELETE it",
+				s.id, quoted(s.name), holder.name)
 		}
 		d.log.Info("session deleted", "session", s.id, "name", s.name)
 		return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes}, nil

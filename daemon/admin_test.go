@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,5 +128,67 @@ func TestAdminSessionManagement(t *testing.T) {
 	}
 	if _, err := owner.admin(proto.OpDelete, &proto.AdminTarget{Name: "kept"}); proto.CodeOf(err) != proto.CodeUnknownSession {
 		t.Errorf("second DELETE: %v", err)
+	}
+}
+
+// DELETE of a session another live connection holds is refused (that
+// connection must CLOSE it first), by id and by name, for the owner's uid
+// and for root alike; the holder keeps working. The holding connection
+// itself may DELETE it, and once its connection ends a persisted session
+// (now detached) may be deleted from anywhere.
+func TestDeleteAttachedToAnotherConnRefused(t *testing.T) {
+	r := start(t, testConfig(t, t.TempDir()))
+	defer r.shutdown(t)
+	ctx := context.Background()
+	holder, other := dial(t, r.d.cfg.Socket), dial(t, r.d.cfg.Socket)
+	rng := rand.New(rand.NewPCG(5, 6))
+	l := testLayout(64)
+	open := func(c *proto.Client, name string, persist bool) uint64 {
+		t.Helper()
+		op, err := c.Open(ctx, &proto.Open{Name: name, Persist: persist, Model: "test", Layout: l, Device: proto.DeviceHostOnly})
+		if err != nil {
+			t.Fatal(err)
+		}
+		op.Region.Close()
+		appendAll(t, c, op.Session, &l, 1, 0, 70, rng)
+		return op.Session
+	}
+	kept, eph := open(holder, "held", true), open(holder, "", false)
+	for _, tg := range []proto.AdminTarget{{Name: "held"}, {Session: kept}, {Session: eph}} {
+		_, err := other.Delete(ctx, tg)
+		if proto.CodeOf(err) != proto.CodeNotOwner || !strings.Contains(err.Error(), "CLOSE") {
+			t.Errorf("DELETE %+v of a session another connection holds: %v, want NOT_OWNER naming CLOSE", tg, err)
+		}
+	}
+	// The holder's sessions are intact.
+	for _, id := range []uint64{kept, eph} {
+		appendAll(t, holder, id, &l, 1, 70, 140, rng)
+		res, err := holder.Cycle(ctx, []proto.CycleEntry{{Session: id, Position: 140, Queries: queries(rng, 64, 3)}})
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("cycle of session %d after a refused DELETE: %v %v", id, err, res[0].Err)
+		}
+		if err := holder.Release(ctx, res[0].Lease); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The holder may delete its own.
+	if _, err := holder.Delete(ctx, proto.AdminTarget{Session: eph}); err != nil {
+		t.Fatalf("DELETE by the holding connection: %v", err)
+	}
+	// Detached once its connection ends: now anyone of the uid may.
+	holder.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := other.Delete(ctx, proto.AdminTarget{Name: "held"})
+		if err == nil {
+			break
+		}
+		if proto.CodeOf(err) != proto.CodeNotOwner || time.Now().After(deadline) {
+			t.Fatalf("DELETE of a detached session: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := r.d.store.SSD().GetMeta(ctx, "held"); !errors.Is(err, tiers.ErrNotFound) {
+		t.Errorf("metadata after DELETE: %v", err)
 	}
 }
