@@ -108,7 +108,12 @@ func TestAdminSessionManagement(t *testing.T) {
 		t.Errorf("SAVE of a missing session: %v", err)
 	}
 
-	// DELETE removes both: metadata and pages, live or on SSD.
+	// DELETE removes both: metadata and pages, live (detached: c lets go of
+	// it first, as DELETE of another connection's session is refused) or on
+	// SSD.
+	if err := c.CloseSession(ctx, op2.Session, false); err != nil {
+		t.Fatal(err)
+	}
 	for _, tg := range []proto.AdminTarget{{Name: "kept"}, {Name: "live"}} {
 		if _, err := owner.admin(proto.OpDelete, &tg); err != nil {
 			t.Fatalf("DELETE %+v: %v", tg, err)
