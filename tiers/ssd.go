@@ -669,7 +669,11 @@ func (s *SSD) appendSmall(h recHeader, body []byte, sync bool) (indexEntry, loc,
 	rec := encodeRecord(h, body)
 	n := int64(len(rec))
 	locs := make([]loc, 1)
-	if err := s.segs.reserve([]recordKind{h.kind}, []int64{n}, locs, true); err != nil {
+	floor := s.segs.floor
+	if h.kind != kindMeta {
+		floor /= 2 // deletions free space
+	}
+	if err := s.segs.reserveFloor([]recordKind{h.kind}, []int64{n}, locs, true, floor); err != nil {
 		return indexEntry{}, loc{}, 0, err
 	}
 	l := locs[0]

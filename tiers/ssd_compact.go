@@ -252,7 +252,7 @@ func (s *SSD) moveBatch(seg *segment, batch []ref) error {
 		kinds[j], lens[j] = batch[i].e.kind, batch[i].e.recordLen()
 	}
 	locs := make([]loc, len(keep))
-	if err := s.segs.reserve(kinds, lens, locs, false); err != nil {
+	if err := s.segs.reserveFloor(kinds, lens, locs, false, s.segs.floor/2); err != nil {
 		return err
 	}
 	var err error

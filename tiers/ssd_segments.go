@@ -183,10 +183,10 @@ func (ss *segStore) ids() []uint32 {
 // createLocked makes and registers a new segment able to take a record of n
 // bytes after its start record. The directory is synced so a durable record
 // never sits in a file whose name a crash lost.
-func (ss *segStore) createLocked(n int64) (*segment, error) {
+func (ss *segStore) createLocked(n, floor int64) (*segment, error) {
 	capacity := max(ss.size, smallAlign+alignRecord(n))
 	first := min(capacity, alignUp(smallAlign+alignRecord(n), growStep))
-	if err := ss.roomLocked(first); err != nil {
+	if err := ss.roomLocked(first, floor); err != nil {
 		return nil, err
 	}
 	if a := ss.active; a != nil {
@@ -234,14 +234,14 @@ func (ss *segStore) createLocked(n int64) (*segment, error) {
 // roomLocked refuses to take n more bytes of the filesystem when that would
 // leave less than the floor free: Badger's memory-mapped files (its memtable
 // log, new tables) must always find room, or a write under a mapping faults.
-func (ss *segStore) roomLocked(n int64) error {
+func (ss *segStore) roomLocked(n, floor int64) error {
 	free, err := freeBytes(ss.dir)
 	if err != nil {
 		return nil // unknown: let the write itself fail if it must
 	}
-	if free-n < ss.floor {
+	if free-n < floor {
 		return fmt.Errorf("ssd: %s has %d B free; %d B more would leave less than the %d B floor (free space on that filesystem, or lower [ssd] min_free_bytes): %w",
-			ss.dir, free, n, ss.floor, ErrDiskFull)
+			ss.dir, free, n, floor, ErrDiskFull)
 	}
 	return nil
 }
@@ -265,7 +265,7 @@ func diskErr(err error) error {
 }
 
 // growLocked extends seg's file so that end fits, a step at a time.
-func (ss *segStore) growLocked(seg *segment, end int64) error {
+func (ss *segStore) growLocked(seg *segment, end, floor int64) error {
 	if end <= seg.size {
 		return nil
 	}
@@ -274,7 +274,7 @@ func (ss *segStore) growLocked(seg *segment, end int64) error {
 	if want < end {
 		want = end
 	}
-	if err := ss.roomLocked(want - seg.size); err != nil {
+	if err := ss.roomLocked(want-seg.size, floor); err != nil {
 		return err
 	}
 	if err := fallocate(seg.f, seg.size, want-seg.size); err != nil {
@@ -330,6 +330,12 @@ func syncDir(dir string) error {
 // next sequence number (withSeq; compaction assigns its own later). Every
 // reservation must be ended by settle.
 func (ss *segStore) reserve(kinds []recordKind, lens []int64, out []loc, withSeq bool) error {
+	return ss.reserveFloor(kinds, lens, out, withSeq, ss.floor)
+}
+
+// reserveFloor is reserve keeping floor bytes free: deletions and compaction
+// may go down to half the floor, since they are how space comes back.
+func (ss *segStore) reserveFloor(kinds []recordKind, lens []int64, out []loc, withSeq bool, floor int64) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	undo := func(i int) {
@@ -344,7 +350,7 @@ func (ss *segStore) reserve(kinds []recordKind, lens []int64, out []loc, withSeq
 			off = alignUp(a.next, alignFor(kinds[i]))
 		}
 		if a == nil || off+n > max(ss.size, a.size) {
-			seg, err := ss.createLocked(n)
+			seg, err := ss.createLocked(n, floor)
 			if err != nil {
 				undo(i)
 				return err
@@ -352,7 +358,7 @@ func (ss *segStore) reserve(kinds []recordKind, lens []int64, out []loc, withSeq
 			ss.active, a = seg, seg
 			off = alignUp(a.next, alignFor(kinds[i]))
 		}
-		if err := ss.growLocked(a, off+n); err != nil {
+		if err := ss.growLocked(a, off+n, floor); err != nil {
 			undo(i)
 			return err
 		}

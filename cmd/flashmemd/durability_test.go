@@ -489,8 +489,8 @@ func TestDamagedDataDir(t *testing.T) {
 		return nil
 	})
 	actions := []string{"flip", "truncate", "delete"}
-	if testing.Short() {
-		actions = actions[:1]
+	if testing.Short() || (raceEnabled && os.Getenv("FLASHMEM_DURABILITY_FULL") == "") {
+		actions = actions[:1] // a daemon start per file and action is slow under -race
 	}
 	for _, f := range files {
 		for _, act := range actions {
@@ -551,5 +551,143 @@ func TestDamagedDataDir(t *testing.T) {
 				p.stop(t)
 			})
 		}
+	}
+}
+
+// mountTmpfs mounts a tmpfs of size bytes at dir, or skips the test when
+// this process may not mount (not root, no CAP_SYS_ADMIN, a sandbox).
+func mountTmpfs(t *testing.T, dir string, size int64) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v): run as root, or scripts/durability.sh on a host that allows it", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+}
+
+// A full filesystem: a 64 MiB tmpfs, and a 512 MiB one filled by a ballast
+// file. Writes get NO_SPACE before the disk is full, the daemon never
+// crashes, reads go on, nothing acknowledged is lost, and writes resume once
+// space is freed (a session deleted; the ballast removed), without a restart.
+func TestFullDisk(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		size    int64
+		ballast int64
+	}{
+		{"tmpfs 64 MiB", 64 << 20, 0},
+		{"tmpfs 512 MiB with ballast", 512 << 20, 440 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if testing.Short() && tc.ballast > 0 {
+				t.Skip("short")
+			}
+			dir := t.TempDir()
+			mountTmpfs(t, filepath.Join(dir, "data"), tc.size)
+			ballast := filepath.Join(dir, "data", "ballast")
+			if tc.ballast > 0 {
+				f, err := os.Create(ballast)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := syscall.Fallocate(int(f.Fd()), 0, 0, tc.ballast); err != nil {
+					t.Fatal(err)
+				}
+				f.Close()
+			}
+			p := startDaemonConfig(t, dir, smallHostConfig)
+			c := dial(t, p.socket)
+			ctx := context.Background()
+			l := layout(64)
+			r := rand.New(rand.NewPCG(8, 8))
+			opA, err := c.Open(ctx, &proto.Open{Name: "A", Persist: true, Layout: l, Policy: proto.Policy{KMax: 64}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := appendChunks(c, opA.Session, &l, 71, 0, 640, r); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Persist(ctx, opA.Session); err != nil {
+				t.Fatal(err)
+			}
+			// Fill: session B, persisted, session after session, until
+			// the store refuses.
+			var fill []uint64
+			var full *proto.Error
+			for i := 0; i < 400 && full == nil; i++ {
+				ob, err := c.Open(ctx, &proto.Open{Name: fmt.Sprintf("fill%d", i), Persist: true, Layout: l})
+				if err == nil {
+					fill = append(fill, ob.Session)
+					err = appendChunks(c, ob.Session, &l, 72, 0, 64*60, r)
+					if err == nil {
+						err = c.Persist(ctx, ob.Session)
+					}
+				}
+				if err != nil {
+					if !errors.As(err, &full) || full.Code != proto.CodeNoSpace {
+						t.Fatalf("filling the disk: %v, want NO_SPACE", err)
+					}
+				}
+			}
+			if full == nil {
+				t.Fatal("the disk never filled")
+			}
+			t.Logf("NO_SPACE after %d sessions: %v", len(fill), full)
+			// Alive, and reads go on: A's pages come back byte-identical.
+			if _, err := c.Status(ctx); err != nil {
+				t.Fatalf("daemon after NO_SPACE: %v", err)
+			}
+			rA, err := c.Cycle(ctx, []proto.CycleEntry{{Session: opA.Session, Position: 640 * 4, Queries: hidden(r)}})
+			if err != nil || rA[0].Err != nil {
+				t.Fatalf("cycle after NO_SPACE: %v %v", err, rA[0].Err)
+			}
+			mem, err := opA.Region.Map()
+			if err != nil {
+				t.Fatal(err)
+			}
+			verify(t, &l, &opA.Region.RegionDesc, mem, 71, 640, rA[0].Pages)
+			proto.Unmap(mem)
+			c.Release(ctx, rA[0].Lease)
+			// Free space, then A takes writes again without a restart.
+			if tc.ballast > 0 {
+				os.Remove(ballast)
+			} else {
+				for _, s := range fill {
+					c.CloseSession(ctx, s, true)
+				}
+			}
+			var aerr error
+			for wait := time.Now(); time.Since(wait) < 30*time.Second; time.Sleep(200 * time.Millisecond) {
+				if aerr = appendChunks(c, opA.Session, &l, 71, 640, 704, r); aerr == nil {
+					aerr = c.Persist(ctx, opA.Session)
+				}
+				if aerr == nil {
+					break
+				}
+			}
+			if aerr != nil {
+				t.Fatalf("writes after freeing space: %v", aerr)
+			}
+			c.Close()
+			p.stop(t)
+			// Nothing acknowledged was lost: A resumes with all of it.
+			p = startDaemonConfig(t, dir, smallHostConfig)
+			c = dial(t, p.socket)
+			rr, err := c.Resume(ctx, "A")
+			if err != nil || rr.Chunks != 704 {
+				t.Fatalf("resume A: %v, %d chunks", err, rr.Chunks)
+			}
+			mem, err = rr.Region.Map()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer proto.Unmap(mem)
+			if dmg := checkAll(t, c, rr.Session, &l, &rr.Region.RegionDesc, mem, 71, 704, r); len(dmg) > 0 {
+				t.Fatalf("damaged: %v", dmg)
+			}
+			p.stop(t)
+		})
 	}
 }
