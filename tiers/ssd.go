@@ -320,7 +320,7 @@ func (s *SSD) noteGarbage(n int64) {
 	if n <= 0 {
 		return
 	}
-	if s.garbage.Add(n) >= min(s.cfg.SegmentBytes/2, garbageKick) {
+	if s.garbage.Add(n) >= min(s.cfg.SegmentBytes/2, garbageKick) || s.segs.pressed.Swap(false) {
 		s.garbage.Store(0)
 		select {
 		case s.kickGC <- struct{}{}:
@@ -1060,6 +1060,9 @@ func (s *SSD) DeleteMeta(ctx context.Context, name string) error {
 	}
 	s.tombM[name] = e
 	s.cacheMu.Unlock()
+	for _, n := range dead {
+		s.noteGarbage(n)
+	}
 	s.segs.settle([]loc{l}, []int64{n}, true, dead)
 	s.changed.Store(true)
 	return nil

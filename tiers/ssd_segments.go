@@ -98,6 +98,10 @@ type segStore struct {
 	size  int64 // most bytes of one segment
 	floor int64 // free bytes the filesystem must keep (statfs)
 
+	// pressed is set when a write was refused for space: the next garbage
+	// starts a GC round at once, so writes resume as soon as space is freed.
+	pressed atomic.Bool
+
 	mu      sync.Mutex
 	segs    map[uint32]*segment
 	active  *segment
@@ -240,6 +244,7 @@ func (ss *segStore) roomLocked(n, floor int64) error {
 		return nil // unknown: let the write itself fail if it must
 	}
 	if free-n < floor {
+		ss.pressed.Store(true)
 		return fmt.Errorf("ssd: %s has %d B free; %d B more would leave less than the %d B floor (free space on that filesystem, or lower [ssd] min_free_bytes): %w",
 			ss.dir, free, n, floor, ErrDiskFull)
 	}

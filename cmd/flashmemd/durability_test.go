@@ -659,12 +659,16 @@ func TestFullDisk(t *testing.T) {
 				}
 			}
 			var aerr error
+			appended := false
 			for wait := time.Now(); time.Since(wait) < 30*time.Second; time.Sleep(200 * time.Millisecond) {
-				if aerr = appendChunks(c, opA.Session, &l, 71, 640, 704, r); aerr == nil {
-					aerr = c.Persist(ctx, opA.Session)
+				if !appended {
+					aerr = appendChunks(c, opA.Session, &l, 71, 640, 704, r)
+					appended = aerr == nil
 				}
-				if aerr == nil {
-					break
+				if appended {
+					if aerr = c.Persist(ctx, opA.Session); aerr == nil {
+						break
+					}
 				}
 			}
 			if aerr != nil {
