@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,8 +30,9 @@ var clusterBaseConfig = testConfig
 // clusterProc is one flashmemd of a test cluster; its log is guarded
 // because the reader goroutine appends while the test may print it.
 type clusterProc struct {
-	cmd    *exec.Cmd
-	socket string
+	cmd     *exec.Cmd
+	socket  string
+	metrics string // host:port of /metrics
 	mu     sync.Mutex
 	log    strings.Builder
 	exited chan error
@@ -80,8 +82,8 @@ down_after = "2s"
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &clusterProc{socket: filepath.Join(n.dir, "fm.sock"), exited: make(chan error, 1)}
-	p.cmd = exec.Command(binary, "--config", cfgPath, "--socket", p.socket, "--data-dir", filepath.Join(n.dir, "data"), "--metrics", "off")
+	p := &clusterProc{socket: filepath.Join(n.dir, "fm.sock"), metrics: freePort(t), exited: make(chan error, 1)}
+	p.cmd = exec.Command(binary, "--config", cfgPath, "--socket", p.socket, "--data-dir", filepath.Join(n.dir, "data"), "--metrics", p.metrics)
 	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
@@ -383,6 +385,24 @@ func TestClusterSurvivesSIGKILL(t *testing.T) {
 		if m.ID == "n1" && m.State != "down" && m.State != "unknown" {
 			t.Logf("n1 still %s (its last contact %s)", m.State, m.LastContact)
 		}
+	}
+	// Raft and replication metrics on node 2.
+	resp, err := http.Get("http://" + procs[1].metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, name := range []string{"flashmem_cluster_leader ", "flashmem_cluster_term ", "flashmem_cluster_commit_seconds{quantile=\"0.99\"}",
+		"flashmem_cluster_replication_lag_seconds ", "flashmem_cluster_replication_bytes_total{dir=\"received\"}", "flashmem_cluster_members{state=\"alive\"}"} {
+		if !strings.Contains(string(body), name) {
+			t.Fatalf("/metrics lacks %s", name)
+		}
+	}
+	// Node 2 got the pages either as a replica or by pulling them.
+	if strings.Contains(string(body), "flashmem_cluster_replication_bytes_total{dir=\"received\"} 0\n") &&
+		strings.Contains(string(body), "flashmem_cluster_pulled_pages_total 0\n") {
+		t.Fatal("node 2 neither received nor pulled any page")
 	}
 	t.Logf("after the kill: leader %s term %d, under-replicated %v", st.Leader, st.Term, st.UnderReplicated)
 }
