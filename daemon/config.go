@@ -69,6 +69,10 @@ type Limits struct {
 	MaxSessionsPerUID int `toml:"max_sessions_per_uid"`
 	MaxConns          int `toml:"max_conns"`
 	MaxConnsPerUID    int `toml:"max_conns_per_uid"`
+	// AdminReservedConns of the max_conns slots only root and admin_groups
+	// may take (they may also exceed max_conns_per_uid by as many), so an
+	// operator can connect while other users hold every other slot.
+	AdminReservedConns int `toml:"admin_reserved_conns"`
 	// HandshakeTimeout closes a connection that has not completed HELLO this
 	// long after connecting; IdleTimeout closes one that holds no session
 	// and no lease and has sent nothing for this long (0 = never).
@@ -287,6 +291,7 @@ func DefaultConfig() Config {
 			MaxSessionsPerUID:  512,
 			MaxConns:           256,
 			MaxConnsPerUID:     64,
+			AdminReservedConns: 8,
 			HandshakeTimeout:   Duration(5 * time.Second),
 			IdleTimeout:        Duration(10 * time.Minute),
 			FrameTimeout:       Duration(30 * time.Second),
@@ -450,6 +455,9 @@ func (c *Config) Validate() error {
 		c.Limits.MaxSessionsPerUID <= 0 || c.Limits.MaxConnsPerUID <= 0 {
 		errs = append(errs, "limits.max_sessions, max_sessions_per_conn, max_sessions_per_uid, max_conns and max_conns_per_uid must be positive")
 	}
+	if c.Limits.AdminReservedConns < 0 {
+		errs = append(errs, "limits.admin_reserved_conns must not be negative (0 = no reserve)")
+	}
 	if c.Limits.HandshakeTimeout <= 0 || c.Limits.FrameTimeout <= 0 {
 		errs = append(errs, "limits.handshake_timeout and frame_timeout must be positive")
 	}
@@ -544,6 +552,9 @@ func (c *Config) Validate() error {
 	// one is capped at three quarters of it.
 	c.Limits.MaxConnsPerUID = capPerUID(c.Limits.MaxConnsPerUID, c.Limits.MaxConns)
 	c.Limits.MaxSessionsPerUID = capPerUID(c.Limits.MaxSessionsPerUID, c.Limits.MaxSessions)
+	// The admins' reserve is at most a quarter of max_conns, so lowering
+	// max_conns alone never leaves other users no slot.
+	c.Limits.AdminReservedConns = min(c.Limits.AdminReservedConns, c.Limits.MaxConns/4)
 	if c.Host.BudgetBytes == 0 {
 		c.Host.BudgetBytes = memAvailable() / 4
 	}

@@ -339,13 +339,10 @@ func (d *Daemon) admit(uc *net.UnixConn) {
 	}
 	d.mu.Lock()
 	var refusal error
-	switch {
-	case d.closing.Load():
+	if d.closing.Load() {
 		refusal = proto.CodeShuttingDown.Errorf("daemon is shutting down; connect again once it has restarted")
-	case len(d.conns) >= d.cfg.Limits.MaxConns:
-		refusal = proto.CodeLimitExceeded.Errorf("too many connections (limits.max_conns %d); retry later", d.cfg.Limits.MaxConns)
-	case d.connsOf[cred.UID] >= d.cfg.Limits.MaxConnsPerUID:
-		refusal = proto.CodeLimitExceeded.Errorf("uid %d holds %d connections (limits.max_conns_per_uid %d); close some and retry", cred.UID, d.connsOf[cred.UID], d.cfg.Limits.MaxConnsPerUID)
+	} else {
+		refusal = admission(d.cfg.Limits, d.access.admin(cred), cred.UID, len(d.conns), d.connsOf[cred.UID])
 	}
 	if refusal != nil {
 		d.mu.Unlock()
@@ -367,6 +364,26 @@ func (d *Daemon) admit(uc *net.UnixConn) {
 	}
 	d.mu.Unlock()
 	d.m.connections.Dec()
+}
+
+// admission decides whether a peer may take a connection slot, given the
+// connections served (total) and those of its uid (mine). The last
+// admin_reserved_conns slots of max_conns are kept for root and
+// admin_groups, who may also go that far past max_conns_per_uid: however
+// many users flood the daemon, an operator can still connect and look.
+func admission(lim Limits, admin bool, uid uint32, total, mine int) error {
+	res := lim.AdminReservedConns
+	switch {
+	case total >= lim.MaxConns:
+		return proto.CodeLimitExceeded.Errorf("too many connections (limits.max_conns %d); retry later", lim.MaxConns)
+	case !admin && total >= lim.MaxConns-res:
+		return proto.CodeLimitExceeded.Errorf("too many connections (limits.max_conns %d, of which limits.admin_reserved_conns %d are kept for root and admin_groups); retry later", lim.MaxConns, res)
+	case !admin && mine >= lim.MaxConnsPerUID:
+		return proto.CodeLimitExceeded.Errorf("uid %d holds %d connections (limits.max_conns_per_uid %d); close some and retry", uid, mine, lim.MaxConnsPerUID)
+	case admin && mine >= lim.MaxConnsPerUID+res:
+		return proto.CodeLimitExceeded.Errorf("uid %d holds %d connections (limits.max_conns_per_uid %d, plus limits.admin_reserved_conns %d for root and admin_groups); close some and retry", uid, mine, lim.MaxConnsPerUID, res)
+	}
+	return nil
 }
 
 // refuse answers a connection the daemon will not serve with one error

@@ -113,7 +113,7 @@ func (d *Daemon) listModels() *proto.ModelsReply {
 		DefaultModel: d.cfg.Indexer.DefaultModel,
 		Limits: proto.ServerLimits{
 			MaxFrameBytes: lim.MaxFrameBytes, StagingBytes: lim.StagingBytes, MaxCycleEntries: proto.MaxCycleEntries,
-			MaxConns: lim.MaxConns, MaxConnsPerUID: lim.MaxConnsPerUID,
+			MaxConns: lim.MaxConns, MaxConnsPerUID: lim.MaxConnsPerUID, AdminReservedConns: lim.AdminReservedConns,
 			MaxSessions: lim.MaxSessions, MaxSessionsPerUID: lim.MaxSessionsPerUID, MaxSessionsPerConn: lim.MaxSessionsPerConn,
 			MaxSessionBytes: lim.MaxSessionBytes, MaxReserveBytes: lim.MaxReserveBytes, MaxHostReserveBytes: lim.MaxHostReserveBytes,
 			MaxLayers: lim.MaxLayers, MaxRowBytes: lim.MaxRowBytes,

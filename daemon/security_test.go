@@ -326,6 +326,7 @@ func TestPerUIDLimits(t *testing.T) {
 	cfg := testConfig(t, t.TempDir())
 	cfg.Limits.MaxConns = 4
 	cfg.Limits.MaxSessions = 4
+	cfg.Limits.AdminReservedConns = 0 // the test runs as root, an admin (TestAdmission covers the reserve)
 	rd := start(t, cfg)
 	defer rd.shutdown(t)
 	if got := rd.d.cfg.Limits.MaxConnsPerUID; got != 3 {
@@ -413,5 +414,42 @@ func TestFrameTimeout(t *testing.T) {
 	}
 	if _, err := pc.ReadFrame(); err == nil {
 		t.Fatal("connection still open")
+	}
+}
+
+// The last admin_reserved_conns slots of max_conns are kept for root and
+// admin_groups, who may also exceed max_conns_per_uid by as many; refusals
+// name the limit that applies.
+func TestAdmission(t *testing.T) {
+	lim := Limits{MaxConns: 10, MaxConnsPerUID: 4, AdminReservedConns: 2}
+	for _, tc := range []struct {
+		admin       bool
+		total, mine int
+		want        string // "" admitted, else a substring of the refusal
+	}{
+		{false, 0, 0, ""},
+		{false, 7, 3, ""},
+		{false, 8, 0, "admin_reserved_conns 2 are kept"},
+		{false, 5, 4, "max_conns_per_uid 4"},
+		{true, 8, 0, ""},
+		{true, 9, 5, ""},
+		{true, 10, 0, "limits.max_conns 10); retry"},
+		{true, 5, 6, "plus limits.admin_reserved_conns 2"},
+	} {
+		err := admission(lim, tc.admin, 1000, tc.total, tc.mine)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("admin=%v total=%d mine=%d: refused: %v", tc.admin, tc.total, tc.mine, err)
+		case tc.want != "" && (proto.CodeOf(err) != proto.CodeLimitExceeded || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("admin=%v total=%d mine=%d: %v, want LIMIT_EXCEEDED with %q", tc.admin, tc.total, tc.mine, err, tc.want)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.Limits.MaxConns = 4
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Limits.AdminReservedConns; got != 1 {
+		t.Errorf("admin_reserved_conns with max_conns 4: %d, want 1 (a quarter)", got)
 	}
 }

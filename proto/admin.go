@@ -278,6 +278,7 @@ type ServerLimits struct {
 	MaxCycleEntries     uint32  `json:"max_cycle_entries"`
 	MaxConns            int     `json:"max_conns"`
 	MaxConnsPerUID      int     `json:"max_conns_per_uid"`
+	AdminReservedConns  int     `json:"admin_reserved_conns"`
 	MaxSessions         int     `json:"max_sessions"`
 	MaxSessionsPerUID   int     `json:"max_sessions_per_uid"`
 	MaxSessionsPerConn  int     `json:"max_sessions_per_conn"`

@@ -324,6 +324,72 @@ func TestSilentFloodDoesNotLockOutOthers(t *testing.T) {
 	}
 }
 
+// Four uids flooding a default daemon with max_conns_per_uid (64) silent
+// connections each would fill all 256 slots of max_conns: the last
+// admin_reserved_conns (8) are kept for root and admin_groups, so an
+// operator can always connect and look; other users are refused with a
+// LIMIT_EXCEEDED that names the reserve.
+func TestFloodLeavesSlotsForAdmins(t *testing.T) {
+	dir, bin := worldDir(t)
+	const gidAdmin = 20600
+	cfg := "allowed_groups = [\"" + strconv.Itoa(gidAllowed) + "\"]\nadmin_groups = [\"" + strconv.Itoa(gidAdmin) + "\"]\n" +
+		testConfig + "\n[limits]\nhandshake_timeout = \"10s\"\n"
+	cfg = strings.Replace(cfg, "log_level = \"debug\"", "log_level = \"info\"", 1)
+	p := startDaemonConfig(t, dir, cfg)
+	var floods []*child
+	for i := range 4 {
+		floods = append(floods, spawn(t, bin, "silent", uidFlood+10*uint32(i), gidAllowed, nil,
+			"FLASHMEM_TEST_SOCKET="+p.socket, "FLASHMEM_TEST_N=64"))
+	}
+	for _, f := range floods {
+		f.expect(t, "READY", 60*time.Second)
+	}
+	time.Sleep(time.Second) // every flood connection admitted or refused
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	root, err := proto.Dial(ctx, p.socket, &proto.Options{ClientName: "operator"})
+	if err != nil {
+		t.Fatalf("root during a 4-uid flood: %v", err)
+	}
+	defer root.Close()
+	st, err := root.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Connections != 249 {
+		t.Errorf("connections during the flood, root's included: %d, want 248 + 1", st.Connections)
+	}
+	admin := spawn(t, bin, "hello", uidMember, uidMember, []uint32{gidAllowed, gidAdmin}, "FLASHMEM_TEST_SOCKET="+p.socket)
+	if got := admin.expect(t, "", 20*time.Second); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("admin_groups member during the flood: %q", got)
+	}
+	other := spawn(t, bin, "hello", uidOther, gidAllowed, nil, "FLASHMEM_TEST_SOCKET="+p.socket)
+	if got := other.expect(t, "", 20*time.Second); got != "ERR limit_exceeded id=0" {
+		t.Fatalf("another user during the flood: %q, want a LIMIT_EXCEEDED refusal", got)
+	}
+	var admitted, refused int
+	for _, f := range floods {
+		done := f.expect(t, "DONE", 60*time.Second)
+		for _, kv := range strings.Fields(done) {
+			k, v, _ := strings.Cut(kv, "=")
+			n, _ := strconv.Atoi(v)
+			switch k {
+			case "handshake_required":
+				admitted += n
+			case "limit_exceeded":
+				refused += n
+			case "max_ms":
+			default:
+				t.Fatalf("flood connection outcome %s", kv)
+			}
+		}
+	}
+	if admitted != 248 || refused != 8 {
+		t.Fatalf("flood: %d admitted, %d refused; want 248 and 8 (admin_reserved_conns)", admitted, refused)
+	}
+	p.stop(t)
+}
+
 // A daemon whose configuration only names allowed_groups admits a member by
 // primary or by supplementary group, binds its socket to that group, and
 // refuses anyone else with a PERMISSION_DENIED frame the client reads even
