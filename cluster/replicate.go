@@ -177,9 +177,6 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 				targets = append(targets, id)
 			}
 		}
-		if len(targets) == 0 {
-			break
-		}
 		var wg sync.WaitGroup
 		for _, id := range targets {
 			m, ok := n.cat.Member(id)
@@ -207,6 +204,8 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 		if len(acked) >= n.cfg.ReplicationFactor {
 			break
 		}
+		// Ask the leader for members other than those that failed (or
+		// went down since the first assignment).
 		r, err := n.Apply(ctx, &Command{Op: opAssign, Name: info.Name, Node: n.cfg.NodeID, Epoch: epoch,
 			RF: n.cfg.ReplicationFactor, Exclude: exclude})
 		if err != nil {

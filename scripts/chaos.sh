@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Cluster chaos run (issue #10): three real flashmemd processes on loopback,
 # ROUNDS rounds (default 50) of SIGKILL of a random node (the Raft leader
-# half the time) and restarts while a client resumes, appends and persists
-# at durability cluster on the survivors. Checks that every acknowledged
+# half the time), landing 0-300 ms into a client's resume, append and
+# persist at durability cluster on a survivor, and restarts. Checks that every acknowledged
 # PERSIST stays resumable byte-identical, that the catalog history is
 # linearizable (porcupine), and prints leader failover p50/p99.
 # Bounded: at most 15 s per round. CI runs the same test with 5 rounds

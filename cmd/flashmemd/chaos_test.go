@@ -242,19 +242,36 @@ func TestClusterChaos(t *testing.T) {
 		before, _ = clients[victim].Cluster(ctx, proto.ClusterRequest{Action: "status"})
 		clients[victim].Close()
 		clients[victim] = nil
-		killed := time.Now()
-		procs[victim].cmd.Process.Signal(syscall.SIGKILL)
-		<-procs[victim].exited
-		if nodes[victim].id == leader {
+		// The kill lands at a random moment while the client works on a
+		// survivor (0-300 ms into its resume, append and persist).
+		killDone := make(chan struct{})
+		killDelay := time.Duration(rng.IntN(300)) * time.Millisecond
+		var survivors []*proto.Client
+		for i, c := range clients {
+			if i != victim && c != nil {
+				survivors = append(survivors, c)
+			}
+		}
+		go func() {
+			defer close(killDone)
+			time.Sleep(killDelay)
+			killed := time.Now()
+			procs[victim].cmd.Process.Signal(syscall.SIGKILL)
+			<-procs[victim].exited
+			if nodes[victim].id != leader {
+				return
+			}
 			// Failover: until a survivor names a new leader.
 			for time.Since(killed) < 20*time.Second {
-				if l, _ := leaderOf(); l != "" && l != leader {
-					failovers = append(failovers, time.Since(killed))
-					break
+				for _, c := range survivors {
+					if r, err := c.Cluster(ctx, proto.ClusterRequest{Action: "status"}); err == nil && r.Leader != "" && r.Leader != leader {
+						failovers = append(failovers, time.Since(killed))
+						return
+					}
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
-		}
+		}()
 		// The client works on a survivor: resume, check, append, persist.
 		var alive []int
 		for i := range 3 {
@@ -298,6 +315,7 @@ func TestClusterChaos(t *testing.T) {
 			}
 			t.Logf("round %d: resume %s on %s: %v", round, name, nodes[at].id, err)
 		}
+		<-killDone
 		// Every fifth round the victim stays down while the others commit
 		// more entries than the log keeps behind a snapshot (threshold 32,
 		// 16 trailing entries), so it must catch up by snapshot install.
