@@ -148,10 +148,11 @@ func (d *Daemon) evict(s *session, by *conn) (proto.Message, error) {
 	}
 	if !attached {
 		bytes := s.info().Bytes
-		if err := d.dropSessionIf(s, !s.persist, func() bool { return s.conn == nil }); err != nil {
+		persist := s.persisted()
+		if err := d.dropSessionIf(s, !persist, func() bool { return s.conn == nil }); err != nil {
 			return nil, err
 		}
-		d.log.Info("session evicted", "session", s.id, "name", s.name, "kept_on_ssd", s.persist, "by_uid", by.cred.UID)
+		d.log.Info("session evicted", "session", s.id, "name", s.name, "kept_on_ssd", persist, "by_uid", by.cred.UID)
 		return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes}, nil
 	}
 	bytes, err := d.demote(s)

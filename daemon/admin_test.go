@@ -197,3 +197,71 @@ func TestDeleteAttachedToAnotherConnRefused(t *testing.T) {
 		t.Errorf("metadata after DELETE: %v", err)
 	}
 }
+
+// SAVE from another connection turns an ephemeral session persisted while
+// its holder closes, persists or drops it: the holder reads the flag under
+// the session lock (go test -race finds the unsynchronized read otherwise),
+// and whichever wins, the session is either deleted with its metadata or
+// kept with it.
+func TestSaveRacesHolder(t *testing.T) {
+	r := start(t, testConfig(t, t.TempDir()))
+	defer r.shutdown(t)
+	uid := uint32(os.Getuid())
+	l := testLayout(8)
+	for i := range 6 {
+		holder := newConn(r.d, nil, Cred{UID: uid, GID: uint32(os.Getgid())})
+		holder.version = 1
+		other := &conn{d: r.d, cred: holder.cred}
+		name := "race" + string(rune('a'+i))
+		m, fds, err := holder.open(&proto.Open{Name: name, Model: "test", Layout: l, Device: proto.DeviceHostOnly})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fd := range fds {
+			_ = os.NewFile(uintptr(fd), "region").Close()
+		}
+		id := m.(*proto.OpenReply).Session
+		done := make(chan error, 1)
+		go func() {
+			_, err := other.admin(proto.OpSave, &proto.AdminTarget{Name: name})
+			done <- err
+		}()
+		time.Sleep(20 * time.Millisecond) // SAVE first, mostly: no lock orders it before the holder's read
+		var herr error
+		switch i % 3 {
+		case 0:
+			herr = holder.closeSession(&proto.Close{Session: id})
+		case 1:
+			if herr = holder.persist(&proto.Persist{Session: id}); proto.CodeOf(herr) == proto.CodeBadRequest {
+				herr = nil // SAVE had not run yet
+			}
+			holder.teardown()
+		default:
+			holder.teardown()
+		}
+		if herr != nil {
+			t.Fatalf("holder: %v", herr)
+		}
+		if err := <-done; err != nil && proto.CodeOf(err) != proto.CodeUnknownSession {
+			t.Fatalf("SAVE: %v", err)
+		}
+		// Kept (detached in memory, or on SSD) only with its metadata, and
+		// then whole; else gone with it.
+		r.d.mu.Lock()
+		live := r.d.byName[name]
+		r.d.mu.Unlock()
+		_, merr := r.d.store.SSD().GetMeta(context.Background(), name)
+		if live != nil && merr != nil {
+			t.Fatalf("%s: kept in memory without metadata: %v", name, merr)
+		}
+		if merr == nil {
+			v, err := other.admin(proto.OpVerify, &proto.AdminTarget{Name: name})
+			if err != nil || v.(*proto.VerifyReply).Bad != 0 {
+				t.Fatalf("VERIFY %s: %v %+v", name, err, v)
+			}
+			if _, err := other.admin(proto.OpDelete, &proto.AdminTarget{Name: name}); err != nil {
+				t.Fatalf("DELETE %s: %v", name, err)
+			}
+		}
+	}
+}

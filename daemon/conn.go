@@ -359,7 +359,7 @@ func (c *conn) teardown() {
 		c.d.m.leasesReclaim.Inc()
 	}
 	for _, s := range sessions {
-		if s.persist {
+		if s.persisted() {
 			s.detach()
 			continue
 		}

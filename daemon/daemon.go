@@ -234,7 +234,7 @@ func (d *Daemon) shutdown() {
 	}
 	d.mu.Unlock()
 	for _, s := range all {
-		if s.persist {
+		if s.persisted() {
 			if err := d.persistSession(ctx, s); err != nil {
 				d.log.Error("persist on shutdown failed", "session", s.id, "name", s.name, "err", err)
 			}

@@ -261,7 +261,7 @@ func (c *conn) open(m *proto.Open) (proto.Message, []int, error) {
 		_ = d.dropSession(s, true)
 		return nil, nil, err
 	}
-	d.log.Info("session opened", "session", s.id, "name", s.name, "model", name, "persist", s.persist,
+	d.log.Info("session opened", "session", s.id, "name", s.name, "model", name, "persist", m.Persist,
 		"layers", len(m.Layout.Layers), "page_bytes", m.Layout.PageBytes(), "slots", m.Layout.ReserveSlots)
 	return &proto.OpenReply{Session: s.id, Region: proto.Region{RegionDesc: desc}}, []int{fd}, nil
 }
@@ -482,6 +482,14 @@ func (d *Daemon) dropSessionIf(s *session, purge bool, cond func() bool) error {
 	return nil
 }
 
+// persisted reads persist under the session lock: SAVE from another
+// connection may set it at any time.
+func (s *session) persisted() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.persist
+}
+
 // detach keeps a persisted session after its connection ended, resumable
 // by name.
 func (s *session) detach() {
@@ -496,8 +504,9 @@ func (c *conn) closeSession(m *proto.Close) error {
 	if err != nil {
 		return err
 	}
-	keep := s.persist && !m.Delete
-	if !keep && s.persist {
+	persist := s.persisted()
+	keep := persist && !m.Delete
+	if !keep && persist {
 		if err := c.d.clusterOwns(s); err != nil {
 			return err
 		}
@@ -505,7 +514,7 @@ func (c *conn) closeSession(m *proto.Close) error {
 	if err := c.d.dropSession(s, !keep); err != nil {
 		return err
 	}
-	if !keep && s.persist && s.epoch != 0 {
+	if !keep && persist && s.epoch != 0 {
 		c.d.clusterDelete(s.name, s.epoch)
 	}
 	if keep {
@@ -521,8 +530,8 @@ func (c *conn) persist(m *proto.Persist) error {
 	if err != nil {
 		return err
 	}
-	if !s.persist {
-		return proto.CodeBadRequest.Errorf("session %d was opened without persist", s.id)
+	if !s.persisted() {
+		return proto.CodeBadRequest.Errorf("session %d was opened without persist (SAVE it by name, or OPEN it with persist)", s.id)
 	}
 	if m.Durability != proto.DurabilityCluster {
 		return c.d.persistSession(context.Background(), s)
