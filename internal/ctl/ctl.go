@@ -85,7 +85,12 @@ func explain(err error, arg string) error {
 	case proto.CodeUnknownSession:
 		return fmt.Errorf("no session %q, live or persisted: `flashmemctl sessions` lists yours (%w)", arg, err)
 	case proto.CodeNotOwner:
-		return fmt.Errorf("%w: run flashmemctl as the session's owner or as root", err)
+		// Only another uid's session is fixed by who runs flashmemctl; one
+		// attached to another connection or moved to another node is
+		// refused for root too, and the daemon's message says what to do.
+		if strings.Contains(err.Error(), "belongs to uid") {
+			return fmt.Errorf("%w: run flashmemctl as the session's owner or as root", err)
+		}
 	}
 	return err
 }
