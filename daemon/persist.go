@@ -252,7 +252,7 @@ func (c *conn) resume(m *proto.Resume) (proto.Message, []int, error) {
 		if n := len(c.sessions); !mine && n >= d.cfg.Limits.MaxSessionsPerConn {
 			c.mu.Unlock()
 			s.mu.Unlock()
-			return nil, nil, proto.CodeLimitExceeded.Errorf("connection holds %d sessions, limit %d", n, d.cfg.Limits.MaxSessionsPerConn)
+			return nil, nil, proto.CodeLimitExceeded.Errorf("connection holds %d sessions, limit %d (limits.max_sessions_per_conn): CLOSE one, or resume it on another connection", n, d.cfg.Limits.MaxSessionsPerConn)
 		}
 		c.mu.Unlock()
 		s.conn = c

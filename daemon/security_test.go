@@ -453,3 +453,51 @@ func TestAdmission(t *testing.T) {
 		t.Errorf("admin_reserved_conns with max_conns 4: %d, want 1 (a quarter)", got)
 	}
 }
+
+// Refusals of a limit name its configuration key and what to change, so
+// the user can act without reading the code.
+func TestLimitErrorsNameTheKey(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Limits.MaxSessionsPerConn = 1
+	cfg.Limits.MaxRowBytes = 64 * 40
+	cfg.Limits.MaxLayers = 2
+	cfg.Limits.MaxReserveBytes = 1 << 20
+	rd := start(t, cfg)
+	defer rd.shutdown(t)
+	ctx := context.Background()
+	c := dial(t, cfg.Socket)
+	three := testLayout(8)
+	three.Layers = append(three.Layers, three.Layers[0])
+	wide := testLayout(8)
+	wide.Layers[0].RowBytes *= 2
+	wide.Layers[0].Segments = []uint32{64, 16}
+	big := testLayout(1024)
+	for _, tc := range []struct {
+		what string
+		l    proto.Layout
+		want []string
+	}{
+		{"layers", three, []string{"limits.max_layers", "fewer layers"}},
+		{"row", wide, []string{"limits.max_row_bytes"}},
+		{"reserve", big, []string{"limits.max_reserve_bytes", "reserve_slots"}},
+	} {
+		_, err := c.Open(ctx, &proto.Open{Layout: tc.l})
+		if proto.CodeOf(err) != proto.CodeLimitExceeded {
+			t.Fatalf("%s: %v, want LIMIT_EXCEEDED", tc.what, err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %q does not say %q", tc.what, err, w)
+			}
+		}
+	}
+	op, err := c.Open(ctx, &proto.Open{Layout: testLayout(8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op.Region.Close()
+	_, err = c.Open(ctx, &proto.Open{Layout: testLayout(8)})
+	if proto.CodeOf(err) != proto.CodeLimitExceeded || !strings.Contains(err.Error(), "limits.max_sessions_per_conn") || !strings.Contains(err.Error(), "CLOSE") {
+		t.Errorf("second session on a connection with max_sessions_per_conn 1: %v", err)
+	}
+}

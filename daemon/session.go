@@ -157,11 +157,11 @@ func (d *Daemon) policyFor(p proto.Policy) (indexer.Policy, proto.Policy) {
 func (d *Daemon) checkLayout(l *proto.Layout, sc indexer.Scorer) error {
 	lim := d.cfg.Limits
 	if len(l.Layers) > lim.MaxLayers {
-		return proto.CodeLimitExceeded.Errorf("%d layers, limit %d", len(l.Layers), lim.MaxLayers)
+		return proto.CodeLimitExceeded.Errorf("%d layers, limit %d (limits.max_layers): open the session with fewer layers, or raise the limit in the daemon's config", len(l.Layers), lim.MaxLayers)
 	}
 	for i, ly := range l.Layers {
 		if ly.RowBytes > lim.MaxRowBytes {
-			return proto.CodeLimitExceeded.Errorf("layer %d: row of %d B, limit %d", i, ly.RowBytes, lim.MaxRowBytes)
+			return proto.CodeLimitExceeded.Errorf("layer %d: row of %d B, limit %d (limits.max_row_bytes): raise the limit in the daemon's config", i, ly.RowBytes, lim.MaxRowBytes)
 		}
 	}
 	if int(l.KeyBytes) != sc.KeyBytes() {
@@ -177,7 +177,7 @@ func (d *Daemon) checkLayout(l *proto.Layout, sc indexer.Scorer) error {
 		return proto.CodeLimitExceeded.Errorf("reserve of %d slots, limit %d", l.ReserveSlots, tiers.MaxSlots)
 	}
 	if need := int64(l.ReserveSlots) * int64(l.PageBytes()); need > lim.MaxReserveBytes {
-		return proto.CodeLimitExceeded.Errorf("reserve of %d slots × %d B = %d B, limit %d", l.ReserveSlots, l.PageBytes(), need, lim.MaxReserveBytes)
+		return proto.CodeLimitExceeded.Errorf("reserve of %d slots × %d B = %d B, limit %d (limits.max_reserve_bytes): ask for fewer reserve_slots (at most %d; protocol.md 15.5 sizes them), or raise the limit", l.ReserveSlots, l.PageBytes(), need, lim.MaxReserveBytes, lim.MaxReserveBytes/int64(l.PageBytes()))
 	}
 	return nil
 }
@@ -284,7 +284,7 @@ func (d *Daemon) register(c *conn, s *session, named bool) error {
 	n := len(c.sessions)
 	c.mu.Unlock()
 	if n >= d.cfg.Limits.MaxSessionsPerConn {
-		return proto.CodeLimitExceeded.Errorf("connection holds %d sessions, limit %d", n, d.cfg.Limits.MaxSessionsPerConn)
+		return proto.CodeLimitExceeded.Errorf("connection holds %d sessions, limit %d (limits.max_sessions_per_conn): CLOSE one, or open it on another connection", n, d.cfg.Limits.MaxSessionsPerConn)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
