@@ -720,6 +720,7 @@ int main(int argc, char **argv) {
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	atexit(stop_daemon); /* a failing MUST exits: never leave the daemon running */
 	test_wire();
 	start_daemon();
 	test_happy_path();
