@@ -384,10 +384,18 @@ func (d *Daemon) deleteSession(by *conn, t *proto.AdminTarget) (*proto.EvictRepl
 	}
 	if s != nil {
 		bytes := s.info().Bytes
-		var holder *conn
+		var (
+			holder  *conn
+			persist bool
+			epoch   uint64
+			stale   error
+		)
 		free := func() bool { // under s.mu: a RESUME cannot attach it meanwhile
-			holder = s.conn
-			return holder == nil || holder == by
+			holder, persist, epoch = s.conn, s.persist, s.epoch
+			if persist {
+				stale = d.clusterOwns(s) // a stale copy must not delete what the cluster holds
+			}
+			return (holder == nil || holder == by) && stale == nil
 		}
 		if err := d.dropSessionIf(s, true, free); err != nil {
 			return nil, err
@@ -396,8 +404,25 @@ func (d *Daemon) deleteSession(by *conn, t *proto.AdminTarget) (*proto.EvictRepl
 			return nil, proto.CodeNotOwner.Errorf("session %d%s is attached to another connection (client %q): that connection must CLOSE it first (or end), then DELETE it",
 				s.id, quoted(s.name), holder.name)
 		}
+		if stale != nil {
+			return nil, stale
+		}
+		if persist && epoch != 0 {
+			d.clusterDelete(s.name, epoch)
+		}
 		d.log.Info("session deleted", "session", s.id, "name", s.name)
 		return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes}, nil
+	}
+	// With a cluster, the session goes from its catalog too (else RESUME on
+	// another node brings it back from a replica); only its owner node may.
+	var epoch uint64
+	if d.cl != nil {
+		if owner, e, ok := d.cl.node.Owner(m.Name); ok {
+			if owner != d.cl.node.ID() {
+				return nil, proto.CodeNotOwner.Errorf("session %q is owned by cluster node %s: DELETE it there, or RESUME it here first", m.Name, owner)
+			}
+			epoch = e
+		}
 	}
 	ctx := context.Background()
 	ssd := d.store.SSD()
@@ -411,6 +436,9 @@ func (d *Daemon) deleteSession(by *conn, t *proto.AdminTarget) (*proto.EvictRepl
 	}
 	if err := ssd.Sync(); err != nil {
 		return nil, err
+	}
+	if epoch != 0 {
+		d.clusterDelete(m.Name, epoch)
 	}
 	d.log.Info("persisted session deleted", "session", m.ID, "name", m.Name)
 	return &proto.EvictReply{Sessions: []uint64{m.ID}, Bytes: m.pages() * m.Layout.PageBytes(), OnSSDOnly: true}, nil

@@ -33,9 +33,9 @@ type clusterProc struct {
 	cmd     *exec.Cmd
 	socket  string
 	metrics string // host:port of /metrics
-	mu     sync.Mutex
-	log    strings.Builder
-	exited chan error
+	mu      sync.Mutex
+	log     strings.Builder
+	exited  chan error
 }
 
 func (p *clusterProc) logText() string {
@@ -405,4 +405,56 @@ func TestClusterSurvivesSIGKILL(t *testing.T) {
 		t.Fatal("node 2 neither received nor pulled any page")
 	}
 	t.Logf("after the kill: leader %s term %d, under-replicated %v", st.Leader, st.Term, st.UnderReplicated)
+}
+
+// DELETE (flashmemctl delete) of a session persisted at durability cluster
+// removes it from the cluster too, live or on SSD only: RESUME on another
+// node must not bring it back from a replica.
+func TestClusterDeleteRemovesEverywhere(t *testing.T) {
+	procs, _ := startTestCluster(t)
+	if t.Failed() {
+		return
+	}
+	c1 := dial(t, procs[0].socket)
+	waitCluster(t, c1, 3)
+	c2 := dial(t, procs[1].socket)
+	ctx := context.Background()
+	l := layout(24)
+	r := rand.New(rand.NewPCG(9, 9))
+	for _, name := range []string{"gone-live", "gone-ssd"} {
+		dec := dial(t, procs[0].socket)
+		op, err := dec.Open(ctx, &proto.Open{Name: name, Persist: true, Layout: l, Policy: proto.Policy{KMax: 8}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		op.Region.Close()
+		if err := appendChunks(dec, op.Session, &l, 3, 0, 256, r); err != nil {
+			t.Fatal(err)
+		}
+		if err := dec.PersistDurable(ctx, op.Session, proto.DurabilityCluster); err != nil {
+			t.Fatal(err)
+		}
+		// Detached in memory ("gone-live": its connection ended) or on SSD
+		// only ("gone-ssd": CLOSE without delete).
+		if name == "gone-ssd" {
+			if err := dec.CloseSession(ctx, op.Session, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dec.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, err := c1.Delete(ctx, proto.AdminTarget{Name: name})
+			if err == nil {
+				break
+			}
+			if proto.CodeOf(err) != proto.CodeNotOwner || time.Now().After(deadline) {
+				t.Fatalf("DELETE %s: %v", name, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := c2.Resume(ctx, name); proto.CodeOf(err) != proto.CodeUnknownSession {
+			t.Errorf("RESUME of deleted %s on another node: %v, want UNKNOWN_SESSION", name, err)
+		}
+	}
 }
