@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // Request is the indexer state of one decoder request (session): every chunk's keys in every
@@ -232,18 +233,33 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 		groups[r.model] = append(groups[r.model], ScoreItem{Query: queries[i], Keys: r.keys, Out: r.logits, Expand: r.policy.Expand})
 		greqs[r.model] = append(greqs[r.model], r)
 	}
-	paged := map[*Request]*PageItem{}
-	for _, m := range order {
+	// Groups score concurrently: each has its own scorer (a model on one GPU each, on a
+	// host whose sessions sit on several GPUs), and scorers are safe for concurrent use.
+	paged := make([]map[*Request]*PageItem, len(order))
+	errs := make([]error, len(order))
+	run := func(g int) {
+		m := order[g]
+		paged[g] = map[*Request]*PageItem{}
 		if ps, ok := m.(PageScorer); ok {
-			done, err := scorePages(ps, groups[m], greqs[m], paged)
-			if err != nil {
-				return nil, err
-			}
-			if done {
-				continue
+			done, err := scorePages(ps, groups[m], greqs[m], paged[g])
+			if err != nil || done {
+				errs[g] = err
+				return
 			}
 		}
-		if err := m.Score(groups[m]); err != nil {
+		errs[g] = m.Score(groups[m])
+	}
+	if len(order) == 1 {
+		run(0)
+	} else {
+		var wg sync.WaitGroup
+		for g := range order {
+			wg.Go(func() { run(g) })
+		}
+		wg.Wait()
+	}
+	for _, err := range errs {
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -253,7 +269,7 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 			out[i] = r.sel.step(r.n, nil, &r.policy)
 			continue
 		}
-		if pi := paged[r]; pi != nil {
+		if pi := pagedFor(paged, r); pi != nil {
 			r.scores = r.scores[:0]
 			out[i] = r.sel.stepPages(r.n, pi, &r.policy)
 			continue
@@ -263,6 +279,15 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 		out[i] = r.sel.step(r.n, r.scores, &r.policy)
 	}
 	return out, nil
+}
+
+func pagedFor(paged []map[*Request]*PageItem, r *Request) *PageItem {
+	for _, m := range paged {
+		if pi := m[r]; pi != nil {
+			return pi
+		}
+	}
+	return nil
 }
 
 // scorePages runs a group's requests through ps.ScorePages when they share ensemble,

@@ -240,3 +240,47 @@ func TestPageScorerPathMatchesScorePath(t *testing.T) {
 		})
 	}
 }
+
+// A batch whose requests belong to two scorers (two GPUs' scorers on a multi-GPU host) runs
+// the groups concurrently; each request's cycle is what it would be alone.
+func TestScoreBatchTwoScorersConcurrently(t *testing.T) {
+	m, err := indexer.RandomModel(9, indexer.ModelConfig{Layers: []int{0, 1, 2}, Hidden: 64, QLoraRank: 32, Heads: 8, HeadDim: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := &twinScorer{Model: m}
+	pol := indexer.DefaultPolicy()
+	pol.LastKeep, pol.FirstKeep, pol.FallbackRatio = 256, 64, 1
+	var mixed, alone []*indexer.Request
+	var qs []indexer.Query
+	for i, sc := range []indexer.Scorer{m, tw, m, tw} {
+		keys := m.RandomKeys(uint64(50+i), 3000+500*i)
+		for _, dst := range []*[]*indexer.Request{&mixed, &alone} {
+			r, err := indexer.NewRequest(sc, pol)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.AppendKeys(0, keys); err != nil {
+				t.Fatal(err)
+			}
+			*dst = append(*dst, r)
+		}
+		qs = append(qs, m.RandomQuery(uint64(i), int64(4*(3000+500*i))))
+	}
+	got, err := indexer.ScoreBatch(mixed, qs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range alone {
+		want, err := indexer.ScoreBatch([]*indexer.Request{r}, qs[i:i+1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got[i], want[0]) {
+			t.Fatalf("request %d: mixed batch %+v, alone %+v", i, *got[i], *want[0])
+		}
+	}
+	if tw.calls == 0 {
+		t.Fatal("the page scorer's group never ran")
+	}
+}
