@@ -14,33 +14,34 @@ def load(p):
         return {}
 
 
-torch_, recall, scorer = (load(p) for p in sys.argv[1:4])
-print(f"\n== Recall host -> reserve, {recall.get('device', '?')} (GB/s; ratio to contiguous of the same run)")
-go_rows = recall.get("recall", [])
-t_rows = torch_.get("recall", [])
-contig = next((r["gbps"] for r in go_rows if r["case"] == "contiguous 64 MiB"), None)
-t_contig = next((r["gbps"] for r in t_rows if r["case"] == "contiguous 64 MiB"), None)
-print(f"{'case':<26} {'gather':>8} {'x contig':>9} {'batchCE':>8} {'x contig':>9} {'cuMemcpy/pg':>12} {'torch/pg':>9} {'torch x':>8}")
-if contig:
-    print(f"{'contiguous 64 MiB':<26} {contig:8.1f} {1.0:9.2f} {'':>8} {'':>9} {'':>12} {t_contig or 0:9.1f}")
-for case in ("64 KiB pages", "256 KiB pages", "1024 KiB pages", "DeepSeek-V4 21x37440 B"):
-    g = next((r for r in go_rows if r["case"] == case and r["method"] == "gather kernel"), None)
-    bt = next((r for r in go_rows if r["case"] == case and r["method"] == "cuMemcpyBatchAsync"), None)
-    per = next((r for r in go_rows if r["case"] == case and r["method"].startswith("cuMemcpyAsync per")), None)
-    t = next((r for r in t_rows if r["case"] == case and r["method"].startswith("torch copy per")), None)
-    base = contig
-    if case.startswith("DeepSeek"):
-        base = next((r["gbps"] for r in go_rows if r["case"] == case and r["method"] == "contiguous same bytes"), contig)
-    if g:
-        b = bt["gbps"] if bt else 0
-        print(f"{case:<26} {g['gbps']:8.1f} {g['gbps'] / base:9.2f} {b:8.1f} {b / base:9.2f} {per['gbps'] if per else 0:12.1f} "
-              f"{t['gbps'] if t else 0:9.1f} {(t['gbps'] / t_contig) if t and t_contig else 0:8.2f}")
-sweep = [r for r in go_rows if "sweep" in r["method"]]
-if sweep:
-    print("piece sweep: " + ", ".join(f"{r['case']}@{r['piece'] >> 10}K={r['gbps']:.1f}" for r in sweep))
-for r in go_rows:
-    if "device->host" in r["case"]:
-        print(f"{r['case']:<32} {r['method']:<16} {r['gbps']:8.1f} GB/s")
+torch_, recall, scorer = (load(p) if p != "-" else {} for p in sys.argv[1:4])
+if recall.get("recall"):
+    print(f"\n== Recall host -> reserve, {recall.get('device', '?')} (GB/s; ratio to contiguous of the same run)")
+    go_rows = recall.get("recall", [])
+    t_rows = torch_.get("recall", [])
+    contig = next((r["gbps"] for r in go_rows if r["case"] == "contiguous 64 MiB"), None)
+    t_contig = next((r["gbps"] for r in t_rows if r["case"] == "contiguous 64 MiB"), None)
+    print(f"{'case':<26} {'gather':>8} {'x contig':>9} {'batchCE':>8} {'x contig':>9} {'cuMemcpy/pg':>12} {'torch/pg':>9} {'torch x':>8}")
+    if contig:
+        print(f"{'contiguous 64 MiB':<26} {contig:8.1f} {1.0:9.2f} {'':>8} {'':>9} {'':>12} {t_contig or 0:9.1f}")
+    for case in ("64 KiB pages", "256 KiB pages", "1024 KiB pages", "DeepSeek-V4 21x37440 B"):
+        g = next((r for r in go_rows if r["case"] == case and r["method"] == "gather kernel"), None)
+        bt = next((r for r in go_rows if r["case"] == case and r["method"] == "cuMemcpyBatchAsync"), None)
+        per = next((r for r in go_rows if r["case"] == case and r["method"].startswith("cuMemcpyAsync per")), None)
+        t = next((r for r in t_rows if r["case"] == case and r["method"].startswith("torch copy per")), None)
+        base = contig
+        if case.startswith("DeepSeek"):
+            base = next((r["gbps"] for r in go_rows if r["case"] == case and r["method"] == "contiguous same bytes"), contig)
+        if g:
+            b = bt["gbps"] if bt else 0
+            print(f"{case:<26} {g['gbps']:8.1f} {g['gbps'] / base:9.2f} {b:8.1f} {b / base:9.2f} {per['gbps'] if per else 0:12.1f} "
+                  f"{t['gbps'] if t else 0:9.1f} {(t['gbps'] / t_contig) if t and t_contig else 0:8.2f}")
+    sweep = [r for r in go_rows if "sweep" in r["method"]]
+    if sweep:
+        print("piece sweep: " + ", ".join(f"{r['case']}@{r['piece'] >> 10}K={r['gbps']:.1f}" for r in sweep))
+    for r in go_rows:
+        if "device->host" in r["case"]:
+            print(f"{r['case']:<32} {r['method']:<16} {r['gbps']:8.1f} GB/s")
 
 print(f"\n== Scorer, {scorer.get('device', '?')} (ms, median; ratio = GPU kernel / torch fp32 einsum)")
 print(f"{'chunks':>7} {'B':>2} {'kernel float':>12} {'kernel fp8q':>11} {'torch einsum':>12} {'+dequant':>9} {'ratio':>6}")
