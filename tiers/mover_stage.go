@@ -90,14 +90,16 @@ func (m *Mover) StageRanked(items []StageItem) int {
 		sessions[it.ID.Session] = true
 		want[it.ID] = true
 	}
-	for i := 0; i < len(st.q); {
-		e := st.q[i]
+	var stale []*stageEntry
+	for _, e := range st.q {
 		if sessions[e.ID.Session] && !want[e.ID] {
-			m.removeStage(e)
-			m.stageCtr.superseded.Add(1)
-			continue // the heap moved another entry to i
+			stale = append(stale, e)
 		}
-		i++
+	}
+	// Removed after the scan: a removal reorders the heap under it.
+	for _, e := range stale {
+		m.removeStage(e)
+		m.stageCtr.superseded.Add(1)
 	}
 	n := 0
 	for _, it := range items {

@@ -169,3 +169,25 @@ func BenchmarkMoverStage(b *testing.B) {
 	ms := m.Stats()
 	b.ReportMetric(float64(ms.StageBackoffs)/float64(b.N), "backoffs/op")
 }
+
+// A new ranking removes every queued candidate of its session it no longer
+// names, whatever their places in the heap.
+func TestStageSupersedeMany(t *testing.T) {
+	m := queueOnly(MoverConfig{MaxQueuedStages: 1000, StageBytes: 1 << 30, StageWorkers: 2, StageBackoff: 4})
+	r := rand.New(rand.NewPCG(3, 3))
+	var items []StageItem
+	for p := range 200 {
+		items = append(items, StageItem{ID: PageID{Session: uint64(1 + p%2), Page: uint32(p)}, Rank: r.IntN(50), Bytes: 1})
+	}
+	m.StageRanked(items)
+	keep := StageItem{ID: PageID{Session: 1, Page: 1000}, Rank: 0, Bytes: 1}
+	m.StageRanked([]StageItem{keep})
+	for _, id := range drain(m) {
+		if id.Session == 1 && id != keep.ID {
+			t.Fatalf("superseded candidate %v still queued", id)
+		}
+	}
+	if s := m.stageCtr.superseded.Load(); s != 100 {
+		t.Fatalf("superseded %d, want 100", s)
+	}
+}
