@@ -40,7 +40,7 @@ func TestSimBypassCache(t *testing.T) {
 	type result struct {
 		Mode       string             `json:"mode"`
 		StallFree  float64            `json:"stall_free_fraction"`
-		AfterFirst float64            `json:"stall_free_after_first_set"`
+		AfterFirst float64            `json:"stall_free_steady"`
 		ReadMode   string             `json:"read_mode"`
 		Cgroup     string             `json:"cgroup"`
 		Limit      int64              `json:"cgroup_limit_bytes"`
@@ -62,7 +62,7 @@ func TestSimBypassCache(t *testing.T) {
 	if la.Mode == "" || od.Mode == "" {
 		t.Fatalf("results: %s", out)
 	}
-	t.Logf("lookahead: stall-free %.4f (after first set %.4f), on-demand %.4f (%.4f); %s", la.StallFree, la.AfterFirst, od.StallFree, od.AfterFirst, strings.TrimSpace(stderr.String()))
+	t.Logf("lookahead: stall-free %.4f (from cycle 3 %.4f), on-demand %.4f (%.4f); %s", la.StallFree, la.AfterFirst, od.StallFree, od.AfterFirst, strings.TrimSpace(stderr.String()))
 	for _, r := range []result{la, od} {
 		if r.ReadMode != "direct" {
 			t.Errorf("%s: daemon read %q, want direct", r.Mode, r.ReadMode)
