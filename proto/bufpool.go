@@ -81,6 +81,15 @@ func (m *CycleReply) encodedSize() int {
 			continue
 		}
 		n += 4 + 72 + 8 + 8*(len(r.Pages)+len(r.Tail))
+		if len(r.Damaged) > 0 {
+			n += 4
+			for _, d := range r.Damaged {
+				n += 4 + 6
+				if d.Err != nil {
+					n += len(clipMsg(d.Err.Msg))
+				}
+			}
+		}
 	}
 	return n
 }

@@ -62,6 +62,8 @@ func samples() []sample {
 					Fallback: true, AboveFraction: 0.125, WaitMicros: 17, ScoreMicros: 250}},
 			{Err: &Error{Code: CodeNoChunks, Msg: "session 9 has no chunks"}},
 			{Lease: 32, Cycle: 1},
+			{Lease: 33, Cycle: 2, Pages: []PageSlot{{0, 1}}, Damaged: []DamagedPage{
+				{Page: 4, Err: &Error{Code: CodeIntegrity, Msg: "page 4: body checksum"}}, {Page: 7, Err: &Error{Code: CodeIntegrity}}}},
 		}}},
 		{"release", OpRelease, false, &Release{Leases: []uint64{31, 32, 1 << 40}}},
 		{"admin target", OpInspect, false, &AdminTarget{Name: "chat-17"}},
