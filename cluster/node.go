@@ -649,6 +649,9 @@ func (n *Node) onApply(c *Command, r *Result) {
 	switch c.Op {
 	case opDelete:
 		if n.store != nil && c.Node != n.cfg.NodeID {
+			if dn, ok := n.store.(DeleteNotifier); ok {
+				dn.Deleted(c.Name)
+			}
 			go func() {
 				if err := n.store.Delete(context.Background(), c.Name); err != nil {
 					n.log.Warn("deleting the local copy of a deleted session", "name", c.Name, "err", err)

@@ -36,6 +36,16 @@ type Store interface {
 	Delete(ctx context.Context, name string) error
 }
 
+// DeleteNotifier is an optional Store capability: Deleted is called
+// synchronously, on the FSM's goroutine, as soon as a delete of name is
+// applied on this node and before Delete runs in the background. The store
+// must stop serving its local copy from then on (a RESUME racing the
+// background Delete would otherwise revive a replica's copy); it must not
+// block.
+type DeleteNotifier interface {
+	Deleted(name string)
+}
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Checksum is the CRC32C every manifest entry carries.

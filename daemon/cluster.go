@@ -103,6 +103,9 @@ type clusterState struct {
 	// acquired: the epoch a just-finished RESUME claimed, for loadSession
 	// (the local catalog may lag the commit by a moment).
 	acquired map[string]uint64
+	// deleted holds names whose delete the catalog applied while their local
+	// copy (a replica's) is still being removed: RESUME must not revive it.
+	deleted map[string]bool
 }
 
 // openCluster starts Raft and the peer port when [cluster] is configured.
@@ -131,7 +134,7 @@ func (d *Daemon) openCluster() error {
 			return err
 		}
 	}
-	st := &clusterState{pending: map[string]uint64{}, acquired: map[string]uint64{}}
+	st := &clusterState{pending: map[string]uint64{}, acquired: map[string]uint64{}, deleted: map[string]bool{}}
 	d.cl = st
 	if st.node, err = cluster.Open(cfg, &clusterStore{d: d}); err != nil {
 		d.cl = nil
@@ -253,6 +256,12 @@ func (d *Daemon) clusterAcquire(name string, may func(owner Cred) bool) (*cluste
 	n := d.cl.node
 	sess, ok := n.Catalog().Session(name)
 	if !ok {
+		d.cl.mu.Lock()
+		gone := d.cl.deleted[name]
+		d.cl.mu.Unlock()
+		if gone {
+			return nil, proto.CodeUnknownSession.Errorf("session %q was deleted from the cluster (flashmemctl sessions lists yours)", name)
+		}
 		return nil, nil
 	}
 	if !may(Cred{UID: sess.OwnerUID, GID: sess.OwnerGID}) {
@@ -586,19 +595,28 @@ func (cs *clusterStore) Delete(ctx context.Context, name string) error {
 		d.forgetSession(s)
 	}
 	id, ok := cs.localID(name, false)
-	if !ok {
-		return nil
-	}
-	if err := d.store.Drop(ctx, id); err != nil {
-		return err
-	}
-	if err := d.store.SSD().DeleteMeta(ctx, name); err != nil && !errors.Is(err, tiers.ErrNotFound) {
-		return err
+	if ok {
+		// Metadata first: a crash in between leaves pages no metadata names,
+		// which the next start removes, never metadata without its pages.
+		if err := d.store.SSD().DeleteMeta(ctx, name); err != nil && !errors.Is(err, tiers.ErrNotFound) {
+			return err
+		}
+		if err := d.store.Drop(ctx, id); err != nil {
+			return err
+		}
 	}
 	d.cl.mu.Lock()
 	delete(d.cl.pending, name)
+	delete(d.cl.deleted, name)
 	d.cl.mu.Unlock()
 	return nil
+}
+
+// Deleted implements cluster.DeleteNotifier.
+func (cs *clusterStore) Deleted(name string) {
+	cs.d.cl.mu.Lock()
+	cs.d.cl.deleted[name] = true
+	cs.d.cl.mu.Unlock()
 }
 
 // clusterCollector exports Raft and replication state at scrape time.

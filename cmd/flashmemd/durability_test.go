@@ -380,7 +380,7 @@ func tryStart(t *testing.T, dir string) (*daemonProc, error) {
 	t.Helper()
 	cfgPath := filepath.Join(dir, "flashmemd.toml")
 	os.WriteFile(cfgPath, []byte(smallHostConfig), 0o644)
-	p := &daemonProc{socket: filepath.Join(dir, "fm.sock"), log: &strings.Builder{}, exited: make(chan error, 1)}
+	p := &daemonProc{socket: filepath.Join(dir, "fm.sock"), log: &lockedBuf{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(binary, "--config", cfgPath, "--socket", p.socket, "--data-dir", filepath.Join(dir, "data"), "--metrics", "off")
 	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
 	out := &lockedBuf{}
@@ -660,7 +660,7 @@ func TestFullDisk(t *testing.T) {
 			}
 			var aerr error
 			appended := false
-			for wait := time.Now(); time.Since(wait) < 30*time.Second; time.Sleep(200 * time.Millisecond) {
+			for wait := time.Now(); time.Since(wait) < 90*time.Second; time.Sleep(200 * time.Millisecond) { // compaction of the deleted sessions runs in the background; a loaded machine needs longer
 				if !appended {
 					aerr = appendChunks(c, opA.Session, &l, 71, 640, 704, r)
 					appended = aerr == nil

@@ -79,7 +79,7 @@ target_layers = 3
 type daemonProc struct {
 	cmd    *exec.Cmd
 	socket string
-	log    *strings.Builder
+	log    *lockedBuf // written by the output reader, read by failing tests
 	exited chan error
 }
 
@@ -95,7 +95,7 @@ func startDaemonConfig(t *testing.T, dir, config string, extra ...string) *daemo
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &daemonProc{socket: filepath.Join(dir, "fm.sock"), log: &strings.Builder{}, exited: make(chan error, 1)}
+	p := &daemonProc{socket: filepath.Join(dir, "fm.sock"), log: &lockedBuf{}, exited: make(chan error, 1)}
 	args := append([]string{"--config", cfgPath, "--socket", p.socket, "--data-dir", filepath.Join(dir, "data"), "--metrics", "off"}, extra...)
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
@@ -109,7 +109,7 @@ func startDaemonConfig(t *testing.T, dir, config string, extra ...string) *daemo
 		sc := bufio.NewScanner(pr)
 		once := false
 		for sc.Scan() {
-			p.log.WriteString(sc.Text() + "\n")
+			p.log.Write([]byte(sc.Text() + "\n"))
 			if !once && strings.Contains(sc.Text(), "msg=serving") {
 				once = true
 				close(ready)
