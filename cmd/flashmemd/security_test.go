@@ -598,3 +598,55 @@ func codeBlocks(doc []byte, lang string) [][]byte {
 		doc = doc[j+4:]
 	}
 }
+
+// TestDataFilesPrivate: every file and directory the daemon creates under
+// its data dir (the journal's segments, Badger's files, locks, the index
+// checkpoint) is closed to other users, even when flashmemd starts with a
+// umask of 0: KV bytes are one chmod of the parent away from exposure
+// otherwise. The issue's check is `find DATA -perm /o+r`; this also refuses
+// write and execute for others.
+func TestDataFilesPrivate(t *testing.T) {
+	dir := t.TempDir()
+	old := syscall.Umask(0)
+	p := startDaemon(t, dir)
+	syscall.Umask(old)
+	c := dial(t, p.socket)
+	ctx := context.Background()
+	l := layout(16)
+	op, err := c.Open(ctx, &proto.Open{Name: "private", Persist: true, Layout: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(5, 5))
+	if err := appendChunks(c, op.Session, &l, 5, 0, 64*8, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Persist(ctx, op.Session); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	p.stop(t) // flushes Badger's memtable and the index checkpoint too
+
+	data := filepath.Join(dir, "data")
+	n := 0
+	err = filepath.WalkDir(data, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n++
+		if fi.Mode().Perm()&0o007 != 0 {
+			t.Errorf("%s has mode %v: others may access it", path, fi.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 5 {
+		t.Fatalf("only %d entries under %s: the daemon wrote less than expected", n, data)
+	}
+}
