@@ -8,11 +8,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
-	"strconv"
 	"testing"
 
 	"github.com/flashmemory/flashmemory/attn"
-	"github.com/flashmemory/flashmemory/internal/safetensors"
 )
 
 func randomHidden(r *rand.Rand, hidden int) []byte {
@@ -140,40 +138,8 @@ func TestCycleMatchesCPU(t *testing.T) {
 // its page results agree with the CPU computed from them.
 func TestCycleGolden(t *testing.T) {
 	r := newRig(t)
-	f, err := safetensors.Open(goldenPath(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	md := f.Metadata()
-	num := func(k string) float64 {
-		v, err := strconv.ParseFloat(md[k], 64)
-		if err != nil {
-			t.Fatalf("metadata %s: %v", k, err)
-		}
-		return v
-	}
-	opt := attn.Options{HeadDim: int(num("head_dim")), Eps: float32(num("rms_norm_eps")),
-		Rope: attn.YaRN{Dim: int(num("rope_dim")), Base: num("rope_base"), Factor: num("rope_factor"),
-			OriginalLen: int(num("rope_original_seq_len")), BetaFast: num("rope_beta_fast"), BetaSlow: num("rope_beta_slow")}}
-	tensor := func(name string) safetensors.Tensor {
-		tt, err := f.Tensor(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tt
-	}
-	floats := func(name string) []float32 {
-		v, err := tensor(name).Float32s()
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		return v
-	}
-	matrix := func(name string) attn.Matrix {
-		tt := tensor(name)
-		return attn.Matrix{Rows: tt.Shape[0], Cols: tt.Shape[1], Data: floats(name)}
-	}
+	g := openGolden(t)
+	opt, tensor, floats, matrix := g.opt, g.tensor, g.floats, g.matrix
 	hid := tensor("hidden_bf16")
 	pos, err := tensor("positions").Int64s()
 	if err != nil {

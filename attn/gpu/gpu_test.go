@@ -139,40 +139,8 @@ func goldenPath(t testing.TB) string {
 // tolerances (1e-4 float path, 1e-3 fp8-q path).
 func TestGolden(t *testing.T) {
 	r := newRig(t)
-	f, err := safetensors.Open(goldenPath(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	md := f.Metadata()
-	num := func(k string) float64 {
-		v, err := strconv.ParseFloat(md[k], 64)
-		if err != nil {
-			t.Fatalf("metadata %s: %v", k, err)
-		}
-		return v
-	}
-	opt := attn.Options{HeadDim: int(num("head_dim")), Eps: float32(num("rms_norm_eps")),
-		Rope: attn.YaRN{Dim: int(num("rope_dim")), Base: num("rope_base"), Factor: num("rope_factor"),
-			OriginalLen: int(num("rope_original_seq_len")), BetaFast: num("rope_beta_fast"), BetaSlow: num("rope_beta_slow")}}
-	tensor := func(name string) safetensors.Tensor {
-		tt, err := f.Tensor(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tt
-	}
-	floats := func(name string) []float32 {
-		v, err := tensor(name).Float32s()
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		return v
-	}
-	matrix := func(name string) attn.Matrix {
-		tt := tensor(name)
-		return attn.Matrix{Rows: tt.Shape[0], Cols: tt.Shape[1], Data: floats(name)}
-	}
+	g := openGolden(t)
+	opt, tensor, floats, matrix := g.opt, g.tensor, g.floats, g.matrix
 	hid := tensor("hidden_bf16")
 	pos, err := tensor("positions").Int64s()
 	if err != nil {
@@ -292,4 +260,56 @@ func TestScorerBench(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+// golden is the published reference's golden file opened for one test, with
+// the scorer options its metadata names; TestGolden and TestCycleGolden share it.
+type golden struct {
+	t   *testing.T
+	f   *safetensors.File
+	opt attn.Options
+}
+
+func openGolden(t *testing.T) *golden {
+	t.Helper()
+	f, err := safetensors.Open(goldenPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	md := f.Metadata()
+	num := func(k string) float64 {
+		v, err := strconv.ParseFloat(md[k], 64)
+		if err != nil {
+			t.Fatalf("metadata %s: %v", k, err)
+		}
+		return v
+	}
+	opt := attn.Options{HeadDim: int(num("head_dim")), Eps: float32(num("rms_norm_eps")),
+		Rope: attn.YaRN{Dim: int(num("rope_dim")), Base: num("rope_base"), Factor: num("rope_factor"),
+			OriginalLen: int(num("rope_original_seq_len")), BetaFast: num("rope_beta_fast"), BetaSlow: num("rope_beta_slow")}}
+	return &golden{t: t, f: f, opt: opt}
+}
+
+func (g *golden) tensor(name string) safetensors.Tensor {
+	g.t.Helper()
+	tt, err := g.f.Tensor(name)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return tt
+}
+
+func (g *golden) floats(name string) []float32 {
+	g.t.Helper()
+	v, err := g.tensor(name).Float32s()
+	if err != nil {
+		g.t.Fatalf("%s: %v", name, err)
+	}
+	return v
+}
+
+func (g *golden) matrix(name string) attn.Matrix {
+	tt := g.tensor(name)
+	return attn.Matrix{Rows: tt.Shape[0], Cols: tt.Shape[1], Data: g.floats(name)}
 }
