@@ -94,36 +94,9 @@ func TestRecallBench(t *testing.T) {
 	d := devices(t)[0]
 	tm := newTimer(t, d)
 	s := tm.s
-	const mirrorBytes, total, reps = 4 << 30, 64 << 20, 20
-	mirror, err := d.AllocHost(mirrorBytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mirror.Free()
+	const mirrorBytes, total, reps = recallMirrorBytes, recallTotal, 20
+	mirror, reserve := recallBenchSetup(t, d, s, 99)
 	mb := mirror.Bytes()
-	fill(mb[:total], 99)
-	for off := total; off < len(mb); off += total {
-		copy(mb[off:], mb[:total])
-		mb[off] ^= byte(off >> 26) // each 64 MiB copy differs
-	}
-	reserve, err := d.Alloc(total)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Free(reserve)
-	// One device read of the whole mirror first: on the GPU machine (a Firecracker VM) the
-	// first DMA touch of a host page was seen to cost far more than later ones (2026-11-27:
-	// the first method timed on fresh random pages read 26-30 GB/s where the same launch
-	// shape on the same pages read 48-49 right after), which would favour whichever method
-	// runs second.
-	for off := 0; off < mirrorBytes; off += total {
-		if err := s.Copy(reserve, mirror.Ptr()+DevPtr(off), total); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Sync(); err != nil {
-		t.Fatal(err)
-	}
 	rnd := rand.New(rand.NewPCG(1, 1))
 	var rows []recallRow
 	add := func(c, m string, bytes, nrows, piece int, ms float64) {
@@ -523,4 +496,45 @@ func TestGatherSweep(t *testing.T) {
 		v := gbps[best][c.name]
 		fmt.Printf("  %-14s %.1f / %.1f GB/s\n", c.name, v[0], v[1])
 	}
+}
+
+// recallMirrorBytes and recallTotal size the recall benchmarks: a 4 GiB pinned
+// mirror of 64 MiB copies that differ, recalled 64 MiB at a time.
+const recallMirrorBytes, recallTotal = 4 << 30, 64 << 20
+
+// recallBenchSetup allocates the recall benchmarks' pinned mirror (filled from
+// seed, each 64 MiB copy different) and a 64 MiB device reserve, both freed at
+// the end of the test, and reads the whole mirror once from the device. On the
+// GPU machine (a Firecracker VM) the first DMA touch of a host page was seen
+// to cost far more than later ones (2026-11-27: the first method timed on
+// fresh random pages read 26-30 GB/s where the same launch shape on the same
+// pages read 48-49 right after), which would favour whichever method runs
+// second.
+func recallBenchSetup(t *testing.T, d *Device, s *Stream, seed uint64) (*HostBuffer, DevPtr) {
+	t.Helper()
+	mirror, err := d.AllocHost(recallMirrorBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mirror.Free() })
+	mb := mirror.Bytes()
+	fill(mb[:recallTotal], seed)
+	for off := recallTotal; off < len(mb); off += recallTotal {
+		copy(mb[off:], mb[:recallTotal])
+		mb[off] ^= byte(off >> 26) // each 64 MiB copy differs
+	}
+	reserve, err := d.Alloc(recallTotal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Free(reserve) })
+	for off := 0; off < recallMirrorBytes; off += recallTotal {
+		if err := s.Copy(reserve, mirror.Ptr()+DevPtr(off), recallTotal); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return mirror, reserve
 }

@@ -26,31 +26,9 @@ func TestRecallPageMajorBench(t *testing.T) {
 	d := devices(t)[0]
 	tm := newTimer(t, d)
 	s := tm.s
-	const mirrorBytes, total, reps = 4 << 30, 64 << 20, 20
-	mirror, err := d.AllocHost(mirrorBytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mirror.Free()
+	const mirrorBytes, total, reps = recallMirrorBytes, recallTotal, 20
+	mirror, reserve := recallBenchSetup(t, d, s, 7)
 	mb := mirror.Bytes()
-	fill(mb[:total], 7)
-	for off := total; off < len(mb); off += total {
-		copy(mb[off:], mb[:total])
-		mb[off] ^= byte(off >> 26)
-	}
-	reserve, err := d.Alloc(total)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Free(reserve)
-	for off := 0; off < mirrorBytes; off += total { // first DMA touch of every host page
-		if err := s.Copy(reserve, mirror.Ptr()+DevPtr(off), total); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Sync(); err != nil {
-		t.Fatal(err)
-	}
 	rnd := rand.New(rand.NewPCG(3, 3))
 	var rows []recallRow
 	add := func(c, m string, bytes, nrows int, ms float64) {
