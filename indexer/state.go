@@ -21,6 +21,7 @@ import (
 // because keys and page indices mean nothing under another model or page size.
 const (
 	stateMagic   = "FMIR"
+	deltaMagic   = "FMID"
 	stateVersion = 1
 )
 
@@ -28,12 +29,29 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // MarshalBinary encodes the request's keys and selection state (not the model or policy;
 // restore with NewRequest(model, policy) and UnmarshalBinary).
-func (r *Request) MarshalBinary() ([]byte, error) {
+func (r *Request) MarshalBinary() ([]byte, error) { return r.marshal(stateMagic, 0) }
+
+// MarshalDelta encodes what changed since the request held its first from chunks: the
+// selection state and the keys of chunks [from, Len()). MergeState applies it to the full
+// state of those from chunks (MarshalBinary's, or an earlier merge's). Keys are append-only
+// (Truncate only undoes appends past the last stored chunk), so a delta is O(new chunks +
+// pages) bytes while the full state grows with the session.
+//
+//	"FMID" version(1), the full state's fields with u64 from before u64 chunks, and per
+//	layer only the keys of chunks [from, chunks); u32 CRC32C of everything before it.
+func (r *Request) MarshalDelta(from int) ([]byte, error) {
+	if from < 0 || from > r.n {
+		return nil, fmt.Errorf("%w: delta from chunk %d of %d", ErrBadState, from, r.n)
+	}
+	return r.marshal(deltaMagic, from)
+}
+
+func (r *Request) marshal(magic string, from int) ([]byte, error) {
 	layers := r.model.Layers()
 	kb := r.model.KeyBytes()
-	size := 5 + 4 + 4*len(layers) + 4 + 4 + 1 + 8*4 + 1 + 4 + 4*len(r.sel.prev) + 4 + 4*len(r.sel.ewma) + len(layers)*r.n*kb + 4
+	size := 5 + 4 + 4*len(layers) + 4 + 4 + 1 + 8 + 8*4 + 1 + 4 + 4*len(r.sel.prev) + 4 + 4*len(r.sel.ewma) + len(layers)*(r.n-from)*kb + 4
 	b := make([]byte, 0, size)
-	b = append(b, stateMagic...)
+	b = append(b, magic...)
 	b = append(b, stateVersion)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(layers)))
 	for _, id := range layers {
@@ -42,6 +60,9 @@ func (r *Request) MarshalBinary() ([]byte, error) {
 	b = binary.LittleEndian.AppendUint32(b, uint32(kb))
 	b = binary.LittleEndian.AppendUint32(b, uint32(r.policy.ChunksPerPage))
 	b = append(b, byte(r.ensemble))
+	if magic == deltaMagic {
+		b = binary.LittleEndian.AppendUint64(b, uint64(from))
+	}
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.n))
 	b = binary.LittleEndian.AppendUint64(b, r.sel.cycle)
 	b = binary.LittleEndian.AppendUint64(b, r.sel.cumAbove)
@@ -57,8 +78,8 @@ func (r *Request) MarshalBinary() ([]byte, error) {
 	}
 	for l, k := range r.keys {
 		before := len(b)
-		if b = k.AppendRaw(b, 0, r.n); len(b)-before != r.n*kb {
-			return nil, fmt.Errorf("%w: target layer %d: key store returned %d bytes for %d keys", ErrBadState, layers[l], len(b)-before, r.n)
+		if b = k.AppendRaw(b, from, r.n-from); len(b)-before != (r.n-from)*kb {
+			return nil, fmt.Errorf("%w: target layer %d: key store returned %d bytes for %d keys", ErrBadState, layers[l], len(b)-before, r.n-from)
 		}
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
