@@ -12,13 +12,17 @@ import (
 	"github.com/flashmemory/flashmemory/tiers"
 )
 
-// waitPending waits for the session's background recall; s.mu is held.
+// waitPending waits for the session's background recalls and drops the
+// deferred rest (whoever waits loads what it needs itself); s.mu is held.
 func (s *session) waitPending() time.Duration {
-	if s.pending == nil {
+	s.deferred = nil
+	if len(s.pending) == 0 {
 		return 0
 	}
 	t := time.Now()
-	<-s.pending.Done()
+	for _, p := range s.pending {
+		<-p.Done()
+	}
 	s.pending = nil
 	return time.Since(t)
 }
@@ -238,7 +242,11 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 		}
 	}
 	if len(recall) > 0 && d.cfg.Mover.backgroundRecall() {
-		s.pending = d.startRecall(s, recall)
+		var t *tiers.Ticket
+		t, s.deferred = d.startRecall(s, recall)
+		if t != nil {
+			s.pending = append(s.pending, t)
+		}
 	}
 	if len(cy.Lookahead) > 0 && d.cfg.Mover.staging() {
 		d.stage(s, cy.Lookahead)
@@ -382,25 +390,75 @@ func (s *session) genOf(p uint32) uint64 {
 }
 
 // startRecall binds slots for the new selection and queues its copies on
-// the mover; the next cycle waits for the ticket. Pages that find no
-// evictable slot are skipped: the next cycle loads what it still needs.
-func (d *Daemon) startRecall(s *session, pages []uint32) *tiers.Ticket {
+// the mover; the next cycle waits for the ticket. It returns the pages that
+// found no evictable slot: at a CYCLE both the decoder's previous lease and
+// the new one are pinned, so a reserve sized for two selections can run out
+// when the selection moves far; the client's RELEASE of the previous lease
+// makes room and starts them (resumeRecall), and whatever is still missing
+// at the next cycle is loaded there.
+func (d *Daemon) startRecall(s *session, pages []uint32) (*tiers.Ticket, []uint32) {
 	items := make([]tiers.RecallItem, 0, len(pages))
-	for _, p := range pages {
+	var rest []uint32
+	// Each slot is held while the rest are bound: otherwise, with no older
+	// evictable slot left, Allocate would evict the pages this very recall
+	// bound a moment ago (the least recently used that no lease pins), and
+	// the next cycle would find them missing and copy them itself.
+	d.mu.Lock()
+	d.nextLease++
+	hold := tiers.LeaseID(d.nextLease)
+	d.mu.Unlock()
+	defer func() { _ = s.region.Release(hold) }()
+	for i, p := range pages {
 		a, err := s.region.Allocate(p)
+		if err == nil {
+			err = s.region.PinLoading(hold, []int{a.Slot})
+		}
 		if err != nil {
-			break // the reserve is full of pinned slots; later pages would fail too
+			// The reserve is full of pinned slots; later pages would fail too.
+			rest = slices.Clone(pages[i:])
+			d.m.recallDeferred.Add(float64(len(rest)))
+			d.log.Debug("background recall waits for a RELEASE", "session", s.id, "pages", len(pages), "deferred", len(rest))
+			break
 		}
 		if g := s.genOf(p); !a.Hit || a.Gen != g {
 			items = append(items, tiers.RecallItem{ID: s.pageID(p), Slot: a.Slot, Gen: g})
 		}
 	}
+	if len(items) == 0 {
+		return nil, rest
+	}
 	t, err := d.mover.Recall(s.region, items)
 	if err != nil {
 		d.log.Warn("background recall not queued", "session", s.id, "pages", len(items), "err", err)
-		return nil
+		return nil, nil
 	}
-	return t
+	return t, rest
+}
+
+// resumeRecall starts the deferred rest of s's background recall after a
+// RELEASE unpinned slots. It never waits for the session: when a CYCLE or
+// another operation holds it, that one loads what it needs itself.
+func (d *Daemon) resumeRecall(s *session) {
+	if !s.mu.TryLock() {
+		return
+	}
+	defer s.mu.Unlock()
+	if len(s.deferred) == 0 || s.req == nil || s.region == nil {
+		return
+	}
+	pages := make([]uint32, 0, len(s.deferred))
+	for _, p := range s.deferred {
+		if p < uint32(len(s.gens)) && s.gens[p] > 0 && s.damaged[p] == nil {
+			pages = append(pages, p)
+		}
+	}
+	s.deferred = nil
+	t, rest := d.startRecall(s, pages)
+	if t != nil {
+		s.pending = append(s.pending, t)
+	}
+	s.deferred = rest
+	d.m.recallResumed.Add(float64(len(pages) - len(rest)))
 }
 
 // stage queues a session's lookahead candidates (best first, as the
@@ -461,6 +519,7 @@ func (c *conn) release(ids []uint64) error {
 			continue
 		}
 		l.s.releaseLease(l)
+		c.d.resumeRecall(l.s)
 	}
 	return unknown
 }

@@ -31,9 +31,12 @@ type metrics struct {
 	appendBytes   prometheus.Counter
 	commitChunks  prometheus.Counter
 	recalledPages prometheus.Counter
-	leasesReclaim prometheus.Counter
-	connections   prometheus.Gauge
-	rejectedConns prometheus.Counter
+	// recallDeferred / recallResumed: background-recall pages that found no
+	// free slot at the CYCLE, and those of them a RELEASE started (cycle.go).
+	recallDeferred, recallResumed prometheus.Counter
+	leasesReclaim                 prometheus.Counter
+	connections                   prometheus.Gauge
+	rejectedConns                 prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -41,22 +44,24 @@ func newMetrics() *metrics {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	lat := prometheus.ExponentialBuckets(20e-6, 2, 18)
 	m := &metrics{
-		reg:           reg,
-		cycleSeconds:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_seconds", Help: "Time from a CYCLE frame's arrival to its reply, per frame.", Buckets: lat}),
-		scoreSeconds:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_score_seconds", Help: "Memory-Indexer scoring and selection time per CYCLE frame.", Buckets: lat}),
-		waitSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_wait_seconds", Help: "Decoder-visible wait per session cycle for the previous cycle's recall to finish (0 when it was already done).", Buckets: append([]float64{0}, lat...)}),
-		cycleSessions: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_batch_sessions", Help: "Sessions carried by one CYCLE frame.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)}),
-		framesTotal:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashmem_frames_total", Help: "Request frames handled, by op."}, []string{"op"}),
-		errorsTotal:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashmem_errors_total", Help: "Error frames sent, by wire error code name."}, []string{"code"}),
-		appendBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_append_bytes_total", Help: "KV payload bytes appended by clients."}),
-		commitChunks:  prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_commit_chunks_total", Help: "Decode chunks committed from reserve cells."}),
-		recalledPages: prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_recalled_pages_total", Help: "Pages copied into reserve slots by recall."}),
-		leasesReclaim: prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_leases_reclaimed_total", Help: "Leases reclaimed from dead or idle clients."}),
-		connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "flashmem_connections", Help: "Open client connections."}),
-		rejectedConns: prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_rejected_connections_total", Help: "Connections refused by peer-credential checks or limits."}),
+		reg:            reg,
+		cycleSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_seconds", Help: "Time from a CYCLE frame's arrival to its reply, per frame.", Buckets: lat}),
+		scoreSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_score_seconds", Help: "Memory-Indexer scoring and selection time per CYCLE frame.", Buckets: lat}),
+		waitSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_wait_seconds", Help: "Decoder-visible wait per session cycle for the previous cycle's recall to finish (0 when it was already done).", Buckets: append([]float64{0}, lat...)}),
+		cycleSessions:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_batch_sessions", Help: "Sessions carried by one CYCLE frame.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)}),
+		framesTotal:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashmem_frames_total", Help: "Request frames handled, by op."}, []string{"op"}),
+		errorsTotal:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashmem_errors_total", Help: "Error frames sent, by wire error code name."}, []string{"code"}),
+		appendBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_append_bytes_total", Help: "KV payload bytes appended by clients."}),
+		commitChunks:   prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_commit_chunks_total", Help: "Decode chunks committed from reserve cells."}),
+		recalledPages:  prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_recalled_pages_total", Help: "Pages copied into reserve slots by recall."}),
+		recallDeferred: prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_recall_deferred_pages_total", Help: "Background-recall pages that found every evictable reserve slot pinned at the CYCLE (the previous lease still held): started at its RELEASE instead."}),
+		recallResumed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_recall_resumed_pages_total", Help: "Deferred background-recall pages started when the client released its previous lease."}),
+		leasesReclaim:  prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_leases_reclaimed_total", Help: "Leases reclaimed from dead or idle clients."}),
+		connections:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "flashmem_connections", Help: "Open client connections."}),
+		rejectedConns:  prometheus.NewCounter(prometheus.CounterOpts{Name: "flashmem_rejected_connections_total", Help: "Connections refused by peer-credential checks or limits."}),
 	}
 	reg.MustRegister(m.cycleSeconds, m.scoreSeconds, m.waitSeconds, m.cycleSessions, m.framesTotal, m.errorsTotal,
-		m.appendBytes, m.commitChunks, m.recalledPages, m.leasesReclaim, m.connections, m.rejectedConns)
+		m.appendBytes, m.commitChunks, m.recalledPages, m.recallDeferred, m.recallResumed, m.leasesReclaim, m.connections, m.rejectedConns)
 	return m
 }
 

@@ -48,8 +48,13 @@ type session struct {
 	damaged map[uint32]error
 	// epoch is the cluster ownership epoch this node holds for the session
 	// (0: never claimed; cluster.go).
-	epoch    uint64
-	pending  *tiers.Ticket // background recall of the last selection
+	epoch   uint64
+	pending []*tiers.Ticket // background recalls of the last selection
+	// deferred is the rest of the last selection's background recall that
+	// found no evictable slot: the decoder's previous lease still pinned its
+	// pages. The client's RELEASE of that lease starts it (resumeRecall), so
+	// the reserve needs room for two selections, not three.
+	deferred []uint32
 	cycles   uint64
 	last     *indexer.Cycle
 	lastUsed time.Time
