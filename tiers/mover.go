@@ -146,6 +146,10 @@ type MoverStats struct {
 	QueuedStageBytes int64
 	StagedBytes      uint64
 	StageReadSeconds float64
+	// StageClaimed counts queued candidates a recall of the same page
+	// took over; StageJoined recall pages that waited for a stager's
+	// read in flight instead of reading the page again.
+	StageClaimed, StageJoined uint64
 }
 
 // Mover performs recalls (SSD → mirror → reserve) on a bounded pool of
@@ -161,13 +165,20 @@ type Mover struct {
 	bgCtx context.Context // ctx, its SSD reads marked as background (staging)
 	stop  context.CancelFunc
 
-	mu       sync.Mutex
-	cond     *sync.Cond
-	closed   bool
-	recalls  []recallTask
-	st       stageState // mover_stage.go
-	stageCtr stageCounters
-	wg       sync.WaitGroup
+	mu sync.Mutex
+	// Recall workers and stagers wait on separate conditions, woken one
+	// by one for the work there is: one shared Broadcast woke every
+	// worker and stager (20 goroutines) on each recall and each staged
+	// page, and on two cores the CYCLE goroutine that queued the recall
+	// waited behind them (docs/benchmarks.md, "SSD as a capacity tier":
+	// 44 % of the daemon's scheduling delay was at that Broadcast).
+	cond      *sync.Cond // recall workers: a recall is queued, or closed
+	stageCond *sync.Cond // stagers: a candidate may be read, or closed
+	closed    bool
+	recalls   []recallTask
+	st        stageState // mover_stage.go
+	stageCtr  stageCounters
+	wg        sync.WaitGroup
 
 	recallCalls, recallPages, already, fromMirror, fromStaged atomic.Uint64
 	late, recallBytes, recallErrors, rejected                 atomic.Uint64
@@ -203,8 +214,10 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Mover{store: store, cfg: cfg, ctx: ctx, bgCtx: Background(ctx), stop: cancel}
 	m.st.byID = map[PageID]*stageEntry{}
+	m.st.flying = map[PageID]chan struct{}{}
 	m.st.allowed = cfg.StageWorkers
 	m.cond = sync.NewCond(&m.mu)
+	m.stageCond = sync.NewCond(&m.mu)
 	for i := 0; i < cfg.Workers; i++ {
 		m.wg.Add(1)
 		go m.worker()
@@ -246,7 +259,19 @@ func (m *Mover) Recall(region *Region, items []RecallItem) (*Ticket, error) {
 	}
 	m.recallCalls.Add(1)
 	m.recallPages.Add(uint64(len(items)))
-	m.cond.Broadcast()
+	// One worker per batch the request makes, at most all of them.
+	for range min(m.cfg.Workers, (len(items)+m.cfg.Batch-1)/m.cfg.Batch) {
+		m.cond.Signal()
+	}
+	// A recall page that staging holds queued or in flight is read once:
+	// the queued candidate is dropped (the recall reads it now), an
+	// in-flight one is waited for by recallOne.
+	for _, it := range items {
+		if e, ok := m.st.byID[it.ID]; ok {
+			m.removeStage(e)
+			m.stageCtr.claimed.Add(1)
+		}
+	}
 	return t, nil
 }
 
@@ -273,7 +298,9 @@ func (m *Mover) worker() {
 			clear(m.recalls[:n])
 			m.recalls = m.recalls[n:]
 			if len(m.recalls) == 0 {
-				m.cond.Broadcast() // stagers wait for an empty recall queue
+				m.wakeStagers() // stagers wait for an empty recall queue
+			} else {
+				m.cond.Signal() // more batches: the next worker
 			}
 			m.mu.Unlock()
 			if n == 1 {
@@ -393,6 +420,7 @@ func (m *Mover) recallOne(task recallTask) {
 		m.already.Add(1)
 		return
 	}
+	m.awaitStaging(it.ID)
 	t0 := time.Now()
 	src, err := m.store.view(m.ctx, it.ID, func(gen uint64, data []byte) error {
 		if err := region.WritePage(it.Slot, it.ID.Page, gen, data); err != nil {
@@ -446,6 +474,8 @@ func (m *Mover) Stats() MoverStats {
 		QueuedStageBytes: qb,
 		StagedBytes:      m.stageCtr.stagedBytes.Load(),
 		StageReadSeconds: float64(m.stageCtr.readNanos.Load()) / 1e9,
+		StageClaimed:     m.stageCtr.claimed.Load(),
+		StageJoined:      m.stageCtr.joined.Load(),
 	}
 }
 
@@ -465,6 +495,7 @@ func (m *Mover) Close() {
 	}
 	m.st.q, m.st.byID = nil, map[PageID]*stageEntry{}
 	m.cond.Broadcast()
+	m.stageCond.Broadcast()
 	m.mu.Unlock()
 	m.stop()
 	m.wg.Wait()

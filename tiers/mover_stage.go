@@ -52,7 +52,8 @@ func (h *stageHeap) Pop() any {
 type stageState struct {
 	q        stageHeap
 	byID     map[PageID]*stageEntry
-	bytes    int64 // queued + in flight
+	flying   map[PageID]chan struct{} // being read by a stager; closed when done
+	bytes    int64                    // queued + in flight
 	inflight int
 	allowed  int // stagers that may read at once (AIMD back-off)
 	seq      uint64
@@ -66,7 +67,11 @@ type stageState struct {
 // Staging counters, in MoverStats.
 type stageCounters struct {
 	superseded, backoffs, stagedBytes atomic.Uint64
-	readNanos                         atomic.Uint64
+	// claimed: queued candidates a recall took over; joined: recall
+	// pages that waited for a stager's read of them instead of reading
+	// them a second time.
+	claimed, joined atomic.Uint64
+	readNanos       atomic.Uint64
 }
 
 // StageRanked enqueues one or more sessions' lookahead candidates, best
@@ -129,9 +134,39 @@ func (m *Mover) StageRanked(items []StageItem) int {
 		n++
 	}
 	if n > 0 {
-		m.cond.Broadcast()
+		m.wakeStagers()
 	}
 	return n
+}
+
+// wakeStagers wakes as many stagers as may start a read now (not all of
+// them: a woken stager that finds nothing to do costs a context switch,
+// and on two cores the decode's goroutines wait behind it). Called with
+// m.mu held.
+func (m *Mover) wakeStagers() {
+	if len(m.recalls) > 0 {
+		return
+	}
+	for range min(len(m.st.q), m.st.allowed-m.st.inflight) {
+		m.stageCond.Signal()
+	}
+}
+
+// awaitStaging waits, if a stager is reading id right now, until its read
+// is in the mirror (or the mover closes): the recall then copies it from
+// there instead of reading the page a second time behind it.
+func (m *Mover) awaitStaging(id PageID) {
+	m.mu.Lock()
+	ch := m.st.flying[id]
+	m.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	m.stageCtr.joined.Add(1)
+	select {
+	case <-ch:
+	case <-m.ctx.Done():
+	}
 }
 
 // Stage enqueues page ids as one ranking (best first) with no byte sizes:
@@ -169,7 +204,7 @@ func (m *Mover) stager() {
 	for {
 		m.mu.Lock()
 		for !m.closed && (len(m.st.q) == 0 || len(m.recalls) > 0 || m.st.inflight >= m.st.allowed) {
-			m.cond.Wait()
+			m.stageCond.Wait()
 		}
 		if m.closed {
 			m.mu.Unlock()
@@ -178,6 +213,8 @@ func (m *Mover) stager() {
 		e := heap.Pop(&m.st.q).(*stageEntry)
 		delete(m.st.byID, e.ID)
 		m.st.inflight++
+		done := make(chan struct{})
+		m.st.flying[e.ID] = done
 		m.mu.Unlock()
 
 		t0 := time.Now()
@@ -190,15 +227,17 @@ func (m *Mover) stager() {
 		m.mu.Lock()
 		m.st.inflight--
 		m.st.bytes -= e.Bytes
+		delete(m.st.flying, e.ID)
+		close(done)
 		if n > 0 {
 			m.stageCtr.readNanos.Add(uint64(d.Nanoseconds()))
 			m.stageCtr.stagedBytes.Add(uint64(e.Bytes))
 			// No recall has read from SSD lately: nothing to yield to.
 			if time.Since(m.st.lastRecallRead) > recallQuiet && m.st.allowed < m.cfg.StageWorkers {
 				m.st.allowed++
+				m.wakeStagers()
 			}
 		}
-		m.cond.Broadcast()
 		m.mu.Unlock()
 	}
 }
@@ -246,5 +285,6 @@ func (m *Mover) adapt(d time.Duration, bytes int64) {
 		m.stageCtr.backoffs.Add(1)
 	case st.ewma < 2*st.floor && st.allowed < m.cfg.StageWorkers:
 		st.allowed++
+		m.wakeStagers()
 	}
 }

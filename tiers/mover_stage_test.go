@@ -17,8 +17,10 @@ import (
 func queueOnly(cfg MoverConfig) *Mover {
 	m := &Mover{cfg: cfg}
 	m.st.byID = map[PageID]*stageEntry{}
+	m.st.flying = map[PageID]chan struct{}{}
 	m.st.allowed = cfg.StageWorkers
 	m.cond = sync.NewCond(&m.mu)
+	m.stageCond = sync.NewCond(&m.mu)
 	return m
 }
 
@@ -120,7 +122,10 @@ func BenchmarkMoverStage(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	m := NewMover(st, MoverConfig{})
+	// FM_STAGE_WORKERS: the stagers (default: MoverConfig's), to measure
+	// throughput per concurrency.
+	sw, _ := strconv.Atoi(os.Getenv("FM_STAGE_WORKERS"))
+	m := NewMover(st, MoverConfig{StageWorkers: sw})
 	defer m.Close()
 	ctx := context.Background()
 	body := bytes.Repeat([]byte{0x5a, 0xa5, 3}, n/3+1)[:n]
@@ -189,5 +194,75 @@ func TestStageSupersedeMany(t *testing.T) {
 	}
 	if s := m.stageCtr.superseded.Load(); s != 100 {
 		t.Fatalf("superseded %d, want 100", s)
+	}
+}
+
+// A recall of a page staging holds is read from SSD once: a queued
+// candidate is taken over by the recall, and a recall of a page a stager is
+// reading waits for that read and copies the page from the mirror.
+func TestRecallJoinsStaging(t *testing.T) {
+	f := newMoverFixture(t, 24, 4, 8) // pages 0..19 on SSD only
+	m := f.mover
+	id := func(p uint32) PageID { return PageID{Session: 1, Page: p} }
+
+	// Queued: the stagers are held (none allowed), the recall claims it.
+	m.mu.Lock()
+	m.st.allowed = 0
+	m.mu.Unlock()
+	if n := m.StageRanked([]StageItem{{ID: id(3), Bytes: 1}, {ID: id(4), Rank: 1, Bytes: 1}}); n != 2 {
+		t.Fatalf("queued %d candidates, want 2", n)
+	}
+	res := f.recall(t, 1, 3)
+	if res[0].Err != nil || res[0].Source != SourceSSD {
+		t.Fatalf("recall of a queued candidate: %+v, want it read from SSD", res[0])
+	}
+	// (The recall's fast read lets a stager in again: page 4 may be
+	// staged by now, page 3 must not be queued any more.)
+	m.mu.Lock()
+	_, still := m.st.byID[id(3)]
+	m.mu.Unlock()
+	if still || m.Stats().StageClaimed != 1 {
+		t.Fatalf("after the recall: page 3 still queued %v, claimed %d; want false, 1", still, m.Stats().StageClaimed)
+	}
+
+	// In flight: a stager's read of page 5 is under way (played here), so
+	// the recall waits for it instead of reading the page a second time.
+	done := make(chan struct{})
+	m.mu.Lock()
+	m.st.flying[id(5)] = done
+	m.mu.Unlock()
+	a, err := f.region.Allocate(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.region.PinLoading(2, []int{a.Slot}); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := m.Recall(f.region, []RecallItem{{ID: id(5), Slot: a.Slot, Gen: f.gens[5]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-tk.Done():
+		t.Fatal("the recall finished while the stager's read of its page was in flight")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if n, err := f.store.Stage(context.Background(), []PageID{id(5)}); n != 1 || err != nil {
+		t.Fatalf("stage page 5: %d, %v", n, err)
+	}
+	m.mu.Lock()
+	delete(m.st.flying, id(5))
+	close(done)
+	m.mu.Unlock()
+	select {
+	case <-tk.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the recall did not finish after the stager's read")
+	}
+	if r := tk.Results()[0]; r.Err != nil || r.Source != SourceStaged {
+		t.Fatalf("recall after the stager's read: %+v, want it copied from the mirror (staged)", r)
+	}
+	if j := m.Stats().StageJoined; j != 1 {
+		t.Fatalf("joined %d, want 1", j)
 	}
 }
