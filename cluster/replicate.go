@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -144,23 +146,17 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 	}
 	// The manifest: pages whose generation the catalog already has keep
 	// their checksum (a generation names exactly one content); the others
-	// are read, verified by the store, and checksummed.
+	// are read, verified by the store, and checksummed — while the first
+	// round's replicas already receive them (streamChanged), so reading the
+	// owner's store overlaps the transfer instead of preceding it.
 	pages := make([]PageEntry, len(gens))
-	changed := map[uint32][]byte{}
+	var todo []uint32
 	for p, g := range gens {
 		if p < len(prev.Pages) && prev.Pages[p].Gen == g && g != 0 {
 			pages[p] = prev.Pages[p]
 			continue
 		}
-		gen, data, err := n.store.ReadPage(ctx, info.Name, uint32(p))
-		if err != nil {
-			if errors.Is(err, ErrNotFound) && g == 0 {
-				continue // a page never written
-			}
-			return nil, fmt.Errorf("session %q page %d: %w", info.Name, p, err)
-		}
-		pages[p] = PageEntry{Gen: gen, CRC: Checksum(data)}
-		changed[uint32(p)] = data
+		todo = append(todo, uint32(p))
 	}
 	metaCRC := Checksum(meta)
 	res := &ReplicateResult{Epoch: epoch}
@@ -171,36 +167,47 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 	// A target that fails (it died after the last ping) is excluded and the
 	// leader asked for another, up to three rounds.
 	for attempt := 0; attempt < 3; attempt++ {
-		var targets []string
+		var targets []Member
 		for _, id := range prev.Assigned {
-			if !slices.Contains(acked, id) && !slices.Contains(exclude, id) {
-				targets = append(targets, id)
+			if slices.Contains(acked, id) || slices.Contains(exclude, id) {
+				continue
 			}
-		}
-		var wg sync.WaitGroup
-		for _, id := range targets {
 			m, ok := n.cat.Member(id)
 			if !ok {
 				exclude = append(exclude, id)
 				continue
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				sent, bytes, err := n.replicateTo(ctx, m, info.Name, prev, pages, changed, meta, metaCRC)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs = append(errs, fmt.Errorf("replica %s: %w", id, err))
-					exclude = append(exclude, id)
-					return
-				}
-				acked = append(acked, id)
-				res.PagesSent += sent
-				res.BytesSent += bytes
-			}()
+			targets = append(targets, m)
 		}
-		wg.Wait()
+		done := func(id string, sent int, bytes int64, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("replica %s: %w", id, err))
+				exclude = append(exclude, id)
+				return
+			}
+			acked = append(acked, id)
+			res.PagesSent += sent
+			res.BytesSent += bytes
+		}
+		if attempt == 0 {
+			// The manifest is complete only after this round.
+			if err := n.streamChanged(ctx, info.Name, epoch, prev, gens, pages, todo, targets, meta, metaCRC, done); err != nil {
+				return nil, err
+			}
+		} else {
+			var wg sync.WaitGroup
+			for _, m := range targets {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					sent, bytes, err := n.replicateTo(ctx, m, info.Name, prev, pages, meta, metaCRC)
+					done(m.ID, sent, bytes, err)
+				}()
+			}
+			wg.Wait()
+		}
 		if len(acked) >= n.cfg.ReplicationFactor {
 			break
 		}
@@ -238,23 +245,13 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 // replicateTo brings one replica to the new manifest: the pages it lacks
 // (per the committed manifest if it is a replica already, else per its own
 // listing), then the metadata.
-func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Session, pages []PageEntry, changed map[uint32][]byte, meta []byte, metaCRC uint32) (int, int64, error) {
+func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Session, pages []PageEntry, meta []byte, metaCRC uint32) (int, int64, error) {
 	owner, epoch := n.cfg.NodeID, prev.Epoch
-	have := map[uint32]PageEntry{}
-	if slices.Contains(prev.Replicas, m.ID) {
-		for p, e := range prev.Pages {
-			have[uint32(p)] = e
-		}
-	} else {
-		var mr manifestReply
-		if _, err := n.client.call(ctx, m.PeerAddr, popManifest, nameHdr{Name: name}, &mr); err != nil && !errors.Is(err, ErrNotFound) {
-			return 0, 0, err
-		}
-		for _, p := range mr.Pages {
-			have[p.Page] = PageEntry{Gen: p.Gen, CRC: p.CRC}
-		}
+	have, err := n.replicaHas(ctx, m, name, prev)
+	if err != nil {
+		return 0, 0, err
 	}
-	sent, bytes, err := n.sendPages(ctx, m.PeerAddr, name, owner, epoch, pages, have, changed)
+	sent, bytes, err := n.sendPages(ctx, m.PeerAddr, name, owner, epoch, pages, have)
 	if err != nil {
 		return sent, bytes, err
 	}
@@ -265,85 +262,274 @@ func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Ses
 	return sent, bytes, err
 }
 
-// sendPages streams the pages a replica lacks in batches; each batch is
-// durable there before the call returns.
-func (n *Node) sendPages(ctx context.Context, addr, name, owner string, epoch uint64, pages []PageEntry, have map[uint32]PageEntry, cached map[uint32][]byte) (int, int64, error) {
-	type batch struct {
-		h       pagesHdr
-		payload [][]byte
-		size    int
-	}
-	// Up to 4 batches in flight on their own connections: the replica
-	// syncs one while the next arrives.
-	const streams = 4
-	work := make(chan *batch)
-	var mu sync.Mutex
-	var firstErr error
-	sent, total := 0, int64(0)
-	var wg sync.WaitGroup
-	for range streams {
-		wg.Add(1)
+// pageItem is a changed page read from the owner's store and checksummed.
+type pageItem struct {
+	page uint32
+	e    PageEntry
+	data []byte
+}
+
+// streamChanged reads the changed pages (todo) with a few workers, filling
+// in their manifest entries, and streams each to every target as it is
+// read; then each target gets the unchanged pages it lacks and the
+// metadata. done reports each target's outcome. An error reading the
+// owner's own copy fails the whole PERSIST.
+func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, prev *Session, gens []uint64, pages []PageEntry, todo []uint32, targets []Member, meta []byte, metaCRC uint32, done func(id string, sent int, bytes int64, err error)) error {
+	ins := make([]chan pageItem, len(targets))
+	var readErr error // set before the channels close
+	var twg sync.WaitGroup
+	for i, m := range targets {
+		ins[i] = make(chan pageItem, 32)
+		twg.Add(1)
 		go func() {
-			defer wg.Done()
-			for b := range work {
-				mu.Lock()
-				failed := firstErr != nil
-				mu.Unlock()
-				if failed {
-					continue
+			defer twg.Done()
+			sent, bytes, err := n.replicateStream(ctx, m, name, epoch, prev, pages, todo, ins[i], &readErr, meta, metaCRC)
+			done(m.ID, sent, bytes, err)
+		}()
+	}
+	// Readers: the store's reads (mirror copy or O_DIRECT SSD read, with its
+	// checksum check) and the CRC32C run on several cores.
+	workers := min(max(runtime.GOMAXPROCS(0), 2), 4, max(len(todo), 1))
+	var next atomic.Int64
+	var emu sync.Mutex
+	var rwg sync.WaitGroup
+	for range workers {
+		rwg.Add(1)
+		go func() {
+			defer rwg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(todo) {
+					return
 				}
-				_, err := n.client.call(ctx, addr, popPutPages, b.h, nil, b.payload...)
-				mu.Lock()
-				if err != nil && firstErr == nil {
-					firstErr = err
-				} else if err == nil {
-					sent += len(b.h.Pages)
-					total += int64(b.size)
+				emu.Lock()
+				failed := readErr != nil
+				emu.Unlock()
+				if failed || ctx.Err() != nil {
+					return
 				}
-				mu.Unlock()
+				p := todo[i]
+				gen, data, err := n.store.ReadPage(ctx, name, p)
+				if err != nil {
+					if errors.Is(err, ErrNotFound) && gens[p] == 0 {
+						continue // a page never written
+					}
+					emu.Lock()
+					if readErr == nil {
+						readErr = fmt.Errorf("session %q page %d: %w", name, p, err)
+					}
+					emu.Unlock()
+					return
+				}
+				e := PageEntry{Gen: gen, CRC: Checksum(data)}
+				pages[p] = e // each worker writes distinct indices
+				for _, in := range ins {
+					in <- pageItem{page: p, e: e, data: data}
+				}
 			}
 		}()
 	}
-	cur := &batch{h: pagesHdr{Name: name, Owner: owner, Epoch: epoch}}
+	rwg.Wait()
+	if readErr == nil {
+		readErr = ctx.Err()
+	}
+	for _, in := range ins {
+		close(in)
+	}
+	twg.Wait()
+	return readErr
+}
+
+// replicateStream is replicateTo for the first round of a PERSIST: the
+// changed pages arrive on in as the owner reads them.
+func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch uint64, prev *Session, pages []PageEntry, todo []uint32, in <-chan pageItem, readErr *error, meta []byte, metaCRC uint32) (sent int, bytes int64, err error) {
+	have, herr := n.replicaHas(ctx, m, name, prev)
+	ps := n.newPageSender(ctx, m.PeerAddr, name, n.cfg.NodeID, epoch)
+	for it := range in {
+		if herr != nil || ps.failed() {
+			continue // drain: the readers must not block on this target
+		}
+		if have[it.page] != it.e {
+			ps.add(PageInfo{Page: it.page, Gen: it.e.Gen, CRC: it.e.CRC}, it.data)
+		}
+	}
+	if herr != nil {
+		ps.finish()
+		return 0, 0, herr
+	}
+	if *readErr != nil {
+		ps.finish()
+		return 0, 0, *readErr
+	}
+	// Unchanged pages this target lacks (a new replica).
+	changed := make(map[uint32]bool, len(todo))
+	for _, p := range todo {
+		changed[p] = true
+	}
+	var lerr error
+	for p, e := range pages {
+		if changed[uint32(p)] || (e.Gen == 0 && e.CRC == 0) || have[uint32(p)] == e || ps.failed() {
+			continue
+		}
+		data, err := n.readVerified(ctx, name, uint32(p), e)
+		if err != nil {
+			lerr = err
+			break
+		}
+		ps.add(PageInfo{Page: uint32(p), Gen: e.Gen, CRC: e.CRC}, data)
+	}
+	sent, bytes, err = ps.finish()
+	if lerr != nil {
+		return sent, bytes, lerr
+	}
+	if err != nil {
+		return sent, bytes, err
+	}
+	if sent == 0 && metaCRC == prev.MetaCRC && slices.Contains(prev.Replicas, m.ID) {
+		return 0, 0, nil // it holds exactly this version already
+	}
+	_, err = n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: name, CRC: metaCRC, Owner: n.cfg.NodeID, Epoch: epoch}, nil, meta)
+	return sent, bytes, err
+}
+
+// replicaHas is what a target holds: the committed manifest if it is a
+// replica already, else its own listing.
+func (n *Node) replicaHas(ctx context.Context, m Member, name string, prev *Session) (map[uint32]PageEntry, error) {
+	have := map[uint32]PageEntry{}
+	if slices.Contains(prev.Replicas, m.ID) {
+		for p, e := range prev.Pages {
+			have[uint32(p)] = e
+		}
+		return have, nil
+	}
+	var mr manifestReply
+	if _, err := n.client.call(ctx, m.PeerAddr, popManifest, nameHdr{Name: name}, &mr); err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	for _, p := range mr.Pages {
+		have[p.Page] = PageEntry{Gen: p.Gen, CRC: p.CRC}
+	}
+	return have, nil
+}
+
+// readVerified reads a page the manifest names and checks it still is that
+// version.
+func (n *Node) readVerified(ctx context.Context, name string, p uint32, e PageEntry) ([]byte, error) {
+	gen, d, err := n.store.ReadPage(ctx, name, p)
+	if err != nil {
+		return nil, fmt.Errorf("page %d: %w", p, err)
+	}
+	if gen != e.Gen || Checksum(d) != e.CRC {
+		return nil, fmt.Errorf("%w: local page %d of %q changed under replication", ErrGeneration, p, name)
+	}
+	return d, nil
+}
+
+// pageSender batches pages for one replica and keeps up to sendStreams
+// PUT_PAGES in flight on their own connections, so the replica stores one
+// batch while the next ones arrive (no stop-and-wait per batch).
+type pageSender struct {
+	n                 *Node
+	ctx               context.Context
+	addr, name, owner string
+	epoch             uint64
+	work              chan *pageBatch
+	wg                sync.WaitGroup
+	mu                sync.Mutex
+	err               error
+	sent              int
+	total             int64
+	cur               *pageBatch
+}
+
+type pageBatch struct {
+	h       pagesHdr
+	payload [][]byte
+	size    int
+}
+
+const sendStreams = 4
+
+func (n *Node) newPageSender(ctx context.Context, addr, name, owner string, epoch uint64) *pageSender {
+	s := &pageSender{n: n, ctx: ctx, addr: addr, name: name, owner: owner, epoch: epoch, work: make(chan *pageBatch)}
+	for range sendStreams {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for b := range s.work {
+				if s.failed() {
+					continue
+				}
+				_, err := n.client.call(ctx, addr, popPutPages, b.h, nil, b.payload...)
+				s.mu.Lock()
+				if err != nil && s.err == nil {
+					s.err = err
+				} else if err == nil {
+					s.sent += len(b.h.Pages)
+					s.total += int64(b.size)
+				}
+				s.mu.Unlock()
+			}
+		}()
+	}
+	return s
+}
+
+func (s *pageSender) failed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err != nil
+}
+
+func (s *pageSender) add(pi PageInfo, data []byte) {
+	if s.cur == nil {
+		s.cur = &pageBatch{h: pagesHdr{Name: s.name, Owner: s.owner, Epoch: s.epoch}}
+	}
+	s.cur.h.Pages = append(s.cur.h.Pages, pi)
+	s.cur.h.Lens = append(s.cur.h.Lens, len(data))
+	s.cur.payload = append(s.cur.payload, data)
+	s.cur.size += len(data)
+	if s.cur.size >= batchBytes {
+		s.work <- s.cur
+		s.cur = nil
+	}
+}
+
+// finish sends the last batch and waits for every ack.
+func (s *pageSender) finish() (int, int64, error) {
+	if s.cur != nil && !s.failed() {
+		s.work <- s.cur
+	}
+	s.cur = nil
+	close(s.work)
+	s.wg.Wait()
+	return s.sent, s.total, s.err
+}
+
+// sendPages streams the pages a replica lacks (per have) in batches; each
+// batch is stored there before its call returns.
+func (n *Node) sendPages(ctx context.Context, addr, name, owner string, epoch uint64, pages []PageEntry, have map[uint32]PageEntry) (int, int64, error) {
+	ps := n.newPageSender(ctx, addr, name, owner, epoch)
 	var readErr error
 	for p, e := range pages {
-		if e.Gen == 0 && e.CRC == 0 {
+		if (e.Gen == 0 && e.CRC == 0) || have[uint32(p)] == e {
 			continue
 		}
-		if have[uint32(p)] == e {
-			continue
+		if ps.failed() {
+			break
 		}
-		data := cached[uint32(p)]
-		if data == nil {
-			gen, d, err := n.store.ReadPage(ctx, name, uint32(p))
-			if err != nil {
-				readErr = fmt.Errorf("page %d: %w", p, err)
-				break
-			}
-			if gen != e.Gen || Checksum(d) != e.CRC {
-				readErr = fmt.Errorf("%w: local page %d of %q changed under replication", ErrGeneration, p, name)
-				break
-			}
-			data = d
+		data, err := n.readVerified(ctx, name, uint32(p), e)
+		if err != nil {
+			readErr = err
+			break
 		}
-		cur.h.Pages = append(cur.h.Pages, PageInfo{Page: uint32(p), Gen: e.Gen, CRC: e.CRC})
-		cur.h.Lens = append(cur.h.Lens, len(data))
-		cur.payload = append(cur.payload, data)
-		cur.size += len(data)
-		if cur.size >= batchBytes {
-			work <- cur
-			cur = &batch{h: pagesHdr{Name: name, Owner: owner, Epoch: epoch}}
-		}
+		ps.add(PageInfo{Page: uint32(p), Gen: e.Gen, CRC: e.CRC}, data)
 	}
-	if readErr == nil && len(cur.h.Pages) > 0 {
-		work <- cur
-	}
-	close(work)
-	wg.Wait()
+	sent, total, err := ps.finish()
 	if readErr != nil {
 		return sent, total, readErr
 	}
-	return sent, total, firstErr
+	return sent, total, err
 }
 
 // localManifest reads every page of the local copy, verified, with its
@@ -665,7 +851,7 @@ func (n *Node) rereplicate(s *Session) error {
 	var added []string
 	for _, id := range targets {
 		m, _ := n.cat.Member(id)
-		if _, _, err := n.sendPages(ctx, m.PeerAddr, s.Name, s.Owner, s.Epoch, s.Pages, have, nil); err != nil {
+		if _, _, err := n.sendPages(ctx, m.PeerAddr, s.Name, s.Owner, s.Epoch, s.Pages, have); err != nil {
 			return err
 		}
 		if _, err := n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: s.Name, CRC: s.MetaCRC, Owner: s.Owner, Epoch: s.Epoch}, nil, meta); err != nil {

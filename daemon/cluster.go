@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +58,14 @@ type ClusterConfig struct {
 	SnapshotThreshold uint64 `toml:"snapshot_threshold"`
 	// SnapshotInterval is how often the threshold is checked (default 30s).
 	SnapshotInterval Duration `toml:"snapshot_interval"`
+	// ReplicaSync is when a replica acknowledges pages and metadata it
+	// received: "fsync" (default) after they are synced to its disk;
+	// "write" once they are verified and written to its journal (the
+	// kernel's page cache: they survive the death of any process, not the
+	// loss of power of that host), with the sync run in the background
+	// after each session's metadata. The owner's own copy is synced either
+	// way (docs/cluster.md, failure modes).
+	ReplicaSync string `toml:"replica_sync"`
 }
 
 func (c *ClusterConfig) validate() []string {
@@ -79,6 +89,11 @@ func (c *ClusterConfig) validate() []string {
 	}
 	if c.SecretFile == "" {
 		errs = append(errs, "cluster.secret_file is required: members authenticate each other with it")
+	}
+	switch c.ReplicaSync {
+	case "", "fsync", "write":
+	default:
+		errs = append(errs, fmt.Sprintf("cluster.replica_sync %q: use \"fsync\" (default) or \"write\"", c.ReplicaSync))
 	}
 	if n := btoi(c.TLSCert != "") + btoi(c.TLSKey != "") + btoi(c.TLSCA != ""); n != 0 && n != 3 {
 		errs = append(errs, "cluster.tls_cert, tls_key and tls_ca go together")
@@ -106,6 +121,7 @@ type clusterState struct {
 	// deleted holds names whose delete the catalog applied while their local
 	// copy (a replica's) is still being removed: RESUME must not revive it.
 	deleted map[string]bool
+	store   *clusterStore
 }
 
 // openCluster starts Raft and the peer port when [cluster] is configured.
@@ -136,12 +152,13 @@ func (d *Daemon) openCluster() error {
 	}
 	st := &clusterState{pending: map[string]uint64{}, acquired: map[string]uint64{}, deleted: map[string]bool{}}
 	d.cl = st
-	if st.node, err = cluster.Open(cfg, &clusterStore{d: d}); err != nil {
+	st.store = &clusterStore{d: d, writeOnly: cc.ReplicaSync == "write"}
+	if st.node, err = cluster.Open(cfg, st.store); err != nil {
 		d.cl = nil
 		return fmt.Errorf("cluster: %w", err)
 	}
 	d.m.reg.MustRegister(&clusterCollector{d: d})
-	d.log.Info("cluster member started", "node", cc.NodeID, "raft_addr", cc.RaftAddr, "peer_addr", cc.PeerAddr, "replication_factor", cfg.ReplicationFactor)
+	d.log.Info("cluster member started", "node", cc.NodeID, "raft_addr", cc.RaftAddr, "peer_addr", cc.PeerAddr, "replication_factor", cfg.ReplicationFactor, "replica_sync", cmp.Or(cc.ReplicaSync, "fsync"))
 	return nil
 }
 
@@ -168,6 +185,7 @@ func (d *Daemon) closeCluster() {
 		if err := d.cl.node.Close(); err != nil {
 			d.log.Warn("stopping the cluster member", "err", err)
 		}
+		d.cl.store.bg.Wait() // a deferred replica sync, before the store closes
 	}
 }
 
@@ -437,6 +455,15 @@ type clusterStore struct {
 	d    *Daemon
 	mu   sync.Mutex
 	geom map[string]pageGeom
+	// writeOnly: replica_sync = "write" (acknowledge once written, sync in
+	// the background).
+	writeOnly bool
+	bg        sync.WaitGroup
+	syncMu    sync.Mutex
+	syncing   bool // a background sync runs
+	syncAgain bool // and another must follow it
+	// syncErrors counts failed background syncs (metrics).
+	syncErrors atomic.Uint64
 }
 
 type pageGeom struct {
@@ -556,6 +583,9 @@ func (cs *clusterStore) WritePages(ctx context.Context, name string, pages []clu
 	if err := d.store.SSD().PutBatch(ctx, writes); err != nil {
 		return fmt.Errorf("replica pages of %q: %w", name, err)
 	}
+	if cs.writeOnly {
+		return nil // synced after the session's metadata, in the background
+	}
 	return d.store.SSD().Sync()
 }
 
@@ -576,13 +606,47 @@ func (cs *clusterStore) WriteMeta(ctx context.Context, name string, blob []byte)
 	if err := cs.d.store.SSD().PutSessionMeta(ctx, name, id, local); err != nil {
 		return fmt.Errorf("replica metadata of %q: %w", name, err)
 	}
-	if err := cs.d.store.SSD().Sync(); err != nil {
+	if cs.writeOnly {
+		cs.syncLater()
+	} else if err := cs.d.store.SSD().Sync(); err != nil {
 		return err
 	}
 	cs.d.cl.mu.Lock()
 	delete(cs.d.cl.pending, name)
 	cs.d.cl.mu.Unlock()
 	return nil
+}
+
+// syncLater syncs the SSD tier in the background (replica_sync = "write").
+// Calls while one runs coalesce into one more sync after it, so the
+// replica's disk sees one fsync per burst of replication, not one per
+// batch.
+func (cs *clusterStore) syncLater() {
+	cs.syncMu.Lock()
+	defer cs.syncMu.Unlock()
+	if cs.syncing {
+		cs.syncAgain = true
+		return
+	}
+	cs.syncing = true
+	cs.bg.Add(1)
+	go func() {
+		defer cs.bg.Done()
+		for {
+			if err := cs.d.store.SSD().Sync(); err != nil {
+				cs.syncErrors.Add(1)
+				cs.d.log.Error("deferred sync of replicated pages failed: they are in the page cache only; check the disk, then PERSIST the sessions again from their owners", "err", err)
+			}
+			cs.syncMu.Lock()
+			if !cs.syncAgain {
+				cs.syncing = false
+				cs.syncMu.Unlock()
+				return
+			}
+			cs.syncAgain = false
+			cs.syncMu.Unlock()
+		}
+	}()
 }
 
 // Delete implements cluster.Store.
@@ -637,12 +701,13 @@ var (
 	descClRerep     = prometheus.NewDesc("flashmem_cluster_rereplications_total", "Sessions copied to new members after a replica was lost.", nil, nil)
 	descClRefused   = prometheus.NewDesc("flashmem_cluster_refused_connections_total", "Raft or peer connections that failed the shared-secret challenge.", nil, nil)
 	descClCommitLat = prometheus.NewDesc("flashmem_cluster_commit_seconds", "Catalog commit latency over recent commits from this node.", []string{"quantile"}, nil)
+	descClSyncErr   = prometheus.NewDesc("flashmem_cluster_replica_sync_errors_total", "Deferred syncs of replicated pages that failed (replica_sync = \"write\").", nil, nil)
 	descClLag       = prometheus.NewDesc("flashmem_cluster_replication_lag_seconds", "Time the last cluster PERSIST spent replicating and committing.", nil, nil)
 )
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClLeader, descClTerm, descClCommit, descClApplied, descClMembers, descClSessions,
-		descClUnder, descClBytes, descClPulled, descClHeals, descClCRC, descClRerep, descClRefused, descClCommitLat, descClLag} {
+		descClUnder, descClBytes, descClPulled, descClHeals, descClCRC, descClRerep, descClRefused, descClSyncErr, descClCommitLat, descClLag} {
 		ch <- d
 	}
 }
@@ -678,6 +743,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	cnt(descClCRC, m.ChecksumFailures())
 	cnt(descClRerep, m.Rereplications.Load())
 	cnt(descClRefused, m.Refused.Load())
+	cnt(descClSyncErr, c.d.cl.store.syncErrors.Load())
 	lat := m.CommitLatencies()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	for _, q := range []float64{0.5, 0.99} {

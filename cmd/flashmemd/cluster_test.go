@@ -174,6 +174,12 @@ func runCtl(socket string, args ...string) (string, error) {
 // startTestCluster starts three cluster daemons on loopback.
 func startTestCluster(t *testing.T) ([]*clusterProc, []clusterNode) {
 	t.Helper()
+	return startTestClusterExtra(t, "")
+}
+
+// startTestClusterExtra adds lines to every member's [cluster] table.
+func startTestClusterExtra(t *testing.T, extra string) ([]*clusterProc, []clusterNode) {
+	t.Helper()
 	root := t.TempDir()
 	secret := filepath.Join(root, "cluster.secret")
 	if err := os.WriteFile(secret, []byte("integration-test-cluster-secret-0123456789\n"), 0o600); err != nil {
@@ -191,7 +197,7 @@ func startTestCluster(t *testing.T) ([]*clusterProc, []clusterNode) {
 	var wg sync.WaitGroup
 	for i := range nodes {
 		wg.Add(1)
-		go func() { defer wg.Done(); procs[i] = startClusterDaemon(t, nodes[i], boot, secret) }()
+		go func() { defer wg.Done(); procs[i] = startClusterDaemonExtra(t, nodes[i], boot, secret, extra) }()
 	}
 	wg.Wait()
 	return procs, nodes
@@ -411,7 +417,9 @@ func TestClusterSurvivesSIGKILL(t *testing.T) {
 // removes it from the cluster too, live or on SSD only: RESUME on another
 // node must not bring it back from a replica.
 func TestClusterDeleteRemovesEverywhere(t *testing.T) {
-	procs, _ := startTestCluster(t)
+	// Replicas ack once pages are written (the deferred sync runs while
+	// the deletes remove them).
+	procs, _ := startTestClusterExtra(t, "replica_sync = \"write\"\n")
 	if t.Failed() {
 		return
 	}
