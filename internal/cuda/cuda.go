@@ -686,6 +686,10 @@ type Stream struct {
 	// syncEv is Sync's event, made on first use and recorded anew by every Sync.
 	syncMu sync.Mutex
 	syncEv *Event
+	// Recall's helper streams and events for the copy engines (copyEngines in
+	// gather.go), made on first use.
+	fan   []*Stream
+	fanEv []*Event
 }
 
 // NewStream creates a stream that does not synchronise with the legacy default stream.
@@ -771,6 +775,23 @@ func (s *Stream) Sync() error {
 
 // Close destroys the stream (after its pending work, as the driver does).
 func (s *Stream) Close() error {
+	// The helpers first: closing one waits for its copies, which s's later work
+	// was ordered after.
+	var ferr error
+	for _, a := range s.fan {
+		if err := a.Close(); err != nil && ferr == nil {
+			ferr = err
+		}
+	}
+	for _, e := range s.fanEv {
+		if err := e.Close(); err != nil && ferr == nil {
+			ferr = err
+		}
+	}
+	s.fan, s.fanEv = nil, nil
+	if ferr != nil {
+		return ferr
+	}
 	s.syncMu.Lock()
 	var everr error
 	if s.syncEv != nil {

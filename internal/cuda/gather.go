@@ -32,7 +32,7 @@ static CUresult fm_batch_init(void) {
 }
 
 // descs is an array of {src, dst, len} triples (the Go CopyDesc layout).
-static CUresult fm_batch(const uint64_t *descs, size_t n, uint64_t *scratch, int dstDevice, CUstream s) {
+static CUresult fm_batch(const uint64_t *descs, size_t n, uint64_t *scratch, int dstDevice, int order, unsigned flags, CUstream s) {
 	CUdeviceptr *dsts = (CUdeviceptr *)scratch, *srcs = dsts + n;
 	size_t *sizes = (size_t *)(srcs + n);
 	for (size_t i = 0; i < n; i++) {
@@ -42,7 +42,8 @@ static CUresult fm_batch(const uint64_t *descs, size_t n, uint64_t *scratch, int
 	}
 	fm_memcpyAttributes a;
 	memset(&a, 0, sizeof(a));
-	a.srcAccessOrder = 1;
+	a.srcAccessOrder = order;
+	a.flags = flags;
 	a.srcLocHint.type = (CUmemLocationType)2; // CU_MEM_LOCATION_TYPE_HOST (12.x)
 	a.dstLocHint.type = CU_MEM_LOCATION_TYPE_DEVICE;
 	a.dstLocHint.id = dstDevice;
@@ -228,30 +229,118 @@ func (s *Stream) CopyBatch(descs []CopyDesc) error {
 		}
 		scratch := make([]uint64, 3*len(descs))
 		return d.check("cuMemcpyBatchAsync", C.fm_batch((*C.uint64_t)(unsafe.Pointer(&descs[0])), C.size_t(len(descs)),
-			(*C.uint64_t)(unsafe.Pointer(&scratch[0])), C.int(d.ordinal), s.c()))
+			(*C.uint64_t)(unsafe.Pointer(&scratch[0])), C.int(d.ordinal), C.int(batchSrcOrder), C.uint(batchFlags), s.c()))
 	})
 }
 
-// recallBatchMinRow is the mean row size from which Recall prefers the copy engines: on the
-// H100 (2026-11-27, docs/benchmarks.md) cuMemcpyBatchAsync reached 51 GB/s on 1 MiB rows
-// against the gather kernel's 49, but only 31-46 GB/s on 64-256 KiB rows and 22 GB/s on
-// DeepSeek-V4's 37,440-byte rows, where the kernel holds 48-49.
-const recallBatchMinRow = 512 << 10
+// batchSrcOrder and batchFlags are cuMemcpyBatchAsync's attributes (CUmemcpySrcAccessOrder:
+// 1 stream order, 3 any order; flags: 1 prefer overlap with compute), variables so the
+// benchmark can sweep them.
+var batchSrcOrder, batchFlags = 1, 0
+
+// recallBatchMinRow is the mean row size from which Recall prefers the copy engines, and
+// recallStreams how many streams it spreads their rows over. One engine stream pays a
+// fixed cost per row (~0.9 µs) before its next row starts; spread over four streams those
+// costs overlap. On the H200 (2026-12-02, docs/benchmarks.md, TestRecallSweep) four streams
+// moved scattered page-major recalls at 0.94x (256 KiB) and 0.95-0.96x (DeepSeek-V4's
+// 786,240-byte pages, 4 KiB-aligned in the mirror as the daemon's are) of one contiguous
+// copy, against 0.91 for the gather kernel and 0.88 / 0.91-0.94 for one engine stream; at
+// 64 KiB even eight streams (0.91) only match the kernel, which stays below 256 KiB.
+const recallBatchMinRow = 256 << 10
+
+var recallStreams = 4
 
 // Recall copies host-to-device rows (pinned mirror to reserve) by the faster path for
-// their size: one cuMemcpyBatchAsync for large rows where the driver has it, else Gather.
+// their size: for large rows, cuMemcpyBatchAsync calls on recallStreams streams (s and
+// helpers it owns, ordered after the work already on s; work enqueued on s afterwards sees
+// every row) where the driver has it, else Gather.
 func (s *Stream) Recall(descs []CopyDesc) error {
 	var total uint64
 	for _, c := range descs {
 		total += c.Len
 	}
 	if len(descs) > 0 && total/uint64(len(descs)) >= recallBatchMinRow {
-		err := s.CopyBatch(descs)
+		err := s.copyEngines(descs)
 		if !errors.Is(err, ErrUnsupported) {
 			return err
 		}
 	}
 	return s.Gather(descs)
+}
+
+// copyEngines is Recall's copy-engine path: the rows cut into runs of about equal bytes,
+// one cuMemcpyBatchAsync per stream. ErrUnsupported (nothing enqueued) without the call.
+func (s *Stream) copyEngines(descs []CopyDesc) error {
+	n := min(recallStreams, len(descs))
+	if n <= 1 {
+		return s.CopyBatch(descs)
+	}
+	if err := s.fanOut(n - 1); err != nil {
+		return err
+	}
+	// The helpers start after the work already on s (the slots may still be read).
+	if err := s.fanEv[0].Record(s); err != nil {
+		return err
+	}
+	runs := make([][]CopyDesc, 0, n)
+	rest := descs
+	for i := range n {
+		k := len(rest)
+		if i < n-1 {
+			k = min(len(rest), max(1, splitAt(rest, 1/float64(n-i))))
+		}
+		runs = append(runs, rest[:k])
+		rest = rest[k:]
+	}
+	// s's own run first: a driver without the call fails it before a helper waits.
+	if err := s.CopyBatch(runs[0]); err != nil {
+		return err
+	}
+	var joined []int
+	var ferr error
+	for i, run := range runs[1:] {
+		if len(run) == 0 {
+			continue
+		}
+		a := s.fan[i]
+		if ferr = a.WaitEvent(s.fanEv[0]); ferr != nil {
+			break
+		}
+		if ferr = a.CopyBatch(run); ferr != nil {
+			break
+		}
+		if ferr = s.fanEv[i+1].Record(a); ferr != nil {
+			break
+		}
+		joined = append(joined, i+1)
+	}
+	for _, j := range joined {
+		if err := s.WaitEvent(s.fanEv[j]); err != nil && ferr == nil {
+			ferr = err
+		}
+	}
+	return ferr
+}
+
+// fanOut makes sure s owns at least n helper streams and n+1 events for copyEngines.
+// Recall runs on one goroutine per stream at a time (the tiers region's lock), as every
+// Stream method does.
+func (s *Stream) fanOut(n int) error {
+	for len(s.fan) < n {
+		a, err := s.dev.NewStream()
+		if err != nil {
+			return err
+		}
+		s.fan = append(s.fan, a)
+	}
+	for len(s.fanEv) < n+1 {
+		e, err := s.dev.NewEvent(false)
+		if err != nil {
+			return err
+		}
+		s.fanEv = append(s.fanEv, e)
+	}
+	return nil
 }
 
 // WaitEvent makes work enqueued on s after this call wait for e's recorded work (no host

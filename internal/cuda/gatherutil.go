@@ -42,3 +42,20 @@ func allAligned(descs []CopyDesc, align uint64) bool {
 	}
 	return true
 }
+
+// splitAt returns how many leading descriptors make up about share of descs' bytes.
+func splitAt(descs []CopyDesc, share float64) int {
+	var total uint64
+	for _, c := range descs {
+		total += c.Len
+	}
+	want := uint64(share * float64(total))
+	var acc uint64
+	for i, c := range descs {
+		if acc >= want {
+			return i
+		}
+		acc += c.Len
+	}
+	return len(descs)
+}

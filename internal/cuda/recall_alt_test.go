@@ -11,23 +11,6 @@ import (
 // daemon: each lost to the gather kernel alone on the H100 (docs/benchmarks.md, "CUDA
 // path, second session"). They stay with the benchmark so the comparison can be re-run.
 
-// splitAt returns how many leading descriptors make up about share of descs' bytes.
-func splitAt(descs []CopyDesc, share float64) int {
-	var total uint64
-	for _, c := range descs {
-		total += c.Len
-	}
-	want := uint64(share * float64(total))
-	var acc uint64
-	for i, c := range descs {
-		if acc >= want {
-			return i
-		}
-		acc += c.Len
-	}
-	return len(descs)
-}
-
 // RecallSplit copies host-to-device rows with the copy engines and the SMs at once: about
 // engineShare of the bytes (the leading descriptors) go through cuMemcpyBatchAsync on aux,
 // the rest through the gather kernel on s, and s waits (on the device) for aux, so work
