@@ -525,6 +525,47 @@ func TestScoreFindsNeedleAndChain(t *testing.T) {
 	}
 }
 
+// TestScoreFollowsTwoWordNames: a chain whose names are ordinary words that
+// recur in the context ("Locker 12", "Row 41") is followed through the
+// two-word names, and nothing that shares only one word of a name is kept.
+func TestScoreFollowsTwoWordNames(t *testing.T) {
+	m := newTestModel(t)
+	insert := map[int]string{300: "Locker 41 was packed with the parcel number 5521.", 900: "Whatever sat in Locker 41 was moved into Drawer 17.", 1500: "Whatever sat in Drawer 17 was moved into Cabinet 63.", 1750: "Shelf 88 holds the parcel number 7304."}
+	for i, s := range []string{"Locker 12 stayed shut.", "Locker 55 stayed shut.", "Locker 70 stayed shut.", "Drawer 33 stayed shut.", "Drawer 48 stayed shut.", "Drawer 90 stayed shut.",
+		"Row 41 and row 17 were empty.", "Seat 41 and seat 17 were empty.", "Gate 41 and gate 17 were empty.", "Page 41 and page 17 were empty."} {
+		insert[100+170*i] = s
+	}
+	text := haystack(2000, insert)
+	toks := Tokenize(text)
+	keys := m.AppendChunkKeys(nil, toks)
+	out := make([]float32, NumChunks(len(toks)))
+	q := m.NewQuery(Tokenize("Where has the parcel number 5521 been kept?"), nil, Lexical)
+	kept := func(s string) bool {
+		f, l := chunksOf(text, s, toks)
+		for ch := f; ch <= l; ch++ {
+			if out[ch] > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	for _, hops := range []int{0, DefaultHops} {
+		if err := m.ScoreWith(q, keys, out, ScoreOptions{Hops: hops}); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []string{"Whatever sat in Locker 41 was moved into Drawer 17.", "Whatever sat in Drawer 17 was moved into Cabinet 63."} {
+			if got := kept(s); got != (hops > 0) {
+				t.Errorf("hops %d: link %q kept %v", hops, s, got)
+			}
+		}
+		for _, s := range []string{"Shelf 88 holds the parcel number 7304.", "Locker 55 stayed shut.", "Drawer 48 stayed shut.", "Gate 41 and gate 17 were empty."} {
+			if kept(s) {
+				t.Errorf("hops %d: unrelated %q kept", hops, s)
+			}
+		}
+	}
+}
+
 func TestDefaultConfigValid(t *testing.T) {
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)

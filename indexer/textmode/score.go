@@ -34,6 +34,18 @@ const (
 	// prfMaxSeeds and prfMaxTerms bound the work of one round.
 	prfMaxSeeds = 512
 	prfMaxTerms = 256
+	// A two-word name ("Crate 78") is followed when neither word is
+	// specific alone but the pair is: it occurs at least twice, at most as
+	// often as a specific term, and prfBigramLift times more often than its
+	// words' frequencies predict (count·chunks ≥ lift·occ(a)·occ(b): "or
+	// may" is frequent because "or" and "may" are, "Crate 78" is not), and
+	// each word also occurs without the other: a pair whose word never
+	// occurs apart is that word ("philosophe|rs", one word in two pieces),
+	// which the single-word rule has judged already.
+	// Occurrences within prfBigramNear chunks of where it was seen are not
+	// lit: a phrase a passage repeats is its topic, not a link elsewhere.
+	prfBigramLift = 150
+	prfBigramNear = 32
 	// prfLogit is the logit given to chunks found by relevance feedback: just
 	// above the keep threshold, below any chunk the query matches directly.
 	prfLogit = 0.5
@@ -255,8 +267,10 @@ func dilate(out []float32) {
 // times in the context (n/16384 in a context of n chunks if that is more: 8
 // at 512K tokens), and it is a name, a code or an identifier: a word the
 // training corpus never saw, or saw rarely (IDF ≥ prfMinIDFKnown: "Ingrid",
-// "Basket"), not an ordinary word a context happens to repeat little. This
-// runs in every mode: the dense signal's kept chunks seed it as well.
+// "Basket"), not an ordinary word a context happens to repeat little. Two
+// adjacent words that are not specific alone are followed as a pair when the
+// pair is ("Crate 78": see prfBigramLift). This runs in every mode: the dense
+// signal's kept chunks seed it as well.
 //
 // A term is tracked as (bucket, novel): a novel term and a training word that
 // share a 16-bit bucket are different words, and a bucket shared by several
@@ -276,29 +290,58 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 			}
 		}
 	}
+	if len(seeds) == 0 {
+		return
+	}
 	nb := m.cfg.Buckets
 	// Bit sets over 2·Buckets: index b for training words, Buckets+b for novel ones.
 	used := make([]uint64, (2*nb+63)/64)
+	inQuery := make([]uint64, len(used))
 	for _, b := range q.terms {
 		used[int(b)>>6] |= 1 << (b & 63)
 		i := nb + int(b)
 		used[i>>6] |= 1 << (i & 63)
 	}
-	termIdx := func(terms []byte, i int, novel uint32) int {
-		b := int(termAt(terms, i))
-		if b >= nb {
-			return -1
-		}
-		if novel&(1<<i) != 0 {
-			return nb + b
-		}
-		return b
-	}
+	copy(inQuery, used)
 	has := func(set []uint64, t int) bool { return set[t>>6]&(1<<(t&63)) != 0 }
+	// core returns a chunk's own terms as term indices, in text order.
+	core := func(dst []int, c int) []int {
+		key := keys[c*kb : (c+1)*kb]
+		terms, ncore, _ := m.keyTerms(key)
+		novel := m.keyNovel(key)
+		dst = dst[:0]
+		for i := range ncore {
+			b := int(termAt(terms, i))
+			if b >= nb {
+				continue
+			}
+			if novel&(1<<i) != 0 {
+				b += nb
+			}
+			dst = append(dst, b)
+		}
+		return dst
+	}
+	// Occurrences of every term as a chunk's own term, counted once.
+	occ := make([]int32, 2*nb)
+	{
+		var ts []int
+		for c := range n {
+			ts = core(ts, c)
+			for _, t := range ts {
+				occ[t]++
+			}
+		}
+	}
 	// A longer context mentions a name more often and it is still specific:
 	// at most prfMaxOccur times, or one per prfOccurChunks chunks if that is
 	// more (8 at 512K tokens).
-	maxOccur := max(prfMaxOccur, n/prfOccurChunks)
+	maxOccur := int32(max(prfMaxOccur, n/prfOccurChunks))
+	specific := func(t int) bool {
+		return occ[t] <= maxOccur && (t >= nb || m.idf[t] >= prfMinIDFKnown)
+	}
+	usedBi := map[uint64]bool{}
+	var ts, ts2 []int
 	for range hops {
 		if len(seeds) == 0 {
 			return
@@ -317,71 +360,128 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 			seeds = seeds[:prfMaxSeeds]
 			slices.Sort(seeds)
 		}
-		cand := map[int]int{}
-		var order []int
-		for _, c := range seeds {
-			key := keys[c*kb : (c+1)*kb]
-			terms, ncore, _ := m.keyTerms(key)
-			novel := m.keyNovel(key)
-			for i := range ncore {
-				t := termIdx(terms, i, novel)
-				if t < 0 || has(used, t) {
-					continue
-				}
-				if _, ok := cand[t]; !ok && len(order) < prfMaxTerms {
-					cand[t] = 0
-					order = append(order, t)
-				}
-			}
-		}
-		if len(order) == 0 {
-			return
-		}
-		// Occurrences: chunks holding the term as their own term. A bit set
-		// in front of the map keeps the pass over every key cheap.
-		inCand := make([]uint64, len(used))
-		for _, t := range order {
-			inCand[t>>6] |= 1 << (t & 63)
-		}
-		for c := range n {
-			key := keys[c*kb : (c+1)*kb]
-			terms, ncore, _ := m.keyTerms(key)
-			novel := m.keyNovel(key)
-			for i := range ncore {
-				if t := termIdx(terms, i, novel); t >= 0 && has(inCand, t) {
-					cand[t]++
-				}
-			}
-		}
 		spec := make([]uint64, len(used))
 		found := false
-		for _, t := range order {
-			used[t>>6] |= 1 << (t & 63)
-			df := cand[t]
-			if df <= maxOccur && (t >= nb || m.idf[t] >= prfMinIDFKnown) {
-				spec[t>>6] |= 1 << (t & 63)
-				found = true
+		nterms := 0
+		// Two-word names ("Crate 78", "Birch Ledger"): adjacent own terms
+		// of a seed chunk (or the last of one and the first of the next),
+		// neither specific alone, both outside the query.
+		var bis []uint64
+		biFirst := make([]uint64, len(used))
+		for _, c := range seeds {
+			ts = core(ts, c)
+			for _, t := range ts {
+				if has(used, t) || nterms >= prfMaxTerms {
+					continue
+				}
+				used[t>>6] |= 1 << (t & 63)
+				nterms++
+				if specific(t) {
+					spec[t>>6] |= 1 << (t & 63)
+					found = true
+				}
+			}
+			pair := ts
+			if c+1 < n {
+				ts2 = core(ts2, c+1)
+				if len(ts2) > 0 {
+					pair = append(ts2[:0:0], ts...)
+					pair = append(pair, ts2[0])
+				}
+			}
+			for i := 0; i+1 < len(pair); i++ {
+				a, b := pair[i], pair[i+1]
+				if a == b || has(inQuery, a) || has(inQuery, b) || specific(a) || specific(b) {
+					continue
+				}
+				k := uint64(a)<<32 | uint64(b)
+				if usedBi[k] || len(bis) >= prfMaxTerms {
+					continue
+				}
+				usedBi[k] = true
+				bis = append(bis, k)
+				biFirst[a>>6] |= 1 << (a & 63)
 			}
 		}
-		if !found {
-			return
+		// Occurrences of the candidate bigrams and where they are.
+		var biHits map[uint64][]int
+		if len(bis) > 0 {
+			biHits = make(map[uint64][]int, len(bis))
+			for _, k := range bis {
+				biHits[k] = nil
+			}
+			prevLast := -1
+			for c := range n {
+				ts = core(ts, c)
+				if prevLast >= 0 && len(ts) > 0 && has(biFirst, prevLast) {
+					k := uint64(prevLast)<<32 | uint64(ts[0])
+					if h, ok := biHits[k]; ok && len(h) <= 2*int(maxOccur)+2 {
+						biHits[k] = append(h, c-1, c)
+					}
+				}
+				for i := 0; i+1 < len(ts); i++ {
+					if !has(biFirst, ts[i]) {
+						continue
+					}
+					k := uint64(ts[i])<<32 | uint64(ts[i+1])
+					if h, ok := biHits[k]; ok && len(h) <= 2*int(maxOccur)+2 {
+						biHits[k] = append(h, c, c)
+					}
+				}
+				prevLast = -1
+				if len(ts) > 0 {
+					prevLast = ts[len(ts)-1]
+				}
+			}
 		}
 		hit := make([]bool, n)
-		for c := range n {
-			if out[c] > 0 {
+		isSeed := make([]bool, n)
+		for _, c := range seeds {
+			isSeed[c] = true
+		}
+		for _, k := range bis {
+			h := biHits[k]
+			cnt := int32(len(h) / 2)
+			a, b := int(k>>32), int(k&0xffffffff)
+			if cnt < 2 || cnt > maxOccur || float64(cnt)*float64(n) < prfBigramLift*float64(occ[a])*float64(occ[b]) || occ[a] <= cnt || occ[b] <= cnt {
 				continue
 			}
-			key := keys[c*kb : (c+1)*kb]
-			terms, ncore, _ := m.keyTerms(key)
-			novel := m.keyNovel(key)
-			// Only chunks holding the term themselves (not in their window):
-			// a page reached by feedback then counts one or two chunks above
-			// threshold, below pages the query matches directly, above pages
-			// nothing matches.
-			for i := range ncore {
-				if t := termIdx(terms, i, novel); t >= 0 && has(spec, t) {
-					hit[c] = true
-					break
+			// Only occurrences far from where the bigram was seen: a phrase
+			// a passage repeats is a topic, and lighting its neighbourhood
+			// reaches nothing a page or its neighbours do not hold already.
+			for i := 0; i < len(h); i += 2 {
+				far := true
+				for j := 0; j < len(h); j += 2 {
+					if (isSeed[h[j]] || isSeed[h[j+1]]) && absInt(h[i]-h[j]) <= prfBigramNear {
+						far = false
+						break
+					}
+				}
+				if !far {
+					continue
+				}
+				for _, c := range h[i : i+2] {
+					if out[c] <= 0 {
+						hit[c] = true
+					}
+				}
+			}
+		}
+		if found {
+			for c := range n {
+				if out[c] > 0 || hit[c] {
+					continue
+				}
+				// Only chunks holding the term themselves (not in their
+				// window): a page reached by feedback then counts one or two
+				// chunks above threshold, below pages the query matches
+				// directly, above pages nothing matches.
+				ts = core(ts, c)
+				for _, t := range ts {
+					if has(spec, t) {
+						hit[c] = true
+						break
+					}
 				}
 			}
 		}
@@ -422,4 +522,11 @@ func splitRange(n, parts int) [][2]int {
 		r = append(r, [2]int{lo, min(lo+per, n)})
 	}
 	return r
+}
+
+func absInt(x int) int {
+	if x < 0 {
+		return -x
+	}
+	return x
 }
