@@ -132,6 +132,14 @@ func (c *conn) serve() {
 				log.Debug("closing connection", "reason", why)
 				return
 			}
+			if errors.Is(err, proto.ErrTruncated) && !errors.Is(err, net.ErrClosed) {
+				// End of file inside a frame (the peer shut its write side
+				// mid-frame): the stream is lost, and a peer still reading
+				// learns why, as protocol.md section 4 promises.
+				goodbye = proto.CodeBadFrame.Errorf("the connection ended in the middle of a frame (%v); send each frame whole", err)
+				log.Debug("closing connection", "reason", goodbye)
+				return
+			}
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return
 			}

@@ -1,0 +1,65 @@
+package daemon
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/flashmemory/flashmemory/proto"
+)
+
+// Regression tests for places where the daemon disagreed with
+// docs/protocol.md, found by a client written from the document alone.
+
+// A frame cut short by end of file (the peer shut its write side after part
+// of a header or body) is check 1 or 7 of protocol.md section 4: the daemon
+// answers BAD_FRAME as a connection-level frame (id 0, op 0) and closes,
+// instead of closing silently.
+func TestTruncatedFrameAtEOFGetsBadFrame(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	ping := make([]byte, proto.HeaderSize+6)
+	proto.PutHeader(ping, proto.Header{Version: 1, Op: proto.OpPing, ID: 9, BodyLen: 6, CRC: proto.Checksum([]byte("abcdef"))})
+	copy(ping[proto.HeaderSize:], "abcdef")
+	for _, tc := range []struct {
+		name  string
+		hello bool
+		cut   int
+	}{
+		{"header before HELLO", false, 10},
+		{"header after HELLO", true, 10},
+		{"body after HELLO", true, proto.HeaderSize + 3},
+		{"body before HELLO", false, proto.HeaderSize + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: rd.d.Addr(), Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer uc.Close()
+			_ = uc.SetDeadline(time.Now().Add(10 * time.Second))
+			if tc.hello {
+				rawCall(t, uc, 1, proto.OpHello, &proto.Hello{MinVersion: 1, MaxVersion: 1, ClientName: "x"}, nil)
+			}
+			if _, err := uc.Write(ping[:tc.cut]); err != nil {
+				t.Fatal(err)
+			}
+			if err := uc.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			f, err := proto.ReadFrame(uc, 0)
+			if err != nil {
+				t.Fatalf("want a BAD_FRAME frame, got %v", err)
+			}
+			var e proto.ErrorBody
+			if !f.IsError() || e.Decode(f.Body) != nil || e.Code != proto.CodeBadFrame || f.ID != 0 || f.Op != 0 {
+				t.Fatalf("got flags %#x id %d op %v code %v %q; want BAD_FRAME, id 0, op 0", f.Flags, f.ID, f.Op, e.Code, e.Msg)
+			}
+			if _, err := proto.ReadFrame(uc, 0); err != io.EOF {
+				t.Fatalf("after the BAD_FRAME frame: %v, want EOF", err)
+			}
+		})
+	}
+}
