@@ -146,6 +146,7 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 			GCInterval:   time.Duration(cfg.SSD.GCInterval),
 			MinFreeBytes: cfg.SSD.MinFreeBytes,
 			ReadMode:     cfg.SSD.ReadMode, ReadQueueDepth: cfg.SSD.ReadQueueDepth,
+			MergeMeta: mergeMeta,
 		},
 		Logger: d.log.With("tier", "store"),
 	})

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -47,12 +48,13 @@ func Fsck(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	}
 	dir := filepath.Join(cfg.DataDir, "ssd")
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ssd, err := tiers.OpenSSD(tiers.SSDConfig{Dir: dir, GCInterval: -1, MinFreeBytes: cfg.SSD.MinFreeBytes, Logger: log})
+	ssd, err := tiers.OpenSSD(tiers.SSDConfig{Dir: dir, GCInterval: -1, MinFreeBytes: cfg.SSD.MinFreeBytes, Logger: log, MergeMeta: mergeMeta})
 	if err != nil {
 		fmt.Fprintf(stderr, "flashmemd fsck: %v\n", err)
 		return 2
 	}
 	bad, verr := ssd.VerifyAll()
+	metaBad := verifyMetas(ssd)
 	rep := ssd.Recovery()
 	if cerr := ssd.Close(); verr == nil {
 		verr = cerr
@@ -82,13 +84,46 @@ func Fsck(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	if len(rep.DamagedSessions) > 0 {
 		fmt.Fprintf(stdout, "sessions named by damaged records: %v\n", rep.DamagedSessions)
 	}
+	fmt.Fprintf(stdout, "session metadata:    %d read whole, %d older than written\n", rep.Metas-len(metaBad), len(metaBad))
+	for _, m := range metaBad {
+		fmt.Fprintf(stdout, "  %s\n", m)
+	}
 	fmt.Fprintf(stdout, "took:                %v\n", rep.Took)
 	if verr != nil {
 		fmt.Fprintf(stderr, "flashmemd fsck: %v\n", verr)
 		return 2
 	}
-	if rep.Damaged > 0 || len(bad) > 0 {
+	if rep.Damaged > 0 || len(bad) > 0 || len(metaBad) > 0 {
 		return 1
 	}
 	return 0
+}
+
+// verifyMetas reads and merges every metadata chain: what a RESUME would
+// get, and whether that is older than what was written (a damaged record
+// the read fell back from) or unreadable.
+func verifyMetas(ssd *tiers.SSD) []string {
+	ctx := context.Background()
+	names, err := ssd.ListMeta(ctx)
+	if err != nil {
+		return []string{fmt.Sprintf("listing metadata: %v", err)}
+	}
+	var out []string
+	for _, n := range names {
+		c, err := ssd.ReadMetaChain(ctx, n)
+		if err == nil && c.Damaged != nil {
+			err = c.Damaged
+		}
+		if err == nil {
+			var blob []byte
+			var used int
+			if blob, used, err = mergeMeta(c.Base, c.Deltas); err == nil && used == len(c.Deltas) {
+				_, _, err = decodeMeta(blob)
+			}
+		}
+		if err != nil {
+			out = append(out, fmt.Sprintf("session %q: %v (a RESUME gets the last intact state; its next PERSIST writes it whole)", n, err))
+		}
+	}
+	return out
 }

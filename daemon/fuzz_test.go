@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flashmemory/flashmemory/indexer"
 	"github.com/flashmemory/flashmemory/proto"
 )
 
@@ -109,5 +111,77 @@ func FuzzAdmission(f *testing.F) {
 			t.Fatalf("daemon stopped serving: %v", err)
 		}
 		c.Close()
+	})
+}
+
+// A metadata delta comes back from disk too, applied to the full record
+// before it: an arbitrary delta must be refused (the state before it kept)
+// or yield a blob that decodes, never panic.
+func FuzzMergeMeta(f *testing.F) {
+	l := proto.DeepSeekV4Layout(64)
+	l.ChunksPerPage, l.KeyBytes, l.TargetLayers = 8, 32, 2
+	m, err := indexer.RandomModel(1, indexer.ModelConfig{Layers: []int{2, 4}, Hidden: 8, QLoraRank: 4, Heads: 2, HeadDim: 16, RopeDim: 8})
+	if err != nil {
+		f.Fatal(err)
+	}
+	p := indexer.DefaultPolicy()
+	p.FirstKeep, p.LastKeep, p.KMax, p.ChunksPerPage = 4, 4, 2, 8
+	req, err := indexer.NewRequest(m, p)
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := req.AppendKeys(0, m.RandomKeys(1, 10)); err != nil {
+		f.Fatal(err)
+	}
+	state, err := req.MarshalBinary()
+	if err != nil {
+		f.Fatal(err)
+	}
+	meta := &sessionMeta{ID: 3, Name: "s", Model: "demo", Layout: l, Chunks: 10, Gens: []uint64{1, 2}}
+	base, err := encodeMeta(meta, state)
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := req.AppendKeys(10, m.RandomKeys(2, 9)); err != nil {
+		f.Fatal(err)
+	}
+	ds, err := req.MarshalDelta(10)
+	if err != nil {
+		f.Fatal(err)
+	}
+	next := *meta
+	next.Chunks, next.Gens = 19, []uint64{1, 3, 1}
+	good, err := encodeSessionDeltaFor(&next, meta.Gens, ds)
+	if err != nil {
+		f.Fatal(err)
+	}
+	if blob, used, err := mergeMeta(base, [][]byte{good}); err != nil || used != 1 {
+		f.Fatalf("valid delta: used %d: %v", used, err)
+	} else if got, _, err := decodeMeta(blob); err != nil || got.Chunks != 19 || len(got.Gens) != 3 || got.Gens[1] != 3 {
+		f.Fatalf("merged: %+v %v", got, err)
+	}
+	f.Add(good)
+	f.Add(good[:len(good)/2])
+	f.Add([]byte("FMD1"))
+	f.Add([]byte("FMD1\x02\x00\x00\x00{}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		blob, used, err := mergeMeta(base, [][]byte{b})
+		if blob == nil {
+			t.Fatalf("a valid base gave no blob: %v", err)
+		}
+		if used == 0 {
+			if err == nil {
+				t.Fatal("delta not applied and no reason given")
+			}
+			if !bytes.Equal(blob, base) {
+				if _, _, err := decodeMeta(blob); err != nil {
+					t.Fatal("refused delta changed the state")
+				}
+			}
+			return
+		}
+		if _, _, err := decodeMeta(blob); err != nil {
+			t.Fatalf("merged blob does not decode: %v", err)
+		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/flashmemory/flashmemory/indexer"
@@ -81,32 +82,215 @@ func decodeMeta(b []byte) (*sessionMeta, []byte, error) {
 	return &m, rest[n:], nil
 }
 
-// writeMetaLocked stores s's metadata and indexer state; s.mu is held.
+// metaDeltaMagic starts a metadata delta: what changed since the record it
+// follows in the store's chain (tiers.SSD.PutMetaDelta). Layout: magic, JSON
+// length (u32 LE), JSON (metaDelta), then the indexer's delta
+// (indexer.Request.MarshalDelta).
+var metaDeltaMagic = []byte("FMD1")
+
+// metaDelta is a session's metadata as of a PERSIST, less the generations
+// that did not change: the small fields whole, the generations as the
+// page count and the (page, generation) pairs that changed.
+type metaDelta struct {
+	sessionMeta
+	GensLen uint64      `json:"gens_len"`
+	GenSet  [][2]uint64 `json:"gen_set,omitempty"`
+}
+
+// metaFullEvery bounds the chain: a full record is written again once the
+// deltas after it would pass this fraction of it, so a read merges at most
+// about 1.5× the state's size and the chain's garbage stays bounded.
+const metaFullEvery = 0.5
+
+// metaSaved is what a session's newest metadata record in the store holds:
+// the next PERSIST writes only what changed since.
+type metaSaved struct {
+	pos    tiers.MetaPos
+	chunks uint64
+	gens   []uint64
+}
+
+func encodeMetaDelta(m *metaDelta, state []byte) ([]byte, error) {
+	js, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(metaDeltaMagic)+4+len(js)+len(state))
+	out = append(out, metaDeltaMagic...)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(js)))
+	out = append(out, js...)
+	return append(out, state...), nil
+}
+
+// decodeMetaDelta verifies a delta's own fields; whether it applies to a
+// state is mergeMeta's check.
+func decodeMetaDelta(b []byte) (*metaDelta, []byte, error) {
+	if len(b) < len(metaDeltaMagic)+4 || !bytes.Equal(b[:len(metaDeltaMagic)], metaDeltaMagic) {
+		return nil, nil, fmt.Errorf("%w: no %q header", ErrBadMeta, metaDeltaMagic)
+	}
+	n := uint64(binary.LittleEndian.Uint32(b[len(metaDeltaMagic):]))
+	rest := b[len(metaDeltaMagic)+4:]
+	if n > uint64(len(rest)) {
+		return nil, nil, fmt.Errorf("%w: delta JSON length %d past the end (%d B)", ErrBadMeta, n, len(rest))
+	}
+	var m metaDelta
+	if err := json.Unmarshal(rest[:n], &m); err != nil {
+		return nil, nil, fmt.Errorf("%w: delta: %v", ErrBadMeta, err)
+	}
+	if err := m.Layout.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("%w: delta layout: %v", ErrBadMeta, err)
+	}
+	cpp := uint64(m.Layout.ChunksPerPage)
+	need := m.Chunks / cpp
+	if m.Chunks%cpp != 0 {
+		need++
+	}
+	if m.GensLen < need || m.GensLen > need+maxUncountedPages {
+		return nil, nil, fmt.Errorf("%w: delta: %d generations for %d chunks", ErrBadMeta, m.GensLen, m.Chunks)
+	}
+	if uint64(len(m.GenSet)) > m.GensLen {
+		return nil, nil, fmt.Errorf("%w: delta: %d generations changed of %d", ErrBadMeta, len(m.GenSet), m.GensLen)
+	}
+	for _, g := range m.GenSet {
+		if g[0] >= m.GensLen {
+			return nil, nil, fmt.Errorf("%w: delta: generation of page %d past %d pages", ErrBadMeta, g[0], m.GensLen)
+		}
+	}
+	return &m, rest[n:], nil
+}
+
+// mergeMeta is the store's MergeMeta: a full blob (encodeMeta) with the
+// deltas after it applied, as encodeMeta would have written the state they
+// describe. It stops at the first delta that does not decode or apply (the
+// blob is then the state before it).
+func mergeMeta(base []byte, deltas [][]byte) ([]byte, int, error) {
+	m, state, err := decodeMeta(base)
+	if err != nil {
+		return nil, 0, err
+	}
+	var stop error
+	ds := make([]*metaDelta, 0, len(deltas))
+	states := make([][]byte, 0, len(deltas))
+	for i, raw := range deltas {
+		d, st, err := decodeMetaDelta(raw)
+		if err == nil && (d.ID != m.ID || d.Name != m.Name || !reflect.DeepEqual(d.Layout, m.Layout)) {
+			err = fmt.Errorf("%w: delta for session %d %q, the record before it is %d %q", ErrBadMeta, d.ID, d.Name, m.ID, m.Name)
+		}
+		if err != nil {
+			stop = fmt.Errorf("delta %d: %w", i, err)
+			break
+		}
+		ds, states = append(ds, d), append(states, st)
+	}
+	merged, used, err := indexer.MergeState(state, states...)
+	if merged == nil {
+		return nil, 0, fmt.Errorf("%w: indexer state: %w", ErrBadMeta, err)
+	}
+	if used < len(states) {
+		stop = fmt.Errorf("delta %d: indexer state: %w", used, err)
+	}
+	gens := m.Gens
+	for _, d := range ds[:used] {
+		g := make([]uint64, d.GensLen)
+		copy(g, gens)
+		for _, c := range d.GenSet {
+			g[c[0]] = c[1]
+		}
+		gens = g
+		*m = d.sessionMeta
+	}
+	m.Gens = gens
+	blob, err := encodeMeta(m, merged)
+	if err != nil {
+		return nil, 0, err
+	}
+	if _, _, err := decodeMeta(blob); err != nil {
+		// Each delta verified alone, but not what they add up to.
+		return base, 0, fmt.Errorf("merged deltas: %w", err)
+	}
+	return blob, used, stop
+}
+
+// writeMetaLocked stores s's metadata and indexer state; s.mu is held. It
+// writes a delta of what changed since the session's newest record in the
+// store when there is one and the chain is short, else a full record.
 func (d *Daemon) writeMetaLocked(ctx context.Context, s *session) error {
 	if err := d.clusterOwns(s); err != nil {
 		return err // a stale owner's metadata must not overwrite the cluster's
-	}
-	state, err := s.req.MarshalBinary()
-	if err != nil {
-		return fmt.Errorf("session %d indexer state: %w", s.id, err)
 	}
 	// Every generation the store has seen, also of pages an APPEND wrote
 	// before failing (its chunks uncounted): the next write to such a page
 	// must continue from the generation the store holds.
 	gens := make([]uint64, max(int(s.pages()), len(s.gens)))
 	copy(gens, s.gens)
-	blob, err := encodeMeta(&sessionMeta{
+	meta := &sessionMeta{
 		ID: s.id, Name: s.name, Model: s.model, OwnerUID: s.owner.UID, OwnerGID: s.owner.GID,
 		Layout: s.layout, Policy: s.policy, Chunks: s.chunks, Gens: gens, Cycles: s.cycles, Saved: time.Now(),
 		Device: wantedDevice(s.want),
-	}, state)
-	if err != nil {
+	}
+	ssd := d.store.SSD()
+	saved := s.meta
+	s.meta = metaSaved{} // until this write is known to be durable
+	var pos tiers.MetaPos
+	written := false
+	if saved.pos.Seq != 0 {
+		blob, err := encodeSessionDelta(s, meta, saved)
+		if err != nil {
+			return fmt.Errorf("session %d indexer state: %w", s.id, err)
+		}
+		if float64(saved.pos.DeltaBytes+int64(len(blob))) <= metaFullEvery*float64(saved.pos.BaseBytes) {
+			pos, err = ssd.PutMetaDelta(ctx, s.name, s.id, saved.pos.Seq, blob)
+			switch {
+			case err == nil:
+				written = true
+			case !errors.Is(err, tiers.ErrStale):
+				return fmt.Errorf("session %q metadata: %w", s.name, err)
+			}
+			// ErrStale: another record (a cluster copy, a deletion) came
+			// after the one the delta would follow: a full record.
+		}
+	}
+	if !written {
+		state, err := s.req.MarshalBinary()
+		if err != nil {
+			return fmt.Errorf("session %d indexer state: %w", s.id, err)
+		}
+		blob, err := encodeMeta(meta, state)
+		if err != nil {
+			return err
+		}
+		if pos, err = ssd.PutMetaBase(ctx, s.name, s.id, blob); err != nil {
+			return fmt.Errorf("session %q metadata: %w", s.name, err)
+		}
+	}
+	if err := ssd.Sync(); err != nil {
 		return err
 	}
-	if err := d.store.SSD().PutSessionMeta(ctx, s.name, s.id, blob); err != nil {
-		return fmt.Errorf("session %q metadata: %w", s.name, err)
+	s.meta = metaSaved{pos: pos, chunks: s.chunks, gens: gens}
+	return nil
+}
+
+// encodeSessionDelta is the delta from what saved holds to meta and s's
+// indexer state.
+func encodeSessionDelta(s *session, meta *sessionMeta, saved metaSaved) ([]byte, error) {
+	state, err := s.req.MarshalDelta(min(int(saved.chunks), s.req.Len()))
+	if err != nil {
+		return nil, err
 	}
-	return d.store.SSD().Sync()
+	return encodeSessionDeltaFor(meta, saved.gens, state)
+}
+
+// encodeSessionDeltaFor is the delta to meta from a record whose
+// generations were old, with the indexer's delta state.
+func encodeSessionDeltaFor(meta *sessionMeta, old []uint64, state []byte) ([]byte, error) {
+	dm := &metaDelta{sessionMeta: *meta, GensLen: uint64(len(meta.Gens))}
+	dm.Gens = nil
+	for p, g := range meta.Gens {
+		if p >= len(old) || old[p] != g {
+			dm.GenSet = append(dm.GenSet, [2]uint64{uint64(p), g})
+		}
+	}
+	return encodeMetaDelta(dm, state)
 }
 
 // restoreIDs runs at start: session ids continue above every id the store
@@ -281,7 +465,7 @@ func (c *conn) resume(m *proto.Resume) (proto.Message, []int, error) {
 // loadSession rebuilds a persisted session from its SSD metadata.
 func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
 	ctx := context.Background()
-	blob, err := d.store.SSD().GetMeta(ctx, name)
+	blob, pos, err := d.store.SSD().GetMetaPos(ctx, name)
 	if err != nil {
 		if errors.Is(err, tiers.ErrNotFound) {
 			return nil, proto.CodeUnknownSession.Errorf("no session named %q", name)
@@ -324,6 +508,7 @@ func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
 		model: model, layout: meta.Layout, policy: eff, geom: geom, scorer: sc, conn: c, req: req,
 		chunks: meta.Chunks, gens: gens, cycles: meta.Cycles, leases: map[uint64]*lease{}, lastUsed: time.Now(),
 		damaged: damaged, epoch: d.clusterEpoch(name),
+		meta: metaSaved{pos: pos, chunks: meta.Chunks, gens: meta.Gens},
 	}
 	if meta.Device != nil {
 		s.want = wantDevice(*meta.Device) // resume on the device the session was opened for

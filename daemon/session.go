@@ -55,6 +55,9 @@ type session struct {
 	// pages. The client's RELEASE of that lease starts it (resumeRecall), so
 	// the reserve needs room for two selections, not three.
 	deferred []uint32
+	// meta is what the store's metadata chain for the session holds (the
+	// next PERSIST writes a delta from it); zero: write a full record.
+	meta     metaSaved
 	cycles   uint64
 	last     *indexer.Cycle
 	lastUsed time.Time

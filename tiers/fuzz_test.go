@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -23,6 +24,8 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(encodeRecord(recHeader{kind: kindDelPage, session: 7, page: 1, seq: 13}, nil))
 	f.Add(encodeRecord(recHeader{kind: kindSegment, seq: 1}, nil))
 	f.Add(encodeRecord(recHeader{kind: kindMeta, session: 7, page: 40, seq: 10}, []byte("short")))
+	f.Add(encodeRecord(recHeader{kind: kindMetaDelta, session: 7, page: 4, gen: 10, seq: 14}, []byte("name{delta}")))
+	f.Add(encodeRecord(recHeader{kind: kindMetaDelta, session: 7, page: 4, gen: 14, seq: 14}, []byte("name{delta}")))
 	f.Add([]byte("FMPG"))
 	f.Add([]byte{})
 	bad := append([]byte(nil), good...)
@@ -44,7 +47,10 @@ func FuzzDecodeRecord(f *testing.F) {
 			if h.gen == 0 || h.length == 0 {
 				t.Fatalf("accepted page record %+v", h)
 			}
-		case kindMeta, kindDelMeta:
+		case kindMeta, kindDelMeta, kindMetaDelta:
+			if h.kind == kindMetaDelta && h.gen >= h.seq {
+				t.Fatalf("accepted a delta (seq %d) following seq %d", h.seq, h.gen)
+			}
 			name, _ := metaBody(h, body)
 			if len(name) == 0 || len(name) > maxMetaName {
 				t.Fatalf("accepted metadata name of %d B", len(name))
@@ -62,17 +68,25 @@ func FuzzDecodeRecord(f *testing.F) {
 // latest record and the one before it).
 func FuzzDecodeMetaRef(f *testing.F) {
 	e := indexEntry{seg: 2, length: 300, off: 7 * smallAlign, gen: 5, crc: 1, kind: kindMeta, seq: 3}
-	f.Add(encodeMetaRef(metaRef{cur: e}))
+	f.Add(encodeMetaRef(newMetaRef(e)))
 	e2 := e
 	e2.seq, e2.off = 2, smallAlign
-	f.Add(encodeMetaRef(metaRef{cur: e, prev: e2, hasPrev: true}))
+	f.Add(encodeMetaRef(newMetaRef(e2, e)))
+	f.Add(append(encodeIndex(e), encodeIndex(e2)...)) // format 2 before deltas: latest first
+	d := e
+	d.kind, d.gen, d.seq, d.off = kindMetaDelta, 3, 4, 8*smallAlign
+	f.Add(encodeMetaRef(newMetaRef(e2, e, d)))
 	f.Add(encodeCheckpoint(checkpoint{seg: 1, off: 4096, nextSeq: 9}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, v []byte) {
 		m, err := decodeMetaRef(v, "x")
 		if err == nil {
-			if !bytes.Equal(encodeMetaRef(m), v) {
-				t.Fatal("accepted value does not re-encode to itself")
+			again, err := decodeMetaRef(encodeMetaRef(m), "x")
+			if err != nil || !slices.Equal(again.ents, m.ents) {
+				t.Fatalf("accepted value does not re-encode to itself: %v", err)
+			}
+			if len(m.ents) != 2 && !bytes.Equal(encodeMetaRef(m), v) {
+				t.Fatal("accepted value does not re-encode to the same bytes")
 			}
 		} else if !errors.Is(err, ErrIntegrity) {
 			t.Fatalf("error %v is not ErrIntegrity", err)

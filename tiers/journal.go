@@ -17,20 +17,24 @@ import (
 //
 //	0  magic   [4]  record kind: "FMPG" page, "FMMR" session metadata,
 //	                "FMDP" page deleted, "FMDS" session's pages deleted,
-//	                "FMDM" metadata deleted, "FMSG" segment start
+//	                "FMDM" metadata deleted, "FMSG" segment start,
+//	                "FMMD" session metadata delta
 //	4  version u16  2 (1: a page record written before the journal, seq 0)
 //	6  hdrlen  u16  48
 //	8  session u64
-//	16 page    u32  page number; for FMMR and FMDM the name's length
+//	16 page    u32  page number; for FMMR, FMMD and FMDM the name's length
 //	20 length  u32  body bytes
-//	24 gen     u64  page generation (0 for the other kinds)
+//	24 gen     u64  page generation; for FMMD the seq of the record it
+//	                follows (its chain's full record or previous delta);
+//	                0 for the other kinds
 //	32 bodycrc u32  CRC32C of the body
 //	36 seq     u64  journal sequence number: orders records of one key and
 //	                tells which records a deletion covers (FMSG: the first
 //	                sequence number the segment was opened with)
 //	44 hdrcrc  u32  CRC32C of bytes 0..44
 //
-// Bodies: FMPG the page bytes; FMMR the name, then the blob; FMDM the name;
+// Bodies: FMPG the page bytes; FMMR and FMMD the name, then the blob (FMMD:
+// what changed since the record it follows, opaque here); FMDM the name;
 // the others none. Page records start on 4 KiB boundaries (so a body can be
 // mapped and copied page-aligned), all others on 512-byte boundaries; the
 // gaps are zeros. A writer writes the body before the header, so a record cut
@@ -54,6 +58,7 @@ const (
 	kindDelSession
 	kindDelMeta
 	kindSegment
+	kindMetaDelta // after kindSegment: index entries store kinds by number
 )
 
 var kindMagic = [...]string{
@@ -63,6 +68,7 @@ var kindMagic = [...]string{
 	kindDelSession: "FMDS",
 	kindDelMeta:    "FMDM",
 	kindSegment:    "FMSG",
+	kindMetaDelta:  "FMMD",
 }
 
 func (k recordKind) String() string {
@@ -79,12 +85,14 @@ func (k recordKind) String() string {
 		return "metadata deletion"
 	case kindSegment:
 		return "segment start"
+	case kindMetaDelta:
+		return "metadata delta"
 	}
 	return "unknown"
 }
 
 func kindOf(magic []byte) recordKind {
-	for k := kindPage; k <= kindSegment; k++ {
+	for k := kindPage; k <= kindMetaDelta; k++ {
 		if string(magic) == kindMagic[k] {
 			return k
 		}
@@ -174,9 +182,12 @@ func parseRecHeader(b []byte) (recHeader, error) {
 		if h.length == 0 || h.length > MaxPageBytes || h.gen == 0 {
 			return h, fmt.Errorf("page %v record: %d B, generation %d: %w", h.pageID(), h.length, h.gen, ErrIntegrity)
 		}
-	case kindMeta:
+	case kindMeta, kindMetaDelta:
 		if h.page == 0 || h.page > maxMetaNameBytes || int64(h.length) < int64(h.page) || int64(h.length) > int64(h.page)+MaxMetaBytes {
-			return h, fmt.Errorf("metadata record: name %d B, body %d B: %w", h.page, h.length, ErrIntegrity)
+			return h, fmt.Errorf("%s record: name %d B, body %d B: %w", h.kind, h.page, h.length, ErrIntegrity)
+		}
+		if h.kind == kindMetaDelta && h.gen >= h.seq && h.version == recordVersion {
+			return h, fmt.Errorf("metadata delta record seq %d follows seq %d: %w", h.seq, h.gen, ErrIntegrity)
 		}
 	case kindDelMeta:
 		if h.page == 0 || h.page > maxMetaNameBytes || h.length != h.page {

@@ -32,8 +32,12 @@ const (
 	ckptKeyByte   = 'c'
 	pageKeySize   = 13
 	maxMetaName   = 1024
-	ssdValueLimit = 1 << 10 // every index value is far below: nothing goes to Badger's value log
+	ssdValueLimit = 16 << 10 // every index value is below (a metadata chain's at most 13.4 KiB): nothing goes to Badger's value log
 )
+
+// MaxMetaDeltas bounds the deltas that may follow one full metadata record
+// (PutMetaDelta refuses more with ErrStale: write a full record then).
+const MaxMetaDeltas = 128
 
 // SSDConfig configures the SSD tier.
 type SSDConfig struct {
@@ -85,6 +89,13 @@ type SSDConfig struct {
 	// into (default DefaultReadPiece).
 	ReadQueueDepth int
 	ReadPiece      int64
+	// MergeMeta assembles a metadata name's blob from its full record and
+	// the deltas written after it (PutMetaDelta), in order: GetMeta returns
+	// its result. It returns the blob of base and deltas[:used]; when used <
+	// len(deltas), err says why the rest did not apply (the blob is then the
+	// last intact state, and GetMeta logs it as damage). Nil: a name with
+	// deltas cannot be read whole (ReadMetaChain still can).
+	MergeMeta func(base []byte, deltas [][]byte) (blob []byte, used int, err error)
 }
 
 // SSD is the disk tier. The journal (journal.go) is the truth: page records,
@@ -129,6 +140,7 @@ type SSD struct {
 	changed     atomic.Bool       // index changed since the last checkpoint
 	garbage     atomic.Int64
 	kickGC      chan struct{}
+	metaMu      [16]sync.Mutex // metaLock: one writer per metadata name
 
 	stop   chan struct{}
 	gcDone chan struct{}
@@ -670,7 +682,7 @@ func (s *SSD) appendSmall(h recHeader, body []byte, sync bool) (indexEntry, loc,
 	n := int64(len(rec))
 	locs := make([]loc, 1)
 	floor := s.segs.floor
-	if h.kind != kindMeta {
+	if h.kind != kindMeta && h.kind != kindMetaDelta {
 		floor /= 2 // deletions free space
 	}
 	if err := s.segs.reserveFloor([]recordKind{h.kind}, []int64{n}, locs, true, floor); err != nil {
@@ -882,53 +894,124 @@ func (s *SSD) PutMeta(ctx context.Context, name string, blob []byte) error {
 	return s.PutSessionMeta(ctx, name, 0, blob)
 }
 
-// PutSessionMeta appends a metadata record for session's blob under name
-// (durably if SyncWrites; Sync makes it durable otherwise). The record
-// before it stays readable as the fallback for a damaged latest one.
+// PutSessionMeta appends a full metadata record for session's blob under
+// name (durably if SyncWrites; Sync makes it durable otherwise). The chain
+// before it (its full record and deltas) stays readable as the fallback for
+// a damaged latest one; the chain before that becomes garbage.
 func (s *SSD) PutSessionMeta(ctx context.Context, name string, session uint64, blob []byte) error {
+	_, err := s.PutMetaBase(ctx, name, session, blob)
+	return err
+}
+
+// MetaPos says where a metadata name's current chain stands.
+type MetaPos struct {
+	// Seq is the journal sequence number of the chain's newest record (the
+	// one read last, for a read): a delta must name it to follow it.
+	Seq uint64
+	// BaseBytes is the full record's blob size, DeltaBytes the sum of the
+	// deltas' after it, Deltas their number: what a writer weighs when it
+	// decides to write a full record again.
+	BaseBytes, DeltaBytes int64
+	Deltas                int
+}
+
+// posOf is where chain (a full record and its deltas) stands.
+func posOf(chain []indexEntry, name string) MetaPos {
+	p := MetaPos{Seq: chain[len(chain)-1].seq, BaseBytes: int64(chain[0].length) - int64(len(name)), Deltas: len(chain) - 1}
+	for _, e := range chain[1:] {
+		p.DeltaBytes += int64(e.length) - int64(len(name))
+	}
+	return p
+}
+
+// metaLock serializes the writes of one name (striped), so a delta's check
+// of the record it follows and its index commit see no other write between.
+func (s *SSD) metaLock(name string) *sync.Mutex {
+	h := crc32.Checksum([]byte(name), castagnoli)
+	return &s.metaMu[h%uint32(len(s.metaMu))]
+}
+
+// PutMetaBase is PutSessionMeta returning where the new chain stands.
+func (s *SSD) PutMetaBase(ctx context.Context, name string, session uint64, blob []byte) (MetaPos, error) {
+	return s.putMeta(ctx, name, session, blob, false, 0)
+}
+
+// PutMetaDelta appends a delta record to name's current chain: blob is what
+// changed since the record of sequence number after, which must be the
+// chain's newest (MetaPos.Seq of the write or read before); otherwise, or
+// when the chain already has MaxMetaDeltas deltas or no record, it fails
+// with ErrStale and the caller writes a full record (PutMetaBase). The delta
+// is opaque here; MergeMeta applies it.
+func (s *SSD) PutMetaDelta(ctx context.Context, name string, session, after uint64, delta []byte) (MetaPos, error) {
+	return s.putMeta(ctx, name, session, delta, true, after)
+}
+
+func (s *SSD) putMeta(ctx context.Context, name string, session uint64, blob []byte, delta bool, after uint64) (MetaPos, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return MetaPos{}, err
 	}
 	if err := checkMetaName(name); err != nil {
-		return err
+		return MetaPos{}, err
 	}
 	if len(blob) > MaxMetaBytes {
-		return fmt.Errorf("meta %q: %d B over %d: %w", name, len(blob), MaxMetaBytes, ErrSize)
+		return MetaPos{}, fmt.Errorf("meta %q: %d B over %d: %w", name, len(blob), MaxMetaBytes, ErrSize)
 	}
 	if err := s.begin(); err != nil {
-		return err
+		return MetaPos{}, err
 	}
 	defer s.end()
-	body := make([]byte, 0, len(name)+len(blob))
-	body = append(append(body, name...), blob...)
-	e, l, n, err := s.appendSmall(recHeader{kind: kindMeta, session: session, page: uint32(len(name))}, body, s.cfg.SyncWrites)
-	if err != nil {
-		return fmt.Errorf("ssd: put meta %q: %w", name, err)
-	}
-	s.idx.RLock()
-	defer s.idx.RUnlock()
+	mu := s.metaLock(name)
+	mu.Lock()
+	defer mu.Unlock()
 	s.cacheMu.RLock()
 	old, had := s.metas[name]
 	s.cacheMu.RUnlock()
-	ref := metaRef{cur: e}
-	if had {
-		ref.prev, ref.hasPrev = old.cur, true
+	h := recHeader{kind: kindMeta, session: session, page: uint32(len(name))}
+	if delta {
+		switch {
+		case !had:
+			return MetaPos{}, fmt.Errorf("meta %q: no full record to follow: %w", name, ErrStale)
+		case old.last().seq != after:
+			return MetaPos{}, fmt.Errorf("meta %q: the chain ends at seq %d, not %d: %w", name, old.last().seq, after, ErrStale)
+		case len(old.cur()) > MaxMetaDeltas:
+			return MetaPos{}, fmt.Errorf("meta %q: %d deltas already: %w", name, MaxMetaDeltas, ErrStale)
+		}
+		h.kind, h.gen = kindMetaDelta, after
 	}
+	body := make([]byte, 0, len(name)+len(blob))
+	body = append(append(body, name...), blob...)
+	e, l, n, err := s.appendSmall(h, body, s.cfg.SyncWrites)
+	if err != nil {
+		return MetaPos{}, fmt.Errorf("ssd: put meta %q: %w", name, err)
+	}
+	var ref metaRef
+	var dead []indexEntry
+	switch {
+	case delta:
+		ref = newMetaRef(append(append([]indexEntry(nil), old.ents...), e)...)
+	case had:
+		dead = old.prev()
+		ref = newMetaRef(append(append([]indexEntry(nil), old.cur()...), e)...)
+	default:
+		ref = newMetaRef(e)
+	}
+	s.idx.RLock()
+	defer s.idx.RUnlock()
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(metaKey(name), encodeMetaRef(ref)) }); err != nil {
 		s.segs.settle([]loc{l}, []int64{n}, false, nil)
-		return fmt.Errorf("ssd: put meta %q: %w", name, err)
+		return MetaPos{}, fmt.Errorf("ssd: put meta %q: %w", name, err)
 	}
-	dead := map[uint32]int64{}
+	garbage := map[uint32]int64{}
 	s.cacheMu.Lock()
-	if cur, ok := s.metas[name]; ok && cur.hasPrev {
-		dead[cur.prev.seg] += cur.prev.recordLen()
-		s.noteGarbage(cur.prev.recordLen())
+	for _, d := range dead {
+		garbage[d.seg] += d.recordLen()
+		s.noteGarbage(d.recordLen())
 	}
 	s.metas[name] = ref
 	s.cacheMu.Unlock()
-	s.segs.settle([]loc{l}, []int64{n}, true, dead)
+	s.segs.settle([]loc{l}, []int64{n}, true, garbage)
 	s.changed.Store(true)
-	return nil
+	return posOf(ref.cur(), name), nil
 }
 
 // readMetaRecord reads and verifies the metadata record e names.
@@ -958,18 +1041,57 @@ func (s *SSD) readMetaRecord(name string, e indexEntry) ([]byte, error) {
 	return blob, nil
 }
 
-// GetMeta returns a copy of the blob stored under name. When the latest
-// record is damaged it returns the one before it (logged and counted as an
-// integrity error); ErrIntegrity only if neither is readable.
-func (s *SSD) GetMeta(ctx context.Context, name string) ([]byte, error) {
+// MetaChain is a metadata name's records as read: the full record's blob and
+// the deltas after it that read intact, in order.
+type MetaChain struct {
+	Base   []byte
+	Deltas [][]byte
+	Pos    MetaPos // Seq: the newest record read; Deltas, DeltaBytes: those read
+	// Damaged says why the chain read is older than the newest written (a
+	// damaged full record: the previous chain; a damaged delta: the deltas
+	// before it); nil when the chain read whole.
+	Damaged error
+	ents    []indexEntry // the records read
+}
+
+// readChain reads chain (a full record and its deltas): the full record
+// must read, the deltas are read up to the first that does not.
+func (s *SSD) readChain(name string, chain []indexEntry) (MetaChain, error) {
+	base, err := s.readMetaRecord(name, chain[0])
+	if err != nil {
+		return MetaChain{}, err
+	}
+	c := MetaChain{Base: base, Pos: posOf(chain[:1], name), ents: chain[:1]}
+	for i, e := range chain[1:] {
+		d, err := s.readMetaRecord(name, e)
+		if err != nil {
+			if errors.Is(err, errMoved) {
+				return MetaChain{}, err
+			}
+			c.Damaged = fmt.Errorf("delta %d of %d (seq %d): %w", i+1, len(chain)-1, e.seq, err)
+			break
+		}
+		c.Deltas = append(c.Deltas, d)
+		c.ents = chain[:i+2]
+		c.Pos = posOf(c.ents, name)
+	}
+	return c, nil
+}
+
+// ReadMetaChain returns name's current chain: its full record and the deltas
+// after it (what a replica copies). When the full record is damaged it
+// returns the previous chain, when a delta is damaged the deltas before it
+// (Damaged says which; logged and counted as an integrity error);
+// ErrIntegrity only if no full record is readable.
+func (s *SSD) ReadMetaChain(ctx context.Context, name string) (MetaChain, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return MetaChain{}, err
 	}
 	if err := checkMetaName(name); err != nil {
-		return nil, err
+		return MetaChain{}, err
 	}
 	if err := s.begin(); err != nil {
-		return nil, err
+		return MetaChain{}, err
 	}
 	defer s.end()
 	for try := 0; ; try++ {
@@ -977,29 +1099,71 @@ func (s *SSD) GetMeta(ctx context.Context, name string) ([]byte, error) {
 		ref, ok := s.metas[name]
 		s.cacheMu.RUnlock()
 		if !ok {
-			return nil, fmt.Errorf("meta %q: %w", name, ErrNotFound)
+			return MetaChain{}, fmt.Errorf("meta %q: %w", name, ErrNotFound)
 		}
-		blob, err := s.readMetaRecord(name, ref.cur)
+		c, err := s.readChain(name, ref.cur())
 		if errors.Is(err, errMoved) && try < 8 {
 			continue
 		}
 		if err == nil {
-			return blob, nil
+			if c.Damaged != nil {
+				s.counters.integrityErrors.Add(1)
+				s.cfg.Logger.Warn("metadata delta damaged; using the records before it", "name", name, "err", c.Damaged)
+			}
+			return c, nil
 		}
 		s.counters.integrityErrors.Add(1)
-		if !ref.hasPrev {
-			return nil, err
+		prev := ref.prev()
+		if len(prev) == 0 {
+			return MetaChain{}, err
 		}
-		prev, perr := s.readMetaRecord(name, ref.prev)
+		p, perr := s.readChain(name, prev)
 		if errors.Is(perr, errMoved) && try < 8 {
 			continue
 		}
 		if perr != nil {
-			return nil, fmt.Errorf("%w; the record before it: %w", err, perr)
+			return MetaChain{}, fmt.Errorf("%w; the record before it: %w", err, perr)
 		}
-		s.cfg.Logger.Warn("latest metadata record damaged; using the one before it", "name", name, "err", err, "seq", ref.prev.seq)
-		return prev, nil
+		p.Damaged = errors.Join(err, p.Damaged)
+		s.cfg.Logger.Warn("latest metadata record damaged; using the one before it", "name", name, "err", err, "seq", p.Pos.Seq)
+		return p, nil
 	}
+}
+
+// GetMeta returns name's blob: its full record with the deltas after it
+// applied (MergeMeta). When the latest record is damaged it returns the
+// state before it (logged and counted as an integrity error); ErrIntegrity
+// only if no full record is readable.
+func (s *SSD) GetMeta(ctx context.Context, name string) ([]byte, error) {
+	blob, _, err := s.GetMetaPos(ctx, name)
+	return blob, err
+}
+
+// GetMetaPos is GetMeta, also saying which record the blob is as of (a
+// delta written next must follow pos.Seq).
+func (s *SSD) GetMetaPos(ctx context.Context, name string) ([]byte, MetaPos, error) {
+	c, err := s.ReadMetaChain(ctx, name)
+	if err != nil {
+		return nil, MetaPos{}, err
+	}
+	if len(c.Deltas) == 0 {
+		return c.Base, c.Pos, nil
+	}
+	if s.cfg.MergeMeta == nil {
+		return nil, MetaPos{}, fmt.Errorf("meta %q: %d deltas and no MergeMeta to apply them: %w", name, len(c.Deltas), ErrIntegrity)
+	}
+	blob, used, err := s.cfg.MergeMeta(c.Base, c.Deltas)
+	if blob == nil {
+		return nil, MetaPos{}, fmt.Errorf("meta %q: %w: %w", name, ErrIntegrity, err)
+	}
+	if used < len(c.Deltas) {
+		// A delta that verified but does not apply: as damaged as a
+		// record that fails its checksum.
+		s.counters.integrityErrors.Add(1)
+		s.cfg.Logger.Warn("metadata delta does not apply; using the records before it", "name", name, "delta", used+1, "err", err)
+		return blob, posOf(c.ents[:used+1], name), nil
+	}
+	return blob, c.Pos, nil
 }
 
 // MetaSession returns the session id the latest metadata record of name was
@@ -1008,6 +1172,9 @@ func (s *SSD) MetaSession(name string) (uint64, bool) {
 	s.cacheMu.RLock()
 	defer s.cacheMu.RUnlock()
 	ref, ok := s.metas[name]
+	if !ok {
+		return 0, false
+	}
 	return ref.session(), ok
 }
 
@@ -1024,6 +1191,9 @@ func (s *SSD) DeleteMeta(ctx context.Context, name string) error {
 		return err
 	}
 	defer s.end()
+	mu := s.metaLock(name)
+	mu.Lock()
+	defer mu.Unlock()
 	s.cacheMu.RLock()
 	ref, ok := s.metas[name]
 	s.cacheMu.RUnlock()
@@ -1049,9 +1219,8 @@ func (s *SSD) DeleteMeta(ctx context.Context, name string) error {
 	dead := map[uint32]int64{}
 	s.cacheMu.Lock()
 	if cur, ok := s.metas[name]; ok {
-		dead[cur.cur.seg] += cur.cur.recordLen()
-		if cur.hasPrev {
-			dead[cur.prev.seg] += cur.prev.recordLen()
+		for _, e := range cur.ents {
+			dead[e.seg] += e.recordLen()
 		}
 		delete(s.metas, name)
 	}

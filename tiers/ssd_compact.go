@@ -27,7 +27,6 @@ type ref struct {
 	id   PageID // pages and page deletions
 	name string // metadata and metadata deletions
 	sess uint64 // session deletions
-	prev bool   // a metadata name's previous record
 	e    indexEntry
 }
 
@@ -45,14 +44,8 @@ func (s *SSD) current(r ref) bool {
 		e, ok = s.tombS[r.sess]
 	case kindDelMeta:
 		e, ok = s.tombM[r.name]
-	case kindMeta:
-		var m metaRef
-		m, ok = s.metas[r.name]
-		if r.prev {
-			e, ok = m.prev, ok && m.hasPrev
-		} else {
-			e = m.cur
-		}
+	case kindMeta, kindMetaDelta:
+		return s.metas[r.name].find(r.e) >= 0
 	}
 	return ok && e == r.e
 }
@@ -68,14 +61,11 @@ func (s *SSD) setRef(r ref, e indexEntry) {
 		s.tombS[r.sess] = e
 	case kindDelMeta:
 		s.tombM[r.name] = e
-	case kindMeta:
+	case kindMeta, kindMetaDelta:
 		m := s.metas[r.name]
-		if r.prev {
-			m.prev = e
-		} else {
-			m.cur = e
+		if i := m.find(r.e); i >= 0 {
+			s.metas[r.name] = m.with(i, e)
 		}
-		s.metas[r.name] = m
 	}
 }
 
@@ -117,11 +107,10 @@ func (s *SSD) refsIn(id uint32) []ref {
 		}
 	}
 	for n, m := range s.metas {
-		if m.cur.seg == id {
-			out = append(out, ref{key: metaKey(n), name: n, e: m.cur})
-		}
-		if m.hasPrev && m.prev.seg == id {
-			out = append(out, ref{key: metaKey(n), name: n, prev: true, e: m.prev})
+		for _, e := range m.ents {
+			if e.seg == id {
+				out = append(out, ref{key: metaKey(n), name: n, e: e})
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].e.off < out[j].e.off })
@@ -269,8 +258,8 @@ func (s *SSD) moveBatch(seg *segment, batch []ref) error {
 		return err
 	}
 	moved := make([]indexEntry, len(keep))
-	// A name's latest and previous records may both move in one batch:
-	// its index value is built from both moves.
+	// Several records of one name may move in one batch: its index value
+	// is built from all their moves.
 	metas := map[string]metaRef{}
 	s.cacheMu.RLock()
 	for j, i := range keep {
@@ -278,17 +267,12 @@ func (s *SSD) moveBatch(seg *segment, batch []ref) error {
 		ne := r.e
 		ne.seg, ne.off = locs[j].seg.id, locs[j].off
 		moved[j] = ne
-		if r.e.kind == kindMeta {
+		if isMetaKind(r.e.kind) {
 			m, ok := metas[r.name]
 			if !ok {
 				m = s.metas[r.name]
 			}
-			if r.prev {
-				m.prev = ne
-			} else {
-				m.cur = ne
-			}
-			metas[r.name] = m
+			metas[r.name] = m.with(m.find(r.e), ne)
 		}
 	}
 	s.cacheMu.RUnlock()
@@ -296,7 +280,7 @@ func (s *SSD) moveBatch(seg *segment, batch []ref) error {
 		for j, i := range keep {
 			r := batch[i]
 			v := encodeIndex(moved[j])
-			if r.e.kind == kindMeta {
+			if isMetaKind(r.e.kind) {
 				v = encodeMetaRef(metas[r.name])
 			}
 			if err := txn.Set(r.key, v); err != nil {

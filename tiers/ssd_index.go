@@ -15,7 +15,8 @@ import (
 //	8  segment u32  segment file number
 //	12 length  u32  body bytes
 //	16 offset  u64  record offset in the segment
-//	24 gen     u64  page generation; for metadata entries the session id
+//	24 gen     u64  page generation; for metadata entries the session id;
+//	                for metadata deltas the seq of the record they follow
 //	32 bodycrc u32  CRC32C of the body
 //	36 kind    u8   record kind (journal.go), then 3 zero bytes
 //	40 seq     u64  the record's journal sequence number
@@ -24,8 +25,8 @@ import (
 // Version 1 entries (40 bytes: no kind, no seq, crc at 36) are page entries
 // of stores written before the journal; an index holding any is rebuilt.
 //
-// Keys: 'p' session page → page entry; 'm' name → the latest metadata
-// entry, then (if any) the previous intact one; 't' session → session
+// Keys: 'p' session page → page entry; 'm' name → the name's metadata
+// chains (metaRef); 't' session → session
 // deletion; 'd' session page → page deletion; 'e' name → metadata deletion;
 // 'c' → checkpoint.
 const (
@@ -104,7 +105,7 @@ func decodeIndex(v []byte, key string) (indexEntry, error) {
 	e.crc = binary.LittleEndian.Uint32(v[32:])
 	e.kind = recordKind(v[36])
 	e.seq = binary.LittleEndian.Uint64(v[40:])
-	if v[37] != 0 || v[38] != 0 || v[39] != 0 || e.kind == kindNone || e.kind >= kindSegment {
+	if v[37] != 0 || v[38] != 0 || v[39] != 0 || e.kind == kindNone || e.kind == kindSegment || e.kind > kindMetaDelta {
 		return e, fmt.Errorf("%s: index entry kind %d: %w", key, v[36], ErrIntegrity)
 	}
 	if e.kind == kindPage && (e.length == 0 || e.length > MaxPageBytes || e.gen == 0) {
@@ -120,41 +121,114 @@ func decodeIndex(v []byte, key string) (indexEntry, error) {
 	return e, nil
 }
 
-// metaRef is what the index keeps per metadata name: the latest record and
-// the one before it, which a read falls back to when the latest is damaged.
+// metaRef is what the index keeps per metadata name: its records in seq
+// order — the previous full record (FMMR) and the deltas (FMMD) that follow
+// it, which a read falls back to when the current chain's full record is
+// damaged, then the current full record and its deltas. Each delta's entry
+// gen is the seq of the record before it, so the chain is checked whole.
+// The value is the entries concatenated, oldest first; a value of format 2
+// before deltas existed (latest, then previous) is read too.
 type metaRef struct {
-	cur, prev indexEntry
-	hasPrev   bool
+	ents []indexEntry // never modified in place: readers hold copies
 }
 
-func (m metaRef) session() uint64 { return m.cur.gen }
+// maxMetaRefEntries bounds a name's index value: two chains of a full
+// record and MaxMetaDeltas deltas, within Badger's value threshold.
+const maxMetaRefEntries = 2 * (1 + MaxMetaDeltas)
+
+func newMetaRef(ents ...indexEntry) metaRef { return metaRef{ents: ents} }
+
+// baseIdx is the index of the current chain's full record.
+func (m metaRef) baseIdx() int {
+	for i := len(m.ents) - 1; i > 0; i-- {
+		if m.ents[i].kind == kindMeta {
+			return i
+		}
+	}
+	return 0
+}
+
+// cur is the current chain: its full record, then its deltas.
+func (m metaRef) cur() []indexEntry { return m.ents[m.baseIdx():] }
+
+// prev is the previous chain (the fallback), possibly empty.
+func (m metaRef) prev() []indexEntry { return m.ents[:m.baseIdx()] }
+
+// last is the newest record: what the next delta follows.
+func (m metaRef) last() indexEntry { return m.ents[len(m.ents)-1] }
+
+func (m metaRef) session() uint64 { return m.ents[m.baseIdx()].gen }
+
+// find is the index of entry e in m, -1 if m does not hold it.
+func (m metaRef) find(e indexEntry) int {
+	for i, x := range m.ents {
+		if x == e {
+			return i
+		}
+	}
+	return -1
+}
+
+func isMetaKind(k recordKind) bool { return k == kindMeta || k == kindMetaDelta }
+
+// with returns m with entry i replaced (a copy).
+func (m metaRef) with(i int, e indexEntry) metaRef {
+	ents := append([]indexEntry(nil), m.ents...)
+	ents[i] = e
+	return metaRef{ents: ents}
+}
 
 func encodeMetaRef(m metaRef) []byte {
-	b := appendIndex(nil, m.cur)
-	if m.hasPrev {
-		b = appendIndex(b, m.prev)
+	b := make([]byte, 0, len(m.ents)*indexEntrySize)
+	for _, e := range m.ents {
+		b = appendIndex(b, e)
 	}
 	return b
 }
 
 func decodeMetaRef(v []byte, key string) (metaRef, error) {
 	var m metaRef
-	var err error
-	switch len(v) {
-	case indexEntrySize:
-		m.cur, err = decodeIndex(v, key)
-	case 2 * indexEntrySize:
-		if m.cur, err = decodeIndex(v[:indexEntrySize], key); err == nil {
-			m.prev, err = decodeIndex(v[indexEntrySize:], key)
-			m.hasPrev = true
-		}
-	default:
+	if len(v) == 0 || len(v)%indexEntrySize != 0 || len(v)/indexEntrySize > maxMetaRefEntries {
 		return m, fmt.Errorf("%s: metadata index value of %d B: %w", key, len(v), ErrIntegrity)
 	}
-	if err == nil && (m.cur.kind != kindMeta || (m.hasPrev && m.prev.kind != kindMeta)) {
-		err = fmt.Errorf("%s: metadata index names a %s record: %w", key, m.cur.kind, ErrIntegrity)
+	ents := make([]indexEntry, len(v)/indexEntrySize)
+	for i := range ents {
+		e, err := decodeIndex(v[i*indexEntrySize:(i+1)*indexEntrySize], key)
+		if err != nil {
+			return m, err
+		}
+		ents[i] = e
 	}
-	return m, err
+	if len(ents) == 2 && ents[0].kind == kindMeta && ents[1].kind == kindMeta && ents[0].seq > ents[1].seq {
+		ents[0], ents[1] = ents[1], ents[0] // format 2 before deltas: latest first
+	}
+	if err := checkMetaChain(ents); err != nil {
+		return m, fmt.Errorf("%s: %w", key, err)
+	}
+	return metaRef{ents: ents}, nil
+}
+
+// checkMetaChain verifies a name's entries: a full record first, at most two
+// full records, seqs ascending, each delta following the record before it.
+func checkMetaChain(ents []indexEntry) error {
+	bases := 0
+	for i, e := range ents {
+		switch {
+		case e.kind == kindMeta:
+			bases++
+		case e.kind != kindMetaDelta || i == 0:
+			return fmt.Errorf("metadata index names a %s record at position %d: %w", e.kind, i, ErrIntegrity)
+		case e.gen != ents[i-1].seq:
+			return fmt.Errorf("metadata delta seq %d follows seq %d, the index has seq %d before it: %w", e.seq, e.gen, ents[i-1].seq, ErrIntegrity)
+		}
+		if i > 0 && e.seq <= ents[i-1].seq {
+			return fmt.Errorf("metadata index seqs %d, %d out of order: %w", ents[i-1].seq, e.seq, ErrIntegrity)
+		}
+	}
+	if bases > 2 {
+		return fmt.Errorf("metadata index with %d full records: %w", bases, ErrIntegrity)
+	}
+	return nil
 }
 
 // checkpoint says how far the index is known to reflect the journal: every

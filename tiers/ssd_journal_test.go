@@ -234,7 +234,7 @@ func TestSSDDamagedMetaFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.cacheMu.RLock()
-	e := s.metas["m"].cur
+	e := s.metas["m"].last()
 	s.cacheMu.RUnlock()
 	seg := s.segs.get(e.seg)
 	// Flip the last byte of the blob.

@@ -2,12 +2,14 @@ package tiers
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -338,9 +340,8 @@ func (s *SSD) loadIndex() (reason string) {
 		err = errors.Join(err, check("page "+id.String(), e))
 	}
 	for n, m := range s.metas {
-		err = errors.Join(err, check("meta "+n, m.cur))
-		if m.hasPrev {
-			err = errors.Join(err, check("meta "+n, m.prev))
+		for _, e := range m.ents {
+			err = errors.Join(err, check("meta "+n, e))
 		}
 	}
 	for _, e := range s.tombS {
@@ -481,9 +482,88 @@ func scanSegment(seg *segment, from int64, pageBodies bool, fn func(scanned)) {
 // seq) not covered by a later deletion; a metadata name's are its two highest
 // seqs not covered by a later deletion.
 type journalState struct {
-	s     *SSD
-	dirty map[string]bool // index keys to rewrite
-	n     int
+	s        *SSD
+	dirty    map[string]bool // index keys to rewrite
+	n        int
+	metaRecs map[string][]indexEntry // metadata records applied, resolved by finish
+}
+
+func newJournalState(s *SSD) *journalState {
+	return &journalState{s: s, dirty: map[string]bool{}, metaRecs: map[string][]indexEntry{}}
+}
+
+// finish resolves the metadata names the applied records touched: from the
+// records the index held and those applied, not covered by a deletion, the
+// current chain is the highest-seq full record and the deltas linked after
+// it (each naming the seq of the one before; of two naming the same, the
+// later — the earlier was a write that failed and was never acknowledged),
+// and the fallback chain the same from the full record before it. A delta
+// no chain reaches (its predecessor damaged or gone) is not indexed.
+func (j *journalState) finish() {
+	s := j.s
+	for name, recs := range j.metaRecs {
+		old, had := s.metas[name]
+		var cands []indexEntry
+		seen := map[uint64]bool{}
+		tomb, dead := s.tombM[name]
+		for _, e := range append(append([]indexEntry(nil), old.ents...), recs...) {
+			if seen[e.seq] || (dead && tomb.seq > e.seq) {
+				continue
+			}
+			seen[e.seq] = true
+			cands = append(cands, e)
+		}
+		ents := resolveMetaChain(cands)
+		switch {
+		case len(ents) == 0 && had:
+			delete(s.metas, name)
+		case len(ents) == 0:
+			continue
+		case had && slices.Equal(ents, old.ents):
+			continue
+		default:
+			s.metas[name] = newMetaRef(ents...)
+		}
+		j.mark(metaKey(name))
+	}
+	j.metaRecs = map[string][]indexEntry{}
+}
+
+// resolveMetaChain picks a name's index entries from its candidate records
+// (distinct seqs): the previous chain, then the current one (metaRef).
+func resolveMetaChain(cands []indexEntry) []indexEntry {
+	var bases []indexEntry
+	next := map[uint64]indexEntry{} // by the seq a delta follows
+	for _, e := range cands {
+		if e.kind == kindMeta {
+			bases = append(bases, e)
+		} else if d, ok := next[e.gen]; !ok || e.seq > d.seq {
+			next[e.gen] = e
+		}
+	}
+	slices.SortFunc(bases, func(a, b indexEntry) int { return cmp.Compare(b.seq, a.seq) })
+	chain := func(b indexEntry) []indexEntry {
+		out := []indexEntry{b}
+		for len(out) <= MaxMetaDeltas {
+			d, ok := next[out[len(out)-1].seq]
+			if !ok {
+				break
+			}
+			out = append(out, d)
+		}
+		return out
+	}
+	switch len(bases) {
+	case 0:
+		return nil
+	case 1:
+		return chain(bases[0])
+	}
+	prev := chain(bases[1])
+	for len(prev) > 1 && prev[len(prev)-1].seq > bases[0].seq {
+		prev = prev[:len(prev)-1]
+	}
+	return append(prev, chain(bases[0])...)
 }
 
 func (j *journalState) mark(k []byte) { j.dirty[string(k)] = true }
@@ -528,27 +608,15 @@ func (j *journalState) apply(seg uint32, sc scanned) {
 				j.mark(pageKey(id))
 			}
 		}
-	case kindMeta:
+	case kindMeta, kindMetaDelta:
 		name, _ := metaBody(h, sc.body)
-		e.gen = h.session
+		if h.kind == kindMeta {
+			e.gen = h.session
+		}
 		if t, ok := s.tombM[name]; ok && t.seq > h.seq {
 			return
 		}
-		m, ok := s.metas[name]
-		switch {
-		case !ok:
-			m = metaRef{cur: e}
-		case e.seq > m.cur.seq:
-			m = metaRef{cur: e, prev: m.cur, hasPrev: true}
-		case e.seq == m.cur.seq:
-			return
-		case !m.hasPrev || e.seq > m.prev.seq:
-			m.prev, m.hasPrev = e, true
-		default:
-			return
-		}
-		s.metas[name] = m
-		j.mark(metaKey(name))
+		j.metaRecs[name] = append(j.metaRecs[name], e)
 	case kindDelMeta:
 		name := string(sc.body)
 		e.gen = h.session
@@ -557,17 +625,8 @@ func (j *journalState) apply(seg uint32, sc scanned) {
 		}
 		s.tombM[name] = e
 		j.mark(tombMKey(name))
-		if m, ok := s.metas[name]; ok {
-			switch {
-			case m.cur.seq < h.seq:
-				delete(s.metas, name)
-			case m.hasPrev && m.prev.seq < h.seq:
-				m.hasPrev = false
-				s.metas[name] = m
-			default:
-				return
-			}
-			j.mark(metaKey(name))
+		if _, ok := j.metaRecs[name]; !ok {
+			j.metaRecs[name] = nil // resolved again in finish
 		}
 	default:
 		return
@@ -616,7 +675,7 @@ func appendUnique(xs []uint64, x uint64) []uint64 {
 
 // replay applies the journal's records from the checkpoint on to the index.
 func (s *SSD) replay(ck checkpoint) error {
-	j := &journalState{s: s, dirty: map[string]bool{}}
+	j := newJournalState(s)
 	maxSeq := ck.nextSeq
 	var last *segment
 	var lastEnd int64
@@ -650,6 +709,7 @@ func (s *SSD) replay(ck checkpoint) error {
 		})
 		last, lastEnd = seg, end
 	}
+	j.finish()
 	s.report.Replayed = j.n
 	if last != nil {
 		last.next = alignUp(max(lastEnd, smallAlign), smallAlign)
@@ -748,7 +808,7 @@ func (s *SSD) rebuild(reason string) error {
 			switch sc.h.kind {
 			case kindDelPage, kindDelSession, kindDelMeta:
 				dels = append(dels, rec{id, sc})
-			case kindPage, kindMeta:
+			case kindPage, kindMeta, kindMetaDelta:
 				if sc.h.kind == kindPage {
 					sc.body = nil
 				}
@@ -757,13 +817,14 @@ func (s *SSD) rebuild(reason string) error {
 		})
 		last, lastEnd = seg, end
 	}
-	j := &journalState{s: s, dirty: map[string]bool{}}
+	j := newJournalState(s)
 	for _, r := range dels {
 		j.apply(r.seg, r.sc)
 	}
 	for _, r := range puts {
 		j.apply(r.seg, r.sc)
 	}
+	j.finish()
 	s.report.Replayed = j.n
 	if last != nil {
 		last.next = alignUp(max(lastEnd, smallAlign), smallAlign)
@@ -826,11 +887,10 @@ func (s *SSD) finishRecovery() {
 		sessions[id.Session] = true
 	}
 	for _, m := range s.metas {
-		live[m.cur.seg] += m.cur.recordLen()
-		if m.hasPrev {
-			live[m.prev.seg] += m.prev.recordLen()
+		for _, e := range m.ents {
+			live[e.seg] += e.recordLen()
 		}
-		s.segs.nextSeq = max(s.segs.nextSeq, m.cur.seq+1)
+		s.segs.nextSeq = max(s.segs.nextSeq, m.last().seq+1)
 	}
 	for _, e := range s.tombS {
 		live[e.seg] += e.recordLen()
