@@ -182,3 +182,80 @@ func TestRecallSweep(t *testing.T) {
 		}
 	}
 }
+
+// TestRecallWindow (FLASHMEM_SWEEP=1) asks whether scattered recall pays per piece or per
+// distance: the same recalls (64 MiB of pages, median of 20, × the contiguous copy of the
+// same bytes timed just before) with the pages drawn from mirror windows of 4 GiB down to
+// 128 MiB (one 512K-token session's DeepSeek-V4 pages span 1.5 GiB of mirror, its 64 KiB
+// pages 128 MiB), through Recall, the gather kernel and 16 copy-engine streams, the 4 GiB
+// case three times to show the run's spread.
+func TestRecallWindow(t *testing.T) {
+	if os.Getenv("FLASHMEM_SWEEP") != "1" {
+		t.Skip("set FLASHMEM_SWEEP=1")
+	}
+	d := devices(t)[0]
+	tm := newTimer(t, d)
+	s := tm.s
+	const mirrorBytes, total, reps = recallMirrorBytes, recallTotal, 20
+	mirror, reserve := recallBenchSetup(t, d, s, 13)
+	mb := mirror.Bytes()
+	rnd := rand.New(rand.NewPCG(9, 9))
+	var ces []*Stream
+	var evs []*Event
+	for i := range 17 {
+		if i < 16 {
+			a, err := d.NewStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			ces = append(ces, a)
+		}
+		e, err := d.NewEvent(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		evs = append(evs, e)
+	}
+	fmt.Printf("\nRecall by mirror window, %s (64 MiB per recall; × contiguous of the same bytes just before)\n", d.Name())
+	for _, lay := range []struct {
+		name          string
+		bytes, stride int
+	}{{"DeepSeek-V4 786,240 B (4 KiB-aligned)", 21 * 37440, 192 * 4096}, {"64 KiB", 64 << 10, 64 << 10}, {"256 KiB", 256 << 10, 256 << 10}} {
+		npages := total / lay.bytes
+		bytes := npages * lay.bytes
+		for _, win := range []int{4 << 30, 4 << 30, 4 << 30, 1 << 30, 256 << 20, 128 << 20} {
+			if win/lay.stride < npages*2 {
+				continue
+			}
+			base := rnd.IntN(mirrorBytes/win) * win
+			set := make([][]CopyDesc, reps)
+			for i := range reps {
+				for slot, p := range rnd.Perm(win / lay.stride)[:npages] {
+					set[i] = append(set[i], CopyDesc{Src: mirror.Ptr() + DevPtr(base+p*lay.stride), Dst: reserve + DevPtr(slot*lay.bytes), Len: uint64(lay.bytes)})
+				}
+			}
+			c := tm.median(reps, func(int) error { return s.Copy(reserve, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), bytes) })
+			for _, m := range []struct {
+				name string
+				fn   func([]CopyDesc) error
+			}{
+				{"Recall", s.Recall}, {"gather kernel", s.Gather},
+				{"CE 16 streams", func(ds []CopyDesc) error { return recallOver(s, ces, evs, ds, 1) }},
+			} {
+				ms := tm.median(reps, func(i int) error { return m.fn(set[i]) })
+				last := set[reps-1][len(set[reps-1])-1]
+				got := make([]byte, last.Len)
+				if err := d.CopyDtoH(got, last.Dst); err != nil {
+					t.Fatal(err)
+				}
+				so := int(last.Src - mirror.Ptr())
+				if i := firstDiff(got, mb[so:so+int(last.Len)]); i >= 0 {
+					t.Fatalf("recalled row differs at byte %d", i)
+				}
+				fmt.Printf("%-38s window %5d MiB  %-14s %8.3f ms %6.1f GB/s  × %.3f\n", lay.name, win>>20, m.name, ms, float64(bytes)/ms/1e6, c/ms)
+			}
+		}
+	}
+}
