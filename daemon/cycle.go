@@ -281,7 +281,7 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 		ForcedPages:   uint32(cy.ForcedPages),
 		RecalledPages: uint32(loaded), // copied for this reply's table; background pages are not
 		Fallback:      cy.Fallback,
-		AboveFraction: cy.AboveFraction(),
+		AboveFraction: cy.CumAboveFraction(), // the running fraction the fallback watches, as INSPECT reports
 		WaitMicros:    uint64(wait.Microseconds()),
 	}
 	_ = late // counted by the mover (NeededLate)

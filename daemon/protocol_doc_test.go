@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"context"
 	"io"
+	"math/rand/v2"
 	"net"
 	"testing"
 	"time"
@@ -61,5 +63,49 @@ func TestTruncatedFrameAtEOFGetsBadFrame(t *testing.T) {
 				t.Fatalf("after the BAD_FRAME frame: %v, want EOF", err)
 			}
 		})
+	}
+}
+
+// A CYCLE result's above_fraction is the running fraction the fallback rule
+// watches (protocol.md 10.9, proto.CycleCounters), the same number INSPECT
+// reports — not the fraction of the last cycle alone, which drops to 0 once
+// a session in full residency stops scoring.
+func TestCycleAboveFractionIsRunning(t *testing.T) {
+	dir := t.TempDir()
+	rd := start(t, testConfig(t, dir))
+	defer rd.shutdown(t)
+	c := dial(t, rd.d.Addr())
+	ctx := context.Background()
+	l := testLayout(40)
+	// A fallback ratio this small puts the session in full residency at its
+	// first scored cycle that finds anything above threshold.
+	op, err := c.Open(ctx, &proto.Open{Layout: l, Policy: proto.Policy{FirstKeep: 1, LastKeep: 1, KMax: 1, FallbackRatio: 1e-9}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op.Region.Close()
+	r := rand.New(rand.NewPCG(3, 3))
+	appendAll(t, c, op.Session, &l, 1, 0, 64*20, r)
+	sawAbove, sawFallback := false, false
+	for k := range 4 {
+		res, err := c.Cycle(ctx, []proto.CycleEntry{{Session: op.Session, Step: uint64(64 * k), Position: 64 * 20 * 4, Queries: queries(r, 64, 3)}})
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("cycle %d: %v %v", k, err, res[0].Err)
+		}
+		in, err := c.Inspect(ctx, proto.AdminTarget{Session: op.Session})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := res[0].Counters.AboveFraction; got != in.AboveFraction {
+			t.Fatalf("cycle %d: CYCLE above_fraction %v, INSPECT %v: want the same running fraction", k, got, in.AboveFraction)
+		}
+		sawAbove = sawAbove || in.AboveFraction > 0
+		sawFallback = sawFallback || res[0].Counters.Fallback
+		if err := c.Release(ctx, res[0].Lease); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !sawAbove || !sawFallback {
+		t.Fatalf("the session never had chunks above threshold (%v) or never fell back (%v): the test proves nothing", sawAbove, sawFallback)
 	}
 }
