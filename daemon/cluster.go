@@ -31,6 +31,11 @@ type ClusterConfig struct {
 	NodeID   string `toml:"node_id"`
 	RaftAddr string `toml:"raft_addr"`
 	PeerAddr string `toml:"peer_addr"`
+	// RaftAdvertise and PeerAdvertise are the addresses other members dial
+	// when they differ from the listening ones (NAT, a proxy, a container's
+	// published port); default raft_addr and peer_addr.
+	RaftAdvertise string `toml:"raft_advertise"`
+	PeerAdvertise string `toml:"peer_advertise"`
 	// Bootstrap lists "id=raft_addr" of the founding members; read on the
 	// first start only (an empty list: join an existing cluster with
 	// flashmemctl cluster join).
@@ -76,7 +81,8 @@ func (c *ClusterConfig) validate() []string {
 	if c.NodeID == "" || len(c.NodeID) > 255 || strings.ContainsAny(c.NodeID, "= \t\n") {
 		errs = append(errs, "cluster.node_id must be 1-255 bytes without '=' or spaces")
 	}
-	for k, v := range map[string]string{"cluster.raft_addr": c.RaftAddr, "cluster.peer_addr": c.PeerAddr} {
+	for k, v := range map[string]string{"cluster.raft_addr": c.RaftAddr, "cluster.peer_addr": c.PeerAddr,
+		"cluster.raft_advertise": cmp.Or(c.RaftAdvertise, c.RaftAddr), "cluster.peer_advertise": cmp.Or(c.PeerAdvertise, c.PeerAddr)} {
 		if _, _, err := net.SplitHostPort(v); err != nil {
 			errs = append(errs, fmt.Sprintf("%s %q is not host:port", k, v))
 		}
@@ -140,6 +146,7 @@ func (d *Daemon) openCluster() error {
 		dir = filepath.Join(d.cfg.DataDir, "cluster")
 	}
 	cfg := cluster.Config{NodeID: cc.NodeID, RaftAddr: cc.RaftAddr, PeerAddr: cc.PeerAddr, Dir: dir,
+		RaftAdvertise: cc.RaftAdvertise, PeerAdvertise: cc.PeerAdvertise,
 		Bootstrap: cc.Bootstrap, ReplicationFactor: cc.ReplicationFactor, Secret: secret,
 		CapacityBytes: d.cfg.Host.BudgetBytes, GPUs: len(d.gpu.devs), Logger: d.log.With("subsystem", "cluster"),
 		HeartbeatTimeout: time.Duration(cc.HeartbeatTimeout), ElectionTimeout: time.Duration(cc.ElectionTimeout),
