@@ -61,6 +61,10 @@ if [[ ${1:-} != quick ]]; then
   FLASHMEM_BENCH_OUT=$out/recall_pm.json run internal/cuda internal_cuda.test -test.run '^TestRecallPageMajorBench$' -test.v
   [[ ${RECALL_ALL:-0} == 1 ]] &&
     FLASHMEM_BENCH_OUT=$out/recall.json run internal/cuda internal_cuda.test -test.run '^TestRecallBench$' -test.v
+  # SWEEP=1: the recall sweeps behind Recall's choices (engine streams and attributes,
+  # engines + kernel, mirror alignment, mirror window; docs/benchmarks.md, fourth session).
+  [[ ${SWEEP:-0} == 1 ]] &&
+    FLASHMEM_SWEEP=1 run internal/cuda internal_cuda.test -test.run '^TestRecall(Sweep|Window)$' -test.v
   FLASHMEM_BENCH_OUT=$out/scorer.json run attn/gpu attn_gpu.test -test.run '^TestScorerBench$' -test.v
   # Whole ScoreBatch cycles, published model: one GPU cycle per batch (indexer/gpuscore),
   # the CPU model at 131,072 chunks, and torch.json's published forward of the same run.
@@ -70,6 +74,7 @@ if [[ ${1:-} != quick ]]; then
   [[ -f $rj ]] || rj=- # TestRecallBench runs only with RECALL_ALL=1
   python3 scripts/gpu_table.py "$out/torch.json" "$rj" "$out/scorer.json" "$out/scorebatch.json" | tee "$out/table.txt"
   sed -n '/^Recall into a page-major reserve/,/^---/p' "$log" | grep -v '^---' | tee -a "$out/table.txt"
+  [[ ${SWEEP:-0} == 1 ]] && sed -n '/^Recall \(sweep\|by mirror window\)/,/^---/p' "$log" | grep -v '^---' | tee -a "$out/table.txt"
   # End to end: 16 × 512K-token sessions through the CUDA daemon (scripts/gpu-e2e.sh).
   if [[ -x .gpu/flashmemd && -x .gpu/flashmemctl ]]; then
     OUT=$out/e2e scripts/gpu-e2e.sh >>"$log" 2>&1 || { say "gpu-e2e failed"; status=1; }
