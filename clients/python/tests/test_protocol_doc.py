@@ -572,6 +572,6 @@ def test_handshake_timeout(daemon):
     c.send(frame(PING, 3, b"abcdef")[:36])  # also when stopped in the middle of a frame
     t0 = time.monotonic()
     r = c.recv()
-    assert (r.code, r.rid, r.op) == (HANDSHAKE_REQUIRED, 0, 0) and time.monotonic() - t0 < 8
+    assert (r.code, r.rid, r.op) == (HANDSHAKE_REQUIRED, 0, 0) and time.monotonic() - t0 < 15  # 5 s by default
     assert c.at_eof()
     c.close()
