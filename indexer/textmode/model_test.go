@@ -566,6 +566,59 @@ func TestScoreFollowsTwoWordNames(t *testing.T) {
 	}
 }
 
+// TestScoreSecondClause: a question about two things keeps both chunks even
+// when one of them matches much less of the question's weight, and a
+// question word that happens to be rare in the context is no second thing.
+func TestScoreSecondClause(t *testing.T) {
+	m := newTestModel(t)
+	cases := []struct {
+		name             string
+		insert           map[int]string
+		question         string
+		evidence, absent []string
+	}{
+		{"two keys",
+			map[int]string{40: "The access code issued to Project Delta Prism reads 402373.", 160: "The access code issued to unit SC-6224 reads 597066.",
+				100: "The access code issued to Project Oak Depot reads 111222.", 220: "The access code issued to unit QX-1234 reads 333444.",
+				20: "The river delta flooded.", 70: "A delta of two.", 130: "The delta grew.", 190: "Delta time passed.", 250: "A delta again.", 280: "The last delta."},
+			"Which access codes were issued to Project Delta Prism and unit SC-6224?",
+			[]string{"Project Delta Prism reads 402373.", "unit SC-6224 reads 597066."},
+			[]string{"Project Oak Depot reads 111222.", "unit QX-1234 reads 333444."}},
+		{"rare question words",
+			map[int]string{40: "Locker 41 was packed with the parcel number 5521.", 150: "The jar was kept warm all winter."},
+			"Where has the parcel number 5521 been kept?",
+			[]string{"Locker 41 was packed with the parcel number 5521."},
+			[]string{"The jar was kept warm all winter."}},
+	}
+	for _, c := range cases {
+		text := haystack(300, c.insert)
+		toks := Tokenize(text)
+		keys := m.AppendChunkKeys(nil, toks)
+		out := make([]float32, NumChunks(len(toks)))
+		if err := m.ScoreWith(m.NewQuery(Tokenize(c.question), nil, Lexical), keys, out, ScoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range c.evidence {
+			f, l := chunksOf(text, e, toks)
+			best := float32(-100)
+			for ch := f; ch <= l; ch++ {
+				best = max(best, out[ch])
+			}
+			if best <= 0 {
+				t.Errorf("%s: evidence %q best logit %.2f ≤ 0", c.name, e, best)
+			}
+		}
+		for _, e := range c.absent {
+			f, l := chunksOf(text, e, toks)
+			for ch := f; ch <= l; ch++ {
+				if out[ch] > 0 {
+					t.Errorf("%s: unrelated %q chunk %d logit %.2f > 0", c.name, e, ch, out[ch])
+				}
+			}
+		}
+	}
+}
+
 func TestDefaultConfigValid(t *testing.T) {
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)

@@ -145,21 +145,88 @@ func (m *Model) lexicalAll(q *Query, keys []byte, dst []float32, workers int) {
 		return
 	}
 	parts := splitRange(n, workers)
-	best := make([]float32, len(parts))
-	parallelFor(len(parts), workers, func(p int) {
-		for c := parts[p][0]; c < parts[p][1]; c++ {
-			dst[c] = m.lexMass(w, keys[c*kb:(c+1)*kb])
-			best[p] = max(best[p], dst[c])
+	mass := func(w []float32, dst []float32) (best float32, at int) {
+		bests := make([]float32, len(parts))
+		ats := make([]int, len(parts))
+		parallelFor(len(parts), workers, func(p int) {
+			ats[p] = -1
+			for c := parts[p][0]; c < parts[p][1]; c++ {
+				dst[c] = m.lexMass(w, keys[c*kb:(c+1)*kb])
+				if dst[c] > bests[p] {
+					bests[p], ats[p] = dst[c], c
+				}
+			}
+		})
+		at = -1
+		for p, b := range bests {
+			if b > best {
+				best, at = b, ats[p]
+			}
 		}
-	})
-	ref := minBestShare * norm
-	for _, b := range best {
-		ref = max(ref, b)
+		return best, at
 	}
+	best, at := mass(w, dst)
+	ref := max(minBestShare*norm, best)
 	inv := 1 / ref
 	for c := range dst[:n] {
 		dst[c] *= inv
 	}
+	if at < 0 {
+		return
+	}
+	// A second clause. A question about two things ("… to Project Pewter
+	// Citadel and unit SC-6224?") matches each of their chunks only in part,
+	// and relative to the better one the other can fall under the threshold.
+	// The query terms the best chunk's key lacks form a clause of their own
+	// when the best chunk for them alone holds clauseShare of the whole
+	// query's weight and at least two of them that name something: rare in
+	// the context (weight ≥ clauseRare of the query's heaviest term) and rare
+	// in training (IDF ≥ prfMinIDFKnown: "Citadel", "SC", not "kept" or "head
+	// office", which a context may happen to repeat little). Chunks then keep
+	// the better of their signal and their signal relative to that chunk.
+	w2 := slices.Clone(w)
+	terms, _, nt := m.keyTerms(keys[at*kb : (at+1)*kb])
+	for i := range nt {
+		if b := int(termAt(terms, i)); b < len(w2) {
+			w2[b] = 0
+		}
+	}
+	var norm2, maxW float32
+	for _, b := range q.terms {
+		norm2 += w2[b]
+		maxW = max(maxW, w[b])
+	}
+	if norm2 < clauseShare*norm {
+		return
+	}
+	second := make([]float32, n)
+	best2, at2 := mass(w2, second)
+	if best2 < clauseShare*norm || m.namingTerms(w2, keys[at2*kb:(at2+1)*kb], clauseRare*maxW) < 2 {
+		return
+	}
+	inv2 := 1 / best2
+	for c, v := range second {
+		dst[c] = max(dst[c], v*inv2)
+	}
+}
+
+// Second-clause thresholds (see lexicalAll).
+const (
+	clauseShare = 0.2
+	clauseRare  = 0.4
+)
+
+// namingTerms counts the terms of key that weigh at least min in w and are
+// rare in training.
+func (m *Model) namingTerms(w []float32, key []byte, min float32) int {
+	terms, _, nt := m.keyTerms(key)
+	k := 0
+	for i := range nt {
+		if b := int(termAt(terms, i)); b < len(w) && w[b] != 0 && w[b] >= min && m.idf[b] >= prfMinIDFKnown {
+			k++
+		}
+	}
+	return k
 }
 
 // cosine is the dot product of the query's unit vector and a key's dequantised
