@@ -385,17 +385,22 @@ func (d *Daemon) deleteSession(by *conn, t *proto.AdminTarget) (*proto.EvictRepl
 	if s != nil {
 		bytes := s.info().Bytes
 		var (
-			holder  *conn
-			persist bool
-			epoch   uint64
-			stale   error
+			holder *conn
+			stale  error
 		)
 		free := func() bool { // under s.mu: a RESUME cannot attach it meanwhile
-			holder, persist, epoch = s.conn, s.persist, s.epoch
-			if persist {
+			holder = s.conn
+			if s.persist {
 				stale = d.clusterOwns(s) // a stale copy must not delete what the cluster holds
 			}
-			return (holder == nil || holder == by) && stale == nil
+			if (holder != nil && holder != by) || stale != nil {
+				return false
+			}
+			if s.persist {
+				// The catalog first: a delete it refused leaves the session intact.
+				stale = d.clusterDelete(s.name, s.epoch)
+			}
+			return stale == nil
 		}
 		if err := d.dropSessionIf(s, true, free); err != nil {
 			return nil, err
@@ -406,9 +411,6 @@ func (d *Daemon) deleteSession(by *conn, t *proto.AdminTarget) (*proto.EvictRepl
 		}
 		if stale != nil {
 			return nil, stale
-		}
-		if persist && epoch != 0 {
-			d.clusterDelete(s.name, epoch)
 		}
 		d.log.Info("session deleted", "session", s.id, "name", s.name)
 		return &proto.EvictReply{Sessions: []uint64{s.id}, Bytes: bytes}, nil
@@ -424,6 +426,9 @@ func (d *Daemon) deleteSession(by *conn, t *proto.AdminTarget) (*proto.EvictRepl
 			epoch = e
 		}
 	}
+	if err := d.clusterDelete(m.Name, epoch); err != nil {
+		return nil, err // the catalog first: a delete it refused leaves the session intact
+	}
 	ctx := context.Background()
 	ssd := d.store.SSD()
 	// The metadata goes first: a RESUME that races with the delete then
@@ -436,9 +441,6 @@ func (d *Daemon) deleteSession(by *conn, t *proto.AdminTarget) (*proto.EvictRepl
 	}
 	if err := ssd.Sync(); err != nil {
 		return nil, err
-	}
-	if epoch != 0 {
-		d.clusterDelete(m.Name, epoch)
 	}
 	d.log.Info("persisted session deleted", "session", m.ID, "name", m.Name)
 	return &proto.EvictReply{Sessions: []uint64{m.ID}, Bytes: m.pages() * m.Layout.PageBytes(), OnSSDOnly: true}, nil

@@ -376,18 +376,21 @@ func (d *Daemon) clusterEpoch(name string) uint64 {
 	return 0
 }
 
-// clusterDelete removes a deleted session from the catalog (best effort:
-// a node that cannot reach a quorum logs it; the record then names a copy
-// that is gone and RESUME elsewhere pulls from the other replicas).
-func (d *Daemon) clusterDelete(name string, epoch uint64) {
-	if d.cl == nil || name == "" {
-		return
+// clusterDelete removes a session from the catalog, before its local copy
+// goes: a DELETE the catalog did not commit is refused (UNAVAILABLE when no
+// majority is reachable), so an acknowledged DELETE never comes back from
+// a replica. Applying the delete makes every node, this one included, drop
+// its copy (cluster.DeleteNotifier).
+func (d *Daemon) clusterDelete(name string, epoch uint64) error {
+	if d.cl == nil || name == "" || epoch == 0 {
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := d.cl.node.Delete(ctx, name, epoch); err != nil {
-		d.log.Warn("removing a deleted session from the cluster catalog", "name", name, "err", err)
+		return fmt.Errorf("session %q: removing it from the cluster catalog (nothing was deleted; DELETE again when a majority of members is reachable): %w", name, err)
 	}
+	return nil
 }
 
 // forgetSession drops a session from memory without writing anything: its

@@ -518,12 +518,13 @@ func (c *conn) closeSession(m *proto.Close) error {
 		if err := c.d.clusterOwns(s); err != nil {
 			return err
 		}
+		// The catalog first: a delete it refused leaves the session intact.
+		if err := c.d.clusterDelete(s.name, s.epoch); err != nil {
+			return err
+		}
 	}
 	if err := c.d.dropSession(s, !keep); err != nil {
 		return err
-	}
-	if !keep && persist && s.epoch != 0 {
-		c.d.clusterDelete(s.name, s.epoch)
 	}
 	if keep {
 		c.d.log.Info("session closed, kept on SSD", "session", s.id, "name", s.name)

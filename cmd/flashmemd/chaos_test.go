@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,18 +21,21 @@ import (
 )
 
 // The catalog history the chaos test records, checked with porcupine. Per
-// session the catalog behaves as a register of (owner, persisted chunks):
-// RESUME on a node moves ownership there and reads the chunk count;
-// PERSIST at durability cluster writes it and may succeed only on the
-// owner. An operation that failed may or may not have taken effect (a
-// commit can land after its caller gave up), so it steps to either state.
+// session the catalog behaves as a register of (exists, owner, persisted
+// chunks): PERSIST at durability cluster creates the session (a claim at
+// epoch 1) or writes its chunk count, and may succeed only on the owner;
+// RESUME on a node moves ownership there and reads the chunk count; DELETE
+// removes it, only on the owner. An operation that failed may or may not
+// have taken effect (a commit can land after its caller gave up), so it
+// steps to either state.
 type catState struct {
+	Exists bool
 	Owner  string
 	Chunks uint64
 }
 
 type catInput struct {
-	Op      string // "resume" or "persist"
+	Op      string // "resume", "persist" or "delete"
 	Session string
 	Node    string
 	Chunks  uint64 // persist: the chunk count written
@@ -64,26 +68,43 @@ var catalogModel = porcupine.NondeterministicModel{
 		s, in, out := state.(catState), input.(catInput), output.(catOutput)
 		switch in.Op {
 		case "resume":
-			moved := catState{Owner: in.Node, Chunks: s.Chunks}
+			moved := catState{Exists: true, Owner: in.Node, Chunks: s.Chunks}
 			if !out.OK {
+				if !s.Exists {
+					return []any{s}
+				}
 				return []any{s, moved}
 			}
-			if out.Chunks != s.Chunks {
-				return nil
+			if !s.Exists || out.Chunks != s.Chunks {
+				return nil // a deleted session came back, or a lost or invented persist
 			}
 			return []any{moved}
 		case "persist":
-			written := catState{Owner: s.Owner, Chunks: in.Chunks}
+			written := catState{Exists: true, Owner: in.Node, Chunks: in.Chunks}
+			mine := !s.Exists || s.Owner == in.Node
 			if !out.OK {
-				if s.Owner != in.Node {
+				if !mine {
 					return []any{s} // a stale owner's commit cannot land
 				}
 				return []any{s, written}
 			}
-			if s.Owner != in.Node {
+			if !mine {
 				return nil // two owners: a node persisted a session it does not own
 			}
 			return []any{written}
+		case "delete":
+			gone := catState{}
+			mine := s.Exists && s.Owner == in.Node
+			if !out.OK {
+				if !mine {
+					return []any{s}
+				}
+				return []any{s, gone}
+			}
+			if !mine {
+				return nil // a node deleted a session it does not own
+			}
+			return []any{gone}
 		}
 		return nil
 	},
@@ -102,23 +123,32 @@ func TestCatalogModelCatchesViolations(t *testing.T) {
 		return porcupine.Operation{Input: in, Output: out, Call: call, Return: ret}
 	}
 	good := []porcupine.Operation{
-		op(0, 1, catInput{Op: "resume", Session: "a", Node: "n1"}, catOutput{OK: true}),
 		op(2, 3, catInput{Op: "persist", Session: "a", Node: "n1", Chunks: 64}, catOutput{OK: true}),
 		op(4, 5, catInput{Op: "resume", Session: "a", Node: "n2"}, catOutput{OK: true, Chunks: 64}),
 		op(6, 100, catInput{Op: "persist", Session: "a", Node: "n2", Chunks: 128}, catOutput{}),
 		op(7, 8, catInput{Op: "resume", Session: "a", Node: "n3"}, catOutput{OK: true, Chunks: 128}),
+		op(9, 10, catInput{Op: "delete", Session: "a", Node: "n3"}, catOutput{OK: true}),
+		op(11, 12, catInput{Op: "resume", Session: "a", Node: "n1"}, catOutput{}),
 	}
 	if !porcupine.CheckOperations(m, good) {
 		t.Fatal("a linearizable history was rejected")
 	}
-	lost := slices.Clone(good[:3])
-	lost[2] = op(4, 5, catInput{Op: "resume", Session: "a", Node: "n2"}, catOutput{OK: true, Chunks: 0})
+	lost := slices.Clone(good[:2])
+	lost[1] = op(4, 5, catInput{Op: "resume", Session: "a", Node: "n2"}, catOutput{OK: true, Chunks: 0})
 	if porcupine.CheckOperations(m, lost) {
 		t.Fatal("a lost persist was accepted")
 	}
-	twoOwners := append(slices.Clone(good[:3]), op(6, 7, catInput{Op: "persist", Session: "a", Node: "n1", Chunks: 999}, catOutput{OK: true}))
+	twoOwners := append(slices.Clone(good[:2]), op(6, 7, catInput{Op: "persist", Session: "a", Node: "n1", Chunks: 999}, catOutput{OK: true}))
 	if porcupine.CheckOperations(m, twoOwners) {
 		t.Fatal("a persist by the old owner was accepted")
+	}
+	revived := append(slices.Clone(good[:5]), op(11, 12, catInput{Op: "resume", Session: "a", Node: "n1"}, catOutput{OK: true, Chunks: 128}))
+	if porcupine.CheckOperations(m, revived) {
+		t.Fatal("a resume of a deleted session was accepted")
+	}
+	staleDelete := append(slices.Clone(good[:4]), op(9, 10, catInput{Op: "delete", Session: "a", Node: "n2"}, catOutput{OK: true}))
+	if porcupine.CheckOperations(m, staleDelete) {
+		t.Fatal("a delete by a node that lost ownership was accepted")
 	}
 }
 
@@ -184,14 +214,18 @@ func TestClusterChaos(t *testing.T) {
 	var history []porcupine.Operation
 	// A failed operation's outcome is unknown (its commit may land later),
 	// so it stays open to the end of the history, as Jepsen's "info" ops.
+	var hmu sync.Mutex // history, acked, sessions and counters: two clients work at once
 	record := func(in catInput, call time.Time, out catOutput) {
 		ret := time.Now().UnixNano()
 		if !out.OK {
 			ret = math.MaxInt64
 		}
+		hmu.Lock()
 		history = append(history, porcupine.Operation{ClientId: 0, Input: in, Output: out, Call: call.UnixNano(), Return: ret})
+		hmu.Unlock()
 	}
 	acked := map[string]uint64{} // last acknowledged cluster persist
+	deleted := map[string]bool{} // acknowledged deletes
 	// Create the sessions on node 1 with one persisted page each.
 	for _, name := range sessions {
 		c := clients[0]
@@ -204,8 +238,6 @@ func TestClusterChaos(t *testing.T) {
 			t.Fatal(err)
 		}
 		call := time.Now()
-		record(catInput{Op: "resume", Session: name, Node: "n1"}, call, catOutput{OK: true})
-		call = time.Now()
 		err = c.PersistDurable(ctx, op.Session, proto.DurabilityCluster)
 		record(catInput{Op: "persist", Session: name, Node: "n1", Chunks: 64}, call, catOutput{OK: err == nil})
 		if err != nil {
@@ -219,7 +251,7 @@ func TestClusterChaos(t *testing.T) {
 
 	rng := rand.New(rand.NewPCG(2026, 12))
 	var failovers []time.Duration
-	snapshotCatchUps, persistsOK, persistsFailed := 0, 0, 0
+	snapshotCatchUps, persistsOK, persistsFailed, deletes := 0, 0, 0, 0
 	leaderOf := func() (string, int) {
 		for i, c := range clients {
 			if c == nil {
@@ -230,6 +262,99 @@ func TestClusterChaos(t *testing.T) {
 			}
 		}
 		return "", -1
+	}
+	var fatal []string // from the client goroutines
+	// work is one client's turn on node at: resume, check, append, persist
+	// (or delete and replace) one session.
+	work := func(round, at, slot int, del bool) {
+		c := clients[at]
+		node := nodes[at].id
+		hmu.Lock()
+		name := sessions[slot]
+		floor := acked[name]
+		hmu.Unlock()
+		call := time.Now()
+		rr, err := c.Resume(ctx, name)
+		out := catOutput{OK: err == nil}
+		if err == nil {
+			out.Chunks = rr.Chunks
+		}
+		record(catInput{Op: "resume", Session: name, Node: node}, call, out)
+		if err != nil {
+			if proto.CodeOf(err) == proto.CodeIntegrity {
+				hmu.Lock()
+				fatal = append(fatal, fmt.Sprintf("round %d: resume %s on %s: %v", round, name, node, err))
+				hmu.Unlock()
+			}
+			t.Logf("round %d: resume %s on %s: %v", round, name, node, err)
+			return
+		}
+		if rr.Chunks < floor {
+			hmu.Lock()
+			fatal = append(fatal, fmt.Sprintf("round %d: %s resumed on %s with %d chunks, %d were acknowledged before", round, name, node, rr.Chunks, floor))
+			hmu.Unlock()
+		}
+		if del {
+			call = time.Now()
+			err := c.CloseSession(ctx, rr.Session, true)
+			record(catInput{Op: "delete", Session: name, Node: node}, call, catOutput{OK: err == nil})
+			if err != nil {
+				t.Logf("round %d: delete %s on %s: %v", round, name, node, err)
+				c.CloseSession(ctx, rr.Session, false)
+				return
+			}
+			// A new session takes the slot (a new name: names are not
+			// reused while replicas may still be removing the old copy).
+			nn := fmt.Sprintf("chaos-%d-r%d", slot, round)
+			op, err := c.Open(ctx, &proto.Open{Name: nn, Persist: true, Layout: l, Policy: proto.Policy{KMax: 8}})
+			if err != nil {
+				t.Logf("round %d: open %s on %s: %v", round, nn, node, err)
+				return
+			}
+			if err := appendChunks(c, op.Session, &l, seed, 0, 64, rand.New(rand.NewPCG(uint64(round), 8))); err != nil {
+				t.Logf("round %d: append to %s on %s: %v", round, nn, node, err)
+				c.CloseSession(ctx, op.Session, false)
+				return
+			}
+			call = time.Now()
+			perr := c.PersistDurable(ctx, op.Session, proto.DurabilityCluster)
+			record(catInput{Op: "persist", Session: nn, Node: node, Chunks: 64}, call, catOutput{OK: perr == nil})
+			hmu.Lock()
+			deletes++
+			deleted[name] = true
+			if perr == nil {
+				// Only an acknowledged session replaces the deleted one.
+				sessions[slot] = nn
+				acked[nn] = 64
+			}
+			hmu.Unlock()
+			c.CloseSession(ctx, op.Session, false)
+			if perr != nil {
+				t.Logf("round %d: persist of the new %s on %s: %v", round, nn, node, perr)
+				// The slot keeps the deleted name; later turns find it gone.
+			}
+			return
+		}
+		r := rand.New(rand.NewPCG(uint64(round), uint64(at)))
+		if err := appendChunks(c, rr.Session, &l, seed, rr.Chunks, rr.Chunks+64, r); err != nil {
+			t.Logf("round %d: append on %s: %v", round, node, err)
+		} else {
+			call = time.Now()
+			perr := c.PersistDurable(ctx, rr.Session, proto.DurabilityCluster)
+			record(catInput{Op: "persist", Session: name, Node: node, Chunks: rr.Chunks + 64}, call, catOutput{OK: perr == nil})
+			hmu.Lock()
+			if perr == nil {
+				acked[name] = max(acked[name], rr.Chunks+64)
+				persistsOK++
+			} else {
+				persistsFailed++
+			}
+			hmu.Unlock()
+			if perr != nil {
+				t.Logf("round %d: persist on %s: %v", round, node, perr)
+			}
+		}
+		c.CloseSession(ctx, rr.Session, false)
 	}
 	deadline := time.Now().Add(time.Duration(rounds) * 15 * time.Second)
 	for round := 0; round < rounds && time.Now().Before(deadline); round++ {
@@ -272,53 +397,38 @@ func TestClusterChaos(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}()
-		// The client works on a survivor: resume, check, append, persist.
+		// Two clients work at once, one on each survivor: resume (an
+		// ownership move), check, append, persist; now and then the session
+		// is deleted instead of closed, and a new one takes its slot. Both
+		// may pick the same session, and then race for its ownership.
 		var alive []int
 		for i := range 3 {
 			if i != victim {
 				alive = append(alive, i)
 			}
 		}
-		at := alive[rng.IntN(len(alive))]
-		name := sessions[rng.IntN(len(sessions))]
-		c := clients[at]
-		call := time.Now()
-		rr, err := c.Resume(ctx, name)
-		out := catOutput{OK: err == nil}
-		if err == nil {
-			out.Chunks = rr.Chunks
+		type job struct {
+			at, slot int
+			del      bool
 		}
-		record(catInput{Op: "resume", Session: name, Node: nodes[at].id}, call, out)
-		if err == nil {
-			if rr.Chunks < acked[name] {
-				t.Fatalf("round %d: %s resumed on %s with %d chunks, %d were acknowledged", round, name, nodes[at].id, rr.Chunks, acked[name])
-			}
-			r := rand.New(rand.NewPCG(uint64(round), 7))
-			if err := appendChunks(c, rr.Session, &l, seed, rr.Chunks, rr.Chunks+64, r); err != nil {
-				t.Logf("round %d: append on %s: %v", round, nodes[at].id, err)
-			} else {
-				call = time.Now()
-				perr := c.PersistDurable(ctx, rr.Session, proto.DurabilityCluster)
-				record(catInput{Op: "persist", Session: name, Node: nodes[at].id, Chunks: rr.Chunks + 64}, call, catOutput{OK: perr == nil})
-				if perr == nil {
-					acked[name] = rr.Chunks + 64
-					persistsOK++
-				} else {
-					persistsFailed++
-					t.Logf("round %d: persist on %s: %v", round, nodes[at].id, perr)
-				}
-			}
-			c.CloseSession(ctx, rr.Session, false)
-		} else {
-			if proto.CodeOf(err) == proto.CodeIntegrity {
-				t.Fatalf("round %d: resume %s on %s: %v", round, name, nodes[at].id, err)
-			}
-			t.Logf("round %d: resume %s on %s: %v", round, name, nodes[at].id, err)
+		jobs := []job{{alive[0], rng.IntN(len(sessions)), rng.IntN(4) == 0}, {alive[1], rng.IntN(len(sessions)), rng.IntN(4) == 0}}
+		var cw sync.WaitGroup
+		for _, j := range jobs {
+			cw.Add(1)
+			go func() {
+				defer cw.Done()
+				work(round, j.at, j.slot, j.del)
+			}()
 		}
+		cw.Wait()
 		<-killDone
+		if len(fatal) > 0 {
+			t.Fatal(strings.Join(fatal, "\n"))
+		}
 		// Every fifth round the victim stays down while the others commit
 		// more entries than the log keeps behind a snapshot (threshold 32,
 		// 16 trailing entries), so it must catch up by snapshot install.
+		c := clients[alive[0]]
 		if round%5 == 4 {
 			for j := range 12 {
 				name := fmt.Sprintf("filler-%d-%d", round, j)
@@ -333,7 +443,8 @@ func TestClusterChaos(t *testing.T) {
 					t.Logf("filler persist: %v", err)
 				}
 				if err := c.CloseSession(ctx, fop.Session, true); err != nil {
-					t.Fatalf("filler delete: %v", err)
+					t.Logf("filler delete: %v", err)
+					c.CloseSession(ctx, fop.Session, false)
 				}
 			}
 			time.Sleep(2500 * time.Millisecond) // a snapshot interval (1 s, jittered to 2 s) passes
@@ -394,6 +505,14 @@ func TestClusterChaos(t *testing.T) {
 		proto.Unmap(mem)
 		c.CloseSession(ctx, rr.Session, false)
 	}
+	// Acknowledged deletes stay deleted on every node.
+	for name := range deleted {
+		for i, c := range clients {
+			if _, err := c.Resume(ctx, name); proto.CodeOf(err) != proto.CodeUnknownSession {
+				t.Fatalf("deleted session %s on %s: RESUME answered %v, want UNKNOWN_SESSION", name, nodes[i].id, err)
+			}
+		}
+	}
 	res := porcupine.CheckOperationsTimeout(catalogModel.ToModel(), history, 30*time.Second)
 	if res == porcupine.Illegal {
 		t.Fatalf("catalog history of %d operations is not linearizable", len(history))
@@ -405,6 +524,10 @@ func TestClusterChaos(t *testing.T) {
 		}
 		return failovers[min(len(failovers)-1, int(p*float64(len(failovers))))]
 	}
-	t.Logf("chaos: %d rounds, %d persists acknowledged, %d refused; history of %d catalog ops linearizable (%v); %d leader failovers p50 %v p99 %v max %v; %d restarts caught up by snapshot",
-		rounds, persistsOK, persistsFailed, len(history), res, len(failovers), pct(0.5), pct(0.99), pct(1), snapshotCatchUps)
+	ops := map[string]int{}
+	for _, op := range history {
+		ops[op.Input.(catInput).Op]++
+	}
+	t.Logf("chaos: %d rounds, two clients at once; %d persists acknowledged, %d refused; %d sessions deleted and replaced; history of %d catalog ops (%d resumes = ownership moves, %d persists, %d deletes) linearizable (%v); %d leader failovers p50 %v p99 %v max %v; %d restarts caught up by snapshot",
+		rounds, persistsOK, persistsFailed, deletes, len(history), ops["resume"], ops["persist"], ops["delete"], res, len(failovers), pct(0.5), pct(0.99), pct(1), snapshotCatchUps)
 }
