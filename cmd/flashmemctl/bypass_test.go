@@ -87,10 +87,17 @@ func TestSimBypassCache(t *testing.T) {
 		t.Errorf("lookahead: %v staged pages used, %v recall pages read from SSD; on demand %v: staging should halve them at least",
 			la.Counters["staged_used"], la.Counters["prefetch_late"], od.Counters["prefetch_late"])
 	}
-	// Stall-free is logged, not asserted: with a 250 µs stall threshold it
-	// moves by a stalled cycle or two from run to run with the machine's
-	// load (docs/benchmarks.md lists runs where lookahead was below 0.99),
-	// and a check that fails by chance is worse than none.
+	// Stall-free: at this size the disk serves 8 × ~5 pages per 100 ms
+	// cycle with room to spare, so on demand loses little and both modes'
+	// stalls at the 250 µs threshold are mostly the CPU scheduler on a
+	// loaded machine (one or two cycles of 120, docs/benchmarks.md). What
+	// must hold with margin: lookahead stays near stall-free and is not
+	// worse than on demand by more than that noise; staging that crowds
+	// out the recalls the decoder waits for (16 stagers on one shared
+	// wake-up did: 250 ms waits) fails it.
+	if la.StallFree < 0.95 || la.StallFree < od.StallFree-0.025 {
+		t.Errorf("lookahead stall-free %.4f, on demand %.4f: want lookahead ≥ 0.95 and within 0.025 (3 of 120 cycles) of on demand or above", la.StallFree, od.StallFree)
+	}
 	t.Logf("load average %.1f on %d CPUs", loadAverage(), runtime.NumCPU())
 }
 
