@@ -142,6 +142,17 @@ type SSD struct {
 	kickGC      chan struct{}
 	metaMu      [16]sync.Mutex // metaLock: one writer per metadata name
 
+	// The index committer (commitPages): page entries reach Badger off the
+	// write path, in the order the in-memory index took them.
+	commitMu          sync.Mutex // orders memory updates with their queueing
+	qMu               sync.Mutex
+	qCond             *sync.Cond
+	queue             []*indexJob
+	queued, committed uint64
+	qKick             chan struct{}
+	qStop, qDone      chan struct{}
+	indexErr          atomic.Bool // a background commit failed: no checkpoint past it
+
 	stop   chan struct{}
 	gcDone chan struct{}
 
@@ -220,8 +231,13 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 		direct: newDirectReader(&cfg),
 	}
 	s.resetMaps()
+	s.qCond = sync.NewCond(&s.qMu)
+	s.qKick, s.qStop, s.qDone = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	go s.indexCommitter()
 	s.legacyMetas = map[string][]byte{}
 	if err := s.recover(); err != nil {
+		close(s.qStop)
+		<-s.qDone
 		if s.db != nil {
 			s.db.Close()
 		}
@@ -473,80 +489,166 @@ func newerPage(a, b indexEntry) bool {
 	return a.gen > b.gen || (a.gen == b.gen && a.seq > b.seq)
 }
 
-// commitPages commits the entries of written (and, with SyncWrites, synced)
-// records and moves the segments' live bytes accordingly.
+// commitPages makes the entries of written (and, with SyncWrites, synced)
+// records current: the in-memory index at once (reads find them from here
+// on), Badger through the index committer, off the write's path. The
+// journal is the truth and Badger only its index: a crash before the commit
+// lands loses nothing, since the records stay "in flight" (their segment's
+// pending count) until it does, so the checkpoint stays before them and the
+// next start replays them.
 func (s *SSD) commitPages(pages []PageWrite, locs []loc, lens []int64, entries []indexEntry) error {
+	job := &indexJob{}
+	var added, bytes int64
+	dead := map[uint32]int64{}
+	var drop []loc
+	var dropLens []int64
+	// idx shared, as every index change: compaction's check-and-move holds
+	// it exclusively, so it never re-points a page this write replaces.
 	s.idx.RLock()
-	defer s.idx.RUnlock()
-	for i := 0; i < len(pages); {
-		start := i
-		var added, bytes int64
-		dead := map[uint32]int64{}
-		applied := make([]bool, len(pages))
-		txn := s.db.NewTransaction(true)
-		var err error
-		s.cacheMu.RLock()
-		for ; i < len(pages); i++ {
-			id := pages[i].ID
-			old, had := s.cache[id]
-			if had && !newerPage(entries[i], old) {
-				continue // a newer generation is stored: this record is dead
-			}
-			if err = txn.SetEntry(badger.NewEntry(pageKey(id), encodeIndex(entries[i]))); err != nil {
-				break
-			}
-			applied[i] = true
+	s.commitMu.Lock()
+	s.cacheMu.Lock()
+	for j := range pages {
+		id := pages[j].ID
+		old, had := s.cache[id]
+		if had && !newerPage(entries[j], old) {
+			// A newer generation is stored: this record is dead.
+			drop, dropLens = append(drop, locs[j]), append(dropLens, lens[j])
+			continue
 		}
-		s.cacheMu.RUnlock()
-		if errors.Is(err, badger.ErrTxnTooBig) && i > start {
-			err = nil // page i goes first into the next transaction
-		}
-		if err == nil {
-			err = txn.Commit()
+		if had {
+			dead[old.seg] += old.recordLen()
+			bytes -= int64(old.length)
 		} else {
-			txn.Discard()
+			added++
+		}
+		s.cache[id] = entries[j]
+		bytes += int64(entries[j].length)
+		s.counters.puts.Add(1)
+		s.counters.bytesIn.Add(uint64(len(pages[j].Page)))
+		job.keys = append(job.keys, pageKey(id))
+		job.vals = append(job.vals, encodeIndex(entries[j]))
+		job.locs, job.lens = append(job.locs, locs[j]), append(job.lens, lens[j])
+	}
+	s.cacheMu.Unlock()
+	job.dead = dead
+	s.enqueueIndex(job)
+	s.commitMu.Unlock()
+	s.idx.RUnlock()
+	s.segs.settle(drop, dropLens, false, nil)
+	s.pages.Add(added)
+	s.bytes.Add(bytes)
+	s.changed.Store(true)
+	var g int64
+	for _, n := range dead {
+		g += n
+	}
+	for _, n := range dropLens {
+		g += n
+	}
+	s.noteGarbage(g)
+	return nil
+}
+
+// indexJob is one batch of page entries for the index committer: set keys
+// to vals in Badger, then count the records live (locs) and the records they
+// replace dead.
+type indexJob struct {
+	keys, vals [][]byte
+	locs       []loc
+	lens       []int64
+	dead       map[uint32]int64
+}
+
+// enqueueIndex hands a job to the committer (commitMu held, so jobs queue
+// in the order the in-memory index changed).
+func (s *SSD) enqueueIndex(job *indexJob) {
+	s.qMu.Lock()
+	s.queue = append(s.queue, job)
+	s.queued++
+	s.qMu.Unlock()
+	select {
+	case s.qKick <- struct{}{}:
+	default:
+	}
+}
+
+// indexCommitter commits queued page entries to Badger, coalescing what
+// queued meanwhile into one write batch, in queue order.
+func (s *SSD) indexCommitter() {
+	defer close(s.qDone)
+	for {
+		select {
+		case <-s.qKick:
+		case <-s.qStop:
+			s.commitQueued()
+			return
+		}
+		s.commitQueued()
+	}
+}
+
+// commitQueued commits every job queued so far, oldest first.
+func (s *SSD) commitQueued() {
+	for {
+		s.qMu.Lock()
+		jobs := s.queue
+		s.queue = nil
+		s.qMu.Unlock()
+		if len(jobs) == 0 {
+			return
+		}
+		err := s.commitJobs(jobs)
+		for _, job := range jobs {
+			// On an error the records stay in flight: the checkpoint
+			// stays before them and the next start replays them.
+			if err == nil {
+				s.segs.settle(job.locs, job.lens, true, job.dead)
+			}
 		}
 		if err != nil {
-			s.segs.settle(locs[start:], lens[start:], false, nil)
-			return fmt.Errorf("ssd: commit index of %d pages from %v: %w", len(pages)-start, pages[start].ID, err)
+			s.indexErr.Store(true)
+			s.cfg.Logger.Error("SSD index commit failed; the journal holds the pages and the next start replays them into the index", "err", err)
 		}
-		var keep, drop []loc
-		var keepLens, dropLens []int64
-		s.cacheMu.Lock()
-		for j := start; j < i; j++ {
-			if !applied[j] {
-				drop, dropLens = append(drop, locs[j]), append(dropLens, lens[j])
-				continue
+		s.qMu.Lock()
+		s.committed += uint64(len(jobs))
+		s.qCond.Broadcast()
+		s.qMu.Unlock()
+	}
+}
+
+func (s *SSD) commitJobs(jobs []*indexJob) error {
+	s.idx.RLock()
+	defer s.idx.RUnlock()
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, job := range jobs {
+		for i, k := range job.keys {
+			if err := wb.Set(k, job.vals[i]); err != nil {
+				return fmt.Errorf("ssd: commit index of page %x: %w", k, err)
 			}
-			keep, keepLens = append(keep, locs[j]), append(keepLens, lens[j])
-			id := pages[j].ID
-			if old, had := s.cache[id]; had {
-				dead[old.seg] += old.recordLen()
-				bytes -= int64(old.length)
-			} else {
-				added++
-			}
-			s.cache[id] = entries[j]
-			bytes += int64(entries[j].length)
-			s.counters.puts.Add(1)
-			s.counters.bytesIn.Add(uint64(len(pages[j].Page)))
 		}
-		s.cacheMu.Unlock()
-		s.segs.settle(keep, keepLens, true, dead)
-		s.segs.settle(drop, dropLens, false, nil)
-		s.pages.Add(added)
-		s.bytes.Add(bytes)
-		s.changed.Store(true)
-		var g int64
-		for _, n := range dead {
-			g += n
-		}
-		for _, n := range dropLens {
-			g += n
-		}
-		s.noteGarbage(g)
+	}
+	if err := wb.Flush(); err != nil {
+		return fmt.Errorf("ssd: commit index: %w", err)
 	}
 	return nil
+}
+
+// flushIndex waits until every job queued before the call is in Badger. An
+// index write of a page key (a deletion, a checkpoint) flushes first, so
+// Badger sees the page's changes in the order memory did. Never called with
+// idx held: the committer takes it.
+func (s *SSD) flushIndex() {
+	s.qMu.Lock()
+	defer s.qMu.Unlock()
+	want := s.queued
+	for s.committed < want {
+		select {
+		case s.qKick <- struct{}{}:
+		default:
+		}
+		s.qCond.Wait()
+	}
 }
 
 // copyChecked copies body into dst (same length) and returns the CRC32C of
@@ -720,6 +822,7 @@ func (s *SSD) Delete(ctx context.Context, id PageID) error {
 	if !s.mayHave(id) {
 		return fmt.Errorf("page %v: %w", id, ErrNotFound)
 	}
+	s.flushIndex()
 	e, l, n, err := s.appendSmall(recHeader{kind: kindDelPage, session: id.Session, page: id.Page}, nil, s.cfg.SyncWrites)
 	if err != nil {
 		return fmt.Errorf("ssd: delete page %v: %w", id, err)
@@ -793,6 +896,7 @@ func (s *SSD) DeleteSession(ctx context.Context, session uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
+	s.flushIndex()
 	e, l, n, err := s.appendSmall(recHeader{kind: kindDelSession, session: session}, nil, s.cfg.SyncWrites)
 	if err != nil {
 		return fmt.Errorf("ssd: delete session %d: %w", session, err)
@@ -1279,6 +1383,10 @@ func (s *SSD) Checkpoint() error {
 }
 
 func (s *SSD) checkpointLocked() error {
+	s.flushIndex()
+	if s.indexErr.Load() {
+		return fmt.Errorf("ssd: checkpoint: an index commit failed (the next start replays the journal into the index)")
+	}
 	s.changed.Store(false)
 	// Everything before the checkpoint is committed to the index; the
 	// records themselves reach the disk first.
@@ -1325,6 +1433,8 @@ func (s *SSD) Close() error {
 	close(s.stop)
 	<-s.gcDone
 	err := s.checkpointLocked()
+	close(s.qStop)
+	<-s.qDone
 	if cerr := s.db.Close(); err == nil {
 		err = cerr
 	}

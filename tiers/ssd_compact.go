@@ -125,6 +125,7 @@ func (s *SSD) refsIn(id uint32) []ref {
 func (s *SSD) compact() error {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
+	s.flushIndex() // records whose index commit is queued count as in flight
 	s.segs.sealIfGarbage(1-s.cfg.GCDiscardRatio, min(s.cfg.SegmentBytes, growStep))
 	cands := s.segs.candidates(1 - s.cfg.GCDiscardRatio)
 	ids := make([]uint32, 0, len(cands))
@@ -344,4 +345,7 @@ func (s *SSD) Compactions() uint64 { return s.compacted.Load() }
 // SegmentUsage reports the journal's segment files: how many, the bytes
 // allocated to them on disk, and the bytes of records the index points at
 // (the rest is garbage or not yet written).
-func (s *SSD) SegmentUsage() (files int, allocated, live int64) { return s.segs.usage() }
+func (s *SSD) SegmentUsage() (files int, allocated, live int64) {
+	s.flushIndex() // live bytes move when the index commits
+	return s.segs.usage()
+}
