@@ -200,7 +200,7 @@ type MoverConfig struct {
 	// while the decoder still uses the previous one (LSA's one-cycle-late
 	// application).
 	BackgroundRecall *bool `toml:"background_recall"`
-	// StageWorkers is how many staging reads run at once at most (0: 4);
+	// StageWorkers is how many staging reads run at once at most (0: 16);
 	// staging halves it while the disk is the bottleneck.
 	StageWorkers int `toml:"stage_workers"`
 	// StageBytes bounds the lookahead candidates queued and in flight, in

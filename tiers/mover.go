@@ -27,11 +27,13 @@ type MoverConfig struct {
 	// the mirror are read from SSD at once (default 8): the SSD's queue
 	// depth is what makes random page reads fast.
 	ReadParallel int
-	// StageWorkers is how many staging reads may run at once (default 4:
-	// with 16, six 512K-token sessions stalled at 0.978 of steady cycles
-	// where 4 kept them at 1.0, docs/benchmarks.md; the stagers' reads and
-	// mirror inserts then crowd the recalls the decoder waits for);
-	// the back-off lowers it while the disk is the bottleneck.
+	// StageWorkers is how many staging reads may run at once (default
+	// 16, the background half of the SSD read queue depth). With one
+	// shared wake-up for workers and stagers, 16 stalled six 512K-token
+	// sessions where 4 did not; with separate ones, woken one by one, 16
+	// stagers held more sessions stall-free than 4 (docs/benchmarks.md,
+	// "SSD as a capacity tier"). The back-off lowers it while the disk
+	// is the bottleneck.
 	StageWorkers int
 	// StageBytes bounds the bytes of staging candidates queued and in
 	// flight (default 256 MiB); candidates that carry no size count only
@@ -203,7 +205,7 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 		cfg.ReadParallel = 8
 	}
 	if cfg.StageWorkers <= 0 {
-		cfg.StageWorkers = 4
+		cfg.StageWorkers = 16
 	}
 	if cfg.StageBytes <= 0 {
 		cfg.StageBytes = 256 << 20

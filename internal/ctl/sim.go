@@ -76,6 +76,15 @@ type SimOptions struct {
 	// HostShare of all pages): the capacity benchmark adds sessions under
 	// one fixed budget.
 	HostBudgetBytes int64
+	// AdmitEvery, when set, starts session i's decode i×AdmitEvery after
+	// the first, as a host admits sessions one by one: without it every
+	// session's first selection (a burst no lookahead foresees) hits the
+	// disk in the same cycle, and at 16 sessions of 512K tokens that
+	// burst alone (~400 MB) outlasts three cycles in every mode
+	// (docs/benchmarks.md, "SSD as a capacity tier").
+	AdmitEvery time.Duration
+	// StageWorkers, when set, is the daemons' [mover] stage_workers.
+	StageWorkers int
 }
 
 // Simulator models.
@@ -119,6 +128,10 @@ func (o *SimOptions) validate() error {
 		return fmt.Errorf("%w: --host-share %v not in (0, 2]", ErrUsage, o.HostShare)
 	case o.CycleTime < 0:
 		return fmt.Errorf("%w: --cycle-time is negative", ErrUsage)
+	case o.AdmitEvery < 0 || o.AdmitEvery > time.Minute:
+		return fmt.Errorf("%w: --admit-every %v not in [0, 1m]", ErrUsage, o.AdmitEvery)
+	case o.StageWorkers < 0 || o.StageWorkers > 256:
+		return fmt.Errorf("%w: --stage-workers %d not in [0, 256]", ErrUsage, o.StageWorkers)
 	case o.ReserveSlots < 0 || o.ReserveSlots > o.pages():
 		return fmt.Errorf("%w: --reserve-slots %d not in [0, %d pages]", ErrUsage, o.ReserveSlots, o.pages())
 	case o.Model != SimModelTrace && o.Model != SimModelLSA:
@@ -412,6 +425,9 @@ read_mode = %q
 staging = %v
 background_recall = %v
 `, socket, filepath.Join(dir, "data"), metrics, o.HostBudget(), o.readMode(), staging, bg)
+	if o.StageWorkers > 0 {
+		toml += fmt.Sprintf("stage_workers = %d\n", o.StageWorkers)
+	}
 	if o.Model == SimModelLSA {
 		toml += fmt.Sprintf(`
 [indexer]
@@ -595,6 +611,8 @@ WaitMicros (time spent on recall after scoring, before the reply) reached --stal
 	f.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the traces")
 	f.IntVar(&o.ReserveSlots, "reserve-slots", 0, "reserve pages per session (default: 3 resident sets + 16)")
 	f.BoolVar(&o.BypassCache, "bypass-cache", false, "keep the page cache out: daemons read SSD pages with O_DIRECT and run in a memory-limited cgroup where possible (default: buffered reads)")
+	f.IntVar(&o.StageWorkers, "stage-workers", 0, "the daemons' [mover] stage_workers (0: their default)")
+	f.DurationVar(&o.AdmitEvery, "admit-every", 0, "start session i's decode i × this after the first (0: all at once)")
 	f.Int64Var(&o.HostBudgetBytes, "host-budget", 0, "host budget in bytes (overrides --host-share; the capacity benchmark keeps it fixed while adding sessions)")
 	f.StringVar(&device, "device", "any", `reserve device: "any" (the daemon picks; a GPU where it has one), "host", or a GPU ordinal`)
 	f.StringVar(&o.Model, "model", o.Model, `indexer model: "trace" (trace replay, tables checked) or "lsa" (published-dimension Memory Indexer, random weights, scored for real)`)
@@ -965,6 +983,9 @@ func (s *simSession) decode(ctx context.Context, o *SimOptions, i int) error {
 		if err := sleepCtx(ctx, time.Duration(r.Int64N(int64(o.CycleTime)))); err != nil {
 			return err
 		}
+	}
+	if err := sleepCtx(ctx, time.Duration(i)*o.AdmitEvery); err != nil {
+		return err
 	}
 	t := s.trace
 	last := uint32(o.pages() - 1)
