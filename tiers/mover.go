@@ -157,9 +157,9 @@ type MoverStats struct {
 // Mover performs recalls (SSD → mirror → reserve) on a bounded pool of
 // workers and lookahead staging (SSD → mirror) on a second pool
 // (mover_stage.go). Recall and Stage only enqueue: the socket loop never
-// waits on I/O. Recalls run before staging: a stager starts no read while a
-// recall is queued, candidates are read best-ranked first, and staging
-// backs off while the disk is the bottleneck.
+// waits on I/O. Recalls come before staging at the disk: staging reads hold
+// at most half the SSD read queue depth (ssd_direct.go), candidates are read
+// best-ranked first, and staging backs off while recall reads slow down.
 type Mover struct {
 	store *Store
 	cfg   MoverConfig
@@ -299,9 +299,7 @@ func (m *Mover) worker() {
 			batch := slices.Clone(m.recalls[:n])
 			clear(m.recalls[:n])
 			m.recalls = m.recalls[n:]
-			if len(m.recalls) == 0 {
-				m.wakeStagers() // stagers wait for an empty recall queue
-			} else {
+			if len(m.recalls) > 0 {
 				m.cond.Signal() // more batches: the next worker
 			}
 			m.mu.Unlock()

@@ -144,9 +144,6 @@ func (m *Mover) StageRanked(items []StageItem) int {
 // and on two cores the decode's goroutines wait behind it). Called with
 // m.mu held.
 func (m *Mover) wakeStagers() {
-	if len(m.recalls) > 0 {
-		return
-	}
 	for range min(len(m.st.q), m.st.allowed-m.st.inflight) {
 		m.stageCond.Signal()
 	}
@@ -196,14 +193,17 @@ func (m *Mover) worstStage() *stageEntry {
 	return w
 }
 
-// stager brings queued candidates into the mirror, best first, while no
-// recall waits (a recall is needed now, a candidate maybe later) and fewer
-// than the back-off allows are reading.
+// stager brings queued candidates into the mirror, best first, while fewer
+// than the back-off allows are reading. It does not wait for the recall
+// queue to empty: most recalls copy from the mirror and need no disk, and
+// on a loaded 2-core host holding staging back behind them left a quarter
+// of the next cycle's pages unstaged (docs/benchmarks.md, "SSD as a
+// capacity tier"); recall reads keep half the disk's queue depth instead.
 func (m *Mover) stager() {
 	defer m.wg.Done()
 	for {
 		m.mu.Lock()
-		for !m.closed && (len(m.st.q) == 0 || len(m.recalls) > 0 || m.st.inflight >= m.st.allowed) {
+		for !m.closed && (len(m.st.q) == 0 || m.st.inflight >= m.st.allowed) {
 			m.stageCond.Wait()
 		}
 		if m.closed {
