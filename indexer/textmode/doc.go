@@ -24,12 +24,15 @@
 //     vector and the question's and answer's terms, in a fixed-size wire form.
 //   - Score: per chunk, logit = a·lexical + b·cosine + c with (a, b, c) per Mode
 //     from the model file. The lexical signal is BM25-like, with IDF taken over
-//     the context's own chunk keys and relative to the best-matching chunk; a
-//     dilation gives neighbours of strong chunks a share of their logit (so a
-//     sentence cut by a page boundary still counts on both pages), and up to
-//     three rounds of relevance feedback follow never-seen names from kept chunks to
-//     the chunks that mention them (multi-hop evidence such as variable
-//     chains). Score therefore needs all keys of a request at once.
+//     the context's own chunk keys and relative to the best-matching chunk (and,
+//     for a question about two things, to the best chunk of the terms that
+//     chunk lacks); a dilation gives neighbours of strong chunks a share of
+//     their logit (so a sentence cut by a page boundary still counts on both
+//     pages), and up to three rounds of relevance feedback follow names —
+//     words rare in the context and in training, or two-word names rare as a
+//     pair — from kept chunks to the chunks that mention them (multi-hop
+//     evidence such as variable chains). Score therefore needs all keys of a
+//     request at once.
 //   - Train: IDF statistics over the corpus, then InfoNCE with in-batch
 //     negatives on (sentence → a chunk inside it, with the chunk's own words
 //     masked out of the sentence half of the time) pairs, hashed unigram and
