@@ -25,8 +25,9 @@
 //	reg, err := dev.AllocShareable(256<<20)
 //	fd, err := reg.ExportFD()           // send with SCM_RIGHTS; the peer calls ImportFD
 //	s, err := dev.NewStream()
-//	err = s.Recall(descs)               // mirror -> reserve: copy engines for rows >= 512 KiB,
-//	                                    // else one gather launch for every (src, dst, len) row
+//	err = s.Recall(descs)               // mirror -> reserve: copy engines on four streams for
+//	                                    // rows >= 256 KiB, else one gather launch for every
+//	                                    // (src, dst, len) row
 //	ev, err := dev.NewEvent(false)
 //	err = ev.Record(s)                  // poll ev.Done() from the socket loop; never block it
 //
