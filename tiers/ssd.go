@@ -55,7 +55,8 @@ type SSDConfig struct {
 	// round when the garbage they left behind passes a segment's worth.
 	GCInterval time.Duration
 	// GCDiscardRatio is the fraction of garbage a segment needs before GC
-	// rewrites it (default 0.5).
+	// rewrites it (default 0.4: with growth steps of at most an eighth of a
+	// segment, the files stay within 1/0.6 × 1.125 < 2× the live records).
 	GCDiscardRatio float64
 	// SegmentBytes is the most one segment file grows to (default 256 MiB;
 	// a page larger than that gets a segment of its own). Files grow in
@@ -190,7 +191,7 @@ func (cfg *SSDConfig) defaults() {
 		cfg.GCInterval = time.Minute
 	}
 	if cfg.GCDiscardRatio <= 0 || cfg.GCDiscardRatio >= 1 {
-		cfg.GCDiscardRatio = 0.5
+		cfg.GCDiscardRatio = 0.4
 	}
 	if cfg.SegmentBytes <= 0 {
 		cfg.SegmentBytes = defaultSegmentBytes

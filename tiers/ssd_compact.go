@@ -126,7 +126,7 @@ func (s *SSD) compact() error {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
 	s.flushIndex() // records whose index commit is queued count as in flight
-	s.segs.sealIfGarbage(1-s.cfg.GCDiscardRatio, min(s.cfg.SegmentBytes, growStep))
+	s.segs.sealIfGarbage(1-s.cfg.GCDiscardRatio, min(s.cfg.SegmentBytes, minSealBytes))
 	cands := s.segs.candidates(1 - s.cfg.GCDiscardRatio)
 	ids := make([]uint32, 0, len(cands))
 	for id := range cands {

@@ -28,12 +28,26 @@ const (
 	// directory is rare (once per ~340 DeepSeek-V4 pages), small enough that
 	// compacting one segment moves at most a few hundred MB.
 	defaultSegmentBytes = 256 << 20
-	// growStep is how much a segment's file is extended (fallocate) at a
+	// growStep is the most a segment's file is extended (fallocate) at a
 	// time: space is taken as records arrive, not 256 MiB up front, and
 	// running out of it is an error at the fallocate, never a fault under a
-	// mapping.
-	growStep = 8 << 20
+	// mapping. Smaller segments grow by an eighth of their size (growStepFor),
+	// from minGrowStep, so a small store's files are at most 1.125× what it
+	// wrote.
+	growStep    = 8 << 20
+	minGrowStep = 64 << 10
+	// minSealBytes is the least an active segment must hold before GC seals
+	// it for being half garbage: a daemon restarted every few seconds never
+	// fills a segment, and its garbage must still come back.
+	minSealBytes = 1 << 20
 )
+
+// growStepFor is how much a segment of size bytes grows by: an eighth of its
+// size, between minGrowStep and growStep (a logarithmic number of
+// fallocates until the steps are 8 MiB, at 64 MiB).
+func growStepFor(size int64) int64 {
+	return min(growStep, max(minGrowStep, alignUp(size/8, minGrowStep)))
+}
 
 // segment is one append-only journal file. Records are written once, at
 // offsets reserved under segStore.mu, and never modified (compaction writes a
@@ -189,7 +203,7 @@ func (ss *segStore) ids() []uint32 {
 // never sits in a file whose name a crash lost.
 func (ss *segStore) createLocked(n, floor int64) (*segment, error) {
 	capacity := max(ss.size, smallAlign+alignRecord(n))
-	first := min(capacity, alignUp(smallAlign+alignRecord(n), growStep))
+	first := min(capacity, alignUp(smallAlign+alignRecord(n), minGrowStep))
 	if err := ss.roomLocked(first, floor); err != nil {
 		return nil, err
 	}
@@ -275,7 +289,7 @@ func (ss *segStore) growLocked(seg *segment, end, floor int64) error {
 		return nil
 	}
 	capacity := max(ss.size, seg.size)
-	want := min(capacity, alignUp(end, growStep))
+	want := min(capacity, alignUp(end, growStepFor(seg.size)))
 	if want < end {
 		want = end
 	}
