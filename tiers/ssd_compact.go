@@ -273,7 +273,10 @@ func (s *SSD) moveBatch(seg *segment, batch []ref) error {
 			if !ok {
 				m = s.metas[r.name]
 			}
-			metas[r.name] = m.with(m.find(r.e), ne)
+			if i := m.find(r.e); i >= 0 { // current: checked under idx, held since
+				m = m.with(i, ne)
+			}
+			metas[r.name] = m
 		}
 	}
 	s.cacheMu.RUnlock()
