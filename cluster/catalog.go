@@ -131,6 +131,26 @@ func (r *Result) Error() error {
 type catalogState struct {
 	Members  map[string]*Member  `json:"members"`
 	Sessions map[string]*Session `json:"sessions"`
+	// Deleted lists the most recent deletions (at most maxTombs, oldest
+	// first; a name claimed again leaves it): a member that catches up by
+	// snapshot never applies the delete commands themselves, and uses
+	// these to drop its local copies of names deleted while it was away.
+	Deleted []Tomb `json:"deleted,omitempty"`
+	// Index is the log index the state is as of (snapshots).
+	Index uint64 `json:"index,omitempty"`
+}
+
+// Tomb is a deleted session name and the log index of its deletion.
+type Tomb struct {
+	Name  string `json:"name"`
+	Index uint64 `json:"index"`
+}
+
+// maxTombs bounds catalogState.Deleted (deterministically, by count).
+const maxTombs = 10000
+
+func (st *catalogState) untomb(name string) {
+	st.Deleted = slices.DeleteFunc(st.Deleted, func(t Tomb) bool { return t.Name == name })
 }
 
 // Catalog is the Raft FSM. Reads take a consistent copy under its lock.
@@ -142,6 +162,10 @@ type Catalog struct {
 	// (outside the lock): nodes use it to drop local copies of deleted
 	// sessions and to notice ownership moves.
 	onApply func(c *Command, r *Result)
+	// onRestore, if set, is called after a snapshot replaced the state
+	// while this member was running (a catch-up, not its own start) with
+	// the names deleted after what it had applied.
+	onRestore func(deleted []string)
 }
 
 // NewCatalog returns an empty catalog.
@@ -159,8 +183,8 @@ func (c *Catalog) Apply(l *raft.Log) any {
 		return errResult("bad", "decoding command at index %d: %v", l.Index, err)
 	}
 	c.mu.Lock()
-	r := c.apply(&cmd)
 	c.index = l.Index
+	r := c.apply(&cmd)
 	c.mu.Unlock()
 	if c.onApply != nil {
 		c.onApply(&cmd, r)
@@ -201,6 +225,7 @@ func (c *Catalog) apply(cmd *Command) *Result {
 				s.OwnerUID, s.OwnerGID = cmd.Session.OwnerUID, cmd.Session.OwnerGID
 			}
 			st.Sessions[cmd.Name] = s
+			st.untomb(cmd.Name)
 			return &Result{Session: s.clone()}
 		}
 		if cmd.Epoch != s.Epoch {
@@ -237,6 +262,11 @@ func (c *Catalog) apply(cmd *Command) *Result {
 			return r
 		}
 		delete(st.Sessions, cmd.Name)
+		st.untomb(cmd.Name)
+		st.Deleted = append(st.Deleted, Tomb{Name: cmd.Name, Index: c.index})
+		if len(st.Deleted) > maxTombs {
+			st.Deleted = slices.Delete(st.Deleted, 0, len(st.Deleted)-maxTombs)
+		}
 		return &Result{}
 	case opAddReplicas:
 		s := st.Sessions[cmd.Name]
@@ -399,6 +429,8 @@ func (c *Catalog) Snapshot() (raft.FSMSnapshot, error) {
 	for k, s := range c.st.Sessions {
 		cp.Sessions[k] = s.clone()
 	}
+	cp.Deleted = slices.Clone(c.st.Deleted)
+	cp.Index = c.index
 	return &catalogSnapshot{st: cp}, nil
 }
 
@@ -416,8 +448,27 @@ func (c *Catalog) Restore(r io.ReadCloser) error {
 		st.Sessions = map[string]*Session{}
 	}
 	c.mu.Lock()
+	// prev 0: this member's own start (its latest snapshot, whose deletions
+	// it applied before taking it); else a catch-up from the leader.
+	prev := c.index
 	c.st = st
+	if st.Index > c.index {
+		c.index = st.Index
+	}
+	var gone []string
+	if prev > 0 {
+		for _, t := range st.Deleted {
+			if t.Index > prev {
+				if _, back := st.Sessions[t.Name]; !back {
+					gone = append(gone, t.Name)
+				}
+			}
+		}
+	}
 	c.mu.Unlock()
+	if len(gone) > 0 && c.onRestore != nil {
+		c.onRestore(gone)
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"testing"
@@ -152,4 +153,61 @@ func FuzzCatalogApply(f *testing.F) {
 			t.Fatal("nil result")
 		}
 	})
+}
+
+// TestRestoreReportsDeletionsMissed: a member that catches up by snapshot
+// learns which names were deleted after what it had applied (it never
+// applies those delete commands); its own start, and names claimed again,
+// report nothing.
+func TestRestoreReportsDeletionsMissed(t *testing.T) {
+	cmdLog := func(i uint64, c Command) *raft.Log {
+		b, _ := json.Marshal(&c)
+		return &raft.Log{Index: i, Type: raft.LogCommand, Data: b}
+	}
+	leader := NewCatalog()
+	leader.Apply(cmdLog(1, Command{Op: opClaim, Name: "old", Node: "n1"}))
+	leader.Apply(cmdLog(2, Command{Op: opDelete, Name: "old", Node: "n1", Epoch: 1}))
+	leader.Apply(cmdLog(3, Command{Op: opNoop}))
+	leader.Apply(cmdLog(4, Command{Op: opClaim, Name: "gone", Node: "n1"}))
+	leader.Apply(cmdLog(5, Command{Op: opClaim, Name: "back", Node: "n1"}))
+	leader.Apply(cmdLog(6, Command{Op: opDelete, Name: "gone", Node: "n1", Epoch: 1}))
+	leader.Apply(cmdLog(7, Command{Op: opDelete, Name: "back", Node: "n1", Epoch: 1}))
+	leader.Apply(cmdLog(8, Command{Op: opClaim, Name: "back", Node: "n2"}))
+	snap, err := leader.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.(*catalogSnapshot).Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	buf := sink.Buffer
+	for _, tc := range []struct {
+		name    string
+		applied uint64 // what the member had applied before the snapshot
+		want    []string
+	}{
+		{"catch-up after index 3", 3, []string{"gone"}},
+		{"catch-up after index 1", 1, []string{"old", "gone"}},
+		{"own start", 0, nil},
+		{"caught up already", 8, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewCatalog()
+			if tc.applied > 0 {
+				c.Apply(cmdLog(tc.applied, Command{Op: opNoop}))
+			}
+			var got []string
+			c.onRestore = func(d []string) { got = d }
+			if err := c.Restore(io.NopCloser(bytes.NewReader(buf.Bytes()))); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Fatalf("deleted names reported (-want +got):\n%s", diff)
+			}
+			if c.AppliedIndex() != 8 {
+				t.Fatalf("applied index after restore %d, want 8", c.AppliedIndex())
+			}
+		})
+	}
 }

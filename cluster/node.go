@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -96,6 +97,11 @@ type Node struct {
 	store  Store
 	// sessMu serialises replication of one session at a time per name.
 	sessMu sync.Map // name → *sync.Mutex
+	// tombs remembers recently deleted names and the epoch they were
+	// deleted at: a replica write from an owner of that epoch or older
+	// still in flight must not bring the copy back (fence).
+	tombMu sync.Mutex
+	tombs  map[string]tomb
 
 	connMu sync.Mutex
 	conns  map[net.Conn]struct{} // accepted peer connections, closed by Close
@@ -191,6 +197,7 @@ func Open(cfg Config, store Store) (*Node, error) {
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), cat: NewCatalog(), store: store,
 		contact: map[string]time.Time{}, stop: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 	n.cat.onApply = n.onApply
+	n.cat.onRestore = n.onRestore
 	d := &dialer{id: cfg.NodeID, secret: cfg.Secret, tls: cfg.ClientTLS}
 	n.client = newPeerClient(d)
 	n.client.onBytes = func(b int) { n.metrics.BytesSent.Add(uint64(b)) }
@@ -634,6 +641,70 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 	}
 }
 
+// SyncCatalog waits until this node's catalog has applied everything the
+// leader had applied when asked (a read barrier): a member that just
+// restarted or was cut off may lag, and must not take a name missing from
+// its copy for a session the cluster does not know. It fails with
+// ErrNoQuorum when no leader answers.
+func (n *Node) SyncCatalog(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var target uint64
+	for {
+		_, lid := n.raft.LeaderWithID()
+		var err error
+		switch {
+		case lid == "":
+			err = fmt.Errorf("%w: no leader known", ErrNoQuorum)
+		case string(lid) == n.cfg.NodeID:
+			if n.raft.State() == raft.Leader {
+				// A new leader applies its predecessor's entries before it
+				// serves: Barrier waits for that.
+				if berr := n.raft.Barrier(time.Until(deadlineOf(ctx))).Error(); berr != nil {
+					err = fmt.Errorf("%w: %v", ErrNoQuorum, berr)
+				} else {
+					return nil
+				}
+			} else {
+				err = fmt.Errorf("%w: leadership changing", ErrNoQuorum)
+			}
+		default:
+			m, ok := n.cat.Member(string(lid))
+			if !ok {
+				err = fmt.Errorf("%w: leader %s not in the catalog yet", ErrNoQuorum, lid)
+				break
+			}
+			var pr pingReply
+			if _, err = n.client.call(ctx, m.PeerAddr, popPing, struct{}{}, &pr); err == nil {
+				target = pr.Applied
+			}
+		}
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: the catalog here could not be brought up to date: %v", ErrNoQuorum, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	for n.cat.AppliedIndex() < target {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: the catalog here is at index %d, the leader's at %d", ErrNoQuorum, n.cat.AppliedIndex(), target)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func deadlineOf(ctx context.Context) time.Time {
+	if dl, ok := ctx.Deadline(); ok {
+		return dl
+	}
+	return time.Now().Add(5 * time.Second)
+}
+
 // Snapshot forces a Raft snapshot (tests, operations).
 func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 
@@ -648,6 +719,18 @@ func (n *Node) onApply(c *Command, r *Result) {
 	}
 	switch c.Op {
 	case opDelete:
+		n.tombMu.Lock()
+		if n.tombs == nil {
+			n.tombs = map[string]tomb{}
+		}
+		now := time.Now()
+		for k, t := range n.tombs {
+			if now.Sub(t.at) > tombTTL {
+				delete(n.tombs, k)
+			}
+		}
+		n.tombs[c.Name] = tomb{epoch: c.Epoch, at: now}
+		n.tombMu.Unlock()
 		if n.store != nil && c.Node != n.cfg.NodeID {
 			if dn, ok := n.store.(DeleteNotifier); ok {
 				dn.Deleted(c.Name)
@@ -659,10 +742,62 @@ func (n *Node) onApply(c *Command, r *Result) {
 			}()
 		}
 	case opClaim:
+		n.tombMu.Lock()
+		delete(n.tombs, c.Name) // the name lives again
+		n.tombMu.Unlock()
 		if r.Session != nil && r.Session.Epoch > 1 && c.Node != n.cfg.NodeID {
 			n.log.Debug("session moved", "name", c.Name, "to", c.Node, "epoch", r.Session.Epoch)
 		}
 	}
+}
+
+// onRestore runs after a catch-up snapshot: local copies of sessions
+// deleted while this member was away go, as onApply's deletes would have.
+func (n *Node) onRestore(deleted []string) {
+	if n.store == nil {
+		return
+	}
+	n.log.Info("dropping local copies of sessions deleted while this member was away", "sessions", len(deleted))
+	dn, _ := n.store.(DeleteNotifier)
+	n.tombMu.Lock()
+	if n.tombs == nil {
+		n.tombs = map[string]tomb{}
+	}
+	for _, name := range deleted {
+		// The epoch it was deleted at is not in the snapshot: fence every
+		// late write until the name is claimed again.
+		n.tombs[name] = tomb{epoch: math.MaxUint64, at: time.Now()}
+	}
+	n.tombMu.Unlock()
+	for _, name := range deleted {
+		if dn != nil {
+			dn.Deleted(name)
+		}
+	}
+	go func() {
+		for _, name := range deleted {
+			if err := n.store.Delete(context.Background(), name); err != nil {
+				n.log.Warn("deleting the local copy of a deleted session", "name", name, "err", err)
+			}
+		}
+	}()
+}
+
+// tomb is a deleted name; tombTTL bounds how long one is kept (longer than
+// any replication runs).
+type tomb struct {
+	epoch uint64
+	at    time.Time
+}
+
+const tombTTL = 10 * time.Minute
+
+// deletedAt reports the epoch name was deleted at, if it was recently.
+func (n *Node) deletedAt(name string) (uint64, bool) {
+	n.tombMu.Lock()
+	defer n.tombMu.Unlock()
+	t, ok := n.tombs[name]
+	return t.epoch, ok
 }
 
 // Close stops the node (without leaving the cluster).

@@ -417,3 +417,50 @@ func TestJoinAndRemove(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestDeletedNameFencesLateWrites: once a delete is applied, replica writes
+// from an owner of that epoch or older (a PERSIST still in flight) are
+// refused, so they cannot bring the deleted copy back; a new claim of the
+// name lifts the fence.
+func TestDeletedNameFencesLateWrites(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	tc.waitAlive(0, "n1", "n2", "n3")
+	ctx := context.Background()
+	s, err := tc.nodes[0].Claim(ctx, "gone", 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.nodes[0].Delete(ctx, "gone", s.Epoch); err != nil {
+		t.Fatal(err)
+	}
+	replica := tc.nodes[1]
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := replica.deletedAt("gone"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the delete was not applied on n2")
+		}
+	}
+	m, _ := replica.cat.Member("n2")
+	page := randPages(5, 1, 1000)[0]
+	h := pagesHdr{Name: "gone", Owner: "n1", Epoch: s.Epoch, Pages: []PageInfo{{Page: 0, Gen: 1, CRC: Checksum(page)}}, Lens: []int{len(page)}}
+	if _, err := tc.nodes[0].client.call(ctx, m.PeerAddr, popPutPages, h, nil, page); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("a late page write to a deleted name: %v, want ErrStaleEpoch", err)
+	}
+	if _, err := tc.nodes[0].client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: "gone", CRC: Checksum(page), Owner: "n1", Epoch: s.Epoch}, nil, page); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("a late metadata write to a deleted name: %v, want ErrStaleEpoch", err)
+	}
+	// The name lives again after a new claim.
+	if _, err := tc.nodes[0].Claim(ctx, "gone", 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := replica.deletedAt("gone"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the new claim did not lift the fence on n2")
+		}
+	}
+}

@@ -460,6 +460,9 @@ func (n *Node) fence(name, owner string, epoch uint64) error {
 	if ok && (ce > epoch || (ce == epoch && cur != owner)) {
 		return fmt.Errorf("%w: %s at epoch %d sent %q, which is owned by %s at epoch %d", ErrStaleEpoch, owner, epoch, name, cur, ce)
 	}
+	if de, gone := n.deletedAt(name); !ok && gone && epoch <= de {
+		return fmt.Errorf("%w: %s at epoch %d sent %q, which was deleted at epoch %d", ErrStaleEpoch, owner, epoch, name, de)
+	}
 	return nil
 }
 

@@ -82,8 +82,30 @@ func (n *Node) CheckOwner(name string, epoch uint64) error {
 
 // Claim makes this node owner of name: creates the record (epoch 1) if the
 // catalog has none, keeps it if this node owns it already, else moves it by
-// bumping the epoch. It returns the record after the claim.
+// bumping the epoch. It returns the record after the claim, once this
+// node's own copy of the catalog has applied it (so a name missing from it
+// afterwards was deleted, not merely not applied yet).
 func (n *Node) Claim(ctx context.Context, name string, uid, gid uint32) (*Session, error) {
+	s, err := n.claim(ctx, name, uid, gid)
+	if err == nil {
+		n.awaitApplied(ctx, name, s.Epoch)
+	}
+	return s, err
+}
+
+// awaitApplied waits (up to 3 s) until the local catalog has name at epoch
+// or later, or no longer has it after having had it.
+func (n *Node) awaitApplied(ctx context.Context, name string, epoch uint64) {
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if s, ok := n.cat.Session(name); ok && s.Epoch >= epoch {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (n *Node) claim(ctx context.Context, name string, uid, gid uint32) (*Session, error) {
 	for range 5 {
 		cur, ok := n.cat.Session(name)
 		var expect uint64
@@ -94,7 +116,9 @@ func (n *Node) Claim(ctx context.Context, name string, uid, gid uint32) (*Sessio
 				if err == nil {
 					return r.Session, nil
 				}
-				if errors.Is(err, ErrStaleEpoch) {
+				if errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrNotFound) {
+					// Moved or deleted meanwhile: our view was behind.
+					time.Sleep(100 * time.Millisecond)
 					continue
 				}
 				return nil, err

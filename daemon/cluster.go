@@ -205,6 +205,12 @@ func (d *Daemon) clusterOwns(s *session) error {
 	}
 	owner, epoch, ok := d.cl.node.Owner(s.name)
 	if !ok {
+		if s.epoch != 0 {
+			// It was in the catalog (claims wait until the local catalog
+			// has them): deleted since, by its owner of a later epoch. Its
+			// metadata must not be written back here.
+			return proto.CodeUnknownSession.Errorf("session %q was deleted from the cluster after this node held it (epoch %d): it is gone on every node; OPEN it again to start over", s.name, s.epoch)
+		}
 		return nil
 	}
 	if epoch < s.epoch {
@@ -280,6 +286,19 @@ func (d *Daemon) clusterAcquire(name string, may func(owner Cred) bool) (*cluste
 	}
 	n := d.cl.node
 	sess, ok := n.Catalog().Session(name)
+	if !ok {
+		// Not in this node's copy of the catalog: make sure the copy is
+		// current (a member back from a crash or a partition lags) before
+		// treating the name as a local session, else a stale local copy
+		// of a cluster session would be served.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := n.SyncCatalog(ctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("session %q: this node cannot confirm with the cluster's leader whether it is a cluster session (its catalog may be behind); RESUME again when a majority of members is reachable: %w", name, err)
+		}
+		sess, ok = n.Catalog().Session(name)
+	}
 	if !ok {
 		d.cl.mu.Lock()
 		gone := d.cl.deleted[name]
@@ -388,7 +407,7 @@ func (d *Daemon) clusterDelete(name string, epoch uint64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := d.cl.node.Delete(ctx, name, epoch); err != nil {
-		return fmt.Errorf("session %q: removing it from the cluster catalog (nothing was deleted; DELETE again when a majority of members is reachable): %w", name, err)
+		return fmt.Errorf("session %q: removing it from the cluster catalog failed, so nothing was deleted: %w", name, err)
 	}
 	return nil
 }

@@ -509,7 +509,13 @@ func TestClusterChaos(t *testing.T) {
 	for name := range deleted {
 		for i, c := range clients {
 			if _, err := c.Resume(ctx, name); proto.CodeOf(err) != proto.CodeUnknownSession {
-				t.Fatalf("deleted session %s on %s: RESUME answered %v, want UNKNOWN_SESSION", name, nodes[i].id, err)
+				var ops []string
+				for _, op := range history {
+					if op.Input.(catInput).Session == name {
+						ops = append(ops, fmt.Sprintf("%s [%d, %d]", catalogModel.DescribeOperation(op.Input, op.Output), op.Call, op.Return))
+					}
+				}
+				t.Fatalf("deleted session %s on %s: RESUME answered %v, want UNKNOWN_SESSION; its history:\n%s", name, nodes[i].id, err, strings.Join(ops, "\n"))
 			}
 		}
 	}

@@ -99,6 +99,20 @@ func benchClusterMode(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	localAgain := time.Since(t0)
+	// Steady state in decode: 64 more chunks (one new page and the indexer
+	// state's keys for them), then PERSIST; local, then cluster.
+	step := func(d proto.Durability, from uint64) time.Duration {
+		if err := appendChunks(c1, op.Session, &l, 7, from, from+64, r); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := c1.PersistDurable(ctx, op.Session, d); err != nil {
+			t.Fatal(err)
+		}
+		return time.Since(t0)
+	}
+	stepLocal := step(proto.DurabilityLocal, chunks)
+	stepCluster := step(proto.DurabilityCluster, chunks+64)
 	// Baselines over the same bytes, right after: a plain loopback TCP
 	// copy, and the same copy with the receiver writing into a file on the
 	// replica's disk and syncing every 8 MiB (the replica's batch).
@@ -114,6 +128,7 @@ func benchClusterMode(t *testing.T, mode string) {
 	t.Logf("[%s] TCP copy into a file on the replica's disk, fsync every 8 MiB: %v = %.2f GB/s; ratio replication/that %.2f",
 		mode, synced, gbs(synced), synced.Seconds()/repl.Seconds())
 	t.Logf("[%s] unchanged session: PERSIST local %v, cluster %v", mode, localAgain, again)
+	t.Logf("[%s] after 64 more chunks (decode): PERSIST local %v, cluster %v (one page and the whole metadata blob replicated)", mode, stepLocal, stepCluster)
 	st, err := c1.Cluster(ctx, proto.ClusterRequest{Action: "status"})
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +157,9 @@ func benchClusterMode(t *testing.T, mode string) {
 	}
 	res := time.Since(t0)
 	t.Logf("[%s] RESUME of the 512K-token session on %s (no local copy): %v = %.2f GB/s of pages (%d chunks)", mode, nodes[target].id, res, float64(bytes)/res.Seconds()/1e9, rr.Chunks)
+	if rr.Chunks != chunks+128 {
+		t.Fatalf("resumed %d chunks, want %d", rr.Chunks, chunks+128)
+	}
 }
 
 // scrapeMetric reads one sample (name with its labels, as printed) from a
