@@ -13,7 +13,8 @@
 # Every daemon runs under `flashmemctl sim --bypass-cache` (O_DIRECT reads,
 # a memory cgroup where the machine has one). Sessions are added in steps
 # until the stall-free fraction from cycle 3 on (once each session's first
-# selection is in) drops below 0.99 (or MAX_SESSIONS). Output: a markdown report on stdout (and in
+# selection is in) drops below 0.99 in two runs of the same step (or
+# MAX_SESSIONS). Output: a markdown report on stdout (and in
 # $OUT if set); the raw JSON lines stay in the work directory when KEEP=1.
 #
 # Knobs (environment): TOKENS (524288), LAYERS (4: pages of 146 KiB),
@@ -118,13 +119,28 @@ at_cap = {}
 for label, mode in modes:
     best = 0
     for n in steps:
-        r, err, secs = run(n, mode)
+        for attempt in (1, 2):
+            r, err, secs = run(n, mode)
+            if r is None:
+                break
+            ssd = next(t for t in r["tiers"] if t["name"] == "ssd")
+            dram_ok = label.startswith("(a)") and ssd["read_bytes"] == 0
+            fits = dram_ok or not label.startswith("(a)")
+            ok = r["stall_free_steady"] >= 0.99 and fits
+            # One run per step on a shared machine can fail on a stalled
+            # cycle or two that another process caused: a step below 0.99
+            # is run once more, and only a second failure ends the mode
+            # (both rows are shown).
+            if ok or not fits or attempt == 2 or r["stall_free_steady"] == 0:
+                break
+            c = r["counters"]
+            rows.append(f"| {label} | {n} (1st try) | {r['stall_free_steady']:.4f} | {r['stall_free_fraction']:.4f} | "
+                        f"{r['wait_p99_us']/1000:.2f} | {r['steady_wait_p99_us']/1000:.2f} | {ssd['read_bytes']/2**20:.0f} | "
+                        f"{c.get('staged', 0):.0f}/{c.get('staged_used', 0):.0f}/{c.get('prefetch_late', 0):.0f} | "
+                        f"{r['cgroup_peak_bytes']/2**20:.0f} / {r['cgroup_limit_bytes']/2**20:.0f} | {secs:.0f} |")
         if r is None:
             rows.append(f"| {label} | {n} | failed: {err} | | | | | | |")
             break
-        ssd = next(t for t in r["tiers"] if t["name"] == "ssd")
-        dram_ok = label.startswith("(a)") and ssd["read_bytes"] == 0
-        ok = r["stall_free_steady"] >= 0.99 and (dram_ok or not label.startswith("(a)"))
         c = r["counters"]
         rows.append(f"| {label} | {n} | {r['stall_free_steady']:.4f} | {r['stall_free_fraction']:.4f} | "
                     f"{r['wait_p99_us']/1000:.2f} | {r['steady_wait_p99_us']/1000:.2f} | {ssd['read_bytes']/2**20:.0f} | "
