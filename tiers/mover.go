@@ -41,7 +41,11 @@ type MoverConfig struct {
 	StageBytes int64
 	// StageBackoff is how many times slower per byte than the best recent
 	// one a recall's SSD read may get before staging halves its
-	// concurrency (default 4).
+	// concurrency (default 32). The best is an idle disk's; with 16
+	// staging reads in flight a recall read queues behind them and takes
+	// several times that without the disk being saturated, and at 4 the
+	// back-off held staging at one or two readers on a loaded host, so
+	// more pages came late (docs/benchmarks.md, "SSD as a capacity tier").
 	StageBackoff float64
 }
 
@@ -211,7 +215,7 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 		cfg.StageBytes = 256 << 20
 	}
 	if cfg.StageBackoff <= 1 {
-		cfg.StageBackoff = 4
+		cfg.StageBackoff = 32
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Mover{store: store, cfg: cfg, ctx: ctx, bgCtx: Background(ctx), stop: cancel}
