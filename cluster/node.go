@@ -118,7 +118,9 @@ type Node struct {
 
 // Metrics are counters a daemon exports.
 type Metrics struct {
-	BytesSent        atomic.Uint64
+	BytesSent atomic.Uint64
+	// MetaDeltas counts metadata sent to a replica as a delta.
+	MetaDeltas       atomic.Uint64
 	bytesReceived    atomic.Uint64
 	bytesServed      atomic.Uint64
 	PagesPulled      atomic.Uint64

@@ -29,6 +29,8 @@ const (
 	popGetMeta  = 9
 	popDrop     = 10
 	popGetPages = 11
+	// popPutMetaDelta: PUT_META as a delta from the version Base.
+	popPutMetaDelta = 12
 
 	statusOK  = 0
 	statusErr = 1
@@ -109,6 +111,9 @@ type (
 		Epoch uint64 `json:"epoch,omitempty"`
 		// Pages: GET_PAGES asks for these.
 		Pages []uint32 `json:"pages,omitempty"`
+		// Base: PUT_META_DELTA's version the delta applies to (CRC the
+		// version it makes).
+		Base uint32 `json:"base,omitempty"`
 	}
 	pagesHdr struct {
 		Name  string     `json:"name"`
@@ -425,6 +430,19 @@ func (n *Node) handlePeer(op byte, raw json.RawMessage, payload []byte) (any, []
 			return nil, nil, err
 		}
 		return nil, nil, n.store.WriteMeta(ctx, h.Name, payload)
+	case popPutMetaDelta:
+		var h nameHdr
+		if err := json.Unmarshal(raw, &h); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		if err := n.fence(h.Name, h.Owner, h.Epoch); err != nil {
+			return nil, nil, err
+		}
+		md, ok := n.store.(MetaDeltas)
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: this store takes metadata whole", ErrBadCommand)
+		}
+		return nil, nil, md.ApplyMetaDelta(ctx, h.Name, h.Base, h.CRC, payload)
 	case popGetMeta:
 		var h nameHdr
 		if err := json.Unmarshal(raw, &h); err != nil {

@@ -183,6 +183,14 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 		todo = append(todo, uint32(p))
 	}
 	metaCRC := Checksum(meta)
+	// Replicas holding the committed version get the metadata as a delta
+	// from it when the store can make one.
+	var delta []byte
+	if md, ok := n.store.(MetaDeltas); ok && prev.Version > 0 && prev.MetaCRC != metaCRC {
+		if d, ok := md.MetaDelta(ctx, info.Name, prev.MetaCRC, meta); ok {
+			delta = d
+		}
+	}
 	res := &ReplicateResult{Epoch: epoch}
 	acked := []string{n.cfg.NodeID}
 	var mu sync.Mutex
@@ -217,7 +225,7 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 		}
 		if attempt == 0 {
 			// The manifest is complete only after this round.
-			if err := n.streamChanged(ctx, info.Name, epoch, prev, gens, pages, todo, targets, meta, metaCRC, done); err != nil {
+			if err := n.streamChanged(ctx, info.Name, epoch, prev, gens, pages, todo, targets, meta, metaCRC, delta, done); err != nil {
 				return nil, err
 			}
 		} else {
@@ -226,7 +234,7 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					sent, bytes, err := n.replicateTo(ctx, m, info.Name, prev, pages, meta, metaCRC)
+					sent, bytes, err := n.replicateTo(ctx, m, info.Name, prev, pages, meta, metaCRC, delta)
 					done(m.ID, sent, bytes, err)
 				}()
 			}
@@ -269,7 +277,7 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 // replicateTo brings one replica to the new manifest: the pages it lacks
 // (per the committed manifest if it is a replica already, else per its own
 // listing), then the metadata.
-func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Session, pages []PageEntry, meta []byte, metaCRC uint32) (int, int64, error) {
+func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Session, pages []PageEntry, meta []byte, metaCRC uint32, delta []byte) (int, int64, error) {
 	owner, epoch := n.cfg.NodeID, prev.Epoch
 	have, err := n.replicaHas(ctx, m, name, prev)
 	if err != nil {
@@ -282,8 +290,26 @@ func (n *Node) replicateTo(ctx context.Context, m Member, name string, prev *Ses
 	if sent == 0 && metaCRC == prev.MetaCRC && slices.Contains(prev.Replicas, m.ID) {
 		return 0, 0, nil // it holds exactly this version already
 	}
-	_, err = n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: name, CRC: metaCRC, Owner: owner, Epoch: epoch}, nil, meta)
-	return sent, bytes, err
+	return sent, bytes, n.putMeta(ctx, m, name, owner, epoch, prev, meta, metaCRC, delta)
+}
+
+// putMeta sends the metadata to a replica: as a delta from the committed
+// version when it holds that version and a delta exists, else (or when the
+// replica refuses the delta) whole.
+func (n *Node) putMeta(ctx context.Context, m Member, name, owner string, epoch uint64, prev *Session, meta []byte, metaCRC uint32, delta []byte) error {
+	if delta != nil && slices.Contains(prev.Replicas, m.ID) {
+		_, err := n.client.call(ctx, m.PeerAddr, popPutMetaDelta, nameHdr{Name: name, CRC: metaCRC, Base: prev.MetaCRC, Owner: owner, Epoch: epoch}, nil, delta)
+		if err == nil {
+			n.metrics.MetaDeltas.Add(1)
+			return nil
+		}
+		if errors.Is(err, ErrStaleEpoch) {
+			return err
+		}
+		n.log.Debug("replica refused the metadata delta; sending it whole", "name", name, "replica", m.ID, "err", err)
+	}
+	_, err := n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: name, CRC: metaCRC, Owner: owner, Epoch: epoch}, nil, meta)
+	return err
 }
 
 // pageItem is a changed page read from the owner's store and checksummed.
@@ -298,7 +324,7 @@ type pageItem struct {
 // read; then each target gets the unchanged pages it lacks and the
 // metadata. done reports each target's outcome. An error reading the
 // owner's own copy fails the whole PERSIST.
-func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, prev *Session, gens []uint64, pages []PageEntry, todo []uint32, targets []Member, meta []byte, metaCRC uint32, done func(id string, sent int, bytes int64, err error)) error {
+func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, prev *Session, gens []uint64, pages []PageEntry, todo []uint32, targets []Member, meta []byte, metaCRC uint32, delta []byte, done func(id string, sent int, bytes int64, err error)) error {
 	ins := make([]chan pageItem, len(targets))
 	var readErr error // set before the channels close
 	var twg sync.WaitGroup
@@ -307,7 +333,7 @@ func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, pre
 		twg.Add(1)
 		go func() {
 			defer twg.Done()
-			sent, bytes, err := n.replicateStream(ctx, m, name, epoch, prev, pages, todo, ins[i], &readErr, meta, metaCRC)
+			sent, bytes, err := n.replicateStream(ctx, m, name, epoch, prev, pages, todo, ins[i], &readErr, meta, metaCRC, delta)
 			done(m.ID, sent, bytes, err)
 		}()
 	}
@@ -366,7 +392,7 @@ func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, pre
 
 // replicateStream is replicateTo for the first round of a PERSIST: the
 // changed pages arrive on in as the owner reads them.
-func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch uint64, prev *Session, pages []PageEntry, todo []uint32, in <-chan pageItem, readErr *error, meta []byte, metaCRC uint32) (sent int, bytes int64, err error) {
+func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch uint64, prev *Session, pages []PageEntry, todo []uint32, in <-chan pageItem, readErr *error, meta []byte, metaCRC uint32, delta []byte) (sent int, bytes int64, err error) {
 	have, herr := n.replicaHas(ctx, m, name, prev)
 	ps := n.newPageSender(ctx, m.PeerAddr, name, n.cfg.NodeID, epoch)
 	for it := range in {
@@ -412,8 +438,7 @@ func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch
 	if sent == 0 && metaCRC == prev.MetaCRC && slices.Contains(prev.Replicas, m.ID) {
 		return 0, 0, nil // it holds exactly this version already
 	}
-	_, err = n.client.call(ctx, m.PeerAddr, popPutMeta, nameHdr{Name: name, CRC: metaCRC, Owner: n.cfg.NodeID, Epoch: epoch}, nil, meta)
-	return sent, bytes, err
+	return sent, bytes, n.putMeta(ctx, m, name, n.cfg.NodeID, epoch, prev, meta, metaCRC, delta)
 }
 
 // replicaHas is what a target holds: the committed manifest if it is a

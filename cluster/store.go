@@ -46,6 +46,20 @@ type DeleteNotifier interface {
 	Deleted(name string)
 }
 
+// MetaDeltas is an optional Store capability: a replica that holds the
+// committed metadata version gets only what changed since (a decode step
+// adds a few chunks' keys to tens of MB of indexer state).
+type MetaDeltas interface {
+	// MetaDelta returns a delta that turns the metadata version whose
+	// checksum is from into cur (the current blob, as Meta returned it);
+	// ok false when this store cannot make one (send cur whole).
+	MetaDelta(ctx context.Context, name string, from uint32, cur []byte) (delta []byte, ok bool)
+	// ApplyMetaDelta applies delta to the local copy, which must be at
+	// version from, and checks that the result is version to. On any
+	// error the sender sends the whole blob.
+	ApplyMetaDelta(ctx context.Context, name string, from, to uint32, delta []byte) error
+}
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Checksum is the CRC32C every manifest entry carries.

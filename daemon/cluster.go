@@ -493,7 +493,25 @@ type clusterStore struct {
 	syncAgain bool // and another must follow it
 	// syncErrors counts failed background syncs (metrics).
 	syncErrors atomic.Uint64
+	// vers: per name, the last metadata versions Meta produced here (the
+	// owner makes deltas from the one a replica holds); held: per name, the
+	// version this node holds as a replica and where its chain stands.
+	vers map[string][]metaVer
+	held map[string]heldMeta
 }
+
+type metaVer struct {
+	crc    uint32
+	chunks uint64
+	gens   []uint64
+}
+
+type heldMeta struct {
+	crc uint32
+	pos tiers.MetaPos
+}
+
+var _ cluster.MetaDeltas = (*clusterStore)(nil)
 
 type pageGeom struct {
 	id        uint64
@@ -544,7 +562,122 @@ func (cs *clusterStore) Meta(ctx context.Context, name string) ([]byte, []uint64
 	c.ID = 0
 	c.Saved = time.Time{}
 	blob, err := encodeMeta(&c, state)
+	if err == nil {
+		v := metaVer{crc: cluster.Checksum(blob), chunks: m.Chunks, gens: m.Gens}
+		cs.mu.Lock()
+		if cs.vers == nil {
+			cs.vers = map[string][]metaVer{}
+		}
+		vs := append(cs.vers[name], v)
+		if len(vs) > 4 {
+			vs = vs[len(vs)-4:]
+		}
+		cs.vers[name] = vs
+		cs.mu.Unlock()
+	}
 	return blob, m.Gens, err
+}
+
+// MetaDelta implements cluster.MetaDeltas on the owner: the delta from the
+// version a replica holds (remembered when Meta produced it) to cur, made
+// as the daemon's own metadata deltas (the live session's indexer delta
+// since that version's chunk count, the changed generations). Its caller
+// is the cluster PERSIST, which holds the session's lock.
+func (cs *clusterStore) MetaDelta(ctx context.Context, name string, from uint32, cur []byte) ([]byte, bool) {
+	cs.mu.Lock()
+	var base *metaVer
+	for i := range cs.vers[name] {
+		if v := cs.vers[name][i]; v.crc == from {
+			base = &v
+		}
+	}
+	cs.mu.Unlock()
+	if base == nil {
+		return nil, false
+	}
+	m, _, err := decodeMeta(cur)
+	if err != nil {
+		return nil, false
+	}
+	d := cs.d
+	d.mu.Lock()
+	s := d.byName[name]
+	d.mu.Unlock()
+	if s == nil || s.req == nil || uint64(s.req.Len()) != m.Chunks || base.chunks > m.Chunks {
+		return nil, false
+	}
+	state, err := s.req.MarshalDelta(int(base.chunks))
+	if err != nil {
+		return nil, false
+	}
+	delta, err := encodeSessionDeltaFor(m, base.gens, state)
+	if err != nil {
+		return nil, false
+	}
+	return delta, true
+}
+
+// ApplyMetaDelta implements cluster.MetaDeltas on a replica: the delta is
+// appended to the chain of the version this node holds (with its local
+// id), and the merged result must be version to; the sender sends the
+// whole blob on any error, which replaces a chain a bad delta extended.
+func (cs *clusterStore) ApplyMetaDelta(ctx context.Context, name string, from, to uint32, delta []byte) error {
+	cs.mu.Lock()
+	h, ok := cs.held[name]
+	cs.mu.Unlock()
+	if !ok || h.crc != from {
+		return fmt.Errorf("%w: %q: this replica does not hold metadata version %08x", cluster.ErrNotFound, name, from)
+	}
+	id, ok := cs.d.store.SSD().MetaSession(name)
+	if !ok || id == 0 {
+		return fmt.Errorf("%w: %q has no metadata here", cluster.ErrNotFound, name)
+	}
+	dm, st, err := decodeMetaDelta(delta)
+	if err != nil {
+		return err
+	}
+	dm.ID = id
+	dm.Saved = time.Now()
+	local, err := encodeMetaDelta(dm, st)
+	if err != nil {
+		return err
+	}
+	if float64(h.pos.DeltaBytes+int64(len(local))) > metaFullEvery*float64(h.pos.BaseBytes) {
+		return fmt.Errorf("%w: %q: the metadata chain is long, send it whole", cluster.ErrNotFound, name)
+	}
+	pos, err := cs.d.store.SSD().PutMetaDelta(ctx, name, id, h.pos.Seq, local)
+	if err != nil {
+		return fmt.Errorf("replica metadata delta of %q: %w", name, err)
+	}
+	cs.mu.Lock()
+	delete(cs.held, name) // until the result is checked
+	cs.mu.Unlock()
+	blob, _, err := cs.Meta(ctx, name)
+	if err != nil {
+		return err
+	}
+	if got := cluster.Checksum(blob); got != to {
+		return fmt.Errorf("%w: metadata of %q after the delta is version %08x, want %08x", cluster.ErrChecksum, name, got, to)
+	}
+	if err := cs.syncMeta(); err != nil {
+		return err
+	}
+	cs.mu.Lock()
+	if cs.held == nil {
+		cs.held = map[string]heldMeta{}
+	}
+	cs.held[name] = heldMeta{crc: to, pos: pos}
+	cs.mu.Unlock()
+	return nil
+}
+
+// syncMeta makes replicated metadata durable as replica_sync says.
+func (cs *clusterStore) syncMeta() error {
+	if cs.writeOnly {
+		cs.syncLater()
+		return nil
+	}
+	return cs.d.store.SSD().Sync()
 }
 
 // pageGeom returns the local id and page size of name's copy, decoding its
@@ -632,14 +765,19 @@ func (cs *clusterStore) WriteMeta(ctx context.Context, name string, blob []byte)
 	if err != nil {
 		return err
 	}
-	if err := cs.d.store.SSD().PutSessionMeta(ctx, name, id, local); err != nil {
+	pos, err := cs.d.store.SSD().PutMetaBase(ctx, name, id, local)
+	if err != nil {
 		return fmt.Errorf("replica metadata of %q: %w", name, err)
 	}
-	if cs.writeOnly {
-		cs.syncLater()
-	} else if err := cs.d.store.SSD().Sync(); err != nil {
+	if err := cs.syncMeta(); err != nil {
 		return err
 	}
+	cs.mu.Lock()
+	if cs.held == nil {
+		cs.held = map[string]heldMeta{}
+	}
+	cs.held[name] = heldMeta{crc: cluster.Checksum(blob), pos: pos}
+	cs.mu.Unlock()
 	cs.d.cl.mu.Lock()
 	delete(cs.d.cl.pending, name)
 	cs.d.cl.mu.Unlock()
@@ -702,6 +840,10 @@ func (cs *clusterStore) Delete(ctx context.Context, name string) error {
 	delete(d.cl.pending, name)
 	delete(d.cl.deleted, name)
 	d.cl.mu.Unlock()
+	cs.mu.Lock()
+	delete(cs.held, name)
+	delete(cs.vers, name)
+	cs.mu.Unlock()
 	return nil
 }
 
@@ -730,13 +872,14 @@ var (
 	descClRerep     = prometheus.NewDesc("flashmem_cluster_rereplications_total", "Sessions copied to new members after a replica was lost.", nil, nil)
 	descClRefused   = prometheus.NewDesc("flashmem_cluster_refused_connections_total", "Raft or peer connections that failed the shared-secret challenge.", nil, nil)
 	descClCommitLat = prometheus.NewDesc("flashmem_cluster_commit_seconds", "Catalog commit latency over recent commits from this node.", []string{"quantile"}, nil)
+	descClMetaDelta = prometheus.NewDesc("flashmem_cluster_metadata_deltas_total", "Metadata sent to a replica as a delta from the version it held (instead of whole).", nil, nil)
 	descClSyncErr   = prometheus.NewDesc("flashmem_cluster_replica_sync_errors_total", "Deferred syncs of replicated pages that failed (replica_sync = \"write\").", nil, nil)
 	descClLag       = prometheus.NewDesc("flashmem_cluster_replication_lag_seconds", "Time the last cluster PERSIST spent replicating and committing.", nil, nil)
 )
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClLeader, descClTerm, descClCommit, descClApplied, descClMembers, descClSessions,
-		descClUnder, descClBytes, descClPulled, descClHeals, descClCRC, descClRerep, descClRefused, descClSyncErr, descClCommitLat, descClLag} {
+		descClUnder, descClBytes, descClPulled, descClHeals, descClCRC, descClRerep, descClRefused, descClSyncErr, descClMetaDelta, descClCommitLat, descClLag} {
 		ch <- d
 	}
 }
@@ -773,6 +916,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	cnt(descClRerep, m.Rereplications.Load())
 	cnt(descClRefused, m.Refused.Load())
 	cnt(descClSyncErr, c.d.cl.store.syncErrors.Load())
+	cnt(descClMetaDelta, m.MetaDeltas.Load())
 	lat := m.CommitLatencies()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	for _, q := range []float64{0.5, 0.99} {

@@ -128,7 +128,8 @@ func benchClusterMode(t *testing.T, mode string) {
 	t.Logf("[%s] TCP copy into a file on the replica's disk, fsync every 8 MiB: %v = %.2f GB/s; ratio replication/that %.2f",
 		mode, synced, gbs(synced), synced.Seconds()/repl.Seconds())
 	t.Logf("[%s] unchanged session: PERSIST local %v, cluster %v", mode, localAgain, again)
-	t.Logf("[%s] after 64 more chunks (decode): PERSIST local %v, cluster %v (one page and the whole metadata blob replicated)", mode, stepLocal, stepCluster)
+	t.Logf("[%s] after 64 more chunks (decode): PERSIST local %v, cluster %v (one page replicated; metadata deltas sent so far: %v)", mode, stepLocal, stepCluster,
+		scrapeMetric(t, procs[0].metrics, "flashmem_cluster_metadata_deltas_total"))
 	st, err := c1.Cluster(ctx, proto.ClusterRequest{Action: "status"})
 	if err != nil {
 		t.Fatal(err)

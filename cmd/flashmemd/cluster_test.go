@@ -509,3 +509,67 @@ target_layers = 3
 	}
 	t.Logf("demo persisted at cluster durability on n1; n2 verified %d pages (%d pulled)", v.Cluster.Verified, v.Cluster.Pulled)
 }
+
+// TestClusterMetadataDelta: after the first cluster PERSIST, the replica
+// gets each later PERSIST's metadata as a delta from the version it holds
+// (checked there: the merged result must be the owner's version, else the
+// owner sends it whole and the counter does not move); with the owner
+// SIGKILLed, the replica's copy verifies and resumes with every chunk.
+func TestClusterMetadataDelta(t *testing.T) {
+	procs, _ := startTestCluster(t)
+	if t.Failed() {
+		return
+	}
+	c1 := dial(t, procs[0].socket)
+	waitCluster(t, c1, 3)
+	ctx := context.Background()
+	l := layout(24)
+	r := rand.New(rand.NewPCG(8, 8))
+	op, err := c1.Open(ctx, &proto.Open{Name: "deltas", Persist: true, Layout: l, Policy: proto.Policy{KMax: 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const seed = 5
+	chunks := uint64(1024)
+	if err := appendChunks(c1, op.Session, &l, seed, 0, chunks, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.PersistDurable(ctx, op.Session, proto.DurabilityCluster); err != nil {
+		t.Fatal(err)
+	}
+	for step := range 3 {
+		if err := appendChunks(c1, op.Session, &l, seed, chunks, chunks+64, r); err != nil {
+			t.Fatal(err)
+		}
+		chunks += 64
+		if err := c1.PersistDurable(ctx, op.Session, proto.DurabilityCluster); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+	}
+	if got := scrapeMetric(t, procs[0].metrics, "flashmem_cluster_metadata_deltas_total"); got != 3 {
+		t.Fatalf("metadata deltas sent: %v, want 3 (one per PERSIST after the first)", got)
+	}
+	procs[0].cmd.Process.Signal(syscall.SIGKILL)
+	<-procs[0].exited
+	for i := 1; i < 3; i++ {
+		out, err := runCtl(procs[i].socket, "--json", "--timeout", "60s", "verify", "deltas")
+		if err != nil {
+			t.Fatalf("verify on n%d: %v\n%s", i+1, err, out)
+		}
+		var v proto.VerifyReply
+		if err := json.Unmarshal([]byte(out), &v); err != nil {
+			t.Fatalf("verify output: %v\n%s", err, out)
+		}
+		if v.Cluster == nil || v.Cluster.Bad != 0 || v.Bad != 0 || v.Cluster.Verified != v.Cluster.Manifest || v.Verified != v.Pages {
+			t.Fatalf("verify on n%d: %+v %+v", i+1, v, v.Cluster)
+		}
+	}
+	c3 := dial(t, procs[2].socket)
+	rr, err := c3.Resume(ctx, "deltas")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rr.Chunks != chunks {
+		t.Fatalf("resumed %d chunks, want %d", rr.Chunks, chunks)
+	}
+}
