@@ -44,15 +44,34 @@ func (p *clusterProc) logText() string {
 	return p.log.String()
 }
 
+// freePort returns a loopback address nothing listens on, never the same
+// one twice in this test process: the port is released before the daemon
+// binds it, so without the record two nodes of one cluster could be handed
+// the same port (Raft then refuses the duplicate address).
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedMu.Lock()
+	defer handedMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !handed[addr] {
+			handed[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no fresh loopback port in 100 tries")
+	return ""
 }
+
+var (
+	handedMu sync.Mutex
+	handed   = map[string]bool{}
+)
 
 type clusterNode struct {
 	id, raft, peer, dir string
