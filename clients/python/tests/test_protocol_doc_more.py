@@ -1,0 +1,668 @@
+"""More of docs/protocol.md against a real flashmemd, with the document-only client of
+test_protocol_doc.py (no flashmem import, nothing read from proto/): the ops, fields and error
+paths that file does not reach — RESUME/CLOSE/PERSIST/COMMIT error paths, use after CLOSE and
+DELETE, the admin lifecycle of 10.11 (SAVE, detached, EVICT, on-ssd, DELETE), FALLBACK and
+NO_SPACE (15.3, 15.5), a page-major data path (10.2, 11), and the configured limits of section 9
+against a daemon of this module's own whose [limits] are set small."""
+
+import json
+import mmap
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+import test_protocol_doc as d
+from test_protocol_doc import (Conn, frame, header, s16, policy, layout, open_body, open_ok, key, append_body,
+                               queries, entry, cycle_body, parse_cycle, parse_region)
+
+OK = 0
+F_RESP, F_ERR, F_FDS = d.F_RESP, d.F_ERR, d.F_FDS
+HELLO, PING, OPEN, RESUME, CLOSE, PERSIST = d.HELLO, d.PING, d.OPEN, d.RESUME, d.CLOSE, d.PERSIST
+APPEND, COMMIT, CYCLE, RELEASE = d.APPEND, d.COMMIT, d.CYCLE, d.RELEASE
+STATUS, SESSIONS, INSPECT, EVICT, MODELS, VERIFY, DELETE, SAVE = (d.STATUS, d.SESSIONS, d.INSPECT, d.EVICT,
+                                                                  d.MODELS, d.VERIFY, d.DELETE, d.SAVE)
+CLUSTER = 0x0048
+(BAD_FRAME, UNSUPPORTED_VERSION, FRAME_TOO_LARGE, UNKNOWN_OP, CHECKSUM, BAD_REQUEST, UNKNOWN_SESSION,
+ NOT_OWNER, DUPLICATE_CHUNK, CHUNK_GAP, PAYLOAD_SIZE, NO_CHUNKS, BAD_LAYOUT, LIMIT_EXCEEDED, INTEGRITY,
+ NO_SPACE, UNKNOWN_MODEL, UNKNOWN_LEASE, SESSION_EXISTS, PERMISSION_DENIED, SHUTTING_DOWN, INTERNAL,
+ HANDSHAKE_REQUIRED, UNAVAILABLE) = range(1, 25)
+
+model = d.model  # the module-scoped fixture: the default model from MODELS
+
+
+def uniq(tag):
+    return "doc2-%s-%d-%d" % (tag, os.getpid(), time.monotonic_ns() % 1000000007)
+
+
+def closefds(r):
+    for fd in r.fds:
+        os.close(fd)
+    return r
+
+
+def sessions_by_name(c, name):
+    return [x for x in c.json(SESSIONS)["sessions"] if x.get("name") == name]
+
+
+def wait_state(c, name, state, within=15.0):
+    """Connection ends are handled by the daemon in the background: poll SESSIONS."""
+    deadline = time.monotonic() + within
+    while True:
+        got = sessions_by_name(c, name)
+        if got and got[0]["state"] == state:
+            return got[0]
+        assert time.monotonic() < deadline, (name, state, got)
+        time.sleep(0.05)
+
+
+def inline_append(c, m, sess, first, n):
+    r = c.request(APPEND, append_body(m, sess, first, n))
+    assert r.code is None, r
+    assert r.body == struct.pack("<Q", first + n)
+
+
+def cycle_ok(c, sess, step, pos, m):
+    res = parse_cycle(c.call(CYCLE, cycle_body([entry(sess, step, pos, queries(m))])).body)
+    assert len(res) == 1 and res[0]["status"] == OK, res
+    return res[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# sections 3, 4, 6, 10.1: ops and HELLO bodies
+
+
+def test_unknown_ops_keep_the_stream(daemon):
+    c = Conn(daemon.socket)
+    for op in (0x0000, 0x0003, 0x0014, 0x0022, 0x0032, 0x0049, 0x0100, 0xFFFF):
+        r = c.request(op, b"abc")
+        assert (r.code, r.op) == (UNKNOWN_OP, op), (hex(op), r)
+    assert c.request(PING, b"").body == b""  # PING with an empty body echoes nothing
+    c.close()
+
+
+def test_hello_body_errors(daemon):
+    c = Conn(daemon.socket, hello=False)
+    for body in (struct.pack("<HH", 1, 1) + s16("n" * 256),  # client name above 255 bytes
+                 struct.pack("<HH", 1, 1) + s16("x") + b"\0",  # trailing bytes
+                 struct.pack("<HH", 1, 1) + b"\x05\x00ab",  # str16 longer than the body
+                 struct.pack("<HH", 1, 1) + s16(b"\xc3\x28"),  # invalid UTF-8
+                 struct.pack("<H", 1)):  # cut short
+        assert c.request(HELLO, body).code == BAD_REQUEST, body
+    r = closefds(c.request(HELLO, struct.pack("<HH", 0, 1) + s16("n" * 255)))  # the connection stayed before HELLO
+    assert r.code is None and struct.unpack_from("<H", r.body)[0] == 1, r
+    c.close()
+
+
+def test_reply_header_version_after_bad_version(daemon):
+    # section 6: the error reply to a request whose version the daemon does not speak carries version 1
+    c = Conn(daemon.socket)
+    rid = c.next()
+    c.send(frame(PING, rid, b"v", version=7))
+    r = c.recv()  # Conn.recv asserts the reply header's version is 1
+    assert (r.code, r.rid, r.op) == (UNSUPPORTED_VERSION, rid, PING)
+    c.close()
+
+
+def test_frame_of_exactly_max_body_is_accepted(daemon):
+    # the limit is inclusive: body_len == max_body passes check 3 (PING echoes it)
+    c = Conn(daemon.socket)
+    body = bytes(range(256)) * (c.max_body // 256) + b"\x01" * (c.max_body % 256)
+    r = c.request(PING, body)
+    assert r.code is None and r.body == body
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10.4 RESUME, 10.5 CLOSE, 10.6 PERSIST, 10.7 COMMIT: error paths; use after CLOSE
+
+
+def test_resume_close_persist_commit_errors(daemon, model):
+    c = Conn(daemon.socket)
+    name = uniq("rcp")
+    assert c.request(RESUME, s16(name)).code == UNKNOWN_SESSION
+    assert c.request(RESUME, s16("r" * 256)).code == BAD_REQUEST
+    assert c.request(RESUME, s16(name) + b"\0").code == BAD_REQUEST
+    assert c.request(RESUME, b"\x01").code == BAD_REQUEST
+    sess, rd, fd = open_ok(c, model, name=name, persist=1)
+    os.close(fd)
+    inline_append(c, model, sess, 0, 70)
+    # RESUME of a session this connection holds: same id, a new descriptor of the same region
+    r = c.call(RESUME, s16(name))
+    assert len(r.fds) == 1 and r.flags == F_RESP | F_FDS
+    os.close(r.fds[0])
+    s2, chunks, persist = struct.unpack_from("<QQI", r.body)
+    assert (s2, chunks, persist) == (sess, 70, 1)
+    # PERSIST
+    assert c.request(PERSIST, struct.pack("<QI", sess, 1)).code == BAD_REQUEST  # cluster: no [cluster] here
+    assert c.request(PERSIST, struct.pack("<Q", sess + 999999)).code == UNKNOWN_SESSION
+    assert c.request(PERSIST, struct.pack("<Q", sess) + b"\0").code == BAD_REQUEST  # 9 bytes
+    assert c.request(PERSIST, struct.pack("<I", 1)).code == BAD_REQUEST
+    # CLOSE bodies
+    assert c.request(CLOSE, struct.pack("<Q", sess)).code == BAD_REQUEST  # delete is not optional
+    assert c.request(CLOSE, struct.pack("<QI", sess, 2)).code == BAD_REQUEST  # bool32
+    assert c.request(CLOSE, struct.pack("<QIB", sess, 0, 0)).code == BAD_REQUEST
+    # COMMIT: first_chunk, count and key rules (15.2)
+    res = cycle_ok(c, sess, 0, 280, model)
+    assert {p for p, _ in res["tail"]} == {1, 2}
+    k1 = key(model) * model["target_layers"]
+
+    def commit(first, count, keys):
+        return struct.pack("<QQII", sess, first, count, 0) + struct.pack("<I", len(keys)) + keys
+
+    for body, code in [
+        (commit(0, 1, k1), DUPLICATE_CHUNK),
+        (commit(69, 1, k1), DUPLICATE_CHUNK),
+        (commit(71, 1, k1), CHUNK_GAP),
+        (commit(70, 2, k1), PAYLOAD_SIZE),
+        (commit(70, 1, k1[:-1]), PAYLOAD_SIZE),
+        (commit(70, 0, b""), BAD_REQUEST),
+        (commit(70, 1, k1) + b"\0", BAD_REQUEST),
+        (commit(70, 1, k1)[:-1], BAD_REQUEST),
+        (struct.pack("<QQII", sess, 70, 1, 0) + struct.pack("<I", len(k1) + 1) + k1, BAD_REQUEST),  # count past the end
+    ]:
+        r = c.request(COMMIT, body)
+        assert r.code == code, (body[:28].hex(), r)
+    # a failed COMMIT changed nothing: the count is still 70
+    assert c.call(COMMIT, commit(70, 1, k1)).body == struct.pack("<Q", 71)
+    # APPEND and COMMIT may alternate freely
+    inline_append(c, model, sess, 71, 2)
+    # CLOSE with delete: gone from every tier; its lease ends with it (15.4)
+    assert c.call(CLOSE, struct.pack("<QI", sess, 1)).body == b""
+    assert c.request(RELEASE, struct.pack("<IQ", 1, res["lease"])).code == UNKNOWN_LEASE
+    assert c.request(APPEND, append_body(model, sess, 73, 1)).code == UNKNOWN_SESSION
+    assert c.request(COMMIT, commit(73, 1, k1)).code == UNKNOWN_SESSION
+    assert c.request(PERSIST, struct.pack("<Q", sess)).code == UNKNOWN_SESSION
+    assert c.request(CLOSE, struct.pack("<QI", sess, 1)).code == UNKNOWN_SESSION
+    assert c.request(RESUME, s16(name)).code == UNKNOWN_SESSION
+    assert c.request(INSPECT, json.dumps({"name": name}).encode()).code == UNKNOWN_SESSION
+    assert sessions_by_name(c, name) == []
+    c.close()
+
+
+def test_cycle_frame_edges(daemon, model):
+    c = Conn(daemon.socket)
+    sess, rd, fd = open_ok(c, model)
+    os.close(fd)
+    inline_append(c, model, sess, 0, 10)
+    # n_entries 0: a reply with no results
+    assert c.call(CYCLE, struct.pack("<I", 0)).body == struct.pack("<I", 0)
+    # entries for many sessions in one frame, results in entry order
+    s2, _, fd = open_ok(c, model)
+    os.close(fd)
+    res = parse_cycle(c.call(CYCLE, cycle_body([entry(s2, 0, 0, queries(model)),
+                                                 entry(sess, 0, 40, queries(model))])).body)
+    assert [x["status"] for x in res] == [NO_CHUNKS, OK] and res[1]["chunks"] == 10
+    # truncated entries: a count that runs past the end fails the frame
+    e = entry(sess, 1, 40, queries(model))
+    for body in (struct.pack("<I", 1) + e[:-1], struct.pack("<I", 2) + e, b"\1\0"):
+        assert c.request(CYCLE, body).code == BAD_REQUEST, body[:8]
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10.11 admin: SAVE, detached, EVICT, on-ssd, VERIFY, DELETE; field presence
+
+
+def test_admin_lifecycle(daemon, model):
+    name = uniq("life")
+    a = Conn(daemon.socket)
+    sess, rd, fd = open_ok(a, model, name=name)  # named, not persisted
+    os.close(fd)
+    inline_append(a, model, sess, 0, 70)
+    assert a.request(PERSIST, struct.pack("<Q", sess)).code == BAD_REQUEST  # not persisted yet
+    c = Conn(daemon.socket)
+    ev = c.json(SAVE, {"name": name})
+    assert ev["sessions"] == [sess] and ev["bytes"] > 0 and not ev.get("demoted") and not ev.get("on_ssd_only"), ev
+    assert a.call(PERSIST, struct.pack("<Q", sess)).body == b""  # made persistent by SAVE
+    info = sessions_by_name(c, name)[0]
+    assert info["persist"] is True and info["state"] == "attached" and info["attached"] is True
+    assert info["chunks"] == 70 and info["pages"] == 2 and info["id"] == sess and info["model"] == model["name"]
+    # its connection ends without CLOSE: detached, still in memory, no client
+    a.close()
+    info = wait_state(c, name, "detached")
+    assert info.get("attached", False) is False and "client" not in info, info
+    # EVICT of a detached persisted session: it leaves memory, stays resumable
+    ev = c.json(EVICT, {"name": name})
+    assert ev["sessions"] == [sess] and not ev.get("demoted") and not ev.get("on_ssd_only"), ev
+    info = wait_state(c, name, "on-ssd")
+    assert info["chunks"] == 70 and "last_used" in info, info
+    ev = c.json(EVICT, {"name": name})
+    assert ev.get("on_ssd_only") is True, ev
+    ev = c.json(SAVE, {"name": name})
+    assert ev.get("on_ssd_only") is True, ev
+    v = c.json(VERIFY, {"name": name})
+    assert v["pages"] == 2 and v["verified"] == 2 and v["bad"] == 0 and not v.get("in_memory"), v
+    assert v["session"] == sess and v["name"] == name and v["bytes"] > 0, v
+    ins = c.json(INSPECT, {"name": name})
+    assert ins["session"]["state"] == "on-ssd" and ins["layout"]["reserve_slots"] == 16, ins
+    # by id among the persisted ones
+    assert c.json(INSPECT, {"session": sess})["session"]["name"] == name
+    # unknown fields are ignored
+    assert c.json(INSPECT, {"name": name, "future_field": [1, 2]})["session"]["id"] == sess
+    ev = c.json(DELETE, {"name": name})
+    assert ev["sessions"] == [sess] and ev.get("on_ssd_only") is True, ev
+    assert sessions_by_name(c, name) == []
+    for op in (INSPECT, EVICT, VERIFY, DELETE, SAVE):
+        assert c.request(op, json.dumps({"name": name}).encode()).code == UNKNOWN_SESSION, hex(op)
+        assert c.request(op, json.dumps({"session": 987654321}).encode()).code == UNKNOWN_SESSION, hex(op)
+    assert c.request(RESUME, s16(name)).code == UNKNOWN_SESSION
+    c.close()
+
+
+@pytest.mark.parametrize("op", [INSPECT, EVICT, VERIFY, DELETE, SAVE])
+def test_admin_request_bodies(daemon, op):
+    c = Conn(daemon.socket)
+    for body in (b"", b"[]", b"null", b'"x"', b"{}", b'{"name": ""}', b'{"session": "12"}', b'{"name": 5}',
+                 b'{"session": 1, "name": "x"}', b"{nope", b'{"name": "x"} {}', json.dumps({"name": "n" * 256}).encode()):
+        r = c.request(op, body)
+        assert r.code == BAD_REQUEST, (hex(op), body, r)
+    c.close()
+
+
+def test_empty_body_admin_ops(daemon):
+    c = Conn(daemon.socket)
+    for op in (STATUS, SESSIONS, MODELS):
+        assert c.request(op, b"{}").code == BAD_REQUEST, hex(op)
+        assert c.request(op, b" ").code == BAD_REQUEST, hex(op)
+    c.close()
+
+
+def test_status_sessions_inspect_fields(daemon, model):
+    c = Conn(daemon.socket)
+    name = uniq("fields")
+    sess, rd, fd = open_ok(c, model, name=name, pol=policy(first_keep=64, last_keep=64, kmax=3))
+    os.close(fd)
+    inline_append(c, model, sess, 0, 300)
+    res = cycle_ok(c, sess, 0, 1200, model)
+    st = c.json(STATUS)
+    for k in ("instance", "server", "protocol", "uptime_seconds", "connections", "sessions", "leases", "tiers",
+              "counters"):
+        assert k in st, k
+    assert st["protocol"] == 1 and st["connections"] >= 1 and st["sessions"] >= 1 and st["leases"] >= 1
+    assert len(st["instance"]) == 32 and st["instance"] == c.instance
+    assert isinstance(st["counters"], dict) and all(isinstance(v, (int, float)) for v in st["counters"].values())
+    assert st["tiers"], st
+    for t in st["tiers"]:
+        assert isinstance(t["name"], str)
+        for k in ("used_bytes", "capacity_bytes", "pages", "hits", "misses", "read_bytes", "written_bytes"):
+            assert isinstance(t.get(k, 0), int), (t, k)
+    info = [x for x in c.json(SESSIONS)["sessions"] if x["id"] == sess][0]
+    for k in ("id", "name", "model", "owner_uid", "attached", "client", "chunks", "pages", "state", "last_used"):
+        assert k in info, k
+    assert info["owner_uid"] == os.getuid() and info["pages"] == 5 and info["chunks"] == 300
+    assert info.get("persist", False) is False and info.get("fallback", False) is False
+    assert isinstance(info.get("cycles", 0), int) and isinstance(info.get("bytes", 0), int)
+    assert set(info.get("tier_pages", {})) <= {"reserve", "host", "ssd"}, info
+    ins = c.json(INSPECT, {"session": sess})
+    assert ins["session"]["id"] == sess
+    pol = ins["policy"]
+    assert pol["first_keep"] == 64 and pol["last_keep"] == 64 and pol["kmax"] == 3, pol
+    assert pol.get("kmax_ratio", 0) == 0, pol  # a kmax in force comes with kmax_ratio 0 (10.4)
+    assert ins["leases"] == 1 and isinstance(ins.get("above_fraction", 0), (int, float))
+    assert sorted(ins.get("resident", [])) == sorted(set(ins.get("resident", [])))
+    assert {p for p, _ in res["table"]} <= set(ins.get("resident", [])), (res, ins)
+    assert isinstance(ins.get("tier_pages", {}), dict)
+    assert c.json(SESSIONS)["sessions"] is not None
+    c.close()
+    c = Conn(daemon.socket)  # the ephemeral session went with its connection
+    deadline = time.monotonic() + 10
+    while [x for x in c.json(SESSIONS)["sessions"] if x["id"] == sess]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    c.close()
+
+
+def test_cluster_op_without_cluster(daemon):
+    c = Conn(daemon.socket)
+    for body in ({"action": "status"}, {"action": "join", "addr": "127.0.0.1:1"}, {"action": "remove", "id": "x"}):
+        r = c.request(CLUSTER, json.dumps(body).encode())
+        assert r.code == BAD_REQUEST, (body, r)
+    assert c.request(CLUSTER, b"{nope").code == BAD_REQUEST
+    c.close()
+
+
+def test_use_after_delete_and_double_attach(daemon, model):
+    name = uniq("del")
+    a = Conn(daemon.socket)
+    b = Conn(daemon.socket)
+    sess, rd, fd = open_ok(a, model, name=name, persist=1)
+    os.close(fd)
+    inline_append(a, model, sess, 0, 5)
+    assert a.request(OPEN, open_body(model, name=name, persist=1)).code == SESSION_EXISTS
+    assert b.request(OPEN, open_body(model, name=name)).code == SESSION_EXISTS
+    assert b.request(RESUME, s16(name)).code == NOT_OWNER  # held by a
+    assert b.request(DELETE, json.dumps({"session": sess}).encode()).code == NOT_OWNER
+    lease = cycle_ok(a, sess, 0, 20, model)["lease"]
+    ev = a.json(DELETE, {"session": sess})  # the holding connection may delete it
+    assert ev["sessions"] == [sess], ev
+    for op, body in ((APPEND, append_body(model, sess, 5, 1)), (PERSIST, struct.pack("<Q", sess)),
+                     (CLOSE, struct.pack("<QI", sess, 0))):
+        assert a.request(op, body).code == UNKNOWN_SESSION, hex(op)
+    assert parse_cycle(a.call(CYCLE, cycle_body([entry(sess, 1, 20, queries(model))])).body)[0]["status"] == UNKNOWN_SESSION
+    assert a.request(RELEASE, struct.pack("<IQ", 1, lease)).code == UNKNOWN_LEASE  # its leases ended
+    assert b.request(RESUME, s16(name)).code == UNKNOWN_SESSION
+    # the name is free again
+    s3, _, fd = open_ok(b, model, name=name)
+    os.close(fd)
+    assert s3 != sess
+    a.close()
+    b.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10.9 FALLBACK, 15.5 NO_SPACE; 10.2 page-major data path
+
+
+def _keys(m, first, n):
+    """Varied finite keys, layer-major (11): fp8 codes below 0x70, f32 scale 1."""
+    kb, tl = m["key_bytes"], m["target_layers"]
+    out = bytearray()
+    for t in range(tl):
+        for i in range(n):
+            c = first + i
+            out += bytes(((c * 31 + j * 7 + t * 13) ^ (c >> 3)) % 0x70 for j in range(kb - 4)) + struct.pack("<f", 1.0)
+    return bytes(out)
+
+
+def test_fallback_and_no_space(daemon, model):
+    c = Conn(daemon.socket)
+    pol = policy(first_keep=64, last_keep=64, kmax=1, fallback_ratio=1e-9)
+    big, _, fd = open_ok(c, model, pol=pol, lay=layout(model, slots=40))
+    os.close(fd)
+    small, _, fd = open_ok(c, model, pol=pol, lay=layout(model, slots=6))
+    os.close(fd)
+    n = 640  # 10 pages
+    for s in (big, small):
+        for first in range(0, n, 160):
+            r = c.call(APPEND, append_body(model, s, first, 160, keys=_keys(model, first, 160)))
+            assert r.body == struct.pack("<Q", first + 160)
+    got = None
+    for step in range(6):
+        raw = c.call(CYCLE, cycle_body([entry(big, step * 64, 4 * n + step, queries(model, 0x3F80 + step)),
+                                        entry(small, step * 64, 4 * n + step, queries(model, 0x3F80 + step))])).body
+        res = parse_cycle(raw)
+        leases = [x["lease"] for x in res if x["status"] == OK]
+        flags = struct.unpack_from("<I", raw, 4 + 44)[0] if res[0]["status"] == OK else None
+        if leases:
+            c.call(RELEASE, struct.pack("<I", len(leases)) + b"".join(struct.pack("<Q", x) for x in leases))
+        if flags and flags & 1:
+            got = (res, step)
+            break
+    assert got, "no FALLBACK flag within 6 cycles with fallback_ratio 1e-9"
+    res, step = got
+    # the switch shows in the flag at once; the page table is the previous cycle's selection
+    # (LSA applies it one cycle late), so every page is in the table from the next cycle on
+    raw = c.call(CYCLE, cycle_body([entry(big, 999, 4 * n + 99, queries(model)),
+                                    entry(small, 999, 4 * n + 99, queries(model))])).body
+    res = parse_cycle(raw)
+    assert struct.unpack_from("<I", raw, 4 + 44)[0] & 1
+    assert [p for p, _ in res[0]["table"]] == list(range(10)), res[0]  # full residency: every page
+    assert res[1]["status"] == NO_SPACE, res[1]  # 6 slots < pages + tail (15.5)
+    assert [x for x in c.json(SESSIONS)["sessions"] if x["id"] == big][0].get("fallback") is True
+    c.close()
+
+
+def test_page_major_data_path(daemon, model):
+    CPP, SEGS = 64, ((6, 2), (4,))
+    ROWS = (512, 300)
+    c = Conn(daemon.socket)
+    lay = layout(model, layers=tuple(zip(ROWS, SEGS)))
+    sess, rd, fd = open_ok(c, model, lay=lay, flags=1)
+    reserve = mmap.mmap(fd, rd["size"])
+    os.close(fd)
+    stride = (512 + 300 + 255) // 256 * 256
+    assert rd["strides"] == [stride, stride] and rd["size"] >= 16 * stride, rd
+    offs = [o for o, _ in rd["layers"]]
+    assert offs == [0, 512] and [rb for _, rb in rd["layers"]] == list(ROWS), rd
+
+    def cb(c_, l, s):  # chunk c_'s bytes of layer l, segment s
+        return bytes((c_ * 11 + l * 5 + s * 3 + j) % 256 for j in range(SEGS[l][s]))
+
+    n = 100
+    payload = b""
+    for l, segs in enumerate(SEGS):  # layer-major, then segment-major, then chunk
+        for s in range(len(segs)):
+            payload += b"".join(cb(i, l, s) for i in range(n))
+    assert c.call(APPEND, append_body(model, sess, 0, n, payload=payload)).body == struct.pack("<Q", n)
+    res = cycle_ok(c, sess, 0, 4 * n, model)
+    assert res["table"], res
+    for page, slot in res["table"]:
+        for l, segs in enumerate(SEGS):
+            base = offs[l] + slot * rd["strides"][l]
+            for ci in range(page * CPP, min((page + 1) * CPP, n)):
+                i = ci % CPP
+                for s, sz in enumerate(segs):
+                    o = base + CPP * sum(segs[:s]) + i * sz
+                    assert reserve[o:o + sz] == cb(ci, l, s), (page, l, ci, s)
+    # INSPECT shows the layout as sent
+    lo = c.json(INSPECT, {"session": sess})["layout"]
+    assert lo["layers"] == [{"row_bytes": 512, "segments": [6, 2]}, {"row_bytes": 300, "segments": [4]}], lo
+    reserve.close()
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# section 9: configured limits, against a daemon of this module's own
+
+LIMITS_CONFIG = """
+log_level = "debug"
+[gpu]
+mode = "off"
+[host]
+budget_bytes = 67108864
+[limits]
+max_frame_bytes = 65536
+staging_bytes = 0
+max_conns = 8
+max_conns_per_uid = 3
+admin_reserved_conns = 2
+max_sessions_per_conn = 2
+max_session_bytes = 8192
+idle_timeout = "3s"
+frame_timeout = "1s"
+lease_timeout = "2s"
+detached_ttl = "2s"
+[indexer]
+default_model = "small"
+first_keep = 64
+last_keep = 64
+fallback_ratio = 1.0
+[[indexer.random]]
+name = "small"
+seed = 7
+hidden = 64
+rank = 32
+heads = 4
+head_dim = 128
+target_layers = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def ldaemon(flashmemd_bin):
+    root = tempfile.mkdtemp(prefix="flashmem-py-lim-")
+    sock, cfg, log = (os.path.join(root, x) for x in ("fm.sock", "flashmemd.toml", "flashmemd.log"))
+    with open(cfg, "w") as f:
+        f.write(LIMITS_CONFIG)
+    logf = open(log, "wb")
+    p = subprocess.Popen([flashmemd_bin, "--config", cfg, "--socket", sock, "--data-dir", os.path.join(root, "data"),
+                          "--metrics", "off"], stdout=logf, stderr=subprocess.STDOUT,
+                         env=dict(os.environ, NOTIFY_SOCKET=""))
+    logf.close()
+
+    class D:
+        socket = sock
+
+    deadline = time.monotonic() + 30
+    while True:
+        assert p.poll() is None, open(log, "rb").read()[-3000:]
+        if b"msg=serving" in open(log, "rb").read():
+            break
+        assert time.monotonic() < deadline, open(log, "rb").read()[-3000:]
+        time.sleep(0.02)
+    yield D
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lmodel(ldaemon):
+    c = Conn(ldaemon.socket)
+    ms = c.json(MODELS)
+    c.close()
+    return next(x for x in ms["models"] if x["name"] == ms["default_model"])
+
+
+def lconn(ld):
+    c = Conn(ld.socket)
+    assert c.staging is None and c.staging_size == 0
+    return c
+
+
+def test_limits_in_hello_and_models(ldaemon):
+    c = lconn(ldaemon)
+    lim = c.json(MODELS)["limits"]
+    assert c.max_body == 65536 and c.max_sessions == 2 and c.staging_size == 0
+    assert lim["max_frame_bytes"] == 65536 and lim["staging_bytes"] == 0 and lim["max_conns"] == 8
+    assert lim["max_conns_per_uid"] == 3 and lim["admin_reserved_conns"] == 2 and lim["max_sessions_per_conn"] == 2
+    assert lim["idle_timeout_seconds"] == 3 and lim["frame_timeout_seconds"] == 1
+    assert lim["lease_timeout_seconds"] == 2 and lim["detached_ttl_seconds"] == 2
+    assert lim["max_session_bytes"] == 8192
+    c.close()
+
+
+def test_limit_frame_size_and_staging(ldaemon, lmodel):
+    c = lconn(ldaemon)
+    sess, rd, fd = open_ok(c, lmodel, lay=layout(lmodel, slots=8))
+    os.close(fd)
+    # no staging region: a staged APPEND is BAD_REQUEST
+    r = c.request(APPEND, append_body(lmodel, sess, 0, 1, inline=False, offset=0, payload=b"\0" * 8))
+    assert r.code == BAD_REQUEST, r
+    # 15.2: 44 + count x target_layers x key_bytes + payload must fit max_body
+    per = lmodel["target_layers"] * lmodel["key_bytes"] + 8
+    n = (c.max_body - 44) // per
+    body = append_body(lmodel, sess, 0, n)
+    assert len(body) <= c.max_body < len(body) + per
+    assert c.call(APPEND, body).body == struct.pack("<Q", n)
+    rid = c.next()
+    c.send(frame(APPEND, rid, append_body(lmodel, sess, n, n + 1)))
+    r = c.recv()
+    assert (r.code, r.rid, r.op) == (FRAME_TOO_LARGE, rid, APPEND), r
+    assert c.at_eof()
+    c.close()
+
+
+def test_limit_sessions_per_conn_and_session_bytes(ldaemon, lmodel):
+    c = lconn(ldaemon)
+    lay = layout(lmodel, slots=8)  # page_bytes 512: max_session_bytes 8192 = 16 pages = 1024 chunks
+    s1, _, fd = open_ok(c, lmodel, lay=lay)
+    os.close(fd)
+    s2, _, fd = open_ok(c, lmodel, lay=lay)
+    os.close(fd)
+    r = closefds(c.request(OPEN, open_body(lmodel, lay=lay)))
+    assert r.code == LIMIT_EXCEEDED, r
+    assert c.call(CLOSE, struct.pack("<QI", s2, 0)).body == b""
+    s3, _, fd = open_ok(c, lmodel, lay=lay)  # a slot again after CLOSE
+    os.close(fd)
+    first = 0
+    while first < 1024:
+        cnt = min(120, 1024 - first)
+        inline_append(c, lmodel, s1, first, cnt)
+        first += cnt
+    r = c.request(APPEND, append_body(lmodel, s1, 1024, 1))
+    assert r.code == LIMIT_EXCEEDED, r
+    assert c.call(APPEND, append_body(lmodel, s3, 0, 1)).body == struct.pack("<Q", 1)
+    c.close()
+
+
+def test_limit_lease_timeout(ldaemon, lmodel):
+    c = lconn(ldaemon)
+    sess, _, fd = open_ok(c, lmodel, lay=layout(lmodel, slots=8))
+    os.close(fd)
+    inline_append(c, lmodel, sess, 0, 10)
+    l1 = cycle_ok(c, sess, 0, 40, lmodel)["lease"]
+    l2 = cycle_ok(c, sess, 64, 41, lmodel)["lease"]
+    assert c.call(RELEASE, struct.pack("<IQ", 1, l2)).body == b""
+    time.sleep(3.5)  # lease_timeout 2 s, even though the client stays connected
+    assert c.request(RELEASE, struct.pack("<IQ", 1, l1)).code == UNKNOWN_LEASE
+    assert c.request(PING, b"alive").body == b"alive"  # holding a session: never closed for silence
+    c.close()
+
+
+def test_limit_idle_and_frame_timeouts(ldaemon, lmodel):
+    idle = lconn(ldaemon)
+    holder = lconn(ldaemon)
+    s, _, fd = open_ok(holder, lmodel, lay=layout(lmodel, slots=8))
+    os.close(fd)
+    partial = lconn(ldaemon)
+    partial.send(frame(PING, 77, b"abcdef")[:20])
+    t0 = time.monotonic()
+    r = partial.recv()
+    assert (r.code, r.rid, r.op) == (BAD_FRAME, 0, 0) and time.monotonic() - t0 < 8, r  # frame_timeout 1 s
+    assert partial.at_eof()
+    partial.close()
+    r = idle.recv()  # idle_timeout 3 s, holding nothing
+    assert (r.code, r.rid, r.op) == (LIMIT_EXCEEDED, 0, 0), r
+    assert idle.at_eof()
+    idle.close()
+    assert holder.request(PING, b"still").body == b"still"
+    holder.close()
+
+
+def test_limit_detached_ttl(ldaemon, lmodel):
+    name = uniq("ttl")
+    a = lconn(ldaemon)
+    sess, _, fd = open_ok(a, lmodel, name=name, persist=1, lay=layout(lmodel, slots=8))
+    os.close(fd)
+    inline_append(a, lmodel, sess, 0, 3)
+    a.close()
+    c = lconn(ldaemon)
+    info = wait_state(c, name, "on-ssd", within=20)  # detached for detached_ttl (2 s), then SSD only
+    assert info["chunks"] == 3
+    r = c.call(RESUME, s16(name))
+    closefds(r)
+    assert struct.unpack_from("<QQ", r.body)[1] == 3
+    c.call(CLOSE, struct.pack("<QI", struct.unpack_from("<Q", r.body)[0], 1))
+    c.close()
+
+
+def test_limit_conns_per_uid(ldaemon):
+    # max_conns_per_uid 3; root (an admin) may exceed it by admin_reserved_conns (2)
+    probe = lconn(ldaemon)
+    deadline = time.monotonic() + 10
+    while probe.json(STATUS)["connections"] > 1:  # earlier tests' connections are gone
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    allowed = 3 + (2 if os.geteuid() == 0 else 0)
+    conns = [probe]
+    try:
+        for _ in range(allowed - 1):
+            conns.append(lconn(ldaemon))
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(20)
+        s.connect(ldaemon.socket)
+        x = Conn.__new__(Conn)
+        x.s = s
+        try:
+            x.send(frame(HELLO, 1, struct.pack("<HH", 1, 1) + s16("over")))
+        except OSError:
+            pass  # a robust client reads after a failed write
+        r = x.recv()
+        assert (r.code, r.rid, r.op) == (LIMIT_EXCEEDED, 0, 0), r
+        assert x.at_eof()
+        s.close()
+    finally:
+        for c in conns:
+            c.close()
