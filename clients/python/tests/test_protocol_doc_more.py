@@ -259,7 +259,7 @@ def test_admin_lifecycle(daemon, model):
 @pytest.mark.parametrize("op", [INSPECT, EVICT, VERIFY, DELETE, SAVE])
 def test_admin_request_bodies(daemon, op):
     c = Conn(daemon.socket)
-    for body in (b"", b"[]", b"null", b'"x"', b"{}", b'{"name": ""}', b'{"session": "12"}', b'{"name": 5}',
+    for body in (b"", b"[]", b"null", b'"x"', b"{}", b'{"name": ""}', b'{"session": "12"}', b'{"name": 5}', b'{"session": -1}', b'{"session": 1.5}',
                  b'{"session": 1, "name": "x"}', b"{nope", b'{"name": "x"} {}', json.dumps({"name": "n" * 256}).encode()):
         r = c.request(op, body)
         assert r.code == BAD_REQUEST, (hex(op), body, r)
@@ -302,6 +302,7 @@ def test_status_sessions_inspect_fields(daemon, model):
     assert set(info.get("tier_pages", {})) <= {"reserve", "host", "ssd"}, info
     ins = c.json(INSPECT, {"session": sess})
     assert ins["session"]["id"] == sess
+    assert "page_major" not in ins["layout"], ins["layout"]  # per-layer reserve
     pol = ins["policy"]
     assert pol["first_keep"] == 64 and pol["last_keep"] == 64 and pol["kmax"] == 3, pol
     assert pol.get("kmax_ratio", 0) == 0, pol  # a kmax in force comes with kmax_ratio 0 (10.4)
@@ -444,6 +445,7 @@ def test_page_major_data_path(daemon, model):
     # INSPECT shows the layout as sent
     lo = c.json(INSPECT, {"session": sess})["layout"]
     assert lo["layers"] == [{"row_bytes": 512, "segments": [6, 2]}, {"row_bytes": 300, "segments": [4]}], lo
+    assert lo.get("page_major") is True, lo
     reserve.close()
     c.close()
 
@@ -666,3 +668,75 @@ def test_limit_conns_per_uid(ldaemon):
     finally:
         for c in conns:
             c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# section 8 SHUTTING_DOWN, 10.1 instance_id, 10.2 persist across restarts, 10.4 RESUME reply,
+# 10.9 DAMAGED list, INTEGRITY on APPEND, 10.11 VERIFY damage
+
+
+def test_shutdown_restart_and_damage(fresh_daemon, model):
+    name = uniq("restart")
+    pol = policy(first_keep=64, last_keep=64, kmax=8)
+    a = Conn(fresh_daemon.socket)
+    inst1 = a.instance
+    sess, rd, fd = open_ok(a, model, name=name, persist=1, pol=pol)
+    os.close(fd)
+    for first in range(0, 250, 125):  # the last of 4 pages is partial
+        inline_append(a, model, sess, first, 125)
+    assert a.call(PERSIST, struct.pack("<QI", sess, 0)).body == b""
+    b = Conn(fresh_daemon.socket)  # holds nothing
+    fresh_daemon.stop()  # SIGTERM: every connection gets SHUTTING_DOWN as a connection-level frame
+    for c in (a, b):
+        r = c.recv()
+        assert (r.code, r.rid, r.op) == (SHUTTING_DOWN, 0, 0), r
+        assert c.at_eof()
+        c.close()
+    # flip a byte in every stored page record (storage internals, not the protocol: the SSD
+    # journal's page records start with "FMPG" on 4 KiB boundaries)
+    import glob
+    flipped = 0
+    for seg in glob.glob(os.path.join(fresh_daemon.data, "ssd", "pages", "*.seg")):
+        with open(seg, "r+b") as f:
+            data = f.read()
+            for off in range(0, len(data), 4096):
+                if data[off:off + 4] == b"FMPG":
+                    f.seek(off + 200)
+                    f.write(bytes([data[off + 200] ^ 0xFF]))
+                    flipped += 1
+    assert flipped > 0
+    fresh_daemon.start()
+    c = Conn(fresh_daemon.socket)
+    assert c.instance != inst1  # a new daemon start
+    info = wait_state(c, name, "on-ssd")
+    assert info["chunks"] == 250 and info["persist"] is True
+    r = closefds(c.call(RESUME, s16(name)))
+    s2, chunks, persist = struct.unpack_from("<QQI", r.body)
+    assert (chunks, persist) == (250, 1)
+    (ml,) = struct.unpack_from("<H", r.body, 20)
+    o = 22 + ml
+    fk, lk, kmax, la, kr, fr = struct.unpack_from("<IIIIdd", r.body, o)
+    assert (fk, lk, kmax, kr) == (64, 64, 8, 0.0), (fk, lk, kmax, la, kr, fr)  # effective policy
+    assert 0 < fr <= 1 and la > 0
+    raw = c.call(CYCLE, cycle_body([entry(s2, 0, 1000, queries(model))])).body
+    res = parse_cycle(raw)[0]
+    assert res["status"] == OK, res
+    flags = struct.unpack_from("<I", raw, 4 + 44)[0]
+    assert flags & 2, "no DAMAGED flag"
+    o = 4 + 80 + 8 * len(res["table"]) + 4 + 8 * len(res["tail"])
+    (nd,) = struct.unpack_from("<I", raw, o)
+    o += 4
+    damaged = {}
+    for _ in range(nd):
+        page, code, ml = struct.unpack_from("<IIH", raw, o)
+        damaged[page] = (code, raw[o + 10:o + 10 + ml].decode())
+        o += 10 + ml
+    assert o == len(raw) and 1 <= nd <= 4096
+    assert all(code == INTEGRITY and msg for code, msg in damaged.values()), damaged
+    assert not set(damaged) & {p for p, _ in res["table"]}  # a damaged page is never served
+    assert 3 in damaged, damaged  # the partial last page is forced: it must be listed
+    r = c.request(APPEND, append_body(model, s2, 250, 1))  # into the damaged page
+    assert r.code == INTEGRITY, r
+    v = c.json(VERIFY, {"session": s2})
+    assert v["bad"] >= 1 and v["damage"] and all("page" in x and "reason" in x for x in v["damage"]), v
+    c.close()
