@@ -740,3 +740,252 @@ def test_shutdown_restart_and_damage(fresh_daemon, model):
     v = c.json(VERIFY, {"session": s2})
     assert v["bad"] >= 1 and v["damage"] and all("page" in x and "reason" in x for x in v["damage"]), v
     c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# sections 1, 8 and 15.6 across uids (root only: the other peer runs as nobody)
+
+CHILD = r'''
+import json, os, struct, sys
+sys.path.insert(0, sys.argv[1])
+import test_protocol_doc as d
+sock, rootsess, rootlive, mine = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+out = {}
+c = d.Conn(sock)
+m = next(x for x in c.json(d.MODELS)["models"] if x["name"] == "small")
+out["uid_sessions"] = sorted(x.get("name", "") for x in c.json(d.SESSIONS)["sessions"])
+for op, nm in ((d.INSPECT, "inspect"), (d.EVICT, "evict"), (d.VERIFY, "verify"), (d.DELETE, "delete"), (d.SAVE, "save")):
+    out[nm] = c.request(op, json.dumps({"name": rootsess}).encode()).code
+    out[nm + "_live"] = c.request(op, json.dumps({"session": rootlive}).encode()).code
+out["resume"] = c.request(d.RESUME, d.s16(rootsess)).code
+out["cycle"] = d.parse_cycle(c.call(d.CYCLE, d.cycle_body([d.entry(rootlive, 0, 0, d.queries(m))])).body)[0]["status"]
+out["append"] = c.request(d.APPEND, d.append_body(m, rootlive, 0, 1)).code
+out["open_taken"] = c.request(d.OPEN, d.open_body(m, name=rootsess)).code
+s, rd, fd = d.open_ok(c, m, name=mine, persist=1)
+os.close(fd)
+out["append_own"] = c.request(d.APPEND, d.append_body(m, s, 0, 3)).code
+out["close_own"] = c.request(d.CLOSE, struct.pack("<QI", s, 0)).code
+out["join"] = c.request(0x0048, json.dumps({"action": "join", "addr": "127.0.0.1:1"}).encode()).code
+print(json.dumps(out))
+'''
+
+DENIED = r'''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_protocol_doc as d
+c = d.Conn(sys.argv[2], hello=False)
+try:
+    c.send(d.frame(d.HELLO, 1, d.struct.pack("<HH", 1, 1) + d.s16("x")))
+except OSError:
+    pass
+r = c.recv()
+print(json.dumps([r.code, r.rid, r.op, c.at_eof()]))
+'''
+
+
+def test_other_uid(flashmemd_bin, tmp_path):
+    import grp
+    import sys
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a peer as another uid")
+    try:
+        grp.getgrnam("nogroup")
+    except KeyError:
+        pytest.skip("no group nogroup")
+    root = tempfile.mkdtemp(prefix="flashmem-py-uid-")
+    os.chmod(root, 0o755)
+    lib = os.path.join(root, "lib")
+    os.mkdir(lib)
+    shutil.copy(d.__file__, lib)
+    os.chmod(os.path.join(lib, os.path.basename(d.__file__)), 0o644)
+    os.chmod(lib, 0o755)
+    sock, cfg, log = (os.path.join(root, x) for x in ("fm.sock", "flashmemd.toml", "flashmemd.log"))
+    with open(cfg, "w") as f:
+        f.write('allowed_groups = ["nogroup"]\n' + LIMITS_CONFIG.split("[limits]")[0] +
+                LIMITS_CONFIG[LIMITS_CONFIG.index("[indexer]"):])
+    logf = open(log, "wb")
+    p = subprocess.Popen([flashmemd_bin, "--config", cfg, "--socket", sock, "--data-dir", os.path.join(root, "data"),
+                          "--metrics", "off"], stdout=logf, stderr=subprocess.STDOUT,
+                         env=dict(os.environ, NOTIFY_SOCKET=""))
+    logf.close()
+    try:
+        deadline = time.monotonic() + 30
+        while b"msg=serving" not in open(log, "rb").read():
+            assert p.poll() is None and time.monotonic() < deadline, open(log, "rb").read()[-3000:]
+            time.sleep(0.02)
+        c = Conn(sock)
+        m = next(x for x in c.json(MODELS)["models"] if x["name"] == "small")
+        rootsess, mine = uniq("root"), uniq("nobody")
+        s, _, fd = open_ok(c, m, name=rootsess, persist=1)
+        os.close(fd)
+        inline_append(c, m, s, 0, 5)
+        c.call(CLOSE, struct.pack("<QI", s, 0))  # on SSD only, owner root
+        live, _, fd = open_ok(c, m, name=uniq("rootlive"))
+        os.close(fd)
+        inline_append(c, m, live, 0, 5)
+        run = subprocess.run([sys.executable, "-c", CHILD, lib, sock, rootsess, str(live), mine], user=65534,
+                             group=65534, extra_groups=[], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+        out = json.loads(run.stdout)
+        assert out["uid_sessions"] == [], out  # another uid's sessions are not listed
+        for k in ("inspect", "evict", "verify", "delete", "save"):  # 15.6: reported as unknown
+            assert out[k] == UNKNOWN_SESSION and out[k + "_live"] == UNKNOWN_SESSION, (k, out)
+        assert out["resume"] == NOT_OWNER, out  # 10.4: another uid
+        assert out["cycle"] == NOT_OWNER and out["append"] == NOT_OWNER, out
+        assert out["open_taken"] == SESSION_EXISTS, out
+        assert out["append_own"] is None and out["close_own"] is None, out
+        assert out["join"] == BAD_REQUEST, out
+        # root sees and acts on every uid's sessions
+        info = sessions_by_name(c, mine)
+        assert info and info[0]["owner_uid"] == 65534 and info[0]["state"] == "on-ssd", info
+        assert c.json(INSPECT, {"name": mine})["session"]["chunks"] == 3
+        r = closefds(c.call(RESUME, s16(mine)))  # root may resume it
+        assert struct.unpack_from("<QQ", r.body)[1] == 3
+        c.close()
+        # a peer in no allowed group is refused before any request: PERMISSION_DENIED, id 0
+        os.chmod(sock, 0o666)
+        run = subprocess.run([sys.executable, "-c", DENIED, lib, sock], user=65533, group=65533, extra_groups=[],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert json.loads(run.stdout) == [PERMISSION_DENIED, 0, 0, True], run.stdout
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6 ordering, 7 versions, 10.2 device, 10.7 staging edge, 15.2 COMMIT over two tail pages
+
+
+def test_pipelined_session_order(daemon, model):
+    c = Conn(daemon.socket)
+    sess, _, fd = open_ok(c, model)
+    os.close(fd)
+    q = queries(model)
+    reqs = [(APPEND, append_body(model, sess, 0, 100)), (CYCLE, cycle_body([entry(sess, 0, 400, q)])),
+            (APPEND, append_body(model, sess, 100, 100)), (CYCLE, cycle_body([entry(sess, 64, 800, q)])),
+            (PING, b"p")]
+    rids = [c.next() for _ in reqs]
+    c.send(b"".join(frame(op, rid, body) for (op, body), rid in zip(reqs, rids)))  # without waiting
+    got = {}
+    for _ in reqs:
+        r = c.recv()
+        assert r.code is None, r
+        got[r.rid] = r
+    assert got[rids[0]].body == struct.pack("<Q", 100) and got[rids[2]].body == struct.pack("<Q", 200)
+    r1, r2 = parse_cycle(got[rids[1]].body)[0], parse_cycle(got[rids[3]].body)[0]
+    assert (r1["chunks"], r2["chunks"]) == (100, 200)  # each CYCLE saw the APPENDs sent before it
+    c.close()
+
+
+def test_version_ranges(daemon):
+    c = Conn(daemon.socket, hello=False)
+    assert c.request(HELLO, struct.pack("<HH", 0, 0) + s16("x")).code == UNSUPPORTED_VERSION
+    r = closefds(c.request(HELLO, struct.pack("<HH", 0, 0xFFFF) + s16("x")))
+    assert r.code is None and struct.unpack_from("<H", r.body)[0] == 1
+    (n,) = struct.unpack_from("<H", r.body, 40)
+    assert n > 0 and len(r.body) == 42 + n  # server: daemon name and build
+    c.close()
+
+
+def test_open_device_on_a_host_without_cuda(daemon, model):
+    # the test daemon runs with [gpu] mode = "off": any device gets host memory (10.3's table)
+    c = Conn(daemon.socket)
+    for dev in (0xFFFFFFFF, 0xFFFFFFFE, 0, 3):
+        s, rd, fd = open_ok(c, model, device=dev)
+        os.close(fd)
+        assert (rd["kind"], rd["device"]) == (0, 0xFFFFFFFF), (dev, rd)
+        c.call(CLOSE, struct.pack("<QI", s, 0))
+    c.close()
+
+
+def test_staging_edges_and_release_edges(daemon, model):
+    c = Conn(daemon.socket)
+    sess, _, fd = open_ok(c, model)
+    os.close(fd)
+    pl = bytes(range(80))
+    c.staging[c.staging_size - 80:] = pl  # a range ending exactly at the region's end
+    r = c.call(APPEND, append_body(model, sess, 0, 10, inline=False, offset=c.staging_size - 80, payload=pl))
+    assert r.body == struct.pack("<Q", 10)
+    r = c.request(APPEND, append_body(model, sess, 10, 10, inline=False, offset=c.staging_size - 79, payload=pl))
+    assert r.code == BAD_REQUEST
+    assert c.call(RELEASE, struct.pack("<I", 0)).body == b""  # n 0: nothing to release
+    assert c.request(RELEASE, struct.pack("<IQ", 2, 1)).code == BAD_REQUEST  # count past the end
+    assert c.request(RELEASE, struct.pack("<IQ", 1, 1) + b"\0").code == BAD_REQUEST  # trailing bytes
+    c.close()
+
+
+def test_commit_across_tail_pages_survives_ssd(daemon, model):
+    CPP, n, name = 64, 120, uniq("commit")
+    c = Conn(daemon.socket)
+    sess, rd, fd = open_ok(c, model, name=name, persist=1)
+    reserve = mmap.mmap(fd, rd["size"])
+    os.close(fd)
+    off, rb = rd["layers"][0]
+
+    def chunk(i):
+        return bytes((i * 13 + j * 3 + 1) % 256 for j in range(8))
+
+    pl = b"".join(chunk(i)[:6] for i in range(n)) + b"".join(chunk(i)[6:] for i in range(n))
+    c.call(APPEND, append_body(model, sess, 0, n, payload=pl))
+    res = cycle_ok(c, sess, 0, 4 * n, model)
+    tail = dict(res["tail"])
+    assert set(tail) == {1, 2}, res  # chunks [120, 184): pages 1 and 2
+    k = 12  # chunks 120..131: 8 into page 1, 4 into page 2
+    for i in range(n, n + k):
+        base = off + tail[i // CPP] * rb
+        j = i % CPP
+        reserve[base + j * 6: base + j * 6 + 6] = chunk(i)[:6]
+        reserve[base + CPP * 6 + j * 2: base + CPP * 6 + j * 2 + 2] = chunk(i)[6:]
+    keys = key(model) * (model["target_layers"] * k)
+    r = c.call(COMMIT, struct.pack("<QQII", sess, n, k, 0) + struct.pack("<I", len(keys)) + keys)
+    assert r.body == struct.pack("<Q", n + k)
+    # a chunk past the tail (page 3) is refused whole
+    k3 = 64 * 2
+    keys3 = key(model) * (model["target_layers"] * k3)
+    assert c.request(COMMIT, struct.pack("<QQII", sess, n + k, k3, 0) + struct.pack("<I", len(keys3)) + keys3).code == BAD_REQUEST
+    c.call(RELEASE, struct.pack("<IQ", 1, res["lease"]))
+    c.call(PERSIST, struct.pack("<Q", sess))
+    # close, resume (a new reserve region from SSD) and read the committed chunks back
+    c.call(CLOSE, struct.pack("<QI", sess, 0))
+    r = c.call(RESUME, s16(name))
+    s2 = struct.unpack_from("<Q", r.body)[0]
+    (ml,) = struct.unpack_from("<H", r.body, 20)
+    rd2, o = parse_region(r.body, 22 + ml + 32 + 24 + 16)
+    reserve2 = mmap.mmap(r.fds[0], rd2["size"])
+    os.close(r.fds[0])
+    off2, rb2 = rd2["layers"][0]
+    res = cycle_ok(c, s2, 0, 4 * (n + k), model)
+    table = dict(res["table"])
+    assert res["chunks"] == n + k and {1, 2} <= set(table), res  # last_keep holds the recent pages
+    for i in range(0, n + k):
+        p = i // CPP
+        if p not in table:
+            continue
+        base = off2 + table[p] * rb2
+        j = i % CPP
+        got = reserve2[base + j * 6: base + j * 6 + 6] + reserve2[base + CPP * 6 + j * 2: base + CPP * 6 + j * 2 + 2]
+        assert got == chunk(i), i
+    c.call(CLOSE, struct.pack("<QI", s2, 1))
+    reserve.close()
+    reserve2.close()
+    c.close()
+
+
+def test_name_of_a_session_on_ssd_is_taken(daemon, model):
+    name = uniq("taken")
+    c = Conn(daemon.socket)
+    s, _, fd = open_ok(c, model, name=name, persist=1)
+    os.close(fd)
+    inline_append(c, model, s, 0, 2)
+    c.call(CLOSE, struct.pack("<QI", s, 0))
+    assert c.request(OPEN, open_body(model, name=name, persist=1)).code == SESSION_EXISTS
+    c.json(DELETE, {"name": name})
+    s, _, fd = open_ok(c, model, name=name)
+    os.close(fd)
+    c.close()
