@@ -97,6 +97,12 @@ type Command struct {
 	Add     []string `json:"add,omitempty"`
 	// Exclude: members assign must not pick (the caller found them down).
 	Exclude []string `json:"exclude,omitempty"`
+	// ID names one call of Node.Apply across its retries: a command whose
+	// first attempt was committed but whose answer was lost (the leader
+	// died or lost leadership mid-call) is retried, and its second copy in
+	// the log must answer what the first did instead of applying again (a
+	// claim would fail as stale, a delete as not found, after succeeding).
+	ID string `json:"id,omitempty"`
 }
 
 // Result is what applying a command returns.
@@ -138,7 +144,23 @@ type catalogState struct {
 	Deleted []Tomb `json:"deleted,omitempty"`
 	// Index is the log index the state is as of (snapshots).
 	Index uint64 `json:"index,omitempty"`
+	// Applied are the results of the last maxApplied commands that carried
+	// an ID, oldest first (bounded by count, so every replica of the FSM
+	// keeps the same ones): a retried command's copy is answered from here.
+	Applied []appliedCmd `json:"applied,omitempty"`
 }
+
+// appliedCmd is a command's first result; Session is kept without its page
+// manifest (a retry that succeeded gets the current record when the
+// session is still at the same epoch).
+type appliedCmd struct {
+	ID     string `json:"id"`
+	Result Result `json:"result"`
+}
+
+// maxApplied bounds catalogState.Applied: far more than the commands in
+// flight at once (a retry follows its first attempt within seconds).
+const maxApplied = 2048
 
 // Tomb is a deleted session name and the log index of its deletion.
 type Tomb struct {
@@ -166,6 +188,10 @@ type Catalog struct {
 	// while this member was running (a catch-up, not its own start) with
 	// the names deleted after what it had applied.
 	onRestore func(deleted []string)
+	// applied indexes st.Applied by command ID (built on first use, after a
+	// restore); an entry's position is its value minus appliedBase.
+	applied     map[string]int
+	appliedBase int
 }
 
 // NewCatalog returns an empty catalog.
@@ -184,7 +210,7 @@ func (c *Catalog) Apply(l *raft.Log) any {
 	}
 	c.mu.Lock()
 	c.index = l.Index
-	r := c.apply(&cmd)
+	r := c.applyOnce(&cmd)
 	c.mu.Unlock()
 	if c.onApply != nil {
 		c.onApply(&cmd, r)
@@ -196,7 +222,49 @@ func (c *Catalog) Apply(l *raft.Log) any {
 func (c *Catalog) ApplyCommand(cmd *Command) *Result {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.apply(cmd)
+	return c.applyOnce(cmd)
+}
+
+// applyOnce applies cmd unless a command with its ID was applied already,
+// and then answers what that one did.
+func (c *Catalog) applyOnce(cmd *Command) *Result {
+	if cmd.ID == "" {
+		return c.apply(cmd)
+	}
+	if c.applied == nil {
+		c.applied = make(map[string]int, len(c.st.Applied))
+		for i, a := range c.st.Applied {
+			c.applied[a.ID] = i + c.appliedBase
+		}
+	}
+	if i, ok := c.applied[cmd.ID]; ok {
+		a := c.st.Applied[i-c.appliedBase].Result
+		r := a
+		if a.Session != nil {
+			r.Session = a.Session.clone()
+			if cur := c.st.Sessions[a.Session.Name]; cur != nil && cur.Epoch == a.Session.Epoch {
+				r.Session = cur.clone()
+			}
+		}
+		return &r
+	}
+	r := c.apply(cmd)
+	kept := *r
+	if r.Session != nil {
+		kept.Session = r.Session.clone()
+		kept.Session.Pages = nil
+	}
+	c.st.Applied = append(c.st.Applied, appliedCmd{ID: cmd.ID, Result: kept})
+	c.applied[cmd.ID] = c.appliedBase + len(c.st.Applied) - 1
+	if len(c.st.Applied) > maxApplied {
+		drop := len(c.st.Applied) - maxApplied
+		for _, a := range c.st.Applied[:drop] {
+			delete(c.applied, a.ID)
+		}
+		c.st.Applied = slices.Delete(c.st.Applied, 0, drop)
+		c.appliedBase += drop
+	}
+	return r
 }
 
 func (c *Catalog) apply(cmd *Command) *Result {
@@ -430,6 +498,7 @@ func (c *Catalog) Snapshot() (raft.FSMSnapshot, error) {
 		cp.Sessions[k] = s.clone()
 	}
 	cp.Deleted = slices.Clone(c.st.Deleted)
+	cp.Applied = slices.Clone(c.st.Applied)
 	cp.Index = c.index
 	return &catalogSnapshot{st: cp}, nil
 }
@@ -452,6 +521,7 @@ func (c *Catalog) Restore(r io.ReadCloser) error {
 	// it applied before taking it); else a catch-up from the leader.
 	prev := c.index
 	c.st = st
+	c.applied, c.appliedBase = nil, 0
 	if st.Index > c.index {
 		c.index = st.Index
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 
@@ -209,5 +210,78 @@ func TestRestoreReportsDeletionsMissed(t *testing.T) {
 				t.Fatalf("applied index after restore %d, want 8", c.AppliedIndex())
 			}
 		})
+	}
+}
+
+// TestRetriedCommandAppliesOnce: a command whose first copy was committed
+// but whose answer was lost is retried with the same ID; its second copy in
+// the log answers what the first did (a claim succeeded, a delete
+// succeeded) instead of failing as stale or not found — also on a member
+// that restored a snapshot taken between the two copies.
+func TestRetriedCommandAppliesOnce(t *testing.T) {
+	c := NewCatalog()
+	claim := Command{Op: opClaim, Name: "s", Node: "n1", ID: "n1-a"}
+	first := c.ApplyCommand(&claim)
+	if first.Err != "" || first.Session.Epoch != 1 {
+		t.Fatalf("claim: %+v", first)
+	}
+	if r := c.ApplyCommand(&Command{Op: opCommit, Name: "s", Node: "n1", Epoch: 1, ID: "n1-b",
+		Session: &Session{Chunks: 64, Pages: []PageEntry{{1, 5}}, Replicas: []string{"n1"}}}); r.Err != "" {
+		t.Fatal(r.Err)
+	}
+	again := c.ApplyCommand(&claim)
+	if again.Err != "" || again.Session.Epoch != 1 || again.Session.Owner != "n1" || len(again.Session.Pages) != 1 {
+		t.Fatalf("retried claim: %+v", again)
+	}
+	// Without the ID the same command is a second claim: stale.
+	if r := c.ApplyCommand(&Command{Op: opClaim, Name: "s", Node: "n1"}); r.Kind != "stale" {
+		t.Fatalf("a second claim without an ID: %+v", r)
+	}
+	move := Command{Op: opClaim, Name: "s", Node: "n2", Epoch: 1, ID: "n2-a"}
+	if r := c.ApplyCommand(&move); r.Err != "" || r.Session.Epoch != 2 {
+		t.Fatalf("move: %+v", r)
+	}
+	del := Command{Op: opDelete, Name: "s", Node: "n2", Epoch: 2, ID: "n2-b"}
+	if r := c.ApplyCommand(&del); r.Err != "" {
+		t.Fatal(r.Err)
+	}
+	snap, err := c.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.(*catalogSnapshot).Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	for _, cat := range []*Catalog{c, NewCatalog()} {
+		if cat != c {
+			if err := cat.Restore(io.NopCloser(bytes.NewReader(sink.Buffer.Bytes()))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r := cat.ApplyCommand(&del); r.Err != "" {
+			t.Fatalf("retried delete: %+v", r)
+		}
+		// The retried move answers its own result (epoch 2), although the
+		// session is gone since.
+		if r := cat.ApplyCommand(&move); r.Err != "" || r.Session == nil || r.Session.Epoch != 2 {
+			t.Fatalf("retried move: %+v", r)
+		}
+		if _, ok := cat.Session("s"); ok {
+			t.Fatal("a retried command brought a deleted session back")
+		}
+	}
+	// The record is bounded.
+	for i := range maxApplied + 10 {
+		c.ApplyCommand(&Command{Op: opNoop, ID: fmt.Sprintf("x-%d", i)})
+	}
+	if len(c.st.Applied) != maxApplied {
+		t.Fatalf("%d applied commands kept, want %d", len(c.st.Applied), maxApplied)
+	}
+	if r := c.ApplyCommand(&Command{Op: opNoop, ID: "x-20"}); r.Err != "" {
+		t.Fatal(r.Err)
+	}
+	if r := c.ApplyCommand(&Command{Op: opClaim, Name: "t", Node: "n1", ID: "x-5"}); r.Err != "" || r.Session == nil {
+		t.Fatalf("an ID dropped from the record applies as new: %+v", r)
 	}
 }

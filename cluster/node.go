@@ -9,10 +9,12 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -411,6 +413,10 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 // this node is a follower), retrying through elections for up to 5 s.
 func (n *Node) Apply(ctx context.Context, cmd *Command) (*Result, error) {
 	start := time.Now()
+	if cmd.ID == "" {
+		// One ID for every attempt of this call (see Command.ID).
+		cmd.ID = n.cfg.NodeID + "-" + strconv.FormatUint(rand.Uint64(), 36)
+	}
 	deadline := start.Add(5 * time.Second)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
