@@ -467,6 +467,7 @@ max_conns_per_uid = 3
 admin_reserved_conns = 2
 max_sessions_per_conn = 2
 max_session_bytes = 8192
+max_host_reserve_bytes = 16384
 idle_timeout = "3s"
 frame_timeout = "1s"
 lease_timeout = "2s"
@@ -542,6 +543,7 @@ def test_limits_in_hello_and_models(ldaemon):
     assert lim["idle_timeout_seconds"] == 3 and lim["frame_timeout_seconds"] == 1
     assert lim["lease_timeout_seconds"] == 2 and lim["detached_ttl_seconds"] == 2
     assert lim["max_session_bytes"] == 8192
+    assert lim["max_host_reserve_bytes"] == 16384
     c.close()
 
 
@@ -988,4 +990,155 @@ def test_name_of_a_session_on_ssd_is_taken(daemon, model):
     c.json(DELETE, {"name": name})
     s, _, fd = open_ok(c, model, name=name)
     os.close(fd)
+    c.close()
+
+
+def test_limit_host_reserve_bytes(ldaemon, lmodel):
+    # max_host_reserve_bytes 16384: four reserves of 8 slots x 512 bytes, all connections together
+    probe = lconn(ldaemon)
+    deadline = time.monotonic() + 10
+    while probe.json(STATUS)["sessions"] > 0:  # earlier tests' sessions are gone
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    a, b = probe, lconn(ldaemon)
+    lay = layout(lmodel, slots=8)
+    got = []
+    for c in (a, a, b, b):
+        s, rd, fd = open_ok(c, lmodel, lay=lay)
+        os.close(fd)
+        assert rd["size"] == 4096, rd
+        got.append(s)
+    x = lconn(ldaemon)
+    r = closefds(x.request(OPEN, open_body(lmodel, lay=lay)))
+    assert r.code == LIMIT_EXCEEDED, r
+    assert a.call(CLOSE, struct.pack("<QI", got[0], 0)).body == b""
+    s, _, fd = open_ok(x, lmodel, lay=lay)  # the freed bytes are available again
+    os.close(fd)
+    for c in (a, b, x):
+        c.close()
+
+
+def test_request_rule_order(daemon):
+    """Section 4: checks 1-9 come before the request rules, which come before the body."""
+    c = Conn(daemon.socket, hello=False)
+
+    def bad_crc(op, body=b"", **kw):
+        rid = c.next()
+        c.send(header(op, rid, len(body), d.crc32c(body) ^ 1, **kw) + body)
+        return c.recv()
+
+    assert bad_crc(STATUS).code == CHECKSUM  # check 9 before HANDSHAKE_REQUIRED
+    assert bad_crc(PING, b"x", flags=F_RESP).code == CHECKSUM  # check 9 before the RESPONSE rule
+    assert c.request(STATUS, version=2).code == UNSUPPORTED_VERSION  # check 5 before HANDSHAKE_REQUIRED
+    assert c.request(STATUS, b"{}").code == HANDSHAKE_REQUIRED  # the rules before the body
+    assert c.request(HELLO, struct.pack("<HH", 1, 1) + s16("x"), flags=F_RESP).code == BAD_FRAME
+    assert c.request(0x0999, b"", flags=F_RESP | F_ERR).code == BAD_FRAME  # op not checked on ERROR frames
+    assert c.request(0x0999, b"", flags=F_RESP).code == UNKNOWN_OP
+    r = c.request(HELLO, struct.pack("<HH", 1, 1) + s16("x"), version=2)  # HELLO always carries version 1
+    assert r.code == UNSUPPORTED_VERSION, r
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        rid = c.next()
+        body = b"fd"
+        c.send(header(PING, rid, 2, d.crc32c(body) ^ 1, flags=F_FDS, nfds=1) + body, fds=[fd, fd])
+        r = c.recv()  # check 8 (2 fds, nfds 1) before check 9
+        assert (r.code, r.rid, r.fds) == (BAD_FRAME, rid, []), r
+    finally:
+        os.close(fd)
+    r = closefds(c.request(HELLO, struct.pack("<HH", 1, 1) + s16("x")))
+    assert r.code is None
+    assert c.request(RESUME, s16(b"\xff")).code == BAD_REQUEST  # invalid UTF-8 in a str16
+    c.close()
+
+
+@pytest.mark.parametrize("pol", [policy(kmax_ratio=-0.5), policy(kmax_ratio=float("inf")),
+                                 policy(fallback_ratio=1.0000001), policy(fallback_ratio=-0.0001)])
+def test_open_policy_ratios(daemon, model, pol):
+    c = Conn(daemon.socket)
+    assert closefds(c.request(OPEN, open_body(model, pol=pol))).code == BAD_REQUEST
+    s, _, fd = open_ok(c, model, pol=policy(kmax_ratio=1.0, fallback_ratio=1.0))  # 1 is in range
+    os.close(fd)
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10.12: the text and trace kinds' wire forms, and LSA's one-cycle-late page table (10.9)
+
+
+def _models(c):
+    return {m["name"]: m for m in c.json(MODELS)["models"]}
+
+
+def test_trace_model_selects_marked_pages(daemon):
+    c = Conn(daemon.socket)
+    ms = [m for m in _models(c).values() if m["kind"] == "trace"]
+    if not ms:
+        pytest.skip("no trace model")
+    m = ms[0]
+    assert (m["key_bytes"], m["query_bytes"], m["target_layers"]) == (32, 4, 1), m
+    pol = policy(first_keep=64, last_keep=64, kmax=3, fallback_ratio=1.0)
+    sess, _, fd = open_ok(c, m, model=m["name"], pol=pol)
+    os.close(fd)
+    n = 640  # 10 pages; the chunks of page 5 are above threshold at cycle 3, those of page 7 at cycle 9
+
+    def k(ci):
+        b = bytearray(32)
+        if ci // 64 == 5:
+            b[3 // 8] |= 1 << (3 % 8)
+        if ci // 64 == 7:
+            b[9 // 8] |= 1 << (9 % 8)
+        return bytes(b)
+
+    keys = b"".join(k(i) for i in range(n))
+    c.call(APPEND, append_body(m, sess, 0, n, keys=keys))
+
+    def cyc(cycle_k, step):
+        res = parse_cycle(c.call(CYCLE, cycle_body([entry(sess, step, 4 * n, [struct.pack("<I", cycle_k)])])).body)[0]
+        assert res["status"] == OK, res
+        c.call(RELEASE, struct.pack("<IQ", 1, res["lease"]))
+        return [p for p, _ in res["table"]]
+
+    first = cyc(3, 0)
+    assert 0 in first and 9 in first and 5 not in first, first  # selected now, served one cycle late
+    assert 5 in cyc(9, 64)  # cycle 3's selection
+    assert 7 in cyc(9, 128) and 5 not in cyc(9, 192)
+    bad = parse_cycle(c.call(CYCLE, cycle_body([entry(sess, 256, 4 * n, [struct.pack("<I", 256)])])).body)[0]
+    assert bad["status"] == BAD_REQUEST, bad  # a cycle past the 256 a key describes
+    assert parse_cycle(c.call(CYCLE, cycle_body([entry(sess, 256, 4 * n, [b"\0" * 5])])).body)[0]["status"] == PAYLOAD_SIZE
+    assert c.request(APPEND, append_body(m, sess, n, 1, keys=b"\0" * 31)).code == PAYLOAD_SIZE
+    c.close()
+
+
+def test_text_model_wire_forms(daemon):
+    c = Conn(daemon.socket)
+    ms = [m for m in _models(c).values() if m["kind"] == "text"]
+    if not ms:
+        pytest.skip("no text model")
+    m = ms[0]
+    kb, qb = m["key_bytes"], m["query_bytes"]
+    dim = (qb - 8 - 128) // 4  # f32[dim], mode, terms, u16[64]
+    maxterms = (kb - dim - 10) // 2
+    assert (kb, qb, dim, maxterms) == (132, 392, 64, 29), m
+    sess, _, fd = open_ok(c, m, model=m["name"], lay=layout(m))
+    os.close(fd)
+
+    def tkey(scale=0.5, core=1, terms=2):
+        return (bytes(range(dim)) + struct.pack("<fBB", scale, core, terms) + struct.pack("<29H", *range(1, 30)) +
+                struct.pack("<I", 0))
+
+    assert c.call(APPEND, append_body(m, sess, 0, 1, keys=bytes(kb))).body == struct.pack("<Q", 1)  # all zero
+    assert c.call(APPEND, append_body(m, sess, 1, 1, keys=tkey())).body == struct.pack("<Q", 2)
+    for bad in (tkey(scale=-1.0), tkey(scale=float("inf")), tkey(core=3, terms=2), tkey(core=0, terms=30)):
+        assert c.request(APPEND, append_body(m, sess, 2, 1, keys=bad)).code == BAD_REQUEST, bad[dim:dim + 6].hex()
+
+    def q(vec=None, mode=0, terms=3):
+        vec = vec or [0.0] * dim
+        return struct.pack("<%df" % dim, *vec) + struct.pack("<II", mode, terms) + struct.pack("<64H", *range(64))
+
+    for qq, want in ((bytes(qb), OK), (q([0.1] * dim), OK), (q(mode=2), OK), (q(mode=3), BAD_REQUEST),
+                     (q(terms=65), BAD_REQUEST), (q([0.2] * dim), BAD_REQUEST), (q([float("nan")] + [0.0] * (dim - 1)), BAD_REQUEST)):
+        res = parse_cycle(c.call(CYCLE, cycle_body([entry(sess, 0, 8, [qq])])).body)[0]
+        assert res["status"] == want, (qq[dim * 4:dim * 4 + 8].hex(), res)
+        if res["status"] == OK:
+            c.call(RELEASE, struct.pack("<IQ", 1, res["lease"]))
     c.close()
