@@ -200,6 +200,13 @@ type MoverConfig struct {
 	// while the decoder still uses the previous one (LSA's one-cycle-late
 	// application).
 	BackgroundRecall *bool `toml:"background_recall"`
+	// BackgroundRecallSSD lets background recall read pages that are only
+	// on SSD (default true). False leaves them to the cycle that hands them
+	// out, where the decoder waits for the read: the SSD tier read on
+	// demand, as LMCache and HiCache read their disk tiers; host-memory
+	// pages are still recalled in the background (flashmemctl sim's
+	// on-demand mode).
+	BackgroundRecallSSD *bool `toml:"background_recall_ssd"`
 	// StageWorkers is how many staging reads run at once at most (0: 16);
 	// staging halves it while the disk is the bottleneck.
 	StageWorkers int `toml:"stage_workers"`
@@ -210,6 +217,9 @@ type MoverConfig struct {
 
 func (m MoverConfig) staging() bool          { return m.Staging == nil || *m.Staging }
 func (m MoverConfig) backgroundRecall() bool { return m.BackgroundRecall == nil || *m.BackgroundRecall }
+func (m MoverConfig) backgroundRecallSSD() bool {
+	return m.BackgroundRecallSSD == nil || *m.BackgroundRecallSSD
+}
 
 // GPUConfig says whether reserves live in GPU memory and how much of it
 // they may take.

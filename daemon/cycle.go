@@ -397,6 +397,18 @@ func (s *session) genOf(p uint32) uint64 {
 // makes room and starts them (resumeRecall), and whatever is still missing
 // at the next cycle is loaded there.
 func (d *Daemon) startRecall(s *session, pages []uint32) (*tiers.Ticket, []uint32) {
+	if !d.cfg.Mover.backgroundRecallSSD() {
+		// SSD on demand: a page only on SSD is read when a cycle hands it
+		// out (loadPages), the decoder waiting for it.
+		mirror := d.store.Mirror()
+		var inHost []uint32
+		for _, p := range pages {
+			if _, ok := mirror.Generation(s.pageID(p)); ok {
+				inHost = append(inHost, p)
+			}
+		}
+		pages = inHost
+	}
 	items := make([]tiers.RecallItem, 0, len(pages))
 	var rest []uint32
 	// Each slot is held while the rest are bound: otherwise, with no older

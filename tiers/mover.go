@@ -416,38 +416,45 @@ func (m *Mover) recallBatch(tasks []recallTask) {
 
 func (m *Mover) recallOne(task recallTask) {
 	r := &task.t.results[task.i]
-	defer task.t.finish()
 	it := r.RecallItem
 	region := task.region
 	if slot, gen, ok := region.Lookup(it.ID.Page); ok && slot == it.Slot && gen != 0 && gen == it.Gen {
 		r.Copied, r.Source = gen, SourceReserve
 		m.already.Add(1)
+		task.t.finish()
 		return
 	}
 	m.awaitStaging(it.ID)
 	t0 := time.Now()
-	src, err := m.store.view(m.ctx, it.ID, func(gen uint64, data []byte) error {
+	// The page is the waiter's as soon as it is in the slot: the ticket
+	// finishes there, before the store brings an SSD page back into the
+	// mirror (viewThen).
+	served := false
+	_, err := m.store.viewThen(m.ctx, it.ID, func(gen uint64, data []byte) error {
 		if err := region.WritePage(it.Slot, it.ID.Page, gen, data); err != nil {
 			return err
 		}
 		r.Copied = gen
 		return nil
+	}, func(src Source) {
+		served = true
+		r.Source = src
+		m.recallBytes.Add(uint64(region.geo.pageBytes))
+		switch src {
+		case SourceSSD:
+			m.late.Add(1)
+			m.noteRecallRead(time.Since(t0), int64(region.geo.pageBytes))
+		case SourceStaged:
+			m.fromStaged.Add(1)
+		default:
+			m.fromMirror.Add(1)
+		}
+		task.t.finish()
 	})
-	if err != nil {
+	if err != nil && !served {
 		r.Err = fmt.Errorf("recall page %v into slot %d: %w", it.ID, it.Slot, err)
 		m.recallErrors.Add(1)
-		return
-	}
-	r.Source = src
-	m.recallBytes.Add(uint64(region.geo.pageBytes))
-	switch src {
-	case SourceSSD:
-		m.late.Add(1)
-		m.noteRecallRead(time.Since(t0), int64(region.geo.pageBytes))
-	case SourceStaged:
-		m.fromStaged.Add(1)
-	default:
-		m.fromMirror.Add(1)
+		task.t.finish()
 	}
 }
 
