@@ -141,8 +141,9 @@ type Device struct {
 	gatherMu  sync.Mutex
 	gatherMod *Module
 	gatherFn  map[string]*Function // by gatherKind
-	// gatherTMASmem is the dynamic shared memory the TMA kernel is currently allowed.
-	gatherTMASmem int
+	// gatherSmem is the dynamic shared memory each bulk-copy kernel ("tma", "bulk") is
+	// currently allowed.
+	gatherSmem map[string]int
 	// cuMemcpyBatchAsync looked up (batchProbed) and found (batchOK); owner goroutine only.
 	batchProbed, batchOK bool
 	// syncStream carries CopyHtoD's copies (owner goroutine only; created on first use).

@@ -168,3 +168,93 @@ extern "C" __global__ void __launch_bounds__(32) fm_gather_tma(const CopyDesc *_
 	asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 #endif
 }
+
+// fm_gather_bulk is fm_gather_tma with one pipeline per warp (lane 0 issues; blockDim.x/32
+// warps, at most 8) and a tighter reuse wait: before a stage takes its next load, only the
+// store that last read it must have finished reading shared memory (cp.async.bulk
+// .wait_group.read N with N the stores committed after it), not every store in flight.
+// Worker g = blockIdx.x * warps + warp takes pieces g, g + workers, ...; each warp owns
+// stages chunks of chunk bytes of the dynamic shared memory. Same alignment rule as
+// fm_gather_tma (the host checks); does nothing below sm_90.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void bulk_wait_read(unsigned int pending)
+{
+	switch (pending) {
+	case 0: asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); break;
+	case 1: asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory"); break;
+	case 2: asm volatile("cp.async.bulk.wait_group.read 2;" ::: "memory"); break;
+	case 3: asm volatile("cp.async.bulk.wait_group.read 3;" ::: "memory"); break;
+	case 4: asm volatile("cp.async.bulk.wait_group.read 4;" ::: "memory"); break;
+	case 5: asm volatile("cp.async.bulk.wait_group.read 5;" ::: "memory"); break;
+	case 6: asm volatile("cp.async.bulk.wait_group.read 6;" ::: "memory"); break;
+	default: asm volatile("cp.async.bulk.wait_group.read 7;" ::: "memory"); break;
+	}
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(256) fm_gather_bulk(const CopyDesc *__restrict__ descs, unsigned int n,
+								 unsigned int chunk, unsigned int stages)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	extern __shared__ __align__(128) unsigned char sbuf[];
+	__shared__ __align__(8) unsigned long long bars[64];
+	const unsigned int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+	if ((threadIdx.x & 31) != 0 || stages == 0 || stages > 8 || warps > 8)
+		return;
+	const unsigned int sbase = (unsigned int)__cvta_generic_to_shared(sbuf) + warp * stages * chunk;
+	const unsigned int bbase = (unsigned int)__cvta_generic_to_shared(bars) + 64 * warp;
+	for (unsigned int s = 0; s < stages; s++)
+		mbar_init(bbase + 8 * s, 1);
+	asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+	asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+
+	const unsigned int workers = gridDim.x * warps;
+	unsigned char *pdst[8];
+	unsigned int plen[8];
+	unsigned int phase = 0;
+	unsigned long long issued = 0, stored = 0, loff = 0;
+	unsigned int li = blockIdx.x * warps + warp;
+	bool have = li < n;
+	CopyDesc cur;
+	if (have)
+		cur = descs[li];
+	for (;;) {
+		while (have && issued - stored < stages) {
+			const unsigned int s = (unsigned int)(issued % stages);
+			// A chunk that starts mid-128-byte line in the mirror ends on the next line
+			// boundary, so the chunks after it read whole lines (DeepSeek-V4 pieces start
+			// mid-line; the first sweep read them at 0.70-0.75x with unaligned chunks).
+			const unsigned int mis = (unsigned int)((unsigned long long)(cur.src + loff) & 127);
+			const unsigned int len = (unsigned int)min((unsigned long long)(chunk - mis), cur.len - loff);
+			if (issued >= stages) // store number issued-stages read this stage last
+				bulk_wait_read((unsigned int)(stored - 1 - (issued - stages)));
+			mbar_expect_tx(bbase + 8 * s, len);
+			asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+				     ::"r"(sbase + s * chunk), "l"(cur.src + loff), "r"(len), "r"(bbase + 8 * s)
+				     : "memory");
+			pdst[s] = cur.dst + loff;
+			plen[s] = len;
+			issued++;
+			loff += len;
+			if (loff >= cur.len) {
+				li += workers;
+				loff = 0;
+				have = li < n;
+				if (have)
+					cur = descs[li];
+			}
+		}
+		if (stored == issued)
+			break;
+		const unsigned int s = (unsigned int)(stored % stages);
+		mbar_wait(bbase + 8 * s, (phase >> s) & 1);
+		phase ^= 1u << s;
+		asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
+			     ::"l"(pdst[s]), "r"(sbase + s * chunk), "r"(plen[s])
+			     : "memory");
+		asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+		stored++;
+	}
+	asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+#endif
+}
