@@ -778,6 +778,24 @@ out["join"] = c.request(0x0048, json.dumps({"action": "join", "addr": "127.0.0.1
 print(json.dumps(out))
 '''
 
+ADMIN = r'''
+import json, os, struct, sys
+sys.path.insert(0, sys.argv[1])
+import test_protocol_doc as d
+sock, rootsess, rootlive = sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = d.Conn(sock)
+m = next(x for x in c.json(d.MODELS)["models"] if x["name"] == "small")
+out = {"names": sorted(x.get("name", "") for x in c.json(d.SESSIONS)["sessions"])}
+out["inspect"] = c.json(d.INSPECT, {"name": rootsess})["session"]["chunks"]
+out["inspect_live"] = c.json(d.INSPECT, {"session": rootlive})["session"]["chunks"]
+out["verify"] = c.json(d.VERIFY, {"name": rootsess})["bad"]
+out["resume"] = c.request(d.RESUME, d.s16(rootsess)).code
+out["delete_live"] = c.request(d.DELETE, json.dumps({"session": rootlive}).encode()).code
+out["cycle_live"] = d.parse_cycle(c.call(d.CYCLE, d.cycle_body([d.entry(rootlive, 0, 0, d.queries(m))])).body)[0]["status"]
+out["evict"] = c.json(d.EVICT, {"session": rootlive}).get("demoted", False)
+print(json.dumps(out))
+'''
+
 DENIED = r'''
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -810,7 +828,7 @@ def test_other_uid(flashmemd_bin, tmp_path):
     os.chmod(lib, 0o755)
     sock, cfg, log = (os.path.join(root, x) for x in ("fm.sock", "flashmemd.toml", "flashmemd.log"))
     with open(cfg, "w") as f:
-        f.write('allowed_groups = ["nogroup"]\n' + LIMITS_CONFIG.split("[limits]")[0] +
+        f.write('allowed_groups = ["nogroup", "65533"]\nadmin_groups = ["65533"]\n' + LIMITS_CONFIG.split("[limits]")[0] +
                 LIMITS_CONFIG[LIMITS_CONFIG.index("[indexer]"):])
     logf = open(log, "wb")
     p = subprocess.Popen([flashmemd_bin, "--config", cfg, "--socket", sock, "--data-dir", os.path.join(root, "data"),
@@ -850,10 +868,21 @@ def test_other_uid(flashmemd_bin, tmp_path):
         assert c.json(INSPECT, {"name": mine})["session"]["chunks"] == 3
         r = closefds(c.call(RESUME, s16(mine)))  # root may resume it
         assert struct.unpack_from("<QQ", r.body)[1] == 3
+        # a member of admin_groups (admitted through allowed_groups) sees, inspects and evicts
+        # every uid's sessions, but may not resume them (10.4) nor delete one a connection holds
+        # (nogroup as a supplementary group: the socket file is 0660 with group nogroup, section 1)
+        run = subprocess.run([sys.executable, "-c", ADMIN, lib, sock, rootsess, str(live)], user=65533,
+                             group=65533, extra_groups=[65534], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+        out = json.loads(run.stdout)
+        assert rootsess in out["names"] and mine in out["names"], out
+        assert out["inspect"] == 5 and out["inspect_live"] == 5 and out["verify"] == 0, out
+        assert out["resume"] == NOT_OWNER and out["delete_live"] == NOT_OWNER and out["cycle_live"] == NOT_OWNER, out
+        assert out["evict"] is True, out
         c.close()
         # a peer in no allowed group is refused before any request: PERMISSION_DENIED, id 0
         os.chmod(sock, 0o666)
-        run = subprocess.run([sys.executable, "-c", DENIED, lib, sock], user=65533, group=65533, extra_groups=[],
+        run = subprocess.run([sys.executable, "-c", DENIED, lib, sock], user=65532, group=65532, extra_groups=[],
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stdout + run.stderr
         assert json.loads(run.stdout) == [PERMISSION_DENIED, 0, 0, True], run.stdout
