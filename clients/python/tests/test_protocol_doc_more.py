@@ -1178,3 +1178,54 @@ def test_text_model_wire_forms(daemon):
         if res["status"] == OK:
             c.call(RELEASE, struct.pack("<IQ", 1, res["lease"]))
     c.close()
+
+
+def test_page_budget_and_counters(daemon):
+    """15.5: a table holds kmax pages (or ceil(kmax_ratio x pages)), forced pages included; the
+    counters of 10.9 say how many pages there are, are resident and are forced."""
+    c = Conn(daemon.socket)
+    ms = [m for m in _models(c).values() if m["kind"] == "trace"]
+    if not ms:
+        pytest.skip("no trace model")
+    m = ms[0]
+    n = 640 + 10  # 11 pages, the last partial
+    keys = b"\x01" + b"\0" * 31  # every chunk above threshold at cycle 0
+    for pol, want in ((policy(first_keep=64, last_keep=64, kmax=4, fallback_ratio=1.0), 4),
+                      (policy(first_keep=64, last_keep=64, kmax_ratio=0.5, fallback_ratio=1.0), 6)):
+        sess, _, fd = open_ok(c, m, model=m["name"], pol=pol)
+        os.close(fd)
+        c.call(APPEND, append_body(m, sess, 0, n, keys=keys * n))
+        for want_cycle, step in ((1, 0), (2, 64)):
+            bad = c.call(CYCLE, cycle_body([entry(sess, step, 4 * n, [b"\0" * 5])])).body  # fails: no cycle
+            assert parse_cycle(bad)[0]["status"] == PAYLOAD_SIZE
+            raw = c.call(CYCLE, cycle_body([entry(sess, step, 4 * n, [struct.pack("<I", 0)])])).body
+            res = parse_cycle(raw)[0]
+            cyc, chunks, total, resident, forced = struct.unpack_from("<QQIII", raw, 4 + 12)
+            assert (cyc, chunks, total) == (want_cycle, n, 11), (cyc, chunks, total)  # cycles count from 1
+            assert resident == len(res["table"]) and forced in (2, 3), (resident, forced, res)
+            c.call(RELEASE, struct.pack("<IQ", 1, res["lease"]))
+        assert len(res["table"]) == want, (pol, res["table"])  # the first cycle's selection
+        assert {0, 9, 10} <= {p for p, _ in res["table"]}, res["table"]  # sink page and the recent ones
+        c.call(CLOSE, struct.pack("<QI", sess, 0))
+    c.close()
+
+
+@pytest.mark.parametrize("op,body", [
+    (OPEN, s16("") + s16("") + struct.pack("<II", 0, 0xFFFFFFFF) + bytes(32) + struct.pack("<6I", 64, 132, 3, 64, 16, 0xFFFFFFFF)),
+    (OPEN, s16("") + s16("") + struct.pack("<II", 0, 0xFFFFFFFF) + bytes(32) + struct.pack("<6I", 64, 132, 3, 64, 16, 1)
+     + struct.pack("<II", 512, 0xFFFFFFFF)),
+    (APPEND, struct.pack("<QQIIQQI", 1, 0, 1, 1, 0, 8, 0xFFFFFFFF)),
+    (COMMIT, struct.pack("<QQIII", 1, 0, 1, 0, 0xFFFFFFFF)),
+    (CYCLE, struct.pack("<I", 1) + struct.pack("<QQQI", 1, 0, 0, 0xFFFFFFFF)),
+    (CYCLE, struct.pack("<I", 1) + struct.pack("<QQQII", 1, 0, 0, 1, 0xFFFFFFFF)),
+    (RELEASE, struct.pack("<I", 0xFFFFFFFF)),
+    (RESUME, struct.pack("<H", 0xFFFF)),
+    (OPEN, struct.pack("<H", 0xFFFF)),
+])
+def test_huge_counts_are_bad_requests(daemon, op, body):
+    # section 2: every count is checked against the bytes that remain before anything is allocated
+    c = Conn(daemon.socket)
+    r = c.request(op, body)
+    assert r.code == BAD_REQUEST, r
+    assert c.request(PING, b"ok").body == b"ok"
+    c.close()
