@@ -1229,3 +1229,87 @@ def test_huge_counts_are_bad_requests(daemon, op, body):
     assert r.code == BAD_REQUEST, r
     assert c.request(PING, b"ok").body == b"ok"
     c.close()
+
+
+@pytest.mark.parametrize("flags", [None, 1])
+def test_reserve_coherent_across_appends_commits_and_resume(daemon, model, flags):
+    """Section 11: whatever a table names holds the chunks appended or committed so far, while
+    APPENDs land in pages an earlier lease still shows, and after a detached RESUME."""
+    CPP, SEGS, ROWS, name = 64, ((6, 2), (3,)), (512, 256), uniq("coh")
+    lay = layout(model, layers=tuple(zip(ROWS, SEGS)), slots=12)
+    pol = policy(first_keep=64, last_keep=128, kmax=6, fallback_ratio=1.0)
+    a = Conn(daemon.socket)
+    sess, rd, fd = open_ok(a, model, name=name, persist=1, lay=lay, pol=pol, flags=flags)
+    reserve = mmap.mmap(fd, rd["size"])
+    os.close(fd)
+
+    def cb(ci, l, s):
+        return bytes((ci * 7 + l * 31 + s * 17 + j) % 251 for j in range(SEGS[l][s]))
+
+    def payload(first, n):
+        out = b""
+        for l, segs in enumerate(SEGS):
+            for s in range(len(segs)):
+                out += b"".join(cb(first + i, l, s) for i in range(n))
+        return out
+
+    def stride(r, l):
+        return r["strides"][l] if r["strides"] else r["layers"][l][1]
+
+    def cell(r, l, slot, ci, s):
+        o = r["layers"][l][0] + slot * stride(r, l) + CPP * sum(SEGS[l][:s]) + (ci % CPP) * SEGS[l][s]
+        return o, SEGS[l][s]
+
+    def check(mm, r, table, n):
+        for page, slot in table:
+            for ci in range(page * CPP, min((page + 1) * CPP, n)):
+                for l in range(len(SEGS)):
+                    for s in range(len(SEGS[l])):
+                        o, sz = cell(r, l, slot, ci, s)
+                        assert mm[o:o + sz] == cb(ci, l, s), (page, ci, l, s)
+
+    def cycle(c, s, step, n):
+        res = parse_cycle(c.call(CYCLE, cycle_body([entry(s, step, 4 * n, queries(model))])).body)[0]
+        assert res["status"] == OK, res
+        return res
+
+    n = 0
+    leases = []
+    for step, add in enumerate((100, 60, 130, 5)):
+        c_ = a.call(APPEND, append_body(model, sess, n, add, keys=_keys(model, n, add), payload=payload(n, add)))
+        n += add
+        assert c_.body == struct.pack("<Q", n)
+        res = cycle(a, sess, step * 64, n)
+        check(reserve, rd, res["table"], n)
+        leases.append(res["lease"])
+        if len(leases) > 1:  # hold the previous lease while asking for the next cycle (15.4)
+            a.call(RELEASE, struct.pack("<IQ", 1, leases.pop(0)))
+    # decode: write 3 chunks into the tail cells, COMMIT, and see them in the next table
+    tail = dict(res["tail"])
+    for ci in range(n, n + 3):
+        for l in range(len(SEGS)):
+            for s in range(len(SEGS[l])):
+                o, sz = cell(rd, l, tail[ci // CPP], ci, s)
+                reserve[o:o + sz] = cb(ci, l, s)
+    keys = _keys(model, n, 3)
+    assert a.call(COMMIT, struct.pack("<QQII", sess, n, 3, 0) + struct.pack("<I", len(keys)) + keys).body == \
+        struct.pack("<Q", n + 3)
+    n += 3
+    res = cycle(a, sess, 999, n)
+    check(reserve, rd, res["table"], n)
+    reserve.close()
+    a.close()  # detached (persisted, no CLOSE)
+    b = Conn(daemon.socket)
+    wait_state(b, name, "detached")
+    r = b.call(RESUME, s16(name))
+    s2, chunks = struct.unpack_from("<QQ", r.body)
+    (ml,) = struct.unpack_from("<H", r.body, 20)
+    rd2, o = parse_region(r.body, 22 + ml + 32 + len(lay))
+    assert o == len(r.body) and chunks == n
+    mm = mmap.mmap(r.fds[0], rd2["size"])
+    os.close(r.fds[0])
+    res = cycle(b, s2, 1000, n)
+    check(mm, rd2, res["table"], n)
+    mm.close()
+    b.call(CLOSE, struct.pack("<QI", s2, 1))
+    b.close()
