@@ -468,6 +468,8 @@ max_conns = 8
 max_conns_per_uid = 3
 admin_reserved_conns = 2
 max_sessions_per_conn = 2
+max_sessions = 64
+max_sessions_per_uid = 1000
 max_session_bytes = 8192
 max_host_reserve_bytes = 16384
 idle_timeout = "3s"
@@ -546,6 +548,7 @@ def test_limits_in_hello_and_models(ldaemon):
     assert lim["lease_timeout_seconds"] == 2 and lim["detached_ttl_seconds"] == 2
     assert lim["max_session_bytes"] == 8192
     assert lim["max_host_reserve_bytes"] == 16384
+    assert lim["max_sessions"] == 64 and lim["max_sessions_per_uid"] == 48  # >= max_sessions: 64 - 64 // 4
     c.close()
 
 
