@@ -1089,6 +1089,16 @@ func (s *SSD) putMeta(ctx context.Context, name string, session uint64, blob []b
 	if err != nil {
 		return MetaPos{}, fmt.Errorf("ssd: put meta %q: %w", name, err)
 	}
+	// The chain is read again under idx: compaction (which holds idx
+	// exclusively) may have moved its records since the check above, and an
+	// index value built from that first read would name the segment it is
+	// about to delete. (metaLock keeps every other writer of the name out,
+	// so only the records' places can have changed, never which they are.)
+	s.idx.RLock()
+	defer s.idx.RUnlock()
+	s.cacheMu.RLock()
+	old, had = s.metas[name]
+	s.cacheMu.RUnlock()
 	var ref metaRef
 	var dead []indexEntry
 	switch {
@@ -1100,8 +1110,6 @@ func (s *SSD) putMeta(ctx context.Context, name string, session uint64, blob []b
 	default:
 		ref = newMetaRef(e)
 	}
-	s.idx.RLock()
-	defer s.idx.RUnlock()
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(metaKey(name), encodeMetaRef(ref)) }); err != nil {
 		s.segs.settle([]loc{l}, []int64{n}, false, nil)
 		return MetaPos{}, fmt.Errorf("ssd: put meta %q: %w", name, err)
@@ -1123,7 +1131,11 @@ func (s *SSD) putMeta(ctx context.Context, name string, session uint64, blob []b
 func (s *SSD) readMetaRecord(name string, e indexEntry) ([]byte, error) {
 	seg := s.segs.get(e.seg)
 	if seg == nil {
-		return nil, fmt.Errorf("meta %q: segment %d is gone: %w", name, e.seg, ErrIntegrity)
+		// As for pages: compaction removed it after the caller read the
+		// chain (the next read of the index names the new place), or the
+		// file is gone; ReadMetaChain retries a bounded number of times.
+		// Taking it for damage would silently resume an older state.
+		return nil, errMoved
 	}
 	buf := make([]byte, e.recordLen())
 	if err := readAt(seg, buf, e.off); err != nil {
@@ -1146,6 +1158,15 @@ func (s *SSD) readMetaRecord(name string, e indexEntry) ([]byte, error) {
 	return blob, nil
 }
 
+// segmentGone turns a read that kept finding its segment removed (errMoved
+// after every retry) into what it then is: a record whose file is missing.
+func segmentGone(name string, err error) error {
+	if err == nil || !errors.Is(err, errMoved) {
+		return err
+	}
+	return fmt.Errorf("meta %q: its segment is gone (run flashmemd fsck): %w", name, ErrIntegrity)
+}
+
 // MetaChain is a metadata name's records as read: the full record's blob and
 // the deltas after it that read intact, in order.
 type MetaChain struct {
@@ -1161,18 +1182,24 @@ type MetaChain struct {
 
 // readChain reads chain (a full record and its deltas): the full record
 // must read, the deltas are read up to the first that does not.
-func (s *SSD) readChain(name string, chain []indexEntry) (MetaChain, error) {
+// A record whose segment is gone is errMoved (the caller reads the index
+// again) unless final, when it is damage.
+func (s *SSD) readChain(name string, chain []indexEntry, final bool) (MetaChain, error) {
 	base, err := s.readMetaRecord(name, chain[0])
 	if err != nil {
+		if final {
+			err = segmentGone(name, err)
+		}
 		return MetaChain{}, err
 	}
 	c := MetaChain{Base: base, Pos: posOf(chain[:1], name), ents: chain[:1]}
 	for i, e := range chain[1:] {
 		d, err := s.readMetaRecord(name, e)
 		if err != nil {
-			if errors.Is(err, errMoved) {
+			if errors.Is(err, errMoved) && !final {
 				return MetaChain{}, err
 			}
+			err = segmentGone(name, err)
 			c.Damaged = fmt.Errorf("delta %d of %d (seq %d): %w", i+1, len(chain)-1, e.seq, err)
 			break
 		}
@@ -1206,8 +1233,9 @@ func (s *SSD) ReadMetaChain(ctx context.Context, name string) (MetaChain, error)
 		if !ok {
 			return MetaChain{}, fmt.Errorf("meta %q: %w", name, ErrNotFound)
 		}
-		c, err := s.readChain(name, ref.cur())
-		if errors.Is(err, errMoved) && try < 8 {
+		final := try >= 8
+		c, err := s.readChain(name, ref.cur(), final)
+		if errors.Is(err, errMoved) {
 			continue
 		}
 		if err == nil {
@@ -1222,8 +1250,8 @@ func (s *SSD) ReadMetaChain(ctx context.Context, name string) (MetaChain, error)
 		if len(prev) == 0 {
 			return MetaChain{}, err
 		}
-		p, perr := s.readChain(name, prev)
-		if errors.Is(perr, errMoved) && try < 8 {
+		p, perr := s.readChain(name, prev, final)
+		if errors.Is(perr, errMoved) {
 			continue
 		}
 		if perr != nil {
