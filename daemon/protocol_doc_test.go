@@ -5,6 +5,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +112,50 @@ func TestCycleAboveFractionIsRunning(t *testing.T) {
 	}
 	if !sawAbove || !sawFallback {
 		t.Fatalf("the session never had chunks above threshold (%v) or never fell back (%v): the test proves nothing", sawAbove, sawFallback)
+	}
+}
+
+// The defaults in the [limits] table of docs/protocol.md section 9 are the
+// daemon's: a client sized from the document gets what a default daemon
+// enforces.
+func TestProtocolDocLimitDefaults(t *testing.T) {
+	doc, err := os.ReadFile("../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\| ([0-9][0-9,]*) ?(KiB|MiB|GiB|min|s)?[ |(]")
+	units := map[string]float64{"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "s": 1, "min": 60}
+	lim := reflect.ValueOf(DefaultConfig().Limits)
+	typ := lim.Type()
+	checked := 0
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
+		var f reflect.Value
+		for i := range typ.NumField() {
+			if typ.Field(i).Tag.Get("toml") == m[1] {
+				f = lim.Field(i)
+			}
+		}
+		if !f.IsValid() {
+			continue // a row of another table
+		}
+		n, err := strconv.ParseFloat(strings.ReplaceAll(m[2], ",", ""), 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := n * units[m[3]]
+		var got float64
+		switch v := f.Interface().(type) {
+		case Duration:
+			got = time.Duration(v).Seconds()
+		default:
+			got = float64(f.Convert(reflect.TypeOf(int64(0))).Int())
+		}
+		if got != want {
+			t.Errorf("docs/protocol.md: %s defaults to %s %s, DefaultConfig has %v", m[1], m[2], m[3], got)
+		}
+		checked++
+	}
+	if checked < 17 {
+		t.Errorf("checked %d defaults of docs/protocol.md section 9, want at least 17 (did the table's format change?)", checked)
 	}
 }
