@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 )
@@ -74,6 +75,30 @@ func writeFrame(w *bufio.Writer, op byte, hdr any, payload ...[]byte) error {
 
 // readFrame reads one frame; the header is decoded into hdr.
 func readFrame(r *bufio.Reader, hdr any) (byte, []byte, error) {
+	return readFrameInto(r, hdr, nil)
+}
+
+// payloadPool recycles the buffers PUT_PAGES payloads are read into (8 MiB
+// batches, several in flight per replica): a fresh buffer per batch costs
+// the zeroing and page faults of new memory, and garbage collections.
+var payloadPool sync.Pool
+
+func getPayload(n int) []byte {
+	if b, ok := payloadPool.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:n]
+	}
+	return make([]byte, n)
+}
+
+func putPayload(b []byte) {
+	if cap(b) >= 1<<20 {
+		payloadPool.Put(&b)
+	}
+}
+
+// readFrameInto is readFrame with the payload read into alloc(n) (nil:
+// a new buffer).
+func readFrameInto(r *bufio.Reader, hdr any, alloc func(op byte, n int) []byte) (byte, []byte, error) {
 	var h [9]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return 0, nil, err
@@ -91,7 +116,11 @@ func readFrame(r *bufio.Reader, hdr any) (byte, []byte, error) {
 	}
 	var p []byte
 	if pl > 0 {
-		p = make([]byte, pl)
+		if alloc != nil {
+			p = alloc(h[0], int(pl))
+		} else {
+			p = make([]byte, pl)
+		}
 		if _, err := io.ReadFull(r, p); err != nil {
 			return 0, nil, err
 		}
@@ -284,9 +313,17 @@ func (pc *peerClient) call1(ctx context.Context, addr string, fresh bool, op byt
 func (n *Node) servePeer(c net.Conn) {
 	defer c.Close()
 	r, w := bufio.NewReaderSize(c, 1<<20), bufio.NewWriterSize(c, 1<<20)
+	// PUT_PAGES payloads are written to the store and dropped when the
+	// handler returns: their buffers are reused.
+	pooled := func(op byte, n int) []byte {
+		if op == popPutPages && n >= 1<<20 {
+			return getPayload(n)
+		}
+		return make([]byte, n)
+	}
 	for {
 		var raw json.RawMessage
-		op, payload, err := readFrame(r, &raw)
+		op, payload, err := readFrameInto(r, &raw, pooled)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				n.log.Debug("peer connection ended", "remote", c.RemoteAddr().String(), "err", err)
@@ -294,6 +331,9 @@ func (n *Node) servePeer(c net.Conn) {
 			return
 		}
 		out, data, err := n.handlePeer(op, raw, payload)
+		if op == popPutPages {
+			putPayload(payload)
+		}
 		if err != nil {
 			e := errReply{Err: err.Error(), Kind: errKind(err)}
 			if errors.Is(err, ErrNoQuorum) {
@@ -429,6 +469,9 @@ func (n *Node) handlePeer(op byte, raw json.RawMessage, payload []byte) (any, []
 		if err := n.fence(h.Name, h.Owner, h.Epoch); err != nil {
 			return nil, nil, err
 		}
+		if err := n.keepCommitted(ctx, h.Name, h.CRC); err != nil {
+			return nil, nil, err
+		}
 		return nil, nil, n.store.WriteMeta(ctx, h.Name, payload)
 	case popPutMetaDelta:
 		var h nameHdr
@@ -449,6 +492,15 @@ func (n *Node) handlePeer(op byte, raw json.RawMessage, payload []byte) (any, []
 			return nil, nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
 		}
 		meta, _, err := n.store.Meta(ctx, h.Name)
+		if h.CRC != 0 && (err != nil || Checksum(meta) != h.CRC) {
+			// The caller wants that version (the committed one): this node
+			// may still have it although it holds a later one now.
+			if mv, ok := n.store.(MetaVersions); ok {
+				if b, ok := mv.MetaVersion(ctx, h.Name, h.CRC); ok {
+					meta, err = b, nil
+				}
+			}
+		}
 		if err != nil {
 			return nil, nil, err
 		}
@@ -520,6 +572,25 @@ func (n *Node) receivePages(ctx context.Context, h *pagesHdr, payload []byte) er
 		return err
 	}
 	n.metrics.bytesReceived.Add(uint64(off))
+	return nil
+}
+
+// keepCommitted keeps the committed version of name's metadata on this
+// replica before a PUT_META of another version replaces it (MetaVersions).
+// A delta appends to the record chain, which keeps the version before it
+// readable; a whole blob replaces the chain.
+func (n *Node) keepCommitted(ctx context.Context, name string, incoming uint32) error {
+	mv, ok := n.store.(MetaVersions)
+	if !ok {
+		return nil
+	}
+	s, ok := n.cat.Session(name)
+	if !ok || s.Version == 0 || s.MetaCRC == incoming || !slices.Contains(s.Replicas, n.cfg.NodeID) {
+		return nil
+	}
+	if err := mv.KeepMeta(ctx, name, s.MetaCRC); err != nil {
+		return fmt.Errorf("keeping the committed metadata of %q before replacing it: %w", name, err)
+	}
 	return nil
 }
 

@@ -391,9 +391,19 @@ func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, pre
 }
 
 // replicateStream is replicateTo for the first round of a PERSIST: the
-// changed pages arrive on in as the owner reads them.
+// changed pages arrive on in as the owner reads them. The metadata goes at
+// the same time on its own connection (tens of MB of indexer state the
+// replica decodes and writes while the pages stream), not after them: the
+// catalog names this replica only once both are acked, so a replica whose
+// metadata lands before its pages is never read as a copy meanwhile.
 func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch uint64, prev *Session, pages []PageEntry, todo []uint32, in <-chan pageItem, readErr *error, meta []byte, metaCRC uint32, delta []byte) (sent int, bytes int64, err error) {
 	have, herr := n.replicaHas(ctx, m, name, prev)
+	metaErr := make(chan error, 1)
+	if herr != nil || (metaCRC == prev.MetaCRC && slices.Contains(prev.Replicas, m.ID)) {
+		metaErr <- nil // it holds exactly this version already
+	} else {
+		go func() { metaErr <- n.putMeta(ctx, m, name, n.cfg.NodeID, epoch, prev, meta, metaCRC, delta) }()
+	}
 	ps := n.newPageSender(ctx, m.PeerAddr, name, n.cfg.NodeID, epoch)
 	for it := range in {
 		if herr != nil || ps.failed() {
@@ -405,10 +415,12 @@ func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch
 	}
 	if herr != nil {
 		ps.finish()
+		<-metaErr
 		return 0, 0, herr
 	}
 	if *readErr != nil {
 		ps.finish()
+		<-metaErr
 		return 0, 0, *readErr
 	}
 	// Unchanged pages this target lacks (a new replica).
@@ -429,16 +441,14 @@ func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch
 		ps.add(PageInfo{Page: uint32(p), Gen: e.Gen, CRC: e.CRC}, data)
 	}
 	sent, bytes, err = ps.finish()
+	merr := <-metaErr
 	if lerr != nil {
 		return sent, bytes, lerr
 	}
 	if err != nil {
 		return sent, bytes, err
 	}
-	if sent == 0 && metaCRC == prev.MetaCRC && slices.Contains(prev.Replicas, m.ID) {
-		return 0, 0, nil // it holds exactly this version already
-	}
-	return sent, bytes, n.putMeta(ctx, m, name, n.cfg.NodeID, epoch, prev, meta, metaCRC, delta)
+	return sent, bytes, merr
 }
 
 // replicaHas is what a target holds: the committed manifest if it is a
@@ -671,9 +681,26 @@ func (n *Node) Acquire(ctx context.Context, name string) (*AcquireResult, error)
 			sources = append(sources, m)
 		}
 	}
+	if !metaOK {
+		// This node may still have the committed version although it holds
+		// a later, uncommitted one (MetaVersions).
+		if mv, ok := n.store.(MetaVersions); ok {
+			if b, ok := mv.MetaVersion(ctx, name, s.MetaCRC); ok && len(b) == s.MetaLen {
+				if err := n.store.WriteMeta(ctx, name, b); err != nil {
+					return res, fmt.Errorf("session %q metadata: %w", name, err)
+				}
+				metaOK = true
+			}
+		}
+	}
 	if len(need) > 0 || !metaOK {
 		if len(sources) == 0 {
 			return res, fmt.Errorf("%w: session %q lacks %d pages here and has no other replica", ErrUnderReplicated, name, len(need))
+		}
+	}
+	if pt, ok := n.store.(PageTrimmer); ok && local != nil && (!metaOK || len(need) > 0 || local.MetaCRC != s.MetaCRC) {
+		if err := pt.DropPagesExcept(ctx, name, s.Pages); err != nil {
+			return res, fmt.Errorf("session %q: dropping pages of an uncommitted version: %w", name, err)
 		}
 	}
 	pulled, failed, mismatched := n.pull(ctx, name, s, need, sources)
@@ -694,7 +721,7 @@ func (n *Node) Acquire(ctx context.Context, name string) (*AcquireResult, error)
 		var got error
 		for _, m := range sources {
 			var h nameHdr
-			meta, err := n.client.call(ctx, m.PeerAddr, popGetMeta, nameHdr{Name: name}, &h)
+			meta, err := n.client.call(ctx, m.PeerAddr, popGetMeta, nameHdr{Name: name, CRC: s.MetaCRC}, &h)
 			if err == nil && Checksum(meta) == s.MetaCRC && len(meta) == s.MetaLen {
 				got = n.store.WriteMeta(ctx, name, meta)
 				if got == nil {

@@ -27,7 +27,8 @@ type Store interface {
 	// ReadPage returns a page of the local copy, verified by the store.
 	ReadPage(ctx context.Context, name string, page uint32) (gen uint64, data []byte, err error)
 	// WritePages stores pages of name at their generations; they are durable
-	// when it returns.
+	// when it returns. It must not keep the pages' Data after it returns:
+	// the peer port reuses those buffers.
 	WritePages(ctx context.Context, name string, pages []PageData) error
 	// WriteMeta stores the metadata blob durably, after the pages it names,
 	// making the local copy resumable.
@@ -64,3 +65,31 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Checksum is the CRC32C every manifest entry carries.
 func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// MetaVersions is an optional Store capability that keeps a committed copy
+// available while a newer, uncommitted one arrives. A replica's copy is
+// updated in place by the owner's PERSIST before the commit; if that commit
+// never comes (the owner died, or lost the session to another node
+// mid-PERSIST) and the owner had overwritten its own copy too, no node
+// would hold the committed version any more. So before a replica write
+// replaces metadata at the committed version, the store keeps it, and a
+// node that needs the committed version (a RESUME, a pull) finds it.
+type MetaVersions interface {
+	// MetaVersion returns the canonical metadata blob of name at version
+	// crc if this node has it: current, earlier in its record chain, or
+	// kept by KeepMeta.
+	MetaVersion(ctx context.Context, name string, crc uint32) ([]byte, bool)
+	// KeepMeta durably keeps name's metadata at version crc, if this node
+	// has it, before a write replaces it.
+	KeepMeta(ctx context.Context, name string, crc uint32) error
+}
+
+// PageTrimmer is an optional Store capability: DropPagesExcept removes the
+// local copy's pages that are not at the generation keep names (index =
+// page; generation 0 or past the end: no such page), so a copy brought
+// back to a committed version holds no page of a later, uncommitted one
+// (whose higher generation would shadow the committed page pulled in, and
+// fail the next APPEND to it).
+type PageTrimmer interface {
+	DropPagesExcept(ctx context.Context, name string, keep []PageEntry) error
+}

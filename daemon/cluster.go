@@ -159,7 +159,7 @@ func (d *Daemon) openCluster() error {
 	}
 	st := &clusterState{pending: map[string]uint64{}, acquired: map[string]uint64{}, deleted: map[string]bool{}}
 	d.cl = st
-	st.store = &clusterStore{d: d, writeOnly: cc.ReplicaSync == "write"}
+	st.store = &clusterStore{d: d, writeOnly: cc.ReplicaSync == "write", keepDir: filepath.Join(dir, "kept")}
 	if st.node, err = cluster.Open(cfg, st.store); err != nil {
 		d.cl = nil
 		return fmt.Errorf("cluster: %w", err)
@@ -498,6 +498,11 @@ type clusterStore struct {
 	// version this node holds as a replica and where its chain stands.
 	vers map[string][]metaVer
 	held map[string]heldMeta
+	// keepDir holds, per name, the committed metadata version a replica
+	// write replaced before its commit (cluster.MetaVersions).
+	keepDir string
+	// group: the replica's page syncs (replica_sync = "fsync").
+	group groupSync
 }
 
 type metaVer struct {
@@ -748,7 +753,55 @@ func (cs *clusterStore) WritePages(ctx context.Context, name string, pages []clu
 	if cs.writeOnly {
 		return nil // synced after the session's metadata, in the background
 	}
-	return d.store.SSD().Sync()
+	return cs.group.sync(d.store.SSD().Sync)
+}
+
+// groupSync is group commit for the replica's syncs: the batches of several
+// PUT_PAGES in flight (and of several sessions) that finish their writes
+// while a sync runs share the next one, instead of each queueing its own
+// fdatasync of the same journal segment behind the others'.
+type groupSync struct {
+	mu      sync.Mutex
+	next    *syncRound // the round that starts next; joiners wait for it
+	running bool
+}
+
+type syncRound struct {
+	done chan struct{}
+	err  error
+}
+
+// sync returns once a call of do that started after sync was called has
+// finished (so it covers every write completed before the call).
+func (g *groupSync) sync(do func() error) error {
+	g.mu.Lock()
+	if g.next == nil {
+		g.next = &syncRound{done: make(chan struct{})}
+	}
+	r := g.next
+	if !g.running {
+		g.running = true
+		go g.loop(do)
+	}
+	g.mu.Unlock()
+	<-r.done
+	return r.err
+}
+
+func (g *groupSync) loop(do func() error) {
+	for {
+		g.mu.Lock()
+		r := g.next
+		g.next = nil
+		if r == nil {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		r.err = do()
+		close(r.done)
+	}
 }
 
 // WriteMeta implements cluster.Store: the canonical blob gets this node's
@@ -816,6 +869,124 @@ func (cs *clusterStore) syncLater() {
 	}()
 }
 
+var (
+	_ cluster.MetaVersions = (*clusterStore)(nil)
+	_ cluster.PageTrimmer  = (*clusterStore)(nil)
+)
+
+// canonicalMeta is a local metadata blob in the form every copy shares
+// (local id 0, no save time), whose CRC the catalog names.
+func canonicalMeta(blob []byte) ([]byte, error) {
+	m, state, err := decodeMeta(blob)
+	if err != nil {
+		return nil, err
+	}
+	c := *m
+	c.ID = 0
+	c.Saved = time.Time{}
+	return encodeMeta(&c, state)
+}
+
+// keepPath is where name's kept metadata version lives (hashed: names may
+// hold any character).
+func (cs *clusterStore) keepPath(name string) string {
+	return filepath.Join(cs.keepDir, fmt.Sprintf("%08x-%d.meta", cluster.Checksum([]byte(name)), len(name)))
+}
+
+// MetaVersion implements cluster.MetaVersions: the current version, an
+// earlier one of the record chain (a delta of a PERSIST that was never
+// committed follows it), or the kept one. Each candidate is checked
+// against crc, which also tells names sharing a keep file apart.
+func (cs *clusterStore) MetaVersion(ctx context.Context, name string, crc uint32) ([]byte, bool) {
+	if blob, _, err := cs.Meta(ctx, name); err == nil && cluster.Checksum(blob) == crc {
+		return blob, true
+	}
+	if c, err := cs.d.store.SSD().ReadMetaChain(ctx, name); err == nil {
+		for k := len(c.Deltas) - 1; k >= 0; k-- {
+			merged := c.Base
+			if k > 0 {
+				b, used, err := mergeMeta(c.Base, c.Deltas[:k])
+				if err != nil || used < k {
+					continue
+				}
+				merged = b
+			}
+			if canon, err := canonicalMeta(merged); err == nil && cluster.Checksum(canon) == crc {
+				return canon, true
+			}
+		}
+	}
+	if b, err := os.ReadFile(cs.keepPath(name)); err == nil && cluster.Checksum(b) == crc {
+		return b, true
+	}
+	return nil, false
+}
+
+// KeepMeta implements cluster.MetaVersions: the version is written to the
+// keep file and synced before the write that replaces it proceeds.
+func (cs *clusterStore) KeepMeta(ctx context.Context, name string, crc uint32) error {
+	path := cs.keepPath(name)
+	if b, err := os.ReadFile(path); err == nil && cluster.Checksum(b) == crc {
+		return nil
+	}
+	blob, ok := cs.MetaVersion(ctx, name, crc)
+	if !ok {
+		return nil // this node does not hold it: nothing to keep
+	}
+	if err := os.MkdirAll(cs.keepDir, 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(blob)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	dir, err := os.Open(cs.keepDir)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
+}
+
+// DropPagesExcept implements cluster.PageTrimmer.
+func (cs *clusterStore) DropPagesExcept(ctx context.Context, name string, keep []cluster.PageEntry) error {
+	id, ok := cs.localID(name, false)
+	if !ok {
+		return nil
+	}
+	ssd := cs.d.store.SSD()
+	pages, err := ssd.Pages(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, p := range pages {
+		if int(p) < len(keep) && keep[p].Gen != 0 {
+			if g, ok := ssd.Generation(tiers.PageID{Session: id, Page: p}); ok && g == keep[p].Gen {
+				continue
+			}
+		}
+		if err := cs.d.store.Delete(ctx, tiers.PageID{Session: id, Page: p}); err != nil && !errors.Is(err, tiers.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
 // Delete implements cluster.Store.
 func (cs *clusterStore) Delete(ctx context.Context, name string) error {
 	d := cs.d
@@ -840,6 +1011,11 @@ func (cs *clusterStore) Delete(ctx context.Context, name string) error {
 	delete(d.cl.pending, name)
 	delete(d.cl.deleted, name)
 	d.cl.mu.Unlock()
+	if cs.keepDir != "" {
+		if err := os.Remove(cs.keepPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			cs.d.log.Warn("removing the kept metadata of a deleted session", "name", name, "err", err)
+		}
+	}
 	cs.mu.Lock()
 	delete(cs.held, name)
 	delete(cs.vers, name)

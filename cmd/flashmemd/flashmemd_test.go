@@ -35,6 +35,12 @@ func TestMain(m *testing.M) {
 	if role := os.Getenv("FLASHMEM_TEST_ROLE"); role != "" {
 		os.Exit(runRole(role)) // security_test.go
 	}
+	if b := os.Getenv("FLASHMEM_BINARY"); b != "" {
+		// A prebuilt flashmemd (a machine without Go, e.g. the benchmark
+		// host that runs the test binary from `go test -c`).
+		binary = b
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "flashmemd-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
