@@ -15,7 +15,8 @@ import (
 // Method names of the evaluation: three scorers and three baselines.
 const (
 	MethodLexical  = "lexical"  // text-mode model, lexical signal only
-	MethodTrained  = "trained"  // text-mode model, trained dense signal only
+	MethodTrained  = "trained"  // text-mode model, Learned mode: fitted term weighting + dense signal, no hand-set rule
+	MethodDense    = "dense"    // text-mode model, trained dense signal only (the "trained" of reports before 2026-12-03)
 	MethodCombined = "combined" // text-mode model, both signals
 	MethodRecency  = "recency"  // newest pages (all scores below threshold: ties go to newer pages)
 	MethodRandom   = "random"   // random pages
@@ -23,10 +24,10 @@ const (
 )
 
 // methodMode is the text-mode model mode of each scorer method.
-var methodMode = map[string]textmode.Mode{MethodLexical: textmode.Lexical, MethodTrained: textmode.Dense, MethodCombined: textmode.Combined}
+var methodMode = map[string]textmode.Mode{MethodLexical: textmode.Lexical, MethodTrained: textmode.Learned, MethodCombined: textmode.Combined, MethodDense: textmode.Dense}
 
 // AllMethods in report order.
-var AllMethods = []string{MethodLexical, MethodTrained, MethodCombined, MethodRecency, MethodRandom, MethodOracle}
+var AllMethods = []string{MethodLexical, MethodTrained, MethodCombined, MethodRecency, MethodRandom, MethodOracle, MethodDense}
 
 // DefaultFootprints are the footprints the evaluation reports.
 var DefaultFootprints = []float64{0.05, 0.10, 0.15}
@@ -327,7 +328,7 @@ func evalQuery(sc *textmode.Scorer, keys []byte, doc *Doc, pq *PreparedQuery, po
 	for w := range pq.Windows {
 		var cyc *indexer.Cycle
 		switch method {
-		case MethodLexical, MethodTrained, MethodCombined:
+		case MethodLexical, MethodTrained, MethodCombined, MethodDense:
 			q := sc.Model.NewQuery(pq.Question, pq.Answer[:min(w*Tau, len(pq.Answer))], methodMode[method])
 			cs, err := indexer.ScoreBatch([]*indexer.Request{req}, []indexer.Query{sc.Query(q)})
 			if err != nil {

@@ -90,10 +90,16 @@ const (
 	Lexical
 	// Dense uses only the trained embedding similarity.
 	Dense
+	// Learned uses only what was fitted on training text: the lexical
+	// machinery with a term weighting fitted on pseudo-queries of the
+	// training corpora (TermWeighting, in place of the hand-set
+	// cidf^3 rule of Lexical) and the dense similarity, combined by the
+	// fitted calibration. It is what the evaluation calls "trained".
+	Learned
 	numModes
 )
 
-// String returns "combined", "lexical" or "dense".
+// String returns "combined", "lexical", "dense" or "learned".
 func (m Mode) String() string {
 	switch m {
 	case Combined:
@@ -102,6 +108,8 @@ func (m Mode) String() string {
 		return "lexical"
 	case Dense:
 		return "dense"
+	case Learned:
+		return "learned"
 	}
 	return "Mode(" + strconv.Itoa(int(m)) + ")"
 }
@@ -127,8 +135,25 @@ type Model struct {
 	wq    []float32 // Dim × Dim, row-major: h = wq · u
 	wc    []float32
 	calib [numModes]Calibration
-	meta  map[string]string
+	// tw is the Learned mode's term weighting (fitLearned).
+	tw   TermWeighting
+	meta map[string]string
 }
+
+// TermWeighting is how a query term's weight in the lexical signal follows
+// from statistics the scorer has at hand: w = cidf^Power · idf^TrainPower,
+// cidf being the term's inverse document frequency among the context's own
+// chunks and idf the training corpus's; a term found only in a chunk's
+// neighbourhood counts Window times. The Lexical and Combined modes use the
+// hand-set rule (LexicalWeighting); the Learned mode uses the one fitted on
+// training text.
+type TermWeighting struct{ Power, TrainPower, Window float32 }
+
+// LexicalWeighting is the hand-set rule of the Lexical and Combined modes.
+var LexicalWeighting = TermWeighting{Power: lexPower, Window: windowWeight}
+
+// TermWeighting returns the Learned mode's fitted term weighting.
+func (m *Model) TermWeighting() TermWeighting { return m.tw }
 
 // Config returns the model's shapes.
 func (m *Model) Config() Config { return m.cfg }
@@ -157,6 +182,7 @@ func newModel(cfg Config) (*Model, error) {
 		idf:   make([]float32, cfg.Buckets),
 		wq:    make([]float32, cfg.Dim*cfg.Dim),
 		wc:    make([]float32, cfg.Dim*cfg.Dim),
+		tw:    LexicalWeighting,
 		meta:  map[string]string{},
 	}, nil
 }
@@ -502,6 +528,11 @@ const (
 	tensorWC    = "chunk_proj"  // [Dim, Dim] F32
 	tensorCalib = "calibration" // [3, 3] F32: per mode (combined, lexical, dense) lex, dense, bias
 	tensorBloom = "vocab_bloom" // [bytes] U8: Bloom filter of training term IDs, a power of two ≥ 8 bytes
+	// tensorTW is the Learned mode's term weighting [3] F32: Power,
+	// TrainPower, Window. Optional: a file without it (and with the
+	// three-mode calibration of files before 2026-12-03) scores Learned
+	// queries as Combined ones.
+	tensorTW = "term_weighting"
 )
 
 // Save writes the model as safetensors. The embedding table is stored as F16
@@ -528,6 +559,7 @@ func (m *Model) Save(w io.Writer) error {
 		{Name: tensorIDF, DType: safetensors.F32, Shape: []int{m.cfg.Buckets}, Data: f32Bytes(m.idf)},
 		{Name: tensorWQ, DType: safetensors.F32, Shape: []int{d, d}, Data: f32Bytes(m.wq)},
 		{Name: tensorBloom, DType: safetensors.U8, Shape: []int{8 * len(m.bloom)}, Data: u64Bytes(m.bloom)},
+		{Name: tensorTW, DType: safetensors.F32, Shape: []int{3}, Data: f32Bytes([]float32{m.tw.Power, m.tw.TrainPower, m.tw.Window})},
 	}, meta)
 }
 
@@ -585,6 +617,10 @@ func Load(b []byte) (*Model, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: tensor %q: %w", ErrBadModel, w.name, err)
 		}
+		if w.name == tensorCalib && t.DType == safetensors.F32 && slices.Equal(t.Shape, []int{int(Learned), 3}) {
+			// A file from before the Learned mode: three calibrations.
+			w.shape = t.Shape
+		}
 		if t.DType != w.dtype || !slices.Equal(t.Shape, w.shape) {
 			return nil, fmt.Errorf("%w: tensor %q is %s%v, want %s%v", ErrBadModel, w.name, t.DType, t.Shape, w.dtype, w.shape)
 		}
@@ -600,8 +636,11 @@ func Load(b []byte) (*Model, error) {
 		if w.dst != nil {
 			copy(w.dst, vals)
 		} else {
-			for i := range m.calib {
+			for i := range len(vals) / 3 {
 				m.calib[i] = Calibration{vals[3*i], vals[3*i+1], vals[3*i+2]}
+			}
+			if len(vals)/3 == int(Learned) {
+				m.calib[Learned] = m.calib[Combined]
 			}
 		}
 	}
@@ -616,6 +655,17 @@ func Load(b []byte) (*Model, error) {
 	}
 	if bt.DType != safetensors.U8 || len(bt.Shape) != 1 || len(bt.Data) < 8 || bits.OnesCount(uint(len(bt.Data))) != 1 {
 		return nil, fmt.Errorf("%w: tensor %q is %s%v, want U8 of a power of two ≥ 8 bytes", ErrBadModel, tensorBloom, bt.DType, bt.Shape)
+	}
+	if tt, err := f.Tensor(tensorTW); err == nil {
+		vals, err := tt.Float32s()
+		if err != nil || tt.DType != safetensors.F32 || !slices.Equal(tt.Shape, []int{3}) {
+			return nil, fmt.Errorf("%w: tensor %q is %s%v, want F32[3]", ErrBadModel, tensorTW, tt.DType, tt.Shape)
+		}
+		tw := TermWeighting{vals[0], vals[1], vals[2]}
+		if !(tw.Power >= 0 && tw.Power <= 8 && tw.TrainPower >= 0 && tw.TrainPower <= 8 && tw.Window >= 0 && tw.Window <= 1) {
+			return nil, fmt.Errorf("%w: tensor %q = %v out of range (powers in [0, 8], window in [0, 1])", ErrBadModel, tensorTW, vals)
+		}
+		m.tw = tw
 	}
 	m.bloom = make([]uint64, len(bt.Data)/8)
 	for i := range m.bloom {

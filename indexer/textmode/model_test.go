@@ -640,3 +640,61 @@ func TestDefaultConfigValid(t *testing.T) {
 		}
 	}
 }
+
+// TestLearnedMode: the Learned mode's weighting and calibration survive Save
+// and Load; a file from before it (three calibrations, no term weighting)
+// loads with Learned scoring as Combined; an out-of-range weighting is
+// rejected; and the weighting is what Learned scores with (the hand-set rule
+// gives Combined's logits bit for bit, another rule other logits).
+func TestLearnedMode(t *testing.T) {
+	m := trainedSmall(t)
+	if m.Calibration(Learned) == (Calibration{}) {
+		t.Fatal("Train left the Learned calibration empty")
+	}
+	b := saved(t, m)
+	m2, err := Load(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.TermWeighting() != m.TermWeighting() || m2.Calibration(Learned) != m.Calibration(Learned) {
+		t.Fatalf("round trip: %+v %+v, want %+v %+v", m2.TermWeighting(), m2.Calibration(Learned), m.TermWeighting(), m.Calibration(Learned))
+	}
+	// A file of three modes.
+	cal := make([]float32, 0, 9)
+	for _, mode := range []Mode{Combined, Lexical, Dense} {
+		c := m.Calibration(mode)
+		cal = append(cal, c.Lex, c.Dense, c.Bias)
+	}
+	old := rewrite(t, b, tensorCalib, &safetensors.Tensor{Name: tensorCalib, DType: safetensors.F32, Shape: []int{3, 3}, Data: f32Bytes(cal)}, nil)
+	old = rewrite(t, old, tensorTW, nil, nil)
+	m3, err := Load(old)
+	if err != nil {
+		t.Fatalf("three-mode file: %v", err)
+	}
+	if m3.Calibration(Learned) != m.Calibration(Combined) || m3.TermWeighting() != LexicalWeighting {
+		t.Fatalf("three-mode file: learned %+v %+v, want combined's calibration and the lexical rule", m3.Calibration(Learned), m3.TermWeighting())
+	}
+	bad := rewrite(t, b, tensorTW, &safetensors.Tensor{Name: tensorTW, DType: safetensors.F32, Shape: []int{3}, Data: f32Bytes([]float32{3, 0, 2})}, nil)
+	if _, err := Load(bad); !errors.Is(err, ErrBadModel) {
+		t.Fatalf("window 2: %v, want ErrBadModel", err)
+	}
+	docs := synthDocs(3, 9)
+	toks := Tokenize(docs[0].Text)
+	keys := m3.AppendChunkKeys(nil, toks)
+	q := Tokenize("wadx wacx the")
+	score := func(m *Model, mode Mode) []float32 {
+		o := make([]float32, NumChunks(len(toks)))
+		if err := m.Score(m.NewQuery(q, nil, mode), keys, o); err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	if a, c := score(m3, Learned), score(m3, Combined); fmt.Sprint(a) != fmt.Sprint(c) {
+		t.Fatal("Learned with the lexical rule and Combined's calibration differs from Combined")
+	}
+	m4 := *m3
+	m4.tw = TermWeighting{Power: 1, Window: 1}
+	if a, c := score(&m4, Learned), score(m3, Learned); fmt.Sprint(a) == fmt.Sprint(c) {
+		t.Fatal("the term weighting changes nothing")
+	}
+}

@@ -71,7 +71,7 @@ func termAt(terms []byte, i int) uint16 { return binary.LittleEndian.Uint16(term
 //
 // w is indexed by bucket (0 for terms not in the query or not in the context)
 // so the per-key loop is an array load, not a map lookup.
-func (m *Model) contextWeights(q *Query, keys []byte, workers int) (w []float32, norm float32) {
+func (m *Model) contextWeights(q *Query, keys []byte, workers int, tw TermWeighting) (w []float32, norm float32) {
 	kb := m.KeyBytes()
 	n := len(keys) / kb
 	parts := splitRange(n, workers)
@@ -99,14 +99,18 @@ func (m *Model) contextWeights(q *Query, keys []byte, workers int) (w []float32,
 			continue
 		}
 		cidf := math.Log(1 + (float64(n)-float64(df)+0.5)/(float64(df)+0.5))
-		w[b] = float32(math.Pow(cidf, lexPower))
+		if tw == LexicalWeighting {
+			w[b] = float32(math.Pow(cidf, lexPower))
+		} else {
+			w[b] = float32(math.Pow(cidf, float64(tw.Power)) * math.Pow(float64(m.idf[b]), float64(tw.TrainPower)))
+		}
 		norm += w[b]
 	}
 	return w, norm
 }
 
 // lexMass is the query weight that key holds.
-func (m *Model) lexMass(w []float32, key []byte) float32 {
+func (m *Model) lexMass(w []float32, key []byte, window float32) float32 {
 	terms, ncore, nt := m.keyTerms(key)
 	var mass float32
 	for i := range nt {
@@ -118,7 +122,7 @@ func (m *Model) lexMass(w []float32, key []byte) float32 {
 			if i < ncore {
 				mass += x
 			} else {
-				mass += windowWeight * x
+				mass += window * x
 			}
 		}
 	}
@@ -139,7 +143,11 @@ const minBestShare = 0.3
 func (m *Model) lexicalAll(q *Query, keys []byte, dst []float32, workers int) {
 	kb := m.KeyBytes()
 	n := len(keys) / kb
-	w, norm := m.contextWeights(q, keys, workers)
+	tw := LexicalWeighting
+	if q.mode == Learned {
+		tw = m.tw
+	}
+	w, norm := m.contextWeights(q, keys, workers, tw)
 	if norm == 0 {
 		clear(dst[:n])
 		return
@@ -151,7 +159,7 @@ func (m *Model) lexicalAll(q *Query, keys []byte, dst []float32, workers int) {
 		parallelFor(len(parts), workers, func(p int) {
 			ats[p] = -1
 			for c := parts[p][0]; c < parts[p][1]; c++ {
-				dst[c] = m.lexMass(w, keys[c*kb:(c+1)*kb])
+				dst[c] = m.lexMass(w, keys[c*kb:(c+1)*kb], tw.Window)
 				if dst[c] > bests[p] {
 					bests[p], ats[p] = dst[c], c
 				}

@@ -302,6 +302,7 @@ func Train(ctx context.Context, docs []Document, opts TrainOptions) (*Model, err
 	}
 
 	calibrate(m, td, opts, report)
+	fitLearned(m, td, func(di int) bool { return di%opts.HoldOut == opts.HoldOut-1 }, opts.Seed, opts.Workers, report)
 
 	m.meta["trained_on"] = opts.Corpus
 	m.meta["documents"] = strconv.Itoa(len(docs))

@@ -111,7 +111,7 @@ indexer selection, over the same chunks and cycles.`,
 	f := cmd.Flags()
 	f.StringVar(&o.data, "data", "", "dataset JSONL (flashmemctl gen)")
 	f.StringVar(&fps, "footprint", "0.10", "target footprint(s), comma-separated, each in (0, 1]")
-	f.StringVar(&modes, "modes", eval.MethodCombined, "text-mode scorers run through the daemon: any of lexical,trained,combined")
+	f.StringVar(&modes, "modes", eval.MethodCombined, "text-mode scorers run through the daemon: any of lexical,trained,combined,dense (trained: the learned mode, dense: the dense signal alone)")
 	f.StringVar(&baselines, "baselines", "recency,random,oracle", "client-side baselines at the same footprint (\"\" for none)")
 	f.StringVar(&o.model, "model", "text", "the daemon's text-mode model to open sessions with")
 	f.StringVar(&o.modelFile, "model-file", "", "that model's safetensors file, to compute the same keys client side (default: the embedded default model)")
@@ -147,7 +147,7 @@ func parseFloats(s string) ([]float64, error) {
 }
 
 // textModes maps eval method names to text-mode query modes.
-var textModes = map[string]textmode.Mode{eval.MethodLexical: textmode.Lexical, eval.MethodTrained: textmode.Dense, eval.MethodCombined: textmode.Combined}
+var textModes = map[string]textmode.Mode{eval.MethodLexical: textmode.Lexical, eval.MethodTrained: textmode.Learned, eval.MethodCombined: textmode.Combined, eval.MethodDense: textmode.Dense}
 
 // evalLayout is the page layout of eval sessions: one KV layer whose chunk
 // payload is 8 deterministic bytes (synth), because eval measures selection,

@@ -16,7 +16,7 @@ import (
 func trainCmd(g *globals) *cobra.Command {
 	def := textmode.DefaultTrainOptions()
 	o := def
-	var textDir, outPath string
+	var textDir, outPath, refit string
 	cmd := &cobra.Command{
 		Use:   "train --text DIR --out FILE.safetensors",
 		Short: "Train the text-mode indexer (dual encoder) on a directory of .txt files",
@@ -25,7 +25,12 @@ then InfoNCE with in-batch negatives on (sentence, surrounding chunk) pairs, the
 of the lexical and dense signals on held-out documents. It is deterministic for a seed. The
 result is a safetensors file that flashmemd loads with an [[indexer.text]] entry (name, path);
 the daemon's embedded "text" model was made by this command with the defaults (models/README.md).
-Progress is a bar on a terminal and a line per ~10 % otherwise.`,
+Progress is a bar on a terminal and a line per ~10 % otherwise.
+
+--refit MODEL keeps MODEL's embeddings, IDF and the calibrations of its combined, lexical and
+dense modes, and fits only its learned mode (the evaluation's "trained": a term weighting and
+a calibration chosen on pseudo-queries of the --text corpora) — how the shipped default was
+given its learned mode (models/README.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// Several corpora: comma-separated directories, each sorted by name.
@@ -80,7 +85,22 @@ Progress is a bar on a terminal and a line per ~10 % otherwise.`,
 					fmt.Fprintf(errw, "  calibration %d/%d: log-loss %.4f accuracy %.4f\n", p.Step, p.Steps, p.Loss, p.Accuracy)
 				}
 			}
-			m, err := textmode.Train(cmd.Context(), docs, o)
+			var m *textmode.Model
+			var err error
+			if refit != "" {
+				f, err := os.Open(refit)
+				if err != nil {
+					return fmt.Errorf("--refit: %w", err)
+				}
+				base, err := textmode.LoadFrom(f)
+				f.Close()
+				if err != nil {
+					return fmt.Errorf("--refit %s: %w", refit, err)
+				}
+				m = textmode.FitLearned(base, docs, o)
+			} else {
+				m, err = textmode.Train(cmd.Context(), docs, o)
+			}
 			if bar != nil {
 				bar.done()
 			}
@@ -109,16 +129,19 @@ Progress is a bar on a terminal and a line per ~10 % otherwise.`,
 				return err
 			}
 			fmt.Fprintf(g.out, "wrote %s (%d bytes), held-out top-1 %.3f\n", outPath, st.Size(), last.ValAccuracy)
-			for _, mode := range []textmode.Mode{textmode.Combined, textmode.Lexical, textmode.Dense} {
+			for _, mode := range []textmode.Mode{textmode.Combined, textmode.Lexical, textmode.Dense, textmode.Learned} {
 				c := m.Calibration(mode)
 				fmt.Fprintf(g.out, "  %s: logit = %.3f·lex %+.3f·cos %+.3f\n", mode, c.Lex, c.Dense, c.Bias)
 			}
+			tw := m.TermWeighting()
+			fmt.Fprintf(g.out, "  learned term weighting: cidf^%g · idf^%g, window %g\n", tw.Power, tw.TrainPower, tw.Window)
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&textDir, "text", eval.DefaultFillerDir, "directory of .txt training files, or several, comma-separated")
 	f.StringVar(&outPath, "out", "textmode.safetensors", "output model file (written atomically)")
+	f.StringVar(&refit, "refit", "", "fit only the learned mode of this model file on --text (keeps everything else)")
 	f.Uint64Var(&o.Seed, "seed", def.Seed, "random seed")
 	f.IntVar(&o.Epochs, "epochs", def.Epochs, "epochs")
 	f.IntVar(&o.BatchSize, "batch", def.BatchSize, "batch size (in-batch negatives)")
