@@ -4,8 +4,12 @@
 # out of the way, for
 #   (a) DRAM only      every page in the host mirror (the run stops when the
 #                      sessions no longer fit: pages would go to SSD),
-#   (b) SSD on demand  [mover] staging = false: pages read from SSD when
-#                      the selection asks for them,
+#   (b) SSD on demand  [mover] staging = false, background_recall_ssd =
+#                      false: a page only on SSD is read when a cycle hands
+#                      it out, the decoder waiting (how LMCache/HiCache read
+#                      their disk tiers),
+#   (b2) no staging    [mover] staging = false: LSA's one-cycle-late
+#                      background recall reads the selection's SSD pages,
 #   (c) SSD lookahead  staging ranked by the indexer's lookahead,
 # plus, in the same run, fio's random-read rate at the page's on-disk size
 # (the disk's ceiling) and the Mover's staging throughput at that size.
@@ -87,9 +91,15 @@ echo "== O_DIRECT page reads per queue depth: BenchmarkSSDReadQD, pages of $PAGE
 qd_table=$(cd tiers && TMPDIR="$work" FM_QD_PAGE=$PAGE "$work/bin/tiers.test" -test.run '^$' \
   -test.bench SSDReadQD -test.benchtime 300x | awk '/MB\/s/ { split($1, a, "qd="); sub(/-[0-9]+$/, "", a[2]); for (i=1;i<=NF;i++) if ($i=="MB/s") print "| " a[2] " | " $(i-1) " |" }')
 
-echo "== staging throughput: BenchmarkMoverStage, pages of $PAGE B" >&2
+echo "== staging throughput: BenchmarkMoverStage, pages of $PAGE B, fio again right after" >&2
 stage_mbs=$(cd tiers && TMPDIR="$work" FM_STAGE_PAGE=$PAGE "$work/bin/tiers.test" -test.run '^$' \
   -test.bench MoverStage -test.benchtime 5x | awk '/MB\/s/ { for (i=1;i<=NF;i++) if ($i=="MB/s") print $(i-1) }')
+# The disk's rate drifts by tens of percent within minutes here (other
+# tenants): fio at iodepth 16 again, right after staging, and staging is
+# compared with the better of fio's rates before and after.
+fio --name=prep --filename="$work/fio.dat" --size=2g --rw=write --bs=1m --direct=1 --ioengine=libaio --iodepth=8 >/dev/null 2>&1
+FIO_AFTER=$(fio_json 16 | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["jobs"][0]["read"]["bw_bytes"])')
+rm -f "$work/fio.dat"
 
 echo "== capacity: sessions of $TOKENS tokens, host budget $BUDGET B" >&2
 python3 - "$work" "$TOKENS" "$LAYERS" "$BUDGET" "$CYCLES" "$CYCLE_TIME" "$STEPS" "$MAX_SESSIONS" "$STALL" "$ADMIT" >"$work/capacity.md" <<'EOF'
@@ -99,8 +109,11 @@ steps = [int(s) for s in steps.split() if int(s) <= int(max_n)]
 ctl = f"{work}/bin/flashmemctl"
 
 def run(n, mode):
+    # The decoder-visible wait alone decides a stall (--sync-stalls=false),
+    # in every mode: on demand's synchronous read of a few pages that costs
+    # the decoder 1 ms is no more a stall than a 1 ms wait is.
     cmd = [ctl, "--json", "sim", "--bypass-cache", "--sessions", str(n), "--tokens", tokens,
-           "--layers", layers, "--cycles", cycles, "--cycle-time", cycle_time, "--stall", stall,
+           "--layers", layers, "--cycles", cycles, "--cycle-time", cycle_time, "--stall", stall, "--sync-stalls=false",
            "--host-budget", budget, "--admit-every", admit, "--modes", mode, "--dir", f"{work}/sim"]
     shutil.rmtree(f"{work}/sim", ignore_errors=True)
     t0 = time.time()
@@ -114,6 +127,7 @@ def run(n, mode):
 
 rows, cap = [], {}
 modes = (("(a) DRAM only", "lookahead"), ("(b) SSD on demand", "on-demand"), ("(c) SSD lookahead", "lookahead"),
+         ("(b2) SSD, one-cycle background recall, no staging", "no-staging"),
          ("(b′) SSD, loaded only when a cycle hands a page out", "lru"))
 at_cap = {}
 for label, mode in modes:
@@ -168,7 +182,7 @@ for k, v in cap.items():
 a = cap["(a) DRAM only"]
 print()
 print("(a) stops at the first step whose pages no longer fit in the budget (the decode read pages from SSD).")
-print(f"(c) / (a) = {cap['(c) SSD lookahead'] / max(a, 1):.1f}×; (c) vs (b): {cap['(c) SSD lookahead']} vs {cap['(b) SSD on demand']} sessions.")
+print(f"(c) / (a) = {cap['(c) SSD lookahead'] / max(a, 1):.1f}×; (c) vs (b): {cap['(c) SSD lookahead']} vs {cap['(b) SSD on demand']} sessions; (c) vs (b2): {cap['(c) SSD lookahead']} vs {cap['(b2) SSD, one-cycle background recall, no staging']}.")
 EOF
 
 end_load=$(load)
@@ -177,18 +191,19 @@ end_load=$(load)
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB,"
   echo "disk $(df --output=source "$work" | tail -1) ($(df --output=fstype "$work" | tail -1)); load average at start $start_load, at end $end_load."
-  echo "Sessions: $TOKENS tokens, $LAYERS layers (pages of $PAGE B, $SPAN B on disk), host budget $((BUDGET >> 20)) MiB, $CYCLES cycles of $CYCLE_TIME, a session admitted every $ADMIT, stall = wait ≥ $STALL or a synchronous load."
+  echo "Sessions: $TOKENS tokens, $LAYERS layers (pages of $PAGE B, $SPAN B on disk), host budget $((BUDGET >> 20)) MiB, $CYCLES cycles of $CYCLE_TIME, a session admitted every $ADMIT, stall = decoder-visible wait ≥ $STALL."
   echo
   echo "| disk ceiling (fio randread, bs $SPAN, O_DIRECT, libaio) | MB/s |"
   echo "|---|---|"
   for qd in 1 16 32; do echo "| iodepth $qd | $((FIO[$qd] / 1000000)) |"; done
+  echo "| iodepth 16, right after the staging benchmark | $((FIO_AFTER / 1000000)) |"
   echo
-  best=$(( FIO[16] > FIO[32] ? FIO[16] : FIO[32] ))
+  best=$(printf '%s\n' "${FIO[1]}" "${FIO[16]}" "${FIO[32]}" "$FIO_AFTER" | sort -n | tail -1)
   echo "| flashmemd O_DIRECT page reads (BenchmarkSSDReadQD: as many readers as the queue depth) | MB/s |"
   echo "|---|---|"
   echo "$qd_table"
   echo
-  echo "Staging throughput (BenchmarkMoverStage, $PAGE B pages, default stagers: at most half the queue depth): $stage_mbs MB/s = $(python3 -c "print(f'{$stage_mbs*1e6/$best:.2f}')")× fio's best, $(python3 -c "print(f'{$stage_mbs*1e6/${FIO[16]}:.2f}')")× fio at iodepth 16."
+  echo "Staging throughput (BenchmarkMoverStage: a full mirror, default stagers, at most half the queue depth): $stage_mbs MB/s = $(python3 -c "print(f'{$stage_mbs*1e6/$best:.2f}')")× fio's best of the four rates above, $(python3 -c "print(f'{$stage_mbs*1e6/max(${FIO[16]},$FIO_AFTER):.2f}')")× fio at iodepth 16 (better of before/after)."
   echo
   cat "$work/capacity.md"
 } | tee "${OUT:-/dev/null}"
