@@ -1316,3 +1316,83 @@ def test_reserve_coherent_across_appends_commits_and_resume(daemon, model, flags
     mm.close()
     b.call(CLOSE, struct.pack("<QI", s2, 1))
     b.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10.6 PERSIST durability cluster, UNAVAILABLE (24), 10.11 CLUSTER and VERIFY's cluster part,
+# against a one-member cluster that asks for two copies (docs/cluster.md's [cluster] table)
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def test_one_member_cluster(flashmemd_bin, model):
+    root = tempfile.mkdtemp(prefix="flashmem-py-cl-")
+    secret = os.path.join(root, "secret")
+    with open(secret, "w") as f:
+        f.write("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\n")
+    os.chmod(secret, 0o600)
+    rp, pp = _free_port(), _free_port()
+    cfg, sock, log = (os.path.join(root, x) for x in ("flashmemd.toml", "fm.sock", "flashmemd.log"))
+    with open(cfg, "w") as f:
+        f.write(LIMITS_CONFIG.split("[limits]")[0] + LIMITS_CONFIG[LIMITS_CONFIG.index("[indexer]"):] +
+                '[cluster]\nnode_id = "n1"\nraft_addr = "127.0.0.1:%d"\npeer_addr = "127.0.0.1:%d"\n'
+                'bootstrap = ["n1=127.0.0.1:%d"]\nreplication_factor = 2\nsecret_file = "%s"\n' % (rp, pp, rp, secret))
+    logf = open(log, "wb")
+    p = subprocess.Popen([flashmemd_bin, "--config", cfg, "--socket", sock, "--data-dir", os.path.join(root, "data"),
+                          "--metrics", "off"], stdout=logf, stderr=subprocess.STDOUT,
+                         env=dict(os.environ, NOTIFY_SOCKET=""))
+    logf.close()
+    try:
+        deadline = time.monotonic() + 30
+        while b"msg=serving" not in open(log, "rb").read():
+            assert p.poll() is None and time.monotonic() < deadline, open(log, "rb").read()[-3000:]
+            time.sleep(0.02)
+        c = Conn(sock)
+        deadline = time.monotonic() + 30
+        while True:
+            st = c.json(CLUSTER, {"action": "status"})
+            if st.get("leader"):
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.05)
+        assert st["node"] == "n1" and st["state"] == "Leader" and st["replication_factor"] == 2, st
+        for k in ("leader_addr", "term", "commit_index", "applied_index", "last_snapshot_index", "sessions"):
+            assert k in st, k
+        (mem,) = st["members"]
+        assert mem["id"] == "n1" and mem["state"] == "leader" and mem["suffrage"] == "Voter", mem
+        assert c.request(CLUSTER, json.dumps({"action": "dance"}).encode()).code == BAD_REQUEST
+        assert c.request(CLUSTER, b"").code == BAD_REQUEST
+        m = next(x for x in c.json(MODELS)["models"] if x["name"] == "small")
+        name = uniq("cl")
+        s, _, fd = open_ok(c, m, name=name, persist=1)
+        os.close(fd)
+        inline_append(c, m, s, 0, 70)
+        assert c.call(PERSIST, struct.pack("<QI", s, 0)).body == b""  # local
+        r = c.request(PERSIST, struct.pack("<QI", s, 1))  # cluster: one live copy of the two asked for
+        assert r.code == UNAVAILABLE, r
+        assert c.request(PERSIST, struct.pack("<QI", s, 2)).code == BAD_REQUEST
+        st = c.json(CLUSTER, {"action": "status"})
+        assert name in st.get("under_replicated", []) and st["sessions"] == 1, st
+        v = c.json(VERIFY, {"name": name})
+        assert v["bad"] == 0 and v["pages"] == 2, v
+        cl = v["cluster"]
+        assert cl["owner"] == "n1" and cl["epoch"] >= 1 and cl["manifest_pages"] == 2, cl
+        for k in ("verified", "pulled", "healed", "bad", "moved"):
+            assert k in cl, k
+        assert c.json(DELETE, {"name": name})["sessions"] == [s]
+        assert c.json(CLUSTER, {"action": "status"}).get("sessions", 0) == 0
+        c.close()
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        shutil.rmtree(root, ignore_errors=True)
