@@ -585,6 +585,15 @@ def test_limit_sessions_per_conn_and_session_bytes(ldaemon, lmodel):
     assert c.call(CLOSE, struct.pack("<QI", s2, 0)).body == b""
     s3, _, fd = open_ok(c, lmodel, lay=lay)  # a slot again after CLOSE
     os.close(fd)
+    # RESUME counts against max_sessions_per_conn too (10.4)
+    name = uniq("perconn")
+    o = lconn(ldaemon)
+    sp, _, fd = open_ok(o, lmodel, name=name, persist=1, lay=lay)
+    os.close(fd)
+    o.call(CLOSE, struct.pack("<QI", sp, 0))
+    o.close()
+    r = closefds(c.request(RESUME, s16(name)))
+    assert r.code == LIMIT_EXCEEDED, r
     first = 0
     while first < 1024:
         cnt = min(120, 1024 - first)
@@ -1396,3 +1405,33 @@ def test_one_member_cluster(flashmemd_bin, model):
             p.kill()
             p.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_descriptors_sent_by_a_client_are_closed(daemon):
+    """Section 5: clients never send descriptors; the daemon answers BAD_FRAME, closes them (also
+    more than fit its 4-descriptor control buffer: MSG_CTRUNC) and the stream stays in sync."""
+    c = Conn(daemon.socket)
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(8)]
+    pid = daemon.proc.pid
+
+    def nfds():
+        return len(os.listdir("/proc/%d/fd" % pid))
+
+    try:
+        assert c.request(PING, b"warm").body == b"warm"
+        before = nfds()
+        for i in range(20):
+            for kw, send in ((dict(flags=F_FDS, nfds=4), fds), (dict(flags=F_FDS, nfds=4), fds[:4]), ({}, fds[:1])):
+                rid = c.next()
+                c.send(frame(PING, rid, b"fd%d" % i, **kw), fds=send)
+                r = c.recv()
+                assert (r.code, r.rid) == (BAD_FRAME, rid), (kw, len(send), r)
+        assert c.request(PING, b"sync").body == b"sync"
+        deadline = time.monotonic() + 10
+        while nfds() > before + 2:  # 60 frames, 260 descriptors: none kept
+            assert time.monotonic() < deadline, (before, nfds())
+            time.sleep(0.05)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    c.close()
