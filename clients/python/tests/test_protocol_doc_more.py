@@ -838,7 +838,7 @@ def test_other_uid(flashmemd_bin, tmp_path):
     shutil.copy(d.__file__, lib)
     os.chmod(os.path.join(lib, os.path.basename(d.__file__)), 0o644)
     os.chmod(lib, 0o755)
-    sock, cfg, log = (os.path.join(root, x) for x in ("fm.sock", "flashmemd.toml", "flashmemd.log"))
+    sock, cfg, log = (os.path.join(root, x) for x in ("run/fm.sock", "flashmemd.toml", "flashmemd.log"))
     with open(cfg, "w") as f:
         f.write('allowed_groups = ["nogroup", "65533"]\nadmin_groups = ["65533"]\n' + LIMITS_CONFIG.split("[limits]")[0] +
                 LIMITS_CONFIG[LIMITS_CONFIG.index("[indexer]"):])
@@ -852,6 +852,11 @@ def test_other_uid(flashmemd_bin, tmp_path):
         while b"msg=serving" not in open(log, "rb").read():
             assert p.poll() is None and time.monotonic() < deadline, open(log, "rb").read()[-3000:]
             time.sleep(0.02)
+        # section 1: the socket 0660 and a directory the daemon creates 0750, both of group
+        # socket_group (default: the first of allowed_groups)
+        st, dst = os.stat(sock), os.stat(os.path.dirname(sock))
+        assert (st.st_mode & 0o777, st.st_gid) == (0o660, 65534), (oct(st.st_mode), st.st_gid)
+        assert (dst.st_mode & 0o777, dst.st_gid) == (0o750, 65534), (oct(dst.st_mode), dst.st_gid)
         c = Conn(sock)
         m = next(x for x in c.json(MODELS)["models"] if x["name"] == "small")
         rootsess, mine = uniq("root"), uniq("nobody")
@@ -894,6 +899,7 @@ def test_other_uid(flashmemd_bin, tmp_path):
         c.close()
         # a peer in no allowed group is refused before any request: PERMISSION_DENIED, id 0
         os.chmod(sock, 0o666)
+        os.chmod(os.path.dirname(sock), 0o755)
         run = subprocess.run([sys.executable, "-c", DENIED, lib, sock], user=65532, group=65532, extra_groups=[],
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stdout + run.stderr
