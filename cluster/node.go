@@ -63,6 +63,11 @@ type Config struct {
 	DownAfter time.Duration
 	// RaftLogLevel is hclog's level for Raft's own messages (default warn).
 	RaftLogLevel string
+	// SendStreams is how many PUT_PAGES batches the owner keeps in flight
+	// per replica, each on its own connection (0: 4); BatchBytes bounds one
+	// batch (0: 8 MiB, at most 256 MiB).
+	SendStreams int
+	BatchBytes  int
 }
 
 // ParseBootstrap splits "id=addr" entries.
@@ -188,6 +193,13 @@ func Open(cfg Config, store Store) (*Node, error) {
 	if cfg.DownAfter == 0 {
 		cfg.DownAfter = 5 * time.Second
 	}
+	if cfg.SendStreams <= 0 {
+		cfg.SendStreams = defaultSendStreams
+	}
+	if cfg.BatchBytes <= 0 {
+		cfg.BatchBytes = defaultBatchBytes
+	}
+	cfg.BatchBytes = min(cfg.BatchBytes, maxPayload/2)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

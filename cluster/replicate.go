@@ -23,8 +23,8 @@ type SessionInfo struct {
 	Chunks   uint64
 }
 
-// batchBytes bounds one PUT_PAGES frame.
-const batchBytes = 8 << 20
+// defaultBatchBytes bounds one PUT_PAGES frame (Config.BatchBytes).
+const defaultBatchBytes = 8 << 20
 
 func (n *Node) lockName(name string) func() {
 	v, _ := n.sessMu.LoadOrStore(name, &sync.Mutex{})
@@ -507,11 +507,11 @@ type pageBatch struct {
 	size    int
 }
 
-const sendStreams = 4
+const defaultSendStreams = 4
 
 func (n *Node) newPageSender(ctx context.Context, addr, name, owner string, epoch uint64) *pageSender {
 	s := &pageSender{n: n, ctx: ctx, addr: addr, name: name, owner: owner, epoch: epoch, work: make(chan *pageBatch)}
-	for range sendStreams {
+	for range n.cfg.SendStreams {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -548,7 +548,7 @@ func (s *pageSender) add(pi PageInfo, data []byte) {
 	s.cur.h.Lens = append(s.cur.h.Lens, len(data))
 	s.cur.payload = append(s.cur.payload, data)
 	s.cur.size += len(data)
-	if s.cur.size >= batchBytes {
+	if s.cur.size >= s.n.cfg.BatchBytes {
 		s.work <- s.cur
 		s.cur = nil
 	}

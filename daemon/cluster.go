@@ -71,6 +71,12 @@ type ClusterConfig struct {
 	// after each session's metadata. The owner's own copy is synced either
 	// way (docs/cluster.md, failure modes).
 	ReplicaSync string `toml:"replica_sync"`
+	// ReplicationStreams is how many page batches an owner keeps in flight
+	// to each replica (default 4); ReplicationBatchBytes bounds one batch
+	// (default 8 MiB). More or larger batches help when the replica's disk
+	// wants deeper queues; they cost that much more memory per replica.
+	ReplicationStreams    int `toml:"replication_streams"`
+	ReplicationBatchBytes int `toml:"replication_batch_bytes"`
 }
 
 func (c *ClusterConfig) validate() []string {
@@ -100,6 +106,12 @@ func (c *ClusterConfig) validate() []string {
 	case "", "fsync", "write":
 	default:
 		errs = append(errs, fmt.Sprintf("cluster.replica_sync %q: use \"fsync\" (default) or \"write\"", c.ReplicaSync))
+	}
+	if c.ReplicationStreams < 0 || c.ReplicationStreams > 64 {
+		errs = append(errs, "cluster.replication_streams must be 1-64 (default 4)")
+	}
+	if c.ReplicationBatchBytes < 0 || (c.ReplicationBatchBytes > 0 && c.ReplicationBatchBytes < 1<<20) || c.ReplicationBatchBytes > 256<<20 {
+		errs = append(errs, "cluster.replication_batch_bytes must be 1 MiB to 256 MiB (default 8 MiB)")
 	}
 	if n := btoi(c.TLSCert != "") + btoi(c.TLSKey != "") + btoi(c.TLSCA != ""); n != 0 && n != 3 {
 		errs = append(errs, "cluster.tls_cert, tls_key and tls_ca go together")
@@ -151,7 +163,8 @@ func (d *Daemon) openCluster() error {
 		CapacityBytes: d.cfg.Host.BudgetBytes, GPUs: len(d.gpu.devs), Logger: d.log.With("subsystem", "cluster"),
 		HeartbeatTimeout: time.Duration(cc.HeartbeatTimeout), ElectionTimeout: time.Duration(cc.ElectionTimeout),
 		DownAfter: time.Duration(cc.DownAfter), SnapshotThreshold: cc.SnapshotThreshold,
-		SnapshotInterval: time.Duration(cc.SnapshotInterval)}
+		SnapshotInterval: time.Duration(cc.SnapshotInterval),
+		SendStreams:      cc.ReplicationStreams, BatchBytes: cc.ReplicationBatchBytes}
 	if cc.TLSCert != "" {
 		if cfg.ServerTLS, cfg.ClientTLS, err = clusterTLS(cc); err != nil {
 			return err

@@ -29,13 +29,24 @@ func TestClusterBenchmark(t *testing.T) {
 	}
 	clusterBaseConfig = strings.Replace(testConfig, "budget_bytes = 268435456", "budget_bytes = 1073741824", 1)
 	defer func() { clusterBaseConfig = testConfig }()
-	// Both replica sync modes in one run, each on a fresh cluster.
-	for _, mode := range []string{"fsync", "write"} {
-		t.Run(mode, func(t *testing.T) { benchClusterMode(t, mode) })
+	// Both replica sync modes in one run, each on a fresh cluster;
+	// FLASHMEM_CLUSTER_BENCH_EXTRA adds [cluster] lines to every member
+	// (say "replication_streams = 8"), FLASHMEM_CLUSTER_BENCH_MODES picks
+	// the modes ("fsync,write").
+	modes := []string{"fsync", "write"}
+	if v := os.Getenv("FLASHMEM_CLUSTER_BENCH_MODES"); v != "" {
+		modes = strings.Split(v, ",")
+	}
+	extra := strings.ReplaceAll(os.Getenv("FLASHMEM_CLUSTER_BENCH_EXTRA"), ";", "\n")
+	if extra != "" {
+		t.Logf("members' [cluster] also has: %s", strings.ReplaceAll(extra, "\n", "; "))
+	}
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { benchClusterMode(t, mode, extra) })
 	}
 }
 
-func benchClusterMode(t *testing.T, mode string) {
+func benchClusterMode(t *testing.T, mode, extra string) {
 	root := t.TempDir()
 	secret := filepath.Join(root, "cluster.secret")
 	os.WriteFile(secret, []byte("benchmark-cluster-secret-0123456789"), 0o600)
@@ -49,7 +60,7 @@ func benchClusterMode(t *testing.T, mode string) {
 	}
 	procs := make([]*clusterProc, 3)
 	for i := range nodes {
-		procs[i] = startClusterDaemonExtra(t, nodes[i], boot, secret, fmt.Sprintf("replica_sync = %q\n", mode))
+		procs[i] = startClusterDaemonExtra(t, nodes[i], boot, secret, fmt.Sprintf("replica_sync = %q\n%s\n", mode, extra))
 	}
 	c1 := dial(t, procs[0].socket)
 	waitCluster(t, c1, 3)
