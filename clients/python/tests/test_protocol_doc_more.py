@@ -1189,7 +1189,7 @@ def test_text_model_wire_forms(daemon):
         vec = vec or [0.0] * dim
         return struct.pack("<%df" % dim, *vec) + struct.pack("<II", mode, terms) + struct.pack("<64H", *range(64))
 
-    for qq, want in ((bytes(qb), OK), (q([0.1] * dim), OK), (q(mode=2), OK), (q(mode=3), BAD_REQUEST),
+    for qq, want in ((bytes(qb), OK), (q([0.1] * dim), OK), (q(mode=2), OK), (q(mode=3), OK), (q(mode=0xFFFF), BAD_REQUEST),
                      (q(terms=65), BAD_REQUEST), (q([0.2] * dim), BAD_REQUEST), (q([float("nan")] + [0.0] * (dim - 1)), BAD_REQUEST)):
         res = parse_cycle(c.call(CYCLE, cycle_body([entry(sess, 0, 8, [qq])])).body)[0]
         assert res["status"] == want, (qq[dim * 4:dim * 4 + 8].hex(), res)
