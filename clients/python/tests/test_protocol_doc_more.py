@@ -449,6 +449,13 @@ def test_page_major_data_path(daemon, model):
     assert lo["layers"] == [{"row_bytes": 512, "segments": [6, 2]}, {"row_bytes": 300, "segments": [4]}], lo
     assert lo.get("page_major") is True, lo
     reserve.close()
+    # strides that change nothing are omitted (one encoding per reply): one layer whose row is a
+    # multiple of 256 bytes is laid out the same either way; one that is not gets a stride
+    for row, want in ((512, None), (520, [768])):
+        s, rd, fd = open_ok(c, model, lay=layout(model, layers=((row, (6, 2)),)), flags=1)
+        os.close(fd)
+        assert rd["strides"] == want and rd["size"] >= 16 * (want or [row])[0], (row, rd)
+        assert c.json(INSPECT, {"session": s})["layout"].get("page_major") is True
     c.close()
 
 
