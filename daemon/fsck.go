@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 
 	"github.com/flashmemory/flashmemory/tiers"
 )
@@ -81,6 +82,13 @@ func Fsck(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	for _, q := range rep.Quarantine {
 		fmt.Fprintf(stdout, "  quarantined: %s\n", q)
 	}
+	if len(rep.LostMetas)+len(rep.OlderMetas)+rep.LostPages+rep.Redeleted > 0 {
+		fmt.Fprintf(stdout, "journal lacked records the index named (a segment deleted or cut short; old index kept):\n")
+		fmt.Fprintf(stdout, "  sessions lost:       %d %v\n", len(rep.LostMetas), rep.LostMetas)
+		fmt.Fprintf(stdout, "  sessions older:      %d %v\n", len(rep.OlderMetas), rep.OlderMetas)
+		fmt.Fprintf(stdout, "  pages lost or older: %d\n", rep.LostPages)
+		fmt.Fprintf(stdout, "  deletions rewritten: %d\n", rep.Redeleted)
+	}
 	if len(rep.DamagedSessions) > 0 {
 		fmt.Fprintf(stdout, "sessions named by damaged records: %v\n", rep.DamagedSessions)
 	}
@@ -93,7 +101,7 @@ func Fsck(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		fmt.Fprintf(stderr, "flashmemd fsck: %v\n", verr)
 		return 2
 	}
-	if rep.Damaged > 0 || len(bad) > 0 || len(metaBad) > 0 {
+	if rep.Damaged > 0 || len(bad) > 0 || len(metaBad) > 0 || len(rep.LostMetas)+len(rep.OlderMetas)+rep.LostPages > 0 {
 		return 1
 	}
 	return 0
@@ -114,11 +122,37 @@ func verifyMetas(ssd *tiers.SSD) []string {
 		if err == nil && c.Damaged != nil {
 			err = c.Damaged
 		}
+		var m *sessionMeta
 		if err == nil {
 			var blob []byte
 			var used int
 			if blob, used, err = mergeMeta(c.Base, c.Deltas); err == nil && used == len(c.Deltas) {
-				_, _, err = decodeMeta(blob)
+				m, _, err = decodeMeta(blob)
+			}
+		}
+		if err == nil && m != nil {
+			// Every page the metadata names must be stored, at least as
+			// new as it says (what a RESUME, a CYCLE and VERIFY expect):
+			// a page the index does not hold is as lost as a damaged one.
+			var missing []string
+			for p := uint32(0); uint64(p) < m.pages(); p++ {
+				want := uint64(0)
+				if int(p) < len(m.Gens) {
+					want = m.Gens[p]
+				}
+				gen, ok := ssd.Generation(tiers.PageID{Session: m.ID, Page: p})
+				switch {
+				case !ok:
+					missing = append(missing, fmt.Sprintf("%d (missing)", p))
+				case gen < want:
+					missing = append(missing, fmt.Sprintf("%d (generation %d, %d expected)", p, gen, want))
+				}
+			}
+			if len(missing) > 0 {
+				if len(missing) > 16 {
+					missing = append(missing[:16], fmt.Sprintf("and %d more", len(missing)-16))
+				}
+				out = append(out, fmt.Sprintf("session %q: pages not stored: %s (reported per page on CYCLE and VERIFY)", n, strings.Join(missing, ", ")))
 			}
 		}
 		if err != nil {

@@ -138,10 +138,16 @@ type SSD struct {
 	lock        *os.File // flock: one process per directory
 	report      RecoveryReport
 	legacyMetas map[string][]byte // format-1 metadata found in the index, carried into the journal
-	changed     atomic.Bool       // index changed since the last checkpoint
-	garbage     atomic.Int64
-	kickGC      chan struct{}
-	metaMu      [16]sync.Mutex // metaLock: one writer per metadata name
+
+	// lostFrom is the intact index of a start that found the journal
+	// lacking records it names (a segment deleted or cut short): what the
+	// rebuild cannot know, it can (see carryOver).
+	lostFrom *oldIndex
+
+	changed atomic.Bool // index changed since the last checkpoint
+	garbage atomic.Int64
+	kickGC  chan struct{}
+	metaMu  [16]sync.Mutex // metaLock: one writer per metadata name
 
 	// The index committer (commitPages): page entries reach Badger off the
 	// write path, in the order the in-memory index took them.
@@ -249,6 +255,13 @@ func OpenSSD(cfg SSDConfig) (*SSD, error) {
 			s.lock.Close()
 		}
 		return nil, err
+	}
+	if s.lostFrom != nil {
+		if err := s.carryOver(s.lostFrom); err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.lostFrom = nil
 	}
 	go s.gcLoop()
 	// A round right after start: a daemon restarted every few seconds

@@ -39,6 +39,15 @@ type RecoveryReport struct {
 	DamagedSessions []uint64
 	Unattributed    int
 
+	// LostMetas are metadata names an intact index held whose records the
+	// journal no longer has (a segment deleted or cut short): lost, not
+	// guessed. OlderMetas read older than the index said was written.
+	// LostPages counts pages likewise gone or older; Redeleted counts
+	// deletions whose records were lost, written again so nothing they
+	// deleted comes back.
+	LostMetas, OlderMetas []string
+	LostPages, Redeleted  int
+
 	IndexRebuilt bool   // the index was rebuilt from the journal
 	Reason       string // why (empty when replayed)
 	MovedAside   string // where the old index files went
@@ -96,7 +105,9 @@ func (s *SSD) recover() error {
 	}
 	var ck checkpoint
 	if reason == "" {
-		ck, reason = s.checkCheckpoint()
+		if ck, reason = s.checkCheckpoint(); reason != "" {
+			s.lostFrom = &oldIndex{cache: s.cache, metas: s.metas, tombS: s.tombS, tombP: s.tombP, tombM: s.tombM}
+		}
 	}
 	if reason != "" {
 		if err := s.rebuild(reason); err != nil {
@@ -354,6 +365,7 @@ func (s *SSD) loadIndex() (reason string) {
 		err = errors.Join(err, check("meta deletion", e))
 	}
 	if err != nil {
+		s.lostFrom = &oldIndex{cache: s.cache, metas: s.metas, tombS: s.tombS, tombP: s.tombP, tombM: s.tombM}
 		s.resetMaps()
 		first, _, _ := strings.Cut(err.Error(), "\n")
 		return "index is newer than the journal: " + first
@@ -984,3 +996,79 @@ func tightenModes(dir string) {
 }
 
 var contextBackground = context.Background()
+
+// oldIndex is the in-memory copy of an index that loaded intact but names
+// records the journal lacks.
+type oldIndex struct {
+	cache map[PageID]indexEntry
+	metas map[string]metaRef
+	tombS map[uint64]indexEntry
+	tombP map[PageID]indexEntry
+	tombM map[string]indexEntry
+}
+
+// carryOver runs after a rebuild from a journal that lost records an intact
+// index named. The rebuild knows only the records left: a deletion whose
+// record was lost would bring back what it deleted (an acknowledged DELETE
+// undone), and a session whose metadata records were lost would just be
+// unknown. So the deletions are written again, and what was lost is
+// reported by name (log and RecoveryReport, which fsck prints).
+func (s *SSD) carryOver(old *oldIndex) error {
+	ctx := context.Background()
+	var pages []PageID
+	var metas []string
+	s.cacheMu.RLock()
+	for id, e := range s.cache {
+		if t, ok := old.tombS[id.Session]; ok && e.seq < t.seq {
+			pages = append(pages, id)
+		} else if t, ok := old.tombP[id]; ok && e.seq < t.seq {
+			pages = append(pages, id)
+		}
+	}
+	for name, t := range old.tombM {
+		if m, ok := s.metas[name]; ok && m.last().seq < t.seq {
+			metas = append(metas, name)
+		}
+	}
+	for name, m := range old.metas {
+		cur, ok := s.metas[name]
+		switch {
+		case !ok:
+			s.report.LostMetas = append(s.report.LostMetas, name)
+		case cur.last().seq < m.last().seq:
+			s.report.OlderMetas = append(s.report.OlderMetas, name)
+		}
+	}
+	for id, e := range old.cache {
+		if cur, ok := s.cache[id]; !ok || cur.seq < e.seq {
+			s.report.LostPages++
+		}
+	}
+	s.cacheMu.RUnlock()
+	sort.Slice(pages, func(i, j int) bool {
+		return pages[i].Session < pages[j].Session || pages[i].Session == pages[j].Session && pages[i].Page < pages[j].Page
+	})
+	sort.Strings(metas)
+	sort.Strings(s.report.LostMetas)
+	sort.Strings(s.report.OlderMetas)
+	for _, id := range pages {
+		if err := s.Delete(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("ssd: writing again the lost deletion of page %v: %w", id, err)
+		}
+		s.report.Redeleted++
+	}
+	for _, name := range metas {
+		if err := s.DeleteMeta(ctx, name); err != nil && !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("ssd: writing again the lost deletion of metadata %q: %w", name, err)
+		}
+		s.report.Redeleted++
+	}
+	s.report.Pages = int(s.pages.Load())
+	s.report.Metas = len(s.metas)
+	if len(s.report.LostMetas)+len(s.report.OlderMetas)+s.report.LostPages+s.report.Redeleted > 0 {
+		s.cfg.Logger.Error("the journal lacks records its index named (a segment file deleted or cut short); what they held is lost: RESUME of a lost session finds none, an older one resumes its last state still on disk, lost pages are reported per page; deletions written again so nothing deleted comes back",
+			"dir", s.cfg.Dir, "reason", s.report.Reason, "lost_sessions", s.report.LostMetas, "older_sessions", s.report.OlderMetas,
+			"lost_pages", s.report.LostPages, "deletions_rewritten", s.report.Redeleted, "old_index", s.report.MovedAside)
+	}
+	return s.Checkpoint()
+}

@@ -380,7 +380,7 @@ func tryStart(t *testing.T, dir string) (*daemonProc, error) {
 	p := &daemonProc{socket: filepath.Join(dir, "fm.sock"), log: &lockedBuf{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(binary, "--config", cfgPath, "--socket", p.socket, "--data-dir", filepath.Join(dir, "data"), "--metrics", "off")
 	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
-	out := &lockedBuf{}
+	out := p.log
 	p.cmd.Stdout, p.cmd.Stderr = out, out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
