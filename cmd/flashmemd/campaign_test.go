@@ -13,6 +13,7 @@ package main_test
 // the daemon's VERIFY agree.
 
 import (
+	"cmp"
 	"context"
 	bin "encoding/binary"
 	"errors"
@@ -42,15 +43,16 @@ type campTable struct {
 }
 
 type campSess struct {
-	name    string
-	seed    uint64
-	sess    uint64 // open in this run (0: not)
-	chunks  uint64 // appended
-	acked   uint64 // chunks of the last acknowledged PERSIST
-	pending uint64 // chunks of a PERSIST sent and not answered (0: none)
-	tables  map[uint64]campTable
-	deleted bool // DELETE acknowledged
-	delSent bool // DELETE sent, not answered
+	name      string
+	seed      uint64
+	sess      uint64 // open in this run (0: not)
+	chunks    uint64 // appended
+	acked     uint64 // chunks of the last acknowledged PERSIST
+	pending   uint64 // chunks of a PERSIST sent and not answered (0: none)
+	tables    map[uint64]campTable
+	everAcked bool // a PERSIST of it was acknowledged once
+	deleted   bool // DELETE acknowledged
+	delSent   bool // DELETE sent, not answered
 }
 
 const campKMax = 8
@@ -94,6 +96,7 @@ type campaign struct {
 	lost, wrong, refused, tableDiff, fsckBad int
 	restarts                                 []time.Duration
 	loss                                     bool // sessions may be gone (a deleted segment)
+	maxAppend                                int  // chunks per APPEND (at most one batch of appendChunks: a refused one leaves nothing)
 	unknown                                  int
 }
 
@@ -133,6 +136,10 @@ func (cp *campaign) resumeAll(c *proto.Client, when string, allowDamage bool) {
 			}
 			if allowDamage && errors.As(err, &pe) && pe.Code == proto.CodeIntegrity {
 				continue // its every metadata record damaged: reported, not guessed
+			}
+			if !s.everAcked && errors.As(err, &pe) && pe.Code == proto.CodeUnknownSession {
+				delete(cp.sess, name) // OPENed, never PERSISTed: the kill came first
+				continue
 			}
 			if cp.loss && errors.As(err, &pe) && pe.Code == proto.CodeUnknownSession {
 				cp.unknown++
@@ -200,7 +207,7 @@ func (cp *campaign) persist(c *proto.Client, s *campSess) error {
 	if err := c.Persist(ctx, s.sess); err != nil {
 		return err
 	}
-	s.acked, s.pending = s.chunks, 0
+	s.acked, s.pending, s.everAcked = s.chunks, 0, true
 	if s.chunks == 0 {
 		return nil
 	}
@@ -254,7 +261,7 @@ func (cp *campaign) workload(c *proto.Client, ops int) error {
 			}
 		case x < 55:
 			s := open[cp.r.IntN(len(open))]
-			n := uint64(1 + cp.r.IntN(160))
+			n := uint64(1 + cp.r.IntN(cmp.Or(cp.maxAppend, 160)))
 			if s.chunks+n > 40*64 {
 				continue
 			}
@@ -632,4 +639,119 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// A full filesystem under the campaign's workload: a 64 MiB tmpfs, and a
+// 512 MiB one filled by a ballast file. Every refusal is NO_SPACE (never
+// INTERNAL, never a crash), wherever it lands (APPEND, PERSIST as a full or
+// a delta record, OPEN, DELETE); a kill -9 while full and a start on the
+// full disk lose nothing acknowledged; once space is freed writes resume
+// without a restart.
+func TestFullDiskCampaign(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	for _, tc := range []struct {
+		name    string
+		size    int64
+		ballast int64
+	}{
+		{"tmpfs_64MiB", 64 << 20, 0},
+		{"tmpfs_512MiB_ballast", 512 << 20, 440 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cp := &campaign{t: t, dir: t.TempDir(), l: layout(64), r: rand.New(rand.NewPCG(uint64(tc.size), 5)), sess: map[string]*campSess{}, maxAppend: 128}
+			data := filepath.Join(cp.dir, "data")
+			mountTmpfs(t, data, tc.size)
+			ballast := filepath.Join(data, "ballast")
+			if tc.ballast > 0 {
+				f, err := os.Create(ballast)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := syscall.Fallocate(int(f.Fd()), 0, 0, tc.ballast); err != nil {
+					t.Fatal(err)
+				}
+				f.Close()
+			}
+			p := startDaemonConfig(t, cp.dir, smallHostConfig)
+			c := dial(t, p.socket)
+			// Fill: the workload until 40 refusals, each of them NO_SPACE.
+			refusals := map[string]int{}
+			ok := 0
+			deadline := time.Now().Add(4 * time.Minute)
+			for i := 0; i < 20000 && refusals[proto.CodeNoSpace.String()] < 40 && time.Now().Before(deadline); i++ {
+				err := cp.workload(c, 1)
+				if err == nil {
+					ok++
+					continue
+				}
+				var pe *proto.Error
+				if !errors.As(err, &pe) {
+					t.Fatalf("after %d operations the daemon is gone: %v\n%s", ok, err, p.log)
+				}
+				refusals[pe.Code.String()]++
+				if pe.Code != proto.CodeNoSpace {
+					t.Errorf("a write on a full disk: %v, want NO_SPACE", err)
+				}
+				for _, s := range cp.sess {
+					if s.delSent { // DELETE refused: the session is still there
+						s.delSent = false
+					}
+				}
+			}
+			t.Logf("%d operations, refusals %v", ok, refusals)
+			if refusals[proto.CodeNoSpace.String()] == 0 {
+				t.Fatal("the disk never filled")
+			}
+			// kill -9 while full, and a start on the full disk.
+			p.kill9(t)
+			c.Close()
+			p = startDaemonConfig(t, cp.dir, smallHostConfig)
+			c = dial(t, p.socket)
+			cp.resumeAll(c, "restart on a full disk", false)
+			// Free space, then the workload goes on without a restart.
+			if tc.ballast > 0 {
+				os.Remove(ballast)
+			} else {
+				n := 0
+				for _, name := range cp.names() {
+					if s := cp.sess[name]; s.sess != 0 && n < len(cp.sess)/2 {
+						if err := c.CloseSession(context.Background(), s.sess, true); err != nil {
+							t.Fatalf("DELETE on a full disk (how space is freed): %v", err)
+						}
+						s.deleted, s.sess = true, 0
+						n++
+					}
+				}
+			}
+			var err error
+			resumed := 0
+			for wait := time.Now(); time.Since(wait) < 90*time.Second && resumed < 50; {
+				if err = cp.workload(c, 1); err == nil {
+					resumed++
+					continue
+				}
+				var pe *proto.Error
+				if !errors.As(err, &pe) || pe.Code != proto.CodeNoSpace {
+					t.Fatalf("after space was freed: %v", err)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			if resumed < 50 {
+				t.Fatalf("writes did not resume after space was freed: %v", err)
+			}
+			p.kill9(t)
+			c.Close()
+			p = startDaemonConfig(t, cp.dir, smallHostConfig)
+			c = dial(t, p.socket)
+			cp.resumeAll(c, "after space was freed and kill -9", false)
+			c.Close()
+			p.stop(t)
+			if out, code := cp.fsck(); code != 0 {
+				t.Errorf("fsck: exit %d\n%s", code, out)
+			}
+			fmt.Printf("CAMPAIGN-DISK %s ops=%d refusals=%v lost=%d wrong=%d state_differs=%d\n", tc.name, ok, refusals, cp.lost, cp.wrong, cp.tableDiff)
+		})
+	}
 }
