@@ -311,11 +311,13 @@ func (d *Daemon) register(c *conn, s *session, named bool) error {
 		}
 	}
 	if named {
-		if _, ok := d.byName[s.name]; ok {
-			return proto.CodeSessionExists.Errorf("session %q exists", s.name)
+		if o, ok := d.byName[s.name]; ok {
+			return sessionExists(s.name, false, sameOwner(o.owner, s.owner))
 		}
 		if _, ok := d.store.SSD().MetaSession(s.name); ok {
-			return proto.CodeSessionExists.Errorf("session %q is persisted: RESUME it, or delete it first (flashmemctl delete %s)", s.name, s.name)
+			// The owner is in the metadata: read on this refusal path only.
+			m, err := d.readMeta(s.name)
+			return sessionExists(s.name, true, err == nil && sameOwner(Cred{UID: m.OwnerUID}, s.owner))
 		}
 	}
 	if s.id == 0 {
@@ -582,4 +584,20 @@ func (d *Daemon) writeMeta(ctx context.Context, s *session) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return d.writeMetaLocked(ctx, s)
+}
+
+// sessionExists is SESSION_EXISTS for an OPEN of a name in use. Only the
+// session's owner (or root) can RESUME, CLOSE or delete it; anyone else can
+// only choose another name or ask the owner (names are daemon-wide).
+func sessionExists(name string, persisted, owner bool) error {
+	switch {
+	case owner && persisted:
+		return proto.CodeSessionExists.Errorf("session %q is persisted: RESUME it, or delete it first (flashmemctl delete %s), or choose another name", name, name)
+	case owner:
+		return proto.CodeSessionExists.Errorf("session %q is open: use it, CLOSE it first, or choose another name", name)
+	case persisted:
+		return proto.CodeSessionExists.Errorf("session name %q is taken by another user's persisted session: choose another name (only its owner can delete it)", name)
+	default:
+		return proto.CodeSessionExists.Errorf("session name %q is taken by another user's session: choose another name", name)
+	}
 }

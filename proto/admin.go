@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Admin bodies are JSON (UTF-8, one object): they are off the hot path and
@@ -19,6 +20,19 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 }
 
 func decodeJSON(what string, body []byte, v any) error {
+	// encoding/json replaces invalid UTF-8 in strings with U+FFFD: a name
+	// with a stray byte would silently become another name.
+	if !utf8.Valid(body) {
+		i := 0
+		for i < len(body) {
+			r, n := utf8.DecodeRune(body[i:])
+			if r == utf8.RuneError && n <= 1 {
+				break
+			}
+			i += n
+		}
+		return fmt.Errorf("%w: %s: invalid UTF-8 at byte %d (send the JSON as UTF-8)", ErrMalformed, what, i)
+	}
 	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrMalformed, what, err)
 	}
