@@ -21,6 +21,33 @@ type SessionInfo struct {
 	Layout   []byte // JSON
 	Policy   []byte // JSON
 	Chunks   uint64
+	// Gens, when set, are the generations of the pages the metadata names
+	// (as Store.Meta will return them; the caller holds the session still):
+	// the page stream then starts at once while the metadata blob, tens of
+	// MB to read, merge and checksum, is made alongside. nil: Meta first.
+	Gens []uint64
+}
+
+// metaFuture is the metadata a PERSIST sends — the blob, its CRC and a
+// delta from the committed version (nil: it goes whole) — made while the
+// pages stream.
+type metaFuture struct {
+	done  chan struct{}
+	blob  []byte
+	crc   uint32
+	delta []byte
+	gens  []uint64
+	err   error
+}
+
+// get waits for the metadata.
+func (f *metaFuture) get(ctx context.Context) (*metaFuture, error) {
+	select {
+	case <-f.done:
+		return f, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // defaultBatchBytes bounds one PUT_PAGES frame (Config.BatchBytes).
@@ -164,9 +191,39 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 		return nil, err
 	}
 	prev := r.Session
-	meta, gens, err := n.store.Meta(ctx, info.Name)
-	if err != nil {
-		return nil, fmt.Errorf("session %q local copy: %w", info.Name, err)
+	mf := &metaFuture{done: make(chan struct{})}
+	makeMeta := func() {
+		defer close(mf.done)
+		meta, gens, err := n.store.Meta(ctx, info.Name)
+		if err != nil {
+			mf.err = fmt.Errorf("session %q local copy: %w", info.Name, err)
+			return
+		}
+		if info.Gens != nil && !slices.Equal(gens, info.Gens) {
+			mf.err = fmt.Errorf("%w: session %q: its metadata names other page generations than the session had", ErrGeneration, info.Name)
+			return
+		}
+		mf.blob, mf.crc, mf.gens = meta, Checksum(meta), gens
+		// Replicas holding the committed version get the metadata as a
+		// delta from it when the store can make one.
+		if md, ok := n.store.(MetaDeltas); ok && prev.Version > 0 && prev.MetaCRC != mf.crc {
+			if d, ok := md.MetaDelta(ctx, info.Name, prev.MetaCRC, meta); ok {
+				mf.delta = d
+			}
+		}
+	}
+	gens := info.Gens
+	if gens == nil {
+		makeMeta()
+		if mf.err != nil {
+			return nil, mf.err
+		}
+		gens = mf.gens
+	} else {
+		go makeMeta()
+		// The store's metadata calls may touch the session, which the
+		// caller holds only until this returns.
+		defer func() { <-mf.done }()
 	}
 	// The manifest: pages whose generation the catalog already has keep
 	// their checksum (a generation names exactly one content); the others
@@ -182,15 +239,9 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 		}
 		todo = append(todo, uint32(p))
 	}
-	metaCRC := Checksum(meta)
-	// Replicas holding the committed version get the metadata as a delta
-	// from it when the store can make one.
+	var meta []byte
+	var metaCRC uint32
 	var delta []byte
-	if md, ok := n.store.(MetaDeltas); ok && prev.Version > 0 && prev.MetaCRC != metaCRC {
-		if d, ok := md.MetaDelta(ctx, info.Name, prev.MetaCRC, meta); ok {
-			delta = d
-		}
-	}
 	res := &ReplicateResult{Epoch: epoch}
 	acked := []string{n.cfg.NodeID}
 	var mu sync.Mutex
@@ -225,9 +276,13 @@ func (n *Node) Persist(ctx context.Context, info SessionInfo, epoch uint64) (*Re
 		}
 		if attempt == 0 {
 			// The manifest is complete only after this round.
-			if err := n.streamChanged(ctx, info.Name, epoch, prev, gens, pages, todo, targets, meta, metaCRC, delta, done); err != nil {
+			if err := n.streamChanged(ctx, info.Name, epoch, prev, gens, pages, todo, targets, mf, done); err != nil {
 				return nil, err
 			}
+			if _, err := mf.get(ctx); err != nil {
+				return nil, err
+			}
+			meta, metaCRC, delta = mf.blob, mf.crc, mf.delta
 		} else {
 			var wg sync.WaitGroup
 			for _, m := range targets {
@@ -324,7 +379,7 @@ type pageItem struct {
 // read; then each target gets the unchanged pages it lacks and the
 // metadata. done reports each target's outcome. An error reading the
 // owner's own copy fails the whole PERSIST.
-func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, prev *Session, gens []uint64, pages []PageEntry, todo []uint32, targets []Member, meta []byte, metaCRC uint32, delta []byte, done func(id string, sent int, bytes int64, err error)) error {
+func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, prev *Session, gens []uint64, pages []PageEntry, todo []uint32, targets []Member, mf *metaFuture, done func(id string, sent int, bytes int64, err error)) error {
 	ins := make([]chan pageItem, len(targets))
 	var readErr error // set before the channels close
 	var twg sync.WaitGroup
@@ -333,7 +388,7 @@ func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, pre
 		twg.Add(1)
 		go func() {
 			defer twg.Done()
-			sent, bytes, err := n.replicateStream(ctx, m, name, epoch, prev, pages, todo, ins[i], &readErr, meta, metaCRC, delta)
+			sent, bytes, err := n.replicateStream(ctx, m, name, epoch, prev, pages, todo, ins[i], &readErr, mf)
 			done(m.ID, sent, bytes, err)
 		}()
 	}
@@ -396,13 +451,23 @@ func (n *Node) streamChanged(ctx context.Context, name string, epoch uint64, pre
 // replica decodes and writes while the pages stream), not after them: the
 // catalog names this replica only once both are acked, so a replica whose
 // metadata lands before its pages is never read as a copy meanwhile.
-func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch uint64, prev *Session, pages []PageEntry, todo []uint32, in <-chan pageItem, readErr *error, meta []byte, metaCRC uint32, delta []byte) (sent int, bytes int64, err error) {
+func (n *Node) replicateStream(ctx context.Context, m Member, name string, epoch uint64, prev *Session, pages []PageEntry, todo []uint32, in <-chan pageItem, readErr *error, mf *metaFuture) (sent int, bytes int64, err error) {
 	have, herr := n.replicaHas(ctx, m, name, prev)
 	metaErr := make(chan error, 1)
-	if herr != nil || (metaCRC == prev.MetaCRC && slices.Contains(prev.Replicas, m.ID)) {
-		metaErr <- nil // it holds exactly this version already
+	if herr != nil {
+		metaErr <- nil
 	} else {
-		go func() { metaErr <- n.putMeta(ctx, m, name, n.cfg.NodeID, epoch, prev, meta, metaCRC, delta) }()
+		go func() {
+			v, err := mf.get(ctx)
+			switch {
+			case err != nil:
+				metaErr <- err
+			case v.crc == prev.MetaCRC && slices.Contains(prev.Replicas, m.ID):
+				metaErr <- nil // it holds exactly this version already
+			default:
+				metaErr <- n.putMeta(ctx, m, name, n.cfg.NodeID, epoch, prev, v.blob, v.crc, v.delta)
+			}
+		}()
 	}
 	ps := n.newPageSender(ctx, m.PeerAddr, name, n.cfg.NodeID, epoch)
 	for it := range in {

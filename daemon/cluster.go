@@ -260,8 +260,12 @@ func (d *Daemon) clusterPersist(ctx context.Context, s *session) error {
 	}
 	layout, _ := json.Marshal(s.layout)
 	policy, _ := json.Marshal(s.policy)
+	// The generations the metadata just written names (writeMetaLocked's),
+	// so the pages start streaming while the metadata blob is read back.
+	gens := make([]uint64, max(int(s.pages()), len(s.gens)))
+	copy(gens, s.gens)
 	res, err := n.Persist(ctx, cluster.SessionInfo{Name: s.name, OwnerUID: s.owner.UID, OwnerGID: s.owner.GID,
-		Model: s.model, Layout: layout, Policy: policy, Chunks: s.chunks}, s.epoch)
+		Model: s.model, Layout: layout, Policy: policy, Chunks: s.chunks, Gens: gens}, s.epoch)
 	if err != nil {
 		return fmt.Errorf("session %q: %w", s.name, err)
 	}
@@ -546,6 +550,11 @@ func (cs *clusterStore) localID(name string, create bool) (uint64, bool) {
 	d.cl.mu.Lock()
 	defer d.cl.mu.Unlock()
 	if id, ok := d.cl.pending[name]; ok {
+		return id, true
+	}
+	// A WriteMeta of name (the metadata travels alongside the pages) may
+	// have stored it and dropped the pending id since the check above.
+	if id, ok := d.store.SSD().MetaSession(name); ok && id != 0 {
 		return id, true
 	}
 	if !create {
