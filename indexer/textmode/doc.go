@@ -33,6 +33,17 @@
 //     pair — from kept chunks to the chunks that mention them (multi-hop
 //     evidence such as variable chains). Score therefore needs all keys of a
 //     request at once.
+//   - Learned mode (the evaluation's "trained"): the lexical machinery with a
+//     term weighting fitted on training pseudo-queries (TermWeighting:
+//     cidf^p · idf^q, window weight) instead of the hand-set cidf^3 rule,
+//     plus the dense signal, by a fitted calibration (fitLearned,
+//     FitLearned for an existing model).
+//   - Dictionary (dict.go): headwords of the training text's glosses
+//     ("barber: a hairdresser who cuts hair …") indexed by their words. The
+//     Learned and Combined modes borrow a gloss's headwords when it holds two
+//     of the question's words and one of them occurs nowhere in the context,
+//     so "Who cuts my hair these days?" finds "… is my barber from now on.";
+//     Lexical never does.
 //   - Train: IDF statistics over the corpus, then InfoNCE with in-batch
 //     negatives on (sentence → a chunk inside it, with the chunk's own words
 //     masked out of the sentence half of the time) pairs, hashed unigram and

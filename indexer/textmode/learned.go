@@ -98,6 +98,28 @@ func pseudoQueries(m *Model, docs []tdoc, use func(int) bool, rng *rand.Rand, mo
 			content = append([]Token{rare}, common[:k-1]...)
 		}
 		qt := append([]Token(nil), content[:k]...)
+		// A question also carries words its evidence lacks ("In which
+		// city …", "mentioned in the text"), words its context uses often:
+		// 1–2 content words that occur at least 8 times in the document,
+		// drawn from its other sentences.
+		dfs := docDF[di]
+		if dfs == nil {
+			dfs = map[uint32]int{}
+			for _, t := range d.toks {
+				dfs[m.bucket(t.ID)]++
+			}
+			docDF[di] = dfs
+		}
+		for range 2 * (1 + rng.IntN(2)) {
+			o := d.sents[rng.IntN(len(d.sents))]
+			if o == s {
+				continue
+			}
+			t := d.toks[o[0]+rng.IntN(o[1]-o[0])]
+			if m.IDF(t.ID) >= m.cfg.MinIDF && dfs[m.bucket(t.ID)] >= 8 {
+				qt = append(qt, t)
+			}
+		}
 		for range min(3, len(other)) {
 			qt = append(qt, other[rng.IntN(len(other))])
 		}
@@ -136,8 +158,13 @@ func pseudoQueries(m *Model, docs []tdoc, use func(int) bool, rng *rand.Rand, mo
 // pseudo-queries' sentences rank highest among all chunks of their documents
 // (mean reciprocal rank; ties: the lower loss, then the grid order) wins.
 // Deterministic for a seed.
-func fitLearned(m *Model, docs []tdoc, use func(int) bool, seed uint64, workers int, report func(Progress)) {
-	rng := rand.New(rand.NewPCG(seed, 0x1ea7))
+func fitLearned(m *Model, docs []tdoc, use func(int) bool, opts TrainOptions, report func(Progress)) {
+	workers := opts.Workers
+	powers := learnedGrid.power
+	if len(opts.LearnedPowers) > 0 {
+		powers = opts.LearnedPowers
+	}
+	rng := rand.New(rand.NewPCG(opts.Seed, 0x1ea7))
 	pqs := pseudoQueries(m, docs, use, rng, Learned)
 	if len(pqs) == 0 {
 		m.tw, m.calib[Learned] = LexicalWeighting, m.calib[Combined]
@@ -168,9 +195,9 @@ func fitLearned(m *Model, docs []tdoc, use func(int) bool, seed uint64, workers 
 	}
 	var best *result
 	step := 0
-	steps := len(learnedGrid.power) * len(learnedGrid.trainPower) * len(learnedGrid.window)
+	steps := len(powers) * len(learnedGrid.trainPower) * len(learnedGrid.window)
 	var lex []float32
-	for _, p := range learnedGrid.power {
+	for _, p := range powers {
 		for _, tp := range learnedGrid.trainPower {
 			for _, w := range learnedGrid.window {
 				m.tw = TermWeighting{Power: p, TrainPower: tp, Window: w}
@@ -239,12 +266,13 @@ func FitLearned(m *Model, docs []Document, opts TrainOptions) *Model {
 		cp.meta[k] = v
 	}
 	td := prepDocs(docs, opts.Workers)
+	buildDict(&cp, docs)
 	report := func(p Progress) {
 		if opts.Progress != nil {
 			opts.Progress(p)
 		}
 	}
-	fitLearned(&cp, td, func(int) bool { return true }, opts.Seed, opts.Workers, report)
+	fitLearned(&cp, td, func(int) bool { return true }, opts, report)
 	if opts.Corpus != "" {
 		cp.meta["learned_fitted_on"] = opts.Corpus
 	}

@@ -136,7 +136,10 @@ type Model struct {
 	wc    []float32
 	calib [numModes]Calibration
 	// tw is the Learned mode's term weighting (fitLearned).
-	tw   TermWeighting
+	tw TermWeighting
+	// dict is the Learned mode's dictionary (buildDict); nil if the
+	// training text held no glosses.
+	dict *dict
 	meta map[string]string
 }
 
@@ -533,6 +536,13 @@ const (
 	// three-mode calibration of files before 2026-12-03) scores Learned
 	// queries as Combined ones.
 	tensorTW = "term_weighting"
+	// The Learned mode's dictionary (optional, all four or none):
+	// offsets per term bucket into the gloss ids, the gloss ids, offsets
+	// per gloss into the headwords, the headword buckets.
+	tensorDictTermOff = "dict_term_offsets" // [Buckets+1] U32
+	tensorDictGlosses = "dict_glosses"      // [n] U32
+	tensorDictHeadOff = "dict_head_offsets" // [glosses+1] U32
+	tensorDictHeads   = "dict_heads"        // [n] U16
 )
 
 // Save writes the model as safetensors. The embedding table is stored as F16
@@ -552,7 +562,16 @@ func (m *Model) Save(w io.Writer) error {
 	meta["max_query_terms"] = strconv.Itoa(m.cfg.MaxQueryTerms)
 	meta["min_idf"] = strconv.FormatFloat(float64(m.cfg.MinIDF), 'g', -1, 32)
 	d := m.cfg.Dim
-	return safetensors.Write(w, []safetensors.Tensor{
+	var dts []safetensors.Tensor
+	if m.dict != nil {
+		dts = []safetensors.Tensor{
+			{Name: tensorDictTermOff, DType: safetensors.U32, Shape: []int{len(m.dict.termOff)}, Data: u32Bytes(m.dict.termOff)},
+			{Name: tensorDictGlosses, DType: safetensors.U32, Shape: []int{len(m.dict.glosses)}, Data: u32Bytes(m.dict.glosses)},
+			{Name: tensorDictHeadOff, DType: safetensors.U32, Shape: []int{len(m.dict.headOff)}, Data: u32Bytes(m.dict.headOff)},
+			{Name: tensorDictHeads, DType: safetensors.U16, Shape: []int{len(m.dict.heads)}, Data: u16Bytes(m.dict.heads)},
+		}
+	}
+	return safetensors.Write(w, append([]safetensors.Tensor{
 		{Name: tensorCalib, DType: safetensors.F32, Shape: []int{int(numModes), 3}, Data: f32Bytes(cal)},
 		{Name: tensorWC, DType: safetensors.F32, Shape: []int{d, d}, Data: f32Bytes(m.wc)},
 		{Name: tensorEmbed, DType: safetensors.F16, Shape: []int{m.cfg.Buckets, d}, Data: f16Bytes(m.embed)},
@@ -560,7 +579,7 @@ func (m *Model) Save(w io.Writer) error {
 		{Name: tensorWQ, DType: safetensors.F32, Shape: []int{d, d}, Data: f32Bytes(m.wq)},
 		{Name: tensorBloom, DType: safetensors.U8, Shape: []int{8 * len(m.bloom)}, Data: u64Bytes(m.bloom)},
 		{Name: tensorTW, DType: safetensors.F32, Shape: []int{3}, Data: f32Bytes([]float32{m.tw.Power, m.tw.TrainPower, m.tw.Window})},
-	}, meta)
+	}, dts...), meta)
 }
 
 // Load reads a model written by Save, checking the format, every tensor's
@@ -666,6 +685,24 @@ func Load(b []byte) (*Model, error) {
 			return nil, fmt.Errorf("%w: tensor %q = %v out of range (powers in [0, 8], window in [0, 1])", ErrBadModel, tensorTW, vals)
 		}
 		m.tw = tw
+	}
+	if _, err := f.Tensor(tensorDictTermOff); err == nil {
+		var raw [4][]byte
+		for i, n := range []struct {
+			name  string
+			dtype safetensors.DType
+		}{{tensorDictTermOff, safetensors.U32}, {tensorDictGlosses, safetensors.U32}, {tensorDictHeadOff, safetensors.U32}, {tensorDictHeads, safetensors.U16}} {
+			t, err := f.Tensor(n.name)
+			if err != nil || t.DType != n.dtype || len(t.Shape) != 1 {
+				return nil, fmt.Errorf("%w: dictionary tensor %q missing or not %s of one dimension", ErrBadModel, n.name, n.dtype)
+			}
+			raw[i] = t.Data
+		}
+		d, ok := parseDict(cfg.Buckets, raw[0], raw[1], raw[2], raw[3])
+		if !ok {
+			return nil, fmt.Errorf("%w: dictionary tensors inconsistent (offsets not monotonic or out of range)", ErrBadModel)
+		}
+		m.dict = d
 	}
 	m.bloom = make([]uint64, len(bt.Data)/8)
 	for i := range m.bloom {

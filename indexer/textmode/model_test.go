@@ -698,3 +698,75 @@ func TestLearnedMode(t *testing.T) {
 		t.Fatal("the term weighting changes nothing")
 	}
 }
+
+// TestDictionaryBorrows: a question whose words the context never uses
+// ("Who cuts my hair these days?") finds its evidence ("… is my barber from
+// now on.") through a gloss of the training text in the Learned and
+// Combined modes, not in the Lexical one and not without the dictionary; a
+// question whose words are all in the context borrows nothing; the
+// dictionary survives Save and Load, and inconsistent tensors are rejected.
+func TestDictionaryBorrows(t *testing.T) {
+	m := newTestModel(t)
+	m.calib[Learned] = m.calib[Combined]
+	m.tw = LexicalWeighting
+	for _, w := range strings.Fields("who my these up from now on heads is") {
+		m.idf[m.bucket(TermID(w))] = 0.1 // stop words, as a trained model has them
+	}
+	buildDict(m, []Document{{Name: "wn", Text: "barber: a hairdresser who cuts hair and shaves beards as a trade.\n" +
+		"thing, object: a separate and self-contained entity.\nnot a gloss line\n"}})
+	if m.dict == nil || len(m.dict.headOff) != 3 {
+		t.Fatalf("dictionary: %+v, want two glosses", m.dict)
+	}
+	ev := "Heads up, Delphine Keel is my barber from now on."
+	text := haystack(200, map[int]string{120: ev})
+	toks := Tokenize(text)
+	keys := m.AppendChunkKeys(nil, toks)
+	f, l := chunksOf(text, ev, toks)
+	kept := func(m *Model, mode Mode, question string) bool {
+		out := make([]float32, NumChunks(len(toks)))
+		if err := m.Score(m.NewQuery(Tokenize(question), nil, mode), keys, out); err != nil {
+			t.Fatal(err)
+		}
+		for ch := f; ch <= l; ch++ {
+			if out[ch] > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	q := "Who cuts my hair these days?"
+	for _, mode := range []Mode{Learned, Combined} {
+		if !kept(m, mode, q) {
+			t.Errorf("%v: the barber's chunks are not kept", mode)
+		}
+	}
+	if kept(m, Lexical, q) {
+		t.Error("lexical mode kept the barber's chunks: it has no dictionary")
+	}
+	nod := *m
+	nod.dict = nil
+	if kept(&nod, Learned, q) {
+		t.Error("without the dictionary the barber's chunks are kept")
+	}
+	// Every word in the context: nothing borrowed.
+	pq := m.NewQuery(Tokenize("Who is my barber from now on?"), nil, Learned)
+	if got := m.dict.borrow(pq, nil); got != nil {
+		t.Errorf("borrowed %v with no absent word", got)
+	}
+	b := saved(t, m)
+	m2, err := Load(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(saved(t, m2), b) || !kept(m2, Learned, q) {
+		t.Fatal("the dictionary did not survive Save and Load")
+	}
+	bad := rewrite(t, b, tensorDictHeadOff, &safetensors.Tensor{Name: tensorDictHeadOff, DType: safetensors.U32, Shape: []int{3}, Data: u32Bytes([]uint32{0, 9, 1})}, nil)
+	if _, err := Load(bad); !errors.Is(err, ErrBadModel) {
+		t.Fatalf("inconsistent dictionary: %v, want ErrBadModel", err)
+	}
+	bad = rewrite(t, b, tensorDictHeads, nil, nil)
+	if _, err := Load(bad); !errors.Is(err, ErrBadModel) {
+		t.Fatalf("dictionary without heads: %v, want ErrBadModel", err)
+	}
+}

@@ -148,6 +148,25 @@ func (m *Model) lexicalAll(q *Query, keys []byte, dst []float32, workers int) {
 		tw = m.tw
 	}
 	w, norm := m.contextWeights(q, keys, workers, tw)
+	if (q.mode == Learned || q.mode == Combined) && m.dict != nil {
+		// Words of the question the context never uses: the evidence says
+		// it otherwise, and the dictionary may know how.
+		var absent []uint16
+		for _, b := range q.terms {
+			if w[b] == 0 {
+				absent = append(absent, b)
+			}
+		}
+		if heads := m.dict.borrow(q, absent); len(heads) > 0 {
+			hq := &Query{mode: q.mode, terms: heads}
+			hq.buildSet(m.cfg.Buckets)
+			hw, hn := m.contextWeights(hq, keys, workers, tw)
+			for _, h := range heads {
+				w[h] = hw[h]
+			}
+			norm += hn
+		}
+	}
 	if norm == 0 {
 		clear(dst[:n])
 		return

@@ -53,6 +53,10 @@ type TrainOptions struct {
 	Progress func(Progress)
 	// Corpus describes the training text for the model's metadata.
 	Corpus string
+	// LearnedPowers restricts the context-IDF powers the Learned mode's fit
+	// searches (default 1, 2, 3, 4): candidates for a model selection made
+	// elsewhere (docs/evaluation.md).
+	LearnedPowers []float32
 }
 
 // DefaultTrainOptions are the options the shipped default model was trained
@@ -302,7 +306,8 @@ func Train(ctx context.Context, docs []Document, opts TrainOptions) (*Model, err
 	}
 
 	calibrate(m, td, opts, report)
-	fitLearned(m, td, func(di int) bool { return di%opts.HoldOut == opts.HoldOut-1 }, opts.Seed, opts.Workers, report)
+	buildDict(m, docs)
+	fitLearned(m, td, func(di int) bool { return di%opts.HoldOut == opts.HoldOut-1 }, opts, report)
 
 	m.meta["trained_on"] = opts.Corpus
 	m.meta["documents"] = strconv.Itoa(len(docs))

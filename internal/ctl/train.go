@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -141,6 +142,17 @@ given its learned mode (models/README.md).`,
 	f := cmd.Flags()
 	f.StringVar(&textDir, "text", eval.DefaultFillerDir, "directory of .txt training files, or several, comma-separated")
 	f.StringVar(&outPath, "out", "textmode.safetensors", "output model file (written atomically)")
+	f.Func("learned-powers", "context-IDF powers the learned mode's fit may choose, comma-separated (default 1,2,3,4)", func(v string) error {
+		o.LearnedPowers = nil
+		for _, x := range splitList(v) {
+			p, err := strconv.ParseFloat(x, 32)
+			if err != nil || p < 0 || p > 8 {
+				return fmt.Errorf("%w: --learned-powers %q: each power in [0, 8]", ErrUsage, x)
+			}
+			o.LearnedPowers = append(o.LearnedPowers, float32(p))
+		}
+		return nil
+	})
 	f.StringVar(&refit, "refit", "", "fit only the learned mode of this model file on --text (keeps everything else)")
 	f.Uint64Var(&o.Seed, "seed", def.Seed, "random seed")
 	f.IntVar(&o.Epochs, "epochs", def.Epochs, "epochs")
