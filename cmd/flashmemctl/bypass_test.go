@@ -93,9 +93,13 @@ func TestSimBypassCache(t *testing.T) {
 	// reads the pages only on SSD when a cycle hands them out, so the
 	// decoder waits on the disk in most cycles; lookahead staged them a
 	// cycle earlier and copies them from host memory in the background.
-	// The issue asks ≥ 0.99 (one stalled cycle of 120); at load 11 on two
-	// cores the first selection's burst (no lookahead foresees it) still
-	// stalls a few sessions' cycle 1 in some runs, so this asserts 0.9.
+	// The issue asks ≥ 0.99 (one stalled cycle of 120). On the shared
+	// 2-core VM at load 5–11 lookahead made it in 6 of 14 runs (0.9667–1.0;
+	// 1.0 with a 51 µs p99 on an idle 16-core host): the first selection's
+	// burst (no lookahead foresees it) and 0.3–2.6 ms of CPU contention in
+	// a CYCLE that reads nothing stall a cycle or four at the 250 µs
+	// threshold (docs/benchmarks.md, "SSD as a capacity tier", second
+	// follow-up). So this asserts 0.9, and above on demand strictly.
 	if la.StallFree < 0.9 || la.StallFree <= od.StallFree {
 		t.Errorf("lookahead stall-free %.4f, on demand %.4f: want lookahead ≥ 0.9 and above on demand", la.StallFree, od.StallFree)
 	}
