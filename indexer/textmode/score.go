@@ -49,6 +49,9 @@ const (
 	// prfLogit is the logit given to chunks found by relevance feedback: just
 	// above the keep threshold, below any chunk the query matches directly.
 	prfLogit = 0.5
+	// pageChunks is the page size the indexer's selection counts chunks in
+	// (64 chunks, as in LSA and every flashmemd layout the text mode serves).
+	pageChunks = 64
 )
 
 // keyTerms returns the stored terms of a key and how many are the chunk's own.
@@ -576,6 +579,23 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 						hit[c] = true
 						break
 					}
+				}
+			}
+		}
+		// A sentence reached by feedback and cut by a page boundary: the
+		// chunk holding the name is on one page, the rest of the sentence
+		// (within dilateRadius) on the next or previous one, which then
+		// counts nothing and is not selected. Light those chunks across the
+		// boundary, and only those: a page's count is what selection ranks,
+		// and lighting a hit's neighbours on its own page would raise noise
+		// pages as much as links.
+		for c, h := range hit {
+			if !h {
+				continue
+			}
+			for s := max(c-dilateRadius, 0); s <= min(c+dilateRadius, n-1); s++ {
+				if s/pageChunks != c/pageChunks && out[s] <= 0 && !hit[s] {
+					out[s] = prfLogit
 				}
 			}
 		}
