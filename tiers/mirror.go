@@ -365,6 +365,59 @@ func (m *HostMirror) put(ctx context.Context, id PageID, gen uint64, page []byte
 	return nil
 }
 
+// reserveBuf carves and references a slot for a page of n bytes that the
+// caller fills outside the lock (an SSD read straight into it), then
+// installs with commitBuf or drops with abortBuf. Nobody sees the slot
+// before commitBuf.
+func (m *HostMirror) reserveBuf(id PageID, n int) (*mbuf, error) {
+	if err := checkPageLen(id, n); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, fmt.Errorf("mirror: %w", ErrClosed)
+	}
+	b, err := m.allocBuf(id, n)
+	if err != nil {
+		return nil, err
+	}
+	m.ref(b)
+	return b, nil
+}
+
+// commitBuf installs a slot from reserveBuf as the page's bytes at gen, as
+// put does after its copy; on any error the slot is freed.
+func (m *HostMirror) commitBuf(id PageID, gen uint64, b *mbuf, o putOpts) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.unref(b)
+	if m.closed {
+		m.freeBuf(b)
+		return fmt.Errorf("mirror: %w", ErrClosed)
+	}
+	if gen == 0 {
+		m.freeBuf(b)
+		return fmt.Errorf("page %v: generation 0: %w", id, ErrStale)
+	}
+	if err := m.checkGen(id, gen, o); err != nil {
+		m.freeBuf(b)
+		return err
+	}
+	m.install(id, gen, b, o)
+	m.counters.puts.Add(1)
+	m.counters.bytesIn.Add(uint64(len(b.data)))
+	return nil
+}
+
+// abortBuf frees a slot from reserveBuf that was not committed.
+func (m *HostMirror) abortBuf(b *mbuf) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.unref(b)
+	m.freeBuf(b)
+}
+
 func (m *HostMirror) checkGen(id PageID, gen uint64, o putOpts) error {
 	p := m.pages[id]
 	if p == nil {

@@ -311,6 +311,25 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 	}
 }
 
+// reserveMirror is reserveBuf that makes room by dropping clean pages
+// (no SSD write) when the budget is full, as putMirror does with cleanOnly;
+// ErrBudget when none can go.
+func (s *Store) reserveMirror(ctx context.Context, id PageID, n int) (*mbuf, error) {
+	for attempt := 0; ; attempt++ {
+		b, err := s.mirror.reserveBuf(id, n)
+		if err == nil || !errors.Is(err, ErrBudget) || attempt >= 64 {
+			return b, err
+		}
+		freed, serr := s.spillRound(ctx, true, s.cfg.SpillBatch, 0, n)
+		if serr != nil {
+			return nil, fmt.Errorf("page %v: making room: %w", id, serr)
+		}
+		if freed == 0 {
+			return nil, err
+		}
+	}
+}
+
 // spillRound writes up to n of the coldest pages (at most about maxBytes of
 // slots if maxBytes > 0) to SSD and drops
 // them from the mirror; it returns how many left the mirror.
@@ -594,23 +613,38 @@ func (s *Store) Stage(ctx context.Context, ids []PageID) (int, error) {
 			continue
 		}
 		ep := s.epoch(id.Session)
-		gen, bp, err := s.readSSD(ctx, id)
+		// The page is read straight into its mirror slot: one copy (out
+		// of the O_DIRECT buffer, checksummed on the way) instead of two,
+		// and no read at all when no clean page can make room.
+		var b *mbuf
+		gen, _, err := s.ssd.read(ctx, id, func(n int) ([]byte, error) {
+			var err error
+			if b, err = s.reserveMirror(ctx, id, n); err != nil {
+				return nil, err
+			}
+			return b.data, nil
+		})
+		if err != nil && b != nil {
+			s.mirror.abortBuf(b)
+		}
 		switch {
 		case errors.Is(err, ErrNotFound):
 			continue // never written or dropped: nothing to stage
+		case errors.Is(err, ErrBudget):
+			s.stageSkipped.Add(1)
+			continue
 		case errors.Is(err, ErrIntegrity):
 			s.integrityErrors.Add(1)
 			return n, err
 		case err != nil:
 			return n, err
 		}
-		err = s.putMirror(ctx, id, gen, *bp, putOpts{persisted: true, staged: true, onlyIfNewer: true}, true)
-		s.bufs.Put(bp)
+		err = s.mirror.commitBuf(id, gen, b, putOpts{persisted: true, staged: true, onlyIfNewer: true})
+		if err == nil && s.overHighWater() {
+			s.kickSpiller()
+		}
 		brought := err == nil
-		switch {
-		case errors.Is(err, ErrBudget):
-			s.stageSkipped.Add(1)
-		case err != nil && !errors.Is(err, errSkip):
+		if err != nil && !errors.Is(err, errSkip) {
 			return n, err
 		}
 		if brought {
