@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -50,9 +51,10 @@ type campSess struct {
 	acked     uint64 // chunks of the last acknowledged PERSIST
 	pending   uint64 // chunks of a PERSIST sent and not answered (0: none)
 	tables    map[uint64]campTable
-	everAcked bool // a PERSIST of it was acknowledged once
-	deleted   bool // DELETE acknowledged
-	delSent   bool // DELETE sent, not answered
+	states    map[uint64]bool // chunks of every state it had on disk (acknowledged or resumed)
+	everAcked bool            // a PERSIST of it was acknowledged once
+	deleted   bool            // DELETE acknowledged
+	delSent   bool            // DELETE sent, not answered
 }
 
 const campKMax = 8
@@ -151,7 +153,7 @@ func (cp *campaign) resumeAll(c *proto.Client, when string, allowDamage bool) {
 		}
 		s.delSent = false
 		if rr.Chunks != s.acked && (s.pending == 0 || rr.Chunks != s.pending) {
-			_, older := s.tables[rr.Chunks]
+			older := s.states[rr.Chunks] || rr.Chunks == 0 // 0: the record OPEN wrote
 			if !(allowDamage && older && rr.Chunks < s.acked) {
 				t.Errorf("%s: %s resumed with %d chunks; acknowledged %d (in flight %d)", when, name, rr.Chunks, s.acked, s.pending)
 				if rr.Chunks < s.acked {
@@ -162,6 +164,7 @@ func (cp *campaign) resumeAll(c *proto.Client, when string, allowDamage bool) {
 			}
 		}
 		s.sess, s.chunks, s.acked, s.pending = rr.Session, rr.Chunks, rr.Chunks, 0
+		s.states[rr.Chunks] = true
 		if rr.Chunks == 0 {
 			continue
 		}
@@ -208,6 +211,7 @@ func (cp *campaign) persist(c *proto.Client, s *campSess) error {
 		return err
 	}
 	s.acked, s.pending, s.everAcked = s.chunks, 0, true
+	s.states[s.chunks] = true
 	if s.chunks == 0 {
 		return nil
 	}
@@ -242,7 +246,7 @@ func (cp *campaign) workload(c *proto.Client, ops int) error {
 			if err != nil {
 				return err
 			}
-			s := &campSess{name: name, seed: uint64(2000 + cp.nextName), sess: op.Session, tables: map[uint64]campTable{}}
+			s := &campSess{name: name, seed: uint64(2000 + cp.nextName), sess: op.Session, tables: map[uint64]campTable{}, states: map[uint64]bool{}}
 			cp.sess[name] = s
 			if err := cp.persist(c, s); err != nil { // the record a RESUME of an empty session finds
 				return err
@@ -332,6 +336,13 @@ func TestFaultCampaign(t *testing.T) {
 			cfgPath := filepath.Join(cp.dir, "flashmemd.toml")
 			cmd := exec.Command(binary, "--config", cfgPath, "--socket", filepath.Join(cp.dir, "fm.sock"), "--data-dir", filepath.Join(cp.dir, "data"), "--metrics", "off")
 			cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
+			startLog := &lockedBuf{}
+			cmd.Stdout, cmd.Stderr = startLog, startLog
+			defer func() {
+				if t.Failed() {
+					t.Logf("start-up killed at cycle %d:\n%s", cycle, startLog)
+				}
+			}()
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -346,11 +357,20 @@ func TestFaultCampaign(t *testing.T) {
 				cp.fsckBad++
 			}
 		}
+		keep := os.Getenv("FLASHMEM_CAMPAIGN_KEEP") // a directory: the data dir as the failing start found it
+		if _, err := os.Stat(filepath.Join(cp.dir, "data")); err == nil && keep != "" {
+			os.RemoveAll(filepath.Join(keep, "prev"))
+			copyTree(t, filepath.Join(cp.dir, "data"), filepath.Join(keep, "prev"))
+		}
 		t0 := time.Now()
 		p := startDaemonConfig(t, cp.dir, smallHostConfig)
 		cp.restarts = append(cp.restarts, time.Since(t0))
 		c := dial(t, p.socket)
+		bad := cp.lost + cp.wrong + cp.tableDiff
 		cp.resumeAll(c, fmt.Sprintf("cycle %d", cycle), false)
+		if keep != "" && cp.lost+cp.wrong+cp.tableDiff > bad {
+			t.Fatalf("cycle %d: kept the data dir this start found in %s/prev", cycle, keep)
+		}
 		if cycle == cycles-1 {
 			// The last cycle ends with the daemon killed right after
 			// acknowledged writes, for the damage matrix.
@@ -566,6 +586,7 @@ func (cp *campaign) damageOne(t *testing.T, pristine string, dc damageCase) {
 	sub := &campaign{t: t, dir: dir, l: cp.l, r: rand.New(rand.NewPCG(cp.r.Uint64(), 1)), sess: map[string]*campSess{}}
 	for n, s := range cp.sess {
 		c := *s
+		c.tables, c.states = maps.Clone(s.tables), maps.Clone(s.states)
 		sub.sess[n] = &c
 	}
 	c := dial(t, p.socket)
