@@ -103,6 +103,18 @@ func TestStoreIntegrityErrorNotServed(t *testing.T) {
 	if _, ok := s.Mirror().Generation(id); ok {
 		t.Error("corrupted page entered the mirror")
 	}
+	// Staging reads straight into a mirror slot: the damaged page must
+	// not be installed there either, and its slot must come free.
+	used, _ := s.Mirror().Footprint()
+	if n, err := s.Stage(ctx, []PageID{id}); n != 0 || !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("Stage of corrupted page = %d, %v; want 0, ErrIntegrity", n, err)
+	}
+	if _, ok := s.Mirror().Generation(id); ok {
+		t.Error("staging installed the corrupted page in the mirror")
+	}
+	if after, _ := s.Mirror().Footprint(); after != used {
+		t.Errorf("mirror holds %d B after a failed stage, %d before: the slot leaked", after, used)
+	}
 }
 
 // TestStoreFlushReopen persists a session with its metadata and resumes it
