@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -476,11 +477,20 @@ func (d *Daemon) dropSessionIf(s *session, purge bool, cond func() bool) error {
 	s.leaseMu.Unlock()
 	s.destroyRegion(d)
 	if purge {
+		// The metadata first (as DELETE of a session on SSD only does): a
+		// crash between the two deletions then leaves pages no metadata
+		// names, which the next start deletes — never a persisted session
+		// that RESUMEs with every page gone.
+		if s.name != "" && s.persist {
+			if err := d.store.SSD().DeleteMeta(ctx, s.name); err != nil && !errors.Is(err, tiers.ErrNotFound) {
+				d.log.Warn("deleting session metadata", "session", s.id, "name", s.name, "err", err)
+			}
+		}
+		if f := purgeMidpoint.Load(); f != nil {
+			(*f)(s)
+		}
 		if err := d.store.Drop(ctx, s.id); err != nil {
 			d.log.Warn("dropping session pages", "session", s.id, "err", err)
-		}
-		if s.name != "" && s.persist {
-			_ = d.store.SSD().DeleteMeta(ctx, s.name)
 		}
 	} else if err := d.store.Mirror().DeleteSession(ctx, s.id); err != nil {
 		d.log.Warn("dropping session from the mirror", "session", s.id, "err", err)
@@ -601,3 +611,7 @@ func sessionExists(name string, persisted, owner bool) error {
 		return proto.CodeSessionExists.Errorf("session name %q is taken by another user's session: choose another name", name)
 	}
 }
+
+// purgeMidpoint, set by tests, runs between a purge's two deletions: what a
+// crash there would leave on disk.
+var purgeMidpoint atomic.Pointer[func(s *session)]

@@ -332,7 +332,11 @@ func TestFaultCampaign(t *testing.T) {
 	for cycle := 0; cycle < cycles && time.Now().Before(deadline); cycle++ {
 		// Sometimes the kill lands in the start-up itself: recovery,
 		// replay or rebuild, the start's compaction round.
-		if cycle > 0 && cp.r.IntN(5) == 0 {
+		startKill := 20 // percent of cycles whose first start is killed
+		if v, err := strconv.Atoi(os.Getenv("FLASHMEM_CAMPAIGN_STARTKILL")); err == nil {
+			startKill = v
+		}
+		if cycle > 0 && cp.r.IntN(100) < startKill {
 			cfgPath := filepath.Join(cp.dir, "flashmemd.toml")
 			cmd := exec.Command(binary, "--config", cfgPath, "--socket", filepath.Join(cp.dir, "fm.sock"), "--data-dir", filepath.Join(cp.dir, "data"), "--metrics", "off")
 			cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
