@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -528,6 +530,17 @@ func (n *Node) removeLocal(id string) error {
 	if n.raft.State() != raft.Leader {
 		return fmt.Errorf("%w: not the leader", ErrNoQuorum)
 	}
+	// Raft removes an unknown server without complaint, so a typo would
+	// look like a removal. A removal that stopped half way (still in the
+	// Raft configuration, the catalog's members, or a session's copies)
+	// is still known here and is finished by running it again.
+	known, members, err := n.memberKnown(id)
+	if err != nil {
+		return err
+	}
+	if !known {
+		return fmt.Errorf("%w: %q is not a member (members: %s); see flashmemctl cluster status", ErrUnknownMember, id, strings.Join(members, ", "))
+	}
 	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
 		return fmt.Errorf("%w: removing %s: %v", ErrNoQuorum, id, err)
 	}
@@ -538,6 +551,31 @@ func (n *Node) removeLocal(id string) error {
 	}
 	n.log.Info("member removed", "id", id)
 	return nil
+}
+
+// memberKnown reports whether id is anywhere a removal touches, and the
+// ids of the current members (Raft configuration and catalog) for the
+// error message.
+func (n *Node) memberKnown(id string) (bool, []string, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return false, nil, fmt.Errorf("%w: reading the configuration: %v", ErrNoQuorum, err)
+	}
+	ids := map[string]bool{}
+	for _, srv := range f.Configuration().Servers {
+		ids[string(srv.ID)] = true
+	}
+	for _, m := range n.cat.Members() {
+		ids[m.ID] = true
+	}
+	known := ids[id]
+	for _, s := range n.cat.Sessions() {
+		if slices.Contains(s.Replicas, id) || slices.Contains(s.Assigned, id) {
+			known = true
+		}
+	}
+	members := slices.Sorted(maps.Keys(ids))
+	return known, members, nil
 }
 
 // Join asks the cluster reachable at peerAddr (any member's peer port) to

@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -415,6 +417,50 @@ func TestJoinAndRemove(t *testing.T) {
 			t.Fatalf("after remove: members %+v, n4 in the catalog: %v", tc.nodes[0].Status().Members, inCatalog)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// Removing an id that is not a member (a typo, or n4 again) is an
+	// error naming it and the members, from the leader and from a follower.
+	var leader *Node
+	for _, n := range tc.nodes {
+		if n.IsLeader() {
+			leader = n
+		}
+	}
+	for _, tt := range []struct {
+		via *Node
+		id  string
+	}{{leader, "n9"}, {follower, "n9"}, {follower, "n4"}} {
+		err := tt.via.Remove(ctx, tt.id)
+		if !errors.Is(err, ErrUnknownMember) {
+			t.Fatalf("remove %s via %s: %v, want ErrUnknownMember", tt.id, tt.via.ID(), err)
+		}
+		for _, want := range []string{`"` + tt.id + `"`, "n1, n2, n3", "cluster status"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Fatalf("remove %s: message %q lacks %q", tt.id, err, want)
+			}
+		}
+	}
+	// A removal that stopped half way (the member left the Raft
+	// configuration but is still in the catalog, or only still holds a
+	// copy) finishes when run again.
+	if _, err := leader.applyLocal(&Command{Op: opMember, Member: &Member{ID: "n5", PeerAddr: "127.0.0.1:1"}}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := follower.Remove(ctx, "n5"); err != nil {
+		t.Fatalf("re-run of a half-done removal: %v", err)
+	}
+	if _, ok := leader.Catalog().Member("n5"); ok {
+		t.Fatal("n5 still in the catalog after remove")
+	}
+	s, _ := leader.Catalog().Session("before-join")
+	if r, err := leader.applyLocal(&Command{Op: opAddReplicas, Name: s.Name, Epoch: s.Epoch, Version: s.Version, Add: []string{"n6"}}, 5*time.Second); err != nil || r.Error() != nil {
+		t.Fatal(err, r.Error())
+	}
+	if err := leader.Remove(ctx, "n6"); err != nil {
+		t.Fatalf("re-run of a removal that left a copy in the catalog: %v", err)
+	}
+	if s, _ := leader.Catalog().Session("before-join"); slices.Contains(s.Replicas, "n6") {
+		t.Fatalf("n6 still a replica after remove: %v", s.Replicas)
 	}
 }
 

@@ -30,6 +30,8 @@ func wireError(err error) *proto.Error {
 		code = proto.CodeIntegrity
 	case errors.Is(err, cluster.ErrNotFound):
 		code = proto.CodeUnknownSession
+	case errors.Is(err, cluster.ErrUnknownMember):
+		code = proto.CodeBadRequest
 	case errors.Is(err, tiers.ErrIntegrity):
 		code = proto.CodeIntegrity
 	case errors.Is(err, tiers.ErrNoSpace), errors.Is(err, tiers.ErrDiskFull):
