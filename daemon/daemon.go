@@ -60,6 +60,10 @@ type Daemon struct {
 	connsOf   map[uint32]int // connections per uid
 	nextID    uint64
 	nextLease uint64
+	// lost are persisted session names whose records this start found
+	// missing from the journal (tiers.RecoveryReport.LostMetas), until a
+	// session takes the name again: RESUME of one says it was lost.
+	lost map[string]bool
 
 	closing atomic.Bool
 

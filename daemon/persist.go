@@ -304,6 +304,12 @@ func (d *Daemon) restoreIDs() error {
 	ctx := context.Background()
 	ssd := d.store.SSD()
 	rep := ssd.Recovery()
+	d.mu.Lock()
+	d.lost = map[string]bool{}
+	for _, n := range rep.LostMetas {
+		d.lost[n] = true
+	}
+	d.mu.Unlock()
 	names, err := ssd.ListMeta(ctx)
 	if err != nil {
 		return fmt.Errorf("listing persisted sessions: %w", err)
@@ -468,6 +474,13 @@ func (d *Daemon) loadSession(name string, c *conn) (*session, error) {
 	blob, pos, err := d.store.SSD().GetMetaPos(ctx, name)
 	if err != nil {
 		if errors.Is(err, tiers.ErrNotFound) {
+			d.mu.Lock()
+			lost := d.lost[name]
+			d.mu.Unlock()
+			if lost {
+				return nil, proto.CodeUnknownSession.Errorf("no session named %q: its records were lost from the SSD journal (a segment file deleted or cut short, found at this daemon's start); "+
+					"run `flashmemd fsck --data-dir %s` (daemon stopped) for what was lost, and restore the session from a replica or a backup", name, d.cfg.DataDir)
+			}
 			return nil, proto.CodeUnknownSession.Errorf("no session named %q", name)
 		}
 		return nil, fmt.Errorf("session %q: %w", name, err)

@@ -332,6 +332,7 @@ func (d *Daemon) register(c *conn, s *session, named bool) error {
 	d.sessions[s.id] = s
 	if named {
 		d.byName[s.name] = s
+		delete(d.lost, s.name) // the name lives again
 	}
 	if c != nil {
 		c.mu.Lock()
