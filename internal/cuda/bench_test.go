@@ -96,7 +96,6 @@ func TestRecallBench(t *testing.T) {
 	s := tm.s
 	const mirrorBytes, total, reps = recallMirrorBytes, recallTotal, 20
 	mirror, reserve := recallBenchSetup(t, d, s, 99)
-	mb := mirror.Bytes()
 	rnd := rand.New(rand.NewPCG(1, 1))
 	var rows []recallRow
 	add := func(c, m string, bytes, nrows, piece int, ms float64) {
@@ -110,16 +109,7 @@ func TestRecallBench(t *testing.T) {
 		if len(descs) > 64 {
 			sample = append(slices.Clip(descs[:32]), descs[len(descs)-32:]...)
 		}
-		for _, c := range sample {
-			got := make([]byte, c.Len)
-			if err := d.CopyDtoH(got, c.Dst); err != nil {
-				t.Fatal(err)
-			}
-			so := int(c.Src - mirror.Ptr())
-			if i := firstDiff(got, mb[so:so+int(c.Len)]); i >= 0 {
-				t.Fatalf("recalled row differs at byte %d", i)
-			}
-		}
+		checkRecalled(t, d, mirror, sample)
 	}
 
 	// batch times cuMemcpyBatchAsync (copy engines) on the same lists, where the driver has it.
@@ -156,24 +146,7 @@ func TestRecallBench(t *testing.T) {
 	}
 
 	// spread times CopyBatchSpread over 2 and 4 streams (copy engines in parallel).
-	var auxs []*Stream
-	var evs []*Event
-	for i := range 4 {
-		if i < 3 {
-			a, err := d.NewStream()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close()
-			auxs = append(auxs, a)
-		}
-		e, err := d.NewEvent(false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer e.Close()
-		evs = append(evs, e)
-	}
+	auxs, evs := benchStreams(t, d, 3, 4)
 	spread := func(name string, bytes int, sets [][]CopyDesc) {
 		for _, k := range []int{2, 4} {
 			if err := s.CopyBatchSpread(auxs[:k-1], evs, sets[0]); errors.Is(err, ErrUnsupported) {
@@ -537,4 +510,46 @@ func recallBenchSetup(t *testing.T, d *Device, s *Stream, seed uint64) (*HostBuf
 		t.Fatal(err)
 	}
 	return mirror, reserve
+}
+
+// benchStreams makes the extra streams and events the multi-stream recall benchmarks
+// spread copies over, all closed at the end of the test.
+func benchStreams(t *testing.T, d *Device, streams, events int) ([]*Stream, []*Event) {
+	t.Helper()
+	ss := make([]*Stream, 0, streams)
+	for range streams {
+		a, err := d.NewStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		ss = append(ss, a)
+	}
+	es := make([]*Event, 0, events)
+	for range events {
+		e, err := d.NewEvent(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		es = append(es, e)
+	}
+	return ss, es
+}
+
+// checkRecalled reads back each row of sample from the device and compares it with the
+// mirror bytes it was recalled from: a method's speed means nothing unless it copied.
+func checkRecalled(t *testing.T, d *Device, mirror *HostBuffer, sample []CopyDesc) {
+	t.Helper()
+	mb := mirror.Bytes()
+	for _, c := range sample {
+		got := make([]byte, c.Len)
+		if err := d.CopyDtoH(got, c.Dst); err != nil {
+			t.Fatal(err)
+		}
+		so := int(c.Src - mirror.Ptr())
+		if i := firstDiff(got, mb[so:so+int(c.Len)]); i >= 0 {
+			t.Fatalf("recalled row differs at byte %d", i)
+		}
+	}
 }

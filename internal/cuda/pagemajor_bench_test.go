@@ -28,7 +28,6 @@ func TestRecallPageMajorBench(t *testing.T) {
 	s := tm.s
 	const mirrorBytes, total, reps = recallMirrorBytes, recallTotal, 20
 	mirror, reserve := recallBenchSetup(t, d, s, 7)
-	mb := mirror.Bytes()
 	rnd := rand.New(rand.NewPCG(3, 3))
 	var rows []recallRow
 	add := func(c, m string, bytes, nrows int, ms float64) {
@@ -36,35 +35,9 @@ func TestRecallPageMajorBench(t *testing.T) {
 	}
 	check := func(descs []CopyDesc) {
 		t.Helper()
-		for _, c := range []CopyDesc{descs[0], descs[len(descs)-1]} {
-			got := make([]byte, c.Len)
-			if err := d.CopyDtoH(got, c.Dst); err != nil {
-				t.Fatal(err)
-			}
-			so := int(c.Src - mirror.Ptr())
-			if i := firstDiff(got, mb[so:so+int(c.Len)]); i >= 0 {
-				t.Fatalf("recalled row differs at byte %d", i)
-			}
-		}
+		checkRecalled(t, d, mirror, []CopyDesc{descs[0], descs[len(descs)-1]})
 	}
-	var auxs []*Stream
-	var evs []*Event
-	for i := range 4 {
-		if i < 3 {
-			a, err := d.NewStream()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close()
-			auxs = append(auxs, a)
-		}
-		e, err := d.NewEvent(false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer e.Close()
-		evs = append(evs, e)
-	}
+	auxs, evs := benchStreams(t, d, 3, 4)
 	contig := tm.median(reps, func(int) error { return s.Copy(reserve, mirror.Ptr()+DevPtr(rnd.IntN(48)<<26), total) })
 	add("contiguous 64 MiB", "cuMemcpyAsync", total, 1, contig)
 

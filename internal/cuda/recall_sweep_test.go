@@ -68,26 +68,8 @@ func TestRecallSweep(t *testing.T) {
 	s := tm.s
 	const mirrorBytes, total, reps = recallMirrorBytes, recallTotal, 20
 	mirror, reserve := recallBenchSetup(t, d, s, 11)
-	mb := mirror.Bytes()
 	rnd := rand.New(rand.NewPCG(5, 5))
-	var ces []*Stream
-	var evs []*Event
-	for i := range 9 {
-		if i < 8 {
-			a, err := d.NewStream()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close()
-			ces = append(ces, a)
-		}
-		e, err := d.NewEvent(false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer e.Close()
-		evs = append(evs, e)
-	}
+	ces, evs := benchStreams(t, d, 8, 9)
 	type row struct {
 		Case, Method string
 		MedMS, GBps  float64
@@ -96,16 +78,7 @@ func TestRecallSweep(t *testing.T) {
 	var rows []row
 	check := func(descs []CopyDesc) {
 		t.Helper()
-		for _, c := range []CopyDesc{descs[0], descs[len(descs)/2], descs[len(descs)-1]} {
-			got := make([]byte, c.Len)
-			if err := d.CopyDtoH(got, c.Dst); err != nil {
-				t.Fatal(err)
-			}
-			so := int(c.Src - mirror.Ptr())
-			if i := firstDiff(got, mb[so:so+int(c.Len)]); i >= 0 {
-				t.Fatalf("recalled row differs at byte %d", i)
-			}
-		}
+		checkRecalled(t, d, mirror, []CopyDesc{descs[0], descs[len(descs)/2], descs[len(descs)-1]})
 	}
 	defer func() { batchSrcOrder, batchFlags = 1, 0 }()
 	for _, lay := range []struct {
