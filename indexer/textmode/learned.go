@@ -196,14 +196,17 @@ func fitLearned(m *Model, docs []tdoc, use func(int) bool, opts TrainOptions, re
 	var best *result
 	step := 0
 	steps := len(powers) * len(learnedGrid.trainPower) * len(learnedGrid.window)
-	var lex []float32
+	// Each query's lexical signal under the grid point, kept from the rows'
+	// pass for the ranking pass (the buffers are reused across points).
+	lexes := make([][]float32, len(pqs))
 	for _, p := range powers {
 		for _, tp := range learnedGrid.trainPower {
 			for _, w := range learnedGrid.window {
 				m.tw = TermWeighting{Power: p, TrainPower: tp, Window: w}
 				var rows []calibRow
 				for i, pq := range pqs {
-					lex = growSlice(lex, len(keys[pq.doc])/kb)
+					lexes[i] = growSlice(lexes[i], len(keys[pq.doc])/kb)
+					lex := lexes[i]
 					m.lexicalAll(pq.q, keys[pq.doc], lex, workers)
 					for j, c := range pq.pos {
 						rows = append(rows, calibRow{lex[c], coss[i][j], true})
@@ -217,8 +220,7 @@ func fitLearned(m *Model, docs []tdoc, use func(int) bool, opts TrainOptions, re
 				// above the rest of its document (chunks near it aside).
 				var mrr float64
 				for i, pq := range pqs {
-					lex = growSlice(lex, len(keys[pq.doc])/kb)
-					m.lexicalAll(pq.q, keys[pq.doc], lex, workers)
+					lex := lexes[i]
 					var top float32 = -1e30
 					for j, c := range pq.pos {
 						top = max(top, cal.Lex*lex[c]+cal.Dense*coss[i][j])
