@@ -55,7 +55,20 @@ func pseudoQueries(m *Model, docs []tdoc, use func(int) bool, rng *rand.Rand, mo
 	}
 	rng.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
 	var out []pseudoQuery
+	// docFreq counts the occurrences of each term bucket in document di,
+	// once per document.
 	docDF := map[int]map[uint32]int{}
+	docFreq := func(di int) map[uint32]int {
+		dfs := docDF[di]
+		if dfs == nil {
+			dfs = map[uint32]int{}
+			for _, t := range docs[di].toks {
+				dfs[m.bucket(t.ID)]++
+			}
+			docDF[di] = dfs
+		}
+		return dfs
+	}
 	for _, cs := range cands {
 		if len(out) >= learnedMaxQueries {
 			break
@@ -80,14 +93,7 @@ func pseudoQueries(m *Model, docs []tdoc, use func(int) bool, rng *rand.Rand, mo
 			// fact among similar ones: by the sentence's rarest word in the
 			// document (a name, a code), wrapped in 1–3 of its words that
 			// the document uses most (the words its other facts share).
-			dfs := docDF[di]
-			if dfs == nil {
-				dfs = map[uint32]int{}
-				for _, t := range d.toks {
-					dfs[m.bucket(t.ID)]++
-				}
-				docDF[di] = dfs
-			}
+			dfs := docFreq(di)
 			slices.SortStableFunc(content, func(a, b Token) int { return dfs[m.bucket(a.ID)] - dfs[m.bucket(b.ID)] })
 			rare, common := content[0], content[1:]
 			if dfs[m.bucket(rare.ID)] > 3 || len(common) == 0 || dfs[m.bucket(common[len(common)-1].ID)] < 8 {
@@ -102,14 +108,7 @@ func pseudoQueries(m *Model, docs []tdoc, use func(int) bool, rng *rand.Rand, mo
 		// city …", "mentioned in the text"), words its context uses often:
 		// 1–2 content words that occur at least 8 times in the document,
 		// drawn from its other sentences.
-		dfs := docDF[di]
-		if dfs == nil {
-			dfs = map[uint32]int{}
-			for _, t := range d.toks {
-				dfs[m.bucket(t.ID)]++
-			}
-			docDF[di] = dfs
-		}
+		dfs := docFreq(di)
 		for range 2 * (1 + rng.IntN(2)) {
 			o := d.sents[rng.IntN(len(d.sents))]
 			if o == s {
