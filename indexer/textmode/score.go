@@ -102,11 +102,9 @@ func (m *Model) contextWeights(q *Query, keys []byte, workers int, tw TermWeight
 			continue
 		}
 		cidf := math.Log(1 + (float64(n)-float64(df)+0.5)/(float64(df)+0.5))
-		if tw == LexicalWeighting {
-			w[b] = float32(math.Pow(cidf, lexPower))
-		} else {
-			w[b] = float32(math.Pow(cidf, float64(tw.Power)) * math.Pow(float64(m.idf[b]), float64(tw.TrainPower)))
-		}
+		// LexicalWeighting (TrainPower 0) gives cidf^lexPower exactly:
+		// x^0 is 1 for every x.
+		w[b] = float32(math.Pow(cidf, float64(tw.Power)) * math.Pow(float64(m.idf[b]), float64(tw.TrainPower)))
 		norm += w[b]
 	}
 	return w, norm
