@@ -52,14 +52,17 @@ def flashmemd_bin(tmp_path_factory):
 
 
 class Daemon:
-    def __init__(self, binary, root):
+    """A real flashmemd under root (config text: CONFIG unless given; socket: root/fm.sock
+    unless given)."""
+
+    def __init__(self, binary, root, config=None, socket=None):
         self.binary = binary
         self.root = root
-        self.socket = os.path.join(root, "fm.sock")
+        self.socket = socket or os.path.join(root, "fm.sock")
         self.data = os.path.join(root, "data")
         self.config = os.path.join(root, "flashmemd.toml")
         with open(self.config, "w") as f:
-            f.write(CONFIG)
+            f.write(CONFIG if config is None else config)
         self.proc = None
         self.log = os.path.join(root, "flashmemd.log")
 

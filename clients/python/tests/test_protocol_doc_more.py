@@ -19,6 +19,7 @@ import time
 import pytest
 
 import test_protocol_doc as d
+from conftest import Daemon
 from test_protocol_doc import (Conn, frame, header, s16, policy, layout, open_body, open_ok, key, append_body,
                                queries, entry, cycle_body, parse_cycle, parse_region)
 
@@ -502,32 +503,9 @@ target_layers = 3
 @pytest.fixture(scope="module")
 def ldaemon(flashmemd_bin):
     root = tempfile.mkdtemp(prefix="flashmem-py-lim-")
-    sock, cfg, log = (os.path.join(root, x) for x in ("fm.sock", "flashmemd.toml", "flashmemd.log"))
-    with open(cfg, "w") as f:
-        f.write(LIMITS_CONFIG)
-    logf = open(log, "wb")
-    p = subprocess.Popen([flashmemd_bin, "--config", cfg, "--socket", sock, "--data-dir", os.path.join(root, "data"),
-                          "--metrics", "off"], stdout=logf, stderr=subprocess.STDOUT,
-                         env=dict(os.environ, NOTIFY_SOCKET=""))
-    logf.close()
-
-    class D:
-        socket = sock
-
-    deadline = time.monotonic() + 30
-    while True:
-        assert p.poll() is None, open(log, "rb").read()[-3000:]
-        if b"msg=serving" in open(log, "rb").read():
-            break
-        assert time.monotonic() < deadline, open(log, "rb").read()[-3000:]
-        time.sleep(0.02)
-    yield D
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(20)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+    dm = Daemon(flashmemd_bin, root, config=LIMITS_CONFIG).start()
+    yield dm
+    dm.stop()
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -845,20 +823,12 @@ def test_other_uid(flashmemd_bin, tmp_path):
     shutil.copy(d.__file__, lib)
     os.chmod(os.path.join(lib, os.path.basename(d.__file__)), 0o644)
     os.chmod(lib, 0o755)
-    sock, cfg, log = (os.path.join(root, x) for x in ("run/fm.sock", "flashmemd.toml", "flashmemd.log"))
-    with open(cfg, "w") as f:
-        f.write('allowed_groups = ["nogroup", "65533"]\nadmin_groups = ["65533"]\n' + LIMITS_CONFIG.split("[limits]")[0] +
-                LIMITS_CONFIG[LIMITS_CONFIG.index("[indexer]"):])
-    logf = open(log, "wb")
-    p = subprocess.Popen([flashmemd_bin, "--config", cfg, "--socket", sock, "--data-dir", os.path.join(root, "data"),
-                          "--metrics", "off"], stdout=logf, stderr=subprocess.STDOUT,
-                         env=dict(os.environ, NOTIFY_SOCKET=""))
-    logf.close()
+    sock = os.path.join(root, "run/fm.sock")
+    dm = Daemon(flashmemd_bin, root, socket=sock,
+                config='allowed_groups = ["nogroup", "65533"]\nadmin_groups = ["65533"]\n' +
+                LIMITS_CONFIG.split("[limits]")[0] + LIMITS_CONFIG[LIMITS_CONFIG.index("[indexer]"):])
+    dm.start()
     try:
-        deadline = time.monotonic() + 30
-        while b"msg=serving" not in open(log, "rb").read():
-            assert p.poll() is None and time.monotonic() < deadline, open(log, "rb").read()[-3000:]
-            time.sleep(0.02)
         # section 1: the socket 0660 and a directory the daemon creates 0750, both of group
         # socket_group (default: the first of allowed_groups)
         st, dst = os.stat(sock), os.stat(os.path.dirname(sock))
@@ -912,12 +882,7 @@ def test_other_uid(flashmemd_bin, tmp_path):
         assert run.returncode == 0, run.stdout + run.stderr
         assert json.loads(run.stdout) == [PERMISSION_DENIED, 0, 0, True], run.stdout
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        dm.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -1360,22 +1325,13 @@ def test_one_member_cluster(flashmemd_bin, model):
         f.write("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\n")
     os.chmod(secret, 0o600)
     rp, pp = _free_port(), _free_port()
-    cfg, sock, log = (os.path.join(root, x) for x in ("flashmemd.toml", "fm.sock", "flashmemd.log"))
-    with open(cfg, "w") as f:
-        f.write(LIMITS_CONFIG.split("[limits]")[0] + LIMITS_CONFIG[LIMITS_CONFIG.index("[indexer]"):] +
+    dm = Daemon(flashmemd_bin, root,
+                config=LIMITS_CONFIG.split("[limits]")[0] + LIMITS_CONFIG[LIMITS_CONFIG.index("[indexer]"):] +
                 '[cluster]\nnode_id = "n1"\nraft_addr = "127.0.0.1:%d"\npeer_addr = "127.0.0.1:%d"\n'
                 'bootstrap = ["n1=127.0.0.1:%d"]\nreplication_factor = 2\nsecret_file = "%s"\n' % (rp, pp, rp, secret))
-    logf = open(log, "wb")
-    p = subprocess.Popen([flashmemd_bin, "--config", cfg, "--socket", sock, "--data-dir", os.path.join(root, "data"),
-                          "--metrics", "off"], stdout=logf, stderr=subprocess.STDOUT,
-                         env=dict(os.environ, NOTIFY_SOCKET=""))
-    logf.close()
+    dm.start()
     try:
-        deadline = time.monotonic() + 30
-        while b"msg=serving" not in open(log, "rb").read():
-            assert p.poll() is None and time.monotonic() < deadline, open(log, "rb").read()[-3000:]
-            time.sleep(0.02)
-        c = Conn(sock)
+        c = Conn(dm.socket)
         deadline = time.monotonic() + 30
         while True:
             st = c.json(CLUSTER, {"action": "status"})
@@ -1411,12 +1367,7 @@ def test_one_member_cluster(flashmemd_bin, model):
         assert c.json(CLUSTER, {"action": "status"}).get("sessions", 0) == 0
         c.close()
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        dm.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
