@@ -347,22 +347,7 @@ func (m *HostMirror) put(ctx context.Context, id PageID, gen uint64, page []byte
 	m.mu.Unlock()
 
 	copy(b.data, page)
-
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.unref(b)
-	if m.closed {
-		m.freeBuf(b)
-		return fmt.Errorf("mirror: %w", ErrClosed)
-	}
-	if err := m.checkGen(id, gen, o); err != nil {
-		m.freeBuf(b)
-		return err
-	}
-	m.install(id, gen, b, o)
-	m.counters.puts.Add(1)
-	m.counters.bytesIn.Add(uint64(len(page)))
-	return nil
+	return m.commitBuf(id, gen, b, o)
 }
 
 // reserveBuf carves and references a slot for a page of n bytes that the
@@ -386,8 +371,8 @@ func (m *HostMirror) reserveBuf(id PageID, n int) (*mbuf, error) {
 	return b, nil
 }
 
-// commitBuf installs a slot from reserveBuf as the page's bytes at gen, as
-// put does after its copy; on any error the slot is freed.
+// commitBuf installs a filled slot (from reserveBuf, or put's own) as the
+// page's bytes at gen; on any error the slot is freed.
 func (m *HostMirror) commitBuf(id PageID, gen uint64, b *mbuf, o putOpts) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
