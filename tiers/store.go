@@ -285,18 +285,33 @@ func (s *Store) writeInPlace(ctx context.Context, id PageID, gen uint64, pageByt
 // the room it makes to pages already on SSD (for prefetches, which must not
 // cost a write).
 func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byte, o putOpts, cleanOnly bool) error {
+	err := s.withRoom(ctx, id, len(page), cleanOnly, func() error { return s.mirror.put(ctx, id, gen, page, o) })
+	if err == nil && s.overHighWater() {
+		s.kickSpiller()
+	}
+	return err
+}
+
+// reserveMirror is reserveBuf that makes room as putMirror does with
+// cleanOnly; ErrBudget when no clean page can go.
+func (s *Store) reserveMirror(ctx context.Context, id PageID, n int) (b *mbuf, err error) {
+	err = s.withRoom(ctx, id, n, true, func() (err error) {
+		b, err = s.mirror.reserveBuf(id, n)
+		return err
+	})
+	return b, err
+}
+
+// withRoom runs try (a mirror insert of n bytes) until it is not refused for
+// ErrBudget, spilling the coldest pages between tries; cleanOnly spills
+// only pages already on SSD and gives up as soon as none can go.
+func (s *Store) withRoom(ctx context.Context, id PageID, n int, cleanOnly bool, try func() error) error {
 	for attempt := 0; ; attempt++ {
-		err := s.mirror.put(ctx, id, gen, page, o)
-		if err == nil {
-			if s.overHighWater() {
-				s.kickSpiller()
-			}
-			return nil
-		}
-		if !errors.Is(err, ErrBudget) || attempt >= 64 {
+		err := try()
+		if err == nil || !errors.Is(err, ErrBudget) || attempt >= 64 {
 			return err
 		}
-		freed, serr := s.spillRound(ctx, cleanOnly, s.cfg.SpillBatch, 0, len(page))
+		freed, serr := s.spillRound(ctx, cleanOnly, s.cfg.SpillBatch, 0, n)
 		if serr != nil {
 			return fmt.Errorf("page %v: making room: %w", id, serr)
 		}
@@ -307,25 +322,6 @@ func (s *Store) putMirror(ctx context.Context, id PageID, gen uint64, page []byt
 				return err
 			}
 			time.Sleep(time.Duration(attempt+1) * 200 * time.Microsecond)
-		}
-	}
-}
-
-// reserveMirror is reserveBuf that makes room by dropping clean pages
-// (no SSD write) when the budget is full, as putMirror does with cleanOnly;
-// ErrBudget when none can go.
-func (s *Store) reserveMirror(ctx context.Context, id PageID, n int) (*mbuf, error) {
-	for attempt := 0; ; attempt++ {
-		b, err := s.mirror.reserveBuf(id, n)
-		if err == nil || !errors.Is(err, ErrBudget) || attempt >= 64 {
-			return b, err
-		}
-		freed, serr := s.spillRound(ctx, true, s.cfg.SpillBatch, 0, n)
-		if serr != nil {
-			return nil, fmt.Errorf("page %v: making room: %w", id, serr)
-		}
-		if freed == 0 {
-			return nil, err
 		}
 	}
 }
