@@ -106,7 +106,7 @@ func (s *SSD) recover() error {
 	var ck checkpoint
 	if reason == "" {
 		if ck, reason = s.checkCheckpoint(); reason != "" {
-			s.lostFrom = &oldIndex{cache: s.cache, metas: s.metas, tombS: s.tombS, tombP: s.tombP, tombM: s.tombM}
+			s.keepOldIndex()
 		}
 	}
 	if reason != "" {
@@ -365,7 +365,7 @@ func (s *SSD) loadIndex() (reason string) {
 		err = errors.Join(err, check("meta deletion", e))
 	}
 	if err != nil {
-		s.lostFrom = &oldIndex{cache: s.cache, metas: s.metas, tombS: s.tombS, tombP: s.tombP, tombM: s.tombM}
+		s.keepOldIndex()
 		s.resetMaps()
 		first, _, _ := strings.Cut(err.Error(), "\n")
 		return "index is newer than the journal: " + first
@@ -1005,6 +1005,12 @@ type oldIndex struct {
 	tombS map[uint64]indexEntry
 	tombP map[PageID]indexEntry
 	tombM map[string]indexEntry
+}
+
+// keepOldIndex keeps the loaded index's maps for carryOver before a rebuild
+// replaces them.
+func (s *SSD) keepOldIndex() {
+	s.lostFrom = &oldIndex{cache: s.cache, metas: s.metas, tombS: s.tombS, tombP: s.tombP, tombM: s.tombM}
 }
 
 // carryOver runs after a rebuild from a journal that lost records an intact
