@@ -69,6 +69,16 @@ func (r *running) shutdown(t testing.TB) {
 	}
 }
 
+// startDialed starts a daemon on a fresh data directory and dials it; both
+// go when the test ends.
+func startDialed(t *testing.T) (*running, *proto.Client) {
+	t.Helper()
+	cfg := testConfig(t, t.TempDir())
+	rd := start(t, cfg)
+	t.Cleanup(func() { rd.shutdown(t) })
+	return rd, dial(t, cfg.Socket)
+}
+
 func dial(t *testing.T, path string) *proto.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -221,11 +231,7 @@ func TestSessionRoundTripAndResume(t *testing.T) {
 }
 
 func TestBadRequestsGetErrorFrames(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	rd := start(t, cfg)
-	defer rd.shutdown(t)
-	c := dial(t, cfg.Socket)
+	rd, c := startDialed(t)
 	ctx := context.Background()
 	l := testLayout(32)
 	op, err := c.Open(ctx, &proto.Open{Layout: l})
@@ -261,7 +267,7 @@ func TestBadRequestsGetErrorFrames(t *testing.T) {
 	_, err = c.Append(ctx, &proto.Append{Session: 12345, FirstChunk: 0, Count: 1, Inline: true, Payload: make([]byte, pb), Keys: keys})
 	wantCode(err, proto.CodeUnknownSession)
 	// Foreign session: a second connection cannot append, cycle, persist or close it.
-	c2 := dial(t, cfg.Socket)
+	c2 := dial(t, rd.d.cfg.Socket)
 	_, err = c2.Append(ctx, &proto.Append{Session: op.Session, FirstChunk: 100, Count: 1, Inline: true, Payload: make([]byte, pb), Keys: keys})
 	wantCode(err, proto.CodeNotOwner)
 	wantCode(c2.CloseSession(ctx, op.Session, true), proto.CodeNotOwner)
@@ -289,11 +295,7 @@ func TestBadRequestsGetErrorFrames(t *testing.T) {
 // committed, are in the mirror afterwards and read back from the reserve in
 // later cycles, including across a page boundary.
 func TestDecodeCommitIntoTailCells(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	rd := start(t, cfg)
-	defer rd.shutdown(t)
-	c := dial(t, cfg.Socket)
+	_, c := startDialed(t)
 	ctx := context.Background()
 	l := testLayout(64)
 	op, err := c.Open(ctx, &proto.Open{Name: "dec", Persist: true, Layout: l, Policy: proto.Policy{KMax: 12}})
@@ -381,11 +383,7 @@ func TestDecodeCommitIntoTailCells(t *testing.T) {
 // newer generation than the session counts; after CLOSE (kept) and RESUME
 // the same chunks can be appended again, and read back.
 func TestAppendAfterFailedWriteSurvivesResume(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	rd := start(t, cfg)
-	defer rd.shutdown(t)
-	c := dial(t, cfg.Socket)
+	rd, c := startDialed(t)
 	ctx := context.Background()
 	l := testLayout(32)
 	op, err := c.Open(ctx, &proto.Open{Name: "half", Persist: true, Layout: l, Policy: proto.Policy{KMax: 8}})

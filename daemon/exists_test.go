@@ -13,11 +13,7 @@ import (
 // CLOSE or delete the session; another user can only choose another name
 // (it cannot delete someone else's session, so it is never told to).
 func TestSessionExistsMessage(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	rd := start(t, cfg)
-	defer rd.shutdown(t)
-	c := dial(t, cfg.Socket)
+	rd, c := startDialed(t)
 	ctx := context.Background()
 	l := testLayout(8)
 	if _, err := c.Open(ctx, &proto.Open{Name: "live", Layout: l}); err != nil {

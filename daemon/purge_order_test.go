@@ -14,11 +14,7 @@ import (
 // the next start), never metadata that RESUMEs a session with every page
 // gone (what the fault campaign found after a kill -9 mid-DELETE).
 func TestPurgeDeletesMetadataFirst(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	rd := start(t, cfg)
-	defer rd.shutdown(t)
-	c := dial(t, cfg.Socket)
+	rd, c := startDialed(t)
 	ctx := context.Background()
 	l := testLayout(8)
 	op, err := c.Open(ctx, &proto.Open{Name: "gone", Persist: true, Layout: l})
