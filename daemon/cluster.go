@@ -585,10 +585,7 @@ func (cs *clusterStore) Meta(ctx context.Context, name string) ([]byte, []uint64
 	if err != nil {
 		return nil, nil, err
 	}
-	c := *m
-	c.ID = 0
-	c.Saved = time.Time{}
-	blob, err := encodeMeta(&c, state)
+	blob, err := encodeCanonical(m, state)
 	if err == nil {
 		v := metaVer{crc: cluster.Checksum(blob), chunks: m.Chunks, gens: m.Gens}
 		cs.mu.Lock()
@@ -903,6 +900,11 @@ func canonicalMeta(blob []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return encodeCanonical(m, state)
+}
+
+// encodeCanonical encodes m in the canonical form (see canonicalMeta).
+func encodeCanonical(m *sessionMeta, state []byte) ([]byte, error) {
 	c := *m
 	c.ID = 0
 	c.Saved = time.Time{}
