@@ -65,7 +65,15 @@ type segment struct {
 	live    int64 // record bytes (header + body) the index points at
 	pending int   // reserved records whose index entries are not committed yet
 
-	dirty atomic.Bool // written since the last fdatasync
+	// written counts the writes finished in this segment; synced is the value
+	// written had when the last successful fdatasync started, so every write
+	// counted up to synced is durable. A segment is dirty while written >
+	// synced. syncMu lets one fdatasync run at a time: a caller that waited for
+	// it usually finds its writes covered and returns without another (group
+	// commit), and none returns while the fdatasync covering its writes is
+	// still running.
+	written, synced atomic.Uint64
+	syncMu          sync.Mutex
 
 	// data maps the file read-only, up to the most the segment may grow to,
 	// so a growing file needs no remapping: a read copies the body out of
@@ -479,14 +487,28 @@ func syncSegments(locs []loc) error {
 	return errors.Join(errs...)
 }
 
+// syncSegment returns once every write finished in seg before the call is
+// durable.
 func syncSegment(seg *segment) error {
-	seg.dirty.Store(false)
-	if err := fdatasync(seg.f); err != nil {
-		seg.dirty.Store(true)
+	target := seg.written.Load()
+	if seg.synced.Load() >= target {
+		return nil
+	}
+	seg.syncMu.Lock()
+	defer seg.syncMu.Unlock()
+	if seg.synced.Load() >= target {
+		return nil // the fdatasync this call waited for covered its writes
+	}
+	upto := seg.written.Load()
+	if err := syncFile(seg.f); err != nil {
 		return fmt.Errorf("ssd: sync segment %d: %w", seg.id, err)
 	}
+	seg.synced.Store(upto)
 	return nil
 }
+
+// syncFile is fdatasync; a variable so a test can hold a sync in flight.
+var syncFile = fdatasync
 
 func containsSeg(segs []*segment, s *segment) bool {
 	for _, x := range segs {
@@ -502,7 +524,7 @@ func (ss *segStore) syncDirty() error {
 	ss.mu.Lock()
 	var locs []loc
 	for _, seg := range ss.segs {
-		if seg.dirty.Load() {
+		if seg.written.Load() > seg.synced.Load() {
 			locs = append(locs, loc{seg: seg})
 		}
 	}
@@ -523,7 +545,7 @@ func writeRecord(l loc, id PageID, gen uint64, body []byte) (uint32, error) {
 	if err := pwritev(l.seg.f, [][]byte{hdr[:], body}, l.off); err != nil {
 		return 0, fmt.Errorf("ssd: write page %v to segment %d: %w", id, l.seg.id, diskErr(err))
 	}
-	l.seg.dirty.Store(true)
+	l.seg.written.Add(1)
 	return c, nil
 }
 
@@ -532,7 +554,7 @@ func writeSmall(l loc, rec []byte) error {
 	if _, err := l.seg.f.WriteAt(rec, l.off); err != nil {
 		return fmt.Errorf("ssd: write record to segment %d: %w", l.seg.id, diskErr(err))
 	}
-	l.seg.dirty.Store(true)
+	l.seg.written.Add(1)
 	return nil
 }
 
