@@ -383,7 +383,7 @@ func TestGatherSweep(t *testing.T) {
 		for _, bpsm := range []int{2, 4, 8} {
 			for _, cs := range [][2]int{{16 << 10, 4}, {32 << 10, 4}, {16 << 10, 8}} {
 				for _, pc := range []int{64 << 10, 256 << 10} {
-					shapes = append(shapes, shape{"tma", 32, bpsm, pc, cs[0], cs[1]})
+					shapes = append(shapes, shape{"bulk", 32, bpsm, pc, cs[0], cs[1]}) // one warp per block
 				}
 			}
 		}
@@ -401,7 +401,7 @@ func TestGatherSweep(t *testing.T) {
 				ce = append(ce, float64(total)/ms/1e6)
 			}
 			gatherKind, gatherThreads, gatherBlocksPerSM, gatherPiece = sh.kind, sh.threads, sh.bpsm, sh.piece
-			if sh.kind == "tma" {
+			if sh.kind == "bulk" {
 				gatherTMAChunk, gatherTMAStages = sh.chunk, sh.stages
 			}
 			if gbps[sh] == nil {

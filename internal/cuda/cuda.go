@@ -141,9 +141,8 @@ type Device struct {
 	gatherMu  sync.Mutex
 	gatherMod *Module
 	gatherFn  map[string]*Function // by gatherKind
-	// gatherSmem is the dynamic shared memory each bulk-copy kernel ("tma", "bulk") is
-	// currently allowed.
-	gatherSmem map[string]int
+	// gatherBulkSmem is the dynamic shared memory fm_gather_bulk is currently allowed.
+	gatherBulkSmem int
 	// cuMemcpyBatchAsync looked up (batchProbed) and found (batchOK); owner goroutine only.
 	batchProbed, batchOK bool
 	// syncStream carries CopyHtoD's copies (owner goroutine only; created on first use).

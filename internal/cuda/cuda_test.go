@@ -202,7 +202,7 @@ func TestPinnedHostMemory(t *testing.T) {
 func TestGatherMatchesCPU(t *testing.T) {
 	defer func(k string) { gatherKind = k }(gatherKind)
 	for _, d := range devices(t) {
-		for _, kind := range []string{"simt4", "simt8", "p256", "tma", "bulk"} {
+		for _, kind := range []string{"simt4", "simt8", "p256", "bulk"} {
 			gatherKind = kind
 			t.Run(fmt.Sprintf("dev%d/%s", d.Ordinal(), kind), func(t *testing.T) { testGather(t, d) })
 		}

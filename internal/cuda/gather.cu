@@ -82,10 +82,7 @@ extern "C" __global__ void __launch_bounds__(512) fm_gather_p256(const CopyDesc 
 	gather_body<4, true>(descs, n);
 }
 
-// fm_gather_tma moves rows with Hopper's bulk-copy engine instead of SM loads: one thread
-// per block streams chunks of its descriptors global -> shared (completion on an
-// mbarrier) -> global, `stages` chunks in flight. Only for sm_90 and all rows 16-byte
-// aligned in address and length (the host checks); elsewhere it does nothing.
+// Hopper bulk-copy helpers (mbarrier completion of cp.async.bulk loads) for fm_gather_bulk.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void mbar_init(unsigned int bar, unsigned int count)
 {
@@ -108,74 +105,15 @@ __device__ __forceinline__ void mbar_wait(unsigned int bar, unsigned int parity)
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(32) fm_gather_tma(const CopyDesc *__restrict__ descs, unsigned int n,
-							       unsigned int chunk, unsigned int stages)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-	extern __shared__ __align__(128) unsigned char sbuf[];
-	__shared__ __align__(8) unsigned long long bars[8];
-	if (threadIdx.x != 0 || stages == 0 || stages > 8)
-		return;
-	const unsigned int sbase = (unsigned int)__cvta_generic_to_shared(sbuf);
-	const unsigned int bbase = (unsigned int)__cvta_generic_to_shared(bars);
-	for (unsigned int s = 0; s < stages; s++)
-		mbar_init(bbase + 8 * s, 1);
-	asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-	asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-
-	unsigned char *pdst[8];
-	unsigned int plen[8];
-	unsigned int phase = 0;
-	unsigned long long issued = 0, stored = 0, loff = 0;
-	unsigned int li = blockIdx.x;
-	bool have = li < n;
-	CopyDesc cur;
-	if (have)
-		cur = descs[li];
-	for (;;) {
-		while (have && issued - stored < stages) {
-			const unsigned int s = (unsigned int)(issued % stages);
-			const unsigned int len = (unsigned int)min((unsigned long long)chunk, cur.len - loff);
-			if (issued >= stages) // the stage's last store must have read shared memory
-				asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-			mbar_expect_tx(bbase + 8 * s, len);
-			asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-				     ::"r"(sbase + s * chunk), "l"(cur.src + loff), "r"(len), "r"(bbase + 8 * s)
-				     : "memory");
-			pdst[s] = cur.dst + loff;
-			plen[s] = len;
-			issued++;
-			loff += len;
-			if (loff >= cur.len) {
-				li += gridDim.x;
-				loff = 0;
-				have = li < n;
-				if (have)
-					cur = descs[li];
-			}
-		}
-		if (stored == issued)
-			break;
-		const unsigned int s = (unsigned int)(stored % stages);
-		mbar_wait(bbase + 8 * s, (phase >> s) & 1);
-		phase ^= 1u << s;
-		asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
-			     ::"l"(pdst[s]), "r"(sbase + s * chunk), "r"(plen[s])
-			     : "memory");
-		asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-		stored++;
-	}
-	asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
-#endif
-}
-
-// fm_gather_bulk is fm_gather_tma with one pipeline per warp (lane 0 issues; blockDim.x/32
-// warps, at most 8) and a tighter reuse wait: before a stage takes its next load, only the
-// store that last read it must have finished reading shared memory (cp.async.bulk
-// .wait_group.read N with N the stores committed after it), not every store in flight.
-// Worker g = blockIdx.x * warps + warp takes pieces g, g + workers, ...; each warp owns
-// stages chunks of chunk bytes of the dynamic shared memory. Same alignment rule as
-// fm_gather_tma (the host checks); does nothing below sm_90.
+// fm_gather_bulk moves rows with Hopper's bulk-copy engine instead of SM loads: lane 0 of
+// each warp (blockDim.x/32 warps, at most 8) runs one pipeline that streams chunks of its
+// descriptors global -> shared (completion on an mbarrier) -> global, `stages` chunks of
+// `chunk` bytes in flight. Before a stage takes its next load, only the store that last read
+// it must have finished reading shared memory (cp.async.bulk.wait_group.read N with N the
+// stores committed after it), not every store in flight. Worker g = blockIdx.x * warps +
+// warp takes pieces g, g + workers, ...; each warp owns stages chunks of the dynamic shared
+// memory. Only for sm_90 and all rows 16-byte aligned in address and length (the host
+// checks); elsewhere it does nothing.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void bulk_wait_read(unsigned int pending)
 {

@@ -70,19 +70,19 @@ var gatherPiece = 128 << 10
 
 // Gather kernel choice and launch shape (variables so the benchmark can sweep them):
 // gatherKind is "simt4"/"simt8" (16-byte SM loads, 4 or 8 in flight per thread), "p256"
-// (simt4 with 256-byte L2 fetches), "tma" (Hopper bulk copies, gatherTMAStages chunks of
-// gatherTMAChunk bytes in flight per block) or "bulk" (the same per warp, gatherBulkWarps
-// pipelines per block; on the H200 both stop where SM loads stop, ~49 GB/s from host
-// memory: docs/benchmarks.md, fifth CUDA session); threads per block and blocks per SM
-// size the grid.
+// (simt4 with 256-byte L2 fetches) or "bulk" (Hopper bulk copies, gatherBulkWarps
+// pipelines per block, each gatherTMAStages chunks of gatherTMAChunk bytes in flight; one
+// warp per block is the earlier "tma" kernel's shape; on the H200 it stops where SM loads
+// stop, ~49 GB/s from host memory: docs/benchmarks.md, fifth CUDA session); threads per
+// block and blocks per SM size the grid.
 var (
 	gatherKind        = "p256"
 	gatherThreads     = 256
 	gatherBlocksPerSM = 8
 	gatherTMAChunk    = 16 << 10
 	gatherTMAStages   = 4
-	// gatherBulkWarps is "bulk"'s pipelines per block (fm_gather_bulk: one per warp, each
-	// gatherTMAStages chunks of gatherTMAChunk bytes); gatherGrid, when > 0, replaces
+	// gatherBulkWarps is "bulk"'s pipelines per block (fm_gather_bulk: one per warp);
+	// gatherGrid, when > 0, replaces
 	// sms*gatherBlocksPerSM as the grid (a kernel sharing the link with copy engines
 	// may want few blocks).
 	gatherBulkWarps = 1
@@ -126,7 +126,7 @@ func (s *Stream) Gather(descs []CopyDesc) error {
 		return nil
 	}
 	kind := gatherKind
-	if (kind == "tma" || kind == "bulk") && (s.dev.ccMajor < 9 || !allAligned(descs, gatherAlign)) {
+	if kind == "bulk" && (s.dev.ccMajor < 9 || !allAligned(descs, gatherAlign)) {
 		kind = "simt4"
 	}
 	fn, err := s.dev.gatherKernel(kind)
@@ -166,21 +166,15 @@ func (s *Stream) Gather(descs []CopyDesc) error {
 		if gatherGrid > 0 {
 			grid = gatherGrid
 		}
-		if kind == "tma" || kind == "bulk" {
-			warps := 1
-			if kind == "bulk" {
-				warps = gatherBulkWarps
-			}
+		if kind == "bulk" {
+			warps := gatherBulkWarps
 			grid = min(grid, (n+warps-1)/warps)
 			smem := gatherTMAChunk * gatherTMAStages * warps
-			if d.gatherSmem == nil {
-				d.gatherSmem = map[string]int{}
-			}
-			if smem != d.gatherSmem[kind] {
+			if smem != d.gatherBulkSmem {
 				if err := fn.SetMaxDynamicShared(smem); err != nil {
 					return err
 				}
-				d.gatherSmem[kind] = smem
+				d.gatherBulkSmem = smem
 			}
 			return s.Launch(fn, Dim3{uint32(grid), 1, 1}, Dim3{uint32(32 * warps), 1, 1}, smem,
 				ArgPtr(s.descs), ArgU32(uint32(n)), ArgU32(uint32(gatherTMAChunk)), ArgU32(uint32(gatherTMAStages)))

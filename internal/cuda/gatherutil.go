@@ -1,7 +1,7 @@
 package cuda
 
 // gatherFuncs maps gatherKind to the kernel's name in gather.cu.
-var gatherFuncs = map[string]string{"simt4": "fm_gather", "simt8": "fm_gather8", "p256": "fm_gather_p256", "tma": "fm_gather_tma", "bulk": "fm_gather_bulk"}
+var gatherFuncs = map[string]string{"simt4": "fm_gather", "simt8": "fm_gather8", "p256": "fm_gather_p256", "bulk": "fm_gather_bulk"}
 
 // splitDescs appends descs to dst with every row longer than piece cut into the fewest
 // pieces of at most piece bytes, of equal size rounded up to 16 bytes (so aligned rows

@@ -66,7 +66,7 @@ func TestRecallBulkSweep(t *testing.T) {
 	}
 	sms := d.sms
 	shapes := []bulkShape{
-		{1, 4, 16 << 10, sms * 8}, // fm_gather_tma's default shape, tighter reuse wait
+		{1, 4, 16 << 10, sms * 8}, // one warp per block: the earlier fm_gather_tma's default shape
 		{1, 4, 16 << 10, sms},
 		{1, 8, 16 << 10, sms},
 		{1, 4, 32 << 10, sms},
