@@ -518,8 +518,6 @@ type clusterStore struct {
 	// keepDir holds, per name, the committed metadata version a replica
 	// write replaced before its commit (cluster.MetaVersions).
 	keepDir string
-	// group: the replica's page syncs (replica_sync = "fsync").
-	group groupSync
 }
 
 type metaVer struct {
@@ -772,55 +770,9 @@ func (cs *clusterStore) WritePages(ctx context.Context, name string, pages []clu
 	if cs.writeOnly {
 		return nil // synced after the session's metadata, in the background
 	}
-	return cs.group.sync(d.store.SSD().Sync)
-}
-
-// groupSync is group commit for the replica's syncs: the batches of several
-// PUT_PAGES in flight (and of several sessions) that finish their writes
-// while a sync runs share the next one, instead of each queueing its own
-// fdatasync of the same journal segment behind the others'.
-type groupSync struct {
-	mu      sync.Mutex
-	next    *syncRound // the round that starts next; joiners wait for it
-	running bool
-}
-
-type syncRound struct {
-	done chan struct{}
-	err  error
-}
-
-// sync returns once a call of do that started after sync was called has
-// finished (so it covers every write completed before the call).
-func (g *groupSync) sync(do func() error) error {
-	g.mu.Lock()
-	if g.next == nil {
-		g.next = &syncRound{done: make(chan struct{})}
-	}
-	r := g.next
-	if !g.running {
-		g.running = true
-		go g.loop(do)
-	}
-	g.mu.Unlock()
-	<-r.done
-	return r.err
-}
-
-func (g *groupSync) loop(do func() error) {
-	for {
-		g.mu.Lock()
-		r := g.next
-		g.next = nil
-		if r == nil {
-			g.running = false
-			g.mu.Unlock()
-			return
-		}
-		g.mu.Unlock()
-		r.err = do()
-		close(r.done)
-	}
+	// Several PUT_PAGES finishing at once share one fdatasync: SSD.Sync is
+	// group commit per segment.
+	return d.store.SSD().Sync()
 }
 
 // WriteMeta implements cluster.Store: the canonical blob gets this node's

@@ -2,7 +2,10 @@ package tiers
 
 import (
 	"context"
+	"errors"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -58,5 +61,70 @@ func TestSyncWaitsForTheSyncInFlight(t *testing.T) {
 	}
 	if synced != 1 {
 		t.Errorf("%d fdatasyncs for one write, want 1 (the second Sync is covered by the first)", synced)
+	}
+}
+
+// Concurrent writers that each sync their own write share fdatasyncs (group
+// commit), every Sync returns only after an fdatasync that started after its
+// write finished, and an fdatasync error reaches the callers it covers.
+func TestConcurrentSyncsAreGrouped(t *testing.T) {
+	s, err := OpenSSD(SSDConfig{Dir: t.TempDir(), GCInterval: -1, MemTableSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var writes, covered, rounds atomic.Int64
+	var fail atomic.Pointer[error]
+	old := syncFile
+	syncFile = func(f *os.File) error {
+		at := writes.Load()
+		rounds.Add(1)
+		time.Sleep(5 * time.Millisecond)
+		if e := fail.Load(); e != nil {
+			return *e
+		}
+		if err := old(f); err != nil {
+			return err
+		}
+		for c := covered.Load(); c < at && !covered.CompareAndSwap(c, at); c = covered.Load() {
+		}
+		return nil
+	}
+	defer func() { syncFile = old }()
+
+	const callers = 32
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Counted before the write: an fdatasync that covers it reads its
+			// count after the write finished, so at >= w.
+			w := writes.Add(1)
+			if err := s.Put(context.Background(), PageID{Session: 1, Page: uint32(i)}, 1, make([]byte, 4096)); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := s.Sync(); err != nil {
+				t.Error(err)
+				return
+			}
+			if c := covered.Load(); c < w {
+				t.Errorf("Sync returned after write %d with only %d covered", w, c)
+			}
+		}()
+	}
+	wg.Wait()
+	if r := rounds.Load(); r >= callers/2 {
+		t.Fatalf("%d fdatasyncs for %d concurrent callers: not grouped", r, callers)
+	}
+
+	boom := errors.New("disk gone")
+	fail.Store(&boom)
+	if err := s.Put(context.Background(), PageID{Session: 2, Page: 0}, 1, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(); !errors.Is(err, boom) {
+		t.Fatalf("Sync error: %v, want %v", err, boom)
 	}
 }
