@@ -22,6 +22,7 @@ type Request struct {
 	// per-cycle scratch, reused
 	logits [][]float32 // per target layer
 	scores []float32   // ensembled logits of the last scored cycle
+	tiers  []uint8     // page tiers of the last scored cycle (PageTierer models only)
 }
 
 // NewRequest returns an empty request scored by model under policy, with the model's
@@ -276,6 +277,13 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 		}
 		r.scores = growTo(r.scores, r.n)
 		r.ensemble.combine(r.scores, r.logits)
+		if pt, ok := r.model.(PageTierer); ok {
+			r.tiers = growTo(r.tiers, r.Pages())
+			clear(r.tiers)
+			pt.PageTiers(r.keys, r.scores, r.policy.ChunksPerPage, r.policy.thresholdLogit(), r.tiers)
+			out[i] = r.sel.stepTiered(r.n, r.scores, r.tiers, &r.policy)
+			continue
+		}
 		out[i] = r.sel.step(r.n, r.scores, &r.policy)
 	}
 	return out, nil

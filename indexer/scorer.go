@@ -170,3 +170,20 @@ type PageItem struct {
 
 // ErrPagesUnsupported (wrapped) from ScorePages: this batch is to be scored by Score.
 var ErrPagesUnsupported = errors.New("indexer: page scoring not available for this batch")
+
+// PageTierer is a Scorer that orders a cycle's free pages in tiers before their counts: after
+// Score, Level-1 selection asks it for every page's tier and takes the free pages by (tier
+// ascending, above-threshold count descending, newer first) instead of by count alone. The
+// text-mode scorer uses it to rank the pages its multi-hop expansion reached by the round
+// that reached them (docs/indexer.md, "Page tiers"). Scorers that do not implement it — the
+// LSA Memory Indexer — keep the count-only rule, unchanged. ScoreBatch calls PageTiers for
+// one request at a time, after its Score call; it need not be safe for concurrent use on
+// the same Keys.
+type PageTierer interface {
+	Scorer
+	// PageTiers fills tiers (one entry per page of ChunksPerPage chunks) for the request
+	// whose per-layer keys were just scored and whose ensembled logits are scores; a chunk
+	// counts as above threshold when its logit exceeds thresholdLogit. It may leave tiers
+	// all zero (count-only ranking).
+	PageTiers(keys []Keys, scores []float32, chunksPerPage int, thresholdLogit float32, tiers []uint8)
+}

@@ -87,6 +87,7 @@ type selector struct {
 	inSel     []bool
 	hist      []int
 	cand      []lookCand
+	order     []uint32
 }
 
 type lookCand struct {
@@ -108,13 +109,19 @@ func sinkTail(n int, p *Policy) (sinkEnd, tailStart int) {
 // step runs one cycle. logits holds one ensembled logit per chunk, or is nil when the request
 // is in fallback (nothing was scored).
 func (s *selector) step(n int, logits []float32, p *Policy) *Cycle {
-	return s.stepWith(n, logits, nil, p)
+	return s.stepWith(n, logits, nil, nil, p)
+}
+
+// stepTiered is step with page tiers (a PageTierer's): free pages are taken by tier, then
+// count (topKTiered).
+func (s *selector) stepTiered(n int, logits []float32, tiers []uint8, p *Policy) *Cycle {
+	return s.stepWith(n, logits, tiers, nil, p)
 }
 
 // stepPages runs one cycle on page results computed elsewhere (a PageScorer): page scores,
 // counters and the top-KMAX cut; the fallback rule, the diffs and the lookahead run here.
 func (s *selector) stepPages(n int, pi *PageItem, p *Policy) *Cycle {
-	return s.stepWith(n, nil, pi, p)
+	return s.stepWith(n, nil, nil, pi, p)
 }
 
 // forcedCount is the number of pages touching the sink or the tail of n chunks.
@@ -136,7 +143,7 @@ func forcedCount(n int, p *Policy) int {
 	return sinkPages + pages - tailFirst
 }
 
-func (s *selector) stepWith(n int, logits []float32, pi *PageItem, p *Policy) *Cycle {
+func (s *selector) stepWith(n int, logits []float32, tiers []uint8, pi *PageItem, p *Policy) *Cycle {
 	cpp := p.ChunksPerPage
 	pages := pageCount(n, cpp)
 	s.cycle++
@@ -220,6 +227,8 @@ func (s *selector) stepWith(n int, logits []float32, pi *PageItem, p *Policy) *C
 		}
 	} else if pi != nil {
 		copy(s.inSel[:pages], pi.Selected)
+	} else if tiers != nil && c.Scored {
+		s.topKTiered(pages, c.KMax-c.ForcedPages, tiers)
 	} else {
 		s.topK(pages, c.KMax-c.ForcedPages, cpp)
 	}
@@ -290,6 +299,39 @@ func (s *selector) topK(pages, need, cpp int) {
 			s.inSel[pg] = true
 			need--
 		}
+	}
+}
+
+// topKTiered marks in s.inSel the forced pages plus the `need` best non-forced pages by
+// (tier ascending, page score descending, newer first). With every tier equal it selects
+// exactly what topK does; it sorts, so it is O(pages·log pages), which only text-mode
+// requests (PageTierer) pay.
+func (s *selector) topKTiered(pages, need int, tiers []uint8) {
+	s.order = s.order[:0]
+	for pg := range pages {
+		if s.forced[pg] {
+			s.inSel[pg] = true
+			continue
+		}
+		s.order = append(s.order, uint32(pg))
+	}
+	if need <= 0 {
+		return
+	}
+	if need < len(s.order) {
+		slices.SortFunc(s.order, func(a, b uint32) int {
+			if c := cmp.Compare(tiers[a], tiers[b]); c != 0 {
+				return c
+			}
+			if c := cmp.Compare(s.pageScore[b], s.pageScore[a]); c != 0 {
+				return c
+			}
+			return cmp.Compare(b, a)
+		})
+		s.order = s.order[:need]
+	}
+	for _, pg := range s.order {
+		s.inSel[pg] = true
 	}
 }
 

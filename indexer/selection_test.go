@@ -370,3 +370,43 @@ func checkCycle(t *testing.T, c *Cycle) {
 		}
 	}
 }
+
+// TestTopKTiered: with every tier equal the tiered cut selects exactly what the count-only
+// cut does (so a PageTierer that leaves tiers at zero changes nothing), and with tiers a
+// lower tier wins over a higher count, counts then newer pages deciding within a tier.
+func TestTopKTiered(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for trial := range 300 {
+		p := pol(rng.IntN(200), rng.IntN(400), 1+rng.IntN(12))
+		n := 1 + rng.IntN(3000)
+		l := make([]float32, n)
+		for i := range l {
+			l[i] = -1
+			if rng.Float64() < 0.1 {
+				l[i] = 1
+			}
+		}
+		var a, b selector
+		ca := a.step(n, l, &p)
+		cb := b.stepTiered(n, l, make([]uint8, pageCount(n, 64)), &p)
+		if !slices.Equal(ca.Selected, cb.Selected) {
+			t.Fatalf("trial %d: equal tiers select %v, count-only %v", trial, cb.Selected, ca.Selected)
+		}
+	}
+	// 10 pages, sink page 0, tail page 9, KMAX 5: three free slots.
+	n := 640
+	p := pol(64, 64, 5)
+	l := logitsWith(n, cat(pageAbove(2, 9), pageAbove(3, 1), pageAbove(5, 4), pageAbove(6, 1), pageAbove(7, 1))...)
+	tiers := []uint8{255, 255, 254, 1, 255, 0, 3, 3, 255, 255}
+	var s selector
+	c := s.stepTiered(n, l, tiers, &p)
+	// Page 5 (tier 0), page 3 (tier 1), then pages 6 and 7 tie at tier 3 with one chunk
+	// each: the newer, 7, wins. Page 2's nine chunks come only from weak links (254).
+	if want := []uint32{0, 3, 5, 7, 9}; !slices.Equal(c.Selected, want) {
+		t.Fatalf("selected %v, want %v", c.Selected, want)
+	}
+	var plain selector
+	if got, want := plain.step(n, l, &p).Selected, []uint32{0, 2, 5, 7, 9}; !slices.Equal(got, want) {
+		t.Fatalf("count-only selected %v, want %v", got, want)
+	}
+}

@@ -275,6 +275,11 @@ type ScoreOptions struct {
 	// the chunks the query kept to the chunks that name what they say); 0
 	// scores the query alone.
 	Hops int
+	// Reached, when not nil (one entry per chunk), receives for every chunk
+	// the expansion round that lit it (1 … Hops) and 0 for every other
+	// chunk: those the query itself kept, and those nothing kept. Page
+	// allocation (Allocate) reads it.
+	Reached []uint8
 }
 
 // DefaultHops is the expansion a text-mode model does unless a policy turns
@@ -318,8 +323,14 @@ func (m *Model) ScoreWith(q *Query, keys []byte, out []float32, opts ScoreOption
 		}
 	})
 	dilate(out)
+	if opts.Reached != nil {
+		if len(opts.Reached) != n {
+			return fmt.Errorf("%w: %d reach entries for %d keys", ErrBadKey, len(opts.Reached), n)
+		}
+		clear(opts.Reached)
+	}
 	if opts.Hops > 0 {
-		m.expand(q, keys, out, opts.Hops)
+		m.expand(q, keys, out, opts.Hops, opts.Reached)
 	}
 	return nil
 }
@@ -371,7 +382,7 @@ func dilate(out []float32) {
 // share a 16-bit bucket are different words, and a bucket shared by several
 // training words counts all their occurrences, which only makes it less
 // specific.
-func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
+func (m *Model) expand(q *Query, keys []byte, out []float32, hops int, reached []uint8) {
 	kb := m.KeyBytes()
 	n := len(out)
 	// Seeds: the kept chunks and their neighbours within dilateRadius (the
@@ -437,7 +448,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 	}
 	usedBi := map[uint64]bool{}
 	var ts, ts2 []int
-	for range hops {
+	for round := range hops {
 		if len(seeds) == 0 {
 			return
 		}
@@ -463,6 +474,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 		// neither specific alone, both outside the query.
 		var bis []uint64
 		biFirst := make([]uint64, len(used))
+		seedPairs := map[uint64]bool{}
 		for _, c := range seeds {
 			ts = core(ts, c)
 			for _, t := range ts {
@@ -486,6 +498,9 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 			}
 			for i := 0; i+1 < len(pair); i++ {
 				a, b := pair[i], pair[i+1]
+				if has(spec, a) || has(spec, b) {
+					seedPairs[uint64(a)<<32|uint64(b)] = true
+				}
 				if a == b || has(inQuery, a) || has(inQuery, b) || specific(a) || specific(b) {
 					continue
 				}
@@ -530,6 +545,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 			}
 		}
 		hit := make([]bool, n)
+		weak := make([]bool, n)
 		isSeed := make([]bool, n)
 		for _, c := range seeds {
 			isSeed[c] = true
@@ -558,6 +574,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 				for _, c := range h[i : i+2] {
 					if out[c] <= 0 {
 						hit[c] = true
+						weak[c] = cnt > 2
 					}
 				}
 			}
@@ -572,11 +589,28 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 				// chunks above threshold, below pages the query matches
 				// directly, above pages nothing matches.
 				ts = core(ts, c)
-				for _, t := range ts {
-					if has(spec, t) {
-						hit[c] = true
-						break
+				w := true
+				for i, t := range ts {
+					if !has(spec, t) {
+						continue
 					}
+					// A link is strong when its term names one thing: it
+					// occurs at most twice (where it was seen and here), or
+					// it stands here next to the word it stood next to
+					// there ("Basket | 11"). A word of the training
+					// vocabulary that the context uses more often than
+					// that is followed only so: "11" or "Ingrid" alone
+					// would reach every other "11" of the context. A seed
+					// chunk lighting itself is not a link.
+					strong := !isSeed[c] && (occ[t] <= 2 || m.pairSeen(seedPairs, keys, c, ts, i))
+					if !strong && !isSeed[c] && t < nb && occ[t] > 2 {
+						continue
+					}
+					hit[c] = true
+					w = w && !strong
+				}
+				if hit[c] {
+					weak[c] = w
 				}
 			}
 		}
@@ -594,6 +628,9 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 			for s := max(c-dilateRadius, 0); s <= min(c+dilateRadius, n-1); s++ {
 				if s/pageChunks != c/pageChunks && out[s] <= 0 && !hit[s] {
 					out[s] = prfLogit
+					if reached != nil {
+						reached[s] = reach(round, weak[c])
+					}
 				}
 			}
 		}
@@ -603,6 +640,9 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int) {
 				continue
 			}
 			out[c] = prfLogit
+			if reached != nil {
+				reached[c] = reach(round, weak[c])
+			}
 			// The next name of a chain may sit a chunk or two before
 			// ("Set b | to the value | of a."), so neighbours within
 			// dilateRadius seed the next round too (their own terms only;
@@ -641,4 +681,60 @@ func absInt(x int) int {
 		return -x
 	}
 	return x
+}
+
+// ReachedWeak flags a ScoreOptions.Reached entry whose chunk was lit by a weak
+// link: a term that occurs more than twice in the context and not with the
+// neighbour it had where it was seen, a two-word name occurring more than
+// twice, or a seed chunk lighting itself.
+const ReachedWeak = 0x80
+
+func reach(round int, weak bool) uint8 {
+	r := uint8(round + 1)
+	if weak {
+		r |= ReachedWeak
+	}
+	return r
+}
+
+// pairSeen reports whether term ts[i] of chunk c stands next to the same term
+// as it did in a seed (the previous chunk's last term and the next chunk's
+// first count as neighbours).
+func (m *Model) pairSeen(seedPairs map[uint64]bool, keys []byte, c int, ts []int, i int) bool {
+	if len(seedPairs) == 0 {
+		return false
+	}
+	t := ts[i]
+	kb := m.KeyBytes()
+	nb := m.cfg.Buckets
+	termOf := func(c, j int) int {
+		key := keys[c*kb : (c+1)*kb]
+		terms, ncore, _ := m.keyTerms(key)
+		if j < 0 {
+			j = ncore + j
+		}
+		if j < 0 || j >= ncore {
+			return -1
+		}
+		b := int(termAt(terms, j))
+		if b >= nb {
+			return -1
+		}
+		if m.keyNovel(key)&(1<<j) != 0 {
+			b += nb
+		}
+		return b
+	}
+	left, right := -1, -1
+	if i > 0 {
+		left = ts[i-1]
+	} else if c > 0 {
+		left = termOf(c-1, -1)
+	}
+	if i+1 < len(ts) {
+		right = ts[i+1]
+	} else if c+1 < len(keys)/kb {
+		right = termOf(c+1, 0)
+	}
+	return left >= 0 && seedPairs[uint64(left)<<32|uint64(t)] || right >= 0 && seedPairs[uint64(t)<<32|uint64(right)]
 }

@@ -17,7 +17,7 @@ type Scorer struct {
 	Model *Model
 }
 
-var _ indexer.Scorer = (*Scorer)(nil)
+var _ indexer.PageTierer = (*Scorer)(nil)
 
 // Layers returns the single pseudo target layer 0.
 func (s *Scorer) Layers() []int { return []int{0} }
@@ -61,6 +61,10 @@ func (s *Scorer) Score(items []indexer.ScoreItem) error {
 		opts := ScoreOptions{}
 		if it.Expand.On(true) {
 			opts.Hops = DefaultHops
+			tk.reached = growTo(tk.reached, tk.Len())
+			opts.Reached = tk.reached
+		} else {
+			tk.reached = tk.reached[:0]
 		}
 		if err := s.Model.ScoreWith(q, tk.raw, it.Out[0], opts); err != nil {
 			return fmt.Errorf("item %d: %w", i, err)
@@ -73,6 +77,16 @@ type textKeys struct {
 	m   *Model
 	kb  int
 	raw []byte
+	// reached is the expansion round that lit each chunk in the last Score
+	// (ScoreOptions.Reached), empty when that Score did not expand.
+	reached []uint8
+}
+
+func growTo[T any](b []T, n int) []T {
+	if cap(b) >= n {
+		return b[:n]
+	}
+	return make([]T, n)
 }
 
 func (k *textKeys) Append(raw []byte) error {
@@ -87,4 +101,19 @@ func (k *textKeys) Len() int       { return len(k.raw) / k.kb }
 func (k *textKeys) Truncate(n int) { k.raw = k.raw[:min(len(k.raw), n*k.kb)] }
 func (k *textKeys) AppendRaw(dst []byte, first, n int) []byte {
 	return append(dst, k.raw[first*k.kb:(first+n)*k.kb]...)
+}
+
+// PageTiers implements indexer.PageTierer: a page's tier is the earliest
+// expansion round that lit one of its above-threshold chunks (0: the query
+// itself), so selection takes the pages the question matches, then those one
+// hop away, then two, each by count (PageTier).
+func (s *Scorer) PageTiers(keys []indexer.Keys, scores []float32, cpp int, thr float32, tiers []uint8) {
+	if len(keys) != 1 {
+		return
+	}
+	tk, ok := keys[0].(*textKeys)
+	if !ok || len(tk.reached) != len(scores) {
+		return
+	}
+	PageTiers(scores, tk.reached, cpp, thr, tiers)
 }
