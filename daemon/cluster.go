@@ -465,7 +465,7 @@ func (d *Daemon) forgetSession(s *session) {
 // checksum here, when the committed manifest names the generation the
 // session holds, and writes them back to the store; it returns the recall
 // items to run again. s.mu is held (the cycle owns the session).
-func (d *Daemon) healPages(s *session, results []tiers.RecallResult, slots map[uint32]int) []tiers.RecallItem {
+func (d *Daemon) healPages(s *session, results []tiers.RecallResult) []tiers.RecallItem {
 	if d.cl == nil || s.name == "" || !s.persist {
 		return nil
 	}
@@ -489,7 +489,7 @@ func (d *Daemon) healPages(s *session, results []tiers.RecallResult, slots map[u
 			continue
 		}
 		d.log.Warn("damaged page healed from a replica", "session", s.id, "name", s.name, "page", p, "generation", gen)
-		items = append(items, tiers.RecallItem{ID: r.ID, Slot: slots[p], Gen: gen})
+		items = append(items, tiers.RecallItem{ID: r.ID, Slot: r.Slot, Gen: gen})
 	}
 	return items
 }

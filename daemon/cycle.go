@@ -209,10 +209,7 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 		tail = append(tail, uint32(p))
 	}
 	need := mergeSorted(cy.Use, tail)
-	d.mu.Lock()
-	d.nextLease++
-	lid := d.nextLease
-	d.mu.Unlock()
+	lid := d.nextLease.Add(1)
 	slots, loaded, late, damaged, err := d.loadPages(s, need, tiers.LeaseID(lid))
 	wait := time.Since(tw)
 	d.m.waitSeconds.Observe(wait.Seconds())
@@ -237,7 +234,7 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 	// are skipped by the generation check.
 	var recall []uint32
 	for _, p := range cy.Recall {
-		if _, ok := slots[p]; !ok && p < uint32(len(s.gens)) && s.gens[p] > 0 && s.damaged[p] == nil {
+		if _, ok := slots.slot(p); !ok && p < uint32(len(s.gens)) && s.gens[p] > 0 && s.damaged[p] == nil {
 			recall = append(recall, p)
 		}
 	}
@@ -265,14 +262,16 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 			r.Damaged = append(r.Damaged, proto.DamagedPage{Page: p, Err: proto.CodeIntegrity.Errorf("session %d page %d: %v", s.id, p, err)})
 			continue
 		}
-		r.Pages = append(r.Pages, proto.PageSlot{Page: p, Slot: uint32(slots[p])})
+		slot, _ := slots.slot(p)
+		r.Pages = append(r.Pages, proto.PageSlot{Page: p, Slot: uint32(slot)})
 	}
 	if len(r.Damaged) > proto.MaxCycleDamaged {
 		r.Damaged = r.Damaged[:proto.MaxCycleDamaged]
 	}
 	r.Tail = make([]proto.PageSlot, 0, len(tail))
 	for _, p := range tail {
-		r.Tail = append(r.Tail, proto.PageSlot{Page: p, Slot: uint32(slots[p])})
+		slot, _ := slots.slot(p)
+		r.Tail = append(r.Tail, proto.PageSlot{Page: p, Slot: uint32(slot)})
 	}
 	r.Counters = proto.CycleCounters{
 		Chunks:        s.chunks,
@@ -288,25 +287,65 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 	return r, nil
 }
 
-// loadPages binds every page of need to a reserve slot and has the mover
-// copy in the pages whose slot does not hold their current generation,
+// boundSet is a cycle's table: its pages, sorted, and the reserve slot each
+// one is bound to.
+type boundSet struct {
+	pages []uint32
+	slots []int32
+}
+
+// slot is the slot page p is bound to.
+func (b boundSet) slot(p uint32) (int, bool) {
+	i, ok := slices.BinarySearch(b.pages, p)
+	if !ok {
+		return -1, false
+	}
+	return int(b.slots[i]), true
+}
+
+// loadPages binds every page of need (sorted) to a reserve slot and has the
+// mover copy in the pages whose slot does not hold their current generation,
 // waiting for them: this is the decoder-visible part of a recall. It returns
-// the page → slot map, how many pages were copied, how many of those had to
+// the pages' slots, how many pages were copied, how many of those had to
 // come from SSD, and the pages that could not be served because their stored
 // bytes are damaged (known since RESUME, or found now: remembered, so they
 // are never read again).
-func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[uint32]int, int, int, map[uint32]error, error) {
-	slots := make(map[uint32]int, len(need))
+//
+// The pages the previous cycle's background recall bound (the usual table)
+// are pinned in one Region call, with no allocation per page: this runs
+// inside the decoder-visible wait, and on a loaded host every microsecond of
+// CPU there is a chance for the scheduler to take the thread away for a
+// whole time slice (docs/benchmarks.md, "SSD as a capacity tier").
+func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (boundSet, int, int, map[uint32]error, error) {
 	var damaged map[uint32]error
-	var items []tiers.RecallItem
-	for _, p := range need {
-		if err := s.damaged[p]; err != nil {
-			if damaged == nil {
-				damaged = map[uint32]error{}
+	bind := need
+	if len(s.damaged) > 0 {
+		bind = make([]uint32, 0, len(need))
+		for _, p := range need {
+			if err := s.damaged[p]; err != nil {
+				if damaged == nil {
+					damaged = map[uint32]error{}
+				}
+				damaged[p] = err
+				continue
 			}
-			damaged[p] = err
+			bind = append(bind, p)
+		}
+	}
+	b := boundSet{pages: bind, slots: make([]int32, len(bind))}
+	gens := make([]uint64, len(bind))
+	missing, err := s.region.PinBound(lease, bind, b.slots, gens)
+	if err != nil {
+		return boundSet{}, 0, 0, nil, err
+	}
+	for k, p := range bind {
+		if missing == 0 {
+			break
+		}
+		if b.slots[k] >= 0 {
 			continue
 		}
+		missing--
 		alloc := s.region.Allocate
 		if s.genOf(p) == 0 {
 			// A tail page never written: the decoder writes its cells in
@@ -321,23 +360,26 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[
 		}
 		if err != nil {
 			if errors.Is(err, tiers.ErrNoSpace) {
-				return nil, 0, 0, nil, proto.CodeNoSpace.Errorf("session %d: reserve of %d slots cannot hold the %d pages this cycle needs (release earlier leases or open with more reserve_slots)", s.id, s.region.Slots(), len(need))
+				return boundSet{}, 0, 0, nil, proto.CodeNoSpace.Errorf("session %d: reserve of %d slots cannot hold the %d pages this cycle needs (release earlier leases or open with more reserve_slots)", s.id, s.region.Slots(), len(need))
 			}
-			return nil, 0, 0, nil, err
+			return boundSet{}, 0, 0, nil, err
 		}
-		slots[p] = a.Slot
-		if g := s.genOf(p); g > 0 && (!a.Hit || a.Gen != g) {
-			items = append(items, tiers.RecallItem{ID: s.pageID(p), Slot: a.Slot, Gen: g})
+		b.slots[k], gens[k] = int32(a.Slot), a.Gen
+	}
+	var items []tiers.RecallItem
+	for k, p := range bind {
+		if g := s.genOf(p); g > 0 && gens[k] != g {
+			items = append(items, tiers.RecallItem{ID: s.pageID(p), Slot: int(b.slots[k]), Gen: g})
 		}
 	}
 	d.reserveHits.Add(uint64(len(need) - len(items)))
 	d.reserveMisses.Add(uint64(len(items)))
 	if len(items) == 0 {
-		return slots, 0, 0, damaged, nil
+		return b, 0, 0, damaged, nil
 	}
 	t, err := d.mover.Recall(s.region, items)
 	if err != nil {
-		return nil, 0, 0, nil, err
+		return boundSet{}, 0, 0, nil, err
 	}
 	<-t.Done()
 	late := 0
@@ -345,7 +387,7 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[
 	// Self-healing reads: a page whose stored bytes fail their checksum is
 	// fetched from a cluster replica (when the manifest holds this very
 	// generation), written back, and recalled again.
-	if healed := d.healPages(s, results, slots); len(healed) > 0 {
+	if healed := d.healPages(s, results); len(healed) > 0 {
 		if t2, err := d.mover.Recall(s.region, healed); err == nil {
 			<-t2.Done()
 			again := map[tiers.PageID]tiers.RecallResult{}
@@ -373,13 +415,13 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (map[
 				d.log.Error("page damaged on SSD; reported in the CYCLE reply, never served", "session", s.id, "page", r.ID.Page, "err", r.Err)
 				continue
 			}
-			return nil, 0, 0, nil, r.Err
+			return boundSet{}, 0, 0, nil, r.Err
 		}
 		if r.Source == tiers.SourceSSD {
 			late++
 		}
 	}
-	return slots, len(items), late, damaged, nil
+	return b, len(items), late, damaged, nil
 }
 
 func (s *session) genOf(p uint32) uint64 {
@@ -415,10 +457,7 @@ func (d *Daemon) startRecall(s *session, pages []uint32) (*tiers.Ticket, []uint3
 	// evictable slot left, Allocate would evict the pages this very recall
 	// bound a moment ago (the least recently used that no lease pins), and
 	// the next cycle would find them missing and copy them itself.
-	d.mu.Lock()
-	d.nextLease++
-	hold := tiers.LeaseID(d.nextLease)
-	d.mu.Unlock()
+	hold := tiers.LeaseID(d.nextLease.Add(1))
 	defer func() { _ = s.region.Release(hold) }()
 	for i, p := range pages {
 		a, err := s.region.Allocate(p)

@@ -53,19 +53,21 @@ type Daemon struct {
 	instance  [16]byte
 	started   time.Time
 
-	mu        sync.Mutex
-	sessions  map[uint64]*session
-	byName    map[string]*session
-	conns     map[*conn]struct{}
-	connsOf   map[uint32]int // connections per uid
-	nextID    uint64
-	nextLease uint64
+	mu       sync.Mutex
+	sessions map[uint64]*session
+	byName   map[string]*session
+	conns    map[*conn]struct{}
+	connsOf  map[uint32]int // connections per uid
+	nextID   uint64
 	// lost are persisted session names whose records this start found
 	// missing from the journal (tiers.RecoveryReport.LostMetas), until a
 	// session takes the name again: RESUME of one says it was lost.
 	lost map[string]bool
 
 	closing atomic.Bool
+	// nextLease numbers leases (cycle replies, recalls in flight); atomic,
+	// so the cycle path takes no daemon-wide lock for it.
+	nextLease atomic.Uint64
 
 	reserveHits, reserveMisses atomic.Uint64 // cycle-table pages found in / copied into the reserve
 	connWG                     sync.WaitGroup

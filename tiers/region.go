@@ -89,6 +89,12 @@ type Region struct {
 	leases   map[LeaseID]*lease
 	loaded   int64
 	counters tierCounters
+
+	// Slots [0, used) have been allocated at least once, [0, populated)
+	// are populated or being populated by the prefaulter (prefault.go).
+	used, populated int32
+	prefaulting     bool
+	prefaultWG      sync.WaitGroup
 }
 
 var _ Tier = (*Region)(nil)
@@ -130,6 +136,9 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 		r.slots[i].prev, r.slots[i].next = -1, -1
 		r.free = append(r.free, int32(i))
 	}
+	r.mu.Lock()
+	r.prefaultLocked()
+	r.mu.Unlock()
 	return r, nil
 }
 
@@ -350,6 +359,10 @@ func (r *Region) allocate(page uint32) (Allocation, error) {
 	}
 	i := r.free[len(r.free)-1]
 	r.free = r.free[:len(r.free)-1]
+	if i >= r.used {
+		r.used = i + 1
+		r.prefaultLocked()
+	}
 	s := &r.slots[i]
 	s.page, s.bound, s.gen = page, true, 0
 	r.pageSlot[page] = i
@@ -465,6 +478,50 @@ func (r *Region) pin(id LeaseID, slots []int, handed bool) error {
 		l.slots = append(l.slots, int32(slot))
 	}
 	return nil
+}
+
+// PinBound is Allocate plus PinLoading for the pages that already have a
+// slot, all in one critical section: each such page counts as a use for LRU
+// and its slot is pinned under the pending lease id; slots[i] and gens[i]
+// get its slot and the generation the slot holds (0: bound, not loaded),
+// slots[i] = -1 for a page with no slot (for the caller to Allocate). It
+// returns how many pages had none. The cycle path binds a table whose pages
+// the previous cycle's background recall already bound: one lock and no
+// allocation per page keep that bookkeeping to microseconds on the
+// decoder's path (docs/benchmarks.md, "SSD as a capacity tier").
+func (r *Region) PinBound(id LeaseID, pages []uint32, slots []int32, gens []uint64) (int, error) {
+	if len(slots) < len(pages) || len(gens) < len(pages) {
+		return 0, fmt.Errorf("session %d: %d pages, room for %d slots and %d generations: %w", r.session, len(pages), len(slots), len(gens), ErrSize)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return 0, fmt.Errorf("region of session %d: %w", r.session, ErrClosed)
+	}
+	l := r.leases[id]
+	if l == nil {
+		l = &lease{slots: make([]int32, 0, len(pages))}
+		r.leases[id] = l
+	}
+	missing := 0
+	for k, p := range pages {
+		i, ok := r.pageSlot[p]
+		if !ok {
+			slots[k], gens[k] = -1, 0
+			missing++
+			continue
+		}
+		r.unlink(i)
+		r.pushFront(i)
+		s := &r.slots[i]
+		s.pins++
+		if l.handed {
+			s.live++
+		}
+		l.slots = append(l.slots, i)
+		slots[k], gens[k] = i, s.gen
+	}
+	return missing, nil
 }
 
 // HandOut marks a lease as delivered to the client: its slots now hold bytes
@@ -1045,5 +1102,7 @@ func (r *Region) Close() error {
 		r.cond.Wait()
 	}
 	r.mu.Unlock()
-	return r.mem.close()
+	err := r.mem.close()
+	r.prefaultWG.Wait() // it stops at its next chunk: the memory is gone
+	return err
 }
