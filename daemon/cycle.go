@@ -14,17 +14,23 @@ import (
 
 // waitPending waits for the session's background recalls and drops the
 // deferred rest (whoever waits loads what it needs itself); s.mu is held.
+// It returns how long it was blocked on a recall still copying: a recall
+// that had finished costs no wait.
 func (s *session) waitPending() time.Duration {
 	s.deferred = nil
-	if len(s.pending) == 0 {
-		return 0
-	}
-	t := time.Now()
+	var waited time.Duration
 	for _, p := range s.pending {
+		select {
+		case <-p.Done():
+			continue
+		default:
+		}
+		t := time.Now()
 		<-p.Done()
+		waited += time.Since(t)
 	}
 	s.pending = nil
-	return time.Since(t)
+	return waited
 }
 
 // cycleItem is one entry of a CYCLE frame on its way through.
@@ -191,11 +197,18 @@ func (d *Daemon) runCycle(c *conn, items []*cycleItem, results []proto.CycleResu
 }
 
 // applyCycle turns one session's selection into a reply: wait for the
-// previous recall, load whatever of Use and the tail is still missing (the
-// decoder-visible wait), pin it, and start recalling the new selection.
+// previous recall, load whatever of Use and the tail is still missing, pin
+// it, and start recalling the new selection. The reply's WaitMicros is the
+// time spent waiting for page data: blocked on the previous recall while it
+// was still copying, plus the synchronous loads (docs/protocol.md, CYCLE).
+// The bookkeeping between (binding ~55 pages to slots: 10–100 µs of CPU) is
+// not in it: on a loaded host the scheduler stretched that to milliseconds
+// of wall time with no page moving, so the counter reported the host's CPU
+// contention, not the tiers (docs/benchmarks.md, "SSD as a capacity tier").
+// The decoder sees the whole reply delay; clients measure it as the round
+// trip (flashmemctl sim reports it per mode).
 func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.CycleResult, error) {
-	tw := time.Now()
-	s.waitPending()
+	wait := s.waitPending()
 	cpp := uint64(s.layout.ChunksPerPage)
 	first := s.chunks / cpp
 	last := (s.chunks + uint64(max(s.layout.CycleSteps, 1)) - 1) / cpp
@@ -210,8 +223,8 @@ func (d *Daemon) applyCycle(c *conn, s *session, cy *indexer.Cycle) (proto.Cycle
 	}
 	need := mergeSorted(cy.Use, tail)
 	lid := d.nextLease.Add(1)
-	slots, loaded, late, damaged, err := d.loadPages(s, need, tiers.LeaseID(lid))
-	wait := time.Since(tw)
+	slots, loaded, late, loadWait, damaged, err := d.loadPages(s, need, tiers.LeaseID(lid))
+	wait += loadWait
 	d.m.waitSeconds.Observe(wait.Seconds())
 	if err == nil {
 		// The page table goes out now: from here the slots hold bytes the
@@ -307,7 +320,7 @@ func (b boundSet) slot(p uint32) (int, bool) {
 // mover copy in the pages whose slot does not hold their current generation,
 // waiting for them: this is the decoder-visible part of a recall. It returns
 // the pages' slots, how many pages were copied, how many of those had to
-// come from SSD, and the pages that could not be served because their stored
+// come from SSD, how long it waited for those copies, and the pages that could not be served because their stored
 // bytes are damaged (known since RESUME, or found now: remembered, so they
 // are never read again).
 //
@@ -316,7 +329,7 @@ func (b boundSet) slot(p uint32) (int, bool) {
 // inside the decoder-visible wait, and on a loaded host every microsecond of
 // CPU there is a chance for the scheduler to take the thread away for a
 // whole time slice (docs/benchmarks.md, "SSD as a capacity tier").
-func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (boundSet, int, int, map[uint32]error, error) {
+func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (boundSet, int, int, time.Duration, map[uint32]error, error) {
 	var damaged map[uint32]error
 	bind := need
 	if len(s.damaged) > 0 {
@@ -336,7 +349,7 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (boun
 	gens := make([]uint64, len(bind))
 	missing, err := s.region.PinBound(lease, bind, b.slots, gens)
 	if err != nil {
-		return boundSet{}, 0, 0, nil, err
+		return boundSet{}, 0, 0, 0, nil, err
 	}
 	for k, p := range bind {
 		if missing == 0 {
@@ -360,9 +373,9 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (boun
 		}
 		if err != nil {
 			if errors.Is(err, tiers.ErrNoSpace) {
-				return boundSet{}, 0, 0, nil, proto.CodeNoSpace.Errorf("session %d: reserve of %d slots cannot hold the %d pages this cycle needs (release earlier leases or open with more reserve_slots)", s.id, s.region.Slots(), len(need))
+				return boundSet{}, 0, 0, 0, nil, proto.CodeNoSpace.Errorf("session %d: reserve of %d slots cannot hold the %d pages this cycle needs (release earlier leases or open with more reserve_slots)", s.id, s.region.Slots(), len(need))
 			}
-			return boundSet{}, 0, 0, nil, err
+			return boundSet{}, 0, 0, 0, nil, err
 		}
 		b.slots[k], gens[k] = int32(a.Slot), a.Gen
 	}
@@ -375,11 +388,12 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (boun
 	d.reserveHits.Add(uint64(len(need) - len(items)))
 	d.reserveMisses.Add(uint64(len(items)))
 	if len(items) == 0 {
-		return b, 0, 0, damaged, nil
+		return b, 0, 0, 0, damaged, nil
 	}
+	tl := time.Now()
 	t, err := d.mover.Recall(s.region, items)
 	if err != nil {
-		return boundSet{}, 0, 0, nil, err
+		return boundSet{}, 0, 0, 0, nil, err
 	}
 	<-t.Done()
 	late := 0
@@ -401,6 +415,7 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (boun
 			}
 		}
 	}
+	waited := time.Since(tl)
 	for _, r := range results {
 		if r.Err != nil {
 			if errors.Is(r.Err, tiers.ErrIntegrity) {
@@ -415,13 +430,13 @@ func (d *Daemon) loadPages(s *session, need []uint32, lease tiers.LeaseID) (boun
 				d.log.Error("page damaged on SSD; reported in the CYCLE reply, never served", "session", s.id, "page", r.ID.Page, "err", r.Err)
 				continue
 			}
-			return boundSet{}, 0, 0, nil, r.Err
+			return boundSet{}, 0, 0, 0, nil, r.Err
 		}
 		if r.Source == tiers.SourceSSD {
 			late++
 		}
 	}
-	return b, len(items), late, damaged, nil
+	return b, len(items), late, waited, damaged, nil
 }
 
 func (s *session) genOf(p uint32) uint64 {

@@ -354,6 +354,12 @@ type SimResult struct {
 	SteadyCycles  int     `json:"steady_cycles"`
 	SteadyWaitP50 float64 `json:"steady_wait_p50_us"`
 	SteadyWaitP99 float64 `json:"steady_wait_p99_us"`
+	// Visible* are the decoder-visible wait beyond scoring: the CYCLE's
+	// round trip minus the daemon's scoring time, i.e. the data wait plus
+	// the bookkeeping, locks, scheduling and socket around it (µs).
+	VisibleP50 float64 `json:"visible_wait_p50_us"`
+	VisibleP99 float64 `json:"visible_wait_p99_us"`
+	VisibleMax float64 `json:"visible_wait_max_us"`
 	// RTT and scoring per CYCLE as the client saw them (µs).
 	RTTP50   float64            `json:"rtt_p50_us"`
 	RTTP99   float64            `json:"rtt_p99_us"`
@@ -577,8 +583,10 @@ each daemon in one limited to the host budget + reserves + 512 MiB, so the page 
 it cannot hold the tier's data; without one it says so and goes on with O_DIRECT alone.
 
 A cycle is stalled when the decoder waited for recall: the daemon copied a page of the reply's
-table synchronously (the reply's RecalledPages counter) or its
-WaitMicros (time spent on recall after scoring, before the reply) reached --stall.`,
+table synchronously (the reply's RecalledPages counter) or its WaitMicros (time the reply
+waited for page data: the previous cycle's background recall still copying, and synchronous
+loads) reached --stall. The decoder-visible wait beyond scoring (round trip minus
+ScoreMicros: data, bookkeeping, scheduling, socket) is reported per mode beside it ("visible").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Modes = splitList(modes)
@@ -893,7 +901,7 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	}
 	m1 := scrapeMetrics(metrics)
 	res := &SimResult{Mode: mode, Sessions: o.Sessions, HostBudget: o.HostBudget(), KVBytes: int64(o.Sessions) * int64(p) * o.pageBytes(), Seconds: secs}
-	var waits, steady, rtts, scores []time.Duration
+	var waits, steady, rtts, scores, visible []time.Duration
 	var copied, table, later, laterStalled int
 	for _, s := range ss {
 		res.Mismatch += s.mism
@@ -929,6 +937,7 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 			}
 			rtts = append(rtts, c.RTT)
 			scores = append(scores, c.Score)
+			visible = append(visible, max(0, c.RTT-c.Score))
 			res.SyncPages += c.SyncLoaded
 			// Without background recall the queued pages are counted by
 			// the daemon but never copied; only the synchronous loads are.
@@ -952,6 +961,9 @@ func simMode(ctx context.Context, o *SimOptions, mode, socket, metrics string, p
 	res.SteadyWaitP50 = float64(pct(steady, 50).Microseconds())
 	res.SteadyWaitP99 = float64(pct(steady, 99).Microseconds())
 	res.SteadyCycles = len(steady)
+	res.VisibleP50 = float64(pct(visible, 50).Microseconds())
+	res.VisibleP99 = float64(pct(visible, 99).Microseconds())
+	res.VisibleMax = float64(pct(visible, 100).Microseconds())
 	res.RTTP50 = float64(pct(rtts, 50).Microseconds())
 	res.RTTP99 = float64(pct(rtts, 99).Microseconds())
 	res.ScoreP50 = float64(pct(scores, 50).Microseconds())
@@ -1180,9 +1192,9 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "mode\twait p50 µs\tp99\tmax\tcycle RTT p50 µs\tp99")
+	fmt.Fprintln(tw, "mode\twait p50 µs\tp99\tmax\tvisible p50 µs\tp99\tmax\tcycle RTT p50 µs\tp99")
 	for _, r := range res {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\n", r.Mode, r.WaitP50, r.WaitP99, r.WaitMax, r.RTTP50, r.RTTP99)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\n", r.Mode, r.WaitP50, r.WaitP99, r.WaitMax, r.VisibleP50, r.VisibleP99, r.VisibleMax, r.RTTP50, r.RTTP99)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -1233,7 +1245,7 @@ func WriteSimTable(w io.Writer, o SimOptions, res []SimResult) error {
 			r.Mode, r.ReserveKind, human(uint64(r.ReserveBytes)), 100*float64(r.ReserveBytes)/float64(max(r.KVBytes, 1)), human(uint64(r.KVBytes)),
 			o.reserveSlots(), human(uint64(o.pageBytes())), r.ScoreP50)
 	}
-	fmt.Fprintln(w, "wait: time the daemon spent on recall before the reply (decoder-visible); RTT: CYCLE round trip incl. scoring; pages/cycle: pages copied into a session's reserve per cycle once its first selection is in.")
+	fmt.Fprintln(w, "wait: time the reply waited for page data (the previous recall still copying, synchronous loads; WaitMicros); visible: CYCLE round trip minus scoring, what the decoder waited beyond scoring (data, bookkeeping, scheduling, socket); RTT: CYCLE round trip incl. scoring; pages/cycle: pages copied into a session's reserve per cycle once its first selection is in.")
 	fmt.Fprintln(w, "hit reserve: table pages already in the reserve (rsv written: bytes copied into reserves); hit host / ssd: page reads each tier served (daemon STATUS); late: recall pages read from SSD (/metrics).")
 	return nil
 }
