@@ -116,31 +116,66 @@ func TestStageBackoff(t *testing.T) {
 // compares the rate with fio's random reads of the same size in the same
 // run.
 func BenchmarkMoverStage(b *testing.B) {
+	f := newStageBench(b, 1024)
+	f.stage(1) // fills the mirror
+	b.SetBytes(int64(f.pages) * int64(f.page))
+	a0, busy0 := f.st.SSD().direct.qd.read()
+	t0 := time.Now()
+	b.ResetTimer()
+	for i := range b.N {
+		f.stage(i % 2)
+	}
+	b.StopTimer()
+	wall := time.Since(t0).Seconds()
+	a1, busy1 := f.st.SSD().direct.qd.read()
+	ms := f.m.Stats()
+	b.ReportMetric(float64(ms.StageBackoffs)/float64(b.N), "backoffs/op")
+	// qd: the reads in flight on average while any was; busy: the share
+	// of the time any was (1 - busy is time the disk had nothing from
+	// staging: ramp, tail, polling).
+	b.ReportMetric((a1-a0)/max(busy1-busy0, 1e-9), "qd")
+	b.ReportMetric((busy1-busy0)/wall, "busy")
+}
+
+// stageBench is BenchmarkMoverStage's store: two sets of pages on SSD, a
+// mirror with room for one of them.
+type stageBench struct {
+	b           *testing.B
+	st          *Store
+	m           *Mover
+	dir         string
+	page, pages int
+	sets        [2][]PageID
+}
+
+// newStageBench writes two sets of pages (FM_STAGE_PAGE bytes each,
+// default 149760) of 32 sessions each, in order, and opens a Mover with
+// its defaults (FM_STAGE_WORKERS and FM_READ_QD override the stagers and
+// the read queue depth). Each session's ranking is a random order of its
+// pages, so staging (rank 0 of every session, then rank 1, ...) reads the
+// journal at random places.
+func newStageBench(b *testing.B, pages int) *stageBench {
 	n := 149760
-	if v, err := strconv.Atoi(os.Getenv("FM_STAGE_PAGE")); err == nil && v > 0 {
+	if v := envInt("FM_STAGE_PAGE"); v > 0 {
 		n = v
 	}
-	const pages = 1024
+	f := &stageBench{b: b, dir: b.TempDir(), page: n, pages: pages}
 	st, err := OpenStore(StoreConfig{Mirror: MirrorConfig{Budget: int64(pages) * alignUp(int64(n), mirrorAlign)},
-		SSD: SSDConfig{Dir: b.TempDir(), GCInterval: -1, MemTableSize: 4 << 20}})
+		SSD: SSDConfig{Dir: f.dir, GCInterval: -1, MemTableSize: 4 << 20, ReadQueueDepth: envInt("FM_READ_QD")}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer st.Close()
-	// FM_STAGE_WORKERS: the stagers (default: MoverConfig's), to measure
-	// throughput per concurrency.
-	sw, _ := strconv.Atoi(os.Getenv("FM_STAGE_WORKERS"))
-	m := NewMover(st, MoverConfig{StageWorkers: sw})
-	defer m.Close()
+	b.Cleanup(func() { st.Close() })
+	f.st = st
+	// StageBytes: a whole set queued at once, as the default 256 MiB
+	// holds 1,024 pages of 146 KiB (queued candidates past it are
+	// dropped).
+	f.m = NewMover(st, MoverConfig{StageWorkers: envInt("FM_STAGE_WORKERS"), StageBytes: max(256<<20, 2*int64(pages)*int64(n))})
+	b.Cleanup(f.m.Close)
 	ctx := context.Background()
 	body := bytes.Repeat([]byte{0x5a, 0xa5, 3}, n/3+1)[:n]
-	// Two sets of 32 sessions of 32 pages, written in order; each
-	// session's ranking is a random order of its pages, so staging (rank
-	// 0 of every session, then rank 1, ...) reads the journal at random
-	// places.
-	var sets [2][]PageID
 	r := rand.New(rand.NewPCG(5, 5))
-	for set := range sets {
+	for set := range f.sets {
 		ids := make([]PageID, pages)
 		for p := 0; p < pages; p += 32 {
 			var ws []PageWrite
@@ -155,34 +190,32 @@ func BenchmarkMoverStage(b *testing.B) {
 		for p := 0; p < pages; p += 32 {
 			r.Shuffle(32, func(i, j int) { ids[p+i], ids[p+j] = ids[p+j], ids[p+i] })
 		}
-		sets[set] = ids
+		f.sets[set] = ids
 	}
-	stage := func(ids []PageID) {
-		start := st.Snapshot().Staged
-		items := make([]StageItem, pages)
-		for i, id := range ids {
-			items[i] = StageItem{ID: id, Rank: i % 32, Bytes: int64(n)}
-		}
-		for i := 0; i < pages; i += 32 {
-			m.StageRanked(items[i : i+32])
-		}
-		deadline := time.Now().Add(2 * time.Minute)
-		for st.Snapshot().Staged-start < pages {
-			if time.Now().After(deadline) {
-				b.Fatalf("staged %d of %d pages in 2 minutes (%+v)", st.Snapshot().Staged-start, pages, m.Stats())
-			}
-			time.Sleep(200 * time.Microsecond)
-		}
+	if err := st.SSD().Sync(); err != nil {
+		b.Fatal(err)
 	}
-	stage(sets[1]) // fills the mirror
-	b.SetBytes(int64(pages) * int64(n))
-	b.ResetTimer()
-	for i := range b.N {
-		stage(sets[i%2])
+	return f
+}
+
+// stage stages set (0 or 1), which is not in the mirror, and returns when
+// every page of it is.
+func (f *stageBench) stage(set int) {
+	start := f.st.Snapshot().Staged
+	items := make([]StageItem, f.pages)
+	for i, id := range f.sets[set] {
+		items[i] = StageItem{ID: id, Rank: i % 32, Bytes: int64(f.page)}
 	}
-	b.StopTimer()
-	ms := m.Stats()
-	b.ReportMetric(float64(ms.StageBackoffs)/float64(b.N), "backoffs/op")
+	for i := 0; i < f.pages; i += 32 {
+		f.m.StageRanked(items[i : i+32])
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for f.st.Snapshot().Staged-start < uint64(f.pages) {
+		if time.Now().After(deadline) {
+			f.b.Fatalf("staged %d of %d pages in 2 minutes (%+v)", f.st.Snapshot().Staged-start, f.pages, f.m.Stats())
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
 }
 
 // A new ranking removes every queued candidate of its session it no longer
@@ -275,4 +308,10 @@ func TestRecallJoinsStaging(t *testing.T) {
 	if j := m.Stats().StageJoined; j != 1 {
 		t.Fatalf("joined %d, want 1", j)
 	}
+}
+
+// envInt is a benchmark knob from the environment (0 when unset).
+func envInt(name string) int {
+	v, _ := strconv.Atoi(os.Getenv(name))
+	return v
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -58,6 +59,39 @@ type directReader struct {
 	once  sync.Once // the fallback is logged once
 	reads atomic.Uint64
 	bytes atomic.Uint64
+	qd    qdMeter
+}
+
+// qdMeter measures the queue depth the tier's O_DIRECT reads achieve: the
+// time-weighted mean of reads in flight (all readers, staging included)
+// over the time at least one was. It is what fio's iodepth is compared
+// with (docs/benchmarks.md, "SSD as a capacity tier").
+type qdMeter struct {
+	mu       sync.Mutex
+	inflight int
+	last     time.Time
+	area     float64 // Σ in-flight × seconds
+	busy     float64 // seconds with ≥ 1 in flight
+}
+
+func (q *qdMeter) add(d int) {
+	now := time.Now()
+	q.mu.Lock()
+	if q.inflight > 0 {
+		dt := now.Sub(q.last).Seconds()
+		q.area += float64(q.inflight) * dt
+		q.busy += dt
+	}
+	q.inflight += d
+	q.last = now
+	q.mu.Unlock()
+}
+
+// read returns the accumulated Σ in-flight × seconds and busy seconds.
+func (q *qdMeter) read() (area, busy float64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.area, q.busy
 }
 
 func newDirectReader(cfg *SSDConfig) *directReader {
@@ -224,8 +258,10 @@ func (r *directReader) readSpan(f *os.File, buf []byte, off int64, background bo
 			r.bg <- struct{}{}
 		}
 		r.sem <- struct{}{}
+		r.qd.add(1)
 	}
 	release := func() {
+		r.qd.add(-1)
 		<-r.sem
 		if background {
 			<-r.bg
