@@ -28,7 +28,9 @@ type MoverConfig struct {
 	// depth is what makes random page reads fast.
 	ReadParallel int
 	// StageWorkers is how many staging reads may run at once (default
-	// 16, the background half of the SSD read queue depth). With one
+	// 32, DefaultReadQueueDepth: the whole queue depth, which staging
+	// gets while no foreground read happens; half of it otherwise,
+	// ssd_direct.go's bgShare). With one
 	// shared wake-up for workers and stagers, 16 stalled six 512K-token
 	// sessions where 4 did not; with separate ones, woken one by one, 16
 	// stagers held more sessions stall-free than 4 (docs/benchmarks.md,
@@ -209,7 +211,7 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 		cfg.ReadParallel = 8
 	}
 	if cfg.StageWorkers <= 0 {
-		cfg.StageWorkers = 16
+		cfg.StageWorkers = DefaultReadQueueDepth
 	}
 	if cfg.StageBytes <= 0 {
 		cfg.StageBytes = 256 << 20

@@ -32,7 +32,8 @@ const (
 	// every device.
 	directAlign = 4096
 	// DefaultReadQueueDepth is how many O_DIRECT reads the tier keeps in
-	// flight at most, all readers together (staging may hold half).
+	// flight at most, foreground and background reads each (staging holds
+	// half of it while foreground reads happen, bgShare).
 	// Measured on the 2-core VM's virtio disk (BenchmarkSSDReadQD,
 	// docs/benchmarks.md "SSD as a capacity tier"): random 146 KiB pages
 	// went from 106 MB/s at depth 1 to 571 at 4, 794 at 16 and 815 at 32;
@@ -52,8 +53,8 @@ var directFiles sync.Map // *segment → *os.File
 // directReader is the O_DIRECT page-read path of one SSD tier.
 type directReader struct {
 	on    atomic.Bool   // false: O_DIRECT refused here, buffered reads from now on
-	sem   chan struct{} // one token per read in flight
-	bg    chan struct{} // background reads in flight: at most half of sem
+	sem   chan struct{} // one token per foreground read in flight
+	bg    bgShare       // background (staging) reads in flight
 	piece int64
 	log   *slog.Logger
 	once  sync.Once // the fallback is logged once
@@ -103,9 +104,79 @@ func newDirectReader(cfg *SSDConfig) *directReader {
 	if piece <= 0 {
 		piece = DefaultReadPiece
 	}
-	r := &directReader{sem: make(chan struct{}, qd), bg: make(chan struct{}, max(1, qd/2)), piece: alignUp(piece, directAlign), log: cfg.Logger}
+	r := &directReader{sem: make(chan struct{}, qd), piece: alignUp(piece, directAlign), log: cfg.Logger}
+	r.bg.init(qd)
 	r.on.Store(cfg.ReadMode != ReadBuffered)
 	return r
+}
+
+// fgQuiet is how long after the last foreground read (one a caller waits
+// for: a recall, a load) background reads may fill the whole queue depth.
+const fgQuiet = 200 * time.Millisecond
+
+// bgShare bounds background reads in flight: the whole queue depth while no
+// foreground read is in flight and none ended within fgQuiet, half of it
+// otherwise. Staging alone then keeps the disk as busy as fio at its best
+// iodepth does (a fixed half held it at 16 where the virtio disk's best is
+// 16–32, docs/benchmarks.md "SSD as a capacity tier"), and a read the
+// decoder waits for never queues behind more than half the depth for
+// longer than the reads already in flight take. Foreground reads have
+// their own tokens (directReader.sem), so they never wait for a staging
+// read to finish before they are issued.
+type bgShare struct {
+	mu       sync.Mutex
+	cond     sync.Cond
+	qd       int
+	bg, fg   int       // reads in flight
+	lastFg   time.Time // when the last foreground read started or ended
+	narrowed atomic.Uint64
+}
+
+func (b *bgShare) init(qd int) {
+	b.qd = qd
+	b.cond.L = &b.mu
+}
+
+// limit is the background reads allowed in flight now. Called with b.mu.
+func (b *bgShare) limit(now time.Time) int {
+	if b.fg == 0 && now.Sub(b.lastFg) > fgQuiet {
+		return b.qd
+	}
+	return max(1, b.qd/2)
+}
+
+func (b *bgShare) acquireBg() {
+	b.mu.Lock()
+	// A waiter always has background reads in flight to wake it (bg ≥
+	// limit ≥ 1): a quiet period that begins while it waits is seen at
+	// the next release.
+	for b.bg >= b.limit(time.Now()) {
+		b.narrowed.Add(1)
+		b.cond.Wait()
+	}
+	b.bg++
+	b.mu.Unlock()
+}
+
+func (b *bgShare) releaseBg() {
+	b.mu.Lock()
+	b.bg--
+	b.mu.Unlock()
+	b.cond.Signal()
+}
+
+func (b *bgShare) fgStart() {
+	b.mu.Lock()
+	b.fg++
+	b.lastFg = time.Now()
+	b.mu.Unlock()
+}
+
+func (b *bgShare) fgEnd() {
+	b.mu.Lock()
+	b.fg--
+	b.lastFg = time.Now()
+	b.mu.Unlock()
 }
 
 // fallback switches the tier to buffered reads for good, saying why once.
@@ -231,7 +302,8 @@ func (r *directReader) readRecord(seg *segment, e indexEntry, id PageID, dst []b
 type backgroundKey struct{}
 
 // Background marks ctx's SSD reads as background work (staging): they
-// leave half the read queue depth to the reads someone waits for.
+// use the background share of the queue depth (bgShare), which shrinks to
+// half while reads someone waits for are happening.
 func Background(ctx context.Context) context.Context {
 	return context.WithValue(ctx, backgroundKey{}, true)
 }
@@ -250,21 +322,24 @@ var errDirectRefused = errors.New("O_DIRECT refused")
 // arrived before the file's end: the last record of a segment may end
 // within its final 4 KiB block.
 func (r *directReader) readSpan(f *os.File, buf []byte, off int64, background bool) (int64, error) {
-	// A background read (staging) first takes one of the tokens kept for
-	// such reads, per piece: however many stagers run, the reads a decoder
-	// waits for always find half the queue depth free.
+	// One token per piece in flight: a background read (staging) from the
+	// background share, a foreground read from the queue depth's tokens.
 	acquire := func() {
 		if background {
-			r.bg <- struct{}{}
+			r.bg.acquireBg()
+		} else {
+			r.sem <- struct{}{}
+			r.bg.fgStart()
 		}
-		r.sem <- struct{}{}
 		r.qd.add(1)
 	}
 	release := func() {
 		r.qd.add(-1)
-		<-r.sem
 		if background {
-			<-r.bg
+			r.bg.releaseBg()
+		} else {
+			r.bg.fgEnd()
+			<-r.sem
 		}
 	}
 	n := int64(len(buf))

@@ -232,3 +232,66 @@ func BenchmarkSSDReadQD(b *testing.B) {
 		s.Close()
 	}
 }
+
+// Background reads fill the whole queue depth while no foreground read
+// happens, half of it while one is in flight or ended within fgQuiet; a
+// waiting background read goes ahead at the next release that finds room.
+func TestBackgroundShare(t *testing.T) {
+	var b bgShare
+	b.init(8)
+	acquired := make(chan struct{}, 16)
+	acq := func() { b.acquireBg(); acquired <- struct{}{} }
+	got := func(n int) {
+		t.Helper()
+		for i := range n {
+			select {
+			case <-acquired:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%d of %d background reads started", i, n)
+			}
+		}
+	}
+	none := func() {
+		t.Helper()
+		select {
+		case <-acquired:
+			t.Fatal("a background read started past its share")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	for range 8 {
+		go acq()
+	}
+	got(8) // quiet: the whole depth
+	go acq()
+	none()
+	for range 8 {
+		b.releaseBg()
+	}
+	got(1)
+	b.releaseBg()
+
+	b.fgStart() // a recall reads: half
+	for range 5 {
+		go acq()
+	}
+	got(4)
+	none()
+	b.fgEnd()
+	b.releaseBg() // 3 in flight, the last foreground read just ended: room for one
+	got(1)
+	b.mu.Lock()
+	b.lastFg = time.Now().Add(-2 * fgQuiet) // quiet again
+	b.mu.Unlock()
+	for range 4 {
+		go acq()
+	}
+	got(4)
+	go acq()
+	none()
+	b.releaseBg()
+	got(1)
+	if b.bg != 8 {
+		t.Fatalf("%d background reads in flight, want 8", b.bg)
+	}
+}
