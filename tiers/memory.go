@@ -142,14 +142,19 @@ const populateChunk = 4 << 20
 func (m *memfdMemory) populate(ranges [][2]int64) {
 	const pg = 4096
 	for _, r := range ranges {
-		start, end := r[0]/pg*pg, min((r[1]+pg-1)/pg*pg, int64(len(m.data)))
+		// len(m.data) is read under mu: close sets it to nil.
+		start, end := r[0]/pg*pg, (r[1]+pg-1)/pg*pg
 		for off := start; off < end; off += populateChunk {
-			n := min(end-off, populateChunk)
 			m.mu.Lock()
 			if m.data == nil || m.noPopulate {
 				m.mu.Unlock()
 				return
 			}
+			if off >= int64(len(m.data)) {
+				m.mu.Unlock()
+				break
+			}
+			n := min(end, int64(len(m.data)), off+populateChunk) - off
 			if err := unix.Madvise(m.data[off:off+n], unix.MADV_POPULATE_WRITE); err != nil {
 				if err := unix.Fallocate(int(m.f.Fd()), 0, off, n); err != nil {
 					m.noPopulate = true
