@@ -231,7 +231,11 @@ func ScoreBatch(reqs []*Request, queries []Query) ([]*Cycle, error) {
 		if _, ok := groups[r.model]; !ok {
 			order = append(order, r.model)
 		}
-		groups[r.model] = append(groups[r.model], ScoreItem{Query: queries[i], Keys: r.keys, Out: r.logits, Expand: r.policy.Expand})
+		_, tail := sinkTail(r.n, &r.policy)
+		if tail >= r.n {
+			tail = 0
+		}
+		groups[r.model] = append(groups[r.model], ScoreItem{Query: queries[i], Keys: r.keys, Out: r.logits, Expand: r.policy.Expand, Tail: tail})
 		greqs[r.model] = append(greqs[r.model], r)
 	}
 	// Groups score concurrently: each has its own scorer (a model on one GPU each, on a

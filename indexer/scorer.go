@@ -61,6 +61,11 @@ type ScoreItem struct {
 	// Expand is the request's Policy.Expand: whether the scorer may expand the query with
 	// what a first pass kept (multi-hop). Scorers without an expansion ignore it.
 	Expand Expansion
+	// Tail is the first chunk of the request's recent tail (the last Policy.LastKeep
+	// chunks, resident whatever the scores), 0 when the policy keeps no tail. A decoder's
+	// tail holds what it has just written; the text-mode expansion does not follow links
+	// onward from there. Scorers without an expansion ignore it.
+	Tail int
 }
 
 // Ensemble says how per-layer scores combine into one score per chunk.

@@ -86,3 +86,59 @@ func TestReachedMarksLinks(t *testing.T) {
 		t.Fatalf("PageTiers without the request's keys filled %v", tiers)
 	}
 }
+
+// TestExpansionStopsInTail: a link reached in the recent tail (a decoder's
+// earlier answer listing other questions' names) is kept but not followed
+// onward; without a tail it would lead to the other chain.
+func TestExpansionStopsInTail(t *testing.T) {
+	m := newTestModel(t)
+	other := "Whatever sat in Drawer 17 was moved into Cabinet 63."
+	text := haystack(200, map[int]string{30: "Locker 41 was packed with the parcel number 5521.", 100: other})
+	answer := " Locker 41, Drawer 17, Cabinet 63."
+	toks := Tokenize(text)
+	keys := m.AppendChunkKeys(nil, toks)
+	tail := len(keys) / m.KeyBytes()
+	keys = m.AppendChunkKeys(keys, Tokenize(answer))
+	n := len(keys) / m.KeyBytes()
+	q := m.NewQuery(Tokenize("Where has the parcel number 5521 been kept?"), nil, Lexical)
+	f, l := chunksOf(text, other, toks)
+	for _, tc := range []struct {
+		tail int
+		want bool
+	}{{0, true}, {tail, false}} {
+		out := make([]float32, n)
+		if err := m.ScoreWith(q, keys, out, ScoreOptions{Hops: DefaultHops, Tail: tc.tail}); err != nil {
+			t.Fatal(err)
+		}
+		answerLit := false
+		for c := tail; c < n; c++ {
+			answerLit = answerLit || out[c] > 0
+		}
+		otherLit := false
+		for c := f; c <= l; c++ {
+			otherLit = otherLit || out[c] > 0
+		}
+		if !answerLit || otherLit != tc.want {
+			t.Errorf("tail %d: answer kept %v, other chain kept %v (want %v)", tc.tail, answerLit, otherLit, tc.want)
+		}
+	}
+	// ScoreBatch hands the policy's tail to the scorer.
+	sc := &Scorer{Model: m}
+	pol := indexer.DefaultPolicy()
+	pol.LastKeep = n - tail
+	req, err := indexer.NewRequest(sc, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := req.AppendKeys(0, [][]byte{keys}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := indexer.ScoreBatch([]*indexer.Request{req}, []indexer.Query{sc.Query(q)}); err != nil {
+		t.Fatal(err)
+	}
+	for c := f; c <= l; c++ {
+		if req.Scores()[c] > 0 {
+			t.Errorf("through ScoreBatch: other chain chunk %d kept", c)
+		}
+	}
+}

@@ -278,8 +278,15 @@ type ScoreOptions struct {
 	// Reached, when not nil (one entry per chunk), receives for every chunk
 	// the expansion round that lit it (1 … Hops) and 0 for every other
 	// chunk: those the query itself kept, and those nothing kept. Page
-	// allocation (Allocate) reads it.
+	// allocation (PageTiers) reads it.
 	Reached []uint8
+	// Tail, when positive, is the first chunk of the context's recent tail
+	// (resident whatever the scores: what a decoder has just written, its
+	// earlier answers among it). Expansion may reach chunks there but does
+	// not follow links onward from them: an earlier answer lists other
+	// questions' names ("Crate 17, Bin 40, …"), and the words the decoder is
+	// writing now reach the scorer as the query's answer terms already.
+	Tail int
 }
 
 // DefaultHops is the expansion a text-mode model does unless a policy turns
@@ -330,7 +337,7 @@ func (m *Model) ScoreWith(q *Query, keys []byte, out []float32, opts ScoreOption
 		clear(opts.Reached)
 	}
 	if opts.Hops > 0 {
-		m.expand(q, keys, out, opts.Hops, opts.Reached)
+		m.expand(q, keys, out, opts.Hops, opts.Reached, opts.Tail)
 	}
 	return nil
 }
@@ -382,7 +389,7 @@ func dilate(out []float32) {
 // share a 16-bit bucket are different words, and a bucket shared by several
 // training words counts all their occurrences, which only makes it less
 // specific.
-func (m *Model) expand(q *Query, keys []byte, out []float32, hops int, reached []uint8) {
+func (m *Model) expand(q *Query, keys []byte, out []float32, hops int, reached []uint8, tail int) {
 	kb := m.KeyBytes()
 	n := len(out)
 	// Seeds: the kept chunks and their neighbours within dilateRadius (the
@@ -642,6 +649,9 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int, reached [
 			out[c] = prfLogit
 			if reached != nil {
 				reached[c] = reach(round, weak[c])
+			}
+			if tail > 0 && c >= tail {
+				continue
 			}
 			// The next name of a chain may sit a chunk or two before
 			// ("Set b | to the value | of a."), so neighbours within

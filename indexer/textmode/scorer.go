@@ -63,6 +63,7 @@ func (s *Scorer) Score(items []indexer.ScoreItem) error {
 			opts.Hops = DefaultHops
 			tk.reached = growTo(tk.reached, tk.Len())
 			opts.Reached = tk.reached
+			opts.Tail = it.Tail
 		} else {
 			tk.reached = tk.reached[:0]
 		}
