@@ -87,39 +87,48 @@ func TestReachedMarksLinks(t *testing.T) {
 	}
 }
 
-// TestExpansionStopsInTail: a link reached in the recent tail (a decoder's
-// earlier answer listing other questions' names) is kept but not followed
-// onward; without a tail it would lead to the other chain.
-func TestExpansionStopsInTail(t *testing.T) {
+// TestExpansionBeforeTail: expansion counts and follows names only before
+// the recent tail. A decoder's earlier answer there ("Locker 41, Drawer 17,
+// Cabinet 63.") neither leads to the other chain it lists nor makes a name
+// it repeats look common; without a tail it does both.
+func TestExpansionBeforeTail(t *testing.T) {
 	m := newTestModel(t)
 	other := "Whatever sat in Drawer 17 was moved into Cabinet 63."
-	text := haystack(200, map[int]string{30: "Locker 41 was packed with the parcel number 5521.", 100: other})
-	answer := " Locker 41, Drawer 17, Cabinet 63."
+	link := "Set mildrake to the value of qorvanta."
+	text := haystack(200, map[int]string{30: "Let qorvanta equal 5521.", 60: "Locker 41 was packed with the parcel number 7304.", 100: other, 140: link})
+	answer := " Locker 41, Drawer 17, Cabinet 63. qorvanta, mildrake, qorvanta."
 	toks := Tokenize(text)
 	keys := m.AppendChunkKeys(nil, toks)
 	tail := len(keys) / m.KeyBytes()
 	keys = m.AppendChunkKeys(keys, Tokenize(answer))
 	n := len(keys) / m.KeyBytes()
-	q := m.NewQuery(Tokenize("Where has the parcel number 5521 been kept?"), nil, Lexical)
-	f, l := chunksOf(text, other, toks)
+	kept := func(out []float32, s string) bool {
+		f, l := chunksOf(text, s, toks)
+		for c := f; c <= l; c++ {
+			if out[c] > 0 {
+				return true
+			}
+		}
+		return false
+	}
 	for _, tc := range []struct {
-		tail int
-		want bool
-	}{{0, true}, {tail, false}} {
+		question string
+		evidence string
+		tail     int
+		want     bool
+	}{
+		{"Where has the parcel number 7304 been kept?", other, 0, true},
+		{"Where has the parcel number 7304 been kept?", other, tail, false},
+		{"Which variables hold the value 5521?", link, 0, false},
+		{"Which variables hold the value 5521?", link, tail, true},
+	} {
+		q := m.NewQuery(Tokenize(tc.question), nil, Lexical)
 		out := make([]float32, n)
 		if err := m.ScoreWith(q, keys, out, ScoreOptions{Hops: DefaultHops, Tail: tc.tail}); err != nil {
 			t.Fatal(err)
 		}
-		answerLit := false
-		for c := tail; c < n; c++ {
-			answerLit = answerLit || out[c] > 0
-		}
-		otherLit := false
-		for c := f; c <= l; c++ {
-			otherLit = otherLit || out[c] > 0
-		}
-		if !answerLit || otherLit != tc.want {
-			t.Errorf("tail %d: answer kept %v, other chain kept %v (want %v)", tc.tail, answerLit, otherLit, tc.want)
+		if got := kept(out, tc.evidence); got != tc.want {
+			t.Errorf("%q, tail %d: %q kept %v, want %v", tc.question, tc.tail, tc.evidence, got, tc.want)
 		}
 	}
 	// ScoreBatch hands the policy's tail to the scorer.
@@ -133,12 +142,11 @@ func TestExpansionStopsInTail(t *testing.T) {
 	if err := req.AppendKeys(0, [][]byte{keys}); err != nil {
 		t.Fatal(err)
 	}
+	q := m.NewQuery(Tokenize("Which variables hold the value 5521?"), nil, Lexical)
 	if _, err := indexer.ScoreBatch([]*indexer.Request{req}, []indexer.Query{sc.Query(q)}); err != nil {
 		t.Fatal(err)
 	}
-	for c := f; c <= l; c++ {
-		if req.Scores()[c] > 0 {
-			t.Errorf("through ScoreBatch: other chain chunk %d kept", c)
-		}
+	if !kept(req.Scores(), link) {
+		t.Errorf("through ScoreBatch: %q not kept", link)
 	}
 }

@@ -282,10 +282,12 @@ type ScoreOptions struct {
 	Reached []uint8
 	// Tail, when positive, is the first chunk of the context's recent tail
 	// (resident whatever the scores: what a decoder has just written, its
-	// earlier answers among it). Expansion may reach chunks there but does
-	// not follow links onward from them: an earlier answer lists other
-	// questions' names ("Crate 17, Bin 40, …"), and the words the decoder is
-	// writing now reach the scorer as the query's answer terms already.
+	// earlier answers among it). Expansion counts, follows and lights names
+	// only before it: an earlier answer lists other questions' names
+	// ("Crate 17, Bin 40, …"), which would make them look common and, once
+	// reached, seed every other chain; the words the decoder is writing now
+	// reach the scorer as the query's answer terms already. Chunks the query
+	// itself matches there still seed the first hop.
 	Tail int
 }
 
@@ -436,10 +438,18 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int, reached [
 		return dst
 	}
 	// Occurrences of every term as a chunk's own term, counted once.
+	// The recent tail (when the request has one) is resident whatever the
+	// scores and holds what the decoder wrote, its earlier answers among
+	// them: names are counted, and followed, in the context before it, so
+	// an answer that repeats a name does not make it look common.
+	limit := n
+	if tail > 0 && tail < n {
+		limit = tail
+	}
 	occ := make([]int32, 2*nb)
 	{
 		var ts []int
-		for c := range n {
+		for c := range limit {
 			ts = core(ts, c)
 			for _, t := range ts {
 				occ[t]++
@@ -528,7 +538,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int, reached [
 				biHits[k] = nil
 			}
 			prevLast := -1
-			for c := range n {
+			for c := range limit {
 				ts = core(ts, c)
 				if prevLast >= 0 && len(ts) > 0 && has(biFirst, prevLast) {
 					k := uint64(prevLast)<<32 | uint64(ts[0])
@@ -587,7 +597,7 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int, reached [
 			}
 		}
 		if found {
-			for c := range n {
+			for c := range limit {
 				if out[c] > 0 || hit[c] {
 					continue
 				}
@@ -649,9 +659,6 @@ func (m *Model) expand(q *Query, keys []byte, out []float32, hops int, reached [
 			out[c] = prfLogit
 			if reached != nil {
 				reached[c] = reach(round, weak[c])
-			}
-			if tail > 0 && c >= tail {
-				continue
 			}
 			// The next name of a chain may sit a chunk or two before
 			// ("Set b | to the value | of a."), so neighbours within
