@@ -12,7 +12,8 @@
 #                      background recall reads the selection's SSD pages,
 #   (c) SSD lookahead  staging ranked by the indexer's lookahead,
 # plus, in the same run, fio's random-read rate at the page's on-disk size
-# (the disk's ceiling) and the Mover's staging throughput at that size.
+# (the disk's ceiling) and the Mover's staging throughput at that size,
+# interleaved with fio on the same files (BenchmarkStageVsFio).
 #
 # Every daemon runs under `flashmemctl sim --bypass-cache` (O_DIRECT reads,
 # a memory cgroup where the machine has one). Sessions are added in steps
@@ -25,8 +26,9 @@
 # BUDGET (host budget, bytes; default 768 MiB), CYCLES (32), CYCLE_TIME
 # (100ms), STEPS ("1 2 3 4 6 8 10 12 14 16 20 24"), MAX_SESSIONS (24), ADMIT
 # (200ms: one session admitted every ADMIT, --admit-every), FIO_SECONDS
-# (10), WORK (a directory on the filesystem under test; default a temporary
-# one under $TMPDIR). It is heavy (up to MAX_SESSIONS × 300 MiB written per
+# (10), STAGE_ROUNDS (12) and STAGE_ROUND (0.5 s: staging vs fio), WORK (a
+# directory on the filesystem under test; default a temporary one under
+# $TMPDIR). It is heavy (up to MAX_SESSIONS × 300 MiB written per
 # step): run it once, on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +52,8 @@ MAX_SESSIONS=${MAX_SESSIONS:-24}
 # every mode, so the steady-phase criterion measured the burst, not staging.
 ADMIT=${ADMIT:-200ms}
 FIO_SECONDS=${FIO_SECONDS:-10}
+STAGE_ROUNDS=${STAGE_ROUNDS:-12}
+STAGE_ROUND=${STAGE_ROUND:-0.5}
 PAGE=$((LAYERS * 37440))
 # A page record on disk: 48-byte header + page, read as whole 4 KiB blocks.
 SPAN=$(((48 + PAGE + 4095) / 4096 * 4096))
@@ -91,15 +95,15 @@ echo "== O_DIRECT page reads per queue depth: BenchmarkSSDReadQD, pages of $PAGE
 qd_table=$(cd tiers && TMPDIR="$work" FM_QD_PAGE=$PAGE "$work/bin/tiers.test" -test.run '^$' \
   -test.bench SSDReadQD -test.benchtime 300x | awk '/MB\/s/ { split($1, a, "qd="); sub(/-[0-9]+$/, "", a[2]); for (i=1;i<=NF;i++) if ($i=="MB/s") print "| " a[2] " | " $(i-1) " |" }')
 
-echo "== staging throughput: BenchmarkMoverStage, pages of $PAGE B, fio again right after" >&2
-stage_mbs=$(cd tiers && TMPDIR="$work" FM_STAGE_PAGE=$PAGE "$work/bin/tiers.test" -test.run '^$' \
-  -test.bench MoverStage -test.benchtime 5x | awk '/MB\/s/ { for (i=1;i<=NF;i++) if ($i=="MB/s") print $(i-1) }')
-# The disk's rate drifts by tens of percent within minutes here (other
-# tenants): fio at iodepth 16 again, right after staging, and staging is
-# compared with the better of fio's rates before and after.
-fio --name=prep --filename="$work/fio.dat" --size=2g --rw=write --bs=1m --direct=1 --ioengine=libaio --iodepth=8 >/dev/null 2>&1
-FIO_AFTER=$(fio_json 16 | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["jobs"][0]["read"]["bw_bytes"])')
-rm -f "$work/fio.dat"
+echo "== staging vs fio on the same segment files, interleaved: BenchmarkStageVsFio, pages of $PAGE B" >&2
+# Staging and fio (iodepth 16 and 32) alternate in rounds of STAGE_ROUND
+# seconds on the SSD tier's own segment files: this disk's rate moves by 2×
+# within minutes, so a staging rate measured minutes apart from fio, on
+# another file, against the best of several fio runs, swung 0.67–1.02×.
+stage_out=$(cd tiers && TMPDIR="$work" FM_STAGE_PAGE=$PAGE FM_ROUNDS=$STAGE_ROUNDS FM_ROUND_SECONDS=$STAGE_ROUND \
+  FM_FIO_QD="16 32" "$work/bin/tiers.test" -test.run '^$' -test.bench StageVsFio -test.benchtime 1x -test.v)
+echo "$stage_out" >"$work/stage-vs-fio.txt"
+metric() { echo "$stage_out" | awk -v k="$1" '/^BenchmarkStageVsFio/ { for (i=2;i<=NF;i++) if ($i==k) print $(i-1) }'; }
 
 echo "== capacity: sessions of $TOKENS tokens, host budget $BUDGET B" >&2
 python3 - "$work" "$TOKENS" "$LAYERS" "$BUDGET" "$CYCLES" "$CYCLE_TIME" "$STEPS" "$MAX_SESSIONS" "$STALL" "$ADMIT" >"$work/capacity.md" <<'EOF'
@@ -196,14 +200,14 @@ end_load=$(load)
   echo "| disk ceiling (fio randread, bs $SPAN, O_DIRECT, libaio) | MB/s |"
   echo "|---|---|"
   for qd in 1 16 32; do echo "| iodepth $qd | $((FIO[$qd] / 1000000)) |"; done
-  echo "| iodepth 16, right after the staging benchmark | $((FIO_AFTER / 1000000)) |"
   echo
-  best=$(printf '%s\n' "${FIO[1]}" "${FIO[16]}" "${FIO[32]}" "$FIO_AFTER" | sort -n | tail -1)
   echo "| flashmemd O_DIRECT page reads (BenchmarkSSDReadQD: as many readers as the queue depth) | MB/s |"
   echo "|---|---|"
   echo "$qd_table"
   echo
-  echo "Staging throughput (BenchmarkMoverStage: a full mirror, default stagers, at most half the queue depth): $stage_mbs MB/s = $(python3 -c "print(f'{$stage_mbs*1e6/$best:.2f}')")× fio's best of the four rates above, $(python3 -c "print(f'{$stage_mbs*1e6/max(${FIO[16]},$FIO_AFTER):.2f}')")× fio at iodepth 16 (better of before/after)."
+  echo "Staging vs fio on the same segment files (BenchmarkStageVsFio: $STAGE_ROUNDS rounds of ${STAGE_ROUND} s each of staging, fio iodepth 16, fio iodepth 32; medians):"
+  echo "staging $(metric stage-MB/s) MB/s of pages at queue depth $(metric stage-qd), fio $(metric fio16-MB/s) MB/s at iodepth 16 and $(metric fio32-MB/s) at 32;"
+  echo "staging ÷ the round's better fio: median **$(metric x-fio)×** (lowest round $(metric x-fio-min)×); ÷ fio iodepth 16 $(metric x-fio16)×, ÷ iodepth 32 $(metric x-fio32)× (pages/s over IOPS)."
   echo
   cat "$work/capacity.md"
 } | tee "${OUT:-/dev/null}"
