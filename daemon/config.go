@@ -127,8 +127,9 @@ type SSDConfig struct {
 	// one log line) or "buffered" (through the page cache).
 	ReadMode string `toml:"read_mode"`
 	// ReadQueueDepth bounds O_DIRECT reads in flight (0: 32, the best
-	// measured on a virtio disk; docs/benchmarks.md); staging gets all of
-	// it while no recall reads from SSD, half otherwise.
+	// measured on a virtio disk; docs/benchmarks.md); staging may use all
+	// of it (with stage_workers that high) while no recall reads from SSD,
+	// half otherwise.
 	ReadQueueDepth int `toml:"read_queue_depth"`
 }
 
@@ -208,7 +209,7 @@ type MoverConfig struct {
 	// pages are still recalled in the background (flashmemctl sim's
 	// on-demand mode).
 	BackgroundRecallSSD *bool `toml:"background_recall_ssd"`
-	// StageWorkers is how many staging reads run at once at most (0: 32);
+	// StageWorkers is how many staging reads run at once at most (0: 16);
 	// staging halves it while the disk is the bottleneck.
 	StageWorkers int `toml:"stage_workers"`
 	// StageBytes bounds the lookahead candidates queued and in flight, in

@@ -26,7 +26,7 @@
 # BUDGET (host budget, bytes; default 768 MiB), CYCLES (32), CYCLE_TIME
 # (100ms), STEPS ("1 2 3 4 6 8 10 12 14 16 20 24"), MAX_SESSIONS (24), ADMIT
 # (200ms: one session admitted every ADMIT, --admit-every), FIO_SECONDS
-# (10), STAGE_ROUNDS (12) and STAGE_ROUND (0.5 s: staging vs fio), WORK (a
+# (10), STAGE_ROUNDS (20) and STAGE_ROUND (0.5 s: staging vs fio), WORK (a
 # directory on the filesystem under test; default a temporary one under
 # $TMPDIR). It is heavy (up to MAX_SESSIONS × 300 MiB written per
 # step): run it once, on a quiet machine.
@@ -52,7 +52,7 @@ MAX_SESSIONS=${MAX_SESSIONS:-24}
 # every mode, so the steady-phase criterion measured the burst, not staging.
 ADMIT=${ADMIT:-200ms}
 FIO_SECONDS=${FIO_SECONDS:-10}
-STAGE_ROUNDS=${STAGE_ROUNDS:-12}
+STAGE_ROUNDS=${STAGE_ROUNDS:-20}
 STAGE_ROUND=${STAGE_ROUND:-0.5}
 PAGE=$((LAYERS * 37440))
 # A page record on disk: 48-byte header + page, read as whole 4 KiB blocks.
@@ -207,7 +207,8 @@ end_load=$(load)
   echo
   echo "Staging vs fio on the same segment files (BenchmarkStageVsFio: $STAGE_ROUNDS rounds of ${STAGE_ROUND} s each of staging, fio iodepth 16, fio iodepth 32; medians):"
   echo "staging $(metric stage-MB/s) MB/s of pages at queue depth $(metric stage-qd), fio $(metric fio16-MB/s) MB/s at iodepth 16 and $(metric fio32-MB/s) at 32;"
-  echo "staging ÷ the round's better fio: median **$(metric x-fio)×** (lowest round $(metric x-fio-min)×); ÷ fio iodepth 16 $(metric x-fio16)×, ÷ iodepth 32 $(metric x-fio32)× (pages/s over IOPS)."
+  echo "staging ÷ fio at its best iodepth ($(metric fio-best-iodepth), the higher median): median over the rounds **$(metric x-fio)×** (lowest round $(metric x-fio-min)×);"
+  echo "÷ fio iodepth 16 $(metric x-fio16)×, ÷ iodepth 32 $(metric x-fio32)×, ÷ the better fio of each round $(metric x-fio-roundbest)× (pages/s over IOPS)."
   echo
   cat "$work/capacity.md"
 } | tee "${OUT:-/dev/null}"

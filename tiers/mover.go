@@ -28,9 +28,13 @@ type MoverConfig struct {
 	// depth is what makes random page reads fast.
 	ReadParallel int
 	// StageWorkers is how many staging reads may run at once (default
-	// 32, DefaultReadQueueDepth: the whole queue depth, which staging
-	// gets while no foreground read happens; half of it otherwise,
-	// ssd_direct.go's bgShare). With one
+	// 16, half of DefaultReadQueueDepth: fio's best iodepth on the dev
+	// VM's virtio disk by median, and staging's rate equals fio's there;
+	// 32 staged faster alone but held fewer 512K-token sessions stall-free
+	// in A/B runs of the capacity benchmark, docs/benchmarks.md "SSD as a
+	// capacity tier", third follow-up). More than half the queue depth is
+	// used only while no foreground read happens (ssd_direct.go's
+	// bgShare). With one
 	// shared wake-up for workers and stagers, 16 stalled six 512K-token
 	// sessions where 4 did not; with separate ones, woken one by one, 16
 	// stagers held more sessions stall-free than 4 (docs/benchmarks.md,
@@ -211,7 +215,7 @@ func NewMover(store *Store, cfg MoverConfig) *Mover {
 		cfg.ReadParallel = 8
 	}
 	if cfg.StageWorkers <= 0 {
-		cfg.StageWorkers = DefaultReadQueueDepth
+		cfg.StageWorkers = DefaultReadQueueDepth / 2
 	}
 	if cfg.StageBytes <= 0 {
 		cfg.StageBytes = 256 << 20

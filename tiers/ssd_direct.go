@@ -116,13 +116,14 @@ const fgQuiet = 200 * time.Millisecond
 
 // bgShare bounds background reads in flight: the whole queue depth while no
 // foreground read is in flight and none ended within fgQuiet, half of it
-// otherwise. Staging alone then keeps the disk as busy as fio at its best
-// iodepth does (a fixed half held it at 16 where the virtio disk's best is
-// 16–32, docs/benchmarks.md "SSD as a capacity tier"), and a read the
-// decoder waits for never queues behind more than half the depth for
-// longer than the reads already in flight take. Foreground reads have
-// their own tokens (directReader.sem), so they never wait for a staging
-// read to finish before they are issued.
+// otherwise. With as many stagers as the queue depth, staging alone then
+// keeps the disk as busy as fio at iodepth 32 does (a fixed half held it
+// at 16), and a read the decoder waits for never queues behind more than
+// half the depth for longer than the reads already in flight take
+// (docs/benchmarks.md "SSD as a capacity tier", third follow-up: the
+// default stagers stay 16). Foreground reads have their own tokens
+// (directReader.sem), so they never wait for a staging read to finish
+// before they are issued.
 type bgShare struct {
 	mu       sync.Mutex
 	cond     sync.Cond
