@@ -9,13 +9,18 @@ package tiers
 // region keeps the slots its allocations will take next populated ahead of
 // them, in the background: free slots are taken lowest first, so those are
 // the slots just above the highest one ever allocated. Only memory that is
-// about to be used is touched (prefaultAhead bytes of slots at most beyond
-// it), not the whole reserve at OPEN.
+// about to be used is touched: prefaultAhead bytes of slots at most beyond
+// it (a reserve up to that size is populated whole at OPEN, a larger one
+// is not).
 
 // prefaultAhead is how far ahead of the highest slot ever allocated the
-// prefaulter keeps slots populated: a fresh session's first selection
-// (KMAX pages at once) fits in it at the simulator's page size.
-const prefaultAhead = 16 << 20
+// prefaulter keeps slots populated. A reserve this size or smaller is
+// populated whole when it is created, before its session decodes; with
+// 16 MiB the simulator's reserves (25 MB) were still being populated while
+// every session's first selection was recalled, the prefaulter competing
+// with those recalls for the CPU (10 A/B pairs with 2 CPU burners: 11
+// sessions blocked at cycle 1 with 16 MiB, 2 with 64 MiB).
+const prefaultAhead = 64 << 20
 
 // prefaultLocked starts the prefaulter if slots up to used plus the
 // look-ahead are not populated yet; mu is held.

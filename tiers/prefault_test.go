@@ -48,8 +48,8 @@ func waitPrefault(t *testing.T, r *Region) {
 // prefaultAhead bytes of them), not the whole reserve, and moves ahead as
 // allocations reach new slots; populating never changes what a slot holds.
 func TestRegionPrefaultsAheadOfAllocation(t *testing.T) {
-	l := dsLayout() // 786,240 B pages: prefaultAhead covers 21 slots
-	const slots = 64
+	l := dsLayout() // 786,240 B pages: prefaultAhead covers 85 slots
+	const slots = 256
 	r, err := NewRegion(RegionConfig{Session: 1, Layout: l, Slots: slots})
 	if err != nil {
 		t.Fatal(err)
