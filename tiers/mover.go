@@ -32,7 +32,7 @@ type MoverConfig struct {
 	// VM's virtio disk by median, and staging's rate equals fio's there;
 	// 32 staged faster alone but held fewer 512K-token sessions stall-free
 	// in A/B runs of the capacity benchmark, docs/benchmarks.md "SSD as a
-	// capacity tier", third follow-up). More than half the queue depth is
+	// capacity tier", staging follow-up). More than half the queue depth is
 	// used only while no foreground read happens (ssd_direct.go's
 	// bgShare). With one
 	// shared wake-up for workers and stagers, 16 stalled six 512K-token

@@ -120,7 +120,7 @@ const fgQuiet = 200 * time.Millisecond
 // keeps the disk as busy as fio at iodepth 32 does (a fixed half held it
 // at 16), and a read the decoder waits for never queues behind more than
 // half the depth for longer than the reads already in flight take
-// (docs/benchmarks.md "SSD as a capacity tier", third follow-up: the
+// (docs/benchmarks.md "SSD as a capacity tier", staging follow-up: the
 // default stagers stay 16). Foreground reads have their own tokens
 // (directReader.sem), so they never wait for a staging read to finish
 // before they are issued.
