@@ -72,9 +72,13 @@ type Daemon struct {
 	reserveHits, reserveMisses atomic.Uint64 // cycle-table pages found in / copied into the reserve
 	connWG                     sync.WaitGroup
 	admitting                  chan struct{} // a token per connection being admitted
-	lingering                  atomic.Int64  // refused connections being drained (refuse)
-	bgCancel                   context.CancelFunc
-	bgWG                       sync.WaitGroup
+	// accepting is set once Run started acceptLoop; acceptDone is closed
+	// when that loop returned, so shutdown can let it drain the backlog.
+	accepting  atomic.Bool
+	acceptDone chan struct{}
+	lingering  atomic.Int64 // refused connections being drained (refuse)
+	bgCancel   context.CancelFunc
+	bgWG       sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -94,15 +98,16 @@ func New(cfg Config, opts ...Option) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d := &Daemon{
-		cfg:       cfg,
-		log:       slog.New(slog.NewTextHandler(os.Stderr, nil)),
-		m:         newMetrics(),
-		sessions:  map[uint64]*session{},
-		byName:    map[string]*session{},
-		conns:     map[*conn]struct{}{},
-		connsOf:   map[uint32]int{},
-		started:   time.Now(),
-		admitting: make(chan struct{}, maxPendingAdmissions),
+		cfg:        cfg,
+		log:        slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		m:          newMetrics(),
+		sessions:   map[uint64]*session{},
+		byName:     map[string]*session{},
+		conns:      map[*conn]struct{}{},
+		connsOf:    map[uint32]int{},
+		started:    time.Now(),
+		admitting:  make(chan struct{}, maxPendingAdmissions),
+		acceptDone: make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(d)
@@ -195,7 +200,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer d.bgWG.Done(); d.leaseJanitor(bg) }()
 
 	acceptErr := make(chan error, 1)
-	go func() { acceptErr <- d.acceptLoop() }()
+	d.accepting.Store(true)
+	go func() { acceptErr <- d.acceptLoop(); close(d.acceptDone) }()
 	n.ready()
 	d.log.Info("serving", "socket", d.Addr())
 
@@ -218,6 +224,17 @@ func (d *Daemon) shutdown() {
 		return
 	}
 	if d.ln != nil {
+		// Clients that connected just before the signal sit in the kernel's
+		// accept backlog; closing the socket would reset them with no word.
+		// The accept loop takes them for acceptDrain more and tells each
+		// SHUTTING_DOWN, so every client learns why and when to come back.
+		_ = d.ln.SetDeadline(time.Now().Add(acceptDrain))
+		if d.accepting.Load() {
+			select {
+			case <-d.acceptDone:
+			case <-time.After(acceptDrain + time.Second):
+			}
+		}
 		d.ln.Close()
 	}
 	d.mu.Lock()
@@ -319,7 +336,7 @@ func (d *Daemon) acceptLoop() error {
 			d.mu.Unlock()
 			<-d.admitting
 			d.refuse(uc, proto.CodeShuttingDown.Errorf("daemon is shutting down; connect again once it has restarted"))
-			return nil
+			continue // the rest of the backlog, until shutdown's deadline
 		}
 		d.connWG.Add(1)
 		d.mu.Unlock()
@@ -419,6 +436,9 @@ func (d *Daemon) refuse(uc *net.UnixConn, err error) {
 }
 
 const (
+	// acceptDrain is how long a shutting-down daemon keeps accepting, to
+	// answer the connections already queued with SHUTTING_DOWN.
+	acceptDrain = 50 * time.Millisecond
 	// maxPendingAdmissions bounds connections accepted but not yet admitted.
 	maxPendingAdmissions = 64
 	// A refused connection is drained for at most refuseLinger and

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -433,4 +434,43 @@ func TestAppendAfterFailedWriteSurvivesResume(t *testing.T) {
 		t.Fatalf("cycle: %v %v", err, res[0].Err)
 	}
 	checkPages(t, &l, &rr.Region.RegionDesc, mem, seed, 300, res[0].Pages)
+}
+
+// Connections still in the kernel's accept backlog when the daemon shuts
+// down are answered SHUTTING_DOWN like every other, not reset by the
+// listener's close: a client must always learn why it was turned away.
+func TestShutdownAnswersTheAcceptBacklog(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	rd := start(t, cfg)
+	c := dial(t, cfg.Socket) // Run is serving
+	c.Close()
+	const n = 48
+	conns := make([]*net.UnixConn, 0, n)
+	for range n {
+		uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: cfg.Socket, Net: "unix"})
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer uc.Close()
+		conns = append(conns, uc)
+	}
+	rd.stop() // at once: most of them are not accepted yet
+	for i, uc := range conns {
+		_ = uc.SetReadDeadline(time.Now().Add(20 * time.Second))
+		f, err := proto.NewConn(uc, 1<<20).ReadFrame()
+		if err != nil {
+			t.Errorf("connection %d: %v, want a SHUTTING_DOWN frame", i, err)
+			continue
+		}
+		var eb proto.ErrorBody
+		if !f.IsError() || eb.Decode(f.Body) != nil || eb.Code != proto.CodeShuttingDown {
+			t.Errorf("connection %d: frame %+v, want SHUTTING_DOWN", i, f.Header)
+		}
+	}
+	if err := <-rd.done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if err := rd.d.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
 }
