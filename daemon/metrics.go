@@ -47,7 +47,7 @@ func newMetrics() *metrics {
 		reg:            reg,
 		cycleSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_seconds", Help: "Time from a CYCLE frame's arrival to its reply, per frame.", Buckets: lat}),
 		scoreSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_score_seconds", Help: "Memory-Indexer scoring and selection time per CYCLE frame.", Buckets: lat}),
-		waitSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_wait_seconds", Help: "Decoder-visible wait per session cycle for the previous cycle's recall to finish (0 when it was already done).", Buckets: append([]float64{0}, lat...)}),
+		waitSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_wait_seconds", Help: "Wait per session cycle for page data (the reply's wait_us): blocked on the previous cycle's recall still copying plus synchronous loads; 0 when every page was already resident.", Buckets: append([]float64{0}, lat...)}),
 		cycleSessions:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashmem_cycle_batch_sessions", Help: "Sessions carried by one CYCLE frame.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)}),
 		framesTotal:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashmem_frames_total", Help: "Request frames handled, by op."}, []string{"op"}),
 		errorsTotal:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashmem_errors_total", Help: "Error frames sent, by wire error code name."}, []string{"code"}),

@@ -803,7 +803,9 @@ type CycleCounters struct {
 	// AboveFraction is the running Σ above-threshold / Σ scored chunks
 	// outside sink and recent, the quantity the fallback watches.
 	AboveFraction float64
-	// WaitMicros is the time the cycle waited for recall to finish.
+	// WaitMicros is the time the cycle waited for page data: blocked on the
+	// previous cycle's background recall still copying, plus the synchronous
+	// copies of RecalledPages (docs/protocol.md, CYCLE reply).
 	WaitMicros uint64
 	// ScoreMicros is the indexer's scoring time for the batch.
 	ScoreMicros uint64
