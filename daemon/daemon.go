@@ -228,11 +228,15 @@ func (d *Daemon) shutdown() {
 		// accept backlog; closing the socket would reset them with no word.
 		// The accept loop takes them for acceptDrain more and tells each
 		// SHUTTING_DOWN, so every client learns why and when to come back.
-		_ = d.ln.SetDeadline(time.Now().Add(acceptDrain))
-		if d.accepting.Load() {
-			select {
-			case <-d.acceptDone:
-			case <-time.After(acceptDrain + time.Second):
+		// Not under socket activation: systemd holds the socket, its backlog
+		// outlives this process and the next start serves it.
+		if !d.activated {
+			_ = d.ln.SetDeadline(time.Now().Add(acceptDrain))
+			if d.accepting.Load() {
+				select {
+				case <-d.acceptDone:
+				case <-time.After(acceptDrain + time.Second):
+				}
 			}
 		}
 		d.ln.Close()

@@ -474,3 +474,61 @@ func TestShutdownAnswersTheAcceptBacklog(t *testing.T) {
 		t.Errorf("Close: %v", err)
 	}
 }
+
+// Under socket activation systemd holds the listening socket: a connection
+// still in its backlog when the daemon stops waits there for the next start
+// (systemd starts the daemon for it), so the stopping daemon must leave it
+// alone rather than accept it only to refuse it with SHUTTING_DOWN.
+func TestShutdownLeavesAnActivatedBacklog(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	d, err := New(cfg, WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	d.activated = true    // as if systemd had passed the socket
+	f, err := d.ln.File() // systemd's own descriptor of the socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Queued before Run accepts anything; Run stops at once.
+	const n = 128
+	conns := make([]*net.UnixConn, 0, n)
+	for range n {
+		uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: cfg.Socket, Net: "unix"})
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer uc.Close()
+		conns = append(conns, uc)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := d.Run(ctx); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	// The next daemon's listener finds the backlog the old one left.
+	l, err := net.FileListener(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ul := l.(*net.UnixListener)
+	left := 0
+	for {
+		_ = ul.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		c, err := ul.Accept()
+		if err != nil {
+			break
+		}
+		c.Close()
+		left++
+	}
+	if left == 0 {
+		t.Fatalf("none of %d queued connections left in systemd's socket after shutdown: the stopping daemon took them", n)
+	}
+	t.Logf("%d of %d queued connections left for the next start", left, n)
+}
