@@ -445,15 +445,7 @@ func TestShutdownAnswersTheAcceptBacklog(t *testing.T) {
 	c := dial(t, cfg.Socket) // Run is serving
 	c.Close()
 	const n = 48
-	conns := make([]*net.UnixConn, 0, n)
-	for range n {
-		uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: cfg.Socket, Net: "unix"})
-		if err != nil {
-			t.Fatalf("dial: %v", err)
-		}
-		defer uc.Close()
-		conns = append(conns, uc)
-	}
+	conns := dialRaw(t, cfg.Socket, n)
 	rd.stop() // at once: most of them are not accepted yet
 	for i, uc := range conns {
 		_ = uc.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -467,12 +459,23 @@ func TestShutdownAnswersTheAcceptBacklog(t *testing.T) {
 			t.Errorf("connection %d: frame %+v, want SHUTTING_DOWN", i, f.Header)
 		}
 	}
-	if err := <-rd.done; err != nil {
-		t.Errorf("Run: %v", err)
+	rd.shutdown(t)
+}
+
+// dialRaw makes n connections to socket that send nothing (no HELLO);
+// they close when the test ends.
+func dialRaw(t *testing.T, socket string, n int) []*net.UnixConn {
+	t.Helper()
+	conns := make([]*net.UnixConn, 0, n)
+	for range n {
+		uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socket, Net: "unix"})
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		t.Cleanup(func() { uc.Close() })
+		conns = append(conns, uc)
 	}
-	if err := rd.d.Close(); err != nil {
-		t.Errorf("Close: %v", err)
-	}
+	return conns
 }
 
 // Under socket activation systemd holds the listening socket: a connection
@@ -493,15 +496,7 @@ func TestShutdownLeavesAnActivatedBacklog(t *testing.T) {
 	defer f.Close()
 	// Queued before Run accepts anything; Run stops at once.
 	const n = 128
-	conns := make([]*net.UnixConn, 0, n)
-	for range n {
-		uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: cfg.Socket, Net: "unix"})
-		if err != nil {
-			t.Fatalf("dial: %v", err)
-		}
-		defer uc.Close()
-		conns = append(conns, uc)
-	}
+	dialRaw(t, cfg.Socket, n)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := d.Run(ctx); err != nil {
